@@ -1,0 +1,222 @@
+//! The runtime view of the configuration: resources, policies and static identities, compiled
+//! from `gateway.toml` once, validated, and swapped atomically on SIGHUP.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use crate::config::schema::{ResourceKind, UpstreamTlsMode};
+use crate::duration::HumanDuration;
+use crate::window::Window;
+
+/// Postgres access levels.
+pub const READ_ONLY: &str = "read-only";
+/// Postgres access levels.
+pub const READ_WRITE: &str = "read-write";
+
+/// Where a secret comes from. The value is read only when it is used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretRef {
+    /// An environment variable.
+    Env(String),
+    /// A file (trailing newline stripped).
+    File(PathBuf),
+    /// Written in the config (only with `allow_inline_secrets`).
+    Inline(String),
+}
+
+/// Why a secret could not be read. Never contains the secret.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum SecretError {
+    /// The environment variable is not set or empty.
+    #[error("environment variable {0} is not set (or empty)")]
+    EnvMissing(String),
+    /// The file could not be read.
+    #[error("cannot read secret file {0}: {1}")]
+    File(PathBuf, String),
+}
+
+impl SecretRef {
+    /// Read the secret now.
+    pub fn resolve(&self) -> Result<String, SecretError> {
+        match self {
+            Self::Env(name) => match std::env::var(name) {
+                Ok(v) if !v.is_empty() => Ok(v),
+                _ => Err(SecretError::EnvMissing(name.clone())),
+            },
+            Self::File(p) => std::fs::read_to_string(p)
+                .map(|s| s.trim_end_matches(['\r', '\n']).to_string())
+                .map_err(|e| SecretError::File(p.clone(), e.to_string())),
+            Self::Inline(s) => Ok(s.clone()),
+        }
+    }
+}
+
+/// An upstream login for a Postgres access level.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credential {
+    /// Upstream user.
+    pub user: String,
+    /// Its password, if any (trust auth needs none).
+    pub password: Option<SecretRef>,
+}
+
+/// A resource users can request.
+#[derive(Debug, Clone)]
+pub struct Resource {
+    /// Unique name.
+    pub name: String,
+    /// Postgres or SSH.
+    pub kind: ResourceKind,
+    /// Upstream `host:port`.
+    pub address: String,
+    /// Postgres default database.
+    pub database: Option<String>,
+    /// Labels for policy matching.
+    pub labels: BTreeMap<String, String>,
+    /// Access levels the resource offers (Postgres: read-only/read-write present in
+    /// credentials; SSH: its logins). The first is the default.
+    pub access_levels: Vec<String>,
+    /// Postgres credentials per access level.
+    pub credentials: BTreeMap<String, Credential>,
+    /// Postgres upstream TLS mode and CA.
+    pub tls: Option<(UpstreamTlsMode, Option<PathBuf>)>,
+    /// SSH pinned host key.
+    pub host_key: Option<String>,
+    /// SSH known_hosts file.
+    pub known_hosts_file: Option<PathBuf>,
+    /// SSH key the gateway logs in with.
+    pub upstream_key_file: Option<PathBuf>,
+    /// SSH: gateway-signed short-lived upstream certificates.
+    pub upstream_ca: bool,
+    /// Upstream connect timeout.
+    pub connect_timeout: HumanDuration,
+}
+
+impl Resource {
+    /// The access level used when a request names none.
+    pub fn default_access(&self) -> Option<&str> {
+        if self.kind == ResourceKind::Postgres && self.access_levels.iter().any(|a| a == READ_ONLY) {
+            return Some(READ_ONLY);
+        }
+        self.access_levels.first().map(String::as_str)
+    }
+}
+
+/// One approval step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    /// Name shown to approvers.
+    pub name: String,
+    /// Groups that may approve it.
+    pub approvers: Vec<String>,
+    /// Distinct approvals needed.
+    pub approvals: u32,
+}
+
+/// An auto-approval rule; every condition given must hold.
+#[derive(Debug, Clone)]
+pub struct AutoApprove {
+    /// Requester groups (empty: any).
+    pub groups: Vec<String>,
+    /// Access levels (empty: any).
+    pub access: Vec<String>,
+    /// Longest duration auto-approved.
+    pub max_duration: Option<HumanDuration>,
+    /// Weekly window.
+    pub window: Option<Window>,
+    /// Resource labels required.
+    pub match_labels: BTreeMap<String, String>,
+}
+
+/// A compiled policy.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Name.
+    pub name: String,
+    /// Resource globs.
+    pub resources: Vec<String>,
+    /// Resource labels that must match.
+    pub match_labels: BTreeMap<String, String>,
+    /// Groups that may request.
+    pub requesters: Vec<String>,
+    /// Allowed access levels (empty: all the resource offers).
+    pub access: Vec<String>,
+    /// Ordered approval steps (at least one).
+    pub steps: Vec<Step>,
+    /// Escalation delay.
+    pub escalate_after: Option<HumanDuration>,
+    /// Escalation groups.
+    pub escalate_to: Vec<String>,
+    /// Default grant duration.
+    pub default_duration: HumanDuration,
+    /// Longest grant.
+    pub max_duration: HumanDuration,
+    /// Reason required.
+    pub reason_required: bool,
+    /// How long a request may wait.
+    pub pending_timeout: HumanDuration,
+    /// SSH port forwarding.
+    pub allow_port_forwarding: bool,
+    /// Auto-approval rules.
+    pub auto_approve: Vec<AutoApprove>,
+}
+
+impl Policy {
+    /// True when this policy covers `resource` (by glob or by labels).
+    pub fn covers(&self, resource: &Resource) -> bool {
+        let by_glob = self.resources.iter().any(|g| crate::glob::matches(g, &resource.name));
+        let by_labels = !self.match_labels.is_empty()
+            && self
+                .match_labels
+                .iter()
+                .all(|(k, v)| resource.labels.get(k) == Some(v));
+        by_glob || by_labels
+    }
+}
+
+/// A machine or break-glass identity from `[[identities]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaticIdentity {
+    /// Name.
+    pub name: String,
+    /// Groups.
+    pub groups: Vec<String>,
+    /// Lower-case hex SHA-256 of its bearer token, when one resolved.
+    pub token_sha256: Option<String>,
+    /// OpenSSH public keys.
+    pub ssh_keys: Vec<String>,
+}
+
+/// Everything the engine needs from the config, immutable once built.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    /// Resources by name.
+    pub resources: BTreeMap<String, Resource>,
+    /// Policies in file order.
+    pub policies: Vec<Policy>,
+    /// Static identities.
+    pub identities: Vec<StaticIdentity>,
+    /// Admin groups.
+    pub admin_groups: Vec<String>,
+    /// Warning lead before expiry.
+    pub expiry_warning: HumanDuration,
+}
+
+impl Catalog {
+    /// Policies that cover a resource, in order.
+    pub fn policies_for<'a>(&'a self, resource: &'a Resource) -> impl Iterator<Item = &'a Policy> + 'a {
+        self.policies.iter().filter(move |p| p.covers(resource))
+    }
+
+    /// True when one of `groups` is an admin group.
+    pub fn is_admin(&self, groups: &[String]) -> bool {
+        groups.iter().any(|g| self.admin_groups.contains(g))
+    }
+
+    /// The static identity whose token hashes to `sha256_hex`.
+    pub fn identity_by_token_hash(&self, sha256_hex: &str) -> Option<&StaticIdentity> {
+        self.identities
+            .iter()
+            .find(|i| i.token_sha256.as_deref() == Some(sha256_hex))
+    }
+}

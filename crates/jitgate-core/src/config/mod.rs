@@ -1,0 +1,533 @@
+//! `gateway.toml`: parsing, validation with file:line:column diagnostics, and compilation into
+//! the runtime [`Catalog`].
+//!
+//! [`load`] never panics on any input: every problem becomes a [`Diag`] naming the place and the
+//! fix. Semantic checks (duplicate names, globs that match nothing, inline secrets, durations
+//! that contradict each other) run after the syntax is accepted, and all of them are reported at
+//! once so an operator fixes a file in one pass.
+
+pub mod diag;
+pub mod schema;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+pub use diag::{Diag, Diags, Severity};
+use schema::{Config, ResourceKind};
+use sha2::{Digest, Sha256};
+use toml::Spanned;
+
+use crate::catalog::{
+    AutoApprove, Catalog, Credential, Policy, READ_ONLY, READ_WRITE, Resource, SecretRef, StaticIdentity, Step,
+};
+use crate::duration::HumanDuration;
+
+/// A file that passed validation.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The parsed file, with relative paths resolved against the file's folder.
+    pub config: Config,
+    /// The runtime view.
+    pub catalog: Catalog,
+    /// Findings that did not refuse the file.
+    pub warnings: Vec<Diag>,
+}
+
+/// Read, parse, validate and compile `path`. On failure, every finding (errors first).
+pub fn load(path: &Path) -> Result<Loaded, Vec<Diag>> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        vec![Diag {
+            severity: Severity::Error,
+            file: path.to_path_buf(),
+            line: 0,
+            col: 0,
+            message: format!("cannot read the config file: {e}"),
+            help: Some("pass the right file with --config PATH (default ./gateway.toml)".into()),
+        }]
+    })?;
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    load_str(path, &text, &base)
+}
+
+/// Like [`load`], for text already read. Relative paths are resolved against `base`.
+pub fn load_str(path: &Path, text: &str, base: &Path) -> Result<Loaded, Vec<Diag>> {
+    let mut d = Diags::new(path, text);
+    let mut config: Config = match toml::from_str(text) {
+        Ok(c) => c,
+        Err(e) => {
+            syntax_error(&mut d, &e);
+            return Err(d.items);
+        }
+    };
+    resolve_paths(&mut config, base);
+    let catalog = validate(&config, &mut d);
+    if d.has_errors() {
+        let mut items = d.items;
+        items.sort_by_key(|x| (x.severity != Severity::Error, x.line));
+        return Err(items);
+    }
+    Ok(Loaded {
+        config,
+        catalog,
+        warnings: d.items,
+    })
+}
+
+fn syntax_error(d: &mut Diags<'_>, e: &toml::de::Error) {
+    let msg = e.message().trim().to_string();
+    let mut help = None;
+    if let Some(rest) = msg.strip_prefix("unknown field `") {
+        let (field, tail) = rest.split_once('`').unwrap_or((rest, ""));
+        let expected: Vec<&str> = tail.split('`').skip(1).step_by(2).collect();
+        help = Some(match diag::did_you_mean(field, expected.iter().copied()) {
+            Some(s) => format!("did you mean `{s}`?"),
+            None if !expected.is_empty() => format!("the keys allowed here are: {}", expected.join(", ")),
+            None => "remove this key".to_string(),
+        });
+        d.error(e.span(), format!("unknown key `{field}`"), help);
+        return;
+    }
+    if msg.contains("missing field") {
+        help = Some("add the key to this table (see gateway.toml.example)".to_string());
+    } else if msg.contains("unknown variant") {
+        help = Some("use one of the values listed above".to_string());
+    }
+    d.error(e.span(), msg, help);
+}
+
+fn resolve_paths(c: &mut Config, base: &Path) {
+    let fix = |p: &mut PathBuf| {
+        if p.is_relative() && !base.as_os_str().is_empty() {
+            *p = base.join(&*p);
+        }
+    };
+    fix(&mut c.gateway.data_dir);
+    if let Some(t) = c.tls.as_mut() {
+        fix(&mut t.cert_file);
+        fix(&mut t.key_file);
+    }
+    for i in &mut c.identities {
+        if let Some(p) = i.token_file.as_mut() {
+            fix(p);
+        }
+    }
+    for r in &mut c.resources {
+        for cr in r.credentials.values_mut() {
+            if let Some(p) = cr.password_file.as_mut() {
+                fix(p);
+            }
+        }
+        for p in [&mut r.known_hosts_file, &mut r.upstream_key_file].into_iter().flatten() {
+            fix(p);
+        }
+        if let Some(p) = r.tls.as_mut().and_then(|t| t.ca_file.as_mut()) {
+            fix(p);
+        }
+    }
+}
+
+fn span<T>(s: &Spanned<T>) -> Option<std::ops::Range<usize>> {
+    Some(s.span())
+}
+
+fn secret(
+    d: &mut Diags<'_>,
+    what: &str,
+    env: &Option<String>,
+    file: &Option<PathBuf>,
+    inline: &Option<Spanned<String>>,
+    allow_inline: bool,
+) -> Option<SecretRef> {
+    let n = usize::from(env.is_some()) + usize::from(file.is_some()) + usize::from(inline.is_some());
+    if n > 1 {
+        d.error(
+            inline.as_ref().and_then(span),
+            format!("{what}: more than one source given"),
+            Some(format!("keep exactly one of `{what}_env`, `{what}_file`")),
+        );
+    }
+    if let Some(i) = inline {
+        if !allow_inline {
+            d.error(
+                span(i),
+                format!("inline secret `{what}` refused: secrets in gateway.toml end up in backups and diffs"),
+                Some(format!(
+                    "write `{what}_env = \"VAR\"` or `{what}_file = \"/path\"` instead, or set \
+                     `allow_inline_secrets = true` in [gateway] for a throw-away setup"
+                )),
+            );
+        }
+        return Some(SecretRef::Inline(i.get_ref().clone()));
+    }
+    if let Some(e) = env {
+        return Some(SecretRef::Env(e.clone()));
+    }
+    file.as_ref().map(|f| SecretRef::File(f.clone()))
+}
+
+fn check_addr(d: &mut Diags<'_>, what: &str, s: &Spanned<String>) {
+    if s.get_ref().parse::<SocketAddr>().is_err() {
+        d.error(
+            span(s),
+            format!("{what}: `{}` is not an address", s.get_ref()),
+            Some("write IP:PORT, e.g. \"127.0.0.1:8080\" or \"0.0.0.0:15432\"".into()),
+        );
+    }
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+fn validate(c: &Config, d: &mut Diags<'_>) -> Catalog {
+    let allow_inline = c.gateway.allow_inline_secrets;
+
+    // [listen]
+    check_addr(d, "[listen] http", &c.listen.http);
+    if let Ok(a) = c.listen.http.get_ref().parse::<SocketAddr>() {
+        if !a.ip().is_loopback() {
+            d.warning(
+                span(&c.listen.http),
+                "the HTTP API listens beyond loopback without TLS: bearer tokens would cross the network in clear",
+                Some("listen on 127.0.0.1 and put a TLS-terminating proxy in front of it".into()),
+            );
+        }
+    }
+    for (what, v) in [("[listen] postgres", &c.listen.postgres), ("[listen] ssh", &c.listen.ssh)] {
+        if let Some(v) = v {
+            check_addr(d, what, v);
+        }
+    }
+
+    // [store]
+    if let Some(u) = &c.store.url {
+        let s = u.get_ref();
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            d.error(
+                span(u),
+                "the PostgreSQL store is not available in this version of jitgate",
+                Some("remove [store] url to use the embedded SQLite store in data_dir".into()),
+            );
+        } else if !s.starts_with("sqlite://") {
+            d.error(
+                span(u),
+                format!("unsupported store URL `{s}`"),
+                Some("write `sqlite:///path/to/jitgate.db`, or omit [store] for SQLite in data_dir".into()),
+            );
+        }
+    }
+
+    // [oidc]
+    if let Some(o) = &c.oidc {
+        secret(d, "client_secret", &o.client_secret_env, &o.client_secret_file, &o.client_secret, allow_inline);
+        if !(o.issuer.starts_with("https://") || o.issuer.starts_with("http://127.0.0.1") || o.issuer.starts_with("http://localhost")) {
+            d.error(None, format!("[oidc] issuer `{}` must be an https URL", o.issuer), Some("use the provider's https issuer URL".into()));
+        }
+    }
+
+    // [[identities]]
+    let mut identities = Vec::new();
+    let mut seen_ids: BTreeMap<String, usize> = BTreeMap::new();
+    for i in &c.identities {
+        let name = i.name.get_ref();
+        if let Some(first) = seen_ids.get(name) {
+            let (l, _) = d.line_col(*first);
+            d.error(span(&i.name), format!("duplicate identity `{name}` (first defined on line {l})"), Some("give each identity a unique name".into()));
+        }
+        seen_ids.insert(name.clone(), i.name.span().start);
+        let mut token_sha256 = None;
+        if let Some(h) = &i.token_sha256 {
+            let v = h.get_ref().to_ascii_lowercase();
+            if v.len() != 64 || !v.chars().all(|c| c.is_ascii_hexdigit()) {
+                d.error(span(h), "token_sha256 must be 64 hex characters", Some("paste the line `jitgate token create NAME` printed".into()));
+            }
+            token_sha256 = Some(v);
+        }
+        let src = secret(d, "token", &i.token_env, &i.token_file, &i.token, allow_inline);
+        if token_sha256.is_some() && src.is_some() {
+            d.error(span(&i.name), format!("identity `{name}`: both token_sha256 and a token source"), Some("keep one".into()));
+        }
+        if let Some(src) = src {
+            match src.resolve() {
+                Ok(tok) => token_sha256 = Some(hex::encode(Sha256::digest(tok.as_bytes()))),
+                Err(e) => d.warning(span(&i.name), format!("identity `{name}`: {e}; it cannot log in until it is"), None),
+            }
+        }
+        identities.push(StaticIdentity {
+            name: name.clone(),
+            groups: i.groups.clone(),
+            token_sha256,
+            ssh_keys: i.ssh_keys.clone(),
+        });
+    }
+
+    // [[resources]]
+    let mut resources = BTreeMap::new();
+    let mut first_res: BTreeMap<String, usize> = BTreeMap::new();
+    for r in &c.resources {
+        let name = r.name.get_ref();
+        if !valid_name(name) {
+            d.error(span(&r.name), format!("resource name `{name}` is not allowed"), Some("use letters, digits, `-`, `_` and `.` (at most 64)".into()));
+        }
+        if let Some(first) = first_res.get(name) {
+            let (l, _) = d.line_col(*first);
+            d.error(span(&r.name), format!("duplicate resource `{name}` (first defined on line {l})"), Some("give each resource a unique name".into()));
+            continue;
+        }
+        first_res.insert(name.clone(), r.name.span().start);
+        let addr = r.address.get_ref();
+        match addr.rsplit_once(':') {
+            Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok() => {}
+            _ => d.error(span(&r.address), format!("address `{addr}` needs a host and a port"), Some("write \"host:port\", e.g. \"db.internal:5432\"".into())),
+        }
+        let mut credentials = BTreeMap::new();
+        let access_levels: Vec<String> = match r.kind {
+            ResourceKind::Postgres => {
+                if r.credentials.is_empty() {
+                    d.error(span(&r.name), format!("postgres resource `{name}` has no credentials"), Some("add `credentials.read-only = { user = \"app_ro\", password_env = \"VAR\" }`".into()));
+                }
+                for (level, cr) in &r.credentials {
+                    if level != READ_ONLY && level != READ_WRITE {
+                        d.error(span(&r.name), format!("resource `{name}`: unknown access level `{level}` in credentials"), Some("use `read-only` or `read-write`".into()));
+                    }
+                    let pw = secret(d, "password", &cr.password_env, &cr.password_file, &cr.password, allow_inline);
+                    credentials.insert(level.clone(), Credential { user: cr.user.clone(), password: pw });
+                }
+                if !r.logins.is_empty() || r.host_key.is_some() || r.upstream_key_file.is_some() {
+                    d.error(span(&r.name), format!("resource `{name}` is kind postgres but has SSH keys (logins/host_key/upstream_key_file)"), Some("remove them or set kind = \"ssh\"".into()));
+                }
+                [READ_ONLY, READ_WRITE].iter().filter(|l| credentials.contains_key(**l)).map(|s| s.to_string()).collect()
+            }
+            ResourceKind::Ssh => {
+                if r.logins.is_empty() {
+                    d.error(span(&r.name), format!("ssh resource `{name}` has no logins"), Some("add `logins = [\"ubuntu\"]`".into()));
+                }
+                if r.host_key.is_none() && r.known_hosts_file.is_none() {
+                    d.error(span(&r.name), format!("ssh resource `{name}` has no pinned host key"), Some("add `host_key = \"ssh-ed25519 AAAA...\"` (ssh-keyscan prints it) or `known_hosts_file`".into()));
+                }
+                if r.upstream_key_file.is_none() && !r.upstream_ca {
+                    d.error(span(&r.name), format!("ssh resource `{name}` has no upstream credential"), Some("add `upstream_ca = true` (preferred) or `upstream_key_file = \"/path\"`".into()));
+                }
+                if !r.credentials.is_empty() {
+                    d.error(span(&r.name), format!("ssh resource `{name}` has postgres credentials"), Some("remove them or set kind = \"postgres\"".into()));
+                }
+                r.logins.clone()
+            }
+        };
+        resources.insert(
+            name.clone(),
+            Resource {
+                name: name.clone(),
+                kind: r.kind,
+                address: addr.clone(),
+                database: r.database.clone(),
+                labels: r.labels.clone(),
+                access_levels,
+                credentials,
+                tls: r.tls.as_ref().map(|t| (t.mode, t.ca_file.clone())),
+                host_key: r.host_key.clone(),
+                known_hosts_file: r.known_hosts_file.clone(),
+                upstream_key_file: r.upstream_key_file.clone(),
+                upstream_ca: r.upstream_ca,
+                connect_timeout: r.connect_timeout.unwrap_or(HumanDuration(10)),
+            },
+        );
+    }
+
+    // [[policies]]
+    let mut policies = Vec::new();
+    let mut seen_pol = BTreeSet::new();
+    for p in &c.policies {
+        let pname = p.name.get_ref();
+        if !seen_pol.insert(pname.clone()) {
+            d.error(span(&p.name), format!("duplicate policy name `{pname}`"), Some("give each policy a unique name".into()));
+        }
+        if p.resources.is_empty() && p.match_labels.is_empty() {
+            d.error(span(&p.name), format!("policy `{pname}` covers no resource"), Some("add `resources = [\"prod-*\"]` or `match_labels = { env = \"prod\" }`".into()));
+        }
+        let names: Vec<&str> = resources.keys().map(String::as_str).collect();
+        for g in &p.resources {
+            if !names.iter().any(|n| crate::glob::matches(g.get_ref(), n)) {
+                let help = match diag::did_you_mean(g.get_ref(), names.iter().copied()) {
+                    Some(s) => format!("did you mean `{s}`?"),
+                    None if names.is_empty() => "declare the resource in a [[resources]] table".to_string(),
+                    None => format!("the resources are: {}", names.join(", ")),
+                };
+                d.error(span(g), format!("policy `{pname}`: `{}` matches no resource", g.get_ref()), Some(help));
+            }
+        }
+        if p.requesters.is_empty() {
+            d.error(span(&p.name), format!("policy `{pname}` has no requesters: nobody could request"), Some("add `requesters = [\"dev\"]` (groups)".into()));
+        }
+        let steps: Vec<Step> = if p.steps.is_empty() {
+            if p.approvers.is_empty() && p.auto_approve.is_empty() {
+                d.error(span(&p.name), format!("policy `{pname}` has neither approvers nor auto_approve rules: requests could never be approved"), Some("add `approvers = [\"dba\"]`".into()));
+            }
+            vec![Step { name: "approval".into(), approvers: p.approvers.clone(), approvals: p.approvals }]
+        } else {
+            if !p.approvers.is_empty() {
+                d.error(span(&p.name), format!("policy `{pname}`: both `approvers` and `steps`"), Some("move the approvers into a step".into()));
+            }
+            p.steps.iter().map(|s| Step { name: s.name.clone(), approvers: s.approvers.clone(), approvals: s.approvals }).collect()
+        };
+        for s in &steps {
+            if s.approvals == 0 {
+                d.error(span(&p.name), format!("policy `{pname}` step `{}`: approvals must be at least 1", s.name), Some("use auto_approve rules for requests that need no approver".into()));
+            }
+            if s.approvers.is_empty() && !p.steps.is_empty() {
+                d.error(span(&p.name), format!("policy `{pname}` step `{}` has no approvers", s.name), None);
+            }
+        }
+        if p.escalate_after.is_some() != !p.escalate_to.is_empty() {
+            d.error(span(&p.name), format!("policy `{pname}`: escalate_after and escalate_to go together"), Some("set both, or neither".into()));
+        }
+        let (dd, md) = (*p.default_duration.get_ref(), *p.max_duration.get_ref());
+        if md.secs() == 0 {
+            d.error(span(&p.max_duration), "max_duration must be longer than 0s", None);
+        }
+        if dd > md {
+            d.error(span(&p.default_duration), format!("policy `{pname}`: default_duration {dd} is longer than max_duration {md}"), Some(format!("lower default_duration to {md} or less")));
+        }
+        // Access levels must exist on at least one covered resource.
+        let covered: Vec<&Resource> = resources.values().filter(|r| {
+            p.resources.iter().any(|g| crate::glob::matches(g.get_ref(), &r.name))
+                || (!p.match_labels.is_empty() && p.match_labels.iter().all(|(k, v)| r.labels.get(k) == Some(v)))
+        }).collect();
+        for a in &p.access {
+            if !covered.is_empty() && !covered.iter().any(|r| r.access_levels.contains(a.get_ref())) {
+                d.error(span(a), format!("policy `{pname}`: no covered resource offers access `{}`", a.get_ref()), Some("postgres resources offer `read-only`/`read-write` (per credentials); ssh resources their `logins`".into()));
+            }
+        }
+        let mut auto = Vec::new();
+        for (i, a) in p.auto_approve.iter().enumerate() {
+            if let Some(m) = a.max_duration {
+                if m > md {
+                    d.warning(span(&p.name), format!("policy `{pname}` auto_approve #{}: max_duration {m} exceeds the policy's max_duration {md}; the policy's limit applies", i + 1), None);
+                }
+            }
+            if a.groups.is_empty() && a.access.is_empty() && a.window.is_none() && a.max_duration.is_none() && a.match_labels.is_empty() {
+                d.warning(span(&p.name), format!("policy `{pname}` auto_approve #{} has no condition: every request is approved at once", i + 1), Some("add at least `groups` or `max_duration`".into()));
+            }
+            auto.push(AutoApprove {
+                groups: a.groups.clone(),
+                access: a.access.clone(),
+                max_duration: a.max_duration,
+                window: a.window.clone(),
+                match_labels: a.match_labels.clone(),
+            });
+        }
+        policies.push(Policy {
+            name: pname.clone(),
+            resources: p.resources.iter().map(|g| g.get_ref().clone()).collect(),
+            match_labels: p.match_labels.clone(),
+            requesters: p.requesters.clone(),
+            access: p.access.iter().map(|a| a.get_ref().clone()).collect(),
+            steps,
+            escalate_after: p.escalate_after,
+            escalate_to: p.escalate_to.clone(),
+            default_duration: dd,
+            max_duration: md,
+            reason_required: p.reason_required,
+            pending_timeout: p.pending_timeout.unwrap_or(c.gateway.pending_timeout),
+            allow_port_forwarding: p.allow_port_forwarding,
+            auto_approve: auto,
+        });
+    }
+    for r in resources.values() {
+        if !policies.iter().any(|p| p.covers(r)) {
+            d.warning(None, format!("resource `{}` is covered by no policy: nobody can request it", r.name), Some("add a [[policies]] entry whose `resources` matches it".into()));
+        }
+    }
+
+    // [[notify.webhooks]]
+    for w in &c.notify.webhooks {
+        let src = secret(d, "url", &w.url_env, &w.url_file, &w.url, allow_inline);
+        if src.is_none() {
+            d.error(None, "a [[notify.webhooks]] entry has no URL", Some("add `url_env = \"SLACK_WEBHOOK_URL\"`".into()));
+        }
+    }
+
+    Catalog {
+        resources,
+        policies,
+        identities,
+        admin_groups: c.gateway.admin_groups.clone(),
+        expiry_warning: c.gateway.expiry_warning,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(text: &str) -> Result<Loaded, Vec<Diag>> {
+        load_str(Path::new("gateway.toml"), text, Path::new(""))
+    }
+
+    const GOOD: &str = r#"
+[[identities]]
+name = "alice"
+groups = ["dev"]
+token_sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+
+[[resources]]
+name = "prod-db"
+kind = "postgres"
+address = "127.0.0.1:5432"
+credentials.read-only = { user = "ro", password_env = "RO_PW" }
+
+[[policies]]
+name = "prod"
+resources = ["prod-*"]
+requesters = ["dev"]
+approvers = ["dba"]
+"#;
+
+    #[test]
+    fn a_minimal_file_loads() {
+        let l = check(GOOD).map_err(|e| format!("{e:?}"));
+        let Ok(l) = l else { panic!("{l:?}") };
+        assert_eq!(l.catalog.resources.len(), 1);
+        assert_eq!(l.catalog.policies[0].steps[0].approvers, vec!["dba".to_string()]);
+    }
+
+    #[test]
+    fn unknown_key_gets_line_and_did_you_mean() {
+        let bad = GOOD.replace("requesters = [\"dev\"]", "requestors = [\"dev\"]");
+        let e = check(&bad).err().unwrap_or_default();
+        let s = e[0].to_string();
+        assert!(s.starts_with("gateway.toml:16:1: error: unknown key `requestors`"), "{s}");
+        assert!(s.contains("did you mean `requesters`?"), "{s}");
+    }
+
+    #[test]
+    fn glob_matching_nothing_is_an_error_at_its_line() {
+        let bad = GOOD.replace("[\"prod-*\"]", "[\"prd-*\"]");
+        let e = check(&bad).err().unwrap_or_default();
+        let s = e.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n");
+        assert!(s.contains("gateway.toml:15:14: error: policy `prod`: `prd-*` matches no resource"), "{s}");
+    }
+
+    #[test]
+    fn inline_secret_refused_unless_allowed() {
+        let bad = GOOD.replace("password_env = \"RO_PW\"", "password = \"hunter2\"");
+        let e = check(&bad).err().unwrap_or_default();
+        assert!(e[0].to_string().contains("inline secret `password` refused"), "{e:?}");
+        assert!(!e[0].to_string().contains("hunter2"));
+        let ok = format!("[gateway]\nallow_inline_secrets = true\n{bad}");
+        assert!(check(&ok).is_ok());
+    }
+
+    #[test]
+    fn duplicates_and_bad_durations_are_all_reported() {
+        let bad = format!("{GOOD}\n[[resources]]\nname = \"prod-db\"\nkind = \"postgres\"\naddress = \"x:1\"\ncredentials.read-only = {{ user = \"ro\" }}\n");
+        let e = check(&bad).err().unwrap_or_default();
+        assert!(e.iter().any(|d| d.message.contains("duplicate resource `prod-db` (first defined on line 8)")), "{e:?}");
+        let bad = GOOD.replace("approvers = [\"dba\"]", "approvers = [\"dba\"]\nmax_duration = \"4 hours\"");
+        let e = check(&bad).err().unwrap_or_default();
+        assert!(e[0].to_string().contains("invalid duration"), "{e:?}");
+    }
+}

@@ -1,0 +1,472 @@
+//! The serde schema of `gateway.toml`.
+//!
+//! Every table refuses unknown keys so a typo is an error with a did-you-mean, never a silently
+//! ignored setting. Fields whose meaning depends on other parts of the file carry their source
+//! span (`Spanned`) so semantic errors can point at the exact line.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+use crate::duration::HumanDuration;
+use crate::window::Window;
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[gateway]`
+    #[serde(default)]
+    pub gateway: GatewaySection,
+    /// `[listen]`
+    #[serde(default)]
+    pub listen: ListenSection,
+    /// `[tls]`: omitted means a self-signed certificate generated into `data_dir`.
+    pub tls: Option<TlsSection>,
+    /// `[store]`: omitted means SQLite in `data_dir`.
+    #[serde(default)]
+    pub store: StoreSection,
+    /// `[oidc]`
+    pub oidc: Option<OidcSection>,
+    /// `[[identities]]`: machine users, break-glass, local development.
+    #[serde(default)]
+    pub identities: Vec<IdentityConfig>,
+    /// `[[resources]]`
+    #[serde(default)]
+    pub resources: Vec<ResourceConfig>,
+    /// `[[policies]]`: the first one that matches decides.
+    #[serde(default)]
+    pub policies: Vec<PolicyConfig>,
+    /// `[audit]`
+    #[serde(default)]
+    pub audit: AuditSection,
+    /// `[notify]`
+    #[serde(default)]
+    pub notify: NotifySection,
+}
+
+/// `[gateway]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySection {
+    /// Store, keys, generated certificates, recordings, audit log.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// The URL users and the CLI reach the API at.
+    pub public_url: Option<String>,
+    /// Groups whose members may revoke any grant, kill any session and mint machine tokens.
+    #[serde(default = "default_admin_groups")]
+    pub admin_groups: Vec<String>,
+    /// Allow secrets written inline in this file (`password = "..."`). Off: use `*_env`/`*_file`.
+    #[serde(default)]
+    pub allow_inline_secrets: bool,
+    /// How long before expiry sessions are warned.
+    #[serde(default = "default_warning")]
+    pub expiry_warning: HumanDuration,
+    /// How long a request may stay pending before it expires (policies may override).
+    #[serde(default = "default_pending_timeout")]
+    pub pending_timeout: HumanDuration,
+    /// `text` (default) or `json` log lines.
+    #[serde(default)]
+    pub log_format: LogFormat,
+}
+
+impl Default for GatewaySection {
+    fn default() -> Self {
+        Self {
+            data_dir: default_data_dir(),
+            public_url: None,
+            admin_groups: default_admin_groups(),
+            allow_inline_secrets: false,
+            expiry_warning: default_warning(),
+            pending_timeout: default_pending_timeout(),
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./jitgate-data")
+}
+fn default_admin_groups() -> Vec<String> {
+    vec!["jitgate-admins".to_string()]
+}
+fn default_warning() -> HumanDuration {
+    HumanDuration::minutes(5)
+}
+fn default_pending_timeout() -> HumanDuration {
+    HumanDuration::hours(1)
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[listen]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenSection {
+    /// HTTP API, `/metrics`, health.
+    #[serde(default = "default_http_spanned")]
+    pub http: Spanned<String>,
+    /// Postgres front end.
+    pub postgres: Option<Spanned<String>>,
+    /// SSH front end.
+    pub ssh: Option<Spanned<String>>,
+}
+
+impl Default for ListenSection {
+    fn default() -> Self {
+        Self {
+            http: Spanned::new(0..0, default_http()),
+            postgres: None,
+            ssh: None,
+        }
+    }
+}
+
+fn default_http_spanned() -> Spanned<String> {
+    Spanned::new(0..0, default_http())
+}
+
+fn default_http() -> String {
+    "127.0.0.1:8080".to_string()
+}
+
+/// `[tls]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// PEM certificate chain.
+    pub cert_file: PathBuf,
+    /// PEM private key.
+    pub key_file: PathBuf,
+}
+
+/// `[store]`
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSection {
+    /// `sqlite://path` (default: `sqlite` in data_dir) or `postgres://...`.
+    pub url: Option<Spanned<String>>,
+    /// Read the URL from this environment variable (it may carry a password).
+    pub url_env: Option<String>,
+    /// Read the URL from this file.
+    pub url_file: Option<PathBuf>,
+}
+
+/// `[oidc]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcSection {
+    /// Issuer URL (discovery at `/.well-known/openid-configuration`).
+    pub issuer: String,
+    /// Registered client id.
+    pub client_id: String,
+    /// Client secret from the environment.
+    pub client_secret_env: Option<String>,
+    /// Client secret from a file.
+    pub client_secret_file: Option<PathBuf>,
+    /// Inline client secret (refused unless `allow_inline_secrets`).
+    pub client_secret: Option<Spanned<String>>,
+    /// Claim holding the groups.
+    #[serde(default = "default_groups_claim")]
+    pub groups_claim: String,
+    /// Claim holding the identity.
+    #[serde(default = "default_identity_claim")]
+    pub identity_claim: String,
+}
+
+fn default_groups_claim() -> String {
+    "groups".to_string()
+}
+fn default_identity_claim() -> String {
+    "email".to_string()
+}
+
+/// `[[identities]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// The identity name (what `user=` and approvals show).
+    pub name: Spanned<String>,
+    /// Groups it belongs to.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Hex SHA-256 of its bearer token (what `jitgate token create` prints).
+    pub token_sha256: Option<Spanned<String>>,
+    /// The token itself from the environment.
+    pub token_env: Option<String>,
+    /// The token itself from a file.
+    pub token_file: Option<PathBuf>,
+    /// Inline token (refused unless `allow_inline_secrets`).
+    pub token: Option<Spanned<String>>,
+    /// OpenSSH public keys that authenticate it on the SSH front end.
+    #[serde(default)]
+    pub ssh_keys: Vec<String>,
+}
+
+/// Kind of resource.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ResourceKind {
+    /// A PostgreSQL server.
+    Postgres,
+    /// An SSH server.
+    Ssh,
+}
+
+impl ResourceKind {
+    /// `postgres` / `ssh`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Postgres => "postgres",
+            Self::Ssh => "ssh",
+        }
+    }
+}
+
+/// `[[resources]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceConfig {
+    /// Unique name (`prod-db`, `web-1`).
+    pub name: Spanned<String>,
+    /// `postgres` or `ssh`.
+    pub kind: ResourceKind,
+    /// `host:port` of the upstream.
+    pub address: Spanned<String>,
+    /// Postgres: default database.
+    pub database: Option<String>,
+    /// Free labels policies can match on.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Postgres: upstream TLS.
+    pub tls: Option<UpstreamTls>,
+    /// Postgres: credentials per access level (`read-only`, `read-write`).
+    #[serde(default)]
+    pub credentials: BTreeMap<String, CredentialConfig>,
+    /// SSH: pinned upstream host key (`ssh-ed25519 AAAA...`).
+    pub host_key: Option<String>,
+    /// SSH: known_hosts file with the upstream's key.
+    pub known_hosts_file: Option<PathBuf>,
+    /// SSH: login names offered (the first is the default).
+    #[serde(default)]
+    pub logins: Vec<String>,
+    /// SSH: private key the gateway logs in upstream with.
+    pub upstream_key_file: Option<PathBuf>,
+    /// SSH: log in upstream with short-lived certificates signed by the gateway.
+    #[serde(default)]
+    pub upstream_ca: bool,
+    /// Connect timeout to the upstream.
+    pub connect_timeout: Option<HumanDuration>,
+}
+
+/// Upstream TLS for a Postgres resource.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    /// `disable`, `require` or `verify-full`.
+    pub mode: UpstreamTlsMode,
+    /// CA bundle for `verify-full`.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Upstream TLS mode.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpstreamTlsMode {
+    /// Plain TCP.
+    Disable,
+    /// TLS, certificate not verified (encryption only).
+    Require,
+    /// TLS, certificate and host name verified.
+    VerifyFull,
+}
+
+/// An upstream login.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialConfig {
+    /// Upstream user name.
+    pub user: String,
+    /// Password from the environment.
+    pub password_env: Option<String>,
+    /// Password from a file.
+    pub password_file: Option<PathBuf>,
+    /// Inline password (refused unless `allow_inline_secrets`).
+    pub password: Option<Spanned<String>>,
+}
+
+/// `[[policies]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Name shown in requests and audit.
+    pub name: Spanned<String>,
+    /// Resource name globs.
+    #[serde(default)]
+    pub resources: Vec<Spanned<String>>,
+    /// Resource labels that must all match.
+    #[serde(default)]
+    pub match_labels: BTreeMap<String, String>,
+    /// Groups that may request.
+    #[serde(default)]
+    pub requesters: Vec<String>,
+    /// Access levels (`read-only`, `read-write`, or SSH logins); omitted: all the resource offers.
+    #[serde(default)]
+    pub access: Vec<Spanned<String>>,
+    /// Groups that may approve (single-step approval).
+    #[serde(default)]
+    pub approvers: Vec<String>,
+    /// Distinct approvals needed (single-step approval).
+    #[serde(default = "one")]
+    pub approvals: u32,
+    /// Ordered approval steps; replaces `approvers`/`approvals`.
+    #[serde(default)]
+    pub steps: Vec<StepConfig>,
+    /// After this long pending, `escalate_to` groups may approve too.
+    pub escalate_after: Option<HumanDuration>,
+    /// Groups that may approve after escalation.
+    #[serde(default)]
+    pub escalate_to: Vec<String>,
+    /// Duration when the request names none.
+    #[serde(default = "default_duration")]
+    pub default_duration: Spanned<HumanDuration>,
+    /// Longest grant a request may ask for.
+    #[serde(default = "default_max_duration")]
+    pub max_duration: Spanned<HumanDuration>,
+    /// Requests must carry a reason.
+    #[serde(default = "yes")]
+    pub reason_required: bool,
+    /// How long a request may wait (default: `[gateway] pending_timeout`).
+    pub pending_timeout: Option<HumanDuration>,
+    /// SSH: allow `direct-tcpip` (`ssh -L`).
+    #[serde(default)]
+    pub allow_port_forwarding: bool,
+    /// Auto-approval rules.
+    #[serde(default)]
+    pub auto_approve: Vec<AutoApproveConfig>,
+}
+
+fn one() -> u32 {
+    1
+}
+fn yes() -> bool {
+    true
+}
+fn default_duration() -> Spanned<HumanDuration> {
+    Spanned::new(0..0, HumanDuration::hours(1))
+}
+fn default_max_duration() -> Spanned<HumanDuration> {
+    Spanned::new(0..0, HumanDuration::hours(4))
+}
+
+/// One approval step.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepConfig {
+    /// Step name (`team-lead`, `security`).
+    pub name: String,
+    /// Groups that may approve this step.
+    pub approvers: Vec<String>,
+    /// Distinct approvals this step needs.
+    #[serde(default = "one")]
+    pub approvals: u32,
+}
+
+/// `[[policies.auto_approve]]`: every condition given must hold.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AutoApproveConfig {
+    /// The requester is in one of these groups (empty: any requester).
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// The access level is one of these (empty: any).
+    #[serde(default)]
+    pub access: Vec<String>,
+    /// The duration is at most this.
+    pub max_duration: Option<HumanDuration>,
+    /// Now is inside this window.
+    pub window: Option<Window>,
+    /// The resource carries all these labels.
+    #[serde(default)]
+    pub match_labels: BTreeMap<String, String>,
+}
+
+/// `[audit]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSection {
+    /// Relative to data_dir.
+    #[serde(default = "default_audit_file")]
+    pub file: PathBuf,
+    /// SQL/command text longer than this is cut (and marked) in audit events.
+    #[serde(default = "default_max_text")]
+    pub max_text_len: usize,
+}
+
+impl Default for AuditSection {
+    fn default() -> Self {
+        Self {
+            file: default_audit_file(),
+            max_text_len: default_max_text(),
+        }
+    }
+}
+
+fn default_audit_file() -> PathBuf {
+    PathBuf::from("audit.jsonl")
+}
+fn default_max_text() -> usize {
+    4096
+}
+
+/// `[notify]`
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct NotifySection {
+    /// `[[notify.webhooks]]`
+    #[serde(default)]
+    pub webhooks: Vec<WebhookConfig>,
+}
+
+/// `[[notify.webhooks]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// URL from the environment.
+    pub url_env: Option<String>,
+    /// URL from a file.
+    pub url_file: Option<PathBuf>,
+    /// Inline URL (webhook URLs are secrets; refused unless `allow_inline_secrets`).
+    pub url: Option<Spanned<String>>,
+    /// `json` or `slack`.
+    #[serde(default)]
+    pub format: WebhookFormat,
+    /// Event kinds to send (empty: all).
+    #[serde(default)]
+    pub events: Vec<String>,
+    /// HMAC signing secret from the environment.
+    pub secret_env: Option<String>,
+}
+
+/// Webhook payload format.
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookFormat {
+    /// Versioned JSON.
+    #[default]
+    Json,
+    /// Slack incoming-webhook blocks.
+    Slack,
+}

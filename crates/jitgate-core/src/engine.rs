@@ -1,0 +1,496 @@
+//! The decisions of the access lifecycle, as pure functions of (catalog, records, caller, now).
+//!
+//! Nothing here touches a socket, a file or the wall clock: the control plane loads the records,
+//! asks these functions what happens, persists the result and writes the audit event. That keeps
+//! every rule — first matching policy, requester groups, self-approval, ordered steps,
+//! escalation, auto-approval windows, duration caps — testable with a [`crate::ManualClock`].
+
+use jiff::Timestamp;
+
+use crate::catalog::{Catalog, Policy, Resource};
+use crate::duration::HumanDuration;
+use crate::model::{Approval, Grant, GrantState, Principal, Request, RequestState};
+
+/// What a caller asks for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NewRequest {
+    /// Resource name.
+    pub resource: String,
+    /// Access level; default: the resource's default.
+    pub access: Option<String>,
+    /// Duration; default: the policy's.
+    pub duration: Option<HumanDuration>,
+    /// Why.
+    pub reason: Option<String>,
+    /// Ticket id.
+    pub ticket: Option<String>,
+}
+
+/// Why the engine said no. Each message says what happened and what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// No such resource.
+    #[error("unknown resource `{name}`")]
+    UnknownResource {
+        /// Asked name.
+        name: String,
+        /// Names that exist.
+        known: Vec<String>,
+    },
+    /// No policy covers the resource.
+    #[error("no policy covers `{0}`: nobody can request it (deny by default)")]
+    NoPolicy(String),
+    /// The caller is not a requester.
+    #[error("{who} may not request `{resource}`: policy `{policy}` allows requests from groups [{groups}] only")]
+    NotRequester {
+        /// Caller.
+        who: String,
+        /// Resource.
+        resource: String,
+        /// Policy name.
+        policy: String,
+        /// Allowed groups.
+        groups: String,
+    },
+    /// The access level is not offered/allowed.
+    #[error("access `{access}` is not allowed on `{resource}`; allowed: {allowed}")]
+    AccessNotAllowed {
+        /// Asked level.
+        access: String,
+        /// Resource.
+        resource: String,
+        /// Allowed levels.
+        allowed: String,
+    },
+    /// A reason is required.
+    #[error("policy `{0}` requires a reason")]
+    ReasonRequired(String),
+    /// Too long.
+    #[error("duration {asked} exceeds the maximum of {max} set by policy `{policy}`")]
+    DurationTooLong {
+        /// Asked.
+        asked: HumanDuration,
+        /// Maximum.
+        max: HumanDuration,
+        /// Policy.
+        policy: String,
+    },
+    /// Zero duration.
+    #[error("duration must be at least 1s")]
+    DurationZero,
+    /// Requesters never approve their own requests.
+    #[error("you cannot approve your own request (four-eyes principle)")]
+    SelfApproval,
+    /// The approver is not eligible for the current step.
+    #[error("{who} may not approve request {id}: step `{step}` needs an approver from groups [{groups}]")]
+    NotApprover {
+        /// Caller.
+        who: String,
+        /// Request id.
+        id: i64,
+        /// Step name.
+        step: String,
+        /// Eligible groups.
+        groups: String,
+    },
+    /// Same person twice.
+    #[error("{0} has already approved this request; another approver is needed")]
+    AlreadyApproved(String),
+    /// Not pending any more.
+    #[error("request {id} is {state}, not pending")]
+    NotPending {
+        /// Request id.
+        id: i64,
+        /// Current state.
+        state: RequestState,
+    },
+    /// Only the requester (or an admin) may do this.
+    #[error("only the requester or an admin may {0}")]
+    NotYours(&'static str),
+    /// Only an approver of the policy or an admin may do this.
+    #[error("only an approver of policy `{0}` or an admin may revoke this grant")]
+    NotRevoker(String),
+    /// The policy changed under the request.
+    #[error("policy `{0}` no longer exists (the configuration was reloaded)")]
+    PolicyGone(String),
+    /// The grant is not live.
+    #[error("grant {id} is {state}")]
+    GrantNotLive {
+        /// Grant id.
+        id: i64,
+        /// State.
+        state: &'static str,
+    },
+}
+
+/// How an API should present a refusal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalClass {
+    /// 400: the input is wrong.
+    BadInput,
+    /// 403: the caller may not.
+    Forbidden,
+    /// 404: nothing by that name.
+    NotFound,
+    /// 409: the state does not allow it.
+    Conflict,
+}
+
+impl Refusal {
+    /// HTTP-ish class.
+    pub fn class(&self) -> RefusalClass {
+        match self {
+            Self::UnknownResource { .. } => RefusalClass::NotFound,
+            Self::NoPolicy(_) | Self::NotRequester { .. } | Self::SelfApproval | Self::NotApprover { .. } | Self::NotYours(_) | Self::NotRevoker(_) => RefusalClass::Forbidden,
+            Self::AccessNotAllowed { .. } | Self::ReasonRequired(_) | Self::DurationTooLong { .. } | Self::DurationZero => RefusalClass::BadInput,
+            Self::AlreadyApproved(_) | Self::NotPending { .. } | Self::PolicyGone(_) | Self::GrantNotLive { .. } => RefusalClass::Conflict,
+        }
+    }
+
+    /// What to do about it.
+    pub fn hint(&self) -> Option<String> {
+        Some(match self {
+            Self::UnknownResource { known, .. } => format!("resources: {}", known.join(", ")),
+            Self::NoPolicy(_) => "ask an operator to add a [[policies]] entry covering it".into(),
+            Self::NotRequester { .. } => "ask to be added to one of those groups".into(),
+            Self::AccessNotAllowed { allowed, .. } => format!("use --access with one of: {allowed}"),
+            Self::ReasonRequired(_) => "add --reason \"INC-123: why you need it\"".into(),
+            Self::DurationTooLong { max, .. } => format!("ask for --for {max} or less (extend later with `jitgate extend`)"),
+            Self::DurationZero => "use e.g. --for 30m".into(),
+            Self::SelfApproval => "ask someone in an approver group to run `jitgate approve`".into(),
+            Self::NotApprover { .. } => "ask a member of those groups".into(),
+            Self::AlreadyApproved(_) | Self::NotRevoker(_) => return None,
+            Self::NotPending { .. } => "see `jitgate requests`".into(),
+            Self::NotYours(_) => return None,
+            Self::PolicyGone(_) => "create a new request".into(),
+            Self::GrantNotLive { .. } => "request access again with `jitgate request`".into(),
+        })
+    }
+}
+
+fn join(v: &[String]) -> String {
+    v.join(", ")
+}
+
+/// Find the resource or say which exist.
+pub fn resource<'a>(catalog: &'a Catalog, name: &str) -> Result<&'a Resource, Refusal> {
+    catalog.resources.get(name).ok_or_else(|| Refusal::UnknownResource {
+        name: name.to_string(),
+        known: catalog.resources.keys().cloned().collect(),
+    })
+}
+
+/// The access levels `policy` allows on `resource`.
+pub fn allowed_access(policy: &Policy, resource: &Resource) -> Vec<String> {
+    resource
+        .access_levels
+        .iter()
+        .filter(|a| policy.access.is_empty() || policy.access.contains(a))
+        .cloned()
+        .collect()
+}
+
+/// The first policy that covers the resource and admits the caller as a requester.
+pub fn policy_for<'a>(catalog: &'a Catalog, who: &Principal, resource: &'a Resource) -> Result<&'a Policy, Refusal> {
+    let mut covering = catalog.policies_for(resource).peekable();
+    let Some(first) = covering.peek().copied() else {
+        return Err(Refusal::NoPolicy(resource.name.clone()));
+    };
+    covering.find(|p| who.in_any(&p.requesters)).ok_or_else(|| Refusal::NotRequester {
+        who: who.name.clone(),
+        resource: resource.name.clone(),
+        policy: first.name.clone(),
+        groups: join(&first.requesters),
+    })
+}
+
+/// Validate a new request and decide whether it is auto-approved. Returns the request (id 0,
+/// for the store to assign) in state `pending` or `approved`.
+pub fn plan_request(catalog: &Catalog, who: &Principal, new: &NewRequest, now: Timestamp) -> Result<Request, Refusal> {
+    let res = resource(catalog, &new.resource)?;
+    let policy = policy_for(catalog, who, res)?;
+    let allowed = allowed_access(policy, res);
+    let access = match &new.access {
+        Some(a) => a.clone(),
+        None => res
+            .default_access()
+            .filter(|a| allowed.iter().any(|x| x == a))
+            .or_else(|| allowed.first().map(String::as_str))
+            .unwrap_or_default()
+            .to_string(),
+    };
+    if !allowed.contains(&access) {
+        return Err(Refusal::AccessNotAllowed {
+            access,
+            resource: res.name.clone(),
+            allowed: join(&allowed),
+        });
+    }
+    let duration = check_duration(policy, new.duration)?;
+    let reason = new.reason.as_ref().map(|r| r.trim().to_string()).filter(|r| !r.is_empty());
+    if policy.reason_required && reason.is_none() {
+        return Err(Refusal::ReasonRequired(policy.name.clone()));
+    }
+    let mut req = Request {
+        id: 0,
+        requester: who.name.clone(),
+        requester_groups: who.groups.clone(),
+        resource: res.name.clone(),
+        access,
+        duration_secs: duration.secs(),
+        reason,
+        ticket: new.ticket.clone().filter(|t| !t.trim().is_empty()),
+        policy: policy.name.clone(),
+        state: RequestState::Pending,
+        created_at: now,
+        decided_at: None,
+        decided_by: None,
+        decision_reason: None,
+        approvals: Vec::new(),
+        step: 0,
+        escalated: false,
+        extends_grant: None,
+        grant_id: None,
+        version: 0,
+    };
+    apply_auto_approval(&mut req, policy, res, now);
+    Ok(req)
+}
+
+fn check_duration(policy: &Policy, asked: Option<HumanDuration>) -> Result<HumanDuration, Refusal> {
+    let d = asked.unwrap_or(policy.default_duration);
+    if d.secs() == 0 {
+        return Err(Refusal::DurationZero);
+    }
+    if d > policy.max_duration {
+        return Err(Refusal::DurationTooLong {
+            asked: d,
+            max: policy.max_duration,
+            policy: policy.name.clone(),
+        });
+    }
+    Ok(d)
+}
+
+/// The first auto-approval rule that admits `req` now, as `(index, description)`.
+pub fn auto_approval_rule(req: &Request, policy: &Policy, res: &Resource, now: Timestamp) -> Option<(usize, String)> {
+    policy.auto_approve.iter().enumerate().find_map(|(i, rule)| {
+        let groups_ok = rule.groups.is_empty() || req.requester_groups.iter().any(|g| rule.groups.contains(g));
+        let access_ok = rule.access.is_empty() || rule.access.contains(&req.access);
+        let dur_ok = rule.max_duration.is_none_or(|m| req.duration_secs <= m.secs());
+        let win_ok = rule.window.as_ref().is_none_or(|w| w.contains(now));
+        let labels_ok = rule.match_labels.iter().all(|(k, v)| res.labels.get(k) == Some(v));
+        (groups_ok && access_ok && dur_ok && win_ok && labels_ok).then(|| {
+            let mut d = format!("policy `{}` auto_approve #{}", policy.name, i + 1);
+            if let Some(w) = &rule.window {
+                d.push_str(&format!(" (window {})", w.as_str()));
+            }
+            (i, d)
+        })
+    })
+}
+
+fn apply_auto_approval(req: &mut Request, policy: &Policy, res: &Resource, now: Timestamp) {
+    if let Some((_, desc)) = auto_approval_rule(req, policy, res, now) {
+        req.state = RequestState::Approved;
+        req.decided_at = Some(now);
+        req.decided_by = Some(format!("policy:{}", policy.name));
+        req.decision_reason = Some(desc);
+    }
+}
+
+/// Look up the request's policy by name.
+pub fn policy_named<'a>(catalog: &'a Catalog, name: &str) -> Result<&'a Policy, Refusal> {
+    catalog
+        .policies
+        .iter()
+        .find(|p| p.name == name)
+        .ok_or_else(|| Refusal::PolicyGone(name.to_string()))
+}
+
+/// True when the request has waited past the policy's `escalate_after`.
+pub fn escalation_due(req: &Request, policy: &Policy, now: Timestamp) -> bool {
+    req.state == RequestState::Pending
+        && !policy.escalate_to.is_empty()
+        && policy
+            .escalate_after
+            .is_some_and(|d| now >= req.created_at.saturating_add(d.as_signed()).unwrap_or(req.created_at))
+}
+
+/// True when a pending request has waited past its policy's `pending_timeout`.
+pub fn pending_timed_out(req: &Request, policy: &Policy, now: Timestamp) -> bool {
+    req.state == RequestState::Pending
+        && now >= req.created_at.saturating_add(policy.pending_timeout.as_signed()).unwrap_or(req.created_at)
+}
+
+/// Groups that may approve the request's current step now.
+pub fn eligible_groups(req: &Request, policy: &Policy, now: Timestamp) -> Vec<String> {
+    let mut g = policy.steps.get(req.step).map(|s| s.approvers.clone()).unwrap_or_default();
+    if req.escalated || escalation_due(req, policy, now) {
+        g.extend(policy.escalate_to.iter().cloned());
+    }
+    g
+}
+
+fn ensure_pending(req: &Request) -> Result<(), Refusal> {
+    if req.state == RequestState::Pending {
+        Ok(())
+    } else {
+        Err(Refusal::NotPending { id: req.id, state: req.state })
+    }
+}
+
+/// Record an approval. Returns true when it was the last one needed (the request is now
+/// approved and the caller must open or extend the grant).
+pub fn approve(req: &mut Request, policy: &Policy, who: &Principal, reason: Option<String>, now: Timestamp) -> Result<bool, Refusal> {
+    ensure_pending(req)?;
+    if who.name == req.requester {
+        return Err(Refusal::SelfApproval);
+    }
+    let groups = eligible_groups(req, policy, now);
+    let step_name = policy.steps.get(req.step).map(|s| s.name.clone()).unwrap_or_default();
+    if !who.in_any(&groups) {
+        return Err(Refusal::NotApprover {
+            who: who.name.clone(),
+            id: req.id,
+            step: step_name,
+            groups: join(&groups),
+        });
+    }
+    if req.approvals.iter().any(|a| a.approver == who.name) {
+        return Err(Refusal::AlreadyApproved(who.name.clone()));
+    }
+    req.approvals.push(Approval {
+        approver: who.name.clone(),
+        at: now,
+        step: req.step,
+        reason,
+    });
+    let needed = policy.steps.get(req.step).map(|s| s.approvals).unwrap_or(1);
+    let have = req.approvals.iter().filter(|a| a.step == req.step).count();
+    if u32::try_from(have).unwrap_or(u32::MAX) >= needed {
+        req.step += 1;
+        if req.step >= policy.steps.len() {
+            req.state = RequestState::Approved;
+            req.decided_at = Some(now);
+            req.decided_by = Some(who.name.clone());
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Deny: any approver eligible for the current step (or an admin) may.
+pub fn deny(req: &mut Request, policy: &Policy, who: &Principal, is_admin: bool, reason: String, now: Timestamp) -> Result<(), Refusal> {
+    ensure_pending(req)?;
+    if who.name == req.requester {
+        return Err(Refusal::NotYours("deny a request (cancel your own with `jitgate cancel`)"));
+    }
+    let groups = eligible_groups(req, policy, now);
+    if !is_admin && !who.in_any(&groups) {
+        return Err(Refusal::NotApprover {
+            who: who.name.clone(),
+            id: req.id,
+            step: policy.steps.get(req.step).map(|s| s.name.clone()).unwrap_or_default(),
+            groups: join(&groups),
+        });
+    }
+    req.state = RequestState::Denied;
+    req.decided_at = Some(now);
+    req.decided_by = Some(who.name.clone());
+    req.decision_reason = Some(reason);
+    Ok(())
+}
+
+/// Cancel: the requester (or an admin).
+pub fn cancel(req: &mut Request, who: &Principal, is_admin: bool, now: Timestamp) -> Result<(), Refusal> {
+    ensure_pending(req)?;
+    if who.name != req.requester && !is_admin {
+        return Err(Refusal::NotYours("cancel a request"));
+    }
+    req.state = RequestState::Cancelled;
+    req.decided_at = Some(now);
+    req.decided_by = Some(who.name.clone());
+    Ok(())
+}
+
+/// Expire a pending request that waited too long.
+pub fn expire_pending(req: &mut Request, now: Timestamp) {
+    req.state = RequestState::Expired;
+    req.decided_at = Some(now);
+    req.decided_by = Some("gateway".into());
+    req.decision_reason = Some("no decision before the pending timeout".into());
+}
+
+/// The grant an approved (non-extension) request opens, starting now.
+pub fn grant_for(req: &Request, now: Timestamp) -> Grant {
+    let secs = i64::try_from(req.duration_secs).unwrap_or(i64::MAX);
+    Grant {
+        id: 0,
+        request_id: req.id,
+        identity: req.requester.clone(),
+        resource: req.resource.clone(),
+        access: req.access.clone(),
+        policy: req.policy.clone(),
+        state: GrantState::Active,
+        starts_at: now,
+        expires_at: now.saturating_add(jiff::SignedDuration::from_secs(secs)).unwrap_or(now),
+        ended_at: None,
+        ended_by: None,
+        end_reason: None,
+    }
+}
+
+/// An extension request for a live grant held by the caller.
+pub fn plan_extension(catalog: &Catalog, who: &Principal, grant: &Grant, duration: HumanDuration, reason: Option<String>, now: Timestamp) -> Result<Request, Refusal> {
+    if grant.identity != who.name {
+        return Err(Refusal::NotYours("extend a grant"));
+    }
+    if !grant.is_live(now) {
+        return Err(Refusal::GrantNotLive { id: grant.id, state: if grant.state == GrantState::Active { "expired" } else { grant.state.as_str() } });
+    }
+    let mut req = plan_request(
+        catalog,
+        who,
+        &NewRequest {
+            resource: grant.resource.clone(),
+            access: Some(grant.access.clone()),
+            duration: Some(duration),
+            reason,
+            ticket: None,
+        },
+        now,
+    )?;
+    req.extends_grant = Some(grant.id);
+    Ok(req)
+}
+
+/// Apply an approved extension to its grant: the end moves later by the request's duration.
+pub fn extend_grant(grant: &mut Grant, req: &Request, now: Timestamp) -> Result<(), Refusal> {
+    if !grant.is_live(now) {
+        return Err(Refusal::GrantNotLive { id: grant.id, state: if grant.state == GrantState::Active { "expired" } else { grant.state.as_str() } });
+    }
+    let secs = i64::try_from(req.duration_secs).unwrap_or(i64::MAX);
+    grant.expires_at = grant.expires_at.saturating_add(jiff::SignedDuration::from_secs(secs)).unwrap_or(grant.expires_at);
+    Ok(())
+}
+
+/// May `who` revoke `grant`? Approvers of its policy (any step or escalation group) and admins.
+pub fn may_revoke(catalog: &Catalog, who: &Principal, grant: &Grant) -> Result<(), Refusal> {
+    if catalog.is_admin(&who.groups) {
+        return Ok(());
+    }
+    let Ok(policy) = policy_named(catalog, &grant.policy) else {
+        return Err(Refusal::NotRevoker(grant.policy.clone()));
+    };
+    let approver = policy.steps.iter().any(|s| who.in_any(&s.approvers)) || who.in_any(&policy.escalate_to);
+    if approver {
+        Ok(())
+    } else {
+        Err(Refusal::NotRevoker(policy.name.clone()))
+    }
+}
+
+#[cfg(test)]
+#[path = "engine_tests.rs"]
+mod tests;

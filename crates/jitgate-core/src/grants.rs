@@ -1,0 +1,153 @@
+//! The in-memory grant cache: the only thing a protocol front end consults when a connection
+//! arrives. Reads are lock-free per shard (`dashmap`) and allocate nothing: the key is the
+//! identity, borrowed as `&str`.
+
+use dashmap::DashMap;
+use jiff::Timestamp;
+use serde::Serialize;
+
+use crate::model::Grant;
+
+/// What the hot path needs to know about a live grant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LiveGrant {
+    /// Grant id.
+    pub id: i64,
+    /// Holder.
+    pub identity: String,
+    /// Resource.
+    pub resource: String,
+    /// Access level.
+    pub access: String,
+    /// End.
+    pub expires_at: Timestamp,
+    /// Policy.
+    pub policy: String,
+}
+
+impl From<&Grant> for LiveGrant {
+    fn from(g: &Grant) -> Self {
+        Self {
+            id: g.id,
+            identity: g.identity.clone(),
+            resource: g.resource.clone(),
+            access: g.access.clone(),
+            expires_at: g.expires_at,
+            policy: g.policy.clone(),
+        }
+    }
+}
+
+/// Live grants by identity.
+#[derive(Debug, Default)]
+pub struct GrantCache {
+    by_identity: DashMap<String, Vec<LiveGrant>>,
+    by_id: DashMap<i64, String>,
+}
+
+impl GrantCache {
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Add or replace (same id) a live grant.
+    pub fn insert(&self, g: LiveGrant) {
+        self.by_id.insert(g.id, g.identity.clone());
+        let mut v = self.by_identity.entry(g.identity.clone()).or_default();
+        v.retain(|x| x.id != g.id);
+        v.push(g);
+    }
+
+    /// Remove a grant; returns it if it was there.
+    pub fn remove(&self, id: i64) -> Option<LiveGrant> {
+        let (_, identity) = self.by_id.remove(&id)?;
+        let mut out = None;
+        if let Some(mut v) = self.by_identity.get_mut(&identity) {
+            if let Some(pos) = v.iter().position(|x| x.id == id) {
+                out = Some(v.swap_remove(pos));
+            }
+        }
+        self.by_identity.remove_if(&identity, |_, v| v.is_empty());
+        out
+    }
+
+    /// The live grant by id.
+    pub fn get(&self, id: i64) -> Option<LiveGrant> {
+        let identity = self.by_id.get(&id)?.clone();
+        self.by_identity.get(&identity)?.iter().find(|x| x.id == id).cloned()
+    }
+
+    /// The live grant for (identity, resource, access), latest expiry first. A grant past its
+    /// `expires_at` never matches, even if the scheduler has not removed it yet.
+    pub fn check(&self, identity: &str, resource: &str, access: &str, now: Timestamp) -> Option<LiveGrant> {
+        self.by_identity
+            .get(identity)?
+            .iter()
+            .filter(|g| g.resource == resource && g.access == access && g.expires_at > now)
+            .max_by_key(|g| g.expires_at)
+            .cloned()
+    }
+
+    /// All live grants of an identity on a resource (any access level).
+    pub fn for_resource(&self, identity: &str, resource: &str, now: Timestamp) -> Vec<LiveGrant> {
+        self.by_identity
+            .get(identity)
+            .map(|v| v.iter().filter(|g| g.resource == resource && g.expires_at > now).cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Number of grants held.
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    /// Every grant, for listings.
+    pub fn all(&self) -> Vec<LiveGrant> {
+        self.by_identity.iter().flat_map(|e| e.value().clone()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn g(id: i64, who: &str, res: &str, access: &str, exp: i64) -> LiveGrant {
+        LiveGrant {
+            id,
+            identity: who.into(),
+            resource: res.into(),
+            access: access.into(),
+            expires_at: Timestamp::from_second(exp).unwrap_or(Timestamp::UNIX_EPOCH),
+            policy: "p".into(),
+        }
+    }
+
+    #[test]
+    fn check_matches_identity_resource_access_and_time() {
+        let c = GrantCache::new();
+        c.insert(g(1, "alice", "prod-db", "read-only", 100));
+        let at = |s| Timestamp::from_second(s).unwrap_or(Timestamp::UNIX_EPOCH);
+        assert_eq!(c.check("alice", "prod-db", "read-only", at(50)).map(|g| g.id), Some(1));
+        assert!(c.check("alice", "prod-db", "read-write", at(50)).is_none());
+        assert!(c.check("bob", "prod-db", "read-only", at(50)).is_none());
+        assert!(c.check("alice", "prod-db", "read-only", at(100)).is_none(), "expired at the instant");
+        assert_eq!(c.remove(1).map(|g| g.id), Some(1));
+        assert!(c.is_empty());
+        assert!(c.remove(1).is_none());
+    }
+
+    #[test]
+    fn insert_with_same_id_replaces_expiry() {
+        let c = GrantCache::new();
+        c.insert(g(1, "alice", "prod-db", "read-only", 100));
+        c.insert(g(1, "alice", "prod-db", "read-only", 200));
+        assert_eq!(c.len(), 1);
+        assert_eq!(c.get(1).map(|g| g.expires_at.as_second()), Some(200));
+    }
+}

@@ -1,0 +1,35 @@
+//! # jitgate-core
+//!
+//! The heart of jitgate with no sockets in it: the configuration model ([`config`], [`catalog`]),
+//! the lifecycle rules of requests, approvals and grants ([`engine`]), and the live state the
+//! protocol front ends consult on every connection — the grant cache, the session registry and
+//! the expiry scheduler, bundled as the [`Enforcer`]. Time comes from a [`Clock`], so every rule
+//! is tested without sleeping.
+
+pub mod catalog;
+pub mod clock;
+pub mod config;
+pub mod duration;
+pub mod enforcer;
+pub mod engine;
+pub mod glob;
+pub mod grants;
+pub mod metrics;
+pub mod model;
+pub mod sessions;
+pub mod window;
+
+pub use catalog::Catalog;
+pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
+pub use duration::HumanDuration;
+pub use enforcer::{Enforcer, LiveEvent};
+pub use grants::{GrantCache, LiveGrant};
+pub use metrics::Metrics;
+pub use model::{Approval, Grant, GrantState, Principal, Request, RequestState};
+pub use sessions::{KillReason, SessionGuard, SessionInfo, SessionRegistry};
+
+/// Hex SHA-256 of a bearer token, as stored and configured (`token_sha256`).
+pub fn token_hash(token: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(token.as_bytes()))
+}

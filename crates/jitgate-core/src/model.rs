@@ -1,0 +1,205 @@
+//! The records of the access lifecycle: who asked for what ([`Request`]), who said yes
+//! ([`Approval`]) and what that opened ([`Grant`]). They are plain data, persisted by the store
+//! and returned by the API as JSON.
+
+use std::fmt;
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+/// An authenticated caller: a person (via OIDC) or a machine identity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Principal {
+    /// Identity name (an email for people).
+    pub name: String,
+    /// Groups at the time of authentication.
+    pub groups: Vec<String>,
+}
+
+impl Principal {
+    /// True when in any of `groups`.
+    pub fn in_any(&self, groups: &[String]) -> bool {
+        self.groups.iter().any(|g| groups.contains(g))
+    }
+}
+
+/// Where a request is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum RequestState {
+    /// Waiting for approvals.
+    Pending,
+    /// Approved; a grant was created (or extended).
+    Approved,
+    /// An approver said no.
+    Denied,
+    /// The requester withdrew it.
+    Cancelled,
+    /// Nobody decided in time.
+    Expired,
+}
+
+impl RequestState {
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Approved => "approved",
+            Self::Denied => "denied",
+            Self::Cancelled => "cancelled",
+            Self::Expired => "expired",
+        }
+    }
+
+    /// All states, for metrics.
+    pub const ALL: [RequestState; 5] = [Self::Pending, Self::Approved, Self::Denied, Self::Cancelled, Self::Expired];
+}
+
+impl fmt::Display for RequestState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for RequestState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|x| x.as_str() == s)
+            .ok_or_else(|| format!("unknown state `{s}`: use pending, approved, denied, cancelled or expired"))
+    }
+}
+
+/// One approval on a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Approval {
+    /// Who approved.
+    pub approver: String,
+    /// When.
+    pub at: Timestamp,
+    /// The step it counted for (0-based).
+    pub step: usize,
+    /// Optional comment.
+    pub reason: Option<String>,
+}
+
+/// A request for access.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    /// Assigned by the store.
+    pub id: i64,
+    /// Who asked.
+    pub requester: String,
+    /// Their groups when they asked.
+    pub requester_groups: Vec<String>,
+    /// Resource name.
+    pub resource: String,
+    /// Access level.
+    pub access: String,
+    /// Requested duration in seconds.
+    pub duration_secs: u64,
+    /// Why.
+    pub reason: Option<String>,
+    /// Ticket id.
+    pub ticket: Option<String>,
+    /// The policy that decided.
+    pub policy: String,
+    /// State.
+    pub state: RequestState,
+    /// Created.
+    pub created_at: Timestamp,
+    /// Decided (approved/denied/cancelled/expired).
+    pub decided_at: Option<Timestamp>,
+    /// Who decided (`policy:NAME` for auto-approval).
+    pub decided_by: Option<String>,
+    /// Why it was denied/cancelled, or which rule auto-approved it.
+    pub decision_reason: Option<String>,
+    /// Approvals so far.
+    pub approvals: Vec<Approval>,
+    /// Current approval step (0-based).
+    pub step: usize,
+    /// True once escalated.
+    pub escalated: bool,
+    /// For extension requests: the grant to extend.
+    pub extends_grant: Option<i64>,
+    /// The grant this request created or extended.
+    pub grant_id: Option<i64>,
+    /// Optimistic-concurrency version, bumped by every store update.
+    pub version: i64,
+}
+
+/// Where a grant is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum GrantState {
+    /// Live until `expires_at`.
+    Active,
+    /// Reached `expires_at`.
+    Expired,
+    /// Ended by an approver or admin.
+    Revoked,
+    /// Given back by its holder.
+    Released,
+}
+
+impl GrantState {
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Expired => "expired",
+            Self::Revoked => "revoked",
+            Self::Released => "released",
+        }
+    }
+}
+
+impl std::str::FromStr for GrantState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "active" => Ok(Self::Active),
+            "expired" => Ok(Self::Expired),
+            "revoked" => Ok(Self::Revoked),
+            "released" => Ok(Self::Released),
+            _ => Err(format!("unknown grant state `{s}`")),
+        }
+    }
+}
+
+/// Time-bound access of one identity to one resource at one access level.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    /// Assigned by the store.
+    pub id: i64,
+    /// The request that opened it.
+    pub request_id: i64,
+    /// Holder.
+    pub identity: String,
+    /// Resource name.
+    pub resource: String,
+    /// Access level.
+    pub access: String,
+    /// Policy that allowed it.
+    pub policy: String,
+    /// State.
+    pub state: GrantState,
+    /// Start.
+    pub starts_at: Timestamp,
+    /// End (moved by extensions).
+    pub expires_at: Timestamp,
+    /// When it ended, if it has.
+    pub ended_at: Option<Timestamp>,
+    /// Who ended it.
+    pub ended_by: Option<String>,
+    /// Why.
+    pub end_reason: Option<String>,
+}
+
+impl Grant {
+    /// True when active and not yet past `expires_at`.
+    pub fn is_live(&self, now: Timestamp) -> bool {
+        self.state == GrantState::Active && self.expires_at > now
+    }
+}
