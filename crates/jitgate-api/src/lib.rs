@@ -1,1 +1,13 @@
-//! placeholder
+//! # jitgate-api
+//!
+//! The control plane ([`ControlPlane`]): requests, approvals, grants, sessions, audit search and
+//! machine tokens, persisted through the store and audited; and its HTTP face ([`router`]): the
+//! versioned JSON API the CLI uses, Prometheus `/metrics`, `/healthz` and `/readyz`.
+
+pub mod control;
+pub mod error;
+pub mod routes;
+
+pub use control::ControlPlane;
+pub use error::{ApiError, ApiResult};
+pub use routes::router;

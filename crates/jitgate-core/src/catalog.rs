@@ -198,6 +198,8 @@ pub struct Catalog {
     pub identities: Vec<StaticIdentity>,
     /// Admin groups.
     pub admin_groups: Vec<String>,
+    /// Auditor groups.
+    pub auditor_groups: Vec<String>,
     /// Warning lead before expiry.
     pub expiry_warning: HumanDuration,
 }
@@ -211,6 +213,18 @@ impl Catalog {
     /// True when one of `groups` is an admin group.
     pub fn is_admin(&self, groups: &[String]) -> bool {
         groups.iter().any(|g| self.admin_groups.contains(g))
+    }
+
+    /// True when one of `groups` may search the whole audit log (auditors and admins).
+    pub fn is_auditor(&self, groups: &[String]) -> bool {
+        self.is_admin(groups) || groups.iter().any(|g| self.auditor_groups.contains(g))
+    }
+
+    /// True when `groups` can approve some step (or escalation) of `policy_name`.
+    pub fn is_approver_of(&self, policy_name: &str, groups: &[String]) -> bool {
+        self.policies.iter().filter(|p| p.name == policy_name).any(|p| {
+            p.steps.iter().any(|s| s.approvers.iter().any(|a| groups.contains(a))) || p.escalate_to.iter().any(|a| groups.contains(a))
+        })
     }
 
     /// The static identity whose token hashes to `sha256_hex`.

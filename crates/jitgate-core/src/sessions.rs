@@ -63,7 +63,7 @@ impl KillReason {
 }
 
 /// What is known about a session, for listings.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct SessionInfo {
     /// Session id (`s-` + 12 hex).
     pub id: String,

@@ -1,1 +1,342 @@
-fn main() {}
+//! `jitgate`: the gateway (`serve`) and its command-line client.
+//!
+//! The binary is thin: `serve` wires the library crates together (see `serve.rs`); every other
+//! command is a client of the HTTP API (`client.rs`) or a local tool (`config check`,
+//! `audit verify`). Errors print as `error: ...` (and `hint: ...`) on stderr with exit code 1;
+//! usage errors exit 2.
+
+mod cli;
+mod client;
+mod serve;
+mod table;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use jitgate_core::{Grant, Request, RequestState, SessionInfo};
+use serde_json::{Value, json};
+
+use crate::cli::{AuditCmd, Cli, Cmd, ConfigCmd, Conn, TokenCmd};
+use crate::client::{Client, enc};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn print_json(v: &impl serde::Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn ts(t: &jiff::Timestamp) -> String {
+    t.strftime("%Y-%m-%d %H:%M:%S UTC").to_string()
+}
+
+fn left(t: &jiff::Timestamp) -> String {
+    let s = t.duration_since(jiff::Timestamp::now()).as_secs().max(0);
+    jitgate_core::HumanDuration(u64::try_from(s).unwrap_or(0)).to_string()
+}
+
+fn describe(r: &Request) -> String {
+    let d = jitgate_core::HumanDuration(r.duration_secs);
+    let what = if let Some(g) = r.extends_grant { format!("extension of grant {g} by {d}") } else { format!("{} ({}, {d})", r.resource, r.access) };
+    match r.state {
+        RequestState::Pending => format!("request {} for {what} is pending approval (policy {}, {} approval(s) so far)", r.id, r.policy, r.approvals.len()),
+        RequestState::Approved => {
+            let by = r.decided_by.as_deref().unwrap_or("?");
+            let how = if by.starts_with("policy:") { format!("auto-approved by {}", r.decision_reason.as_deref().unwrap_or(by)) } else { format!("approved by {by}") };
+            format!("request {} for {what} is {how}; grant {}", r.id, r.grant_id.map(|g| g.to_string()).unwrap_or_default())
+        }
+        s => format!("request {} for {what} is {s}{}", r.id, r.decision_reason.as_ref().map(|x| format!(": {x}")).unwrap_or_default()),
+    }
+}
+
+fn requests_table(rs: &[Request]) {
+    let rows: Vec<Vec<String>> = rs
+        .iter()
+        .map(|r| {
+            vec![
+                r.id.to_string(),
+                r.state.to_string(),
+                r.requester.clone(),
+                r.resource.clone(),
+                r.access.clone(),
+                jitgate_core::HumanDuration(r.duration_secs).to_string(),
+                ts(&r.created_at),
+                r.reason.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    table::print(&["ID", "STATE", "REQUESTER", "RESOURCE", "ACCESS", "FOR", "CREATED", "REASON"], &rows);
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.cmd {
+        Cmd::Serve { config } => serve::run(&config).await.map(|()| ExitCode::SUCCESS),
+        Cmd::Config { cmd: ConfigCmd::Check { file, config } } => config_check(&file.unwrap_or(config)),
+        Cmd::Request { resource, access, duration, reason, ticket, wait, timeout, conn } => {
+            let c = Client::new(&conn)?;
+            let r: Request = c.post("/v1/requests", &json!({"resource": resource, "access": access, "duration": duration, "reason": reason, "ticket": ticket})).await?;
+            if !wait || r.state != RequestState::Pending {
+                return finish_request(&conn, &r);
+            }
+            let limit = jitgate_core::HumanDuration::parse(&timeout).map_err(anyhow::Error::msg)?;
+            eprintln!("{}; waiting (Ctrl-C to stop waiting; the request stays open)...", describe(&r));
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(limit.secs());
+            loop {
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                let now: Request = c.get(&format!("/v1/requests/{}", r.id)).await?;
+                if now.state != RequestState::Pending {
+                    return finish_request(&conn, &now);
+                }
+                if std::time::Instant::now() >= deadline {
+                    bail!("request {} is still pending after {timeout}", r.id);
+                }
+            }
+        }
+        Cmd::Requests { state, mine, conn } => {
+            let c = Client::new(&conn)?;
+            let mut q = format!("/v1/requests?mine={mine}");
+            if let Some(s) = state {
+                q.push_str(&format!("&state={}", enc(&s)));
+            }
+            let rs: Vec<Request> = c.get(&q).await?;
+            if conn.json { print_json(&rs)? } else { requests_table(&rs) }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Approve { id, reason, conn } => {
+            let r: Request = Client::new(&conn)?.post(&format!("/v1/requests/{id}/approve"), &json!({"reason": reason})).await?;
+            if conn.json { print_json(&r)? } else { println!("{}", describe(&r)) }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Deny { id, reason, conn } => {
+            let r: Request = Client::new(&conn)?.post(&format!("/v1/requests/{id}/deny"), &json!({"reason": reason})).await?;
+            if conn.json { print_json(&r)? } else { println!("{}", describe(&r)) }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Cancel { id, conn } => {
+            let r: Request = Client::new(&conn)?.post(&format!("/v1/requests/{id}/cancel"), &json!({})).await?;
+            if conn.json { print_json(&r)? } else { println!("{}", describe(&r)) }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Grants { all, conn } => {
+            let gs: Vec<Grant> = Client::new(&conn)?.get(&format!("/v1/grants?all={all}")).await?;
+            if conn.json {
+                print_json(&gs)?;
+            } else {
+                let rows: Vec<Vec<String>> = gs
+                    .iter()
+                    .map(|g| vec![g.id.to_string(), g.identity.clone(), g.resource.clone(), g.access.clone(), ts(&g.expires_at), left(&g.expires_at), g.request_id.to_string()])
+                    .collect();
+                table::print(&["GRANT", "IDENTITY", "RESOURCE", "ACCESS", "EXPIRES", "LEFT", "REQUEST"], &rows);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Revoke { grant_id, reason, conn } => {
+            let g: Grant = Client::new(&conn)?.post(&format!("/v1/grants/{grant_id}/revoke"), &json!({"reason": reason})).await?;
+            if conn.json { print_json(&g)? } else { println!("grant {} ({} on {}) revoked; its sessions were killed", g.id, g.identity, g.resource) }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Release { target, conn } => {
+            let c = Client::new(&conn)?;
+            let ids: Vec<i64> = match target.parse::<i64>() {
+                Ok(id) => vec![id],
+                Err(_) => {
+                    let gs: Vec<Grant> = c.get("/v1/grants").await?;
+                    let ids: Vec<i64> = gs.iter().filter(|g| g.resource == target).map(|g| g.id).collect();
+                    if ids.is_empty() {
+                        bail!("you hold no live grant on `{target}`");
+                    }
+                    ids
+                }
+            };
+            for id in ids {
+                let g: Grant = c.post(&format!("/v1/grants/{id}/release"), &json!({})).await?;
+                if conn.json { print_json(&g)? } else { println!("grant {} on {} released", g.id, g.resource) }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Extend { grant_id, duration, reason, conn } => {
+            let r: Request = Client::new(&conn)?.post(&format!("/v1/grants/{grant_id}/extend"), &json!({"duration": duration, "reason": reason})).await?;
+            finish_request(&conn, &r)
+        }
+        Cmd::Sessions { conn } => {
+            let ss: Vec<SessionInfo> = Client::new(&conn)?.get("/v1/sessions").await?;
+            if conn.json {
+                print_json(&ss)?;
+            } else {
+                let rows: Vec<Vec<String>> = ss
+                    .iter()
+                    .map(|s| vec![s.id.clone(), s.protocol.clone(), s.identity.clone(), s.resource.clone(), s.access.clone(), s.grant_id.to_string(), ts(&s.started_at), s.client_addr.clone()])
+                    .collect();
+                table::print(&["SESSION", "PROTOCOL", "IDENTITY", "RESOURCE", "ACCESS", "GRANT", "STARTED", "CLIENT"], &rows);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Kill { session_id, conn } => {
+            let s: SessionInfo = Client::new(&conn)?.post(&format!("/v1/sessions/{}/kill", enc(&session_id)), &json!({})).await?;
+            if conn.json { print_json(&s)? } else { println!("session {} ({} on {}) killed", s.id, s.identity, s.resource) }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Audit { cmd: AuditCmd::Search { user, resource, kind, grant, session, request, since, until, limit, conn } } => {
+            let mut q = Vec::new();
+            let mut add = |k: &str, v: Option<String>| {
+                if let Some(v) = v {
+                    q.push(format!("{k}={}", enc(&v)));
+                }
+            };
+            add("user", user);
+            add("resource", resource);
+            add("kind", kind);
+            add("grant", grant.map(|g| g.to_string()));
+            add("session", session);
+            add("request", request.map(|g| g.to_string()));
+            add("since", since);
+            add("until", until);
+            add("limit", limit.map(|g| g.to_string()));
+            let evs: Vec<Value> = Client::new(&conn)?.get(&format!("/v1/audit?{}", q.join("&"))).await?;
+            if conn.json {
+                for e in &evs {
+                    println!("{}", serde_json::to_string(e)?);
+                }
+            } else {
+                let s = |e: &Value, k: &str| e.get(k).map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| if v.is_null() { String::new() } else { v.to_string() })).unwrap_or_default();
+                let rows: Vec<Vec<String>> = evs
+                    .iter()
+                    .map(|e| vec![s(e, "seq"), s(e, "time"), s(e, "kind"), s(e, "actor"), s(e, "resource"), s(e, "request_id"), s(e, "grant_id"), s(e, "session_id"), s(e, "reason")])
+                    .collect();
+                table::print(&["SEQ", "TIME", "KIND", "ACTOR", "RESOURCE", "REQ", "GRANT", "SESSION", "REASON"], &rows);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Audit { cmd: AuditCmd::Verify { file, config } } => audit_verify(file, &config),
+        Cmd::Whoami { conn } => {
+            let w: Value = Client::new(&conn)?.get("/v1/whoami").await?;
+            if conn.json {
+                print_json(&w)?;
+            } else {
+                let groups: Vec<String> = w["groups"].as_array().map(|a| a.iter().filter_map(|g| g.as_str().map(str::to_string)).collect()).unwrap_or_default();
+                println!("{} [{}]{}", w["name"].as_str().unwrap_or("?"), groups.join(", "), if w["admin"].as_bool() == Some(true) { " (admin)" } else { "" });
+                for g in w["grants"].as_array().into_iter().flatten() {
+                    println!("  grant {} on {} ({}) until {}", g["id"], g["resource"].as_str().unwrap_or(""), g["access"].as_str().unwrap_or(""), g["expires_at"].as_str().unwrap_or(""));
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Resources { conn } => {
+            let rs: Vec<Value> = Client::new(&conn)?.get("/v1/resources").await?;
+            if conn.json {
+                print_json(&rs)?;
+            } else {
+                let rows: Vec<Vec<String>> = rs
+                    .iter()
+                    .map(|r| {
+                        let access: Vec<&str> = r["access"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+                        vec![r["name"].as_str().unwrap_or("").into(), r["kind"].as_str().unwrap_or("").into(), access.join(", "), r["policy"].as_str().unwrap_or("-").into()]
+                    })
+                    .collect();
+                table::print(&["RESOURCE", "KIND", "YOU MAY REQUEST", "POLICY"], &rows);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Token { cmd: TokenCmd::Create { name, groups, conn } } => {
+            let t: Value = Client::new(&conn)?.post("/v1/tokens", &json!({"name": name, "groups": groups})).await?;
+            if conn.json {
+                print_json(&t)?;
+            } else {
+                println!("token for {} (shown once; store it in a secret manager):\n\n  {}\n", name, t["token"].as_str().unwrap_or(""));
+                println!("It works now. To declare it in gateway.toml instead:\n\n  [[identities]]\n  name = \"{name}\"\n  groups = {:?}\n  token_sha256 = \"{}\"", groups, t["sha256"].as_str().unwrap_or(""));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn finish_request(conn: &Conn, r: &Request) -> Result<ExitCode> {
+    if conn.json {
+        print_json(r)?;
+    } else {
+        println!("{}", describe(r));
+        if r.state == RequestState::Pending {
+            println!("an approver can run: jitgate approve {}", r.id);
+        }
+    }
+    Ok(match r.state {
+        RequestState::Pending | RequestState::Approved => ExitCode::SUCCESS,
+        _ => ExitCode::from(1),
+    })
+}
+
+fn config_check(path: &std::path::Path) -> Result<ExitCode> {
+    let l = serve::report(jitgate_core::config::load(path))?;
+    let c = &l.config;
+    println!("{}: ok", path.display());
+    println!("  data_dir      {}", c.gateway.data_dir.display());
+    println!("  listen http   {}", c.listen.http.get_ref());
+    if let Some(p) = &c.listen.postgres {
+        println!("  listen pg     {}", p.get_ref());
+    }
+    if let Some(p) = &c.listen.ssh {
+        println!("  listen ssh    {}", p.get_ref());
+    }
+    println!("  store         {}", c.store.url.as_ref().map_or_else(|| "sqlite (data_dir/jitgate.db)".to_string(), |u| u.get_ref().clone()));
+    println!("  tls           {}", if c.tls.is_some() { "configured certificate" } else { "self-signed, generated into data_dir" });
+    println!("  oidc          {}", c.oidc.as_ref().map_or("not configured", |o| o.issuer.as_str()));
+    println!("  identities    {}", l.catalog.identities.len());
+    for r in l.catalog.resources.values() {
+        println!("  resource      {} ({}, {}) access: {}", r.name, r.kind.as_str(), r.address, r.access_levels.join(", "));
+    }
+    for p in &l.catalog.policies {
+        let steps: Vec<String> = p.steps.iter().map(|s| format!("{}×[{}]", s.approvals, s.approvers.join(","))).collect();
+        println!(
+            "  policy        {}: resources [{}] requesters [{}] approvals {} max {} auto-approve rules {}",
+            p.name,
+            p.resources.join(", "),
+            p.requesters.join(", "),
+            steps.join(" then "),
+            p.max_duration,
+            p.auto_approve.len()
+        );
+    }
+    if !l.warnings.is_empty() {
+        println!("  {} warning(s) above", l.warnings.len());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn audit_verify(file: Option<PathBuf>, config: &std::path::Path) -> Result<ExitCode> {
+    let path = match file {
+        Some(f) => f,
+        None => {
+            let l = serve::report(jitgate_core::config::load(config)).context("finding the audit file (or pass --file)")?;
+            l.config.gateway.data_dir.join(&l.config.audit.file)
+        }
+    };
+    match jitgate_audit::verify_file(&path) {
+        Ok(v) => {
+            println!("{}: ok, {} events, chain intact (head {})", path.display(), v.lines, v.head.get(..16).unwrap_or(&v.head));
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(b) => {
+            eprintln!("{}:{}: {}", path.display(), b.line, b.why);
+            eprintln!("error: the audit log has been altered or damaged at line {}", b.line);
+            Ok(ExitCode::from(1))
+        }
+    }
+}

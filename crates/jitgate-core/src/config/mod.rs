@@ -455,6 +455,7 @@ fn validate(c: &Config, d: &mut Diags<'_>) -> Catalog {
         policies,
         identities,
         admin_groups: c.gateway.admin_groups.clone(),
+        auditor_groups: c.gateway.auditor_groups.clone(),
         expiry_warning: c.gateway.expiry_warning,
     }
 }

@@ -59,6 +59,9 @@ pub struct GatewaySection {
     /// Groups whose members may revoke any grant, kill any session and mint machine tokens.
     #[serde(default = "default_admin_groups")]
     pub admin_groups: Vec<String>,
+    /// Groups whose members may search the whole audit log (others see their own events).
+    #[serde(default = "default_auditor_groups")]
+    pub auditor_groups: Vec<String>,
     /// Allow secrets written inline in this file (`password = "..."`). Off: use `*_env`/`*_file`.
     #[serde(default)]
     pub allow_inline_secrets: bool,
@@ -79,6 +82,7 @@ impl Default for GatewaySection {
             data_dir: default_data_dir(),
             public_url: None,
             admin_groups: default_admin_groups(),
+            auditor_groups: default_auditor_groups(),
             allow_inline_secrets: false,
             expiry_warning: default_warning(),
             pending_timeout: default_pending_timeout(),
@@ -92,6 +96,9 @@ fn default_data_dir() -> PathBuf {
 }
 fn default_admin_groups() -> Vec<String> {
     vec!["jitgate-admins".to_string()]
+}
+fn default_auditor_groups() -> Vec<String> {
+    vec!["jitgate-auditors".to_string()]
 }
 fn default_warning() -> HumanDuration {
     HumanDuration::minutes(5)

@@ -1,0 +1,602 @@
+//! The control plane: the one place where lifecycle decisions become durable facts.
+//!
+//! Every mutation follows the same order: decide with the pure engine → persist in the store →
+//! change the live state (grant cache, kill switches) → write the audit event durably → answer.
+//! Mutations of requests are serialised in-process by a mutex and across replicas by the
+//! store's version check.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use jiff::Timestamp;
+use jitgate_audit::{AuditSink, Event, Query};
+use jitgate_core::engine::{self, NewRequest, Refusal};
+use jitgate_core::{
+    Catalog, Enforcer, Grant, GrantState, HumanDuration, KillReason, LiveEvent, LiveGrant, Metrics, Principal, Request, RequestState, SessionInfo,
+    SharedClock,
+};
+use jitgate_store::{GrantFilter, MachineToken, RequestFilter, Store};
+use serde::Serialize;
+use tokio::sync::{Mutex, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{ApiError, ApiResult};
+
+/// The control plane service shared by the API and the protocol front ends.
+pub struct ControlPlane {
+    catalog: ArcSwap<Catalog>,
+    store: Arc<dyn Store>,
+    audit: AuditSink,
+    enforcer: Arc<Enforcer>,
+    metrics: Metrics,
+    clock: SharedClock,
+    request_lock: Mutex<()>,
+}
+
+impl std::fmt::Debug for ControlPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ControlPlane")
+    }
+}
+
+/// What `whoami` returns.
+#[derive(Debug, Serialize)]
+pub struct WhoAmI {
+    /// The caller.
+    #[serde(flatten)]
+    pub principal: Principal,
+    /// Admin?
+    pub admin: bool,
+    /// Live grants held.
+    pub grants: Vec<LiveGrant>,
+}
+
+/// A newly minted machine token (shown once).
+#[derive(Debug, Serialize)]
+pub struct MintedToken {
+    /// Identity name.
+    pub name: String,
+    /// The bearer token.
+    pub token: String,
+    /// Its hash, for `token_sha256` in gateway.toml.
+    pub sha256: String,
+}
+
+/// A resource as listed to users.
+#[derive(Debug, Serialize)]
+pub struct ResourceView {
+    /// Name.
+    pub name: String,
+    /// Kind.
+    pub kind: String,
+    /// Access levels the caller may request.
+    pub access: Vec<String>,
+    /// The policy that covers the caller.
+    pub policy: Option<String>,
+    /// Labels.
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+impl ControlPlane {
+    /// Assemble the control plane.
+    pub fn new(catalog: Catalog, store: Arc<dyn Store>, audit: AuditSink, enforcer: Arc<Enforcer>, metrics: Metrics) -> Arc<Self> {
+        let clock = enforcer.clock().clone();
+        Arc::new(Self {
+            catalog: ArcSwap::from_pointee(catalog),
+            store,
+            audit,
+            enforcer,
+            metrics,
+            clock,
+            request_lock: Mutex::new(()),
+        })
+    }
+
+    /// The current catalog.
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.catalog.load_full()
+    }
+
+    /// The enforcer (grant cache + sessions).
+    pub fn enforcer(&self) -> &Arc<Enforcer> {
+        &self.enforcer
+    }
+
+    /// The audit sink.
+    pub fn audit(&self) -> &AuditSink {
+        &self.audit
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    fn count(&self, s: RequestState) {
+        self.metrics.requests_total.with_label_values(&[s.as_str()]).inc();
+    }
+
+    // ---------------------------------------------------------------- start-up, reload, tasks
+
+    /// Load live grants from the store into the cache; close what ended while the gateway was
+    /// down (expired grants are marked expired and audited, never resurrected).
+    pub async fn restore(&self) -> ApiResult<usize> {
+        let now = self.now();
+        let active = self.store.list_grants(&GrantFilter { state: Some(GrantState::Active), limit: Some(1_000_000), ..Default::default() }).await?;
+        let mut live = 0;
+        for mut g in active {
+            if g.is_live(now) {
+                self.enforcer.activate(LiveGrant::from(&g));
+                live += 1;
+            } else {
+                g.state = GrantState::Expired;
+                g.ended_at = Some(g.expires_at);
+                g.ended_by = Some("gateway".into());
+                self.store.update_grant(&g).await?;
+                self.audit
+                    .record(Event::new("grant.expired", now).actor("gateway").resource(&g.resource).grant(g.id).request(g.request_id)
+                        .details(serde_json::json!({"identity": g.identity, "expires_at": g.expires_at, "while_down": true})))
+                    .await?;
+            }
+        }
+        for s in self.store.list_sessions(true, 1_000_000).await? {
+            self.store.session_ended(&s.info.id, now, "gateway restarted").await?;
+        }
+        Ok(live)
+    }
+
+    /// Swap in a new catalog (SIGHUP).
+    pub async fn reload(&self, catalog: Catalog) -> ApiResult<()> {
+        let summary = serde_json::json!({"resources": catalog.resources.len(), "policies": catalog.policies.len(), "identities": catalog.identities.len()});
+        self.enforcer.set_warning_lead(catalog.expiry_warning.secs());
+        self.catalog.store(Arc::new(catalog));
+        self.metrics.config_reloads_total.with_label_values(&["ok"]).inc();
+        self.audit.record(Event::new("config.reloaded", self.now()).actor("gateway").details(summary)).await?;
+        Ok(())
+    }
+
+    /// Record a refused reload.
+    pub async fn reload_failed(&self, why: &str) {
+        self.metrics.config_reloads_total.with_label_values(&["error"]).inc();
+        let _ = self.audit.record(Event::new("config.reload_failed", self.now()).actor("gateway").reason(Some(why))).await;
+    }
+
+    /// Run the expiry scheduler and the pending-request sweeper until `stop`.
+    pub fn spawn_tasks(self: &Arc<Self>, stop: CancellationToken) {
+        let (tx, mut rx) = mpsc::channel(1024);
+        tokio::spawn(self.enforcer.clone().run(tx, stop.clone()));
+        let me = self.clone();
+        tokio::spawn(async move {
+            while let Some(ev) = rx.recv().await {
+                if let Err(e) = me.on_live_event(ev).await {
+                    tracing::error!(error = %e.error, "could not persist an expiry");
+                }
+            }
+        });
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = stop.cancelled() => return,
+                }
+                if let Err(e) = me.sweep_pending().await {
+                    tracing::warn!(error = %e.error, "pending-request sweep failed");
+                }
+            }
+        });
+    }
+
+    async fn on_live_event(&self, ev: LiveEvent) -> ApiResult<()> {
+        let now = self.now();
+        match ev {
+            LiveEvent::Expired { grant, sessions } => {
+                if let Some(mut g) = self.store.get_grant(grant.id).await? {
+                    if g.state == GrantState::Active && g.expires_at <= now {
+                        g.state = GrantState::Expired;
+                        g.ended_at = Some(g.expires_at);
+                        g.ended_by = Some("gateway".into());
+                        self.store.update_grant(&g).await?;
+                    }
+                }
+                tracing::info!(grant_id = grant.id, identity = %grant.identity, resource = %grant.resource, sessions, "grant expired");
+                self.audit
+                    .record(Event::new("grant.expired", now).actor("gateway").resource(&grant.resource).grant(grant.id)
+                        .details(serde_json::json!({"identity": grant.identity, "access": grant.access, "expires_at": grant.expires_at, "sessions_killed": sessions})))
+                    .await?;
+            }
+            LiveEvent::Expiring { grant } => {
+                self.audit
+                    .record(Event::new("grant.expiring", now).actor("gateway").resource(&grant.resource).grant(grant.id)
+                        .details(serde_json::json!({"identity": grant.identity, "expires_at": grant.expires_at})))
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn sweep_pending(&self) -> ApiResult<()> {
+        let pending = self.store.list_requests(&RequestFilter { state: Some(RequestState::Pending), ..Default::default() }).await?;
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let cat = self.catalog();
+        let _guard = self.request_lock.lock().await;
+        for r in pending {
+            let now = self.now();
+            let Ok(policy) = engine::policy_named(&cat, &r.policy) else { continue };
+            if engine::pending_timed_out(&r, policy, now) {
+                let mut r = r.clone();
+                engine::expire_pending(&mut r, now);
+                let r = self.store.update_request(&r).await?;
+                self.count(RequestState::Expired);
+                self.audit.record(self.request_event("request.expired", &r, "gateway", now)).await?;
+            } else if !r.escalated && engine::escalation_due(&r, policy, now) {
+                let mut r = r.clone();
+                r.escalated = true;
+                let r = self.store.update_request(&r).await?;
+                self.audit
+                    .record(self.request_event("request.escalated", &r, "gateway", now).details(serde_json::json!({"escalate_to": policy.escalate_to})))
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- authentication
+
+    /// Resolve a bearer token to a principal.
+    pub async fn authenticate(&self, token: &str) -> ApiResult<Principal> {
+        let h = jitgate_core::token_hash(token);
+        if let Some(i) = self.catalog().identity_by_token_hash(&h) {
+            return Ok(Principal { name: i.name.clone(), groups: i.groups.clone() });
+        }
+        if let Some(t) = self.store.token_by_hash(&h).await? {
+            return Ok(Principal { name: t.name, groups: t.groups });
+        }
+        self.metrics.auth_failures_total.with_label_values(&["http", "invalid_token"]).inc();
+        Err(ApiError::unauthorized("invalid or expired token"))
+    }
+
+    // ---------------------------------------------------------------- requests
+
+    fn request_event(&self, kind: &str, r: &Request, actor: &str, now: Timestamp) -> Event {
+        Event::new(kind, now)
+            .actor(actor)
+            .resource(&r.resource)
+            .request(r.id)
+            .reason(r.reason.clone())
+            .details(serde_json::json!({
+                "identity": r.requester, "access": r.access, "duration": HumanDuration(r.duration_secs).to_string(),
+                "policy": r.policy, "ticket": r.ticket, "state": r.state, "step": r.step, "extends_grant": r.extends_grant,
+            }))
+    }
+
+    /// Create a request (or an extension request) and auto-approve it if a rule admits it.
+    pub async fn create_request(&self, who: &Principal, new: NewRequest) -> ApiResult<Request> {
+        let now = self.now();
+        let cat = self.catalog();
+        let planned = engine::plan_request(&cat, who, &new, now)?;
+        self.submit(who, planned, now).await
+    }
+
+    /// Ask for more time on a live grant.
+    pub async fn extend(&self, who: &Principal, grant_id: i64, duration: HumanDuration, reason: Option<String>) -> ApiResult<Request> {
+        let now = self.now();
+        let g = self.store.get_grant(grant_id).await?.ok_or_else(|| ApiError::not_found(format!("no grant {grant_id}")))?;
+        let planned = engine::plan_extension(&self.catalog(), who, &g, duration, reason, now)?;
+        self.submit(who, planned, now).await
+    }
+
+    async fn submit(&self, who: &Principal, planned: Request, now: Timestamp) -> ApiResult<Request> {
+        let _guard = self.request_lock.lock().await;
+        let auto = planned.state == RequestState::Approved;
+        let mut pending = planned.clone();
+        pending.state = RequestState::Pending;
+        pending.decided_at = None;
+        pending.decided_by = None;
+        pending.decision_reason = None;
+        let r = self.store.create_request(&pending).await?;
+        self.count(RequestState::Pending);
+        self.audit.record(self.request_event("request.created", &r, &who.name, now)).await?;
+        tracing::info!(request_id = r.id, identity = %who.name, resource = %r.resource, access = %r.access, auto, "request created");
+        if !auto {
+            return Ok(r);
+        }
+        let mut approved = r;
+        approved.state = RequestState::Approved;
+        approved.decided_at = planned.decided_at;
+        approved.decided_by = planned.decided_by.clone();
+        approved.decision_reason = planned.decision_reason.clone();
+        self.finish_approval(approved, now).await
+    }
+
+    async fn finish_approval(&self, r: Request, now: Timestamp) -> ApiResult<Request> {
+        let actor = r.decided_by.clone().unwrap_or_default();
+        let (r, g, extended) = match r.extends_grant {
+            Some(gid) => {
+                let mut g = self.store.get_grant(gid).await?.ok_or_else(|| ApiError::not_found(format!("no grant {gid}")))?;
+                engine::extend_grant(&mut g, &r, now)?;
+                let (r, g) = self.store.approve_with_grant(&r, &g).await?;
+                (r, g, true)
+            }
+            None => {
+                let g = engine::grant_for(&r, now);
+                let (r, g) = self.store.approve_with_grant(&r, &g).await?;
+                (r, g, false)
+            }
+        };
+        self.enforcer.activate(LiveGrant::from(&g));
+        self.count(RequestState::Approved);
+        self.metrics.approval_latency_seconds.observe(now.duration_since(r.created_at).as_secs_f64().max(0.0));
+        let mut ev = self.request_event("request.approved", &r, &actor, now);
+        if let Some(rule) = &r.decision_reason {
+            ev.details["auto_approved_by"] = serde_json::Value::String(rule.clone());
+        }
+        self.audit.record(ev.grant(g.id)).await?;
+        let kind = if extended { "grant.extended" } else { "grant.activated" };
+        self.audit
+            .record(Event::new(kind, now).actor(&actor).resource(&g.resource).request(r.id).grant(g.id)
+                .details(serde_json::json!({"identity": g.identity, "access": g.access, "starts_at": g.starts_at, "expires_at": g.expires_at, "policy": g.policy})))
+            .await?;
+        tracing::info!(request_id = r.id, grant_id = g.id, identity = %g.identity, resource = %g.resource, expires_at = %g.expires_at, "{kind}");
+        Ok(r)
+    }
+
+    async fn load_request(&self, id: i64) -> ApiResult<Request> {
+        self.store.get_request(id).await?.ok_or_else(|| ApiError::not_found(format!("no request {id}")))
+    }
+
+    /// Approve (one approval; the last one needed opens or extends the grant).
+    pub async fn approve(&self, who: &Principal, id: i64, reason: Option<String>) -> ApiResult<Request> {
+        let _guard = self.request_lock.lock().await;
+        let now = self.now();
+        let mut r = self.load_request(id).await?;
+        let cat = self.catalog();
+        let policy = engine::policy_named(&cat, &r.policy)?;
+        let done = engine::approve(&mut r, policy, who, reason.clone(), now)?;
+        if done {
+            return self.finish_approval(r, now).await;
+        }
+        let r = self.store.update_request(&r).await?;
+        self.audit
+            .record(self.request_event("request.approval_added", &r, &who.name, now).details(serde_json::json!({
+                "identity": r.requester, "approvals": r.approvals.len(), "next_step": policy.steps.get(r.step).map(|s| s.name.clone()), "comment": reason,
+            })))
+            .await?;
+        Ok(r)
+    }
+
+    /// Deny.
+    pub async fn deny(&self, who: &Principal, id: i64, reason: String) -> ApiResult<Request> {
+        if reason.trim().is_empty() {
+            return Err(ApiError::bad_request("a denial needs a reason", Some("add --reason \"why\"".into())));
+        }
+        let _guard = self.request_lock.lock().await;
+        let now = self.now();
+        let mut r = self.load_request(id).await?;
+        let cat = self.catalog();
+        let policy = engine::policy_named(&cat, &r.policy)?;
+        engine::deny(&mut r, policy, who, cat.is_admin(&who.groups), reason.clone(), now)?;
+        let r = self.store.update_request(&r).await?;
+        self.count(RequestState::Denied);
+        let mut ev = self.request_event("request.denied", &r, &who.name, now);
+        ev.details["denial_reason"] = serde_json::Value::String(reason);
+        self.audit.record(ev).await?;
+        Ok(r)
+    }
+
+    /// Cancel (requester or admin).
+    pub async fn cancel(&self, who: &Principal, id: i64) -> ApiResult<Request> {
+        let _guard = self.request_lock.lock().await;
+        let now = self.now();
+        let mut r = self.load_request(id).await?;
+        engine::cancel(&mut r, who, self.catalog().is_admin(&who.groups), now)?;
+        let r = self.store.update_request(&r).await?;
+        self.count(RequestState::Cancelled);
+        self.audit.record(self.request_event("request.cancelled", &r, &who.name, now)).await?;
+        Ok(r)
+    }
+
+    fn may_see_request(&self, cat: &Catalog, who: &Principal, r: &Request) -> bool {
+        r.requester == who.name || cat.is_admin(&who.groups) || cat.is_auditor(&who.groups) || cat.is_approver_of(&r.policy, &who.groups)
+    }
+
+    /// One request, if the caller may see it.
+    pub async fn get_request(&self, who: &Principal, id: i64) -> ApiResult<Request> {
+        let r = self.load_request(id).await?;
+        if self.may_see_request(&self.catalog(), who, &r) { Ok(r) } else { Err(ApiError::not_found(format!("no request {id}"))) }
+    }
+
+    /// Requests the caller may see: their own, those they can approve, or all for admins.
+    pub async fn list_requests(&self, who: &Principal, state: Option<RequestState>, mine: bool) -> ApiResult<Vec<Request>> {
+        let f = RequestFilter { state, requester: mine.then(|| who.name.clone()), limit: Some(500) };
+        let cat = self.catalog();
+        Ok(self.store.list_requests(&f).await?.into_iter().filter(|r| self.may_see_request(&cat, who, r)).collect())
+    }
+
+    // ---------------------------------------------------------------- grants
+
+    /// Live grants: the caller's, or (`all`) every one the caller may see.
+    pub async fn list_grants(&self, who: &Principal, all: bool) -> ApiResult<Vec<Grant>> {
+        let cat = self.catalog();
+        let f = GrantFilter { live_at: Some(self.now()), identity: (!all).then(|| who.name.clone()), ..Default::default() };
+        Ok(self
+            .store
+            .list_grants(&f)
+            .await?
+            .into_iter()
+            .filter(|g| g.identity == who.name || cat.is_admin(&who.groups) || cat.is_auditor(&who.groups) || cat.is_approver_of(&g.policy, &who.groups))
+            .collect())
+    }
+
+    async fn end_grant(&self, who: &Principal, grant_id: i64, state: GrantState, reason: Option<String>) -> ApiResult<Grant> {
+        let now = self.now();
+        let mut g = self.store.get_grant(grant_id).await?.ok_or_else(|| ApiError::not_found(format!("no grant {grant_id}")))?;
+        let cat = self.catalog();
+        match state {
+            GrantState::Released if g.identity != who.name && !cat.is_admin(&who.groups) => return Err(Refusal::NotYours("release a grant").into()),
+            GrantState::Revoked => engine::may_revoke(&cat, who, &g)?,
+            _ => {}
+        }
+        if !g.is_live(now) {
+            return Err(Refusal::GrantNotLive { id: g.id, state: if g.state == GrantState::Active { "expired" } else { g.state.as_str() } }.into());
+        }
+        g.state = state;
+        g.ended_at = Some(now);
+        g.ended_by = Some(who.name.clone());
+        g.end_reason.clone_from(&reason);
+        self.store.update_grant(&g).await?;
+        let kill = if state == GrantState::Revoked { KillReason::Revoked { by: who.name.clone() } } else { KillReason::Released };
+        let (_, n) = self.enforcer.end(g.id, &kill);
+        let kind = if state == GrantState::Revoked { "grant.revoked" } else { "grant.released" };
+        self.audit
+            .record(Event::new(kind, now).actor(&who.name).resource(&g.resource).grant(g.id).request(g.request_id).reason(reason)
+                .details(serde_json::json!({"identity": g.identity, "access": g.access, "sessions_killed": n})))
+            .await?;
+        tracing::info!(grant_id = g.id, by = %who.name, sessions = n, "{kind}");
+        Ok(g)
+    }
+
+    /// Revoke (approvers of the grant's policy, admins).
+    pub async fn revoke(&self, who: &Principal, grant_id: i64, reason: Option<String>) -> ApiResult<Grant> {
+        self.end_grant(who, grant_id, GrantState::Revoked, reason).await
+    }
+
+    /// Release (the holder).
+    pub async fn release(&self, who: &Principal, grant_id: i64) -> ApiResult<Grant> {
+        self.end_grant(who, grant_id, GrantState::Released, None).await
+    }
+
+    // ---------------------------------------------------------------- sessions
+
+    /// Record a session start (front ends call this after registering).
+    pub async fn session_started(&self, s: &SessionInfo) {
+        self.metrics.sessions_active.with_label_values(&[&s.protocol, &s.resource]).inc();
+        if let Err(e) = self.store.session_started(s).await {
+            tracing::warn!(error = %e, session_id = %s.id, "could not persist session start");
+        }
+        let _ = self
+            .audit
+            .record(Event::new("session.started", s.started_at).actor(&s.identity).resource(&s.resource).grant(s.grant_id).session(&s.id)
+                .details(serde_json::json!({"identity": s.identity, "protocol": s.protocol, "access": s.access, "client": s.client_addr})))
+            .await;
+    }
+
+    /// Record a session end.
+    pub async fn session_ended(&self, s: &SessionInfo, outcome: &str, reason: &str) {
+        let now = self.now();
+        self.metrics.sessions_active.with_label_values(&[&s.protocol, &s.resource]).dec();
+        self.metrics.sessions_total.with_label_values(&[&s.protocol, &s.resource, outcome]).inc();
+        if let Err(e) = self.store.session_ended(&s.id, now, reason).await {
+            tracing::warn!(error = %e, session_id = %s.id, "could not persist session end");
+        }
+        let _ = self
+            .audit
+            .record(Event::new("session.ended", now).actor(&s.identity).resource(&s.resource).grant(s.grant_id).session(&s.id).reason(Some(reason))
+                .details(serde_json::json!({"identity": s.identity, "protocol": s.protocol, "outcome": outcome})))
+            .await;
+    }
+
+    /// Live sessions the caller may see.
+    pub fn list_sessions(&self, who: &Principal) -> Vec<SessionInfo> {
+        let cat = self.catalog();
+        let elevated = cat.is_admin(&who.groups) || cat.is_auditor(&who.groups);
+        self.enforcer
+            .sessions
+            .list()
+            .into_iter()
+            .filter(|s| {
+                elevated
+                    || s.identity == who.name
+                    || self.enforcer.grants.get(s.grant_id).is_some_and(|g| cat.is_approver_of(&g.policy, &who.groups))
+            })
+            .collect()
+    }
+
+    /// Kill one session (admins, approvers of its grant's policy).
+    pub async fn kill_session(&self, who: &Principal, id: &str) -> ApiResult<SessionInfo> {
+        let cat = self.catalog();
+        let s = self.enforcer.sessions.get(id).ok_or_else(|| ApiError::not_found(format!("no live session {id}")))?;
+        let allowed = cat.is_admin(&who.groups) || self.enforcer.grants.get(s.grant_id).is_some_and(|g| cat.is_approver_of(&g.policy, &who.groups));
+        if !allowed {
+            return Err(ApiError::forbidden(format!("{} may not kill session {id}", who.name), Some("admins and approvers of the grant's policy may".into())));
+        }
+        self.enforcer.sessions.kill(id, &KillReason::Killed { by: who.name.clone() });
+        self.metrics.sessions_killed_total.with_label_values(&["killed"]).inc();
+        self.audit
+            .record(Event::new("session.killed", self.now()).actor(&who.name).resource(&s.resource).grant(s.grant_id).session(id)
+                .details(serde_json::json!({"identity": s.identity})))
+            .await?;
+        Ok(s)
+    }
+
+    // ---------------------------------------------------------------- audit, identity, tokens
+
+    /// Search the audit log. Non-auditors only see events about themselves.
+    pub async fn audit_search(&self, who: &Principal, mut q: Query) -> ApiResult<Vec<Event>> {
+        let cat = self.catalog();
+        if !cat.is_auditor(&who.groups) {
+            match &q.user {
+                Some(u) if u != &who.name => {
+                    return Err(ApiError::forbidden("only auditors and admins may search other users' events", Some("drop --user, or ask an auditor".into())));
+                }
+                _ => q.user = Some(who.name.clone()),
+            }
+        }
+        self.store.search(&q).await.map_err(ApiError::internal)
+    }
+
+    /// Who is calling, and what they hold.
+    pub fn whoami(&self, who: &Principal) -> WhoAmI {
+        let now = self.now();
+        let mut grants: Vec<LiveGrant> = self.enforcer.grants.all().into_iter().filter(|g| g.identity == who.name && g.expires_at > now).collect();
+        grants.sort_by_key(|g| g.id);
+        WhoAmI { principal: who.clone(), admin: self.catalog().is_admin(&who.groups), grants }
+    }
+
+    /// Resources, with what the caller may request on each.
+    pub fn resources(&self, who: &Principal) -> Vec<ResourceView> {
+        let cat = self.catalog();
+        cat.resources
+            .values()
+            .map(|r| {
+                let p = engine::policy_for(&cat, who, r).ok();
+                ResourceView {
+                    name: r.name.clone(),
+                    kind: r.kind.as_str().to_string(),
+                    access: p.map(|p| engine::allowed_access(p, r)).unwrap_or_default(),
+                    policy: p.map(|p| p.name.clone()),
+                    labels: r.labels.clone(),
+                }
+            })
+            .collect()
+    }
+
+    /// Mint a machine token (admins).
+    pub async fn create_token(&self, who: &Principal, name: &str, groups: Vec<String>) -> ApiResult<MintedToken> {
+        if !self.catalog().is_admin(&who.groups) {
+            return Err(ApiError::forbidden("only admins may create machine tokens", None));
+        }
+        if name.is_empty() || name.len() > 128 || name.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(ApiError::bad_request("invalid token name", Some("use a short name without spaces, e.g. ci-bot".into())));
+        }
+        let raw: [u8; 32] = rand::random();
+        let token = format!("jgm_{}", hex::encode(raw));
+        let sha256 = jitgate_core::token_hash(&token);
+        let now = self.now();
+        self.store.create_token(&MachineToken { name: name.to_string(), sha256: sha256.clone(), groups: groups.clone(), created_at: now, created_by: who.name.clone() }).await?;
+        self.audit.record(Event::new("token.created", now).actor(&who.name).details(serde_json::json!({"identity": name, "groups": groups}))).await?;
+        Ok(MintedToken { name: name.to_string(), token, sha256 })
+    }
+}

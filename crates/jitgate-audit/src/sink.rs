@@ -1,0 +1,221 @@
+//! The audit sink: one writer task owns the file; callers send events over a bounded channel.
+//!
+//! [`AuditSink::record`] returns only after the event's line (and every line before it) is
+//! written and `fdatasync`ed — the control plane awaits it before answering the API, so an
+//! approval the caller saw is never missing from the log. [`AuditSink::emit`] is for hot paths
+//! (per statement): it waits only for room in the channel, so a slow disk slows producers down
+//! (backpressure) instead of dropping events or growing memory. The writer batches whatever is
+//! queued into one write and one sync.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::chain::line_hash;
+use crate::event::{Event, GENESIS, Query};
+
+/// Where events are also indexed for search (the store implements it).
+#[async_trait]
+pub trait AuditIndex: Send + Sync {
+    /// Index a batch of written events.
+    async fn index(&self, events: &[Event]) -> Result<(), String>;
+    /// Search indexed events, oldest first.
+    async fn search(&self, q: &Query) -> Result<Vec<Event>, String>;
+}
+
+/// Audit sink failures.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    /// File trouble.
+    #[error("audit log {path}: {source}")]
+    Io {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The writer task is gone.
+    #[error("the audit writer has stopped")]
+    Closed,
+    /// The last line could not be read to continue the chain.
+    #[error("audit log {0}: the last line is not a valid event ({1}); run `jitgate audit verify` and move the file aside")]
+    Corrupt(PathBuf, String),
+}
+
+struct Msg {
+    event: Event,
+    ack: Option<oneshot::Sender<Result<u64, String>>>,
+}
+
+/// Cheap-to-clone handle to the writer.
+#[derive(Clone)]
+pub struct AuditSink {
+    tx: mpsc::Sender<Msg>,
+    path: Arc<PathBuf>,
+}
+
+impl std::fmt::Debug for AuditSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AuditSink({})", self.path.display())
+    }
+}
+
+/// Capacity of the event queue.
+pub const QUEUE: usize = 8192;
+
+impl AuditSink {
+    /// Open (or create) the log, continue its chain, and start the writer task.
+    pub fn open(path: &Path, index: Option<Arc<dyn AuditIndex>>, on_write: Option<Arc<dyn Fn(u64) + Send + Sync>>) -> Result<Self, AuditError> {
+        let io = |source| AuditError::Io { path: path.to_path_buf(), source };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        let mut file = std::fs::OpenOptions::new().create(true).read(true).append(true).open(path).map_err(io)?;
+        let (seq, prev) = tail_state(&mut file, path)?;
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let path_buf = path.to_path_buf();
+        std::thread::Builder::new()
+            .name("jitgate-audit".into())
+            .spawn(move || writer(file, path_buf, seq, prev, rx, index, on_write))
+            .map_err(io)?;
+        Ok(Self { tx, path: Arc::new(path.to_path_buf()) })
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Write `event` durably; returns its `seq` once it is on disk.
+    pub async fn record(&self, event: Event) -> Result<u64, AuditError> {
+        let (ack, rx) = oneshot::channel();
+        self.tx.send(Msg { event, ack: Some(ack) }).await.map_err(|_| AuditError::Closed)?;
+        match rx.await {
+            Ok(Ok(seq)) => Ok(seq),
+            Ok(Err(e)) => Err(AuditError::Io { path: self.path.to_path_buf(), source: std::io::Error::other(e) }),
+            Err(_) => Err(AuditError::Closed),
+        }
+    }
+
+    /// Queue `event`; waits only while the queue is full.
+    pub async fn emit(&self, event: Event) -> Result<(), AuditError> {
+        self.tx.send(Msg { event, ack: None }).await.map_err(|_| AuditError::Closed)
+    }
+
+    /// Free places in the queue (for a metric).
+    pub fn queue_room(&self) -> usize {
+        self.tx.capacity()
+    }
+}
+
+/// Read the last complete line to continue `seq` and the chain. A trailing partial line (a
+/// crash mid-write, never acknowledged) is cut off so the chain stays verifiable.
+fn tail_state(file: &mut std::fs::File, path: &Path) -> Result<(u64, String), AuditError> {
+    let io = |source| AuditError::Io { path: path.to_path_buf(), source };
+    let len = file.metadata().map_err(io)?.len();
+    if len == 0 {
+        return Ok((0, GENESIS.to_string()));
+    }
+    let start = len.saturating_sub(1 << 20);
+    file.seek(SeekFrom::Start(start)).map_err(io)?;
+    let mut buf = Vec::new();
+    file.read_to_end(&mut buf).map_err(io)?;
+    let complete = match buf.iter().rposition(|b| *b == b'\n') {
+        Some(p) => p,
+        None if start == 0 => {
+            tracing::warn!(path = %path.display(), "audit log holds only a partial line; truncating it");
+            file.set_len(0).map_err(io)?;
+            return Ok((0, GENESIS.to_string()));
+        }
+        None => return Err(AuditError::Corrupt(path.to_path_buf(), "no line end in the last MiB".into())),
+    };
+    if complete + 1 != buf.len() {
+        let keep = start + u64::try_from(complete + 1).unwrap_or(0);
+        tracing::warn!(path = %path.display(), cut = len - keep, "audit log ends with a partial line (interrupted write); truncating it");
+        file.set_len(keep).map_err(io)?;
+    }
+    let body = &buf[..complete];
+    let line_start = body.iter().rposition(|b| *b == b'\n').map_or(0, |p| p + 1);
+    let line = &body[line_start..];
+    let e: Event = serde_json::from_slice(line).map_err(|e| AuditError::Corrupt(path.to_path_buf(), e.to_string()))?;
+    Ok((e.seq, line_hash(line)))
+}
+
+fn writer(
+    file: std::fs::File,
+    path: PathBuf,
+    mut seq: u64,
+    mut prev: String,
+    mut rx: mpsc::Receiver<Msg>,
+    index: Option<Arc<dyn AuditIndex>>,
+    on_write: Option<Arc<dyn Fn(u64) + Send + Sync>>,
+) {
+    let mut out = std::io::BufWriter::with_capacity(256 * 1024, file);
+    let rt = tokio::runtime::Builder::new_current_thread().build();
+    let mut batch: Vec<Msg> = Vec::with_capacity(256);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < 4096 {
+            match rx.try_recv() {
+                Ok(m) => batch.push(m),
+                Err(_) => break,
+            }
+        }
+        let mut written = Vec::with_capacity(batch.len());
+        let mut result: Result<(), String> = Ok(());
+        let (seq0, prev0) = (seq, prev.clone());
+        for m in &batch {
+            let mut e = m.event.clone();
+            seq += 1;
+            e.seq = seq;
+            e.prev = std::mem::take(&mut prev);
+            let line = match serde_json::to_vec(&e) {
+                Ok(l) => l,
+                Err(err) => {
+                    result = Err(err.to_string());
+                    break;
+                }
+            };
+            prev = line_hash(&line);
+            if let Err(err) = out.write_all(&line).and_then(|()| out.write_all(b"\n")) {
+                result = Err(err.to_string());
+                break;
+            }
+            written.push(e);
+        }
+        if result.is_ok() {
+            let durable = batch.iter().any(|m| m.ack.is_some());
+            result = out.flush().map_err(|e| e.to_string());
+            if result.is_ok() && durable {
+                result = out.get_ref().sync_data().map_err(|e| e.to_string());
+            }
+        }
+        if let Err(e) = &result {
+            // Nothing of this batch is acknowledged; roll the chain state back so the next
+            // batch continues from the last line known to be written.
+            tracing::error!(path = %path.display(), error = %e, "audit write failed");
+            seq = seq0;
+            prev = prev0;
+            written.clear();
+        }
+        if let Some(f) = &on_write {
+            f(u64::try_from(written.len()).unwrap_or(0));
+        }
+        let mut i = 0;
+        for m in batch.drain(..) {
+            if let Some(ack) = m.ack {
+                let _ = ack.send(result.clone().map(|()| written.get(i).map_or(0, |e| e.seq)));
+            }
+            i += 1;
+        }
+        if let (Some(ix), Ok(rt), false) = (&index, &rt, written.is_empty()) {
+            if let Err(e) = rt.block_on(ix.index(&written)) {
+                tracing::error!(error = %e, "audit index write failed; the log file is complete, search may miss these events");
+            }
+        }
+    }
+    let _ = out.flush();
+}

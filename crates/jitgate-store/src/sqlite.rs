@@ -1,0 +1,393 @@
+//! The embedded SQLite store: one file in `data_dir`, WAL journal, `synchronous=FULL`.
+//!
+//! Each table keeps the columns it is filtered by next to a JSON `body` with the whole record,
+//! so adding a field to a record needs no migration. Calls run on tokio's blocking pool.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use async_trait::async_trait;
+use jiff::Timestamp;
+use jitgate_audit::{AuditIndex, Event, Query};
+use jitgate_core::{Grant, Request, SessionInfo};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::{GrantFilter, MachineToken, RequestFilter, Result, SessionRecord, Store, StoreError};
+
+/// Schema migrations, applied in order; `user_version` records how many ran.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE requests (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    requester TEXT NOT NULL,
+    state TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX requests_state ON requests(state);
+CREATE TABLE grants (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    identity TEXT NOT NULL,
+    resource TEXT NOT NULL,
+    state TEXT NOT NULL,
+    expires_at INTEGER NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX grants_state ON grants(state, expires_at);
+CREATE TABLE sessions (
+    id TEXT PRIMARY KEY,
+    started_at INTEGER NOT NULL,
+    ended_at INTEGER,
+    end_reason TEXT,
+    body TEXT NOT NULL
+);
+CREATE INDEX sessions_open ON sessions(ended_at);
+CREATE TABLE tokens (
+    sha256 TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE TABLE audit_events (
+    seq INTEGER PRIMARY KEY,
+    time INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    actor TEXT,
+    resource TEXT,
+    grant_id INTEGER,
+    session_id TEXT,
+    body TEXT NOT NULL
+);
+CREATE INDEX audit_time ON audit_events(time);
+CREATE INDEX audit_session ON audit_events(session_id);
+"#];
+
+/// SQLite-backed [`Store`].
+#[derive(Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+    timing: Option<prometheus::HistogramVec>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SqliteStore")
+    }
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn ms(t: Timestamp) -> i64 {
+    t.as_millisecond()
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> rusqlite::Result<String> {
+    serde_json::to_string(v).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> rusqlite::Result<T> {
+    serde_json::from_str(s).map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))
+}
+
+impl SqliteStore {
+    /// Open (or create) the database file and run pending migrations.
+    pub fn open(path: &Path, timing: Option<prometheus::HistogramVec>) -> Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Backend(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let mut conn = Connection::open(path).map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(backend)?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(backend)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(backend)?;
+        let have: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(backend)?;
+        let have = usize::try_from(have).unwrap_or(0);
+        if have > MIGRATIONS.len() {
+            return Err(StoreError::Backend(format!(
+                "{} was written by a newer jitgate (schema {have}, this one knows {}); upgrade jitgate",
+                path.display(),
+                MIGRATIONS.len()
+            )));
+        }
+        for (i, m) in MIGRATIONS.iter().enumerate().skip(have) {
+            let tx = conn.transaction().map_err(backend)?;
+            tx.execute_batch(m).map_err(|e| StoreError::Backend(format!("migration {}: {e}", i + 1)))?;
+            tx.pragma_update(None, "user_version", i64::try_from(i + 1).unwrap_or(0)).map_err(backend)?;
+            tx.commit().map_err(backend)?;
+        }
+        Ok(Self { conn: Arc::new(Mutex::new(conn)), timing })
+    }
+
+    async fn with<T, F>(&self, op: &'static str, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        let start = Instant::now();
+        let out = tokio::task::spawn_blocking(move || {
+            let mut c = conn.lock().unwrap_or_else(|e| e.into_inner());
+            f(&mut c)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("store task failed: {e}")))?;
+        if let Some(h) = &self.timing {
+            h.with_label_values(&[op]).observe(start.elapsed().as_secs_f64());
+        }
+        out
+    }
+}
+
+fn save_request(c: &Connection, r: &Request) -> Result<Request> {
+    let mut next = r.clone();
+    next.version = r.version + 1;
+    let n = c
+        .execute(
+            "UPDATE requests SET state = ?1, version = ?2, body = ?3 WHERE id = ?4 AND version = ?5",
+            params![next.state.as_str(), next.version, to_json(&next).map_err(backend)?, r.id, r.version],
+        )
+        .map_err(backend)?;
+    if n == 0 {
+        let exists: Option<i64> = c.query_row("SELECT id FROM requests WHERE id = ?1", [r.id], |x| x.get(0)).optional().map_err(backend)?;
+        return Err(if exists.is_some() { StoreError::Conflict } else { StoreError::NotFound });
+    }
+    Ok(next)
+}
+
+fn save_grant(c: &Connection, g: &Grant) -> Result<()> {
+    let n = c
+        .execute(
+            "UPDATE grants SET state = ?1, expires_at = ?2, body = ?3 WHERE id = ?4",
+            params![g.state.as_str(), ms(g.expires_at), to_json(g).map_err(backend)?, g.id],
+        )
+        .map_err(backend)?;
+    if n == 0 { Err(StoreError::NotFound) } else { Ok(()) }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create_request(&self, r: &Request) -> Result<Request> {
+        let r = r.clone();
+        self.with("create_request", move |c| {
+            let tx = c.transaction().map_err(backend)?;
+            tx.execute("INSERT INTO requests (requester, state, version, body) VALUES (?1, ?2, 1, '{}')", params![r.requester, r.state.as_str()])
+                .map_err(backend)?;
+            let mut out = r;
+            out.id = tx.last_insert_rowid();
+            out.version = 1;
+            tx.execute("UPDATE requests SET body = ?1 WHERE id = ?2", params![to_json(&out).map_err(backend)?, out.id]).map_err(backend)?;
+            tx.commit().map_err(backend)?;
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn update_request(&self, r: &Request) -> Result<Request> {
+        let r = r.clone();
+        self.with("update_request", move |c| save_request(c, &r)).await
+    }
+
+    async fn get_request(&self, id: i64) -> Result<Option<Request>> {
+        self.with("get_request", move |c| {
+            c.query_row("SELECT body FROM requests WHERE id = ?1", [id], |r| from_json(&r.get::<_, String>(0)?))
+                .optional()
+                .map_err(backend)
+        })
+        .await
+    }
+
+    async fn list_requests(&self, f: &RequestFilter) -> Result<Vec<Request>> {
+        let f = f.clone();
+        self.with("list_requests", move |c| {
+            let mut st = c
+                .prepare("SELECT body FROM requests WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR requester = ?2) ORDER BY id DESC LIMIT ?3")
+                .map_err(backend)?;
+            let limit = i64::try_from(f.limit.unwrap_or(1000)).unwrap_or(1000);
+            let rows = st
+                .query_map(params![f.state.map(|s| s.as_str()), f.requester, limit], |r| from_json(&r.get::<_, String>(0)?))
+                .map_err(backend)?;
+            rows.collect::<rusqlite::Result<Vec<Request>>>().map_err(backend)
+        })
+        .await
+    }
+
+    async fn approve_with_grant(&self, r: &Request, g: &Grant) -> Result<(Request, Grant)> {
+        let (r, g) = (r.clone(), g.clone());
+        self.with("approve_with_grant", move |c| {
+            let tx = c.transaction().map_err(backend)?;
+            let mut g = g;
+            if g.id == 0 {
+                tx.execute(
+                    "INSERT INTO grants (identity, resource, state, expires_at, body) VALUES (?1, ?2, ?3, ?4, '{}')",
+                    params![g.identity, g.resource, g.state.as_str(), ms(g.expires_at)],
+                )
+                .map_err(backend)?;
+                g.id = tx.last_insert_rowid();
+            }
+            save_grant(&tx, &g)?;
+            let mut r = r;
+            r.grant_id = Some(g.id);
+            let r = save_request(&tx, &r)?;
+            tx.commit().map_err(backend)?;
+            Ok((r, g))
+        })
+        .await
+    }
+
+    async fn update_grant(&self, g: &Grant) -> Result<()> {
+        let g = g.clone();
+        self.with("update_grant", move |c| save_grant(c, &g)).await
+    }
+
+    async fn get_grant(&self, id: i64) -> Result<Option<Grant>> {
+        self.with("get_grant", move |c| {
+            c.query_row("SELECT body FROM grants WHERE id = ?1", [id], |r| from_json(&r.get::<_, String>(0)?))
+                .optional()
+                .map_err(backend)
+        })
+        .await
+    }
+
+    async fn list_grants(&self, f: &GrantFilter) -> Result<Vec<Grant>> {
+        let f = f.clone();
+        self.with("list_grants", move |c| {
+            let mut st = c
+                .prepare(
+                    "SELECT body FROM grants WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR identity = ?2) \
+                     AND (?3 IS NULL OR resource = ?3) AND (?4 IS NULL OR (state = 'active' AND expires_at > ?4)) \
+                     ORDER BY id DESC LIMIT ?5",
+                )
+                .map_err(backend)?;
+            let limit = i64::try_from(f.limit.unwrap_or(1000)).unwrap_or(1000);
+            let rows = st
+                .query_map(params![f.state.map(|s| s.as_str()), f.identity, f.resource, f.live_at.map(ms), limit], |r| {
+                    from_json(&r.get::<_, String>(0)?)
+                })
+                .map_err(backend)?;
+            rows.collect::<rusqlite::Result<Vec<Grant>>>().map_err(backend)
+        })
+        .await
+    }
+
+    async fn session_started(&self, s: &SessionInfo) -> Result<()> {
+        let s = s.clone();
+        self.with("session_started", move |c| {
+            c.execute(
+                "INSERT OR REPLACE INTO sessions (id, started_at, body) VALUES (?1, ?2, ?3)",
+                params![s.id, ms(s.started_at), to_json(&s).map_err(backend)?],
+            )
+            .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn session_ended(&self, id: &str, at: Timestamp, reason: &str) -> Result<()> {
+        let (id, reason) = (id.to_string(), reason.to_string());
+        self.with("session_ended", move |c| {
+            c.execute("UPDATE sessions SET ended_at = ?1, end_reason = ?2 WHERE id = ?3", params![ms(at), reason, id]).map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_sessions(&self, open_only: bool, limit: usize) -> Result<Vec<SessionRecord>> {
+        self.with("list_sessions", move |c| {
+            let mut st = c
+                .prepare("SELECT body, ended_at, end_reason FROM sessions WHERE (?1 = 0 OR ended_at IS NULL) ORDER BY started_at DESC LIMIT ?2")
+                .map_err(backend)?;
+            let rows = st
+                .query_map(params![i64::from(open_only), i64::try_from(limit).unwrap_or(1000)], |r| {
+                    let info: SessionInfo = from_json(&r.get::<_, String>(0)?)?;
+                    let ended: Option<i64> = r.get(1)?;
+                    Ok(SessionRecord {
+                        info,
+                        ended_at: ended.and_then(|m| Timestamp::from_millisecond(m).ok()),
+                        end_reason: r.get(2)?,
+                    })
+                })
+                .map_err(backend)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(backend)
+        })
+        .await
+    }
+
+    async fn create_token(&self, t: &MachineToken) -> Result<()> {
+        let t = t.clone();
+        self.with("create_token", move |c| {
+            c.execute("INSERT INTO tokens (sha256, name, body) VALUES (?1, ?2, ?3)", params![t.sha256, t.name, to_json(&t).map_err(backend)?])
+                .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn token_by_hash(&self, sha256: &str) -> Result<Option<MachineToken>> {
+        let h = sha256.to_string();
+        self.with("token_by_hash", move |c| {
+            c.query_row("SELECT body FROM tokens WHERE sha256 = ?1", [h], |r| from_json(&r.get::<_, String>(0)?))
+                .optional()
+                .map_err(backend)
+        })
+        .await
+    }
+
+    async fn health(&self) -> Result<()> {
+        self.with("health", |c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(backend)).await
+    }
+}
+
+#[async_trait]
+impl AuditIndex for SqliteStore {
+    async fn index(&self, events: &[Event]) -> std::result::Result<(), String> {
+        let events = events.to_vec();
+        // Called from the audit writer thread: do the work right here.
+        let mut c = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        let tx = c.transaction().map_err(|e| e.to_string())?;
+        {
+            let mut st = tx
+                .prepare(
+                    "INSERT OR REPLACE INTO audit_events (seq, time, kind, actor, resource, grant_id, session_id, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )
+                .map_err(|e| e.to_string())?;
+            for e in &events {
+                let body = serde_json::to_string(e).map_err(|e| e.to_string())?;
+                st.execute(params![i64::try_from(e.seq).unwrap_or(i64::MAX), ms(e.time), e.kind, e.actor, e.resource, e.grant_id, e.session_id, body])
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        tx.commit().map_err(|e| e.to_string())
+    }
+
+    async fn search(&self, q: &Query) -> std::result::Result<Vec<Event>, String> {
+        let q = q.clone();
+        self.with("audit_search", move |c| {
+            // Coarse filters in SQL, exact ones in Rust (kind prefixes, identity in details).
+            let mut st = c
+                .prepare(
+                    "SELECT body FROM audit_events WHERE (?1 IS NULL OR time >= ?1) AND (?2 IS NULL OR time <= ?2) \
+                     AND (?3 IS NULL OR resource = ?3) AND (?4 IS NULL OR session_id = ?4) AND (?5 IS NULL OR grant_id = ?5) \
+                     ORDER BY seq DESC",
+                )
+                .map_err(backend)?;
+            let rows = st
+                .query_map(params![q.since.map(ms), q.until.map(ms), q.resource, q.session, q.grant], |r| r.get::<_, String>(0))
+                .map_err(backend)?;
+            let limit = q.limit.unwrap_or(1000);
+            let mut out = Vec::new();
+            for row in rows {
+                let e: Event = serde_json::from_str(&row.map_err(backend)?).map_err(backend)?;
+                if q.matches(&e) {
+                    out.push(e);
+                    if out.len() >= limit {
+                        break;
+                    }
+                }
+            }
+            out.reverse();
+            Ok(out)
+        })
+        .await
+        .map_err(|e| e.to_string())
+    }
+}

@@ -1,0 +1,252 @@
+//! Command-line definitions (design.md §8). Exit codes: 0 ok, 1 refused/failed, 2 usage.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// jitgate: identity-aware Postgres and SSH gateway with just-in-time access.
+#[derive(Debug, Parser)]
+#[command(name = "jitgate", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Command.
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+/// Where client commands find the gateway.
+#[derive(Debug, Args, Clone, Default)]
+pub struct Conn {
+    /// Gateway API URL (default: $JITGATE_URL, the login file, or http://127.0.0.1:8080).
+    #[arg(long, global = true, env = "JITGATE_URL")]
+    pub url: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Run the gateway.
+    Serve {
+        /// Config file.
+        #[arg(long, short, default_value = "gateway.toml")]
+        config: PathBuf,
+    },
+    /// Configuration tools.
+    Config {
+        /// What to do.
+        #[command(subcommand)]
+        cmd: ConfigCmd,
+    },
+    /// Ask for access to a resource.
+    Request {
+        /// Resource name.
+        resource: String,
+        /// Access level (read-only, read-write, or an SSH login).
+        #[arg(long)]
+        access: Option<String>,
+        /// How long (e.g. 30m, 1h); default: the policy's.
+        #[arg(long = "for", value_name = "DURATION")]
+        duration: Option<String>,
+        /// Why you need it.
+        #[arg(long)]
+        reason: Option<String>,
+        /// Ticket id.
+        #[arg(long)]
+        ticket: Option<String>,
+        /// Wait until the request is decided.
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after this long.
+        #[arg(long, default_value = "1h", requires = "wait")]
+        timeout: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// List requests you can see.
+    Requests {
+        /// Only this state.
+        #[arg(long)]
+        state: Option<String>,
+        /// Only your own.
+        #[arg(long)]
+        mine: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Approve a request.
+    Approve {
+        /// Request id.
+        id: i64,
+        /// Comment.
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Deny a request.
+    Deny {
+        /// Request id.
+        id: i64,
+        /// Why (required).
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Withdraw your pending request.
+    Cancel {
+        /// Request id.
+        id: i64,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// List live grants (yours, or all you may see with --all).
+    Grants {
+        /// Everyone's you may see.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// End someone's grant now and kill its sessions.
+    Revoke {
+        /// Grant id.
+        grant_id: i64,
+        /// Why.
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Give back your grant (by id, or all of yours on a resource).
+    Release {
+        /// Grant id or resource name.
+        target: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Ask for more time on a live grant (needs approval like a request).
+    Extend {
+        /// Grant id.
+        grant_id: i64,
+        /// How much more.
+        #[arg(long = "for", value_name = "DURATION")]
+        duration: String,
+        /// Why.
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// List live sessions.
+    Sessions {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Kill a live session.
+    Kill {
+        /// Session id.
+        session_id: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Audit log tools.
+    Audit {
+        /// What to do.
+        #[command(subcommand)]
+        cmd: AuditCmd,
+    },
+    /// Show who the gateway thinks you are.
+    Whoami {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// List resources and what you may request on each.
+    Resources {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Machine tokens (admins).
+    Token {
+        /// What to do.
+        #[command(subcommand)]
+        cmd: TokenCmd,
+    },
+}
+
+/// `jitgate config ...`
+#[derive(Debug, Subcommand)]
+pub enum ConfigCmd {
+    /// Validate a config file and print its summary; exit 1 on error.
+    Check {
+        /// Config file (positional or --config).
+        #[arg(value_name = "FILE")]
+        file: Option<PathBuf>,
+        /// Config file.
+        #[arg(long, short, default_value = "gateway.toml")]
+        config: PathBuf,
+    },
+}
+
+/// `jitgate audit ...`
+#[derive(Debug, Subcommand)]
+pub enum AuditCmd {
+    /// Search audit events.
+    Search {
+        /// Actor or subject identity.
+        #[arg(long)]
+        user: Option<String>,
+        /// Resource.
+        #[arg(long)]
+        resource: Option<String>,
+        /// Event kind, or a prefix ending in `.` (e.g. `grant.`).
+        #[arg(long)]
+        kind: Option<String>,
+        /// Grant id.
+        #[arg(long)]
+        grant: Option<i64>,
+        /// Session id.
+        #[arg(long)]
+        session: Option<String>,
+        /// Request id.
+        #[arg(long)]
+        request: Option<i64>,
+        /// Since (7d, 2h, or an RFC 3339 time).
+        #[arg(long)]
+        since: Option<String>,
+        /// Until.
+        #[arg(long)]
+        until: Option<String>,
+        /// Most events.
+        #[arg(long)]
+        limit: Option<usize>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Walk the hash chain of the audit log; exit 1 at the first broken line.
+    Verify {
+        /// The audit file (default: the one gateway.toml names).
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Config file to find the audit file.
+        #[arg(long, short, default_value = "gateway.toml")]
+        config: PathBuf,
+    },
+}
+
+/// `jitgate token ...`
+#[derive(Debug, Subcommand)]
+pub enum TokenCmd {
+    /// Mint a machine token; prints it once with its gateway.toml hash line.
+    Create {
+        /// Identity name (e.g. ci-bot).
+        name: String,
+        /// Groups (repeatable).
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}

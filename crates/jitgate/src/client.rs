@@ -1,0 +1,136 @@
+//! The API client the CLI commands use: finds the gateway and the token, sends JSON, and turns
+//! the API's `{error, hint}` bodies into messages for stderr.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, anyhow};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::cli::Conn;
+
+/// The login file written by `jitgate login`.
+#[derive(Debug, Default, Deserialize, Serialize)]
+pub struct LoginFile {
+    /// Gateway URL.
+    pub url: Option<String>,
+    /// Gateway token.
+    pub token: Option<String>,
+}
+
+/// `~/.config/jitgate/login.json` (or `$XDG_CONFIG_HOME/jitgate/login.json`).
+pub fn login_path() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
+    Some(base.join("jitgate").join("login.json"))
+}
+
+fn read_login() -> LoginFile {
+    login_path()
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or_default()
+}
+
+/// A failed API call, shown to the user as `error: ...` and `hint: ...`.
+#[derive(Debug)]
+pub struct ApiFailure {
+    /// Message.
+    pub error: String,
+    /// What to do.
+    pub hint: Option<String>,
+}
+
+impl std::fmt::Display for ApiFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.error)?;
+        if let Some(h) = &self.hint {
+            write!(f, "\nhint: {h}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ApiFailure {}
+
+/// A configured client.
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl Client {
+    /// From flags, environment and the login file.
+    pub fn new(conn: &Conn) -> Result<Self> {
+        let login = read_login();
+        let base = conn
+            .url
+            .clone()
+            .or(login.url)
+            .unwrap_or_else(|| "http://127.0.0.1:8080".to_string())
+            .trim_end_matches('/')
+            .to_string();
+        let token = std::env::var("JITGATE_TOKEN").ok().filter(|t| !t.is_empty()).or(login.token);
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(std::time::Duration::from_secs(30))
+            .build()
+            .context("cannot build the HTTP client")?;
+        Ok(Self { http, base, token })
+    }
+
+    async fn send<T: DeserializeOwned>(&self, rb: reqwest::RequestBuilder) -> Result<T> {
+        let rb = match &self.token {
+            Some(t) => rb.bearer_auth(t),
+            None => rb,
+        };
+        let resp = rb.send().await.map_err(|e| {
+            anyhow!(
+                "cannot reach the gateway at {}: {}\nhint: is `jitgate serve` running? set --url or JITGATE_URL",
+                self.base,
+                e.without_url()
+            )
+        })?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.context("reading the gateway's answer")?;
+        if status.is_success() {
+            return serde_json::from_slice(&bytes).with_context(|| format!("unexpected answer from the gateway (HTTP {status})"));
+        }
+        #[derive(Deserialize)]
+        struct E {
+            error: String,
+            hint: Option<String>,
+        }
+        let e: E = serde_json::from_slice(&bytes).unwrap_or(E { error: format!("HTTP {status}: {}", String::from_utf8_lossy(&bytes)), hint: None });
+        let hint = match (status.as_u16(), e.hint, &self.token) {
+            (401, _, None) => Some("no token found: set JITGATE_TOKEN or run `jitgate login`".to_string()),
+            (_, h, _) => h,
+        };
+        Err(ApiFailure { error: e.error, hint }.into())
+    }
+
+    /// GET.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        self.send(self.http.get(format!("{}{path}", self.base))).await
+    }
+
+    /// POST JSON.
+    pub async fn post<T: DeserializeOwned>(&self, path: &str, body: &serde_json::Value) -> Result<T> {
+        self.send(self.http.post(format!("{}{path}", self.base)).json(body)).await
+    }
+}
+
+/// Percent-encode a query value.
+pub fn enc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}

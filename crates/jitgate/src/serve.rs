@@ -1,0 +1,172 @@
+//! `jitgate serve`: wire the crates together and run until SIGTERM/SIGINT.
+//!
+//! Start-up order: config → logging → data_dir → store → audit sink (indexed by the store) →
+//! enforcer → control plane → restore live grants → background tasks → listeners. SIGHUP
+//! re-reads the config; a file with errors is refused and the running config stays.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, anyhow, bail};
+use jitgate_api::ControlPlane;
+use jitgate_audit::AuditSink;
+use jitgate_core::config::{self, Diag, Loaded, schema::LogFormat};
+use jitgate_core::{Enforcer, KillReason, Metrics, SystemClock};
+use jitgate_store::{SqliteStore, Store};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let _ = match format {
+        LogFormat::Json => b.json().flatten_event(true).try_init(),
+        LogFormat::Text => b.try_init(),
+    };
+}
+
+/// Print config findings; return Err when there are errors.
+pub fn report(result: std::result::Result<Loaded, Vec<Diag>>) -> Result<Loaded> {
+    match result {
+        Ok(l) => {
+            for w in &l.warnings {
+                eprintln!("{w}");
+            }
+            Ok(l)
+        }
+        Err(diags) => {
+            for d in &diags {
+                eprintln!("{d}");
+            }
+            let n = diags.iter().filter(|d| d.severity == config::Severity::Error).count();
+            bail!("{n} error(s) in the configuration; nothing was started")
+        }
+    }
+}
+
+fn store_path(loaded: &Loaded) -> Result<PathBuf> {
+    let data = &loaded.config.gateway.data_dir;
+    match &loaded.config.store.url {
+        Some(u) => {
+            let p = u.get_ref().strip_prefix("sqlite://").ok_or_else(|| anyhow!("unsupported store URL"))?;
+            Ok(PathBuf::from(p))
+        }
+        None => Ok(data.join("jitgate.db")),
+    }
+}
+
+/// Run the gateway.
+pub async fn run(config_path: &Path) -> Result<()> {
+    let loaded = report(config::load(config_path))?;
+    init_logging(loaded.config.gateway.log_format);
+    let data_dir = loaded.config.gateway.data_dir.clone();
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create data_dir {}", data_dir.display()))?;
+    restrict_dir(&data_dir);
+
+    let metrics = Metrics::new();
+    let store = Arc::new(SqliteStore::open(&store_path(&loaded)?, Some(metrics.store_operation_seconds.clone())).context("opening the store")?);
+    let audit_path = data_dir.join(&loaded.config.audit.file);
+    let counter = metrics.audit_events_total.clone();
+    let audit = AuditSink::open(&audit_path, Some(store.clone()), Some(Arc::new(move |n| counter.inc_by(n))))
+        .with_context(|| format!("opening the audit log {}", audit_path.display()))?;
+    let enforcer = Enforcer::new(Arc::new(SystemClock), metrics.clone(), loaded.catalog.expiry_warning.secs());
+    let store_dyn: Arc<dyn Store> = store;
+    let cp = ControlPlane::new(loaded.catalog.clone(), store_dyn, audit.clone(), enforcer.clone(), metrics);
+    let restored = cp.restore().await.map_err(|e| anyhow!("restoring grants: {}", e.error))?;
+
+    let stop = CancellationToken::new();
+    cp.spawn_tasks(stop.clone());
+
+    let http: SocketAddr = loaded.config.listen.http.get_ref().parse().context("[listen] http")?;
+    let listener = tokio::net::TcpListener::bind(http).await.with_context(|| format!("cannot listen on {http} ([listen] http)"))?;
+    let bound = listener.local_addr()?;
+    // Scripts and tests that listen on port 0 read the bound address here.
+    let listen_file = data_dir.join("listen.json");
+    std::fs::write(&listen_file, serde_json::json!({"http": bound.to_string(), "pid": std::process::id()}).to_string())
+        .with_context(|| format!("writing {}", listen_file.display()))?;
+    tracing::info!(
+        http = %bound,
+        data_dir = %data_dir.display(),
+        resources = loaded.catalog.resources.len(),
+        policies = loaded.catalog.policies.len(),
+        grants_restored = restored,
+        "jitgate serving"
+    );
+    let _ = cp
+        .audit()
+        .record(jitgate_audit::Event::new("gateway.started", jiff::Timestamp::now()).actor("gateway").details(serde_json::json!({"version": env!("CARGO_PKG_VERSION"), "http": bound.to_string()})))
+        .await;
+
+    // Signals.
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let reload_cp = cp.clone();
+    let reload_path = config_path.to_path_buf();
+    let reload_stop = stop.clone();
+    let running = loaded.config.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = hup.recv() => {}
+                () = reload_stop.cancelled() => return,
+            }
+            reload(&reload_cp, &reload_path, &running).await;
+        }
+    });
+    let shutdown_stop = stop.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        }
+        shutdown_stop.cancel();
+    });
+
+    let app = jitgate_api::router(cp.clone());
+    let graceful = stop.clone();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { graceful.cancelled().await })
+        .await
+        .context("HTTP server")?;
+
+    let killed = cp.enforcer().sessions.kill_all(&KillReason::Shutdown);
+    let _ = cp
+        .audit()
+        .record(jitgate_audit::Event::new("gateway.stopped", jiff::Timestamp::now()).actor("gateway").details(serde_json::json!({"sessions_killed": killed})))
+        .await;
+    Ok(())
+}
+
+async fn reload(cp: &Arc<ControlPlane>, path: &Path, running: &config::schema::Config) {
+    match config::load(path) {
+        Ok(l) => {
+            for w in &l.warnings {
+                tracing::warn!("{w}");
+            }
+            if l.config.listen.http.get_ref() != running.listen.http.get_ref() || l.config.gateway.data_dir != running.gateway.data_dir {
+                tracing::warn!("[listen] and data_dir changes take effect only after a restart");
+            }
+            let n = (l.catalog.resources.len(), l.catalog.policies.len());
+            match cp.reload(l.catalog).await {
+                Ok(()) => tracing::info!(resources = n.0, policies = n.1, "configuration reloaded"),
+                Err(e) => tracing::error!(error = %e.error, "reload not audited"),
+            }
+        }
+        Err(diags) => {
+            let text: Vec<String> = diags.iter().map(ToString::to_string).collect();
+            for d in &text {
+                tracing::error!("{d}");
+            }
+            tracing::error!(errors = diags.len(), "configuration reload refused: {} has errors; the running configuration stays in force", path.display());
+            cp.reload_failed(&text.join("; ")).await;
+        }
+    }
+}
+
+fn restrict_dir(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Err(e) = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)) {
+        tracing::warn!(error = %e, dir = %dir.display(), "cannot restrict data_dir to 0700");
+    }
+}
