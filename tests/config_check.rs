@@ -1,1 +1,150 @@
-fn main(){}
+//! `jitgate config check`: the shipped example passes; broken files fail with file:line:column
+//! messages that say what to write instead.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::PathBuf;
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_jitgate");
+
+fn repo_file(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").join(name)
+}
+
+fn check(text: &str) -> (i32, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("gateway.toml");
+    std::fs::write(&p, text).unwrap();
+    let out = Command::new(BIN)
+        .args(["config", "check", "--config"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).replace(&p.display().to_string(), "gateway.toml");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr,
+    )
+}
+
+const BASE: &str = r#"[[resources]]
+name = "prod-db"
+kind = "postgres"
+address = "db.internal:5432"
+credentials.read-only = { user = "ro", password_env = "RO_PW" }
+
+[[policies]]
+name = "prod"
+resources = ["prod-*"]
+requesters = ["dev"]
+approvers = ["dba"]
+"#;
+
+#[test]
+fn the_shipped_example_passes() {
+    let out = Command::new(BIN)
+        .args(["config", "check"])
+        .arg(repo_file("gateway.toml.example"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("ok")
+            && stdout.contains("resource      prod-db")
+            && stdout.contains("policy        production"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn a_minimal_file_passes() {
+    let (code, out, err) = check(BASE);
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+#[test]
+fn a_misspelt_key_names_its_line_and_the_right_key() {
+    let (code, _, err) = check(&BASE.replace("approvers = [\"dba\"]", "aprovers = [\"dba\"]"));
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("gateway.toml:11:1: error: unknown key `aprovers`"),
+        "{err}"
+    );
+    assert!(err.contains("help: did you mean `approvers`?"), "{err}");
+}
+
+#[test]
+fn a_bad_duration_names_its_line_and_the_format() {
+    let (code, _, err) = check(&format!("{BASE}max_duration = \"four hours\"\n"));
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("gateway.toml:12:16: error: invalid duration `four hours`"),
+        "{err}"
+    );
+    assert!(err.contains("\"1h30m\""), "{err}");
+}
+
+#[test]
+fn a_duplicate_resource_and_a_glob_matching_nothing_are_both_reported() {
+    let text = format!(
+        "{BASE}\n[[resources]]\nname = \"prod-db\"\nkind = \"postgres\"\naddress = \"x:1\"\ncredentials.read-only = {{ user = \"ro\" }}\n\n[[policies]]\nname = \"typo\"\nresources = [\"prdo-db\"]\nrequesters = [\"dev\"]\napprovers = [\"dba\"]\n"
+    );
+    let (code, _, err) = check(&text);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("gateway.toml:14:8: error: duplicate resource `prod-db` (first defined on line 2)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("gateway.toml:21:14: error: policy `typo`: `prdo-db` matches no resource"),
+        "{err}"
+    );
+    assert!(err.contains("did you mean `prod-db`?"), "{err}");
+    assert!(err.contains("2 error(s) in the configuration"), "{err}");
+}
+
+#[test]
+fn an_inline_secret_is_refused_without_echoing_it() {
+    let (code, _, err) = check(&BASE.replace("password_env = \"RO_PW\"", "password = \"s3cr3t-pw\""));
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("gateway.toml:5:51: error: inline secret `password` refused"),
+        "{err}"
+    );
+    assert!(err.contains("password_env"), "{err}");
+    assert!(!err.contains("s3cr3t-pw"), "{err}");
+}
+
+#[test]
+fn toml_syntax_errors_and_missing_files_are_clear() {
+    let (code, _, err) = check("[[resources]\nname = 1\n");
+    assert_eq!(code, 1);
+    assert!(err.contains("gateway.toml:1:"), "{err}");
+    let out = Command::new(BIN)
+        .args(["config", "check", "--config", "/nonexistent/gateway.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read the config file"));
+}
+
+#[test]
+fn serve_refuses_to_start_on_a_broken_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("gateway.toml");
+    std::fs::write(&p, BASE.replace("kind = \"postgres\"", "kind = \"mysql\"")).unwrap();
+    let out = Command::new(BIN).args(["serve", "--config"]).arg(&p).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(":3:8: error: unknown variant `mysql`") && err.contains("nothing was started"),
+        "{err}"
+    );
+}

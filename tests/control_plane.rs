@@ -1,1 +1,529 @@
-fn main(){}
+//! End-to-end tests of the control plane: the real `jitgate serve` binary, the real CLI, real
+//! HTTP, a real SQLite store and audit file.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+fn policy_config(extra: &str) -> String {
+    format!(
+        r#"{ids}
+[[resources]]
+name = "prod-db"
+kind = "postgres"
+address = "127.0.0.1:5432"
+credentials.read-only = {{ user = "ro" }}
+credentials.read-write = {{ user = "rw" }}
+
+[[resources]]
+name = "uncovered-db"
+kind = "postgres"
+address = "127.0.0.1:5432"
+credentials.read-only = {{ user = "ro" }}
+
+[[policies]]
+name = "production"
+resources = ["prod-*"]
+requesters = ["dev"]
+approvers = ["dba"]
+max_duration = "4h"
+{extra}
+"#,
+        ids = identities()
+    )
+}
+
+#[test]
+fn request_approve_expire_leaves_an_ordered_verifiable_audit_trail() {
+    let gw = Gateway::start(&policy_config(""));
+    let r = gw
+        .cli(
+            Some("alice"),
+            &[
+                "request",
+                "prod-db",
+                "--access",
+                "read-only",
+                "--for",
+                "2s",
+                "--reason",
+                "INC-123",
+                "--json",
+            ],
+        )
+        .json();
+    assert_eq!(r["state"], "pending");
+    let id = r["id"].as_i64().unwrap().to_string();
+    let out = gw.cli(Some("bob"), &["approve", &id]).ok();
+    assert!(out.contains("approved by bob@example.com"), "{out}");
+
+    let grants = gw.cli(Some("alice"), &["grants", "--json"]).json();
+    assert_eq!(grants.as_array().unwrap().len(), 1, "{grants}");
+    assert_eq!(grants[0]["resource"], "prod-db");
+    assert_eq!(grants[0]["access"], "read-only");
+    let table = gw.cli(Some("bob"), &["grants", "--all"]).ok();
+    assert!(
+        table.contains("alice@example.com") && table.contains("prod-db"),
+        "{table}"
+    );
+
+    // It expires by itself and leaves the cache.
+    assert!(eventually(Duration::from_secs(5), || gw
+        .cli(Some("alice"), &["grants", "--json"])
+        .json()
+        .as_array()
+        .unwrap()
+        .is_empty()));
+    let who = gw.cli(Some("alice"), &["whoami", "--json"]).json();
+    assert!(who["grants"].as_array().unwrap().is_empty(), "{who}");
+    assert!(eventually(Duration::from_secs(3), || gw
+        .audit_kinds()
+        .contains(&"grant.expired".to_string())));
+
+    let kinds = gw.audit_kinds();
+    let order: Vec<&str> = kinds
+        .iter()
+        .map(String::as_str)
+        .filter(|k| {
+            [
+                "request.created",
+                "request.approved",
+                "grant.activated",
+                "grant.expired",
+            ]
+            .contains(k)
+        })
+        .collect();
+    assert_eq!(
+        order,
+        [
+            "request.created",
+            "request.approved",
+            "grant.activated",
+            "grant.expired"
+        ],
+        "{kinds:?}"
+    );
+    let created = gw
+        .audit_events()
+        .into_iter()
+        .find(|e| e["kind"] == "request.created")
+        .unwrap();
+    assert_eq!(created["actor"], "alice@example.com");
+    assert_eq!(created["reason"], "INC-123");
+
+    let verify = gw
+        .cli(None, &["audit", "verify", "--file", path_str(&gw.audit_path())])
+        .ok();
+    assert!(verify.contains("chain intact"), "{verify}");
+    // Also through the API, as an auditor.
+    let evs = gw
+        .cli(Some("root"), &["audit", "search", "--kind", "grant.", "--json"])
+        .ok();
+    assert!(
+        evs.contains("grant.activated") && evs.contains("grant.expired"),
+        "{evs}"
+    );
+}
+
+#[test]
+fn refusals_exit_1_with_a_message_that_says_what_to_do() {
+    let gw = Gateway::start(&policy_config(""));
+    let r = gw
+        .cli(Some("alice"), &["request", "prod-db", "--reason", "INC-1", "--json"])
+        .json();
+    let id = r["id"].as_i64().unwrap().to_string();
+
+    let e = gw.cli(Some("alice"), &["approve", &id]).refused();
+    assert!(e.contains("cannot approve your own request"), "{e}");
+    let e = gw.cli(Some("carol"), &["approve", &id]).refused();
+    assert!(
+        e.contains("carol@example.com may not approve request") && e.contains("[dba]"),
+        "{e}"
+    );
+    let e = gw.cli(Some("alice"), &["request", "prod-db"]).refused();
+    assert!(e.contains("requires a reason") && e.contains("--reason"), "{e}");
+    let e = gw
+        .cli(Some("alice"), &["request", "prod-db", "--for", "5h", "--reason", "x"])
+        .refused();
+    assert!(
+        e.contains("exceeds the maximum of 4h") && e.contains("--for 4h or less"),
+        "{e}"
+    );
+    let e = gw
+        .cli(Some("alice"), &["request", "uncovered-db", "--reason", "x"])
+        .refused();
+    assert!(e.contains("no policy covers `uncovered-db`"), "{e}");
+    let e = gw.cli(Some("dave"), &["request", "prod-db", "--reason", "x"]).refused();
+    assert!(e.contains("may not request `prod-db`") && e.contains("[dev]"), "{e}");
+    let e = gw
+        .cli(
+            Some("alice"),
+            &["request", "prod-db", "--access", "superuser", "--reason", "x"],
+        )
+        .refused();
+    assert!(e.contains("access `superuser` is not allowed"), "{e}");
+    let e = gw.cli(Some("bob"), &["deny", &id, "--reason", ""]).refused();
+    assert!(e.contains("needs a reason"), "{e}");
+    let e = gw.cli(None, &["grants"]).refused();
+    assert!(e.contains("missing bearer token") && e.contains("JITGATE_TOKEN"), "{e}");
+    let mut bad = gw.cli(None, &["grants"]);
+    bad.0 = std::process::Command::new(BIN)
+        .args(["grants"])
+        .env("JITGATE_URL", &gw.url)
+        .env("JITGATE_TOKEN", "forged")
+        .env("HOME", gw.dir.path())
+        .output()
+        .unwrap();
+    assert!(bad.refused().contains("invalid or expired token"));
+    // Usage errors are exit 2.
+    assert_eq!(gw.cli(Some("alice"), &["approve", "not-a-number"]).code(), 2);
+    // Nothing was granted by any of that.
+    assert!(
+        gw.cli(Some("alice"), &["grants", "--json"])
+            .json()
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    // The request is still pending; bob denies it; then it cannot be approved.
+    gw.cli(Some("bob"), &["deny", &id, "--reason", "use staging"]).ok();
+    let e = gw.cli(Some("bob"), &["approve", &id]).refused();
+    assert!(e.contains("is denied, not pending"), "{e}");
+}
+
+#[test]
+fn revoke_release_extend_and_wait() {
+    let gw = Gateway::start(&policy_config(""));
+    // --wait blocks until bob approves.
+    let waiter = {
+        let mut c = std::process::Command::new(BIN);
+        c.args(["request", "prod-db", "--for", "1h", "--reason", "INC-9", "--wait"])
+            .env("JITGATE_URL", &gw.url)
+            .env("JITGATE_TOKEN", token("alice"))
+            .env("HOME", gw.dir.path());
+        c.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    assert!(eventually(Duration::from_secs(5), || gw
+        .cli(Some("bob"), &["requests", "--state", "pending", "--json"])
+        .json()
+        .as_array()
+        .unwrap()
+        .len()
+        == 1));
+    let pending = gw
+        .cli(Some("bob"), &["requests", "--state", "pending", "--json"])
+        .json();
+    let id = pending[0]["id"].as_i64().unwrap().to_string();
+    gw.cli(Some("bob"), &["approve", &id, "--reason", "ok"]).ok();
+    let out = waiter.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("approved by bob@example.com"));
+
+    let g = gw.cli(Some("alice"), &["grants", "--json"]).json();
+    let gid = g[0]["id"].as_i64().unwrap().to_string();
+    let expires = g[0]["expires_at"].as_str().unwrap().to_string();
+
+    // Extension: a new approval moves the end of the same grant.
+    let ext = gw
+        .cli(
+            Some("alice"),
+            &["extend", &gid, "--for", "30m", "--reason", "more", "--json"],
+        )
+        .json();
+    assert_eq!(ext["extends_grant"].as_i64().unwrap().to_string(), gid);
+    gw.cli(Some("bob"), &["approve", &ext["id"].as_i64().unwrap().to_string()])
+        .ok();
+    let g2 = gw.cli(Some("alice"), &["grants", "--json"]).json();
+    assert_eq!(g2[0]["id"].as_i64().unwrap().to_string(), gid);
+    assert!(g2[0]["expires_at"].as_str().unwrap() > expires.as_str(), "{g2}");
+    assert!(gw.audit_kinds().contains(&"grant.extended".to_string()));
+
+    // carol (not an approver) cannot revoke; bob can.
+    let e = gw.cli(Some("carol"), &["revoke", &gid]).refused();
+    assert!(e.contains("only an approver"), "{e}");
+    gw.cli(Some("bob"), &["revoke", &gid, "--reason", "incident over"]).ok();
+    assert!(
+        gw.cli(Some("alice"), &["grants", "--json"])
+            .json()
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    let e = gw.cli(Some("bob"), &["revoke", &gid]).refused();
+    assert!(e.contains("is revoked"), "{e}");
+    let revoked = gw
+        .audit_events()
+        .into_iter()
+        .find(|e| e["kind"] == "grant.revoked")
+        .unwrap();
+    assert_eq!(revoked["actor"], "bob@example.com");
+    assert_eq!(revoked["reason"], "incident over");
+
+    // Release by resource name.
+    let r = gw
+        .cli(Some("alice"), &["request", "prod-db", "--reason", "again", "--json"])
+        .json();
+    gw.cli(Some("bob"), &["approve", &r["id"].as_i64().unwrap().to_string()])
+        .ok();
+    let out = gw.cli(Some("alice"), &["release", "prod-db"]).ok();
+    assert!(out.contains("released"), "{out}");
+    assert!(
+        gw.cli(Some("alice"), &["grants", "--json"])
+            .json()
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    let e = gw.cli(Some("alice"), &["release", "prod-db"]).refused();
+    assert!(e.contains("no live grant"), "{e}");
+}
+
+#[test]
+fn auto_approval_opens_a_grant_without_an_approver() {
+    let extra = r#"
+[[policies.auto_approve]]
+groups = ["dev"]
+access = ["read-only"]
+max_duration = "30m"
+window = "daily 00:00-24:00 UTC"
+"#;
+    let gw = Gateway::start(&policy_config(extra));
+    let r = gw
+        .cli(
+            Some("alice"),
+            &["request", "prod-db", "--for", "10m", "--reason", "oncall"],
+        )
+        .ok();
+    assert!(
+        r.contains("auto-approved by policy `production` auto_approve #1"),
+        "{r}"
+    );
+    assert_eq!(
+        gw.cli(Some("alice"), &["grants", "--json"])
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    // read-write is not covered by the rule: pending.
+    let r = gw
+        .cli(
+            Some("alice"),
+            &[
+                "request",
+                "prod-db",
+                "--access",
+                "read-write",
+                "--for",
+                "10m",
+                "--reason",
+                "x",
+                "--json",
+            ],
+        )
+        .json();
+    assert_eq!(r["state"], "pending");
+    let approved = gw
+        .audit_events()
+        .into_iter()
+        .find(|e| e["kind"] == "request.approved")
+        .unwrap();
+    assert_eq!(approved["actor"], "policy:production");
+}
+
+#[test]
+fn a_live_grant_survives_a_restart_and_an_expired_one_does_not_come_back() {
+    let mut gw = Gateway::start(&policy_config(""));
+    let long = gw
+        .cli(
+            Some("alice"),
+            &["request", "prod-db", "--for", "1h", "--reason", "long", "--json"],
+        )
+        .json();
+    gw.cli(Some("bob"), &["approve", &long["id"].as_i64().unwrap().to_string()])
+        .ok();
+    let short = gw
+        .cli(
+            Some("alice"),
+            &[
+                "request",
+                "prod-db",
+                "--access",
+                "read-write",
+                "--for",
+                "2s",
+                "--reason",
+                "short",
+                "--json",
+            ],
+        )
+        .json();
+    gw.cli(Some("bob"), &["approve", &short["id"].as_i64().unwrap().to_string()])
+        .ok();
+    assert_eq!(
+        gw.cli(Some("alice"), &["grants", "--json"])
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+
+    gw.stop();
+    std::thread::sleep(Duration::from_millis(2500));
+    gw.spawn();
+
+    let grants = gw.cli(Some("alice"), &["grants", "--json"]).json();
+    let grants = grants.as_array().unwrap();
+    assert_eq!(grants.len(), 1, "{grants:?}");
+    assert_eq!(grants[0]["access"], "read-only");
+    let who = gw.cli(Some("alice"), &["whoami", "--json"]).json();
+    assert_eq!(
+        who["grants"].as_array().unwrap().len(),
+        1,
+        "the cache holds only the live grant: {who}"
+    );
+    let expired: Vec<_> = gw
+        .audit_events()
+        .into_iter()
+        .filter(|e| e["kind"] == "grant.expired")
+        .collect();
+    assert_eq!(expired.len(), 1);
+    assert_eq!(expired[0]["details"]["while_down"], true);
+    assert!(gw.log().contains("grants_restored=1"), "{}", gw.log());
+    gw.cli(None, &["audit", "verify", "--file", path_str(&gw.audit_path())])
+        .ok();
+}
+
+#[test]
+fn sighup_keeps_the_old_config_on_a_broken_file_and_applies_a_good_one() {
+    let mut gw = Gateway::start(&policy_config(""));
+    let good = std::fs::read_to_string(gw.config_path()).unwrap();
+
+    // Broken: a typo'd key. The old config stays.
+    gw.write_raw_config(&good.replace("requesters = [\"dev\"]", "requestors = [\"dev\"]"));
+    gw.sighup();
+    let log = gw.wait_log("configuration reload refused", Duration::from_secs(5));
+    assert!(
+        log.contains("unknown key `requestors`") && log.contains("did you mean `requesters`?"),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("{}:", gw.config_path().display())),
+        "the error names the file: {log}"
+    );
+    gw.cli(Some("alice"), &["request", "prod-db", "--reason", "still works"])
+        .ok();
+
+    // Good: a new resource and policy appear without a restart.
+    let added = format!(
+        "{good}\n[[resources]]\nname = \"new-db\"\nkind = \"postgres\"\naddress = \"127.0.0.1:5432\"\ncredentials.read-only = {{ user = \"ro\" }}\n\n[[policies]]\nname = \"new\"\nresources = [\"new-db\"]\nrequesters = [\"dev\"]\napprovers = [\"dba\"]\n"
+    );
+    gw.write_raw_config(&added);
+    gw.sighup();
+    gw.wait_log("configuration reloaded", Duration::from_secs(5));
+    gw.cli(Some("alice"), &["request", "new-db", "--reason", "new"]).ok();
+
+    let (_, metrics) = gw.http_get("/metrics", None);
+    assert!(
+        metrics.contains("jitgate_config_reloads_total{result=\"error\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("jitgate_config_reloads_total{result=\"ok\"} 1"),
+        "{metrics}"
+    );
+    let kinds = gw.audit_kinds();
+    assert!(kinds.contains(&"config.reload_failed".to_string()) && kinds.contains(&"config.reloaded".to_string()));
+    gw.stop();
+}
+
+#[test]
+fn metrics_are_exposed_and_accepted_by_promtool() {
+    let gw = Gateway::start(&policy_config(""));
+    let r = gw
+        .cli(
+            Some("alice"),
+            &["request", "prod-db", "--for", "1h", "--reason", "m", "--json"],
+        )
+        .json();
+    gw.cli(Some("bob"), &["approve", &r["id"].as_i64().unwrap().to_string()])
+        .ok();
+    let (status, body) = gw.http_get("/metrics", None);
+    assert_eq!(status, 200);
+    for needle in [
+        "jitgate_grants_active 1",
+        "jitgate_requests_total{state=\"pending\"} 1",
+        "jitgate_requests_total{state=\"approved\"} 1",
+        "jitgate_approval_latency_seconds_count 1",
+        "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
+        "jitgate_store_operation_seconds_bucket",
+    ] {
+        assert!(body.contains(needle), "missing {needle}:\n{body}");
+    }
+    let promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let Ok(mut child) = promtool else {
+        panic!("promtool is not installed: run ./scripts/test (it installs it) or `apt-get install prometheus`");
+    };
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let (s, b) = gw.http_get("/healthz", None);
+    assert_eq!((s, b.trim()), (200, "ok"));
+    let (s, b) = gw.http_get("/readyz", None);
+    assert_eq!((s, b.trim()), (200, "ready"));
+    let (s, b) = gw.http_get("/v1/whoami", None);
+    assert_eq!(s, 401);
+    assert!(b.contains("\"hint\""), "{b}");
+    let (s, b) = gw.http_get("/v1/nope", Some(&token("alice")));
+    assert_eq!(s, 404);
+    assert!(b.contains("/v1/"), "{b}");
+}
+
+#[test]
+fn machine_tokens_are_minted_by_admins_only_and_work_at_once() {
+    let gw = Gateway::start(&policy_config(""));
+    let e = gw
+        .cli(Some("alice"), &["token", "create", "ci-bot", "--group", "dev"])
+        .refused();
+    assert!(e.contains("only admins"), "{e}");
+    let t = gw
+        .cli(Some("root"), &["token", "create", "ci-bot", "--group", "dev", "--json"])
+        .json();
+    let tok = t["token"].as_str().unwrap();
+    assert_eq!(t["sha256"].as_str().unwrap(), sha256_hex(tok));
+    let out = std::process::Command::new(BIN)
+        .args(["whoami", "--json"])
+        .env("JITGATE_URL", &gw.url)
+        .env("JITGATE_TOKEN", tok)
+        .env("HOME", gw.dir.path())
+        .output()
+        .unwrap();
+    let who: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(who["name"], "ci-bot");
+    // The token never reaches the log or the audit file.
+    assert!(!gw.log().contains(tok));
+    assert!(!std::fs::read_to_string(gw.audit_path()).unwrap().contains(tok));
+}

@@ -12,8 +12,8 @@ use jiff::Timestamp;
 use jitgate_audit::{AuditSink, Event, Query};
 use jitgate_core::engine::{self, NewRequest, Refusal};
 use jitgate_core::{
-    Catalog, Enforcer, Grant, GrantState, HumanDuration, KillReason, LiveEvent, LiveGrant, Metrics, Principal, Request, RequestState, SessionInfo,
-    SharedClock,
+    Catalog, Enforcer, Grant, GrantState, HumanDuration, KillReason, LiveEvent, LiveGrant, Metrics, Principal, Request,
+    RequestState, SessionInfo, SharedClock,
 };
 use jitgate_store::{GrantFilter, MachineToken, RequestFilter, Store};
 use serde::Serialize;
@@ -79,7 +79,13 @@ pub struct ResourceView {
 
 impl ControlPlane {
     /// Assemble the control plane.
-    pub fn new(catalog: Catalog, store: Arc<dyn Store>, audit: AuditSink, enforcer: Arc<Enforcer>, metrics: Metrics) -> Arc<Self> {
+    pub fn new(
+        catalog: Catalog,
+        store: Arc<dyn Store>,
+        audit: AuditSink,
+        enforcer: Arc<Enforcer>,
+        metrics: Metrics,
+    ) -> Arc<Self> {
         let clock = enforcer.clock().clone();
         Arc::new(Self {
             catalog: ArcSwap::from_pointee(catalog),
@@ -131,7 +137,14 @@ impl ControlPlane {
     /// down (expired grants are marked expired and audited, never resurrected).
     pub async fn restore(&self) -> ApiResult<usize> {
         let now = self.now();
-        let active = self.store.list_grants(&GrantFilter { state: Some(GrantState::Active), limit: Some(1_000_000), ..Default::default() }).await?;
+        let active = self
+            .store
+            .list_grants(&GrantFilter {
+                state: Some(GrantState::Active),
+                limit: Some(1_000_000),
+                ..Default::default()
+            })
+            .await?;
         let mut live = 0;
         for mut g in active {
             if g.is_live(now) {
@@ -160,14 +173,27 @@ impl ControlPlane {
         self.enforcer.set_warning_lead(catalog.expiry_warning.secs());
         self.catalog.store(Arc::new(catalog));
         self.metrics.config_reloads_total.with_label_values(&["ok"]).inc();
-        self.audit.record(Event::new("config.reloaded", self.now()).actor("gateway").details(summary)).await?;
+        self.audit
+            .record(
+                Event::new("config.reloaded", self.now())
+                    .actor("gateway")
+                    .details(summary),
+            )
+            .await?;
         Ok(())
     }
 
     /// Record a refused reload.
     pub async fn reload_failed(&self, why: &str) {
         self.metrics.config_reloads_total.with_label_values(&["error"]).inc();
-        let _ = self.audit.record(Event::new("config.reload_failed", self.now()).actor("gateway").reason(Some(why))).await;
+        let _ = self
+            .audit
+            .record(
+                Event::new("config.reload_failed", self.now())
+                    .actor("gateway")
+                    .reason(Some(why)),
+            )
+            .await;
     }
 
     /// Run the expiry scheduler and the pending-request sweeper until `stop`.
@@ -201,13 +227,14 @@ impl ControlPlane {
         let now = self.now();
         match ev {
             LiveEvent::Expired { grant, sessions } => {
-                if let Some(mut g) = self.store.get_grant(grant.id).await? {
-                    if g.state == GrantState::Active && g.expires_at <= now {
-                        g.state = GrantState::Expired;
-                        g.ended_at = Some(g.expires_at);
-                        g.ended_by = Some("gateway".into());
-                        self.store.update_grant(&g).await?;
-                    }
+                if let Some(mut g) = self.store.get_grant(grant.id).await?
+                    && g.state == GrantState::Active
+                    && g.expires_at <= now
+                {
+                    g.state = GrantState::Expired;
+                    g.ended_at = Some(g.expires_at);
+                    g.ended_by = Some("gateway".into());
+                    self.store.update_grant(&g).await?;
                 }
                 tracing::info!(grant_id = grant.id, identity = %grant.identity, resource = %grant.resource, sessions, "grant expired");
                 self.audit
@@ -217,8 +244,13 @@ impl ControlPlane {
             }
             LiveEvent::Expiring { grant } => {
                 self.audit
-                    .record(Event::new("grant.expiring", now).actor("gateway").resource(&grant.resource).grant(grant.id)
-                        .details(serde_json::json!({"identity": grant.identity, "expires_at": grant.expires_at})))
+                    .record(
+                        Event::new("grant.expiring", now)
+                            .actor("gateway")
+                            .resource(&grant.resource)
+                            .grant(grant.id)
+                            .details(serde_json::json!({"identity": grant.identity, "expires_at": grant.expires_at})),
+                    )
                     .await?;
             }
         }
@@ -226,7 +258,13 @@ impl ControlPlane {
     }
 
     async fn sweep_pending(&self) -> ApiResult<()> {
-        let pending = self.store.list_requests(&RequestFilter { state: Some(RequestState::Pending), ..Default::default() }).await?;
+        let pending = self
+            .store
+            .list_requests(&RequestFilter {
+                state: Some(RequestState::Pending),
+                ..Default::default()
+            })
+            .await?;
         if pending.is_empty() {
             return Ok(());
         }
@@ -234,19 +272,26 @@ impl ControlPlane {
         let _guard = self.request_lock.lock().await;
         for r in pending {
             let now = self.now();
-            let Ok(policy) = engine::policy_named(&cat, &r.policy) else { continue };
+            let Ok(policy) = engine::policy_named(&cat, &r.policy) else {
+                continue;
+            };
             if engine::pending_timed_out(&r, policy, now) {
                 let mut r = r.clone();
                 engine::expire_pending(&mut r, now);
                 let r = self.store.update_request(&r).await?;
                 self.count(RequestState::Expired);
-                self.audit.record(self.request_event("request.expired", &r, "gateway", now)).await?;
+                self.audit
+                    .record(self.request_event("request.expired", &r, "gateway", now))
+                    .await?;
             } else if !r.escalated && engine::escalation_due(&r, policy, now) {
                 let mut r = r.clone();
                 r.escalated = true;
                 let r = self.store.update_request(&r).await?;
                 self.audit
-                    .record(self.request_event("request.escalated", &r, "gateway", now).details(serde_json::json!({"escalate_to": policy.escalate_to})))
+                    .record(
+                        self.request_event("request.escalated", &r, "gateway", now)
+                            .details(serde_json::json!({"escalate_to": policy.escalate_to})),
+                    )
                     .await?;
             }
         }
@@ -259,12 +304,21 @@ impl ControlPlane {
     pub async fn authenticate(&self, token: &str) -> ApiResult<Principal> {
         let h = jitgate_core::token_hash(token);
         if let Some(i) = self.catalog().identity_by_token_hash(&h) {
-            return Ok(Principal { name: i.name.clone(), groups: i.groups.clone() });
+            return Ok(Principal {
+                name: i.name.clone(),
+                groups: i.groups.clone(),
+            });
         }
         if let Some(t) = self.store.token_by_hash(&h).await? {
-            return Ok(Principal { name: t.name, groups: t.groups });
+            return Ok(Principal {
+                name: t.name,
+                groups: t.groups,
+            });
         }
-        self.metrics.auth_failures_total.with_label_values(&["http", "invalid_token"]).inc();
+        self.metrics
+            .auth_failures_total
+            .with_label_values(&["http", "invalid_token"])
+            .inc();
         Err(ApiError::unauthorized("invalid or expired token"))
     }
 
@@ -291,9 +345,19 @@ impl ControlPlane {
     }
 
     /// Ask for more time on a live grant.
-    pub async fn extend(&self, who: &Principal, grant_id: i64, duration: HumanDuration, reason: Option<String>) -> ApiResult<Request> {
+    pub async fn extend(
+        &self,
+        who: &Principal,
+        grant_id: i64,
+        duration: HumanDuration,
+        reason: Option<String>,
+    ) -> ApiResult<Request> {
         let now = self.now();
-        let g = self.store.get_grant(grant_id).await?.ok_or_else(|| ApiError::not_found(format!("no grant {grant_id}")))?;
+        let g = self
+            .store
+            .get_grant(grant_id)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("no grant {grant_id}")))?;
         let planned = engine::plan_extension(&self.catalog(), who, &g, duration, reason, now)?;
         self.submit(who, planned, now).await
     }
@@ -308,7 +372,9 @@ impl ControlPlane {
         pending.decision_reason = None;
         let r = self.store.create_request(&pending).await?;
         self.count(RequestState::Pending);
-        self.audit.record(self.request_event("request.created", &r, &who.name, now)).await?;
+        self.audit
+            .record(self.request_event("request.created", &r, &who.name, now))
+            .await?;
         tracing::info!(request_id = r.id, identity = %who.name, resource = %r.resource, access = %r.access, auto, "request created");
         if !auto {
             return Ok(r);
@@ -325,7 +391,11 @@ impl ControlPlane {
         let actor = r.decided_by.clone().unwrap_or_default();
         let (r, g, extended) = match r.extends_grant {
             Some(gid) => {
-                let mut g = self.store.get_grant(gid).await?.ok_or_else(|| ApiError::not_found(format!("no grant {gid}")))?;
+                let mut g = self
+                    .store
+                    .get_grant(gid)
+                    .await?
+                    .ok_or_else(|| ApiError::not_found(format!("no grant {gid}")))?;
                 engine::extend_grant(&mut g, &r, now)?;
                 let (r, g) = self.store.approve_with_grant(&r, &g).await?;
                 (r, g, true)
@@ -338,7 +408,9 @@ impl ControlPlane {
         };
         self.enforcer.activate(LiveGrant::from(&g));
         self.count(RequestState::Approved);
-        self.metrics.approval_latency_seconds.observe(now.duration_since(r.created_at).as_secs_f64().max(0.0));
+        self.metrics
+            .approval_latency_seconds
+            .observe(now.duration_since(r.created_at).as_secs_f64().max(0.0));
         let mut ev = self.request_event("request.approved", &r, &actor, now);
         if let Some(rule) = &r.decision_reason {
             ev.details["auto_approved_by"] = serde_json::Value::String(rule.clone());
@@ -354,7 +426,10 @@ impl ControlPlane {
     }
 
     async fn load_request(&self, id: i64) -> ApiResult<Request> {
-        self.store.get_request(id).await?.ok_or_else(|| ApiError::not_found(format!("no request {id}")))
+        self.store
+            .get_request(id)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("no request {id}")))
     }
 
     /// Approve (one approval; the last one needed opens or extends the grant).
@@ -380,7 +455,10 @@ impl ControlPlane {
     /// Deny.
     pub async fn deny(&self, who: &Principal, id: i64, reason: String) -> ApiResult<Request> {
         if reason.trim().is_empty() {
-            return Err(ApiError::bad_request("a denial needs a reason", Some("add --reason \"why\"".into())));
+            return Err(ApiError::bad_request(
+                "a denial needs a reason",
+                Some("add --reason \"why\"".into()),
+            ));
         }
         let _guard = self.request_lock.lock().await;
         let now = self.now();
@@ -404,25 +482,49 @@ impl ControlPlane {
         engine::cancel(&mut r, who, self.catalog().is_admin(&who.groups), now)?;
         let r = self.store.update_request(&r).await?;
         self.count(RequestState::Cancelled);
-        self.audit.record(self.request_event("request.cancelled", &r, &who.name, now)).await?;
+        self.audit
+            .record(self.request_event("request.cancelled", &r, &who.name, now))
+            .await?;
         Ok(r)
     }
 
     fn may_see_request(&self, cat: &Catalog, who: &Principal, r: &Request) -> bool {
-        r.requester == who.name || cat.is_admin(&who.groups) || cat.is_auditor(&who.groups) || cat.is_approver_of(&r.policy, &who.groups)
+        r.requester == who.name
+            || cat.is_admin(&who.groups)
+            || cat.is_auditor(&who.groups)
+            || cat.is_approver_of(&r.policy, &who.groups)
     }
 
     /// One request, if the caller may see it.
     pub async fn get_request(&self, who: &Principal, id: i64) -> ApiResult<Request> {
         let r = self.load_request(id).await?;
-        if self.may_see_request(&self.catalog(), who, &r) { Ok(r) } else { Err(ApiError::not_found(format!("no request {id}"))) }
+        if self.may_see_request(&self.catalog(), who, &r) {
+            Ok(r)
+        } else {
+            Err(ApiError::not_found(format!("no request {id}")))
+        }
     }
 
     /// Requests the caller may see: their own, those they can approve, or all for admins.
-    pub async fn list_requests(&self, who: &Principal, state: Option<RequestState>, mine: bool) -> ApiResult<Vec<Request>> {
-        let f = RequestFilter { state, requester: mine.then(|| who.name.clone()), limit: Some(500) };
+    pub async fn list_requests(
+        &self,
+        who: &Principal,
+        state: Option<RequestState>,
+        mine: bool,
+    ) -> ApiResult<Vec<Request>> {
+        let f = RequestFilter {
+            state,
+            requester: mine.then(|| who.name.clone()),
+            limit: Some(500),
+        };
         let cat = self.catalog();
-        Ok(self.store.list_requests(&f).await?.into_iter().filter(|r| self.may_see_request(&cat, who, r)).collect())
+        Ok(self
+            .store
+            .list_requests(&f)
+            .await?
+            .into_iter()
+            .filter(|r| self.may_see_request(&cat, who, r))
+            .collect())
     }
 
     // ---------------------------------------------------------------- grants
@@ -430,39 +532,83 @@ impl ControlPlane {
     /// Live grants: the caller's, or (`all`) every one the caller may see.
     pub async fn list_grants(&self, who: &Principal, all: bool) -> ApiResult<Vec<Grant>> {
         let cat = self.catalog();
-        let f = GrantFilter { live_at: Some(self.now()), identity: (!all).then(|| who.name.clone()), ..Default::default() };
+        let f = GrantFilter {
+            live_at: Some(self.now()),
+            identity: (!all).then(|| who.name.clone()),
+            ..Default::default()
+        };
         Ok(self
             .store
             .list_grants(&f)
             .await?
             .into_iter()
-            .filter(|g| g.identity == who.name || cat.is_admin(&who.groups) || cat.is_auditor(&who.groups) || cat.is_approver_of(&g.policy, &who.groups))
+            .filter(|g| {
+                g.identity == who.name
+                    || cat.is_admin(&who.groups)
+                    || cat.is_auditor(&who.groups)
+                    || cat.is_approver_of(&g.policy, &who.groups)
+            })
             .collect())
     }
 
-    async fn end_grant(&self, who: &Principal, grant_id: i64, state: GrantState, reason: Option<String>) -> ApiResult<Grant> {
+    async fn end_grant(
+        &self,
+        who: &Principal,
+        grant_id: i64,
+        state: GrantState,
+        reason: Option<String>,
+    ) -> ApiResult<Grant> {
         let now = self.now();
-        let mut g = self.store.get_grant(grant_id).await?.ok_or_else(|| ApiError::not_found(format!("no grant {grant_id}")))?;
+        let mut g = self
+            .store
+            .get_grant(grant_id)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("no grant {grant_id}")))?;
         let cat = self.catalog();
         match state {
-            GrantState::Released if g.identity != who.name && !cat.is_admin(&who.groups) => return Err(Refusal::NotYours("release a grant").into()),
+            GrantState::Released if g.identity != who.name && !cat.is_admin(&who.groups) => {
+                return Err(Refusal::NotYours("release a grant").into());
+            }
             GrantState::Revoked => engine::may_revoke(&cat, who, &g)?,
             _ => {}
         }
         if !g.is_live(now) {
-            return Err(Refusal::GrantNotLive { id: g.id, state: if g.state == GrantState::Active { "expired" } else { g.state.as_str() } }.into());
+            return Err(Refusal::GrantNotLive {
+                id: g.id,
+                state: if g.state == GrantState::Active {
+                    "expired"
+                } else {
+                    g.state.as_str()
+                },
+            }
+            .into());
         }
         g.state = state;
         g.ended_at = Some(now);
         g.ended_by = Some(who.name.clone());
         g.end_reason.clone_from(&reason);
         self.store.update_grant(&g).await?;
-        let kill = if state == GrantState::Revoked { KillReason::Revoked { by: who.name.clone() } } else { KillReason::Released };
+        let kill = if state == GrantState::Revoked {
+            KillReason::Revoked { by: who.name.clone() }
+        } else {
+            KillReason::Released
+        };
         let (_, n) = self.enforcer.end(g.id, &kill);
-        let kind = if state == GrantState::Revoked { "grant.revoked" } else { "grant.released" };
+        let kind = if state == GrantState::Revoked {
+            "grant.revoked"
+        } else {
+            "grant.released"
+        };
         self.audit
-            .record(Event::new(kind, now).actor(&who.name).resource(&g.resource).grant(g.id).request(g.request_id).reason(reason)
-                .details(serde_json::json!({"identity": g.identity, "access": g.access, "sessions_killed": n})))
+            .record(
+                Event::new(kind, now)
+                    .actor(&who.name)
+                    .resource(&g.resource)
+                    .grant(g.id)
+                    .request(g.request_id)
+                    .reason(reason)
+                    .details(serde_json::json!({"identity": g.identity, "access": g.access, "sessions_killed": n})),
+            )
             .await?;
         tracing::info!(grant_id = g.id, by = %who.name, sessions = n, "{kind}");
         Ok(g)
@@ -482,7 +628,10 @@ impl ControlPlane {
 
     /// Record a session start (front ends call this after registering).
     pub async fn session_started(&self, s: &SessionInfo) {
-        self.metrics.sessions_active.with_label_values(&[&s.protocol, &s.resource]).inc();
+        self.metrics
+            .sessions_active
+            .with_label_values(&[&s.protocol, &s.resource])
+            .inc();
         if let Err(e) = self.store.session_started(s).await {
             tracing::warn!(error = %e, session_id = %s.id, "could not persist session start");
         }
@@ -496,15 +645,28 @@ impl ControlPlane {
     /// Record a session end.
     pub async fn session_ended(&self, s: &SessionInfo, outcome: &str, reason: &str) {
         let now = self.now();
-        self.metrics.sessions_active.with_label_values(&[&s.protocol, &s.resource]).dec();
-        self.metrics.sessions_total.with_label_values(&[&s.protocol, &s.resource, outcome]).inc();
+        self.metrics
+            .sessions_active
+            .with_label_values(&[&s.protocol, &s.resource])
+            .dec();
+        self.metrics
+            .sessions_total
+            .with_label_values(&[&s.protocol, &s.resource, outcome])
+            .inc();
         if let Err(e) = self.store.session_ended(&s.id, now, reason).await {
             tracing::warn!(error = %e, session_id = %s.id, "could not persist session end");
         }
         let _ = self
             .audit
-            .record(Event::new("session.ended", now).actor(&s.identity).resource(&s.resource).grant(s.grant_id).session(&s.id).reason(Some(reason))
-                .details(serde_json::json!({"identity": s.identity, "protocol": s.protocol, "outcome": outcome})))
+            .record(
+                Event::new("session.ended", now)
+                    .actor(&s.identity)
+                    .resource(&s.resource)
+                    .grant(s.grant_id)
+                    .session(&s.id)
+                    .reason(Some(reason))
+                    .details(serde_json::json!({"identity": s.identity, "protocol": s.protocol, "outcome": outcome})),
+            )
             .await;
     }
 
@@ -519,7 +681,11 @@ impl ControlPlane {
             .filter(|s| {
                 elevated
                     || s.identity == who.name
-                    || self.enforcer.grants.get(s.grant_id).is_some_and(|g| cat.is_approver_of(&g.policy, &who.groups))
+                    || self
+                        .enforcer
+                        .grants
+                        .get(s.grant_id)
+                        .is_some_and(|g| cat.is_approver_of(&g.policy, &who.groups))
             })
             .collect()
     }
@@ -527,16 +693,36 @@ impl ControlPlane {
     /// Kill one session (admins, approvers of its grant's policy).
     pub async fn kill_session(&self, who: &Principal, id: &str) -> ApiResult<SessionInfo> {
         let cat = self.catalog();
-        let s = self.enforcer.sessions.get(id).ok_or_else(|| ApiError::not_found(format!("no live session {id}")))?;
-        let allowed = cat.is_admin(&who.groups) || self.enforcer.grants.get(s.grant_id).is_some_and(|g| cat.is_approver_of(&g.policy, &who.groups));
+        let s = self
+            .enforcer
+            .sessions
+            .get(id)
+            .ok_or_else(|| ApiError::not_found(format!("no live session {id}")))?;
+        let allowed = cat.is_admin(&who.groups)
+            || self
+                .enforcer
+                .grants
+                .get(s.grant_id)
+                .is_some_and(|g| cat.is_approver_of(&g.policy, &who.groups));
         if !allowed {
-            return Err(ApiError::forbidden(format!("{} may not kill session {id}", who.name), Some("admins and approvers of the grant's policy may".into())));
+            return Err(ApiError::forbidden(
+                format!("{} may not kill session {id}", who.name),
+                Some("admins and approvers of the grant's policy may".into()),
+            ));
         }
-        self.enforcer.sessions.kill(id, &KillReason::Killed { by: who.name.clone() });
+        self.enforcer
+            .sessions
+            .kill(id, &KillReason::Killed { by: who.name.clone() });
         self.metrics.sessions_killed_total.with_label_values(&["killed"]).inc();
         self.audit
-            .record(Event::new("session.killed", self.now()).actor(&who.name).resource(&s.resource).grant(s.grant_id).session(id)
-                .details(serde_json::json!({"identity": s.identity})))
+            .record(
+                Event::new("session.killed", self.now())
+                    .actor(&who.name)
+                    .resource(&s.resource)
+                    .grant(s.grant_id)
+                    .session(id)
+                    .details(serde_json::json!({"identity": s.identity})),
+            )
             .await?;
         Ok(s)
     }
@@ -549,7 +735,10 @@ impl ControlPlane {
         if !cat.is_auditor(&who.groups) {
             match &q.user {
                 Some(u) if u != &who.name => {
-                    return Err(ApiError::forbidden("only auditors and admins may search other users' events", Some("drop --user, or ask an auditor".into())));
+                    return Err(ApiError::forbidden(
+                        "only auditors and admins may search other users' events",
+                        Some("drop --user, or ask an auditor".into()),
+                    ));
                 }
                 _ => q.user = Some(who.name.clone()),
             }
@@ -560,9 +749,19 @@ impl ControlPlane {
     /// Who is calling, and what they hold.
     pub fn whoami(&self, who: &Principal) -> WhoAmI {
         let now = self.now();
-        let mut grants: Vec<LiveGrant> = self.enforcer.grants.all().into_iter().filter(|g| g.identity == who.name && g.expires_at > now).collect();
+        let mut grants: Vec<LiveGrant> = self
+            .enforcer
+            .grants
+            .all()
+            .into_iter()
+            .filter(|g| g.identity == who.name && g.expires_at > now)
+            .collect();
         grants.sort_by_key(|g| g.id);
-        WhoAmI { principal: who.clone(), admin: self.catalog().is_admin(&who.groups), grants }
+        WhoAmI {
+            principal: who.clone(),
+            admin: self.catalog().is_admin(&who.groups),
+            grants,
+        }
     }
 
     /// Resources, with what the caller may request on each.
@@ -589,14 +788,35 @@ impl ControlPlane {
             return Err(ApiError::forbidden("only admins may create machine tokens", None));
         }
         if name.is_empty() || name.len() > 128 || name.chars().any(|c| c.is_control() || c.is_whitespace()) {
-            return Err(ApiError::bad_request("invalid token name", Some("use a short name without spaces, e.g. ci-bot".into())));
+            return Err(ApiError::bad_request(
+                "invalid token name",
+                Some("use a short name without spaces, e.g. ci-bot".into()),
+            ));
         }
         let raw: [u8; 32] = rand::random();
         let token = format!("jgm_{}", hex::encode(raw));
         let sha256 = jitgate_core::token_hash(&token);
         let now = self.now();
-        self.store.create_token(&MachineToken { name: name.to_string(), sha256: sha256.clone(), groups: groups.clone(), created_at: now, created_by: who.name.clone() }).await?;
-        self.audit.record(Event::new("token.created", now).actor(&who.name).details(serde_json::json!({"identity": name, "groups": groups}))).await?;
-        Ok(MintedToken { name: name.to_string(), token, sha256 })
+        self.store
+            .create_token(&MachineToken {
+                name: name.to_string(),
+                sha256: sha256.clone(),
+                groups: groups.clone(),
+                created_at: now,
+                created_by: who.name.clone(),
+            })
+            .await?;
+        self.audit
+            .record(
+                Event::new("token.created", now)
+                    .actor(&who.name)
+                    .details(serde_json::json!({"identity": name, "groups": groups})),
+            )
+            .await?;
+        Ok(MintedToken {
+            name: name.to_string(),
+            token,
+            sha256,
+        })
     }
 }

@@ -27,7 +27,11 @@ struct Body<'a> {
 impl ApiError {
     /// Build one.
     pub fn new(status: StatusCode, error: impl Into<String>, hint: Option<String>) -> Self {
-        Self { status, error: error.into(), hint }
+        Self {
+            status,
+            error: error.into(),
+            hint,
+        }
     }
 
     /// 400.
@@ -67,7 +71,14 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(Body { error: &self.error, hint: self.hint.as_deref() })).into_response()
+        (
+            self.status,
+            Json(Body {
+                error: &self.error,
+                hint: self.hint.as_deref(),
+            }),
+        )
+            .into_response()
     }
 }
 
@@ -94,7 +105,11 @@ impl From<jitgate_store::StoreError> for ApiError {
             jitgate_store::StoreError::NotFound => Self::not_found("not found"),
             other => {
                 tracing::error!(error = %other, "store failure");
-                Self::new(StatusCode::SERVICE_UNAVAILABLE, "the gateway's store is unavailable; nothing was changed", Some("try again shortly; operators: check the store".into()))
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the gateway's store is unavailable; nothing was changed",
+                    Some("try again shortly; operators: check the store".into()),
+                )
             }
         }
     }

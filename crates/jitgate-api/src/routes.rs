@@ -43,7 +43,8 @@ impl FromRequestParts<Arc<ControlPlane>> for Caller {
 }
 
 fn body<T>(b: Result<Json<T>, JsonRejection>) -> ApiResult<T> {
-    b.map(|Json(v)| v).map_err(|e| ApiError::bad_request(format!("invalid request body: {}", e.body_text()), None))
+    b.map(|Json(v)| v)
+        .map_err(|e| ApiError::bad_request(format!("invalid request body: {}", e.body_text()), None))
 }
 
 /// Build the router.
@@ -79,7 +80,10 @@ async fn readyz(State(cp): Cp) -> impl IntoResponse {
 }
 
 async fn metrics(State(cp): Cp) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], cp.metrics().render())
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        cp.metrics().render(),
+    )
 }
 
 async fn whoami(State(cp): Cp, Caller(who): Caller) -> impl IntoResponse {
@@ -101,12 +105,23 @@ struct CreateRequest {
 }
 
 fn parse_duration(s: Option<&str>) -> ApiResult<Option<HumanDuration>> {
-    s.map(|d| HumanDuration::parse(d).map_err(|e| ApiError::bad_request(e.to_string(), None))).transpose()
+    s.map(|d| HumanDuration::parse(d).map_err(|e| ApiError::bad_request(e.to_string(), None)))
+        .transpose()
 }
 
-async fn create_request(State(cp): Cp, Caller(who): Caller, b: Result<Json<CreateRequest>, JsonRejection>) -> ApiResult<impl IntoResponse> {
+async fn create_request(
+    State(cp): Cp,
+    Caller(who): Caller,
+    b: Result<Json<CreateRequest>, JsonRejection>,
+) -> ApiResult<impl IntoResponse> {
     let b = body(b)?;
-    let new = NewRequest { resource: b.resource, access: b.access, duration: parse_duration(b.duration.as_deref())?, reason: b.reason, ticket: b.ticket };
+    let new = NewRequest {
+        resource: b.resource,
+        access: b.access,
+        duration: parse_duration(b.duration.as_deref())?,
+        reason: b.reason,
+        ticket: b.ticket,
+    };
     Ok((StatusCode::CREATED, Json(cp.create_request(&who, new).await?)))
 }
 
@@ -117,8 +132,17 @@ struct ListRequests {
     mine: bool,
 }
 
-async fn list_requests(State(cp): Cp, Caller(who): Caller, QueryParams(q): QueryParams<ListRequests>) -> ApiResult<impl IntoResponse> {
-    let state = q.state.as_deref().map(str::parse::<RequestState>).transpose().map_err(|e| ApiError::bad_request(e, None))?;
+async fn list_requests(
+    State(cp): Cp,
+    Caller(who): Caller,
+    QueryParams(q): QueryParams<ListRequests>,
+) -> ApiResult<impl IntoResponse> {
+    let state = q
+        .state
+        .as_deref()
+        .map(str::parse::<RequestState>)
+        .transpose()
+        .map_err(|e| ApiError::bad_request(e, None))?;
     Ok(Json(cp.list_requests(&who, state, q.mine).await?))
 }
 
@@ -132,12 +156,22 @@ struct Reason {
     reason: Option<String>,
 }
 
-async fn approve(State(cp): Cp, Caller(who): Caller, Path(id): Path<i64>, b: Result<Json<Reason>, JsonRejection>) -> ApiResult<impl IntoResponse> {
+async fn approve(
+    State(cp): Cp,
+    Caller(who): Caller,
+    Path(id): Path<i64>,
+    b: Result<Json<Reason>, JsonRejection>,
+) -> ApiResult<impl IntoResponse> {
     let b = body(b).unwrap_or_default();
     Ok(Json(cp.approve(&who, id, b.reason).await?))
 }
 
-async fn deny(State(cp): Cp, Caller(who): Caller, Path(id): Path<i64>, b: Result<Json<Reason>, JsonRejection>) -> ApiResult<impl IntoResponse> {
+async fn deny(
+    State(cp): Cp,
+    Caller(who): Caller,
+    Path(id): Path<i64>,
+    b: Result<Json<Reason>, JsonRejection>,
+) -> ApiResult<impl IntoResponse> {
     let b = body(b)?;
     Ok(Json(cp.deny(&who, id, b.reason.unwrap_or_default()).await?))
 }
@@ -152,11 +186,20 @@ struct ListGrants {
     all: bool,
 }
 
-async fn list_grants(State(cp): Cp, Caller(who): Caller, QueryParams(q): QueryParams<ListGrants>) -> ApiResult<impl IntoResponse> {
+async fn list_grants(
+    State(cp): Cp,
+    Caller(who): Caller,
+    QueryParams(q): QueryParams<ListGrants>,
+) -> ApiResult<impl IntoResponse> {
     Ok(Json(cp.list_grants(&who, q.all).await?))
 }
 
-async fn revoke(State(cp): Cp, Caller(who): Caller, Path(id): Path<i64>, b: Result<Json<Reason>, JsonRejection>) -> ApiResult<impl IntoResponse> {
+async fn revoke(
+    State(cp): Cp,
+    Caller(who): Caller,
+    Path(id): Path<i64>,
+    b: Result<Json<Reason>, JsonRejection>,
+) -> ApiResult<impl IntoResponse> {
     let b = body(b).unwrap_or_default();
     Ok(Json(cp.revoke(&who, id, b.reason).await?))
 }
@@ -172,7 +215,12 @@ struct Extend {
     reason: Option<String>,
 }
 
-async fn extend(State(cp): Cp, Caller(who): Caller, Path(id): Path<i64>, b: Result<Json<Extend>, JsonRejection>) -> ApiResult<impl IntoResponse> {
+async fn extend(
+    State(cp): Cp,
+    Caller(who): Caller,
+    Path(id): Path<i64>,
+    b: Result<Json<Extend>, JsonRejection>,
+) -> ApiResult<impl IntoResponse> {
     let b = body(b)?;
     let d = parse_duration(Some(&b.duration))?.unwrap_or_default();
     Ok((StatusCode::CREATED, Json(cp.extend(&who, id, d, b.reason).await?)))
@@ -204,11 +252,20 @@ fn parse_instant(s: &str, now: Timestamp) -> ApiResult<Timestamp> {
     if let Ok(t) = s.parse::<Timestamp>() {
         return Ok(t);
     }
-    let d = HumanDuration::parse(s).map_err(|_| ApiError::bad_request(format!("`{s}` is neither a duration (7d, 2h) nor an RFC 3339 time"), None))?;
+    let d = HumanDuration::parse(s).map_err(|_| {
+        ApiError::bad_request(
+            format!("`{s}` is neither a duration (7d, 2h) nor an RFC 3339 time"),
+            None,
+        )
+    })?;
     Ok(now.checked_sub(d.as_signed()).unwrap_or(Timestamp::MIN))
 }
 
-async fn audit(State(cp): Cp, Caller(who): Caller, QueryParams(p): QueryParams<AuditParams>) -> ApiResult<impl IntoResponse> {
+async fn audit(
+    State(cp): Cp,
+    Caller(who): Caller,
+    QueryParams(p): QueryParams<AuditParams>,
+) -> ApiResult<impl IntoResponse> {
     let now = Timestamp::now();
     let q = Query {
         user: p.user,
@@ -232,7 +289,14 @@ struct CreateToken {
     groups: Vec<String>,
 }
 
-async fn create_token(State(cp): Cp, Caller(who): Caller, b: Result<Json<CreateToken>, JsonRejection>) -> ApiResult<impl IntoResponse> {
+async fn create_token(
+    State(cp): Cp,
+    Caller(who): Caller,
+    b: Result<Json<CreateToken>, JsonRejection>,
+) -> ApiResult<impl IntoResponse> {
     let b = body(b)?;
-    Ok((StatusCode::CREATED, Json(cp.create_token(&who, &b.name, b.groups).await?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(cp.create_token(&who, &b.name, b.groups).await?),
+    ))
 }

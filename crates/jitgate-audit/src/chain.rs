@@ -35,7 +35,10 @@ pub struct Broken {
 /// Walk the chain of `path`. The first line must start from [`GENESIS`] unless the file starts
 /// with a `chain.continued` event naming the previous file's head.
 pub fn verify_file(path: &Path) -> Result<Verified, Broken> {
-    let f = std::fs::File::open(path).map_err(|e| Broken { line: 0, why: format!("cannot open {}: {e}", path.display()) })?;
+    let f = std::fs::File::open(path).map_err(|e| Broken {
+        line: 0,
+        why: format!("cannot open {}: {e}", path.display()),
+    })?;
     verify_reader(f)
 }
 
@@ -48,24 +51,42 @@ pub fn verify_reader(r: impl Read) -> Result<Verified, Broken> {
     let mut last_seq = 0u64;
     loop {
         buf.clear();
-        let read = reader.read_until(b'\n', &mut buf).map_err(|e| Broken { line: n + 1, why: e.to_string() })?;
+        let read = reader.read_until(b'\n', &mut buf).map_err(|e| Broken {
+            line: n + 1,
+            why: e.to_string(),
+        })?;
         if read == 0 {
             break;
         }
         n += 1;
         if buf.last() != Some(&b'\n') {
-            return Err(Broken { line: n, why: "the last line is incomplete (no newline): the writer was interrupted or the file was cut".into() });
+            return Err(Broken {
+                line: n,
+                why: "the last line is incomplete (no newline): the writer was interrupted or the file was cut".into(),
+            });
         }
         buf.pop();
-        let e: Event = serde_json::from_slice(&buf).map_err(|err| Broken { line: n, why: format!("not a valid event: {err}") })?;
+        let e: Event = serde_json::from_slice(&buf).map_err(|err| Broken {
+            line: n,
+            why: format!("not a valid event: {err}"),
+        })?;
         if n == 1 && e.kind == "chain.continued" {
             prev.clone_from(&e.prev);
         }
         if e.prev != prev {
-            return Err(Broken { line: n, why: format!("prev is {} but the previous line hashes to {prev}: a line before it was changed, removed or inserted", short(&e.prev)) });
+            return Err(Broken {
+                line: n,
+                why: format!(
+                    "prev is {} but the previous line hashes to {prev}: a line before it was changed, removed or inserted",
+                    short(&e.prev)
+                ),
+            });
         }
         if n > 1 && e.seq != last_seq + 1 {
-            return Err(Broken { line: n, why: format!("seq jumps from {last_seq} to {}", e.seq) });
+            return Err(Broken {
+                line: n,
+                why: format!("seq jumps from {last_seq} to {}", e.seq),
+            });
         }
         last_seq = e.seq;
         prev = line_hash(&buf);

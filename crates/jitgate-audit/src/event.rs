@@ -132,7 +132,11 @@ impl Query {
             e.actor.as_ref() == Some(u) || e.details.get("identity").and_then(|v| v.as_str()) == Some(u.as_str())
         });
         let kind_ok = self.kind.as_ref().is_none_or(|k| {
-            if k.ends_with('.') { e.kind.starts_with(k.as_str()) } else { &e.kind == k }
+            if k.ends_with('.') {
+                e.kind.starts_with(k.as_str())
+            } else {
+                &e.kind == k
+            }
         });
         user_ok
             && kind_ok

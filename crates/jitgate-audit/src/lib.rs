@@ -25,7 +25,10 @@ mod tests {
         let path = dir.path().join("audit.jsonl");
         let sink = AuditSink::open(&path, None, None).unwrap();
         for i in 0..5 {
-            let seq = sink.record(Event::new("request.created", Timestamp::now()).request(i)).await.unwrap();
+            let seq = sink
+                .record(Event::new("request.created", Timestamp::now()).request(i))
+                .await
+                .unwrap();
             assert_eq!(seq, u64::try_from(i).unwrap() + 1);
         }
         drop(sink);
@@ -43,7 +46,9 @@ mod tests {
         let path = dir.path().join("audit.jsonl");
         let sink = AuditSink::open(&path, None, None).unwrap();
         for who in ["alice", "bob", "carol"] {
-            sink.record(Event::new("request.approved", Timestamp::now()).actor(who)).await.unwrap();
+            sink.record(Event::new("request.approved", Timestamp::now()).actor(who))
+                .await
+                .unwrap();
         }
         let text = std::fs::read_to_string(&path).unwrap();
         std::fs::write(&path, text.replacen("\"bob\"", "\"bib\"", 1)).unwrap();
@@ -73,7 +78,9 @@ mod tests {
         let path = dir.path().join("audit.jsonl");
         let sink = AuditSink::open(&path, None, None).unwrap();
         for i in 0..20_000 {
-            sink.emit(Event::new("pg.statement", Timestamp::now()).request(i)).await.unwrap();
+            sink.emit(Event::new("pg.statement", Timestamp::now()).request(i))
+                .await
+                .unwrap();
         }
         sink.record(Event::new("end", Timestamp::now())).await.unwrap();
         let v = verify_file(&path).unwrap();

@@ -41,7 +41,9 @@ pub enum AuditError {
     #[error("the audit writer has stopped")]
     Closed,
     /// The last line could not be read to continue the chain.
-    #[error("audit log {0}: the last line is not a valid event ({1}); run `jitgate audit verify` and move the file aside")]
+    #[error(
+        "audit log {0}: the last line is not a valid event ({1}); run `jitgate audit verify` and move the file aside"
+    )]
     Corrupt(PathBuf, String),
 }
 
@@ -68,12 +70,24 @@ pub const QUEUE: usize = 8192;
 
 impl AuditSink {
     /// Open (or create) the log, continue its chain, and start the writer task.
-    pub fn open(path: &Path, index: Option<Arc<dyn AuditIndex>>, on_write: Option<Arc<dyn Fn(u64) + Send + Sync>>) -> Result<Self, AuditError> {
-        let io = |source| AuditError::Io { path: path.to_path_buf(), source };
+    pub fn open(
+        path: &Path,
+        index: Option<Arc<dyn AuditIndex>>,
+        on_write: Option<Arc<dyn Fn(u64) + Send + Sync>>,
+    ) -> Result<Self, AuditError> {
+        let io = |source| AuditError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
-        let mut file = std::fs::OpenOptions::new().create(true).read(true).append(true).open(path).map_err(io)?;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(path)
+            .map_err(io)?;
         let (seq, prev) = tail_state(&mut file, path)?;
         let (tx, rx) = mpsc::channel(QUEUE);
         let path_buf = path.to_path_buf();
@@ -81,7 +95,10 @@ impl AuditSink {
             .name("jitgate-audit".into())
             .spawn(move || writer(file, path_buf, seq, prev, rx, index, on_write))
             .map_err(io)?;
-        Ok(Self { tx, path: Arc::new(path.to_path_buf()) })
+        Ok(Self {
+            tx,
+            path: Arc::new(path.to_path_buf()),
+        })
     }
 
     /// The file.
@@ -92,17 +109,26 @@ impl AuditSink {
     /// Write `event` durably; returns its `seq` once it is on disk.
     pub async fn record(&self, event: Event) -> Result<u64, AuditError> {
         let (ack, rx) = oneshot::channel();
-        self.tx.send(Msg { event, ack: Some(ack) }).await.map_err(|_| AuditError::Closed)?;
+        self.tx
+            .send(Msg { event, ack: Some(ack) })
+            .await
+            .map_err(|_| AuditError::Closed)?;
         match rx.await {
             Ok(Ok(seq)) => Ok(seq),
-            Ok(Err(e)) => Err(AuditError::Io { path: self.path.to_path_buf(), source: std::io::Error::other(e) }),
+            Ok(Err(e)) => Err(AuditError::Io {
+                path: self.path.to_path_buf(),
+                source: std::io::Error::other(e),
+            }),
             Err(_) => Err(AuditError::Closed),
         }
     }
 
     /// Queue `event`; waits only while the queue is full.
     pub async fn emit(&self, event: Event) -> Result<(), AuditError> {
-        self.tx.send(Msg { event, ack: None }).await.map_err(|_| AuditError::Closed)
+        self.tx
+            .send(Msg { event, ack: None })
+            .await
+            .map_err(|_| AuditError::Closed)
     }
 
     /// Free places in the queue (for a metric).
@@ -114,7 +140,10 @@ impl AuditSink {
 /// Read the last complete line to continue `seq` and the chain. A trailing partial line (a
 /// crash mid-write, never acknowledged) is cut off so the chain stays verifiable.
 fn tail_state(file: &mut std::fs::File, path: &Path) -> Result<(u64, String), AuditError> {
-    let io = |source| AuditError::Io { path: path.to_path_buf(), source };
+    let io = |source| AuditError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     let len = file.metadata().map_err(io)?.len();
     if len == 0 {
         return Ok((0, GENESIS.to_string()));
@@ -130,7 +159,12 @@ fn tail_state(file: &mut std::fs::File, path: &Path) -> Result<(u64, String), Au
             file.set_len(0).map_err(io)?;
             return Ok((0, GENESIS.to_string()));
         }
-        None => return Err(AuditError::Corrupt(path.to_path_buf(), "no line end in the last MiB".into())),
+        None => {
+            return Err(AuditError::Corrupt(
+                path.to_path_buf(),
+                "no line end in the last MiB".into(),
+            ));
+        }
     };
     if complete + 1 != buf.len() {
         let keep = start + u64::try_from(complete + 1).unwrap_or(0);
@@ -204,17 +238,15 @@ fn writer(
         if let Some(f) = &on_write {
             f(u64::try_from(written.len()).unwrap_or(0));
         }
-        let mut i = 0;
-        for m in batch.drain(..) {
+        for (i, m) in batch.drain(..).enumerate() {
             if let Some(ack) = m.ack {
                 let _ = ack.send(result.clone().map(|()| written.get(i).map_or(0, |e| e.seq)));
             }
-            i += 1;
         }
-        if let (Some(ix), Ok(rt), false) = (&index, &rt, written.is_empty()) {
-            if let Err(e) = rt.block_on(ix.index(&written)) {
-                tracing::error!(error = %e, "audit index write failed; the log file is complete, search may miss these events");
-            }
+        if let (Some(ix), Ok(rt), false) = (&index, &rt, written.is_empty())
+            && let Err(e) = rt.block_on(ix.index(&written))
+        {
+            tracing::error!(error = %e, "audit index write failed; the log file is complete, search may miss these events");
         }
     }
     let _ = out.flush();

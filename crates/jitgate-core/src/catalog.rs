@@ -165,11 +165,8 @@ impl Policy {
     /// True when this policy covers `resource` (by glob or by labels).
     pub fn covers(&self, resource: &Resource) -> bool {
         let by_glob = self.resources.iter().any(|g| crate::glob::matches(g, &resource.name));
-        let by_labels = !self.match_labels.is_empty()
-            && self
-                .match_labels
-                .iter()
-                .all(|(k, v)| resource.labels.get(k) == Some(v));
+        let by_labels =
+            !self.match_labels.is_empty() && self.match_labels.iter().all(|(k, v)| resource.labels.get(k) == Some(v));
         by_glob || by_labels
     }
 }
@@ -223,7 +220,8 @@ impl Catalog {
     /// True when `groups` can approve some step (or escalation) of `policy_name`.
     pub fn is_approver_of(&self, policy_name: &str, groups: &[String]) -> bool {
         self.policies.iter().filter(|p| p.name == policy_name).any(|p| {
-            p.steps.iter().any(|s| s.approvers.iter().any(|a| groups.contains(a))) || p.escalate_to.iter().any(|a| groups.contains(a))
+            p.steps.iter().any(|s| s.approvers.iter().any(|a| groups.contains(a)))
+                || p.escalate_to.iter().any(|a| groups.contains(a))
         })
     }
 

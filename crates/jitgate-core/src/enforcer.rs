@@ -39,6 +39,9 @@ pub enum LiveEvent {
     },
 }
 
+/// A scheduled instant: (when, what, grant id, the grant's `expires_at` when scheduled).
+type Slot = Reverse<(Timestamp, Due, i64, Timestamp)>;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Due {
     Expire,
@@ -54,7 +57,7 @@ pub struct Enforcer {
     pub sessions: Arc<SessionRegistry>,
     clock: SharedClock,
     metrics: Metrics,
-    queue: Mutex<BinaryHeap<Reverse<(Timestamp, Due, i64, Timestamp)>>>,
+    queue: Mutex<BinaryHeap<Slot>>,
     wake: Notify,
     warning_lead_secs: AtomicU64,
 }
@@ -96,22 +99,28 @@ impl Enforcer {
         if g.expires_at <= now {
             return;
         }
-        let lead = jiff::SignedDuration::from_secs(i64::try_from(self.warning_lead_secs.load(Ordering::Relaxed)).unwrap_or(0));
-        if let Ok(warn_at) = g.expires_at.checked_sub(lead) {
-            if warn_at > now && !lead.is_zero() {
-                self.push(warn_at, Due::Warn, g.id, g.expires_at);
-            }
+        let lead =
+            jiff::SignedDuration::from_secs(i64::try_from(self.warning_lead_secs.load(Ordering::Relaxed)).unwrap_or(0));
+        if let Ok(warn_at) = g.expires_at.checked_sub(lead)
+            && warn_at > now
+            && !lead.is_zero()
+        {
+            self.push(warn_at, Due::Warn, g.id, g.expires_at);
         }
         self.push(g.expires_at, Due::Expire, g.id, g.expires_at);
         self.grants.insert(g);
-        self.metrics.grants_active.set(i64::try_from(self.grants.len()).unwrap_or(i64::MAX));
+        self.metrics
+            .grants_active
+            .set(i64::try_from(self.grants.len()).unwrap_or(i64::MAX));
         self.wake.notify_one();
     }
 
     /// End a grant now (revoke, release): remove it and kill its sessions.
     pub fn end(&self, grant_id: i64, reason: &KillReason) -> (Option<LiveGrant>, usize) {
         let g = self.grants.remove(grant_id);
-        self.metrics.grants_active.set(i64::try_from(self.grants.len()).unwrap_or(i64::MAX));
+        self.metrics
+            .grants_active
+            .set(i64::try_from(self.grants.len()).unwrap_or(i64::MAX));
         let n = self.sessions.kill_grant(grant_id, reason);
         self.count_kills(reason, n);
         (g, n)
@@ -138,7 +147,9 @@ impl Enforcer {
                     _ => None,
                 }
             };
-            let Some(Reverse((_, due, id, expires_at))) = item else { break };
+            let Some(Reverse((_, due, id, expires_at))) = item else {
+                break;
+            };
             // Skip stale entries: the grant was ended or its end moved.
             let Some(live) = self.grants.get(id).filter(|g| g.expires_at == expires_at) else {
                 continue;
@@ -230,7 +241,10 @@ mod tests {
     #[test]
     fn expiry_removes_the_grant_and_kills_its_sessions() {
         let (clock, e) = setup();
-        let exp = clock.now().saturating_add(SignedDuration::from_secs(120)).unwrap_or(clock.now());
+        let exp = clock
+            .now()
+            .saturating_add(SignedDuration::from_secs(120))
+            .unwrap_or(clock.now());
         e.activate(live(1, exp));
         let s = e.sessions.register(SessionInfo {
             id: "s-1".into(),
@@ -249,7 +263,10 @@ mod tests {
         assert!(s.warnings.borrow().as_deref().unwrap_or("").contains("expires in 60s"));
         clock.advance(SignedDuration::from_secs(60));
         let ev = e.due(clock.now());
-        assert!(matches!(ev.as_slice(), [LiveEvent::Expired { sessions: 1, .. }]), "{ev:?}");
+        assert!(
+            matches!(ev.as_slice(), [LiveEvent::Expired { sessions: 1, .. }]),
+            "{ev:?}"
+        );
         assert!(s.kill.is_cancelled());
         assert!(matches!(s.kill_reason(), Some(KillReason::Expired { .. })));
         assert!(e.grants.is_empty());
@@ -258,7 +275,10 @@ mod tests {
     #[test]
     fn extension_skips_the_stale_expiry() {
         let (clock, e) = setup();
-        let exp = clock.now().saturating_add(SignedDuration::from_secs(30)).unwrap_or(clock.now());
+        let exp = clock
+            .now()
+            .saturating_add(SignedDuration::from_secs(30))
+            .unwrap_or(clock.now());
         e.activate(live(1, exp));
         let later = exp.saturating_add(SignedDuration::from_secs(600)).unwrap_or(exp);
         e.activate(live(1, later));
@@ -267,13 +287,19 @@ mod tests {
         assert!(e.grants.get(1).is_some());
         clock.set(later);
         let ev = e.due(clock.now());
-        assert!(matches!(ev.as_slice(), [LiveEvent::Expiring { .. }, LiveEvent::Expired { .. }]), "{ev:?}");
+        assert!(
+            matches!(ev.as_slice(), [LiveEvent::Expiring { .. }, LiveEvent::Expired { .. }]),
+            "{ev:?}"
+        );
     }
 
     #[test]
     fn revoked_grant_does_not_expire_again() {
         let (clock, e) = setup();
-        let exp = clock.now().saturating_add(SignedDuration::from_secs(30)).unwrap_or(clock.now());
+        let exp = clock
+            .now()
+            .saturating_add(SignedDuration::from_secs(30))
+            .unwrap_or(clock.now());
         e.activate(live(1, exp));
         let (g, n) = e.end(1, &KillReason::Revoked { by: "bob".into() });
         assert!(g.is_some() && n == 0);
@@ -287,7 +313,9 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(4);
         let stop = CancellationToken::new();
         tokio::spawn(e.clone().run(tx, stop.clone()));
-        let exp = Timestamp::now().saturating_add(SignedDuration::from_millis(150)).unwrap_or(Timestamp::now());
+        let exp = Timestamp::now()
+            .saturating_add(SignedDuration::from_millis(150))
+            .unwrap_or(Timestamp::now());
         e.activate(live(9, exp));
         let ev = tokio::time::timeout(Duration::from_secs(2), rx.recv()).await;
         let lag = Timestamp::now().duration_since(exp);

@@ -141,9 +141,19 @@ impl Refusal {
     pub fn class(&self) -> RefusalClass {
         match self {
             Self::UnknownResource { .. } => RefusalClass::NotFound,
-            Self::NoPolicy(_) | Self::NotRequester { .. } | Self::SelfApproval | Self::NotApprover { .. } | Self::NotYours(_) | Self::NotRevoker(_) => RefusalClass::Forbidden,
-            Self::AccessNotAllowed { .. } | Self::ReasonRequired(_) | Self::DurationTooLong { .. } | Self::DurationZero => RefusalClass::BadInput,
-            Self::AlreadyApproved(_) | Self::NotPending { .. } | Self::PolicyGone(_) | Self::GrantNotLive { .. } => RefusalClass::Conflict,
+            Self::NoPolicy(_)
+            | Self::NotRequester { .. }
+            | Self::SelfApproval
+            | Self::NotApprover { .. }
+            | Self::NotYours(_)
+            | Self::NotRevoker(_) => RefusalClass::Forbidden,
+            Self::AccessNotAllowed { .. }
+            | Self::ReasonRequired(_)
+            | Self::DurationTooLong { .. }
+            | Self::DurationZero => RefusalClass::BadInput,
+            Self::AlreadyApproved(_) | Self::NotPending { .. } | Self::PolicyGone(_) | Self::GrantNotLive { .. } => {
+                RefusalClass::Conflict
+            }
         }
     }
 
@@ -155,7 +165,9 @@ impl Refusal {
             Self::NotRequester { .. } => "ask to be added to one of those groups".into(),
             Self::AccessNotAllowed { allowed, .. } => format!("use --access with one of: {allowed}"),
             Self::ReasonRequired(_) => "add --reason \"INC-123: why you need it\"".into(),
-            Self::DurationTooLong { max, .. } => format!("ask for --for {max} or less (extend later with `jitgate extend`)"),
+            Self::DurationTooLong { max, .. } => {
+                format!("ask for --for {max} or less (extend later with `jitgate extend`)")
+            }
             Self::DurationZero => "use e.g. --for 30m".into(),
             Self::SelfApproval => "ask someone in an approver group to run `jitgate approve`".into(),
             Self::NotApprover { .. } => "ask a member of those groups".into(),
@@ -196,12 +208,14 @@ pub fn policy_for<'a>(catalog: &'a Catalog, who: &Principal, resource: &'a Resou
     let Some(first) = covering.peek().copied() else {
         return Err(Refusal::NoPolicy(resource.name.clone()));
     };
-    covering.find(|p| who.in_any(&p.requesters)).ok_or_else(|| Refusal::NotRequester {
-        who: who.name.clone(),
-        resource: resource.name.clone(),
-        policy: first.name.clone(),
-        groups: join(&first.requesters),
-    })
+    covering
+        .find(|p| who.in_any(&p.requesters))
+        .ok_or_else(|| Refusal::NotRequester {
+            who: who.name.clone(),
+            resource: resource.name.clone(),
+            policy: first.name.clone(),
+            groups: join(&first.requesters),
+        })
 }
 
 /// Validate a new request and decide whether it is auto-approved. Returns the request (id 0,
@@ -227,7 +241,11 @@ pub fn plan_request(catalog: &Catalog, who: &Principal, new: &NewRequest, now: T
         });
     }
     let duration = check_duration(policy, new.duration)?;
-    let reason = new.reason.as_ref().map(|r| r.trim().to_string()).filter(|r| !r.is_empty());
+    let reason = new
+        .reason
+        .as_ref()
+        .map(|r| r.trim().to_string())
+        .filter(|r| !r.is_empty());
     if policy.reason_required && reason.is_none() {
         return Err(Refusal::ReasonRequired(policy.name.clone()));
     }
@@ -320,12 +338,20 @@ pub fn escalation_due(req: &Request, policy: &Policy, now: Timestamp) -> bool {
 /// True when a pending request has waited past its policy's `pending_timeout`.
 pub fn pending_timed_out(req: &Request, policy: &Policy, now: Timestamp) -> bool {
     req.state == RequestState::Pending
-        && now >= req.created_at.saturating_add(policy.pending_timeout.as_signed()).unwrap_or(req.created_at)
+        && now
+            >= req
+                .created_at
+                .saturating_add(policy.pending_timeout.as_signed())
+                .unwrap_or(req.created_at)
 }
 
 /// Groups that may approve the request's current step now.
 pub fn eligible_groups(req: &Request, policy: &Policy, now: Timestamp) -> Vec<String> {
-    let mut g = policy.steps.get(req.step).map(|s| s.approvers.clone()).unwrap_or_default();
+    let mut g = policy
+        .steps
+        .get(req.step)
+        .map(|s| s.approvers.clone())
+        .unwrap_or_default();
     if req.escalated || escalation_due(req, policy, now) {
         g.extend(policy.escalate_to.iter().cloned());
     }
@@ -336,13 +362,22 @@ fn ensure_pending(req: &Request) -> Result<(), Refusal> {
     if req.state == RequestState::Pending {
         Ok(())
     } else {
-        Err(Refusal::NotPending { id: req.id, state: req.state })
+        Err(Refusal::NotPending {
+            id: req.id,
+            state: req.state,
+        })
     }
 }
 
 /// Record an approval. Returns true when it was the last one needed (the request is now
 /// approved and the caller must open or extend the grant).
-pub fn approve(req: &mut Request, policy: &Policy, who: &Principal, reason: Option<String>, now: Timestamp) -> Result<bool, Refusal> {
+pub fn approve(
+    req: &mut Request,
+    policy: &Policy,
+    who: &Principal,
+    reason: Option<String>,
+    now: Timestamp,
+) -> Result<bool, Refusal> {
     ensure_pending(req)?;
     if who.name == req.requester {
         return Err(Refusal::SelfApproval);
@@ -381,10 +416,19 @@ pub fn approve(req: &mut Request, policy: &Policy, who: &Principal, reason: Opti
 }
 
 /// Deny: any approver eligible for the current step (or an admin) may.
-pub fn deny(req: &mut Request, policy: &Policy, who: &Principal, is_admin: bool, reason: String, now: Timestamp) -> Result<(), Refusal> {
+pub fn deny(
+    req: &mut Request,
+    policy: &Policy,
+    who: &Principal,
+    is_admin: bool,
+    reason: String,
+    now: Timestamp,
+) -> Result<(), Refusal> {
     ensure_pending(req)?;
     if who.name == req.requester {
-        return Err(Refusal::NotYours("deny a request (cancel your own with `jitgate cancel`)"));
+        return Err(Refusal::NotYours(
+            "deny a request (cancel your own with `jitgate cancel`)",
+        ));
     }
     let groups = eligible_groups(req, policy, now);
     if !is_admin && !who.in_any(&groups) {
@@ -442,12 +486,26 @@ pub fn grant_for(req: &Request, now: Timestamp) -> Grant {
 }
 
 /// An extension request for a live grant held by the caller.
-pub fn plan_extension(catalog: &Catalog, who: &Principal, grant: &Grant, duration: HumanDuration, reason: Option<String>, now: Timestamp) -> Result<Request, Refusal> {
+pub fn plan_extension(
+    catalog: &Catalog,
+    who: &Principal,
+    grant: &Grant,
+    duration: HumanDuration,
+    reason: Option<String>,
+    now: Timestamp,
+) -> Result<Request, Refusal> {
     if grant.identity != who.name {
         return Err(Refusal::NotYours("extend a grant"));
     }
     if !grant.is_live(now) {
-        return Err(Refusal::GrantNotLive { id: grant.id, state: if grant.state == GrantState::Active { "expired" } else { grant.state.as_str() } });
+        return Err(Refusal::GrantNotLive {
+            id: grant.id,
+            state: if grant.state == GrantState::Active {
+                "expired"
+            } else {
+                grant.state.as_str()
+            },
+        });
     }
     let mut req = plan_request(
         catalog,
@@ -468,10 +526,20 @@ pub fn plan_extension(catalog: &Catalog, who: &Principal, grant: &Grant, duratio
 /// Apply an approved extension to its grant: the end moves later by the request's duration.
 pub fn extend_grant(grant: &mut Grant, req: &Request, now: Timestamp) -> Result<(), Refusal> {
     if !grant.is_live(now) {
-        return Err(Refusal::GrantNotLive { id: grant.id, state: if grant.state == GrantState::Active { "expired" } else { grant.state.as_str() } });
+        return Err(Refusal::GrantNotLive {
+            id: grant.id,
+            state: if grant.state == GrantState::Active {
+                "expired"
+            } else {
+                grant.state.as_str()
+            },
+        });
     }
     let secs = i64::try_from(req.duration_secs).unwrap_or(i64::MAX);
-    grant.expires_at = grant.expires_at.saturating_add(jiff::SignedDuration::from_secs(secs)).unwrap_or(grant.expires_at);
+    grant.expires_at = grant
+        .expires_at
+        .saturating_add(jiff::SignedDuration::from_secs(secs))
+        .unwrap_or(grant.expires_at);
     Ok(())
 }
 

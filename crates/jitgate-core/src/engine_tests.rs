@@ -90,7 +90,12 @@ fn tuesday_morning() -> Timestamp {
 fn oncall_read_only_is_auto_approved_inside_the_window() {
     let c = catalog();
     let clock = ManualClock::new(tuesday_morning());
-    let r = plan_request(&c, &who("olga", &["oncall"]), &ask("prod-db", None, Some("20m"), Some("INC-1")), clock.now());
+    let r = plan_request(
+        &c,
+        &who("olga", &["oncall"]),
+        &ask("prod-db", None, Some("20m"), Some("INC-1")),
+        clock.now(),
+    );
     let Ok(r) = r else { panic!("{r:?}") };
     assert_eq!(r.state, RequestState::Approved);
     assert_eq!(r.access, "read-only");
@@ -103,14 +108,34 @@ fn oncall_stays_pending_outside_the_window_or_beyond_its_limits() {
     let c = catalog();
     let clock = ManualClock::new(tuesday_morning());
     clock.advance(SignedDuration::from_hours(12)); // 22:00 Berlin
-    let night = plan_request(&c, &who("olga", &["oncall"]), &ask("prod-db", None, Some("20m"), Some("INC-1")), clock.now());
+    let night = plan_request(
+        &c,
+        &who("olga", &["oncall"]),
+        &ask("prod-db", None, Some("20m"), Some("INC-1")),
+        clock.now(),
+    );
     assert_eq!(night.map(|r| r.state), Ok(RequestState::Pending));
     clock.set(tuesday_morning());
-    let long = plan_request(&c, &who("olga", &["oncall"]), &ask("prod-db", None, Some("1h"), Some("INC-1")), clock.now());
+    let long = plan_request(
+        &c,
+        &who("olga", &["oncall"]),
+        &ask("prod-db", None, Some("1h"), Some("INC-1")),
+        clock.now(),
+    );
     assert_eq!(long.map(|r| r.state), Ok(RequestState::Pending));
-    let rw = plan_request(&c, &who("olga", &["oncall"]), &ask("prod-db", Some("read-write"), Some("20m"), Some("x")), clock.now());
+    let rw = plan_request(
+        &c,
+        &who("olga", &["oncall"]),
+        &ask("prod-db", Some("read-write"), Some("20m"), Some("x")),
+        clock.now(),
+    );
     assert_eq!(rw.map(|r| r.state), Ok(RequestState::Pending));
-    let dev = plan_request(&c, &who("dan", &["dev"]), &ask("prod-db", None, Some("20m"), Some("x")), clock.now());
+    let dev = plan_request(
+        &c,
+        &who("dan", &["dev"]),
+        &ask("prod-db", None, Some("20m"), Some("x")),
+        clock.now(),
+    );
     assert_eq!(dev.map(|r| r.state), Ok(RequestState::Pending));
 }
 
@@ -119,11 +144,19 @@ fn two_step_chain_needs_the_lead_then_security_in_order() {
     let c = catalog();
     let p = &c.policies[0];
     let now = tuesday_morning();
-    let mut r = plan_request(&c, &who("dan", &["dev"]), &ask("prod-db", Some("read-write"), None, Some("INC-2")), now).unwrap_or_else(|e| panic!("{e}"));
+    let mut r = plan_request(
+        &c,
+        &who("dan", &["dev"]),
+        &ask("prod-db", Some("read-write"), None, Some("INC-2")),
+        now,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(r.state, RequestState::Pending);
     // Security cannot approve before the lead.
     let sec = who("sam", &["security"]);
-    assert!(matches!(approve(&mut r, p, &sec, None, now), Err(Refusal::NotApprover { ref step, .. }) if step == "team-lead"));
+    assert!(
+        matches!(approve(&mut r, p, &sec, None, now), Err(Refusal::NotApprover { ref step, .. }) if step == "team-lead")
+    );
     assert_eq!(approve(&mut r, p, &who("lea", &["leads"]), None, now), Ok(false));
     assert_eq!(r.step, 1);
     // The lead cannot also approve the security step.
@@ -132,7 +165,10 @@ fn two_step_chain_needs_the_lead_then_security_in_order() {
     assert_eq!(r.state, RequestState::Approved);
     assert_eq!(r.approvals.len(), 2);
     let g = grant_for(&r, now);
-    assert_eq!(g.expires_at, now.saturating_add(SignedDuration::from_hours(1)).unwrap_or(now));
+    assert_eq!(
+        g.expires_at,
+        now.saturating_add(SignedDuration::from_hours(1)).unwrap_or(now)
+    );
 }
 
 #[test]
@@ -140,7 +176,13 @@ fn escalation_lets_the_escalation_group_approve_after_the_delay() {
     let c = catalog();
     let p = &c.policies[0];
     let clock = ManualClock::new(tuesday_morning());
-    let mut r = plan_request(&c, &who("dan", &["dev"]), &ask("prod-db", None, None, Some("INC-3")), clock.now()).unwrap_or_else(|e| panic!("{e}"));
+    let mut r = plan_request(
+        &c,
+        &who("dan", &["dev"]),
+        &ask("prod-db", None, None, Some("INC-3")),
+        clock.now(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let cto = who("cleo", &["cto"]);
     assert!(!escalation_due(&r, p, clock.now()));
     assert!(approve(&mut r.clone(), p, &cto, None, clock.now()).is_err());
@@ -158,7 +200,10 @@ fn nobody_approves_their_own_request_even_as_an_approver() {
     let now = tuesday_morning();
     let lead = who("lea", &["dev", "leads"]);
     let mut r = plan_request(&c, &lead, &ask("prod-db", None, None, Some("x")), now).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(approve(&mut r, &c.policies[0], &lead, None, now), Err(Refusal::SelfApproval));
+    assert_eq!(
+        approve(&mut r, &c.policies[0], &lead, None, now),
+        Err(Refusal::SelfApproval)
+    );
 }
 
 #[test]
@@ -166,12 +211,19 @@ fn distinct_approvers_are_counted() {
     let c = catalog();
     let p = &c.policies[1];
     let now = tuesday_morning();
-    let mut r = plan_request(&c, &who("dan", &["dev"]), &ask("stage-db", None, None, None), now).unwrap_or_else(|e| panic!("{e}"));
+    let mut r = plan_request(&c, &who("dan", &["dev"]), &ask("stage-db", None, None, None), now)
+        .unwrap_or_else(|e| panic!("{e}"));
     let bob = who("bob", &["dba"]);
     assert_eq!(approve(&mut r, p, &bob, None, now), Ok(false));
-    assert_eq!(approve(&mut r, p, &bob, None, now), Err(Refusal::AlreadyApproved("bob".into())));
+    assert_eq!(
+        approve(&mut r, p, &bob, None, now),
+        Err(Refusal::AlreadyApproved("bob".into()))
+    );
     assert_eq!(approve(&mut r, p, &who("bea", &["dba"]), None, now), Ok(true));
-    assert!(matches!(approve(&mut r, p, &who("bo", &["dba"]), None, now), Err(Refusal::NotPending { .. })));
+    assert!(matches!(
+        approve(&mut r, p, &who("bo", &["dba"]), None, now),
+        Err(Refusal::NotPending { .. })
+    ));
 }
 
 #[test]
@@ -179,20 +231,47 @@ fn refusals_say_why() {
     let c = catalog();
     let now = tuesday_morning();
     let dan = who("dan", &["dev"]);
-    assert_eq!(plan_request(&c, &dan, &ask("prod-db", None, None, None), now), Err(Refusal::ReasonRequired("production".into())));
-    assert!(matches!(plan_request(&c, &dan, &ask("prod-db", None, Some("5h"), Some("x")), now), Err(Refusal::DurationTooLong { .. })));
-    assert_eq!(plan_request(&c, &dan, &ask("orphan-db", None, None, Some("x")), now), Err(Refusal::NoPolicy("orphan-db".into())));
-    assert!(matches!(plan_request(&c, &dan, &ask("nope", None, None, Some("x")), now), Err(Refusal::UnknownResource { .. })));
-    assert!(matches!(plan_request(&c, &who("eve", &["sales"]), &ask("prod-db", None, None, Some("x")), now), Err(Refusal::NotRequester { .. })));
-    assert!(matches!(plan_request(&c, &dan, &ask("stage-db", Some("read-write"), None, None), now), Err(Refusal::AccessNotAllowed { .. })));
-    assert_eq!(plan_request(&c, &dan, &ask("prod-db", None, Some("0s"), Some("x")), now), Err(Refusal::DurationZero));
+    assert_eq!(
+        plan_request(&c, &dan, &ask("prod-db", None, None, None), now),
+        Err(Refusal::ReasonRequired("production".into()))
+    );
+    assert!(matches!(
+        plan_request(&c, &dan, &ask("prod-db", None, Some("5h"), Some("x")), now),
+        Err(Refusal::DurationTooLong { .. })
+    ));
+    assert_eq!(
+        plan_request(&c, &dan, &ask("orphan-db", None, None, Some("x")), now),
+        Err(Refusal::NoPolicy("orphan-db".into()))
+    );
+    assert!(matches!(
+        plan_request(&c, &dan, &ask("nope", None, None, Some("x")), now),
+        Err(Refusal::UnknownResource { .. })
+    ));
+    assert!(matches!(
+        plan_request(&c, &who("eve", &["sales"]), &ask("prod-db", None, None, Some("x")), now),
+        Err(Refusal::NotRequester { .. })
+    ));
+    assert!(matches!(
+        plan_request(&c, &dan, &ask("stage-db", Some("read-write"), None, None), now),
+        Err(Refusal::AccessNotAllowed { .. })
+    ));
+    assert_eq!(
+        plan_request(&c, &dan, &ask("prod-db", None, Some("0s"), Some("x")), now),
+        Err(Refusal::DurationZero)
+    );
 }
 
 #[test]
 fn pending_requests_time_out() {
     let c = catalog();
     let clock = ManualClock::new(tuesday_morning());
-    let r = plan_request(&c, &who("dan", &["dev"]), &ask("prod-db", None, None, Some("x")), clock.now()).unwrap_or_else(|e| panic!("{e}"));
+    let r = plan_request(
+        &c,
+        &who("dan", &["dev"]),
+        &ask("prod-db", None, None, Some("x")),
+        clock.now(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     clock.advance(SignedDuration::from_mins(59));
     assert!(!pending_timed_out(&r, &c.policies[0], clock.now()));
     clock.advance(SignedDuration::from_mins(1));
@@ -204,16 +283,34 @@ fn extension_moves_the_end_of_a_live_grant_only() {
     let c = catalog();
     let clock = ManualClock::new(tuesday_morning());
     let dan = who("dan", &["dev"]);
-    let mut r = plan_request(&c, &dan, &ask("stage-db", None, Some("1h"), None), clock.now()).unwrap_or_else(|e| panic!("{e}"));
+    let mut r =
+        plan_request(&c, &dan, &ask("stage-db", None, Some("1h"), None), clock.now()).unwrap_or_else(|e| panic!("{e}"));
     r.id = 1;
     let mut g = grant_for(&r, clock.now());
     g.id = 7;
-    let ext = plan_extension(&c, &dan, &g, HumanDuration::minutes(30), None, clock.now()).unwrap_or_else(|e| panic!("{e}"));
+    let ext =
+        plan_extension(&c, &dan, &g, HumanDuration::minutes(30), None, clock.now()).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(ext.extends_grant, Some(7));
     let before = g.expires_at;
     assert!(extend_grant(&mut g, &ext, clock.now()).is_ok());
-    assert_eq!(g.expires_at, before.saturating_add(SignedDuration::from_mins(30)).unwrap_or(before));
-    assert!(plan_extension(&c, &who("bob", &["dev"]), &g, HumanDuration::minutes(30), None, clock.now()).is_err());
+    assert_eq!(
+        g.expires_at,
+        before.saturating_add(SignedDuration::from_mins(30)).unwrap_or(before)
+    );
+    assert!(
+        plan_extension(
+            &c,
+            &who("bob", &["dev"]),
+            &g,
+            HumanDuration::minutes(30),
+            None,
+            clock.now()
+        )
+        .is_err()
+    );
     clock.advance(SignedDuration::from_hours(2));
-    assert!(matches!(extend_grant(&mut g, &ext, clock.now()), Err(Refusal::GrantNotLive { .. })));
+    assert!(matches!(
+        extend_grant(&mut g, &ext, clock.now()),
+        Err(Refusal::GrantNotLive { .. })
+    ));
 }

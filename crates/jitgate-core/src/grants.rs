@@ -63,10 +63,10 @@ impl GrantCache {
     pub fn remove(&self, id: i64) -> Option<LiveGrant> {
         let (_, identity) = self.by_id.remove(&id)?;
         let mut out = None;
-        if let Some(mut v) = self.by_identity.get_mut(&identity) {
-            if let Some(pos) = v.iter().position(|x| x.id == id) {
-                out = Some(v.swap_remove(pos));
-            }
+        if let Some(mut v) = self.by_identity.get_mut(&identity)
+            && let Some(pos) = v.iter().position(|x| x.id == id)
+        {
+            out = Some(v.swap_remove(pos));
         }
         self.by_identity.remove_if(&identity, |_, v| v.is_empty());
         out
@@ -93,7 +93,12 @@ impl GrantCache {
     pub fn for_resource(&self, identity: &str, resource: &str, now: Timestamp) -> Vec<LiveGrant> {
         self.by_identity
             .get(identity)
-            .map(|v| v.iter().filter(|g| g.resource == resource && g.expires_at > now).cloned().collect())
+            .map(|v| {
+                v.iter()
+                    .filter(|g| g.resource == resource && g.expires_at > now)
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -136,7 +141,10 @@ mod tests {
         assert_eq!(c.check("alice", "prod-db", "read-only", at(50)).map(|g| g.id), Some(1));
         assert!(c.check("alice", "prod-db", "read-write", at(50)).is_none());
         assert!(c.check("bob", "prod-db", "read-only", at(50)).is_none());
-        assert!(c.check("alice", "prod-db", "read-only", at(100)).is_none(), "expired at the instant");
+        assert!(
+            c.check("alice", "prod-db", "read-only", at(100)).is_none(),
+            "expired at the instant"
+        );
         assert_eq!(c.remove(1).map(|g| g.id), Some(1));
         assert!(c.is_empty());
         assert!(c.remove(1).is_none());

@@ -3,7 +3,9 @@
 //! Families are created here so names, labels and help texts live in one place; front ends and
 //! the control plane hold a cheap clone of [`Metrics`] and update the families directly.
 
-use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 /// All jitgate metric families and their registry.
 #[derive(Clone, Debug)]
@@ -68,25 +70,116 @@ impl Metrics {
         let lat = vec![0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0];
         let h = |name: &str, help: &str, b: Vec<f64>| Histogram::with_opts(HistogramOpts::new(name, help).buckets(b));
         let m = Self {
-            sessions_active: reg(&r, IntGaugeVec::new(Opts::new("jitgate_sessions_active", "Open client sessions."), &["protocol", "resource"])?)?,
-            sessions_total: reg(&r, IntCounterVec::new(Opts::new("jitgate_sessions_total", "Client sessions ended, by outcome."), &["protocol", "resource", "outcome"])?)?,
-            sessions_killed_total: reg(&r, IntCounterVec::new(Opts::new("jitgate_sessions_killed_total", "Sessions ended by the gateway, by reason."), &["reason"])?)?,
-            queries_total: reg(&r, IntCounterVec::new(Opts::new("jitgate_queries_total", "SQL statements relayed, by class."), &["resource", "class"])?)?,
-            statements_denied_total: reg(&r, IntCounter::new("jitgate_statements_denied_total", "Statements refused under read-only grants.")?)?,
-            query_duration_seconds: reg(&r, h("jitgate_query_duration_seconds", "Statement duration seen at the gateway.", lat.clone())?)?,
-            bytes_total: reg(&r, IntCounterVec::new(Opts::new("jitgate_bytes_total", "Bytes relayed."), &["protocol", "direction"])?)?,
-            auth_failures_total: reg(&r, IntCounterVec::new(Opts::new("jitgate_auth_failures_total", "Authentication failures."), &["protocol", "reason"])?)?,
-            grants_active: reg(&r, IntGauge::new("jitgate_grants_active", "Live grants in the grant cache.")?)?,
-            requests_total: reg(&r, IntCounterVec::new(Opts::new("jitgate_requests_total", "Access requests entering each state."), &["state"])?)?,
-            approval_latency_seconds: reg(&r, h("jitgate_approval_latency_seconds", "Time from request to final approval.", vec![1.0, 10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 14400.0])?)?,
-            expiry_kill_lag_seconds: reg(&r, h("jitgate_expiry_kill_lag_seconds", "Time from a grant's end to its sessions being killed.", vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0])?)?,
-            store_operation_seconds: reg(&r, HistogramVec::new(HistogramOpts::new("jitgate_store_operation_seconds", "Store operation duration.").buckets(lat), &["op"])?)?,
-            config_reloads_total: reg(&r, IntCounterVec::new(Opts::new("jitgate_config_reloads_total", "Configuration reloads, by result."), &["result"])?)?,
-            audit_events_total: reg(&r, IntCounter::new("jitgate_audit_events_total", "Audit events written.")?)?,
+            sessions_active: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new("jitgate_sessions_active", "Open client sessions."),
+                    &["protocol", "resource"],
+                )?,
+            )?,
+            sessions_total: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new("jitgate_sessions_total", "Client sessions ended, by outcome."),
+                    &["protocol", "resource", "outcome"],
+                )?,
+            )?,
+            sessions_killed_total: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "jitgate_sessions_killed_total",
+                        "Sessions ended by the gateway, by reason.",
+                    ),
+                    &["reason"],
+                )?,
+            )?,
+            queries_total: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new("jitgate_queries_total", "SQL statements relayed, by class."),
+                    &["resource", "class"],
+                )?,
+            )?,
+            statements_denied_total: reg(
+                &r,
+                IntCounter::new(
+                    "jitgate_statements_denied_total",
+                    "Statements refused under read-only grants.",
+                )?,
+            )?,
+            query_duration_seconds: reg(
+                &r,
+                h(
+                    "jitgate_query_duration_seconds",
+                    "Statement duration seen at the gateway.",
+                    lat.clone(),
+                )?,
+            )?,
+            bytes_total: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new("jitgate_bytes_total", "Bytes relayed."),
+                    &["protocol", "direction"],
+                )?,
+            )?,
+            auth_failures_total: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new("jitgate_auth_failures_total", "Authentication failures."),
+                    &["protocol", "reason"],
+                )?,
+            )?,
+            grants_active: reg(
+                &r,
+                IntGauge::new("jitgate_grants_active", "Live grants in the grant cache.")?,
+            )?,
+            requests_total: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new("jitgate_requests_total", "Access requests entering each state."),
+                    &["state"],
+                )?,
+            )?,
+            approval_latency_seconds: reg(
+                &r,
+                h(
+                    "jitgate_approval_latency_seconds",
+                    "Time from request to final approval.",
+                    vec![1.0, 10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 14400.0],
+                )?,
+            )?,
+            expiry_kill_lag_seconds: reg(
+                &r,
+                h(
+                    "jitgate_expiry_kill_lag_seconds",
+                    "Time from a grant's end to its sessions being killed.",
+                    vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0],
+                )?,
+            )?,
+            store_operation_seconds: reg(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new("jitgate_store_operation_seconds", "Store operation duration.").buckets(lat),
+                    &["op"],
+                )?,
+            )?,
+            config_reloads_total: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new("jitgate_config_reloads_total", "Configuration reloads, by result."),
+                    &["result"],
+                )?,
+            )?,
+            audit_events_total: reg(
+                &r,
+                IntCounter::new("jitgate_audit_events_total", "Audit events written.")?,
+            )?,
             registry: r,
         };
         #[cfg(target_os = "linux")]
-        m.registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
+        m.registry
+            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
         // Pre-create the label sets operators alert on, so they read 0 rather than absent.
         for s in crate::model::RequestState::ALL {
             m.requests_total.with_label_values(&[s.as_str()]);
@@ -124,16 +217,28 @@ mod tests {
         m.statements_denied_total.inc();
         m.query_duration_seconds.observe(0.001);
         m.bytes_total.with_label_values(&["postgres", "in"]).inc();
-        m.auth_failures_total.with_label_values(&["postgres", "bad_token"]).inc();
+        m.auth_failures_total
+            .with_label_values(&["postgres", "bad_token"])
+            .inc();
         m.approval_latency_seconds.observe(3.0);
         m.expiry_kill_lag_seconds.observe(0.01);
         m.store_operation_seconds.with_label_values(&["x"]).observe(0.01);
         let text = m.render();
         for name in [
-            "jitgate_sessions_active", "jitgate_sessions_total", "jitgate_sessions_killed_total", "jitgate_queries_total",
-            "jitgate_statements_denied_total", "jitgate_query_duration_seconds", "jitgate_bytes_total", "jitgate_auth_failures_total",
-            "jitgate_grants_active", "jitgate_requests_total", "jitgate_approval_latency_seconds", "jitgate_expiry_kill_lag_seconds",
-            "jitgate_store_operation_seconds", "jitgate_config_reloads_total",
+            "jitgate_sessions_active",
+            "jitgate_sessions_total",
+            "jitgate_sessions_killed_total",
+            "jitgate_queries_total",
+            "jitgate_statements_denied_total",
+            "jitgate_query_duration_seconds",
+            "jitgate_bytes_total",
+            "jitgate_auth_failures_total",
+            "jitgate_grants_active",
+            "jitgate_requests_total",
+            "jitgate_approval_latency_seconds",
+            "jitgate_expiry_kill_lag_seconds",
+            "jitgate_store_operation_seconds",
+            "jitgate_config_reloads_total",
         ] {
             assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");
         }

@@ -52,7 +52,13 @@ impl RequestState {
     }
 
     /// All states, for metrics.
-    pub const ALL: [RequestState; 5] = [Self::Pending, Self::Approved, Self::Denied, Self::Cancelled, Self::Expired];
+    pub const ALL: [RequestState; 5] = [
+        Self::Pending,
+        Self::Approved,
+        Self::Denied,
+        Self::Cancelled,
+        Self::Expired,
+    ];
 }
 
 impl fmt::Display for RequestState {

@@ -195,16 +195,23 @@ impl SessionRegistry {
 
     /// Kill everything (shutdown).
     pub fn kill_all(&self, reason: &KillReason) -> usize {
-        self.sessions.iter().map(|e| Self::fire(&e, reason)).count()
+        let mut n = 0;
+        for e in &self.sessions {
+            Self::fire(&e, reason);
+            n += 1;
+        }
+        n
     }
 
     /// Send an expiry warning to every session of a grant.
     pub fn warn_grant(&self, grant_id: i64, message: &str) -> usize {
         let ids = self.by_grant.get(&grant_id).map(|v| v.clone()).unwrap_or_default();
-        ids.iter()
-            .filter_map(|id| self.sessions.get(id))
-            .map(|e| e.warn.send_replace(Some(message.to_string())))
-            .count()
+        let mut n = 0;
+        for e in ids.iter().filter_map(|id| self.sessions.get(id)) {
+            e.warn.send_replace(Some(message.to_string()));
+            n += 1;
+        }
+        n
     }
 
     /// Every session.
@@ -256,7 +263,12 @@ mod tests {
         assert_eq!(r.kill_grant(1, &KillReason::Revoked { by: "bob".into() }), 2);
         assert!(a.kill.is_cancelled() && b.kill.is_cancelled() && !c.kill.is_cancelled());
         assert_eq!(a.kill_reason(), Some(KillReason::Revoked { by: "bob".into() }));
-        assert!(a.kill_reason().map(|k| k.message("prod-db")).unwrap_or_default().contains("revoked by bob"));
+        assert!(
+            a.kill_reason()
+                .map(|k| k.message("prod-db"))
+                .unwrap_or_default()
+                .contains("revoked by bob")
+        );
     }
 
     #[test]

@@ -77,8 +77,7 @@ impl Window {
             return Err(err(input, "the time range is empty"));
         }
         let tz = match parts.get(2) {
-            Some(name) => TimeZone::get(name)
-                .map_err(|_| err(input, format!("unknown time zone `{name}`")))?,
+            Some(name) => TimeZone::get(name).map_err(|_| err(input, format!("unknown time zone `{name}`")))?,
             None => TimeZone::UTC,
         };
         Ok(Self {
@@ -173,7 +172,9 @@ mod tests {
 
     #[test]
     fn overnight_window_belongs_to_its_start_day() {
-        let Ok(w) = Window::parse("Fri 22:00-06:00") else { panic!() };
+        let Ok(w) = Window::parse("Fri 22:00-06:00") else {
+            panic!()
+        };
         assert!(w.contains(ts("2026-11-27T23:00:00Z"))); // Friday night
         assert!(w.contains(ts("2026-11-28T05:00:00Z"))); // Saturday early
         assert!(!w.contains(ts("2026-11-28T23:00:00Z"))); // Saturday night
@@ -181,7 +182,13 @@ mod tests {
 
     #[test]
     fn refuses_bad_windows() {
-        for bad in ["Mon-Fri", "Funday 08:00-09:00", "Mon 8-9", "Mon 25:00-26:00 UTC", "Mon 08:00-18:00 Mars/Olympus"] {
+        for bad in [
+            "Mon-Fri",
+            "Funday 08:00-09:00",
+            "Mon 8-9",
+            "Mon 25:00-26:00 UTC",
+            "Mon 08:00-18:00 Mars/Olympus",
+        ] {
             assert!(Window::parse(bad).is_err(), "{bad}");
         }
         assert!(Window::parse("Mon,Wed,Sat 00:00-24:00").is_ok());

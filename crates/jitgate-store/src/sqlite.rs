@@ -87,20 +87,25 @@ fn to_json<T: serde::Serialize>(v: &T) -> rusqlite::Result<String> {
 }
 
 fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> rusqlite::Result<T> {
-    serde_json::from_str(s).map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))
+    serde_json::from_str(s)
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))
 }
 
 impl SqliteStore {
     /// Open (or create) the database file and run pending migrations.
     pub fn open(path: &Path, timing: Option<prometheus::HistogramVec>) -> Result<Self> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| StoreError::Backend(format!("cannot create {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Backend(format!("cannot create {}: {e}", dir.display())))?;
         }
-        let mut conn = Connection::open(path).map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))?;
+        let mut conn =
+            Connection::open(path).map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(backend)?;
         conn.pragma_update(None, "synchronous", "FULL").map_err(backend)?;
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(backend)?;
-        let have: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(backend)?;
+        let have: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(backend)?;
         let have = usize::try_from(have).unwrap_or(0);
         if have > MIGRATIONS.len() {
             return Err(StoreError::Backend(format!(
@@ -111,11 +116,16 @@ impl SqliteStore {
         }
         for (i, m) in MIGRATIONS.iter().enumerate().skip(have) {
             let tx = conn.transaction().map_err(backend)?;
-            tx.execute_batch(m).map_err(|e| StoreError::Backend(format!("migration {}: {e}", i + 1)))?;
-            tx.pragma_update(None, "user_version", i64::try_from(i + 1).unwrap_or(0)).map_err(backend)?;
+            tx.execute_batch(m)
+                .map_err(|e| StoreError::Backend(format!("migration {}: {e}", i + 1)))?;
+            tx.pragma_update(None, "user_version", i64::try_from(i + 1).unwrap_or(0))
+                .map_err(backend)?;
             tx.commit().map_err(backend)?;
         }
-        Ok(Self { conn: Arc::new(Mutex::new(conn)), timing })
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+            timing,
+        })
     }
 
     async fn with<T, F>(&self, op: &'static str, f: F) -> Result<T>
@@ -144,12 +154,25 @@ fn save_request(c: &Connection, r: &Request) -> Result<Request> {
     let n = c
         .execute(
             "UPDATE requests SET state = ?1, version = ?2, body = ?3 WHERE id = ?4 AND version = ?5",
-            params![next.state.as_str(), next.version, to_json(&next).map_err(backend)?, r.id, r.version],
+            params![
+                next.state.as_str(),
+                next.version,
+                to_json(&next).map_err(backend)?,
+                r.id,
+                r.version
+            ],
         )
         .map_err(backend)?;
     if n == 0 {
-        let exists: Option<i64> = c.query_row("SELECT id FROM requests WHERE id = ?1", [r.id], |x| x.get(0)).optional().map_err(backend)?;
-        return Err(if exists.is_some() { StoreError::Conflict } else { StoreError::NotFound });
+        let exists: Option<i64> = c
+            .query_row("SELECT id FROM requests WHERE id = ?1", [r.id], |x| x.get(0))
+            .optional()
+            .map_err(backend)?;
+        return Err(if exists.is_some() {
+            StoreError::Conflict
+        } else {
+            StoreError::NotFound
+        });
     }
     Ok(next)
 }
@@ -170,12 +193,19 @@ impl Store for SqliteStore {
         let r = r.clone();
         self.with("create_request", move |c| {
             let tx = c.transaction().map_err(backend)?;
-            tx.execute("INSERT INTO requests (requester, state, version, body) VALUES (?1, ?2, 1, '{}')", params![r.requester, r.state.as_str()])
-                .map_err(backend)?;
+            tx.execute(
+                "INSERT INTO requests (requester, state, version, body) VALUES (?1, ?2, 1, '{}')",
+                params![r.requester, r.state.as_str()],
+            )
+            .map_err(backend)?;
             let mut out = r;
             out.id = tx.last_insert_rowid();
             out.version = 1;
-            tx.execute("UPDATE requests SET body = ?1 WHERE id = ?2", params![to_json(&out).map_err(backend)?, out.id]).map_err(backend)?;
+            tx.execute(
+                "UPDATE requests SET body = ?1 WHERE id = ?2",
+                params![to_json(&out).map_err(backend)?, out.id],
+            )
+            .map_err(backend)?;
             tx.commit().map_err(backend)?;
             Ok(out)
         })
@@ -189,9 +219,11 @@ impl Store for SqliteStore {
 
     async fn get_request(&self, id: i64) -> Result<Option<Request>> {
         self.with("get_request", move |c| {
-            c.query_row("SELECT body FROM requests WHERE id = ?1", [id], |r| from_json(&r.get::<_, String>(0)?))
-                .optional()
-                .map_err(backend)
+            c.query_row("SELECT body FROM requests WHERE id = ?1", [id], |r| {
+                from_json(&r.get::<_, String>(0)?)
+            })
+            .optional()
+            .map_err(backend)
         })
         .await
     }
@@ -241,9 +273,11 @@ impl Store for SqliteStore {
 
     async fn get_grant(&self, id: i64) -> Result<Option<Grant>> {
         self.with("get_grant", move |c| {
-            c.query_row("SELECT body FROM grants WHERE id = ?1", [id], |r| from_json(&r.get::<_, String>(0)?))
-                .optional()
-                .map_err(backend)
+            c.query_row("SELECT body FROM grants WHERE id = ?1", [id], |r| {
+                from_json(&r.get::<_, String>(0)?)
+            })
+            .optional()
+            .map_err(backend)
         })
         .await
     }
@@ -260,9 +294,16 @@ impl Store for SqliteStore {
                 .map_err(backend)?;
             let limit = i64::try_from(f.limit.unwrap_or(1000)).unwrap_or(1000);
             let rows = st
-                .query_map(params![f.state.map(|s| s.as_str()), f.identity, f.resource, f.live_at.map(ms), limit], |r| {
-                    from_json(&r.get::<_, String>(0)?)
-                })
+                .query_map(
+                    params![
+                        f.state.map(|s| s.as_str()),
+                        f.identity,
+                        f.resource,
+                        f.live_at.map(ms),
+                        limit
+                    ],
+                    |r| from_json(&r.get::<_, String>(0)?),
+                )
                 .map_err(backend)?;
             rows.collect::<rusqlite::Result<Vec<Grant>>>().map_err(backend)
         })
@@ -285,7 +326,11 @@ impl Store for SqliteStore {
     async fn session_ended(&self, id: &str, at: Timestamp, reason: &str) -> Result<()> {
         let (id, reason) = (id.to_string(), reason.to_string());
         self.with("session_ended", move |c| {
-            c.execute("UPDATE sessions SET ended_at = ?1, end_reason = ?2 WHERE id = ?3", params![ms(at), reason, id]).map_err(backend)?;
+            c.execute(
+                "UPDATE sessions SET ended_at = ?1, end_reason = ?2 WHERE id = ?3",
+                params![ms(at), reason, id],
+            )
+            .map_err(backend)?;
             Ok(())
         })
         .await
@@ -315,8 +360,11 @@ impl Store for SqliteStore {
     async fn create_token(&self, t: &MachineToken) -> Result<()> {
         let t = t.clone();
         self.with("create_token", move |c| {
-            c.execute("INSERT INTO tokens (sha256, name, body) VALUES (?1, ?2, ?3)", params![t.sha256, t.name, to_json(&t).map_err(backend)?])
-                .map_err(backend)?;
+            c.execute(
+                "INSERT INTO tokens (sha256, name, body) VALUES (?1, ?2, ?3)",
+                params![t.sha256, t.name, to_json(&t).map_err(backend)?],
+            )
+            .map_err(backend)?;
             Ok(())
         })
         .await
@@ -325,15 +373,18 @@ impl Store for SqliteStore {
     async fn token_by_hash(&self, sha256: &str) -> Result<Option<MachineToken>> {
         let h = sha256.to_string();
         self.with("token_by_hash", move |c| {
-            c.query_row("SELECT body FROM tokens WHERE sha256 = ?1", [h], |r| from_json(&r.get::<_, String>(0)?))
-                .optional()
-                .map_err(backend)
+            c.query_row("SELECT body FROM tokens WHERE sha256 = ?1", [h], |r| {
+                from_json(&r.get::<_, String>(0)?)
+            })
+            .optional()
+            .map_err(backend)
         })
         .await
     }
 
     async fn health(&self) -> Result<()> {
-        self.with("health", |c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(backend)).await
+        self.with("health", |c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(backend))
+            .await
     }
 }
 
@@ -352,8 +403,17 @@ impl AuditIndex for SqliteStore {
                 .map_err(|e| e.to_string())?;
             for e in &events {
                 let body = serde_json::to_string(e).map_err(|e| e.to_string())?;
-                st.execute(params![i64::try_from(e.seq).unwrap_or(i64::MAX), ms(e.time), e.kind, e.actor, e.resource, e.grant_id, e.session_id, body])
-                    .map_err(|e| e.to_string())?;
+                st.execute(params![
+                    i64::try_from(e.seq).unwrap_or(i64::MAX),
+                    ms(e.time),
+                    e.kind,
+                    e.actor,
+                    e.resource,
+                    e.grant_id,
+                    e.session_id,
+                    body
+                ])
+                .map_err(|e| e.to_string())?;
             }
         }
         tx.commit().map_err(|e| e.to_string())

@@ -72,7 +72,10 @@ impl Client {
             .unwrap_or_else(|| "http://127.0.0.1:8080".to_string())
             .trim_end_matches('/')
             .to_string();
-        let token = std::env::var("JITGATE_TOKEN").ok().filter(|t| !t.is_empty()).or(login.token);
+        let token = std::env::var("JITGATE_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty())
+            .or(login.token);
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(std::time::Duration::from_secs(30))
@@ -96,14 +99,18 @@ impl Client {
         let status = resp.status();
         let bytes = resp.bytes().await.context("reading the gateway's answer")?;
         if status.is_success() {
-            return serde_json::from_slice(&bytes).with_context(|| format!("unexpected answer from the gateway (HTTP {status})"));
+            return serde_json::from_slice(&bytes)
+                .with_context(|| format!("unexpected answer from the gateway (HTTP {status})"));
         }
         #[derive(Deserialize)]
         struct E {
             error: String,
             hint: Option<String>,
         }
-        let e: E = serde_json::from_slice(&bytes).unwrap_or(E { error: format!("HTTP {status}: {}", String::from_utf8_lossy(&bytes)), hint: None });
+        let e: E = serde_json::from_slice(&bytes).unwrap_or(E {
+            error: format!("HTTP {status}: {}", String::from_utf8_lossy(&bytes)),
+            hint: None,
+        });
         let hint = match (status.as_u16(), e.hint, &self.token) {
             (401, _, None) => Some("no token found: set JITGATE_TOKEN or run `jitgate login`".to_string()),
             (_, h, _) => h,
@@ -118,7 +125,8 @@ impl Client {
 
     /// POST JSON.
     pub async fn post<T: DeserializeOwned>(&self, path: &str, body: &serde_json::Value) -> Result<T> {
-        self.send(self.http.post(format!("{}{path}", self.base)).json(body)).await
+        self.send(self.http.post(format!("{}{path}", self.base)).json(body))
+            .await
     }
 }
 

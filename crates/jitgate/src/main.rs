@@ -55,15 +55,36 @@ fn left(t: &jiff::Timestamp) -> String {
 
 fn describe(r: &Request) -> String {
     let d = jitgate_core::HumanDuration(r.duration_secs);
-    let what = if let Some(g) = r.extends_grant { format!("extension of grant {g} by {d}") } else { format!("{} ({}, {d})", r.resource, r.access) };
+    let what = if let Some(g) = r.extends_grant {
+        format!("extension of grant {g} by {d}")
+    } else {
+        format!("{} ({}, {d})", r.resource, r.access)
+    };
     match r.state {
-        RequestState::Pending => format!("request {} for {what} is pending approval (policy {}, {} approval(s) so far)", r.id, r.policy, r.approvals.len()),
+        RequestState::Pending => format!(
+            "request {} for {what} is pending approval (policy {}, {} approval(s) so far)",
+            r.id,
+            r.policy,
+            r.approvals.len()
+        ),
         RequestState::Approved => {
             let by = r.decided_by.as_deref().unwrap_or("?");
-            let how = if by.starts_with("policy:") { format!("auto-approved by {}", r.decision_reason.as_deref().unwrap_or(by)) } else { format!("approved by {by}") };
-            format!("request {} for {what} is {how}; grant {}", r.id, r.grant_id.map(|g| g.to_string()).unwrap_or_default())
+            let how = if by.starts_with("policy:") {
+                format!("auto-approved by {}", r.decision_reason.as_deref().unwrap_or(by))
+            } else {
+                format!("approved by {by}")
+            };
+            format!(
+                "request {} for {what} is {how}; grant {}",
+                r.id,
+                r.grant_id.map(|g| g.to_string()).unwrap_or_default()
+            )
         }
-        s => format!("request {} for {what} is {s}{}", r.id, r.decision_reason.as_ref().map(|x| format!(": {x}")).unwrap_or_default()),
+        s => format!(
+            "request {} for {what} is {s}{}",
+            r.id,
+            r.decision_reason.as_ref().map(|x| format!(": {x}")).unwrap_or_default()
+        ),
     }
 }
 
@@ -83,21 +104,47 @@ fn requests_table(rs: &[Request]) {
             ]
         })
         .collect();
-    table::print(&["ID", "STATE", "REQUESTER", "RESOURCE", "ACCESS", "FOR", "CREATED", "REASON"], &rows);
+    table::print(
+        &[
+            "ID",
+            "STATE",
+            "REQUESTER",
+            "RESOURCE",
+            "ACCESS",
+            "FOR",
+            "CREATED",
+            "REASON",
+        ],
+        &rows,
+    );
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
         Cmd::Serve { config } => serve::run(&config).await.map(|()| ExitCode::SUCCESS),
-        Cmd::Config { cmd: ConfigCmd::Check { file, config } } => config_check(&file.unwrap_or(config)),
-        Cmd::Request { resource, access, duration, reason, ticket, wait, timeout, conn } => {
+        Cmd::Config {
+            cmd: ConfigCmd::Check { file, config },
+        } => config_check(&file.unwrap_or(config)),
+        Cmd::Request {
+            resource,
+            access,
+            duration,
+            reason,
+            ticket,
+            wait,
+            timeout,
+            conn,
+        } => {
             let c = Client::new(&conn)?;
             let r: Request = c.post("/v1/requests", &json!({"resource": resource, "access": access, "duration": duration, "reason": reason, "ticket": ticket})).await?;
             if !wait || r.state != RequestState::Pending {
                 return finish_request(&conn, &r);
             }
             let limit = jitgate_core::HumanDuration::parse(&timeout).map_err(anyhow::Error::msg)?;
-            eprintln!("{}; waiting (Ctrl-C to stop waiting; the request stays open)...", describe(&r));
+            eprintln!(
+                "{}; waiting (Ctrl-C to stop waiting; the request stays open)...",
+                describe(&r)
+            );
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(limit.secs());
             loop {
                 tokio::time::sleep(std::time::Duration::from_millis(500)).await;
@@ -117,22 +164,44 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 q.push_str(&format!("&state={}", enc(&s)));
             }
             let rs: Vec<Request> = c.get(&q).await?;
-            if conn.json { print_json(&rs)? } else { requests_table(&rs) }
+            if conn.json {
+                print_json(&rs)?
+            } else {
+                requests_table(&rs)
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Approve { id, reason, conn } => {
-            let r: Request = Client::new(&conn)?.post(&format!("/v1/requests/{id}/approve"), &json!({"reason": reason})).await?;
-            if conn.json { print_json(&r)? } else { println!("{}", describe(&r)) }
+            let r: Request = Client::new(&conn)?
+                .post(&format!("/v1/requests/{id}/approve"), &json!({"reason": reason}))
+                .await?;
+            if conn.json {
+                print_json(&r)?
+            } else {
+                println!("{}", describe(&r))
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Deny { id, reason, conn } => {
-            let r: Request = Client::new(&conn)?.post(&format!("/v1/requests/{id}/deny"), &json!({"reason": reason})).await?;
-            if conn.json { print_json(&r)? } else { println!("{}", describe(&r)) }
+            let r: Request = Client::new(&conn)?
+                .post(&format!("/v1/requests/{id}/deny"), &json!({"reason": reason}))
+                .await?;
+            if conn.json {
+                print_json(&r)?
+            } else {
+                println!("{}", describe(&r))
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Cancel { id, conn } => {
-            let r: Request = Client::new(&conn)?.post(&format!("/v1/requests/{id}/cancel"), &json!({})).await?;
-            if conn.json { print_json(&r)? } else { println!("{}", describe(&r)) }
+            let r: Request = Client::new(&conn)?
+                .post(&format!("/v1/requests/{id}/cancel"), &json!({}))
+                .await?;
+            if conn.json {
+                print_json(&r)?
+            } else {
+                println!("{}", describe(&r))
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Grants { all, conn } => {
@@ -142,15 +211,37 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 let rows: Vec<Vec<String>> = gs
                     .iter()
-                    .map(|g| vec![g.id.to_string(), g.identity.clone(), g.resource.clone(), g.access.clone(), ts(&g.expires_at), left(&g.expires_at), g.request_id.to_string()])
+                    .map(|g| {
+                        vec![
+                            g.id.to_string(),
+                            g.identity.clone(),
+                            g.resource.clone(),
+                            g.access.clone(),
+                            ts(&g.expires_at),
+                            left(&g.expires_at),
+                            g.request_id.to_string(),
+                        ]
+                    })
                     .collect();
-                table::print(&["GRANT", "IDENTITY", "RESOURCE", "ACCESS", "EXPIRES", "LEFT", "REQUEST"], &rows);
+                table::print(
+                    &["GRANT", "IDENTITY", "RESOURCE", "ACCESS", "EXPIRES", "LEFT", "REQUEST"],
+                    &rows,
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Revoke { grant_id, reason, conn } => {
-            let g: Grant = Client::new(&conn)?.post(&format!("/v1/grants/{grant_id}/revoke"), &json!({"reason": reason})).await?;
-            if conn.json { print_json(&g)? } else { println!("grant {} ({} on {}) revoked; its sessions were killed", g.id, g.identity, g.resource) }
+            let g: Grant = Client::new(&conn)?
+                .post(&format!("/v1/grants/{grant_id}/revoke"), &json!({"reason": reason}))
+                .await?;
+            if conn.json {
+                print_json(&g)?
+            } else {
+                println!(
+                    "grant {} ({} on {}) revoked; its sessions were killed",
+                    g.id, g.identity, g.resource
+                )
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Release { target, conn } => {
@@ -168,12 +259,26 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             };
             for id in ids {
                 let g: Grant = c.post(&format!("/v1/grants/{id}/release"), &json!({})).await?;
-                if conn.json { print_json(&g)? } else { println!("grant {} on {} released", g.id, g.resource) }
+                if conn.json {
+                    print_json(&g)?
+                } else {
+                    println!("grant {} on {} released", g.id, g.resource)
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Extend { grant_id, duration, reason, conn } => {
-            let r: Request = Client::new(&conn)?.post(&format!("/v1/grants/{grant_id}/extend"), &json!({"duration": duration, "reason": reason})).await?;
+        Cmd::Extend {
+            grant_id,
+            duration,
+            reason,
+            conn,
+        } => {
+            let r: Request = Client::new(&conn)?
+                .post(
+                    &format!("/v1/grants/{grant_id}/extend"),
+                    &json!({"duration": duration, "reason": reason}),
+                )
+                .await?;
             finish_request(&conn, &r)
         }
         Cmd::Sessions { conn } => {
@@ -183,18 +288,54 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 let rows: Vec<Vec<String>> = ss
                     .iter()
-                    .map(|s| vec![s.id.clone(), s.protocol.clone(), s.identity.clone(), s.resource.clone(), s.access.clone(), s.grant_id.to_string(), ts(&s.started_at), s.client_addr.clone()])
+                    .map(|s| {
+                        vec![
+                            s.id.clone(),
+                            s.protocol.clone(),
+                            s.identity.clone(),
+                            s.resource.clone(),
+                            s.access.clone(),
+                            s.grant_id.to_string(),
+                            ts(&s.started_at),
+                            s.client_addr.clone(),
+                        ]
+                    })
                     .collect();
-                table::print(&["SESSION", "PROTOCOL", "IDENTITY", "RESOURCE", "ACCESS", "GRANT", "STARTED", "CLIENT"], &rows);
+                table::print(
+                    &[
+                        "SESSION", "PROTOCOL", "IDENTITY", "RESOURCE", "ACCESS", "GRANT", "STARTED", "CLIENT",
+                    ],
+                    &rows,
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Kill { session_id, conn } => {
-            let s: SessionInfo = Client::new(&conn)?.post(&format!("/v1/sessions/{}/kill", enc(&session_id)), &json!({})).await?;
-            if conn.json { print_json(&s)? } else { println!("session {} ({} on {}) killed", s.id, s.identity, s.resource) }
+            let s: SessionInfo = Client::new(&conn)?
+                .post(&format!("/v1/sessions/{}/kill", enc(&session_id)), &json!({}))
+                .await?;
+            if conn.json {
+                print_json(&s)?
+            } else {
+                println!("session {} ({} on {}) killed", s.id, s.identity, s.resource)
+            }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Audit { cmd: AuditCmd::Search { user, resource, kind, grant, session, request, since, until, limit, conn } } => {
+        Cmd::Audit {
+            cmd:
+                AuditCmd::Search {
+                    user,
+                    resource,
+                    kind,
+                    grant,
+                    session,
+                    request,
+                    since,
+                    until,
+                    limit,
+                    conn,
+                },
+        } => {
             let mut q = Vec::new();
             let mut add = |k: &str, v: Option<String>| {
                 if let Some(v) = v {
@@ -216,25 +357,70 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     println!("{}", serde_json::to_string(e)?);
                 }
             } else {
-                let s = |e: &Value, k: &str| e.get(k).map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| if v.is_null() { String::new() } else { v.to_string() })).unwrap_or_default();
+                let s = |e: &Value, k: &str| {
+                    e.get(k)
+                        .map(|v| {
+                            v.as_str()
+                                .map(str::to_string)
+                                .unwrap_or_else(|| if v.is_null() { String::new() } else { v.to_string() })
+                        })
+                        .unwrap_or_default()
+                };
                 let rows: Vec<Vec<String>> = evs
                     .iter()
-                    .map(|e| vec![s(e, "seq"), s(e, "time"), s(e, "kind"), s(e, "actor"), s(e, "resource"), s(e, "request_id"), s(e, "grant_id"), s(e, "session_id"), s(e, "reason")])
+                    .map(|e| {
+                        vec![
+                            s(e, "seq"),
+                            s(e, "time"),
+                            s(e, "kind"),
+                            s(e, "actor"),
+                            s(e, "resource"),
+                            s(e, "request_id"),
+                            s(e, "grant_id"),
+                            s(e, "session_id"),
+                            s(e, "reason"),
+                        ]
+                    })
                     .collect();
-                table::print(&["SEQ", "TIME", "KIND", "ACTOR", "RESOURCE", "REQ", "GRANT", "SESSION", "REASON"], &rows);
+                table::print(
+                    &[
+                        "SEQ", "TIME", "KIND", "ACTOR", "RESOURCE", "REQ", "GRANT", "SESSION", "REASON",
+                    ],
+                    &rows,
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Audit { cmd: AuditCmd::Verify { file, config } } => audit_verify(file, &config),
+        Cmd::Audit {
+            cmd: AuditCmd::Verify { file, config },
+        } => audit_verify(file, &config),
         Cmd::Whoami { conn } => {
             let w: Value = Client::new(&conn)?.get("/v1/whoami").await?;
             if conn.json {
                 print_json(&w)?;
             } else {
-                let groups: Vec<String> = w["groups"].as_array().map(|a| a.iter().filter_map(|g| g.as_str().map(str::to_string)).collect()).unwrap_or_default();
-                println!("{} [{}]{}", w["name"].as_str().unwrap_or("?"), groups.join(", "), if w["admin"].as_bool() == Some(true) { " (admin)" } else { "" });
+                let groups: Vec<String> = w["groups"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|g| g.as_str().map(str::to_string)).collect())
+                    .unwrap_or_default();
+                println!(
+                    "{} [{}]{}",
+                    w["name"].as_str().unwrap_or("?"),
+                    groups.join(", "),
+                    if w["admin"].as_bool() == Some(true) {
+                        " (admin)"
+                    } else {
+                        ""
+                    }
+                );
                 for g in w["grants"].as_array().into_iter().flatten() {
-                    println!("  grant {} on {} ({}) until {}", g["id"], g["resource"].as_str().unwrap_or(""), g["access"].as_str().unwrap_or(""), g["expires_at"].as_str().unwrap_or(""));
+                    println!(
+                        "  grant {} on {} ({}) until {}",
+                        g["id"],
+                        g["resource"].as_str().unwrap_or(""),
+                        g["access"].as_str().unwrap_or(""),
+                        g["expires_at"].as_str().unwrap_or("")
+                    );
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -247,21 +433,43 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 let rows: Vec<Vec<String>> = rs
                     .iter()
                     .map(|r| {
-                        let access: Vec<&str> = r["access"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
-                        vec![r["name"].as_str().unwrap_or("").into(), r["kind"].as_str().unwrap_or("").into(), access.join(", "), r["policy"].as_str().unwrap_or("-").into()]
+                        let access: Vec<&str> = r["access"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(Value::as_str)
+                            .collect();
+                        vec![
+                            r["name"].as_str().unwrap_or("").into(),
+                            r["kind"].as_str().unwrap_or("").into(),
+                            access.join(", "),
+                            r["policy"].as_str().unwrap_or("-").into(),
+                        ]
                     })
                     .collect();
                 table::print(&["RESOURCE", "KIND", "YOU MAY REQUEST", "POLICY"], &rows);
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Token { cmd: TokenCmd::Create { name, groups, conn } } => {
-            let t: Value = Client::new(&conn)?.post("/v1/tokens", &json!({"name": name, "groups": groups})).await?;
+        Cmd::Token {
+            cmd: TokenCmd::Create { name, groups, conn },
+        } => {
+            let t: Value = Client::new(&conn)?
+                .post("/v1/tokens", &json!({"name": name, "groups": groups}))
+                .await?;
             if conn.json {
                 print_json(&t)?;
             } else {
-                println!("token for {} (shown once; store it in a secret manager):\n\n  {}\n", name, t["token"].as_str().unwrap_or(""));
-                println!("It works now. To declare it in gateway.toml instead:\n\n  [[identities]]\n  name = \"{name}\"\n  groups = {:?}\n  token_sha256 = \"{}\"", groups, t["sha256"].as_str().unwrap_or(""));
+                println!(
+                    "token for {} (shown once; store it in a secret manager):\n\n  {}\n",
+                    name,
+                    t["token"].as_str().unwrap_or("")
+                );
+                println!(
+                    "It works now. To declare it in gateway.toml instead:\n\n  [[identities]]\n  name = \"{name}\"\n  groups = {:?}\n  token_sha256 = \"{}\"",
+                    groups,
+                    t["sha256"].as_str().unwrap_or("")
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -295,15 +503,41 @@ fn config_check(path: &std::path::Path) -> Result<ExitCode> {
     if let Some(p) = &c.listen.ssh {
         println!("  listen ssh    {}", p.get_ref());
     }
-    println!("  store         {}", c.store.url.as_ref().map_or_else(|| "sqlite (data_dir/jitgate.db)".to_string(), |u| u.get_ref().clone()));
-    println!("  tls           {}", if c.tls.is_some() { "configured certificate" } else { "self-signed, generated into data_dir" });
-    println!("  oidc          {}", c.oidc.as_ref().map_or("not configured", |o| o.issuer.as_str()));
+    println!(
+        "  store         {}",
+        c.store
+            .url
+            .as_ref()
+            .map_or_else(|| "sqlite (data_dir/jitgate.db)".to_string(), |u| u.get_ref().clone())
+    );
+    println!(
+        "  tls           {}",
+        if c.tls.is_some() {
+            "configured certificate"
+        } else {
+            "self-signed, generated into data_dir"
+        }
+    );
+    println!(
+        "  oidc          {}",
+        c.oidc.as_ref().map_or("not configured", |o| o.issuer.as_str())
+    );
     println!("  identities    {}", l.catalog.identities.len());
     for r in l.catalog.resources.values() {
-        println!("  resource      {} ({}, {}) access: {}", r.name, r.kind.as_str(), r.address, r.access_levels.join(", "));
+        println!(
+            "  resource      {} ({}, {}) access: {}",
+            r.name,
+            r.kind.as_str(),
+            r.address,
+            r.access_levels.join(", ")
+        );
     }
     for p in &l.catalog.policies {
-        let steps: Vec<String> = p.steps.iter().map(|s| format!("{}×[{}]", s.approvals, s.approvers.join(","))).collect();
+        let steps: Vec<String> = p
+            .steps
+            .iter()
+            .map(|s| format!("{}×[{}]", s.approvals, s.approvers.join(",")))
+            .collect();
         println!(
             "  policy        {}: resources [{}] requesters [{}] approvals {} max {} auto-approve rules {}",
             p.name,
@@ -324,13 +558,19 @@ fn audit_verify(file: Option<PathBuf>, config: &std::path::Path) -> Result<ExitC
     let path = match file {
         Some(f) => f,
         None => {
-            let l = serve::report(jitgate_core::config::load(config)).context("finding the audit file (or pass --file)")?;
+            let l =
+                serve::report(jitgate_core::config::load(config)).context("finding the audit file (or pass --file)")?;
             l.config.gateway.data_dir.join(&l.config.audit.file)
         }
     };
     match jitgate_audit::verify_file(&path) {
         Ok(v) => {
-            println!("{}: ok, {} events, chain intact (head {})", path.display(), v.lines, v.head.get(..16).unwrap_or(&v.head));
+            println!(
+                "{}: ok, {} events, chain intact (head {})",
+                path.display(),
+                v.lines,
+                v.head.get(..16).unwrap_or(&v.head)
+            );
             Ok(ExitCode::SUCCESS)
         }
         Err(b) => {

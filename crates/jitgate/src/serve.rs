@@ -18,8 +18,13 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let _ = match format {
         LogFormat::Json => b.json().flatten_event(true).try_init(),
         LogFormat::Text => b.try_init(),
@@ -49,7 +54,10 @@ fn store_path(loaded: &Loaded) -> Result<PathBuf> {
     let data = &loaded.config.gateway.data_dir;
     match &loaded.config.store.url {
         Some(u) => {
-            let p = u.get_ref().strip_prefix("sqlite://").ok_or_else(|| anyhow!("unsupported store URL"))?;
+            let p = u
+                .get_ref()
+                .strip_prefix("sqlite://")
+                .ok_or_else(|| anyhow!("unsupported store URL"))?;
             Ok(PathBuf::from(p))
         }
         None => Ok(data.join("jitgate.db")),
@@ -65,26 +73,51 @@ pub async fn run(config_path: &Path) -> Result<()> {
     restrict_dir(&data_dir);
 
     let metrics = Metrics::new();
-    let store = Arc::new(SqliteStore::open(&store_path(&loaded)?, Some(metrics.store_operation_seconds.clone())).context("opening the store")?);
+    let store = Arc::new(
+        SqliteStore::open(&store_path(&loaded)?, Some(metrics.store_operation_seconds.clone()))
+            .context("opening the store")?,
+    );
     let audit_path = data_dir.join(&loaded.config.audit.file);
     let counter = metrics.audit_events_total.clone();
-    let audit = AuditSink::open(&audit_path, Some(store.clone()), Some(Arc::new(move |n| counter.inc_by(n))))
-        .with_context(|| format!("opening the audit log {}", audit_path.display()))?;
-    let enforcer = Enforcer::new(Arc::new(SystemClock), metrics.clone(), loaded.catalog.expiry_warning.secs());
+    let audit = AuditSink::open(
+        &audit_path,
+        Some(store.clone()),
+        Some(Arc::new(move |n| counter.inc_by(n))),
+    )
+    .with_context(|| format!("opening the audit log {}", audit_path.display()))?;
+    let enforcer = Enforcer::new(
+        Arc::new(SystemClock),
+        metrics.clone(),
+        loaded.catalog.expiry_warning.secs(),
+    );
     let store_dyn: Arc<dyn Store> = store;
-    let cp = ControlPlane::new(loaded.catalog.clone(), store_dyn, audit.clone(), enforcer.clone(), metrics);
-    let restored = cp.restore().await.map_err(|e| anyhow!("restoring grants: {}", e.error))?;
+    let cp = ControlPlane::new(
+        loaded.catalog.clone(),
+        store_dyn,
+        audit.clone(),
+        enforcer.clone(),
+        metrics,
+    );
+    let restored = cp
+        .restore()
+        .await
+        .map_err(|e| anyhow!("restoring grants: {}", e.error))?;
 
     let stop = CancellationToken::new();
     cp.spawn_tasks(stop.clone());
 
     let http: SocketAddr = loaded.config.listen.http.get_ref().parse().context("[listen] http")?;
-    let listener = tokio::net::TcpListener::bind(http).await.with_context(|| format!("cannot listen on {http} ([listen] http)"))?;
+    let listener = tokio::net::TcpListener::bind(http)
+        .await
+        .with_context(|| format!("cannot listen on {http} ([listen] http)"))?;
     let bound = listener.local_addr()?;
     // Scripts and tests that listen on port 0 read the bound address here.
     let listen_file = data_dir.join("listen.json");
-    std::fs::write(&listen_file, serde_json::json!({"http": bound.to_string(), "pid": std::process::id()}).to_string())
-        .with_context(|| format!("writing {}", listen_file.display()))?;
+    std::fs::write(
+        &listen_file,
+        serde_json::json!({"http": bound.to_string(), "pid": std::process::id()}).to_string(),
+    )
+    .with_context(|| format!("writing {}", listen_file.display()))?;
     tracing::info!(
         http = %bound,
         data_dir = %data_dir.display(),
@@ -95,7 +128,11 @@ pub async fn run(config_path: &Path) -> Result<()> {
     );
     let _ = cp
         .audit()
-        .record(jitgate_audit::Event::new("gateway.started", jiff::Timestamp::now()).actor("gateway").details(serde_json::json!({"version": env!("CARGO_PKG_VERSION"), "http": bound.to_string()})))
+        .record(
+            jitgate_audit::Event::new("gateway.started", jiff::Timestamp::now())
+                .actor("gateway")
+                .details(serde_json::json!({"version": env!("CARGO_PKG_VERSION"), "http": bound.to_string()})),
+        )
         .await;
 
     // Signals.
@@ -133,7 +170,11 @@ pub async fn run(config_path: &Path) -> Result<()> {
     let killed = cp.enforcer().sessions.kill_all(&KillReason::Shutdown);
     let _ = cp
         .audit()
-        .record(jitgate_audit::Event::new("gateway.stopped", jiff::Timestamp::now()).actor("gateway").details(serde_json::json!({"sessions_killed": killed})))
+        .record(
+            jitgate_audit::Event::new("gateway.stopped", jiff::Timestamp::now())
+                .actor("gateway")
+                .details(serde_json::json!({"sessions_killed": killed})),
+        )
         .await;
     Ok(())
 }
@@ -144,7 +185,9 @@ async fn reload(cp: &Arc<ControlPlane>, path: &Path, running: &config::schema::C
             for w in &l.warnings {
                 tracing::warn!("{w}");
             }
-            if l.config.listen.http.get_ref() != running.listen.http.get_ref() || l.config.gateway.data_dir != running.gateway.data_dir {
+            if l.config.listen.http.get_ref() != running.listen.http.get_ref()
+                || l.config.gateway.data_dir != running.gateway.data_dir
+            {
                 tracing::warn!("[listen] and data_dir changes take effect only after a restart");
             }
             let n = (l.catalog.resources.len(), l.catalog.policies.len());
@@ -158,7 +201,11 @@ async fn reload(cp: &Arc<ControlPlane>, path: &Path, running: &config::schema::C
             for d in &text {
                 tracing::error!("{d}");
             }
-            tracing::error!(errors = diags.len(), "configuration reload refused: {} has errors; the running configuration stays in force", path.display());
+            tracing::error!(
+                errors = diags.len(),
+                "configuration reload refused: {} has errors; the running configuration stays in force",
+                path.display()
+            );
             cp.reload_failed(&text.join("; ")).await;
         }
     }

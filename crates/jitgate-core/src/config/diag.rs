@@ -37,7 +37,14 @@ impl fmt::Display for Diag {
             Severity::Warning => "warning",
         };
         if self.line > 0 {
-            write!(f, "{}:{}:{}: {sev}: {}", self.file.display(), self.line, self.col, self.message)?;
+            write!(
+                f,
+                "{}:{}:{}: {sev}: {}",
+                self.file.display(),
+                self.line,
+                self.col,
+                self.message
+            )?;
         } else {
             write!(f, "{}: {sev}: {}", self.file.display(), self.message)?;
         }
@@ -138,7 +145,10 @@ mod tests {
 
     #[test]
     fn did_you_mean_finds_close_keys() {
-        assert_eq!(did_you_mean("resorces", ["name", "resources", "requesters"]), Some("resources"));
+        assert_eq!(
+            did_you_mean("resorces", ["name", "resources", "requesters"]),
+            Some("resources")
+        );
         assert_eq!(did_you_mean("xyz", ["name", "resources"]), None);
     }
 

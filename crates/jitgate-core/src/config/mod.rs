@@ -118,7 +118,10 @@ fn resolve_paths(c: &mut Config, base: &Path) {
                 fix(p);
             }
         }
-        for p in [&mut r.known_hosts_file, &mut r.upstream_key_file].into_iter().flatten() {
+        for p in [&mut r.known_hosts_file, &mut r.upstream_key_file]
+            .into_iter()
+            .flatten()
+        {
             fix(p);
         }
         if let Some(p) = r.tls.as_mut().and_then(|t| t.ca_file.as_mut()) {
@@ -179,7 +182,8 @@ fn check_addr(d: &mut Diags<'_>, what: &str, s: &Spanned<String>) {
 fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 fn validate(c: &Config, d: &mut Diags<'_>) -> Catalog {
@@ -187,16 +191,19 @@ fn validate(c: &Config, d: &mut Diags<'_>) -> Catalog {
 
     // [listen]
     check_addr(d, "[listen] http", &c.listen.http);
-    if let Ok(a) = c.listen.http.get_ref().parse::<SocketAddr>() {
-        if !a.ip().is_loopback() {
-            d.warning(
-                span(&c.listen.http),
-                "the HTTP API listens beyond loopback without TLS: bearer tokens would cross the network in clear",
-                Some("listen on 127.0.0.1 and put a TLS-terminating proxy in front of it".into()),
-            );
-        }
+    if let Ok(a) = c.listen.http.get_ref().parse::<SocketAddr>()
+        && !a.ip().is_loopback()
+    {
+        d.warning(
+            span(&c.listen.http),
+            "the HTTP API listens beyond loopback without TLS: bearer tokens would cross the network in clear",
+            Some("listen on 127.0.0.1 and put a TLS-terminating proxy in front of it".into()),
+        );
     }
-    for (what, v) in [("[listen] postgres", &c.listen.postgres), ("[listen] ssh", &c.listen.ssh)] {
+    for (what, v) in [
+        ("[listen] postgres", &c.listen.postgres),
+        ("[listen] ssh", &c.listen.ssh),
+    ] {
         if let Some(v) = v {
             check_addr(d, what, v);
         }
@@ -222,9 +229,23 @@ fn validate(c: &Config, d: &mut Diags<'_>) -> Catalog {
 
     // [oidc]
     if let Some(o) = &c.oidc {
-        secret(d, "client_secret", &o.client_secret_env, &o.client_secret_file, &o.client_secret, allow_inline);
-        if !(o.issuer.starts_with("https://") || o.issuer.starts_with("http://127.0.0.1") || o.issuer.starts_with("http://localhost")) {
-            d.error(None, format!("[oidc] issuer `{}` must be an https URL", o.issuer), Some("use the provider's https issuer URL".into()));
+        secret(
+            d,
+            "client_secret",
+            &o.client_secret_env,
+            &o.client_secret_file,
+            &o.client_secret,
+            allow_inline,
+        );
+        if !(o.issuer.starts_with("https://")
+            || o.issuer.starts_with("http://127.0.0.1")
+            || o.issuer.starts_with("http://localhost"))
+        {
+            d.error(
+                None,
+                format!("[oidc] issuer `{}` must be an https URL", o.issuer),
+                Some("use the provider's https issuer URL".into()),
+            );
         }
     }
 
@@ -235,25 +256,41 @@ fn validate(c: &Config, d: &mut Diags<'_>) -> Catalog {
         let name = i.name.get_ref();
         if let Some(first) = seen_ids.get(name) {
             let (l, _) = d.line_col(*first);
-            d.error(span(&i.name), format!("duplicate identity `{name}` (first defined on line {l})"), Some("give each identity a unique name".into()));
+            d.error(
+                span(&i.name),
+                format!("duplicate identity `{name}` (first defined on line {l})"),
+                Some("give each identity a unique name".into()),
+            );
         }
         seen_ids.insert(name.clone(), i.name.span().start);
         let mut token_sha256 = None;
         if let Some(h) = &i.token_sha256 {
             let v = h.get_ref().to_ascii_lowercase();
             if v.len() != 64 || !v.chars().all(|c| c.is_ascii_hexdigit()) {
-                d.error(span(h), "token_sha256 must be 64 hex characters", Some("paste the line `jitgate token create NAME` printed".into()));
+                d.error(
+                    span(h),
+                    "token_sha256 must be 64 hex characters",
+                    Some("paste the line `jitgate token create NAME` printed".into()),
+                );
             }
             token_sha256 = Some(v);
         }
         let src = secret(d, "token", &i.token_env, &i.token_file, &i.token, allow_inline);
         if token_sha256.is_some() && src.is_some() {
-            d.error(span(&i.name), format!("identity `{name}`: both token_sha256 and a token source"), Some("keep one".into()));
+            d.error(
+                span(&i.name),
+                format!("identity `{name}`: both token_sha256 and a token source"),
+                Some("keep one".into()),
+            );
         }
         if let Some(src) = src {
             match src.resolve() {
                 Ok(tok) => token_sha256 = Some(hex::encode(Sha256::digest(tok.as_bytes()))),
-                Err(e) => d.warning(span(&i.name), format!("identity `{name}`: {e}; it cannot log in until it is"), None),
+                Err(e) => d.warning(
+                    span(&i.name),
+                    format!("identity `{name}`: {e}; it cannot log in until it is"),
+                    None,
+                ),
             }
         }
         identities.push(StaticIdentity {
@@ -270,49 +307,111 @@ fn validate(c: &Config, d: &mut Diags<'_>) -> Catalog {
     for r in &c.resources {
         let name = r.name.get_ref();
         if !valid_name(name) {
-            d.error(span(&r.name), format!("resource name `{name}` is not allowed"), Some("use letters, digits, `-`, `_` and `.` (at most 64)".into()));
+            d.error(
+                span(&r.name),
+                format!("resource name `{name}` is not allowed"),
+                Some("use letters, digits, `-`, `_` and `.` (at most 64)".into()),
+            );
         }
         if let Some(first) = first_res.get(name) {
             let (l, _) = d.line_col(*first);
-            d.error(span(&r.name), format!("duplicate resource `{name}` (first defined on line {l})"), Some("give each resource a unique name".into()));
+            d.error(
+                span(&r.name),
+                format!("duplicate resource `{name}` (first defined on line {l})"),
+                Some("give each resource a unique name".into()),
+            );
             continue;
         }
         first_res.insert(name.clone(), r.name.span().start);
         let addr = r.address.get_ref();
         match addr.rsplit_once(':') {
             Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok() => {}
-            _ => d.error(span(&r.address), format!("address `{addr}` needs a host and a port"), Some("write \"host:port\", e.g. \"db.internal:5432\"".into())),
+            _ => d.error(
+                span(&r.address),
+                format!("address `{addr}` needs a host and a port"),
+                Some("write \"host:port\", e.g. \"db.internal:5432\"".into()),
+            ),
         }
         let mut credentials = BTreeMap::new();
         let access_levels: Vec<String> = match r.kind {
             ResourceKind::Postgres => {
                 if r.credentials.is_empty() {
-                    d.error(span(&r.name), format!("postgres resource `{name}` has no credentials"), Some("add `credentials.read-only = { user = \"app_ro\", password_env = \"VAR\" }`".into()));
+                    d.error(
+                        span(&r.name),
+                        format!("postgres resource `{name}` has no credentials"),
+                        Some("add `credentials.read-only = { user = \"app_ro\", password_env = \"VAR\" }`".into()),
+                    );
                 }
                 for (level, cr) in &r.credentials {
                     if level != READ_ONLY && level != READ_WRITE {
-                        d.error(span(&r.name), format!("resource `{name}`: unknown access level `{level}` in credentials"), Some("use `read-only` or `read-write`".into()));
+                        d.error(
+                            span(&r.name),
+                            format!("resource `{name}`: unknown access level `{level}` in credentials"),
+                            Some("use `read-only` or `read-write`".into()),
+                        );
                     }
-                    let pw = secret(d, "password", &cr.password_env, &cr.password_file, &cr.password, allow_inline);
-                    credentials.insert(level.clone(), Credential { user: cr.user.clone(), password: pw });
+                    let pw = secret(
+                        d,
+                        "password",
+                        &cr.password_env,
+                        &cr.password_file,
+                        &cr.password,
+                        allow_inline,
+                    );
+                    credentials.insert(
+                        level.clone(),
+                        Credential {
+                            user: cr.user.clone(),
+                            password: pw,
+                        },
+                    );
                 }
                 if !r.logins.is_empty() || r.host_key.is_some() || r.upstream_key_file.is_some() {
-                    d.error(span(&r.name), format!("resource `{name}` is kind postgres but has SSH keys (logins/host_key/upstream_key_file)"), Some("remove them or set kind = \"ssh\"".into()));
+                    d.error(
+                        span(&r.name),
+                        format!(
+                            "resource `{name}` is kind postgres but has SSH keys (logins/host_key/upstream_key_file)"
+                        ),
+                        Some("remove them or set kind = \"ssh\"".into()),
+                    );
                 }
-                [READ_ONLY, READ_WRITE].iter().filter(|l| credentials.contains_key(**l)).map(|s| s.to_string()).collect()
+                [READ_ONLY, READ_WRITE]
+                    .iter()
+                    .filter(|l| credentials.contains_key(**l))
+                    .map(|s| s.to_string())
+                    .collect()
             }
             ResourceKind::Ssh => {
                 if r.logins.is_empty() {
-                    d.error(span(&r.name), format!("ssh resource `{name}` has no logins"), Some("add `logins = [\"ubuntu\"]`".into()));
+                    d.error(
+                        span(&r.name),
+                        format!("ssh resource `{name}` has no logins"),
+                        Some("add `logins = [\"ubuntu\"]`".into()),
+                    );
                 }
                 if r.host_key.is_none() && r.known_hosts_file.is_none() {
-                    d.error(span(&r.name), format!("ssh resource `{name}` has no pinned host key"), Some("add `host_key = \"ssh-ed25519 AAAA...\"` (ssh-keyscan prints it) or `known_hosts_file`".into()));
+                    d.error(
+                        span(&r.name),
+                        format!("ssh resource `{name}` has no pinned host key"),
+                        Some(
+                            "add `host_key = \"ssh-ed25519 AAAA...\"` (ssh-keyscan prints it) or `known_hosts_file`"
+                                .into(),
+                        ),
+                    );
                 }
                 if r.upstream_key_file.is_none() && !r.upstream_ca {
-                    d.error(span(&r.name), format!("ssh resource `{name}` has no upstream credential"), Some("add `upstream_ca = true` (preferred) or `upstream_key_file = \"/path\"`".into()));
+                    d.error(
+                        span(&r.name),
+                        format!("ssh resource `{name}` has no upstream credential"),
+                        Some("add `upstream_ca = true` (preferred) or `upstream_key_file = \"/path\"`".into()),
+                    );
                 }
                 if !r.credentials.is_empty() {
-                    d.error(span(&r.name), format!("ssh resource `{name}` has postgres credentials"), Some("remove them or set kind = \"postgres\"".into()));
+                    d.error(
+                        span(&r.name),
+                        format!("ssh resource `{name}` has postgres credentials"),
+                        Some("remove them or set kind = \"postgres\"".into()),
+                    );
                 }
                 r.logins.clone()
             }
@@ -343,10 +442,18 @@ fn validate(c: &Config, d: &mut Diags<'_>) -> Catalog {
     for p in &c.policies {
         let pname = p.name.get_ref();
         if !seen_pol.insert(pname.clone()) {
-            d.error(span(&p.name), format!("duplicate policy name `{pname}`"), Some("give each policy a unique name".into()));
+            d.error(
+                span(&p.name),
+                format!("duplicate policy name `{pname}`"),
+                Some("give each policy a unique name".into()),
+            );
         }
         if p.resources.is_empty() && p.match_labels.is_empty() {
-            d.error(span(&p.name), format!("policy `{pname}` covers no resource"), Some("add `resources = [\"prod-*\"]` or `match_labels = { env = \"prod\" }`".into()));
+            d.error(
+                span(&p.name),
+                format!("policy `{pname}` covers no resource"),
+                Some("add `resources = [\"prod-*\"]` or `match_labels = { env = \"prod\" }`".into()),
+            );
         }
         let names: Vec<&str> = resources.keys().map(String::as_str).collect();
         for g in &p.resources {
@@ -356,46 +463,88 @@ fn validate(c: &Config, d: &mut Diags<'_>) -> Catalog {
                     None if names.is_empty() => "declare the resource in a [[resources]] table".to_string(),
                     None => format!("the resources are: {}", names.join(", ")),
                 };
-                d.error(span(g), format!("policy `{pname}`: `{}` matches no resource", g.get_ref()), Some(help));
+                d.error(
+                    span(g),
+                    format!("policy `{pname}`: `{}` matches no resource", g.get_ref()),
+                    Some(help),
+                );
             }
         }
         if p.requesters.is_empty() {
-            d.error(span(&p.name), format!("policy `{pname}` has no requesters: nobody could request"), Some("add `requesters = [\"dev\"]` (groups)".into()));
+            d.error(
+                span(&p.name),
+                format!("policy `{pname}` has no requesters: nobody could request"),
+                Some("add `requesters = [\"dev\"]` (groups)".into()),
+            );
         }
         let steps: Vec<Step> = if p.steps.is_empty() {
             if p.approvers.is_empty() && p.auto_approve.is_empty() {
                 d.error(span(&p.name), format!("policy `{pname}` has neither approvers nor auto_approve rules: requests could never be approved"), Some("add `approvers = [\"dba\"]`".into()));
             }
-            vec![Step { name: "approval".into(), approvers: p.approvers.clone(), approvals: p.approvals }]
+            vec![Step {
+                name: "approval".into(),
+                approvers: p.approvers.clone(),
+                approvals: p.approvals,
+            }]
         } else {
             if !p.approvers.is_empty() {
-                d.error(span(&p.name), format!("policy `{pname}`: both `approvers` and `steps`"), Some("move the approvers into a step".into()));
+                d.error(
+                    span(&p.name),
+                    format!("policy `{pname}`: both `approvers` and `steps`"),
+                    Some("move the approvers into a step".into()),
+                );
             }
-            p.steps.iter().map(|s| Step { name: s.name.clone(), approvers: s.approvers.clone(), approvals: s.approvals }).collect()
+            p.steps
+                .iter()
+                .map(|s| Step {
+                    name: s.name.clone(),
+                    approvers: s.approvers.clone(),
+                    approvals: s.approvals,
+                })
+                .collect()
         };
         for s in &steps {
             if s.approvals == 0 {
-                d.error(span(&p.name), format!("policy `{pname}` step `{}`: approvals must be at least 1", s.name), Some("use auto_approve rules for requests that need no approver".into()));
+                d.error(
+                    span(&p.name),
+                    format!("policy `{pname}` step `{}`: approvals must be at least 1", s.name),
+                    Some("use auto_approve rules for requests that need no approver".into()),
+                );
             }
             if s.approvers.is_empty() && !p.steps.is_empty() {
-                d.error(span(&p.name), format!("policy `{pname}` step `{}` has no approvers", s.name), None);
+                d.error(
+                    span(&p.name),
+                    format!("policy `{pname}` step `{}` has no approvers", s.name),
+                    None,
+                );
             }
         }
-        if p.escalate_after.is_some() != !p.escalate_to.is_empty() {
-            d.error(span(&p.name), format!("policy `{pname}`: escalate_after and escalate_to go together"), Some("set both, or neither".into()));
+        if p.escalate_after.is_some() == p.escalate_to.is_empty() {
+            d.error(
+                span(&p.name),
+                format!("policy `{pname}`: escalate_after and escalate_to go together"),
+                Some("set both, or neither".into()),
+            );
         }
         let (dd, md) = (*p.default_duration.get_ref(), *p.max_duration.get_ref());
         if md.secs() == 0 {
             d.error(span(&p.max_duration), "max_duration must be longer than 0s", None);
         }
         if dd > md {
-            d.error(span(&p.default_duration), format!("policy `{pname}`: default_duration {dd} is longer than max_duration {md}"), Some(format!("lower default_duration to {md} or less")));
+            d.error(
+                span(&p.default_duration),
+                format!("policy `{pname}`: default_duration {dd} is longer than max_duration {md}"),
+                Some(format!("lower default_duration to {md} or less")),
+            );
         }
         // Access levels must exist on at least one covered resource.
-        let covered: Vec<&Resource> = resources.values().filter(|r| {
-            p.resources.iter().any(|g| crate::glob::matches(g.get_ref(), &r.name))
-                || (!p.match_labels.is_empty() && p.match_labels.iter().all(|(k, v)| r.labels.get(k) == Some(v)))
-        }).collect();
+        let covered: Vec<&Resource> = resources
+            .values()
+            .filter(|r| {
+                p.resources.iter().any(|g| crate::glob::matches(g.get_ref(), &r.name))
+                    || (!p.match_labels.is_empty() && p.match_labels.iter().all(|(k, v)| r.labels.get(k) == Some(v)))
+            })
+            .collect();
         for a in &p.access {
             if !covered.is_empty() && !covered.iter().any(|r| r.access_levels.contains(a.get_ref())) {
                 d.error(span(a), format!("policy `{pname}`: no covered resource offers access `{}`", a.get_ref()), Some("postgres resources offer `read-only`/`read-write` (per credentials); ssh resources their `logins`".into()));
@@ -403,13 +552,25 @@ fn validate(c: &Config, d: &mut Diags<'_>) -> Catalog {
         }
         let mut auto = Vec::new();
         for (i, a) in p.auto_approve.iter().enumerate() {
-            if let Some(m) = a.max_duration {
-                if m > md {
-                    d.warning(span(&p.name), format!("policy `{pname}` auto_approve #{}: max_duration {m} exceeds the policy's max_duration {md}; the policy's limit applies", i + 1), None);
-                }
+            if let Some(m) = a.max_duration
+                && m > md
+            {
+                d.warning(span(&p.name), format!("policy `{pname}` auto_approve #{}: max_duration {m} exceeds the policy's max_duration {md}; the policy's limit applies", i + 1), None);
             }
-            if a.groups.is_empty() && a.access.is_empty() && a.window.is_none() && a.max_duration.is_none() && a.match_labels.is_empty() {
-                d.warning(span(&p.name), format!("policy `{pname}` auto_approve #{} has no condition: every request is approved at once", i + 1), Some("add at least `groups` or `max_duration`".into()));
+            if a.groups.is_empty()
+                && a.access.is_empty()
+                && a.window.is_none()
+                && a.max_duration.is_none()
+                && a.match_labels.is_empty()
+            {
+                d.warning(
+                    span(&p.name),
+                    format!(
+                        "policy `{pname}` auto_approve #{} has no condition: every request is approved at once",
+                        i + 1
+                    ),
+                    Some("add at least `groups` or `max_duration`".into()),
+                );
             }
             auto.push(AutoApprove {
                 groups: a.groups.clone(),
@@ -438,7 +599,11 @@ fn validate(c: &Config, d: &mut Diags<'_>) -> Catalog {
     }
     for r in resources.values() {
         if !policies.iter().any(|p| p.covers(r)) {
-            d.warning(None, format!("resource `{}` is covered by no policy: nobody can request it", r.name), Some("add a [[policies]] entry whose `resources` matches it".into()));
+            d.warning(
+                None,
+                format!("resource `{}` is covered by no policy: nobody can request it", r.name),
+                Some("add a [[policies]] entry whose `resources` matches it".into()),
+            );
         }
     }
 
@@ -446,7 +611,11 @@ fn validate(c: &Config, d: &mut Diags<'_>) -> Catalog {
     for w in &c.notify.webhooks {
         let src = secret(d, "url", &w.url_env, &w.url_file, &w.url, allow_inline);
         if src.is_none() {
-            d.error(None, "a [[notify.webhooks]] entry has no URL", Some("add `url_env = \"SLACK_WEBHOOK_URL\"`".into()));
+            d.error(
+                None,
+                "a [[notify.webhooks]] entry has no URL",
+                Some("add `url_env = \"SLACK_WEBHOOK_URL\"`".into()),
+            );
         }
     }
 
@@ -500,7 +669,10 @@ approvers = ["dba"]
         let bad = GOOD.replace("requesters = [\"dev\"]", "requestors = [\"dev\"]");
         let e = check(&bad).err().unwrap_or_default();
         let s = e[0].to_string();
-        assert!(s.starts_with("gateway.toml:16:1: error: unknown key `requestors`"), "{s}");
+        assert!(
+            s.starts_with("gateway.toml:16:1: error: unknown key `requestors`"),
+            "{s}"
+        );
         assert!(s.contains("did you mean `requesters`?"), "{s}");
     }
 
@@ -509,7 +681,10 @@ approvers = ["dba"]
         let bad = GOOD.replace("[\"prod-*\"]", "[\"prd-*\"]");
         let e = check(&bad).err().unwrap_or_default();
         let s = e.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n");
-        assert!(s.contains("gateway.toml:15:14: error: policy `prod`: `prd-*` matches no resource"), "{s}");
+        assert!(
+            s.contains("gateway.toml:15:14: error: policy `prod`: `prd-*` matches no resource"),
+            "{s}"
+        );
     }
 
     #[test]
@@ -524,10 +699,20 @@ approvers = ["dba"]
 
     #[test]
     fn duplicates_and_bad_durations_are_all_reported() {
-        let bad = format!("{GOOD}\n[[resources]]\nname = \"prod-db\"\nkind = \"postgres\"\naddress = \"x:1\"\ncredentials.read-only = {{ user = \"ro\" }}\n");
+        let bad = format!(
+            "{GOOD}\n[[resources]]\nname = \"prod-db\"\nkind = \"postgres\"\naddress = \"x:1\"\ncredentials.read-only = {{ user = \"ro\" }}\n"
+        );
         let e = check(&bad).err().unwrap_or_default();
-        assert!(e.iter().any(|d| d.message.contains("duplicate resource `prod-db` (first defined on line 8)")), "{e:?}");
-        let bad = GOOD.replace("approvers = [\"dba\"]", "approvers = [\"dba\"]\nmax_duration = \"4 hours\"");
+        assert!(
+            e.iter().any(|d| d
+                .message
+                .contains("duplicate resource `prod-db` (first defined on line 8)")),
+            "{e:?}"
+        );
+        let bad = GOOD.replace(
+            "approvers = [\"dba\"]",
+            "approvers = [\"dba\"]\nmax_duration = \"4 hours\"",
+        );
         let e = check(&bad).err().unwrap_or_default();
         assert!(e[0].to_string().contains("invalid duration"), "{e:?}");
     }

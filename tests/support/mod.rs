@@ -1,0 +1,286 @@
+//! Shared harness for end-to-end tests: start the real `jitgate serve` binary in a temp dir on a
+//! free port, run the real CLI against it, read its log, audit file and metrics.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_jitgate");
+
+/// Hex SHA-256, as gateway.toml's token_sha256 wants it.
+pub fn sha256_hex(s: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(s.as_bytes()))
+}
+
+/// The standard test identities: alice [dev], bob [dba], carol [dev], dave [] and root [admins].
+pub fn identities() -> String {
+    let mut s = String::new();
+    for (name, groups) in [
+        ("alice@example.com", "\"dev\""),
+        ("bob@example.com", "\"dba\""),
+        ("carol@example.com", "\"dev\""),
+        ("dave@example.com", ""),
+        ("root@example.com", "\"jitgate-admins\", \"jitgate-auditors\""),
+    ] {
+        let user = name.split('@').next().unwrap();
+        s.push_str(&format!(
+            "[[identities]]\nname = \"{name}\"\ngroups = [{groups}]\ntoken_sha256 = \"{}\"\n\n",
+            sha256_hex(&format!("{user}-token"))
+        ));
+    }
+    s
+}
+
+/// The token of a standard identity (`alice` → `alice-token`).
+pub fn token(user: &str) -> String {
+    format!("{user}-token")
+}
+
+pub struct Gateway {
+    pub dir: tempfile::TempDir,
+    pub child: Option<Child>,
+    pub url: String,
+}
+
+impl Gateway {
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("gateway.toml")
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn audit_path(&self) -> PathBuf {
+        self.data_dir().join("audit.jsonl")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("serve.log")
+    }
+
+    /// Write `body` (with `[gateway]`/`[listen]` prepended) and start the gateway.
+    pub fn start(body: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let g = Self {
+            dir,
+            child: None,
+            url: String::new(),
+        };
+        g.write_config(body);
+        let mut g = g;
+        g.spawn();
+        g
+    }
+
+    pub fn write_config(&self, body: &str) {
+        let full = format!(
+            "[gateway]\ndata_dir = \"data\"\nexpiry_warning = \"1s\"\n\n[listen]\nhttp = \"127.0.0.1:0\"\n\n{body}"
+        );
+        std::fs::write(self.config_path(), full).unwrap();
+    }
+
+    pub fn write_raw_config(&self, text: &str) {
+        std::fs::write(self.config_path(), text).unwrap();
+    }
+
+    pub fn spawn(&mut self) {
+        let listen = self.data_dir().join("listen.json");
+        let _ = std::fs::remove_file(&listen);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
+        let child = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(self.config_path())
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&listen)
+                && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
+            {
+                self.url = format!("http://{}", v["http"].as_str().unwrap());
+                break;
+            }
+            if let Some(Ok(Some(st))) = self.child.as_mut().map(Child::try_wait) {
+                panic!("jitgate serve exited with {st}:\n{}", self.log());
+            }
+            assert!(Instant::now() < deadline, "gateway did not start:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stop with SIGTERM and wait.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while c.try_wait().ok().flatten().is_none() {
+                if Instant::now() > deadline {
+                    let _ = c.kill();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    pub fn sighup(&self) {
+        let pid = self.child.as_ref().unwrap().id();
+        assert!(
+            Command::new("kill")
+                .args(["-HUP", &pid.to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Wait until the log contains `needle`.
+    pub fn wait_log(&self, needle: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let l = self.log();
+            if l.contains(needle) {
+                return l;
+            }
+            assert!(Instant::now() < deadline, "log never contained {needle:?}:\n{l}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Run the CLI as `user` (None: no token).
+    pub fn cli(&self, user: Option<&str>, args: &[&str]) -> Cli {
+        let mut c = Command::new(BIN);
+        c.args(args)
+            .env("JITGATE_URL", &self.url)
+            .env("HOME", self.dir.path())
+            .env_remove("JITGATE_TOKEN")
+            .env_remove("XDG_CONFIG_HOME");
+        if let Some(u) = user {
+            c.env("JITGATE_TOKEN", token(u));
+        }
+        Cli(c.output().unwrap())
+    }
+
+    /// The kinds of the audit file's events, in order.
+    pub fn audit_kinds(&self) -> Vec<String> {
+        self.audit_events()
+            .iter()
+            .map(|e| e["kind"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    pub fn audit_events(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.audit_path())
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// Plain HTTP GET, returning (status, body).
+    pub fn http_get(&self, path: &str, token: Option<&str>) -> (u16, String) {
+        let addr = self.url.trim_start_matches("http://");
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).unwrap();
+        let status: u16 = buf.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let body = buf.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default();
+        // Chunked bodies: good enough to strip chunk-size lines for text assertions.
+        (status, body)
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub struct Cli(pub Output);
+
+impl Cli {
+    pub fn code(&self) -> i32 {
+        self.0.status.code().unwrap_or(-1)
+    }
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.0.stdout).into_owned()
+    }
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.0.stderr).into_owned()
+    }
+    /// Assert success and return stdout.
+    pub fn ok(&self) -> String {
+        assert_eq!(
+            self.code(),
+            0,
+            "expected success\nstdout: {}\nstderr: {}",
+            self.stdout(),
+            self.stderr()
+        );
+        self.stdout()
+    }
+    /// Assert exit 1 and return stderr.
+    pub fn refused(&self) -> String {
+        assert_eq!(
+            self.code(),
+            1,
+            "expected exit 1\nstdout: {}\nstderr: {}",
+            self.stdout(),
+            self.stderr()
+        );
+        self.stderr()
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.ok()).unwrap()
+    }
+}
+
+/// Poll `f` until it returns true.
+pub fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    f()
+}
+
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
