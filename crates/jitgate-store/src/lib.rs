@@ -136,3 +136,95 @@ pub trait Store: AuditIndex + Send + Sync + 'static {
         None
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jitgate_core::engine::grant_for;
+
+    fn request() -> Request {
+        Request {
+            id: 0,
+            requester: "alice".into(),
+            requester_groups: vec!["dev".into()],
+            resource: "prod-db".into(),
+            access: "read-only".into(),
+            duration_secs: 60,
+            reason: Some("x".into()),
+            ticket: None,
+            policy: "p".into(),
+            state: RequestState::Pending,
+            created_at: Timestamp::now(),
+            decided_at: None,
+            decided_by: None,
+            decision_reason: None,
+            approvals: vec![],
+            step: 0,
+            escalated: false,
+            extends_grant: None,
+            grant_id: None,
+            version: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stale_version_cannot_overwrite_a_newer_decision() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("t.db"), None).unwrap();
+        let r = s.create_request(&request()).await.unwrap();
+        assert_eq!((r.id, r.version), (1, 1));
+        let mut a = r.clone();
+        a.state = RequestState::Denied;
+        let a = s.update_request(&a).await.unwrap();
+        assert_eq!(a.version, 2);
+        let mut b = r.clone();
+        b.state = RequestState::Approved;
+        assert!(matches!(s.update_request(&b).await, Err(StoreError::Conflict)));
+        assert!(matches!(
+            s.approve_with_grant(&b, &grant_for(&b, Timestamp::now())).await,
+            Err(StoreError::Conflict)
+        ));
+        assert!(
+            s.list_grants(&GrantFilter::default()).await.unwrap().is_empty(),
+            "the failed approval left no grant behind"
+        );
+        assert_eq!(s.get_request(1).await.unwrap().unwrap().state, RequestState::Denied);
+    }
+
+    #[tokio::test]
+    async fn approval_and_grant_commit_together_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        {
+            let s = SqliteStore::open(&path, None).unwrap();
+            let mut r = s.create_request(&request()).await.unwrap();
+            r.state = RequestState::Approved;
+            let (r, g) = s
+                .approve_with_grant(&r, &grant_for(&r, Timestamp::now()))
+                .await
+                .unwrap();
+            assert_eq!(r.grant_id, Some(g.id));
+        }
+        let s = SqliteStore::open(&path, None).unwrap();
+        let live = s
+            .list_grants(&GrantFilter {
+                live_at: Some(Timestamp::now()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(live.len(), 1);
+        let later = Timestamp::now()
+            .checked_add(jiff::SignedDuration::from_secs(120))
+            .unwrap();
+        assert!(
+            s.list_grants(&GrantFilter {
+                live_at: Some(later),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .is_empty()
+        );
+    }
+}
