@@ -40,10 +40,15 @@ pub fn token(user: &str) -> String {
     format!("{user}-token")
 }
 
+pub mod pg;
+
 pub struct Gateway {
     pub dir: tempfile::TempDir,
     pub child: Option<Child>,
     pub url: String,
+    /// `127.0.0.1:port` of the Postgres front end, when enabled.
+    pub pg_addr: String,
+    pub with_pg: bool,
 }
 
 impl Gateway {
@@ -65,23 +70,49 @@ impl Gateway {
 
     /// Write `body` (with `[gateway]`/`[listen]` prepended) and start the gateway.
     pub fn start(body: &str) -> Self {
+        Self::start_with(body, false)
+    }
+
+    /// Start with the Postgres front end on a free port too.
+    pub fn start_pg(body: &str) -> Self {
+        Self::start_with(body, true)
+    }
+
+    fn start_with(body: &str, with_pg: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let g = Self {
+        let mut g = Self {
             dir,
             child: None,
             url: String::new(),
+            pg_addr: String::new(),
+            with_pg,
         };
         g.write_config(body);
-        let mut g = g;
         g.spawn();
         g
     }
 
     pub fn write_config(&self, body: &str) {
+        let pg = if self.with_pg {
+            "postgres = \"127.0.0.1:0\"\n"
+        } else {
+            ""
+        };
         let full = format!(
-            "[gateway]\ndata_dir = \"data\"\nexpiry_warning = \"1s\"\n\n[listen]\nhttp = \"127.0.0.1:0\"\n\n{body}"
+            "[gateway]\ndata_dir = \"data\"\nexpiry_warning = \"1s\"\n\n[listen]\nhttp = \"127.0.0.1:0\"\n{pg}\n{body}"
         );
         std::fs::write(self.config_path(), full).unwrap();
+    }
+
+    /// Host and port of the Postgres front end.
+    pub fn pg_host_port(&self) -> (String, u16) {
+        let (h, p) = self.pg_addr.rsplit_once(':').unwrap();
+        (h.to_string(), p.parse().unwrap())
+    }
+
+    /// PID of the gateway process.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
     }
 
     pub fn write_raw_config(&self, text: &str) {
@@ -111,6 +142,7 @@ impl Gateway {
                 && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
             {
                 self.url = format!("http://{}", v["http"].as_str().unwrap());
+                self.pg_addr = v["postgres"].as_str().unwrap_or("").to_string();
                 break;
             }
             if let Some(Ok(Some(st))) = self.child.as_mut().map(Child::try_wait) {

@@ -820,3 +820,29 @@ impl ControlPlane {
         })
     }
 }
+
+impl jitgate_core::Gatekeeper for ControlPlane {
+    async fn authenticate(&self, token: &str) -> Option<Principal> {
+        ControlPlane::authenticate(self, token).await.ok()
+    }
+
+    fn catalog(&self) -> Arc<Catalog> {
+        ControlPlane::catalog(self)
+    }
+
+    fn enforcer(&self) -> &Arc<Enforcer> {
+        ControlPlane::enforcer(self)
+    }
+
+    fn metrics(&self) -> &Metrics {
+        ControlPlane::metrics(self)
+    }
+
+    async fn session_started(&self, s: &SessionInfo) {
+        ControlPlane::session_started(self, s).await;
+    }
+
+    async fn session_ended(&self, s: &SessionInfo, outcome: &str, reason: &str) {
+        ControlPlane::session_ended(self, s, outcome, reason).await;
+    }
+}

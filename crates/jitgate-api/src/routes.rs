@@ -38,7 +38,14 @@ impl FromRequestParts<Arc<ControlPlane>> for Caller {
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or_else(|| ApiError::unauthorized("the Authorization header must be `Bearer <token>`"))?;
-        cp.authenticate(token).await.map(Caller)
+        let r = cp.authenticate(token).await.map(Caller);
+        if r.is_err() {
+            cp.metrics()
+                .auth_failures_total
+                .with_label_values(&["http", "invalid_token"])
+                .inc();
+        }
+        r
     }
 }
 

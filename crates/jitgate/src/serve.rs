@@ -111,13 +111,46 @@ pub async fn run(config_path: &Path) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {http} ([listen] http)"))?;
     let bound = listener.local_addr()?;
-    // Scripts and tests that listen on port 0 read the bound address here.
+    let mut listen_info = serde_json::json!({"http": bound.to_string(), "pid": std::process::id()});
+
+    if let Some(pg) = &loaded.config.listen.postgres {
+        let addr: SocketAddr = pg.get_ref().parse().context("[listen] postgres")?;
+        let (cert, key) = match &loaded.config.tls {
+            Some(t) => (t.cert_file.clone(), t.key_file.clone()),
+            None => jitgate_pg::tls::ensure_self_signed(&data_dir.join("tls"), &[])
+                .context("generating the self-signed TLS certificate")?,
+        };
+        let tls = jitgate_pg::tls::server_config(&cert, &key).context("loading the TLS certificate ([tls])")?;
+        let pgc = &loaded.config.postgres;
+        if pgc.allow_plaintext && !addr.ip().is_loopback() {
+            bail!(
+                "[postgres] allow_plaintext = true is only accepted on a loopback [listen] postgres address: tokens would cross the network in clear"
+            );
+        }
+        let cfg = jitgate_pg::PgConfig {
+            tls,
+            allow_plaintext: pgc.allow_plaintext,
+            startup_timeout: std::time::Duration::from_secs(pgc.startup_timeout.secs().max(1)),
+            max_connections: pgc.max_connections,
+            max_message: pgc.max_message_size,
+            max_text: loaded.config.audit.max_text_len,
+            audit: audit.clone(),
+        };
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} ([listen] postgres)"))?;
+        let pg_bound = l.local_addr()?;
+        listen_info["postgres"] = serde_json::Value::String(pg_bound.to_string());
+        listen_info["tls_cert"] = serde_json::Value::String(cert.display().to_string());
+        tracing::info!(postgres = %pg_bound, cert = %cert.display(), "postgres front end listening");
+        let fe = jitgate_pg::PgFrontend::new(cp.clone(), cfg);
+        tokio::spawn(fe.serve(l, stop.clone()));
+    }
+
+    // Scripts and tests that listen on port 0 read the bound addresses here.
     let listen_file = data_dir.join("listen.json");
-    std::fs::write(
-        &listen_file,
-        serde_json::json!({"http": bound.to_string(), "pid": std::process::id()}).to_string(),
-    )
-    .with_context(|| format!("writing {}", listen_file.display()))?;
+    std::fs::write(&listen_file, listen_info.to_string())
+        .with_context(|| format!("writing {}", listen_file.display()))?;
     tracing::info!(
         http = %bound,
         data_dir = %data_dir.display(),

@@ -23,6 +23,9 @@ pub struct Config {
     /// `[listen]`
     #[serde(default)]
     pub listen: ListenSection,
+    /// `[postgres]`: front-end settings.
+    #[serde(default)]
+    pub postgres: PostgresSection,
     /// `[tls]`: omitted means a self-signed certificate generated into `data_dir`.
     pub tls: Option<TlsSection>,
     /// `[store]`: omitted means SQLite in `data_dir`.
@@ -147,6 +150,45 @@ fn default_http_spanned() -> Spanned<String> {
 
 fn default_http() -> String {
     "127.0.0.1:8080".to_string()
+}
+
+/// `[postgres]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSection {
+    /// Accept clients without TLS. Only for loopback test set-ups: the password is a token.
+    #[serde(default)]
+    pub allow_plaintext: bool,
+    /// Time allowed for TLS, startup and authentication.
+    #[serde(default = "default_startup_timeout")]
+    pub startup_timeout: HumanDuration,
+    /// Most concurrent client connections.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Largest protocol message accepted from a client, in bytes.
+    #[serde(default = "default_max_message")]
+    pub max_message_size: usize,
+}
+
+impl Default for PostgresSection {
+    fn default() -> Self {
+        Self {
+            allow_plaintext: false,
+            startup_timeout: default_startup_timeout(),
+            max_connections: default_max_connections(),
+            max_message_size: default_max_message(),
+        }
+    }
+}
+
+fn default_startup_timeout() -> HumanDuration {
+    HumanDuration(10)
+}
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_max_message() -> usize {
+    64 << 20
 }
 
 /// `[tls]`

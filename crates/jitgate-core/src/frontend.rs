@@ -1,0 +1,29 @@
+//! What a protocol front end (Postgres, SSH) needs from the control plane, as a trait so the
+//! front-end crates depend only on `jitgate-core` (and `jitgate-audit`), never on the API or the
+//! store. The binary hands them the `ControlPlane`, which implements it.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use crate::catalog::Catalog;
+use crate::enforcer::Enforcer;
+use crate::metrics::Metrics;
+use crate::model::Principal;
+use crate::sessions::SessionInfo;
+
+/// The control plane as seen from a connection.
+pub trait Gatekeeper: Send + Sync + 'static {
+    /// Resolve a bearer token (gateway token, machine token, static identity) to a principal.
+    /// `None` for an unknown, expired or revoked token.
+    fn authenticate(&self, token: &str) -> impl Future<Output = Option<Principal>> + Send;
+    /// The current configuration.
+    fn catalog(&self) -> Arc<Catalog>;
+    /// Grant cache and session registry.
+    fn enforcer(&self) -> &Arc<Enforcer>;
+    /// Metrics.
+    fn metrics(&self) -> &Metrics;
+    /// A session was registered (persist + audit).
+    fn session_started(&self, s: &SessionInfo) -> impl Future<Output = ()> + Send;
+    /// A session ended (persist + audit).
+    fn session_ended(&self, s: &SessionInfo, outcome: &str, reason: &str) -> impl Future<Output = ()> + Send;
+}

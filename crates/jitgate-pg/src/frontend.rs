@@ -1,0 +1,635 @@
+//! One client connection from accept to close: TLS negotiation, startup, token authentication,
+//! grant check, upstream login with injected credentials, then the relay, and the bookkeeping
+//! when it ends (upstream query cancelled on a kill, session ended in the registry and audit).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use dashmap::DashMap;
+use jitgate_audit::{AuditSink, Event};
+use jitgate_core::catalog::{READ_ONLY, READ_WRITE, Resource};
+use jitgate_core::config::schema::{ResourceKind, UpstreamTlsMode};
+use jitgate_core::sessions::new_session_id;
+use jitgate_core::{Gatekeeper, KillReason, SessionInfo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use crate::classify::Classifier;
+use crate::io::{BoxIo, read_message};
+use crate::protocol::{self, MAX_STARTUP, Severity, Startup};
+use crate::relay::{self, End, RelayCtx};
+use crate::scram::SaltCache;
+use crate::upstream::{self, Target, UpstreamError};
+
+/// Front-end settings.
+#[derive(Clone)]
+pub struct PgConfig {
+    /// TLS for clients.
+    pub tls: Arc<rustls::ServerConfig>,
+    /// Accept plaintext clients (loopback tests only).
+    pub allow_plaintext: bool,
+    /// Startup + auth deadline.
+    pub startup_timeout: Duration,
+    /// Connection limit.
+    pub max_connections: usize,
+    /// Largest client message.
+    pub max_message: usize,
+    /// Audit text bound.
+    pub max_text: usize,
+    /// Audit sink.
+    pub audit: AuditSink,
+}
+
+#[derive(Clone)]
+struct CancelTarget {
+    target: Target,
+    pid: i32,
+    key: i32,
+}
+
+/// The Postgres front end.
+pub struct PgFrontend<G: Gatekeeper> {
+    gk: Arc<G>,
+    cfg: PgConfig,
+    acceptor: TlsAcceptor,
+    classifier: Arc<Classifier>,
+    salts: SaltCache,
+    cancels: DashMap<(i32, i32), CancelTarget>,
+    upstream_tls: DashMap<String, Arc<rustls::ClientConfig>>,
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+/// What the startup phase produced.
+enum Started {
+    Session(Box<Ready>, BoxIo),
+    Done,
+}
+
+struct Ready {
+    upstream: upstream::Upstream,
+    info: SessionInfo,
+    read_only: bool,
+    target: Target,
+    our_key: (i32, i32),
+}
+
+/// A refusal sent to the client as an ErrorResponse.
+struct Refuse {
+    code: &'static str,
+    message: String,
+    hint: Option<String>,
+    metric: &'static str,
+}
+
+fn refuse(code: &'static str, message: impl Into<String>, hint: Option<String>, metric: &'static str) -> Refuse {
+    Refuse {
+        code,
+        message: message.into(),
+        hint,
+        metric,
+    }
+}
+
+impl<G: Gatekeeper> PgFrontend<G> {
+    /// Build the front end.
+    pub fn new(gk: Arc<G>, cfg: PgConfig) -> Arc<Self> {
+        let slots = Arc::new(tokio::sync::Semaphore::new(cfg.max_connections));
+        Arc::new(Self {
+            gk,
+            acceptor: TlsAcceptor::from(cfg.tls.clone()),
+            cfg,
+            classifier: Arc::new(Classifier::new()),
+            salts: SaltCache::default(),
+            cancels: DashMap::new(),
+            upstream_tls: DashMap::new(),
+            slots,
+        })
+    }
+
+    /// Accept connections until `stop`.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, stop: CancellationToken) {
+        loop {
+            let (tcp, peer) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "postgres accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = stop.cancelled() => return,
+            };
+            let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+                let me = self.clone();
+                tokio::spawn(async move { me.reject_busy(tcp).await });
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
+            let me = self.clone();
+            tokio::spawn(async move {
+                me.connection(tcp, peer).await;
+                drop(permit);
+            });
+        }
+    }
+
+    async fn reject_busy(&self, mut tcp: TcpStream) {
+        let mut b = BytesMut::new();
+        protocol::error_response(
+            &mut b,
+            Severity::Fatal,
+            "53300",
+            "jitgate: too many connections",
+            Some("try again later"),
+        );
+        let _ = tokio::time::timeout(Duration::from_secs(1), tcp.write_all(&b)).await;
+    }
+
+    async fn connection(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr) {
+        let started = tokio::time::timeout(self.cfg.startup_timeout, self.startup(tcp, peer)).await;
+        let ready = match started {
+            Err(_) => {
+                self.gk
+                    .metrics()
+                    .auth_failures_total
+                    .with_label_values(&["postgres", "timeout"])
+                    .inc();
+                tracing::debug!(%peer, "postgres startup timed out");
+                return;
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "postgres startup failed");
+                return;
+            }
+            Ok(Ok(Started::Done)) => return,
+            Ok(Ok(Started::Session(r, client))) => (*r, client),
+        };
+        self.run_session(ready.0, ready.1).await;
+    }
+
+    async fn startup(&self, mut tcp: TcpStream, peer: SocketAddr) -> std::io::Result<Started> {
+        // Direct TLS (PostgreSQL 17 `sslnegotiation=direct`): the first byte is a TLS record.
+        let mut first = [0u8; 1];
+        let direct = tcp.peek(&mut first).await? == 1 && first[0] == 0x16;
+        let mut client: BoxIo;
+        if direct {
+            client = Box::new(self.acceptor.accept(tcp).await?);
+        } else {
+            loop {
+                let body = read_startup(&mut tcp).await?;
+                match protocol::parse_startup(&body) {
+                    Ok(Startup::Ssl) => {
+                        tcp.write_all(b"S").await?;
+                        client = Box::new(self.acceptor.accept(tcp).await?);
+                        break;
+                    }
+                    Ok(Startup::GssEnc) => tcp.write_all(b"N").await?,
+                    Ok(Startup::Cancel { pid, key }) => {
+                        self.cancel(pid, key).await;
+                        return Ok(Started::Done);
+                    }
+                    Ok(Startup::Start { version, params }) => {
+                        let mut c: BoxIo = Box::new(tcp);
+                        return self.login(&mut c, version, params, false, peer).await.map(|r| match r {
+                            Some(ready) => Started::Session(Box::new(ready), c),
+                            None => Started::Done,
+                        });
+                    }
+                    Err(e) => {
+                        send_error(&mut tcp, "08P01", &format!("invalid startup packet: {e}"), None).await;
+                        return Ok(Started::Done);
+                    }
+                }
+            }
+        }
+        // After TLS: the startup message (a cancel over TLS is also possible).
+        let body = read_startup(&mut client).await?;
+        match protocol::parse_startup(&body) {
+            Ok(Startup::Start { version, params }) => {
+                let r = self.login(&mut client, version, params, true, peer).await?;
+                Ok(match r {
+                    Some(ready) => Started::Session(Box::new(ready), client),
+                    None => Started::Done,
+                })
+            }
+            Ok(Startup::Cancel { pid, key }) => {
+                self.cancel(pid, key).await;
+                Ok(Started::Done)
+            }
+            Ok(_) | Err(_) => {
+                send_error(
+                    &mut client,
+                    "08P01",
+                    "invalid startup packet after TLS negotiation",
+                    None,
+                )
+                .await;
+                Ok(Started::Done)
+            }
+        }
+    }
+
+    /// Authenticate, check the grant, log in upstream. `Ok(None)`: refused (already told).
+    async fn login(
+        &self,
+        client: &mut BoxIo,
+        version: i32,
+        params: Vec<(String, String)>,
+        tls: bool,
+        peer: SocketAddr,
+    ) -> std::io::Result<Option<Ready>> {
+        match self.login_inner(client, version, params, tls, peer).await {
+            Ok(r) => Ok(Some(r)),
+            Err(Ok(r)) => {
+                self.gk
+                    .metrics()
+                    .auth_failures_total
+                    .with_label_values(&["postgres", r.metric])
+                    .inc();
+                send_error(client, r.code, &r.message, r.hint.as_deref()).await;
+                Ok(None)
+            }
+            Err(Err(e)) => Err(e),
+        }
+    }
+
+    async fn login_inner(
+        &self,
+        client: &mut BoxIo,
+        version: i32,
+        params: Vec<(String, String)>,
+        tls: bool,
+        peer: SocketAddr,
+    ) -> Result<Ready, Result<Refuse, std::io::Error>> {
+        if version >> 16 != 3 {
+            return Err(Ok(refuse(
+                "0A000",
+                format!(
+                    "unsupported frontend protocol {}.{}: jitgate speaks 3.0",
+                    version >> 16,
+                    version & 0xffff
+                ),
+                None,
+                "protocol",
+            )));
+        }
+        if !tls && !self.cfg.allow_plaintext {
+            return Err(Ok(refuse(
+                "08P01",
+                "jitgate requires TLS: the password is an access token",
+                Some("connect with sslmode=require (psql \"host=... sslmode=require\")".into()),
+                "plaintext",
+            )));
+        }
+        let get = |k: &str| params.iter().find(|(a, _)| a == k).map(|(_, v)| v.clone());
+        let Some(user) = get("user").filter(|u| !u.is_empty()) else {
+            return Err(Ok(refuse(
+                "28000",
+                "no user name given",
+                Some("set user to your identity, e.g. user=alice@example.com".into()),
+                "no_user",
+            )));
+        };
+        let Some(db) = get("database").filter(|d| !d.is_empty()) else {
+            return Err(Ok(refuse(
+                "3D000",
+                "no database given: name the resource as the database",
+                Some("e.g. dbname=prod-db (or prod-db/otherdb)".into()),
+                "no_database",
+            )));
+        };
+        let (resource_name, dbname) = match db.split_once('/') {
+            Some((r, d)) => (r.to_string(), Some(d.to_string())),
+            None => (db.clone(), None),
+        };
+
+        // Password = gateway token.
+        let mut out = BytesMut::new();
+        protocol::auth(&mut out, 3, &[]);
+        client.write_all(&out).await.map_err(Err)?;
+        let mut buf = BytesMut::new();
+        let (tag, body) = read_message(client, &mut buf, MAX_STARTUP)
+            .await
+            .map_err(|e| Err(std::io::Error::other(e.to_string())))?;
+        if tag != b'p' {
+            return Err(Ok(refuse("08P01", "expected a password message", None, "protocol")));
+        }
+        let token = protocol::cstr(&body).map_or("", |x| x.0);
+        let principal = match self.gk.authenticate(token).await {
+            Some(p) if p.name == user => p,
+            _ => {
+                let _ = self.cfg.audit.emit(Event::new("auth.failed", jiff::Timestamp::now()).actor(&user).resource(&resource_name)
+                    .details(serde_json::json!({"protocol": "postgres", "client": peer.to_string(), "reason": "invalid token for this user"}))).await;
+                return Err(Ok(refuse(
+                    "28P01",
+                    format!("password authentication failed for user \"{user}\""),
+                    Some(
+                        "the password is your jitgate token (`jitgate login`; machine identities use their token)"
+                            .into(),
+                    ),
+                    "bad_token",
+                )));
+            }
+        };
+
+        let cat = self.gk.catalog();
+        let Some(res) = cat
+            .resources
+            .get(&resource_name)
+            .filter(|r| r.kind == ResourceKind::Postgres)
+        else {
+            return Err(Ok(refuse(
+                "3D000",
+                format!("resource \"{resource_name}\" does not exist or is not a Postgres resource"),
+                Some("`jitgate resources` lists what you can request".into()),
+                "unknown_resource",
+            )));
+        };
+        let now = jiff::Timestamp::now();
+        let grants = self.gk.enforcer().grants.for_resource(&principal.name, &res.name, now);
+        let grant = grants
+            .iter()
+            .filter(|g| g.access == READ_WRITE)
+            .max_by_key(|g| g.expires_at)
+            .or_else(|| {
+                grants
+                    .iter()
+                    .filter(|g| g.access == READ_ONLY)
+                    .max_by_key(|g| g.expires_at)
+            })
+            .cloned();
+        let Some(grant) = grant else {
+            return Err(Ok(refuse(
+                "28000",
+                format!("no active access grant for {} on {}", principal.name, res.name),
+                Some(format!(
+                    "request one: jitgate request {} --for 1h --reason \"...\" (add --access read-write to write)",
+                    res.name
+                )),
+                "no_grant",
+            )));
+        };
+        let Some(cred) = res.credentials.get(&grant.access) else {
+            return Err(Ok(refuse(
+                "28000",
+                format!("{} offers no {} credentials", res.name, grant.access),
+                None,
+                "no_credentials",
+            )));
+        };
+        let password = match cred.password.as_ref().map(|p| p.resolve()).transpose() {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(resource = %res.name, error = %e, "upstream password unavailable");
+                return Err(Ok(refuse(
+                    "08006",
+                    format!(
+                        "jitgate cannot log in to {}: its credentials are not available on the gateway",
+                        res.name
+                    ),
+                    Some("operators: see the gateway log".into()),
+                    "upstream_credentials",
+                )));
+            }
+        };
+        let target = self.target(res).map_err(|e| {
+            tracing::error!(resource = %res.name, error = %e, "upstream TLS configuration");
+            Ok(refuse(
+                "08006",
+                format!("jitgate cannot reach {}: TLS misconfiguration", res.name),
+                Some("operators: see the gateway log".into()),
+                "upstream_tls",
+            ))
+        })?;
+        let passthrough: Vec<(String, String)> = params
+            .iter()
+            .filter(|(k, _)| {
+                matches!(
+                    k.as_str(),
+                    "application_name"
+                        | "client_encoding"
+                        | "DateStyle"
+                        | "TimeZone"
+                        | "extra_float_digits"
+                        | "search_path"
+                        | "IntervalStyle"
+                )
+            })
+            .cloned()
+            .collect();
+        let database = dbname.or_else(|| res.database.clone());
+        let up = match upstream::connect(
+            &target,
+            &cred.user,
+            password.as_deref(),
+            database.as_deref(),
+            &passthrough,
+            &self.salts,
+        )
+        .await
+        {
+            Ok(u) => u,
+            Err(UpstreamError::Server(code, msg)) => {
+                return Err(Ok(Refuse {
+                    code: leak(code),
+                    message: msg,
+                    hint: None,
+                    metric: "upstream_error",
+                }));
+            }
+            Err(e) => {
+                tracing::error!(resource = %res.name, error = %e, detail = ?e, "upstream login failed");
+                let msg = match &e {
+                    UpstreamError::Auth(_) => format!(
+                        "jitgate could not log in to {}: the database refused the gateway's credentials",
+                        res.name
+                    ),
+                    other => format!("jitgate could not reach {}: {other}", res.name),
+                };
+                return Err(Ok(refuse(
+                    "08006",
+                    msg,
+                    Some("this is a gateway configuration problem; operators: see the gateway log".into()),
+                    "upstream_login",
+                )));
+            }
+        };
+        let our_key = (rand::random::<i32>() & 0x7fff_ffff, rand::random::<i32>());
+        let info = SessionInfo {
+            id: new_session_id(),
+            protocol: "postgres".into(),
+            identity: principal.name.clone(),
+            resource: res.name.clone(),
+            access: grant.access.clone(),
+            grant_id: grant.id,
+            client_addr: peer.to_string(),
+            started_at: now,
+        };
+        Ok(Ready {
+            upstream: up,
+            info,
+            read_only: grant.access == READ_ONLY,
+            target,
+            our_key,
+        })
+    }
+
+    fn target(&self, res: &Resource) -> Result<Target, crate::tls::TlsError> {
+        let tls = match &res.tls {
+            None | Some((UpstreamTlsMode::Disable, _)) => None,
+            Some((mode, ca)) => {
+                let key = format!("{}|{mode:?}|{:?}", res.name, ca);
+                let cfg = match self.upstream_tls.get(&key) {
+                    Some(c) => c.clone(),
+                    None => {
+                        let c = match mode {
+                            UpstreamTlsMode::VerifyFull => crate::tls::verify_full(ca.as_deref())?,
+                            _ => crate::tls::require_only()?,
+                        };
+                        self.upstream_tls.insert(key, c.clone());
+                        c
+                    }
+                };
+                Some((*mode, cfg))
+            }
+        };
+        Ok(Target {
+            address: res.address.clone(),
+            tls,
+            timeout: Duration::from_secs(res.connect_timeout.secs().max(1)),
+        })
+    }
+
+    async fn cancel(&self, pid: i32, key: i32) {
+        let Some(t) = self.cancels.get(&(pid, key)).map(|c| c.clone()) else {
+            tracing::debug!("cancel request with an unknown key ignored");
+            return;
+        };
+        if let Err(e) = upstream::cancel(&t.target, t.pid, t.key).await {
+            tracing::warn!(error = %e, "forwarding a cancel request failed");
+        }
+    }
+
+    async fn run_session(&self, r: Ready, mut client: BoxIo) {
+        let Ready {
+            upstream,
+            info,
+            read_only,
+            target,
+            our_key,
+        } = r;
+        // Re-check: the grant may have ended during the upstream login.
+        let guard = self.gk.enforcer().sessions.register(info.clone());
+        if self.gk.enforcer().grants.get(info.grant_id).is_none() {
+            send_error(
+                &mut client,
+                "57P01",
+                &format!("access grant for {} ended", info.resource),
+                None,
+            )
+            .await;
+            return;
+        }
+        let mut hello = BytesMut::new();
+        protocol::auth(&mut hello, 0, &[]);
+        for (k, v) in &upstream.params {
+            protocol::parameter_status(&mut hello, k, v);
+        }
+        protocol::backend_key(&mut hello, our_key.0, our_key.1);
+        protocol::ready(&mut hello, b'I');
+        if client.write_all(&hello).await.is_err() {
+            return;
+        }
+        self.cancels.insert(
+            our_key,
+            CancelTarget {
+                target: target.clone(),
+                pid: upstream.pid,
+                key: upstream.key,
+            },
+        );
+        self.gk.session_started(&info).await;
+        tracing::info!(session_id = %info.id, identity = %info.identity, resource = %info.resource, access = %info.access, grant_id = info.grant_id, "postgres session started");
+        let ctx = RelayCtx {
+            guard,
+            read_only,
+            classifier: self.classifier.clone(),
+            audit: self.cfg.audit.clone(),
+            metrics: self.gk.metrics().clone(),
+            max_text: self.cfg.max_text,
+            max_message: self.cfg.max_message,
+            refusal_hint: format!(
+                "this session runs under a read-only grant; ask for write access: jitgate request {} --access read-write --reason \"...\"",
+                info.resource
+            ),
+        };
+        let (end, guard) = relay::run(ctx, client, upstream.io, upstream.leftover).await;
+        self.cancels.remove(&our_key);
+        let (outcome, reason) = match &end {
+            End::Client => ("ok".to_string(), "client disconnected".to_string()),
+            End::Server => (
+                "server_closed".to_string(),
+                "the database closed the connection".to_string(),
+            ),
+            End::Killed(k) => {
+                // Interrupt whatever the backend is running, so it exits now rather than at its
+                // next write; the socket is already closed behind it.
+                if let Err(e) = upstream::cancel(&target, upstream.pid, upstream.key).await {
+                    tracing::warn!(error = %e, "cancelling the upstream query after a kill failed");
+                }
+                (k.label().to_string(), k.message(&info.resource))
+            }
+            End::Error(e) => ("error".to_string(), e.clone()),
+        };
+        if let End::Killed(KillReason::Expired { at }) = &end {
+            let lag = jiff::Timestamp::now().duration_since(*at).as_secs_f64().max(0.0);
+            tracing::info!(session_id = %info.id, lag_ms = lag * 1000.0, "postgres session killed at grant expiry");
+        }
+        drop(guard);
+        tracing::info!(session_id = %info.id, outcome = %outcome, reason = %reason, "postgres session ended");
+        self.gk.session_ended(&info, &outcome, &reason).await;
+    }
+}
+
+fn leak(code: String) -> &'static str {
+    // SQLSTATEs passed through from the server; the set is small and fixed-size strings.
+    match code.as_str() {
+        "3D000" => "3D000",
+        "53300" => "53300",
+        "57P03" => "57P03",
+        "42704" => "42704",
+        _ => "08006",
+    }
+}
+
+async fn read_startup<R: tokio::io::AsyncRead + Unpin + ?Sized>(r: &mut R) -> std::io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len).await?;
+    let len = i32::from_be_bytes(len);
+    if !(8..=i32::try_from(MAX_STARTUP).unwrap_or(10_000)).contains(&len) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("startup packet length {len} out of range"),
+        ));
+    }
+    let mut body = vec![0u8; usize::try_from(len - 4).unwrap_or(0)];
+    r.read_exact(&mut body).await?;
+    Ok(body)
+}
+
+async fn send_error<W: tokio::io::AsyncWrite + Unpin + ?Sized>(
+    w: &mut W,
+    code: &str,
+    message: &str,
+    hint: Option<&str>,
+) {
+    let mut b = BytesMut::new();
+    protocol::error_response(&mut b, Severity::Fatal, code, message, hint);
+    let _ = w.write_all(&b).await;
+    let _ = w.shutdown().await;
+}

@@ -1,0 +1,761 @@
+//! End-to-end tests of the Postgres front end: the real `jitgate serve`, a real PostgreSQL
+//! (scripts/test-pg), and real clients — psql, pgbench and tokio-postgres.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use support::pg::{Pg, cluster};
+use support::*;
+use tokio_postgres::NoTls;
+
+/// A gateway in front of a fresh database. `plaintext`: allow non-TLS clients (tokio-postgres
+/// here runs without TLS; psql always uses TLS).
+fn setup(plaintext: bool, extra: &str) -> (Gateway, Pg, String) {
+    let pg = cluster();
+    let db = pg.fresh_db();
+    let body = format!(
+        r#"[postgres]
+allow_plaintext = {plaintext}
+startup_timeout = "2s"
+
+{ids}
+[[resources]]
+name = "prod-db"
+kind = "postgres"
+address = "127.0.0.1:{port}"
+database = "{db}"
+credentials.read-only = {{ user = "app_ro", password_file = "ro.pw" }}
+credentials.read-write = {{ user = "app_rw", password_file = "rw.pw" }}
+
+[[policies]]
+name = "production"
+resources = ["prod-*"]
+requesters = ["dev"]
+approvers = ["dba"]
+{extra}
+"#,
+        ids = identities(),
+        port = pg.port
+    );
+    let gw = Gateway::start_pg(&body);
+    std::fs::write(gw.dir.path().join("ro.pw"), "ro-secret\n").unwrap();
+    std::fs::write(gw.dir.path().join("rw.pw"), "rw-secret\n").unwrap();
+    (gw, pg, db)
+}
+
+/// alice gets a grant of `access` for `dur` (bob approves). Returns the grant id.
+fn grant(gw: &Gateway, access: &str, dur: &str) -> i64 {
+    let r = gw
+        .cli(
+            Some("alice"),
+            &[
+                "request", "prod-db", "--access", access, "--for", dur, "--reason", "test", "--json",
+            ],
+        )
+        .json();
+    let r: serde_json::Value = serde_json::from_str(
+        &gw.cli(
+            Some("bob"),
+            &["approve", &r["id"].as_i64().unwrap().to_string(), "--json"],
+        )
+        .ok(),
+    )
+    .unwrap();
+    r["grant_id"].as_i64().unwrap()
+}
+
+fn psql(gw: &Gateway, user: &str, args: &[&str]) -> std::process::Output {
+    let (h, p) = gw.pg_host_port();
+    let conn = format!("host={h} port={p} user={user}@example.com dbname=prod-db sslmode=require");
+    Command::new("psql")
+        .arg("-X")
+        .arg(conn)
+        .args(args)
+        .env("PGPASSWORD", token(user))
+        .output()
+        .unwrap()
+}
+
+fn out(o: &std::process::Output) -> String {
+    assert!(
+        o.status.success(),
+        "psql failed: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+async fn connect(gw: &Gateway, user: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (h, p) = gw.pg_host_port();
+    let conn = format!(
+        "host={h} port={p} user={user}@example.com password={} dbname=prod-db sslmode=disable",
+        token(user)
+    );
+    let (client, connection) = tokio_postgres::connect(&conn, NoTls).await?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+async fn refused(conn: &str) -> tokio_postgres::Error {
+    match tokio_postgres::connect(conn, NoTls).await {
+        Ok(_) => panic!("connection unexpectedly accepted"),
+        Err(e) => e,
+    }
+}
+
+fn code(e: &tokio_postgres::Error) -> String {
+    e.code()
+        .map(|c| c.code().to_string())
+        .unwrap_or_else(|| format!("no code: {e}"))
+}
+
+fn db_message(e: &tokio_postgres::Error) -> String {
+    e.as_db_error()
+        .map(|d| format!("{} {}", d.message(), d.hint().unwrap_or("")))
+        .unwrap_or_else(|| e.to_string())
+}
+
+#[test]
+fn psql_queries_copy_describe_and_multi_statements_match_direct() {
+    let (gw, pg, db) = setup(false, "");
+    grant(&gw, "read-write", "1h");
+    let q = "SELECT id, name, balance FROM accounts WHERE id % 7 = 0 ORDER BY id";
+    let via = out(&psql(&gw, "alice", &["-A", "-t", "-c", q]));
+    let direct = pg.psql_as("app_rw", "rw-secret", &db, q);
+    assert_eq!(via, direct);
+    assert_eq!(via.lines().count(), 14);
+
+    let multi = out(&psql(
+        &gw,
+        "alice",
+        &["-A", "-t", "-c", "SELECT 1; SELECT 2; SELECT count(*) FROM accounts"],
+    ));
+    assert_eq!(multi, "1\n2\n100\n");
+
+    let d = out(&psql(&gw, "alice", &["-c", "\\d accounts"]));
+    assert!(d.contains("balance") && d.contains("accounts_pkey"), "{d}");
+
+    // \copy out, then back in into a new table, through the gateway.
+    let file = gw.dir.path().join("accounts.csv");
+    out(&psql(
+        &gw,
+        "alice",
+        &[
+            "-c",
+            &format!("\\copy accounts TO '{}' WITH (FORMAT csv)", file.display()),
+        ],
+    ));
+    assert_eq!(std::fs::read_to_string(&file).unwrap().lines().count(), 100);
+    out(&psql(&gw, "alice", &["-c", "CREATE TABLE copy_target (LIKE accounts)"]));
+    let o = out(&psql(
+        &gw,
+        "alice",
+        &[
+            "-c",
+            &format!("\\copy copy_target FROM '{}' WITH (FORMAT csv)", file.display()),
+        ],
+    ));
+    assert!(o.contains("COPY 100"), "{o}");
+    assert_eq!(
+        pg.psql_as("app_rw", "rw-secret", &db, "SELECT sum(balance) FROM copy_target")
+            .trim(),
+        "50500"
+    );
+
+    // Repeated queries on one connection (\watch-style).
+    let w = out(&psql(
+        &gw,
+        "alice",
+        &["-A", "-t", "-c", "SELECT 42", "-c", "SELECT 42", "-c", "SELECT 42"],
+    ));
+    assert_eq!(w, "42\n42\n42\n");
+    let tls = out(&psql(&gw, "alice", &["-c", "\\conninfo"]));
+    assert!(tls.contains("SSL connection (protocol: TLSv1.3"), "{tls}");
+}
+
+#[test]
+fn pgbench_runs_clean_in_simple_extended_and_prepared_modes() {
+    let (gw, pg, db) = setup(false, "");
+    let init = Command::new("pgbench")
+        .args([
+            "-q",
+            "-i",
+            "-s",
+            "1",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &pg.port.to_string(),
+            "-U",
+            "app_rw",
+            &db,
+        ])
+        .env("PGPASSWORD", "rw-secret")
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    grant(&gw, "read-write", "1h");
+    let (h, p) = gw.pg_host_port();
+    for mode in ["simple", "extended", "prepared"] {
+        for script in [&["-S"][..], &["-b", "tpcb-like"][..]] {
+            let o = Command::new("pgbench")
+                .args([
+                    "-n",
+                    "-M",
+                    mode,
+                    "-c",
+                    "4",
+                    "-j",
+                    "2",
+                    "-T",
+                    "2",
+                    "-h",
+                    &h,
+                    "-p",
+                    &p.to_string(),
+                    "-U",
+                    "alice@example.com",
+                ])
+                .args(script)
+                .arg("prod-db")
+                .env("PGPASSWORD", token("alice"))
+                .env("PGSSLMODE", "require")
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+            assert!(o.status.success(), "pgbench -M {mode} {script:?}: {text}");
+            assert!(text.contains("number of failed transactions: 0"), "{text}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokio_postgres_prepared_transactions_copy_notify_and_cancel() {
+    let (gw, _pg, _db) = setup(true, "");
+    grant(&gw, "read-write", "1h");
+    let c = connect(&gw, "alice").await.unwrap();
+
+    // Prepared statements with parameters.
+    let st = c.prepare("SELECT name FROM accounts WHERE id = $1").await.unwrap();
+    for id in [1, 50, 100] {
+        let row = c.query_one(&st, &[&id]).await.unwrap();
+        assert_eq!(row.get::<_, String>(0), format!("user{id}"));
+    }
+    // Transactions: rollback leaves no trace, commit does.
+    let mut c = c;
+    let tx = c.transaction().await.unwrap();
+    tx.execute("UPDATE accounts SET balance = 0 WHERE id = 1", &[])
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    let tx = c.transaction().await.unwrap();
+    tx.execute("UPDATE accounts SET balance = balance + 1 WHERE id = 2", &[])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let r = c
+        .query_one(
+            "SELECT (SELECT balance FROM accounts WHERE id = 1), (SELECT balance FROM accounts WHERE id = 2)",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!((r.get::<_, i32>(0), r.get::<_, i32>(1)), (10, 21));
+
+    // COPY in and out.
+    c.batch_execute("CREATE TABLE t_copy (a int, b text)").await.unwrap();
+    let sink = c.copy_in("COPY t_copy FROM STDIN").await.unwrap();
+    futures_util::pin_mut!(sink);
+    let mut data = String::new();
+    for i in 0..5000 {
+        data.push_str(&format!("{i}\trow {i}\n"));
+    }
+    sink.send(bytes::Bytes::from(data.clone())).await.unwrap();
+    assert_eq!(sink.finish().await.unwrap(), 5000);
+    let stream = c.copy_out("COPY t_copy TO STDOUT").await.unwrap();
+    futures_util::pin_mut!(stream);
+    let mut got = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        got.extend_from_slice(&chunk.unwrap());
+    }
+    assert_eq!(String::from_utf8(got).unwrap(), data);
+
+    // LISTEN/NOTIFY between two gateway sessions.
+    let (h, p) = gw.pg_host_port();
+    let conn = format!(
+        "host={h} port={p} user=alice@example.com password={} dbname=prod-db sslmode=disable",
+        token("alice")
+    );
+    let (listener, mut connection) = tokio_postgres::connect(&conn, NoTls).await.unwrap();
+    let (tx_n, mut rx_n) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut stream = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(m)) = stream.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = m {
+                let _ = tx_n.send((n.channel().to_string(), n.payload().to_string()));
+            }
+        }
+    });
+    listener.batch_execute("LISTEN jobs").await.unwrap();
+    c.batch_execute("NOTIFY jobs, 'hello'").await.unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(3), rx_n.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(n, ("jobs".to_string(), "hello".to_string()));
+
+    // Cancel across the gateway: the gateway's own BackendKeyData maps to the upstream's.
+    let token = c.cancel_token();
+    let started = Instant::now();
+    let canceller = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        token.cancel_query(NoTls).await
+    });
+    let e = c.simple_query("SELECT pg_sleep(30)").await.unwrap_err();
+    assert_eq!(code(&e), "57014", "{e}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "cancel took {:?}",
+        started.elapsed()
+    );
+    canceller.await.unwrap().unwrap();
+    // The session is still usable.
+    assert_eq!(c.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_carry_the_right_sqlstate_and_a_hint() {
+    let (gw, _pg, _db) = setup(true, "");
+    // No grant: 28000 with the request command.
+    let e = connect(&gw, "alice").await.unwrap_err();
+    assert_eq!(code(&e), "28000");
+    assert!(db_message(&e).contains("jitgate request prod-db"), "{e:?}");
+    // Wrong token: 28P01.
+    let (h, p) = gw.pg_host_port();
+    let bad = format!("host={h} port={p} user=alice@example.com password=forged dbname=prod-db sslmode=disable");
+    let e = refused(&bad).await;
+    assert_eq!(code(&e), "28P01");
+    // Another identity's token.
+    let other = format!(
+        "host={h} port={p} user=alice@example.com password={} dbname=prod-db sslmode=disable",
+        token("bob")
+    );
+    assert_eq!(code(&refused(&other).await), "28P01");
+    // Unknown resource.
+    let unknown = format!(
+        "host={h} port={p} user=alice@example.com password={} dbname=nope sslmode=disable",
+        token("alice")
+    );
+    assert_eq!(code(&refused(&unknown).await), "3D000");
+    let (_, metrics) = gw.http_get("/metrics", None);
+    assert!(
+        metrics.contains("jitgate_auth_failures_total{protocol=\"postgres\",reason=\"bad_token\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("jitgate_auth_failures_total{protocol=\"postgres\",reason=\"no_grant\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn plaintext_clients_are_told_to_use_tls_by_default() {
+    let (gw, _pg, _db) = setup(false, "");
+    let (h, p) = gw.pg_host_port();
+    let o = Command::new("psql")
+        .arg(format!(
+            "host={h} port={p} user=alice@example.com dbname=prod-db sslmode=disable"
+        ))
+        .args(["-c", "SELECT 1"])
+        .env("PGPASSWORD", token("alice"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("jitgate requires TLS") && err.contains("sslmode=require"),
+        "{err}"
+    );
+    // And a no-grant refusal over TLS names the request command.
+    let o = psql(&gw, "alice", &["-c", "SELECT 1"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("no active access grant for alice@example.com on prod-db")
+            && err.contains("jitgate request prod-db"),
+        "{err}"
+    );
+}
+
+fn backends(pg: &Pg, db: &str) -> usize {
+    pg.su("postgres", &format!("SELECT count(*) FROM pg_stat_activity WHERE datname = '{db}' AND query LIKE '%pg_sleep%' AND pid <> pg_backend_pid()")).trim().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiry_kills_a_running_query_and_the_upstream_backend() {
+    let (gw, pg, db) = setup(true, "");
+    grant(&gw, "read-only", "2s");
+    let granted = Instant::now();
+    let c = connect(&gw, "alice").await.unwrap();
+    let e = c.simple_query("SELECT pg_sleep(10)").await.unwrap_err();
+    let took = granted.elapsed();
+    assert!(took < Duration::from_secs(4), "killed after {took:?}");
+    assert!(took >= Duration::from_millis(1500), "killed too early: {took:?}");
+    assert_eq!(code(&e), "57P01", "{e:?}");
+    assert!(db_message(&e).contains("access grant for prod-db expired at"), "{e:?}");
+    // The upstream backend is gone, not left sleeping.
+    assert!(
+        eventually(Duration::from_secs(2), || backends(&pg, &db) == 0),
+        "backend still running"
+    );
+    // A new connection is refused.
+    assert_eq!(code(&connect(&gw, "alice").await.unwrap_err()), "28000");
+    let ended = gw
+        .audit_events()
+        .into_iter()
+        .find(|e| e["kind"] == "session.ended")
+        .unwrap();
+    assert_eq!(ended["details"]["outcome"], "expired");
+    let (_, m) = gw.http_get("/metrics", None);
+    assert!(m.contains("jitgate_sessions_killed_total{reason=\"expired\"} 1"), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoke_kills_the_session_at_once() {
+    let (gw, pg, db) = setup(true, "");
+    let gid = grant(&gw, "read-only", "1h");
+    let c = connect(&gw, "alice").await.unwrap();
+    let sessions = gw.cli(Some("bob"), &["sessions", "--json"]).json();
+    assert_eq!(sessions.as_array().unwrap().len(), 1, "{sessions}");
+    let q = tokio::spawn(async move { c.simple_query("SELECT pg_sleep(10)").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = Instant::now();
+    gw.cli(
+        Some("bob"),
+        &["revoke", &gid.to_string(), "--reason", "incident closed"],
+    )
+    .ok();
+    let e = q.await.unwrap().unwrap_err();
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    assert_eq!(code(&e), "57P01");
+    assert!(db_message(&e).contains("revoked by bob@example.com"), "{e:?}");
+    assert!(eventually(Duration::from_secs(2), || backends(&pg, &db) == 0));
+    assert!(
+        gw.cli(Some("bob"), &["sessions", "--json"])
+            .json()
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_grants_refuse_every_bypass_and_the_session_stays_usable() {
+    let (gw, _pg, _db) = setup(true, "");
+    grant(&gw, "read-only", "1h");
+    let c = connect(&gw, "alice").await.unwrap();
+    let refused = [
+        "INSERT INTO accounts VALUES (1000, 'x', 1)",
+        "UPDATE accounts SET balance = 0",
+        "DELETE FROM accounts",
+        "SELECT 1; DELETE FROM accounts",
+        "WITH d AS (DELETE FROM accounts RETURNING *) SELECT count(*) FROM d",
+        "EXPLAIN ANALYZE DELETE FROM accounts",
+        "SET ROLE app_rw",
+        "SET SESSION AUTHORIZATION app_rw",
+        "RESET ROLE",
+        "COPY accounts FROM STDIN",
+        "PREPARE p AS DELETE FROM accounts",
+        "CALL some_procedure()",
+        "DO $$ BEGIN DELETE FROM accounts; END $$",
+        "CREATE TABLE evil (a int)",
+        "DROP TABLE accounts",
+        "TRUNCATE accounts",
+        "SELECT * INTO copy_of FROM accounts",
+        "SELECT * FROM accounts FOR UPDATE",
+        "SELECT nextval('s')",
+        "SELECT set_config('default_transaction_read_only', 'off', false)",
+        "SET default_transaction_read_only = off",
+        "BEGIN READ WRITE",
+        "GRANT SELECT ON accounts TO PUBLIC",
+        "this is not sql",
+    ];
+    for sql in refused {
+        let e = c.simple_query(sql).await.unwrap_err();
+        assert_eq!(code(&e), "42501", "{sql}: {e:?}");
+        assert!(db_message(&e).contains("read-only access to prod-db"), "{sql}: {e:?}");
+        // Still usable after each refusal.
+        assert_eq!(
+            c.query_one("SELECT count(*) FROM accounts", &[])
+                .await
+                .unwrap()
+                .get::<_, i64>(0),
+            100,
+            "after {sql}"
+        );
+    }
+    // Extended protocol: the refusal arrives in order and recovery to Sync is correct.
+    let e = c.prepare("DELETE FROM accounts WHERE id = $1").await.unwrap_err();
+    assert_eq!(code(&e), "42501");
+    let e = c
+        .execute("UPDATE accounts SET balance = $1", &[&1i32])
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "42501");
+    assert_eq!(
+        c.query_one("SELECT $1::int + 1", &[&41i32])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        42
+    );
+    // Inside a transaction.
+    c.batch_execute("BEGIN").await.unwrap();
+    assert_eq!(
+        code(&c.simple_query("DELETE FROM accounts").await.unwrap_err()),
+        "42501"
+    );
+    assert_eq!(
+        c.query_one("SELECT count(*) FROM accounts", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0),
+        100
+    );
+    c.batch_execute("COMMIT").await.unwrap();
+    // Allowed: reads, transaction control, session settings, cursors, EXPLAIN, SHOW, LISTEN.
+    for sql in [
+        "SELECT * FROM accounts WHERE id < 5",
+        "WITH x AS (SELECT id FROM accounts) SELECT count(*) FROM x",
+        "EXPLAIN SELECT * FROM accounts",
+        "SHOW search_path",
+        "SET statement_timeout = '5s'",
+        "BEGIN; DECLARE cur CURSOR FOR SELECT id FROM accounts; FETCH 2 FROM cur; CLOSE cur; COMMIT",
+        "LISTEN anything",
+    ] {
+        c.simple_query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+    }
+    let copy = c
+        .copy_out("COPY (SELECT id FROM accounts WHERE id <= 3) TO STDOUT")
+        .await
+        .unwrap();
+    futures_util::pin_mut!(copy);
+    let mut got = Vec::new();
+    while let Some(chunk) = copy.next().await {
+        got.extend_from_slice(&chunk.unwrap());
+    }
+    assert_eq!(got, b"1\n2\n3\n");
+    let (_, m) = gw.http_get("/metrics", None);
+    // 24 simple-protocol refusals, 2 extended, 1 inside a transaction.
+    assert!(m.contains("jitgate_statements_denied_total 27"), "{m}");
+}
+
+#[test]
+fn every_statement_is_audited_with_identity_grant_and_rows() {
+    let (gw, _pg, _db) = setup(false, "");
+    let gid = grant(&gw, "read-only", "1h");
+    let o = psql(
+        &gw,
+        "alice",
+        &[
+            "-c",
+            "SELECT * FROM accounts WHERE id <= 3",
+            "-c",
+            "SELECT count(*) FROM accounts",
+            "-c",
+            "DELETE FROM accounts",
+        ],
+    );
+    // psql exits 1 because its last command was refused; the first two ran.
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("read-only access to prod-db"));
+    // The session's end is written after its statements; wait for it.
+    assert!(eventually(Duration::from_secs(3), || gw
+        .audit_kinds()
+        .contains(&"session.ended".to_string())));
+    let evs: Vec<serde_json::Value> = gw
+        .audit_events()
+        .into_iter()
+        .filter(|e| e["kind"] == "pg.statement")
+        .collect();
+    let by_sql = |s: &str| {
+        evs.iter()
+            .find(|e| e["details"]["sql"] == s)
+            .unwrap_or_else(|| panic!("no event for {s}: {evs:?}"))
+            .clone()
+    };
+    let e = by_sql("SELECT * FROM accounts WHERE id <= 3");
+    assert_eq!(e["actor"], "alice@example.com");
+    assert_eq!(e["grant_id"], gid);
+    assert_eq!(e["details"]["rows"], 3);
+    assert_eq!(e["details"]["class"], "read");
+    assert_eq!(e["details"]["outcome"], "ok");
+    assert!(e["session_id"].as_str().unwrap().starts_with("s-"));
+    let d = by_sql("DELETE FROM accounts");
+    assert_eq!(d["details"]["outcome"], "refused");
+    assert_eq!(d["details"]["sqlstate"], "42501");
+    let kinds = gw.audit_kinds();
+    assert!(kinds.contains(&"session.started".to_string()) && kinds.contains(&"session.ended".to_string()));
+    // Statements of a session, in order, through the API.
+    let sid = e["session_id"].as_str().unwrap().to_string();
+    let listed = gw
+        .cli(
+            Some("root"),
+            &["audit", "search", "--session", &sid, "--kind", "pg.statement", "--json"],
+        )
+        .ok();
+    assert_eq!(listed.lines().count(), 3, "{listed}");
+    gw.cli(None, &["audit", "verify", "--file", path_str(&gw.audit_path())])
+        .ok();
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_input_silence_and_wrong_passwords_do_not_hurt_others() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (gw, _pg, _db) = setup(true, "");
+    grant(&gw, "read-only", "1h");
+    let addr = gw.pg_addr.clone();
+    let good = connect(&gw, "alice").await.unwrap();
+
+    // Garbage instead of a startup packet.
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut buf))
+        .await
+        .unwrap();
+    // A 1 GB length header in the startup packet: refused at once.
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(&0x4000_0000i32.to_be_bytes()).await.unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut Vec::new()))
+        .await
+        .unwrap();
+    // A 1 GB message after login: the session is closed, the gateway keeps serving.
+    let (h, p) = gw.pg_host_port();
+    let victim = connect(&gw, "alice").await.unwrap();
+    drop(victim);
+    let _ = (h, p);
+    // Random bytes after a valid startup.
+    for seed in 0u8..20 {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let junk: Vec<u8> = (0..200u32)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect();
+        let _ = s.write_all(&junk).await;
+        let _ = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut Vec::new())).await;
+    }
+    // Silence: cut off after the startup timeout (2s).
+    let t = Instant::now();
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut [0u8; 16]))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    assert!(
+        t.elapsed() >= Duration::from_millis(1500) && t.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        t.elapsed()
+    );
+
+    // 1,000 wrong passwords, 50 at a time.
+    let before = rss_kib(gw.pid());
+    let bad = format!(
+        "host={h} port={p} user=alice@example.com password=wrong dbname=prod-db sslmode=disable",
+        h = gw.pg_host_port().0,
+        p = gw.pg_host_port().1
+    );
+    for _ in 0..20 {
+        let mut tasks = Vec::new();
+        for _ in 0..50 {
+            let bad = bad.clone();
+            tasks.push(tokio::spawn(async move { refused(&bad).await }));
+        }
+        for t in tasks {
+            assert_eq!(code(&t.await.unwrap()), "28P01");
+        }
+    }
+    let after = rss_kib(gw.pid());
+    assert!(after < before + 20 * 1024, "RSS grew from {before} KiB to {after} KiB");
+    // The good session never noticed.
+    assert_eq!(
+        good.query_one("SELECT count(*) FROM accounts", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0),
+        100
+    );
+    assert_eq!(
+        connect(&gw, "alice")
+            .await
+            .unwrap()
+            .query_one("SELECT 1", &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_message_ends_only_that_session() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (gw, _pg, _db) = setup(true, "");
+    grant(&gw, "read-only", "1h");
+    let other = connect(&gw, "alice").await.unwrap();
+    // Log in by hand, then send a Query header claiming 1 GB.
+    let mut s = tokio::net::TcpStream::connect(&gw.pg_addr).await.unwrap();
+    let mut startup = Vec::new();
+    startup.extend_from_slice(&0i32.to_be_bytes());
+    startup.extend_from_slice(&196_608i32.to_be_bytes());
+    for (k, v) in [("user", "alice@example.com"), ("database", "prod-db")] {
+        startup.extend_from_slice(k.as_bytes());
+        startup.push(0);
+        startup.extend_from_slice(v.as_bytes());
+        startup.push(0);
+    }
+    startup.push(0);
+    let len = (startup.len() as i32).to_be_bytes();
+    startup[..4].copy_from_slice(&len);
+    s.write_all(&startup).await.unwrap();
+    let mut b = [0u8; 9];
+    s.read_exact(&mut b).await.unwrap();
+    assert_eq!(b[0], b'R');
+    let tok = token("alice");
+    let mut pw = vec![b'p'];
+    pw.extend_from_slice(&((tok.len() + 5) as i32).to_be_bytes());
+    pw.extend_from_slice(tok.as_bytes());
+    pw.push(0);
+    s.write_all(&pw).await.unwrap();
+    let mut hello = vec![0u8; 4096];
+    let mut got = Vec::new();
+    while !got.windows(6).any(|w| w == [b'Z', 0, 0, 0, 5, b'I']) {
+        let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut hello))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0);
+        got.extend_from_slice(&hello[..n]);
+    }
+    s.write_all(&[b'Q', 0x40, 0, 0, 0]).await.unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut rest))
+        .await
+        .unwrap();
+    assert_eq!(other.query_one("SELECT 7", &[]).await.unwrap().get::<_, i32>(0), 7);
+}
