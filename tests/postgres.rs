@@ -16,6 +16,11 @@ use tokio_postgres::NoTls;
 /// A gateway in front of a fresh database. `plaintext`: allow non-TLS clients (tokio-postgres
 /// here runs without TLS; psql always uses TLS).
 fn setup(plaintext: bool, extra: &str) -> (Gateway, Pg, String) {
+    setup_with(plaintext, "", extra)
+}
+
+/// Like [`setup`], with extra lines in the resource table (`res_extra`).
+fn setup_with(plaintext: bool, res_extra: &str, extra: &str) -> (Gateway, Pg, String) {
     let pg = cluster();
     let db = pg.fresh_db();
     let body = format!(
@@ -31,6 +36,7 @@ address = "127.0.0.1:{port}"
 database = "{db}"
 credentials.read-only = {{ user = "app_ro", password_file = "ro.pw" }}
 credentials.read-write = {{ user = "app_rw", password_file = "rw.pw" }}
+{res_extra}
 
 [[policies]]
 name = "production"
@@ -758,4 +764,92 @@ async fn an_oversized_message_ends_only_that_session() {
         .await
         .unwrap();
     assert_eq!(other.query_one("SELECT 7", &[]).await.unwrap().get::<_, i32>(0), 7);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_tls_is_verified_and_a_wrong_ca_refuses_the_connection() {
+    let pg = cluster();
+    for (mode, ca, ok) in [
+        ("verify-full", pg.ca.clone(), true),
+        ("require", pg.other_ca.clone(), true),
+        ("verify-full", pg.other_ca.clone(), false),
+    ] {
+        let res = format!("tls = {{ mode = \"{mode}\", ca_file = \"{}\" }}", ca.display());
+        let (gw, _pg, _db) = setup_with(true, &res, "");
+        grant(&gw, "read-only", "1h");
+        match connect(&gw, "alice").await {
+            Ok(c) => {
+                assert!(ok, "{mode} with {} must refuse", ca.display());
+                let r = c
+                    .query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[])
+                    .await
+                    .unwrap();
+                assert!(r.get::<_, bool>(0), "upstream leg must be TLS in {mode}");
+            }
+            Err(e) => {
+                assert!(!ok, "{mode}: {e:?}");
+                assert_eq!(code(&e), "08006");
+                let m = db_message(&e);
+                assert!(
+                    m.contains("could not reach prod-db") && !m.contains("app_ro") && !m.contains("secret"),
+                    "{m}"
+                );
+                assert!(gw.log().contains("TLS to the database failed"), "{}", gw.log());
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_is_warned_before_expiry() {
+    let (gw, _pg, _db) = setup(true, "");
+    grant(&gw, "read-only", "3s");
+    let (h, p) = gw.pg_host_port();
+    let conn = format!(
+        "host={h} port={p} user=alice@example.com password={} dbname=prod-db sslmode=disable",
+        token("alice")
+    );
+    let (c, mut connection) = tokio_postgres::connect(&conn, NoTls).await.unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut stream = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(m)) = stream.next().await {
+            if let tokio_postgres::AsyncMessage::Notice(n) = m {
+                let _ = tx.send(n.message().to_string());
+            }
+        }
+    });
+    let e = c.simple_query("SELECT pg_sleep(10)").await.unwrap_err();
+    assert_eq!(code(&e), "57P01");
+    let warning = rx.recv().await.expect("a warning notice before the kill");
+    assert!(
+        warning.contains("access grant for prod-db expires in") && warning.contains("jitgate extend"),
+        "{warning}"
+    );
+}
+
+#[test]
+fn jitgate_connect_runs_psql_with_everything_filled_in() {
+    let (gw, _pg, _db) = setup(false, "");
+    grant(&gw, "read-only", "1h");
+    let o = gw.cli(
+        Some("alice"),
+        &[
+            "connect",
+            "prod-db",
+            "--",
+            "-A",
+            "-t",
+            "-c",
+            "SELECT current_user, count(*) FROM accounts",
+        ],
+    );
+    assert_eq!(o.stdout(), "app_ro|100\n", "{}", o.stderr());
+    assert!(
+        o.stderr().contains("sslmode=require") && !o.stderr().contains(&token("alice")),
+        "{}",
+        o.stderr()
+    );
+    let e = gw.cli(Some("alice"), &["connect", "nope"]).refused();
+    assert!(e.contains("unknown resource `nope`"), "{e}");
 }

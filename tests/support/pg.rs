@@ -12,6 +12,10 @@ pub struct Pg {
     pub user: String,
     pub password: String,
     pub bin: PathBuf,
+    /// CA that signed the cluster's certificate.
+    pub ca: PathBuf,
+    /// An unrelated CA.
+    pub other_ca: PathBuf,
 }
 
 fn repo() -> PathBuf {
@@ -40,6 +44,8 @@ pub fn cluster() -> Pg {
         user: vars["JITGATE_TEST_PG_USER"].clone(),
         password: vars["JITGATE_TEST_PG_PASSWORD"].clone(),
         bin: PathBuf::from(&vars["JITGATE_TEST_PG_BIN"]),
+        ca: PathBuf::from(&vars["JITGATE_TEST_PG_CA"]),
+        other_ca: PathBuf::from(&vars["JITGATE_TEST_PG_OTHER_CA"]),
     }
 }
 

@@ -31,6 +31,7 @@ pub struct ControlPlane {
     metrics: Metrics,
     clock: SharedClock,
     request_lock: Mutex<()>,
+    frontends: std::sync::RwLock<serde_json::Value>,
 }
 
 impl std::fmt::Debug for ControlPlane {
@@ -95,7 +96,18 @@ impl ControlPlane {
             metrics,
             clock,
             request_lock: Mutex::new(()),
+            frontends: std::sync::RwLock::new(serde_json::json!({})),
         })
+    }
+
+    /// Record where the protocol front ends listen (for `GET /v1/info` and `jitgate connect`).
+    pub fn set_frontends(&self, v: serde_json::Value) {
+        *self.frontends.write().unwrap_or_else(|e| e.into_inner()) = v;
+    }
+
+    /// Where the protocol front ends listen.
+    pub fn frontends(&self) -> serde_json::Value {
+        self.frontends.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// The current catalog.

@@ -62,6 +62,7 @@ pub fn router(cp: Arc<ControlPlane>) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/whoami", get(whoami))
         .route("/v1/resources", get(resources))
+        .route("/v1/info", get(info))
         .route("/v1/requests", get(list_requests).post(create_request))
         .route("/v1/requests/{id}", get(get_request))
         .route("/v1/requests/{id}/approve", post(approve))
@@ -95,6 +96,12 @@ async fn metrics(State(cp): Cp) -> impl IntoResponse {
 
 async fn whoami(State(cp): Cp, Caller(who): Caller) -> impl IntoResponse {
     Json(cp.whoami(&who))
+}
+
+async fn info(State(cp): Cp, Caller(_who): Caller) -> impl IntoResponse {
+    let mut v = cp.frontends();
+    v["version"] = serde_json::Value::String(env!("CARGO_PKG_VERSION").to_string());
+    Json(v)
 }
 
 async fn resources(State(cp): Cp, Caller(who): Caller) -> impl IntoResponse {

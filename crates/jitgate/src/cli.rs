@@ -163,6 +163,19 @@ pub enum Cmd {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Connect to a resource with its usual client (psql), everything filled in.
+    Connect {
+        /// Resource name.
+        resource: String,
+        /// Database on the resource (default: the resource's).
+        #[arg(long)]
+        dbname: Option<String>,
+        /// Extra arguments for the client (after `--`).
+        #[arg(last = true)]
+        args: Vec<String>,
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// List resources and what you may request on each.
     Resources {
         #[command(flatten)]

@@ -118,6 +118,16 @@ impl Client {
         Err(ApiFailure { error: e.error, hint }.into())
     }
 
+    /// The bearer token in use.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    /// The API base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
     /// GET.
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         self.send(self.http.get(format!("{}{path}", self.base))).await

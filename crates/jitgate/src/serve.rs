@@ -147,6 +147,15 @@ pub async fn run(config_path: &Path) -> Result<()> {
         tokio::spawn(fe.serve(l, stop.clone()));
     }
 
+    let mut fe_info = serde_json::json!({});
+    if let Some(pg) = listen_info.get("postgres").and_then(|v| v.as_str()) {
+        fe_info["postgres"] = serde_json::Value::String(pg.to_string());
+    }
+    if let Some(u) = &loaded.config.gateway.public_url {
+        fe_info["public_url"] = serde_json::Value::String(u.clone());
+    }
+    cp.set_frontends(fe_info);
+
     // Scripts and tests that listen on port 0 read the bound addresses here.
     let listen_file = data_dir.join("listen.json");
     std::fs::write(&listen_file, listen_info.to_string())
