@@ -22,6 +22,8 @@ use crate::event::{Event, GENESIS, Query};
 pub trait AuditIndex: Send + Sync {
     /// Index a batch of written events.
     async fn index(&self, events: &[Event]) -> Result<(), String>;
+    /// Highest `seq` indexed (0 when empty).
+    async fn max_seq(&self) -> Result<u64, String>;
     /// Search indexed events, oldest first.
     async fn search(&self, q: &Query) -> Result<Vec<Event>, String>;
 }
@@ -68,6 +70,9 @@ impl std::fmt::Debug for AuditSink {
 /// Capacity of the event queue.
 pub const QUEUE: usize = 8192;
 
+/// How long the writer may wait to batch hot-path events (durable records never wait).
+const LINGER: std::time::Duration = std::time::Duration::from_millis(2);
+
 impl AuditSink {
     /// Open (or create) the log, continue its chain, and start the writer task.
     pub fn open(
@@ -89,6 +94,9 @@ impl AuditSink {
             .open(path)
             .map_err(io)?;
         let (seq, prev) = tail_state(&mut file, path)?;
+        if let Some(ix) = &index {
+            catch_up(ix.as_ref(), path, seq);
+        }
         let (tx, rx) = mpsc::channel(QUEUE);
         let path_buf = path.to_path_buf();
         std::thread::Builder::new()
@@ -135,6 +143,43 @@ impl AuditSink {
     pub fn queue_room(&self) -> usize {
         self.tx.capacity()
     }
+}
+
+/// Index whatever the log holds beyond the index (a crash between write and index). Runs on
+/// its own thread: the caller may be inside an async runtime.
+fn catch_up(ix: &dyn AuditIndex, path: &Path, log_seq: u64) {
+    std::thread::scope(|s| {
+        let _ = s.spawn(|| catch_up_blocking(ix, path, log_seq)).join();
+    });
+}
+
+fn catch_up_blocking(ix: &dyn AuditIndex, path: &Path, log_seq: u64) {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread().build() else {
+        return;
+    };
+    let Ok(have) = rt.block_on(ix.max_seq()) else { return };
+    if have >= log_seq {
+        return;
+    }
+    let Ok(f) = std::fs::File::open(path) else { return };
+    let mut missing = Vec::new();
+    for line in std::io::BufRead::lines(std::io::BufReader::new(f)).map_while(Result::ok) {
+        if let Ok(e) = serde_json::from_str::<Event>(&line)
+            && e.seq > have
+        {
+            missing.push(e);
+        }
+    }
+    for chunk in missing.chunks(4096) {
+        if rt.block_on(ix.index(chunk)).is_err() {
+            tracing::error!("re-indexing the audit log failed; search may miss events");
+            return;
+        }
+    }
+    tracing::warn!(
+        events = missing.len(),
+        "re-indexed audit events the index had missed (unclean stop)"
+    );
 }
 
 /// Read the last complete line to continue `seq` and the chain. A trailing partial line (a
@@ -191,18 +236,31 @@ fn writer(
     let rt = tokio::runtime::Builder::new_current_thread().build();
     let mut batch: Vec<Msg> = Vec::with_capacity(256);
     while let Some(first) = rx.blocking_recv() {
+        let mut durable = first.ack.is_some();
         batch.push(first);
-        while batch.len() < 4096 {
+        // Group commit: hot-path events (no acknowledgement wanted) may wait up to LINGER so
+        // that one wake-up, one write and one index transaction serve many of them.
+        let linger_until = std::time::Instant::now() + LINGER;
+        loop {
             match rx.try_recv() {
-                Ok(m) => batch.push(m),
+                Ok(m) => {
+                    durable |= m.ack.is_some();
+                    batch.push(m);
+                    if batch.len() >= 4096 {
+                        break;
+                    }
+                }
+                Err(mpsc::error::TryRecvError::Empty) if !durable && std::time::Instant::now() < linger_until => {
+                    std::thread::sleep(LINGER / 4);
+                }
                 Err(_) => break,
             }
         }
         let mut written = Vec::with_capacity(batch.len());
         let mut result: Result<(), String> = Ok(());
         let (seq0, prev0) = (seq, prev.clone());
-        for m in &batch {
-            let mut e = m.event.clone();
+        for m in &mut batch {
+            let mut e = std::mem::replace(&mut m.event, Event::new("", jiff::Timestamp::UNIX_EPOCH));
             seq += 1;
             e.seq = seq;
             e.prev = std::mem::take(&mut prev);
@@ -221,7 +279,6 @@ fn writer(
             written.push(e);
         }
         if result.is_ok() {
-            let durable = batch.iter().any(|m| m.ack.is_some());
             result = out.flush().map_err(|e| e.to_string());
             if result.is_ok() && durable {
                 result = out.get_ref().sync_data().map_err(|e| e.to_string());

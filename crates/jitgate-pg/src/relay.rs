@@ -162,6 +162,18 @@ async fn client_to_server(
     let mut statements: HashMap<String, (Arc<str>, Class)> = HashMap::new();
     let mut portals: HashMap<String, (Arc<str>, Class)> = HashMap::new();
     let mut discarding: Option<String> = None;
+    // Counter handles resolved once per class, not hashed per statement.
+    let mut counters: HashMap<Class, prometheus::IntCounter> = HashMap::new();
+    let mut count = |class: Class| {
+        counters
+            .entry(class)
+            .or_insert_with(|| {
+                ctx.metrics
+                    .queries_total
+                    .with_label_values(&[&ctx.guard.info.resource, class.as_str()])
+            })
+            .inc();
+    };
     let bytes_in = ctx
         .metrics
         .bytes_total
@@ -194,10 +206,7 @@ async fn client_to_server(
                 b'Q' => {
                     let sql: Arc<str> = protocol::cstr(body).map_or("", |x| x.0).into();
                     let v = ctx.classifier.classify(&sql);
-                    ctx.metrics
-                        .queries_total
-                        .with_label_values(&[&ctx.guard.info.resource, v.class.as_str()])
-                        .inc();
+                    count(v.class);
                     let n = sh.forwarded.fetch_add(1, Ordering::SeqCst) + 1;
                     if let (true, Some(why)) = (ctx.read_only, &v.read_only_refusal) {
                         refuse(&ctx, &sh, n, &sql, v.class, why, true).await;
@@ -250,10 +259,7 @@ async fn client_to_server(
                         .get(portal)
                         .cloned()
                         .unwrap_or_else(|| (Arc::from(""), Class::Other));
-                    ctx.metrics
-                        .queries_total
-                        .with_label_values(&[&ctx.guard.info.resource, class.as_str()])
-                        .inc();
+                    count(class);
                     let closes_at = sh.forwarded.load(Ordering::SeqCst) + 1;
                     lock(&sh.pending).push_back(Pending {
                         closes_at,

@@ -227,4 +227,32 @@ mod tests {
             .is_empty()
         );
     }
+
+    #[tokio::test]
+    async fn the_audit_index_catches_up_with_the_log_after_a_crash() {
+        use jitgate_audit::{AuditSink, Event, Query};
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(SqliteStore::open(&dir.path().join("t.db"), None).unwrap());
+        let log = dir.path().join("audit.jsonl");
+        let sink = AuditSink::open(&log, Some(store.clone()), None).unwrap();
+        for i in 0..5 {
+            sink.record(Event::new("grant.activated", Timestamp::now()).grant(i))
+                .await
+                .unwrap();
+        }
+        assert_eq!(store.search(&Query::default()).await.unwrap().len(), 5);
+        drop(sink);
+        // Simulate a crash that lost the last index commits.
+        store
+            .with("t", |c| {
+                c.execute("DELETE FROM audit_events WHERE seq > 2", [])
+                    .map_err(|e| StoreError::Backend(e.to_string()))
+            })
+            .await
+            .unwrap();
+        assert_eq!(store.search(&Query::default()).await.unwrap().len(), 2);
+        let _sink = AuditSink::open(&log, Some(store.clone()), None).unwrap();
+        let evs = store.search(&Query::default()).await.unwrap();
+        assert_eq!(evs.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
+    }
 }

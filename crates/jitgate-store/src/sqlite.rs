@@ -65,6 +65,10 @@ CREATE INDEX audit_session ON audit_events(session_id);
 #[derive(Clone)]
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
+    /// A second connection for the audit index, with `synchronous=NORMAL`: the audit file is
+    /// the durable record and the index is rebuilt from it after a crash, so index commits
+    /// need not wait for fsync (WAL keeps the database consistent either way).
+    index_conn: Arc<Mutex<Connection>>,
     timing: Option<prometheus::HistogramVec>,
 }
 
@@ -122,13 +126,22 @@ impl SqliteStore {
                 .map_err(backend)?;
             tx.commit().map_err(backend)?;
         }
+        let index_conn =
+            Connection::open(path).map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))?;
+        index_conn
+            .pragma_update(None, "synchronous", "NORMAL")
+            .map_err(backend)?;
+        index_conn
+            .busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(backend)?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
+            index_conn: Arc::new(Mutex::new(index_conn)),
             timing,
         })
     }
 
-    async fn with<T, F>(&self, op: &'static str, f: F) -> Result<T>
+    pub(crate) async fn with<T, F>(&self, op: &'static str, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
@@ -393,7 +406,7 @@ impl AuditIndex for SqliteStore {
     async fn index(&self, events: &[Event]) -> std::result::Result<(), String> {
         let events = events.to_vec();
         // Called from the audit writer thread: do the work right here.
-        let mut c = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        let mut c = self.index_conn.lock().unwrap_or_else(|e| e.into_inner());
         let tx = c.transaction().map_err(|e| e.to_string())?;
         {
             let mut st = tx
@@ -417,6 +430,14 @@ impl AuditIndex for SqliteStore {
             }
         }
         tx.commit().map_err(|e| e.to_string())
+    }
+
+    async fn max_seq(&self) -> std::result::Result<u64, String> {
+        let c = self.index_conn.lock().unwrap_or_else(|e| e.into_inner());
+        let n: Option<i64> = c
+            .query_row("SELECT max(seq) FROM audit_events", [], |r| r.get(0))
+            .map_err(|e| e.to_string())?;
+        Ok(u64::try_from(n.unwrap_or(0)).unwrap_or(0))
     }
 
     async fn search(&self, q: &Query) -> std::result::Result<Vec<Event>, String> {
