@@ -295,15 +295,16 @@ fn writer(
         if let Some(f) = &on_write {
             f(u64::try_from(written.len()).unwrap_or(0));
         }
-        for (i, m) in batch.drain(..).enumerate() {
-            if let Some(ack) = m.ack {
-                let _ = ack.send(result.clone().map(|()| written.get(i).map_or(0, |e| e.seq)));
-            }
-        }
+        // Index before acknowledging: once `record` returns, the event is searchable.
         if let (Some(ix), Ok(rt), false) = (&index, &rt, written.is_empty())
             && let Err(e) = rt.block_on(ix.index(&written))
         {
             tracing::error!(error = %e, "audit index write failed; the log file is complete, search may miss these events");
+        }
+        for (i, m) in batch.drain(..).enumerate() {
+            if let Some(ack) = m.ack {
+                let _ = ack.send(result.clone().map(|()| written.get(i).map_or(0, |e| e.seq)));
+            }
         }
     }
     let _ = out.flush();
