@@ -853,3 +853,17 @@ fn jitgate_connect_runs_psql_with_everything_filled_in() {
     let e = gw.cli(Some("alice"), &["connect", "nope"]).refused();
     assert!(e.contains("unknown resource `nope`"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_login_failure_is_clear_and_reveals_no_credentials() {
+    let (gw, _pg, _db) = setup(true, "");
+    std::fs::write(gw.dir.path().join("ro.pw"), "not-the-password\n").unwrap();
+    grant(&gw, "read-only", "1h");
+    let e = connect(&gw, "alice").await.unwrap_err();
+    assert_eq!(code(&e), "08006");
+    let m = db_message(&e);
+    assert!(m.contains("refused the gateway's credentials"), "{m}");
+    assert!(!m.contains("app_ro") && !m.contains("not-the-password"), "{m}");
+    assert!(gw.log().contains("upstream login failed"), "{}", gw.log());
+    assert!(!gw.log().contains("not-the-password"));
+}

@@ -585,15 +585,7 @@ impl ControlPlane {
             _ => {}
         }
         if !g.is_live(now) {
-            return Err(Refusal::GrantNotLive {
-                id: g.id,
-                state: if g.state == GrantState::Active {
-                    "expired"
-                } else {
-                    g.state.as_str()
-                },
-            }
-            .into());
+            return Err(Refusal::not_live(&g).into());
         }
         g.state = state;
         g.ended_at = Some(now);

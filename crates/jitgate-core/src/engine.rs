@@ -137,6 +137,18 @@ pub enum RefusalClass {
 }
 
 impl Refusal {
+    /// The refusal for acting on a grant that has ended.
+    pub fn not_live(grant: &Grant) -> Self {
+        Self::GrantNotLive {
+            id: grant.id,
+            state: if grant.state == GrantState::Active {
+                "expired"
+            } else {
+                grant.state.as_str()
+            },
+        }
+    }
+
     /// HTTP-ish class.
     pub fn class(&self) -> RefusalClass {
         match self {
@@ -498,14 +510,7 @@ pub fn plan_extension(
         return Err(Refusal::NotYours("extend a grant"));
     }
     if !grant.is_live(now) {
-        return Err(Refusal::GrantNotLive {
-            id: grant.id,
-            state: if grant.state == GrantState::Active {
-                "expired"
-            } else {
-                grant.state.as_str()
-            },
-        });
+        return Err(Refusal::not_live(grant));
     }
     let mut req = plan_request(
         catalog,
@@ -526,14 +531,7 @@ pub fn plan_extension(
 /// Apply an approved extension to its grant: the end moves later by the request's duration.
 pub fn extend_grant(grant: &mut Grant, req: &Request, now: Timestamp) -> Result<(), Refusal> {
     if !grant.is_live(now) {
-        return Err(Refusal::GrantNotLive {
-            id: grant.id,
-            state: if grant.state == GrantState::Active {
-                "expired"
-            } else {
-                grant.state.as_str()
-            },
-        });
+        return Err(Refusal::not_live(grant));
     }
     let secs = i64::try_from(req.duration_secs).unwrap_or(i64::MAX);
     grant.expires_at = grant

@@ -181,7 +181,14 @@ impl<G: Gatekeeper> PgFrontend<G> {
             client = Box::new(self.acceptor.accept(tcp).await?);
         } else {
             loop {
-                let body = read_startup(&mut tcp).await?;
+                let body = match read_startup(&mut tcp).await {
+                    Ok(b) => b,
+                    Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                        send_error(&mut tcp, "08P01", &format!("invalid startup packet: {e}"), None).await;
+                        return Ok(Started::Done);
+                    }
+                    Err(e) => return Err(e),
+                };
                 match protocol::parse_startup(&body) {
                     Ok(Startup::Ssl) => {
                         tcp.write_all(b"S").await?;

@@ -171,39 +171,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Approve { id, reason, conn } => {
-            let r: Request = Client::new(&conn)?
-                .post(&format!("/v1/requests/{id}/approve"), &json!({"reason": reason}))
-                .await?;
-            if conn.json {
-                print_json(&r)?
-            } else {
-                println!("{}", describe(&r))
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Cmd::Deny { id, reason, conn } => {
-            let r: Request = Client::new(&conn)?
-                .post(&format!("/v1/requests/{id}/deny"), &json!({"reason": reason}))
-                .await?;
-            if conn.json {
-                print_json(&r)?
-            } else {
-                println!("{}", describe(&r))
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Cmd::Cancel { id, conn } => {
-            let r: Request = Client::new(&conn)?
-                .post(&format!("/v1/requests/{id}/cancel"), &json!({}))
-                .await?;
-            if conn.json {
-                print_json(&r)?
-            } else {
-                println!("{}", describe(&r))
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Cmd::Approve { id, reason, conn } => request_action(&conn, id, "approve", json!({"reason": reason})).await,
+        Cmd::Deny { id, reason, conn } => request_action(&conn, id, "deny", json!({"reason": reason})).await,
+        Cmd::Cancel { id, conn } => request_action(&conn, id, "cancel", json!({})).await,
         Cmd::Grants { all, conn } => {
             let gs: Vec<Grant> = Client::new(&conn)?.get(&format!("/v1/grants?all={all}")).await?;
             if conn.json {
@@ -535,6 +505,19 @@ async fn connect(resource: &str, dbname: Option<String>, args: &[String], conn: 
         .status()
         .context("running psql (is the PostgreSQL client installed?)")?;
     Ok(ExitCode::from(u8::try_from(status.code().unwrap_or(1)).unwrap_or(1)))
+}
+
+/// approve / deny / cancel: POST, then print the request.
+async fn request_action(conn: &Conn, id: i64, action: &str, body: Value) -> Result<ExitCode> {
+    let r: Request = Client::new(conn)?
+        .post(&format!("/v1/requests/{id}/{action}"), &body)
+        .await?;
+    if conn.json {
+        print_json(&r)?;
+    } else {
+        println!("{}", describe(&r));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn finish_request(conn: &Conn, r: &Request) -> Result<ExitCode> {
