@@ -527,3 +527,16 @@ fn machine_tokens_are_minted_by_admins_only_and_work_at_once() {
     assert!(!gw.log().contains(tok));
     assert!(!std::fs::read_to_string(gw.audit_path()).unwrap().contains(tok));
 }
+
+#[test]
+fn the_api_serves_tls_when_asked_and_the_cli_trusts_it_only_with_the_ca() {
+    let gw = Gateway::start(&format!("#listen-extra http_tls = true\n{}", policy_config("")));
+    assert!(gw.url.starts_with("https://"), "{}", gw.url);
+    let e = gw.cli(Some("alice"), &["whoami"]).refused();
+    assert!(e.contains("not trusted") && e.contains("--ca-file"), "{e}");
+    let ca = gw.data_dir().join("tls/tls.crt");
+    let who = gw
+        .cli(Some("alice"), &["whoami", "--json", "--ca-file", path_str(&ca)])
+        .json();
+    assert_eq!(who["name"], "alice@example.com");
+}

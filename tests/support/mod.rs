@@ -98,6 +98,14 @@ impl Gateway {
         } else {
             ""
         };
+        // A body may start with `#listen-extra KEY = VALUE` to add a line to [listen].
+        let (pg, body) = match body.strip_prefix("#listen-extra ") {
+            Some(rest) => {
+                let (line, body) = rest.split_once('\n').unwrap();
+                (format!("{pg}{line}\n"), body.to_string())
+            }
+            None => (pg.to_string(), body.to_string()),
+        };
         let full = format!(
             "[gateway]\ndata_dir = \"data\"\nexpiry_warning = \"1s\"\n\n[listen]\nhttp = \"127.0.0.1:0\"\n{pg}\n{body}"
         );
@@ -141,7 +149,7 @@ impl Gateway {
             if let Ok(text) = std::fs::read_to_string(&listen)
                 && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
             {
-                self.url = format!("http://{}", v["http"].as_str().unwrap());
+                self.url = v["url"].as_str().unwrap().to_string();
                 self.pg_addr = v["postgres"].as_str().unwrap_or("").to_string();
                 break;
             }

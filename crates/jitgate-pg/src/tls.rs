@@ -74,6 +74,11 @@ fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
 
 /// Server configuration from PEM files. ALPN `postgresql` is offered for direct TLS (PG 17).
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+    server_config_alpn(cert, key, &[b"postgresql"])
+}
+
+/// Server configuration from PEM files, offering the given ALPN protocols.
+pub fn server_config_alpn(cert: &Path, key: &Path, alpn: &[&[u8]]) -> Result<Arc<ServerConfig>, TlsError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .map_err(|e| file_err(cert, e))?
         .collect::<Result<_, _>>()
@@ -88,7 +93,7 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsEr
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .map_err(|e| TlsError::Config(e.to_string()))?;
-    cfg.alpn_protocols = vec![b"postgresql".to_vec()];
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(cfg))
 }
 

@@ -22,6 +22,9 @@ pub struct Conn {
     /// Print JSON instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Trust this CA (PEM) for the gateway's certificate, e.g. its self-signed data_dir/tls/tls.crt.
+    #[arg(long, global = true, env = "JITGATE_CA_FILE")]
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// Subcommands.

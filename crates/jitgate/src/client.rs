@@ -76,11 +76,16 @@ impl Client {
             .ok()
             .filter(|t| !t.is_empty())
             .or(login.token);
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
-            .timeout(std::time::Duration::from_secs(30))
-            .build()
-            .context("cannot build the HTTP client")?;
+            .timeout(std::time::Duration::from_secs(30));
+        if let Some(ca) = &conn.ca_file {
+            let pem = std::fs::read(ca).with_context(|| format!("reading --ca-file {}", ca.display()))?;
+            let cert = reqwest::Certificate::from_pem(&pem)
+                .with_context(|| format!("{} is not a PEM certificate", ca.display()))?;
+            builder = builder.add_root_certificate(cert);
+        }
+        let http = builder.build().context("cannot build the HTTP client")?;
         Ok(Self { http, base, token })
     }
 
@@ -90,11 +95,13 @@ impl Client {
             None => rb,
         };
         let resp = rb.send().await.map_err(|e| {
-            anyhow!(
-                "cannot reach the gateway at {}: {}\nhint: is `jitgate serve` running? set --url or JITGATE_URL",
-                self.base,
-                e.without_url()
-            )
+            let chain = format!("{:?}", e);
+            let hint = if chain.contains("certificate") || chain.contains("UnknownIssuer") {
+                "the gateway's TLS certificate is not trusted: pass --ca-file (or JITGATE_CA_FILE) with its CA, e.g. data_dir/tls/tls.crt"
+            } else {
+                "is `jitgate serve` running? set --url or JITGATE_URL"
+            };
+            anyhow!("cannot reach the gateway at {}: {}\nhint: {hint}", self.base, e.without_url())
         })?;
         let status = resp.status();
         let bytes = resp.bytes().await.context("reading the gateway's answer")?;

@@ -9,6 +9,7 @@ mod cli;
 mod client;
 mod serve;
 mod table;
+mod tls_listener;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -68,6 +68,9 @@ fn store_path(loaded: &Loaded) -> Result<PathBuf> {
 pub async fn run(config_path: &Path) -> Result<()> {
     let loaded = report(config::load(config_path))?;
     init_logging(loaded.config.gateway.log_format);
+    // Signals first: a SIGHUP during start-up must not kill the process (its default action).
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let data_dir = loaded.config.gateway.data_dir.clone();
     std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create data_dir {}", data_dir.display()))?;
     restrict_dir(&data_dir);
@@ -111,15 +114,23 @@ pub async fn run(config_path: &Path) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {http} ([listen] http)"))?;
     let bound = listener.local_addr()?;
-    let mut listen_info = serde_json::json!({"http": bound.to_string(), "pid": std::process::id()});
-
-    if let Some(pg) = &loaded.config.listen.postgres {
-        let addr: SocketAddr = pg.get_ref().parse().context("[listen] postgres")?;
-        let (cert, key) = match &loaded.config.tls {
+    let http_tls = loaded.config.listen.http_uses_tls();
+    let mut listen_info = serde_json::json!({
+        "http": bound.to_string(),
+        "url": format!("{}://{bound}", if http_tls { "https" } else { "http" }),
+        "pid": std::process::id(),
+    });
+    let tls_files = || -> Result<(PathBuf, PathBuf)> {
+        Ok(match &loaded.config.tls {
             Some(t) => (t.cert_file.clone(), t.key_file.clone()),
             None => jitgate_pg::tls::ensure_self_signed(&data_dir.join("tls"), &[])
                 .context("generating the self-signed TLS certificate")?,
-        };
+        })
+    };
+
+    if let Some(pg) = &loaded.config.listen.postgres {
+        let addr: SocketAddr = pg.get_ref().parse().context("[listen] postgres")?;
+        let (cert, key) = tls_files()?;
         let tls = jitgate_pg::tls::server_config(&cert, &key).context("loading the TLS certificate ([tls])")?;
         let pgc = &loaded.config.postgres;
         if pgc.allow_plaintext && !addr.ip().is_loopback() {
@@ -177,9 +188,6 @@ pub async fn run(config_path: &Path) -> Result<()> {
         )
         .await;
 
-    // Signals.
-    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let reload_cp = cp.clone();
     let reload_path = config_path.to_path_buf();
     let reload_stop = stop.clone();
@@ -204,10 +212,22 @@ pub async fn run(config_path: &Path) -> Result<()> {
 
     let app = jitgate_api::router(cp.clone());
     let graceful = stop.clone();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { graceful.cancelled().await })
-        .await
-        .context("HTTP server")?;
+    if http_tls {
+        let (cert, key) = tls_files()?;
+        let cfg = jitgate_pg::tls::server_config_alpn(&cert, &key, &[b"http/1.1"])
+            .context("loading the TLS certificate ([tls])")?;
+        tracing::info!(cert = %cert.display(), "API served over TLS");
+        let tls_listener = crate::tls_listener::TlsListener::new(listener, cfg).context("API TLS listener")?;
+        axum::serve(tls_listener, app)
+            .with_graceful_shutdown(async move { graceful.cancelled().await })
+            .await
+            .context("HTTP server")?;
+    } else {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { graceful.cancelled().await })
+            .await
+            .context("HTTP server")?;
+    }
 
     let killed = cp.enforcer().sessions.kill_all(&KillReason::Shutdown);
     let _ = cp

@@ -193,11 +193,12 @@ fn validate(c: &Config, d: &mut Diags<'_>) -> Catalog {
     check_addr(d, "[listen] http", &c.listen.http);
     if let Ok(a) = c.listen.http.get_ref().parse::<SocketAddr>()
         && !a.ip().is_loopback()
+        && !c.listen.http_uses_tls()
     {
         d.warning(
-            span(&c.listen.http),
-            "the HTTP API listens beyond loopback without TLS: bearer tokens would cross the network in clear",
-            Some("listen on 127.0.0.1 and put a TLS-terminating proxy in front of it".into()),
+            c.listen.http_tls.as_ref().and_then(span),
+            "http_tls = false on a non-loopback address: bearer tokens would cross the network in clear",
+            Some("remove http_tls (TLS is automatic beyond loopback) or put a TLS-terminating proxy in front".into()),
         );
     }
     for (what, v) in [

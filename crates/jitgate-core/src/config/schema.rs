@@ -128,16 +128,33 @@ pub struct ListenSection {
     /// HTTP API, `/metrics`, health.
     #[serde(default = "default_http_spanned")]
     pub http: Spanned<String>,
+    /// Serve the API over TLS. Omitted: TLS whenever `http` is not a loopback address.
+    pub http_tls: Option<Spanned<bool>>,
     /// Postgres front end.
     pub postgres: Option<Spanned<String>>,
     /// SSH front end.
     pub ssh: Option<Spanned<String>>,
 }
 
+impl ListenSection {
+    /// Whether the API is served over TLS (explicit setting, or: not loopback).
+    pub fn http_uses_tls(&self) -> bool {
+        match &self.http_tls {
+            Some(v) => *v.get_ref(),
+            None => self
+                .http
+                .get_ref()
+                .parse::<std::net::SocketAddr>()
+                .is_ok_and(|a| !a.ip().is_loopback()),
+        }
+    }
+}
+
 impl Default for ListenSection {
     fn default() -> Self {
         Self {
             http: Spanned::new(0..0, default_http()),
+            http_tls: None,
             postgres: None,
             ssh: None,
         }
