@@ -575,7 +575,7 @@ impl<G: Gatekeeper> PgFrontend<G> {
                 info.resource
             ),
         };
-        let (end, guard) = relay::run(ctx, client, upstream.io, upstream.leftover).await;
+        let end = relay::run(ctx, client, upstream.io, upstream.leftover).await;
         self.cancels.remove(&our_key);
         let (outcome, reason) = match &end {
             End::Client => ("ok".to_string(), "client disconnected".to_string()),
@@ -597,7 +597,6 @@ impl<G: Gatekeeper> PgFrontend<G> {
             let lag = jiff::Timestamp::now().duration_since(*at).as_secs_f64().max(0.0);
             tracing::info!(session_id = %info.id, lag_ms = lag * 1000.0, "postgres session killed at grant expiry");
         }
-        drop(guard);
         tracing::info!(session_id = %info.id, outcome = %outcome, reason = %reason, "postgres session ended");
         self.gk.session_ended(&info, &outcome, &reason).await;
     }

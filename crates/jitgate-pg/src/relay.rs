@@ -85,8 +85,9 @@ pub enum End {
     Error(String),
 }
 
-/// Relay until one side ends.
-pub async fn run(ctx: RelayCtx, client: BoxIo, server: BoxIo, leftover: BytesMut) -> (End, SessionGuard) {
+/// Relay until one side ends. The session deregisters when this returns (its guard is dropped
+/// with the context).
+pub async fn run(ctx: RelayCtx, client: BoxIo, server: BoxIo, leftover: BytesMut) -> End {
     let (cr, cw) = tokio::io::split(client);
     let (sr, sw) = tokio::io::split(server);
     let shared = Arc::new(Shared::default());
@@ -103,17 +104,7 @@ pub async fn run(ctx: RelayCtx, client: BoxIo, server: BoxIo, leftover: BytesMut
         c2s.abort();
         let _ = c2s.await;
     }
-    let ctx = match Arc::try_unwrap(ctx) {
-        Ok(c) => c,
-        Err(_) => unreachable_ctx(),
-    };
-    (end, ctx.guard)
-}
-
-#[allow(clippy::panic)]
-fn unreachable_ctx() -> RelayCtx {
-    // The only other holder is the aborted c2s task, awaited above.
-    panic!("relay context still shared after both loops ended")
+    end
 }
 
 fn truncate(s: &str, max: usize) -> (String, bool) {
