@@ -867,3 +867,22 @@ async fn upstream_login_failure_is_clear_and_reveals_no_credentials() {
     assert!(gw.log().contains("upstream login failed"), "{}", gw.log());
     assert!(!gw.log().contains("not-the-password"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_tells_clients_why_and_leaves_no_backend() {
+    let (mut gw, pg, db) = setup(true, "");
+    grant(&gw, "read-only", "1h");
+    let c = connect(&gw, "alice").await.unwrap();
+    let q = tokio::spawn(async move { c.simple_query("SELECT pg_sleep(10)").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gw.stop();
+    let e = q.await.unwrap().unwrap_err();
+    assert_eq!(code(&e), "57P01", "{e:?}");
+    assert!(db_message(&e).contains("shutting down"), "{e:?}");
+    assert!(eventually(Duration::from_secs(2), || backends(&pg, &db) == 0));
+    let kinds = gw.audit_kinds();
+    assert!(
+        kinds.contains(&"session.ended".to_string()) && kinds.last().map(String::as_str) == Some("gateway.stopped"),
+        "{kinds:?}"
+    );
+}

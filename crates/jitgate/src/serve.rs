@@ -230,6 +230,11 @@ pub async fn run(config_path: &Path) -> Result<()> {
     }
 
     let killed = cp.enforcer().sessions.kill_all(&KillReason::Shutdown);
+    // Give the sessions a moment to tell their clients why (FATAL 57P01) and end cleanly.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while !cp.enforcer().sessions.is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let _ = cp
         .audit()
         .record(
