@@ -718,13 +718,9 @@ async fn malformed_input_silence_and_wrong_passwords_do_not_hurt_others() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_oversized_message_ends_only_that_session() {
+/// Log in over plain TCP by hand (startup, password), up to the first ReadyForQuery.
+async fn raw_login(gw: &Gateway) -> tokio::net::TcpStream {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (gw, _pg, _db) = setup(true, "");
-    grant(&gw, "read-only", "1h");
-    let other = connect(&gw, "alice").await.unwrap();
-    // Log in by hand, then send a Query header claiming 1 GB.
     let mut s = tokio::net::TcpStream::connect(&gw.pg_addr).await.unwrap();
     let mut startup = Vec::new();
     startup.extend_from_slice(&0i32.to_be_bytes());
@@ -758,6 +754,42 @@ async fn an_oversized_message_ends_only_that_session() {
         assert!(n > 0);
         got.extend_from_slice(&hello[..n]);
     }
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_applies_backpressure() {
+    use tokio::io::AsyncWriteExt;
+    let (gw, _pg, _db) = setup(true, "");
+    grant(&gw, "read-only", "1h");
+    let mut s = raw_login(&gw).await;
+    let before = rss_kib(gw.pid());
+    // About 1 GB of rows, and then never read a byte.
+    let sql = b"SELECT repeat('x', 1000) FROM generate_series(1, 1000000)\0";
+    let mut q = vec![b'Q'];
+    q.extend_from_slice(&((sql.len() + 4) as i32).to_be_bytes());
+    q.extend_from_slice(sql);
+    s.write_all(&q).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = rss_kib(gw.pid());
+    assert!(
+        after < before + 32 * 1024,
+        "RSS grew from {before} KiB to {after} KiB while the client was not reading"
+    );
+    // Others are unaffected.
+    let c = connect(&gw, "alice").await.unwrap();
+    assert_eq!(c.query_one("SELECT 3", &[]).await.unwrap().get::<_, i32>(0), 3);
+    drop(s);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_message_ends_only_that_session() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (gw, _pg, _db) = setup(true, "");
+    grant(&gw, "read-only", "1h");
+    let other = connect(&gw, "alice").await.unwrap();
+    // Log in by hand, then send a Query header claiming 1 GB.
+    let mut s = raw_login(&gw).await;
     s.write_all(&[b'Q', 0x40, 0, 0, 0]).await.unwrap();
     let mut rest = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut rest))
@@ -885,4 +917,40 @@ async fn shutdown_tells_clients_why_and_leaves_no_backend() {
         kinds.contains(&"session.ended".to_string()) && kinds.last().map(String::as_str) == Some("gateway.stopped"),
         "{kinds:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_kills_one_session_and_the_grant_stays() {
+    let (gw, _pg, _db) = setup(true, "");
+    grant(&gw, "read-only", "1h");
+    let c = connect(&gw, "alice").await.unwrap();
+    let sessions = gw.cli(Some("root"), &["sessions", "--json"]).json();
+    let sid = sessions[0]["id"].as_str().unwrap().to_string();
+    let e = gw.cli(Some("carol"), &["kill", &sid]).refused();
+    assert!(e.contains("may not kill"), "{e}");
+    gw.cli(Some("root"), &["kill", &sid]).ok();
+    let e = c.simple_query("SELECT 1").await.unwrap_err();
+    let msg = e
+        .as_db_error()
+        .map(|d| d.message().to_string())
+        .unwrap_or_else(|| e.to_string());
+    assert!(msg.contains("killed by root@example.com") || e.is_closed(), "{e:?}");
+    // The grant is untouched: a new session works.
+    assert_eq!(
+        connect(&gw, "alice")
+            .await
+            .unwrap()
+            .query_one("SELECT 1", &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        1
+    );
+    let killed = gw
+        .audit_events()
+        .into_iter()
+        .find(|e| e["kind"] == "session.killed")
+        .unwrap();
+    assert_eq!(killed["actor"], "root@example.com");
+    assert_eq!(killed["session_id"], sid.as_str());
 }
