@@ -316,6 +316,21 @@ async fn tokio_postgres_prepared_transactions_copy_notify_and_cancel() {
         .unwrap();
     assert_eq!(n, ("jobs".to_string(), "hello".to_string()));
 
+    // Rows larger than the relay's buffer stream through intact, and the next message is fine.
+    let big = c
+        .query_one("SELECT repeat('ab', 1500000) || 'end', 42", &[])
+        .await
+        .unwrap();
+    let text: String = big.get(0);
+    assert_eq!(text.len(), 3_000_003);
+    assert!(text.starts_with("abab") && text.ends_with("abend"));
+    assert_eq!(big.get::<_, i32>(1), 42);
+    let rows = c
+        .query("SELECT repeat('z', 400000) FROM generate_series(1, 5)", &[])
+        .await
+        .unwrap();
+    assert!(rows.iter().all(|r| r.get::<_, String>(0).len() == 400_000) && rows.len() == 5);
+
     // Cancel across the gateway: the gateway's own BackendKeyData maps to the upstream's.
     let token = c.cancel_token();
     let started = Instant::now();

@@ -62,6 +62,13 @@ struct Pending {
     error: Option<(String, String)>,
 }
 
+/// Named statements/portals remembered per session (for audit text) before the maps are reset.
+const MAX_NAMED: usize = 10_000;
+
+/// Frames the server → client loop does not inspect are streamed, not buffered whole, when
+/// longer than this: a 1 GB row costs the gateway one read buffer, not 1 GB.
+const STREAM_OVER: usize = 256 * 1024;
+
 #[derive(Default)]
 struct Shared {
     /// ReadyForQuery-producing messages forwarded to the server.
@@ -227,6 +234,11 @@ async fn client_to_server(
                         discarding = Some(format!("{why}\u{0}{sql}"));
                         continue;
                     }
+                    if statements.len() >= MAX_NAMED {
+                        // A client that never closes its statements: keep memory bounded; only
+                        // the audit text of old statements is lost (checks ran at Parse).
+                        statements.clear();
+                    }
                     statements.insert(name.to_string(), (sql, v.class));
                     out.extend_from_slice(&frame);
                 }
@@ -237,6 +249,9 @@ async fn client_to_server(
                     let (portal, rest) = protocol::cstr(body).unwrap_or(("", &[]));
                     let stmt = protocol::cstr(rest).map_or("", |x| x.0);
                     if let Some(s) = statements.get(stmt) {
+                        if portals.len() >= MAX_NAMED {
+                            portals.clear();
+                        }
                         portals.insert(portal.to_string(), s.clone());
                     }
                     out.extend_from_slice(&frame);
@@ -296,6 +311,18 @@ async fn client_to_server(
                     break;
                 }
                 b'D' | b'C' | b'H' if discarding.is_some() => {}
+                b'C' => {
+                    // Close statement ('S') or portal ('P'): forget its text too.
+                    if let Some((&kind, name)) = body.split_first() {
+                        let name = protocol::cstr(name).map_or("", |x| x.0);
+                        if kind == b'S' {
+                            statements.remove(name);
+                        } else {
+                            portals.remove(name);
+                        }
+                    }
+                    out.extend_from_slice(&frame);
+                }
                 _ => out.extend_from_slice(&frame),
             }
         }
@@ -358,8 +385,20 @@ async fn server_to_client(
         .bytes_total
         .with_label_values(&["postgres", "server_to_client"]);
     let mut events: Vec<Event> = Vec::new();
+    // Bytes of a large pass-through frame still to forward as they arrive.
+    let mut streaming: usize = 0;
     loop {
-        if buf.is_empty()
+        if streaming > 0 && !buf.is_empty() {
+            let n = streaming.min(buf.len());
+            if let Err(e) = cw.write_all(&buf[..n]).await {
+                return End::Error(format!("writing to the client: {e}"));
+            }
+            buf.advance(n);
+            streaming -= n;
+            continue;
+        }
+        if streaming > 0
+            || buf.is_empty()
             || protocol::header(&buf, usize::MAX)
                 .ok()
                 .flatten()
@@ -401,7 +440,11 @@ async fn server_to_client(
         while let Ok(Some(h)) = protocol::header(&buf[pos..], usize::MAX) {
             let total = 5 + h.body_len;
             if buf.len() - pos < total {
-                if buf.capacity() - buf.len() < total {
+                if total > STREAM_OVER && !matches!(h.tag, b'Z' | b'C' | b'E' | b'I' | b's') {
+                    // Forward what we have of it now and the rest as it comes.
+                    streaming = total - (buf.len() - pos);
+                    pos = buf.len();
+                } else if buf.capacity() - buf.len() < total {
                     buf.reserve(total);
                 }
                 break;
