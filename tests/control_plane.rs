@@ -540,3 +540,24 @@ fn the_api_serves_tls_when_asked_and_the_cli_trusts_it_only_with_the_ca() {
         .json();
     assert_eq!(who["name"], "alice@example.com");
 }
+
+#[test]
+fn a_client_that_never_finishes_its_headers_is_cut_off_and_others_are_served() {
+    use std::io::{Read, Write};
+    let gw = Gateway::start(&policy_config(""));
+    let addr = gw.url.trim_start_matches("http://").to_string();
+    let mut slow = std::net::TcpStream::connect(&addr).unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").unwrap();
+    let t = std::time::Instant::now();
+    // Meanwhile the API answers everyone else.
+    let (s, _) = gw.http_get("/healthz", None);
+    assert_eq!(s, 200);
+    slow.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let n = slow.read(&mut [0u8; 64]).unwrap_or(0);
+    assert_eq!(n, 0, "connection should be closed");
+    assert!(
+        t.elapsed() >= Duration::from_secs(9) && t.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        t.elapsed()
+    );
+}

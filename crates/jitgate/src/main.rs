@@ -7,6 +7,7 @@
 
 mod cli;
 mod client;
+mod http_server;
 mod serve;
 mod table;
 mod tls_listener;

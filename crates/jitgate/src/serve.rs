@@ -218,15 +218,9 @@ pub async fn run(config_path: &Path) -> Result<()> {
             .context("loading the TLS certificate ([tls])")?;
         tracing::info!(cert = %cert.display(), "API served over TLS");
         let tls_listener = crate::tls_listener::TlsListener::new(listener, cfg).context("API TLS listener")?;
-        axum::serve(tls_listener, app)
-            .with_graceful_shutdown(async move { graceful.cancelled().await })
-            .await
-            .context("HTTP server")?;
+        crate::http_server::serve(tls_listener, app, graceful).await;
     } else {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { graceful.cancelled().await })
-            .await
-            .context("HTTP server")?;
+        crate::http_server::serve(listener, app, graceful).await;
     }
 
     let killed = cp.enforcer().sessions.kill_all(&KillReason::Shutdown);
