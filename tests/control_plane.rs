@@ -561,3 +561,83 @@ fn a_client_that_never_finishes_its_headers_is_cut_off_and_others_are_served() {
         t.elapsed()
     );
 }
+
+/// A tiny tmpfs, unmounted (lazily) on drop.
+struct TinyFs(std::path::PathBuf);
+
+impl Drop for TinyFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn an_approval_that_cannot_be_audited_opens_nothing_and_the_log_stays_verifiable() {
+    let fsdir = tempfile::tempdir().unwrap();
+    let mnt = fsdir.path().join("auditfs");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let ok = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    assert!(
+        ok.success(),
+        "this test mounts a small tmpfs to fill the audit disk: it needs root"
+    );
+    let _fs = TinyFs(mnt.clone());
+    let log = mnt.join("audit.jsonl");
+    let gw = Gateway::start(&format!(
+        "{}\n[audit]\nfile = \"{}\"\n",
+        policy_config(""),
+        log.display()
+    ));
+    // A reason longer than a page, so the approval's events need fresh pages on the full disk.
+    let reason = "disk test ".repeat(1000);
+    let r = gw
+        .cli(Some("alice"), &["request", "prod-db", "--reason", &reason, "--json"])
+        .json();
+    let id = r["id"].as_i64().unwrap().to_string();
+
+    // Fill the audit file system.
+    let filler = mnt.join("filler");
+    let mut f = std::fs::File::create(&filler).unwrap();
+    let chunk = vec![0u8; 4096];
+    while std::io::Write::write_all(&mut f, &chunk).is_ok() {}
+    drop(f);
+
+    let e = gw.cli(Some("bob"), &["approve", &id]).refused();
+    assert!(e.contains("audit log could not be written"), "{e}");
+    assert!(
+        gw.cli(Some("alice"), &["grants", "--json"])
+            .json()
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "an unaudited grant must not be live"
+    );
+    assert!(
+        gw.cli(Some("alice"), &["whoami", "--json"]).json()["grants"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    assert!(gw.log().contains("undoing it (fail closed)"), "{}", gw.log());
+
+    // Space comes back: everything works again and the chain has no partial line.
+    std::fs::remove_file(&filler).unwrap();
+    let r = gw
+        .cli(Some("alice"), &["request", "prod-db", "--reason", "again", "--json"])
+        .json();
+    gw.cli(Some("bob"), &["approve", &r["id"].as_i64().unwrap().to_string()])
+        .ok();
+    assert_eq!(
+        gw.cli(Some("alice"), &["grants", "--json"])
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    gw.cli(None, &["audit", "verify", "--file", path_str(&log)]).ok();
+}

@@ -401,40 +401,89 @@ impl ControlPlane {
 
     async fn finish_approval(&self, r: Request, now: Timestamp) -> ApiResult<Request> {
         let actor = r.decided_by.clone().unwrap_or_default();
-        let (r, g, extended) = match r.extends_grant {
+        let (r, g, previous) = match r.extends_grant {
             Some(gid) => {
                 let mut g = self
                     .store
                     .get_grant(gid)
                     .await?
                     .ok_or_else(|| ApiError::not_found(format!("no grant {gid}")))?;
+                let before = g.clone();
                 engine::extend_grant(&mut g, &r, now)?;
                 let (r, g) = self.store.approve_with_grant(&r, &g).await?;
-                (r, g, true)
+                (r, g, Some(before))
             }
             None => {
                 let g = engine::grant_for(&r, now);
                 let (r, g) = self.store.approve_with_grant(&r, &g).await?;
-                (r, g, false)
+                (r, g, None)
             }
         };
+        let extended = previous.is_some();
         self.enforcer.activate(LiveGrant::from(&g));
+        if let Err(e) = self.audit_approval(&r, &g, &actor, extended, now).await {
+            // No access without an audit trail: undo what the approval opened.
+            self.undo_approval(&g, previous).await;
+            return Err(e);
+        }
+        tracing::info!(request_id = r.id, grant_id = g.id, identity = %g.identity, resource = %g.resource, expires_at = %g.expires_at, extended, "grant opened");
+        Ok(r)
+    }
+
+    async fn undo_approval(&self, g: &Grant, previous: Option<Grant>) {
+        tracing::error!(
+            grant_id = g.id,
+            "the approval could not be audited; undoing it (fail closed)"
+        );
+        match previous {
+            Some(before) => {
+                if let Err(e) = self.store.update_grant(&before).await {
+                    tracing::error!(error = %e, grant_id = g.id, "could not restore the grant's previous end");
+                }
+                self.enforcer.activate(LiveGrant::from(&before));
+            }
+            None => {
+                let mut revoked = g.clone();
+                revoked.state = GrantState::Revoked;
+                revoked.ended_at = Some(self.now());
+                revoked.ended_by = Some("gateway".into());
+                revoked.end_reason = Some("audit log unavailable".into());
+                if let Err(e) = self.store.update_grant(&revoked).await {
+                    tracing::error!(error = %e, grant_id = g.id, "could not mark the unaudited grant revoked");
+                }
+                self.enforcer.end(
+                    g.id,
+                    &KillReason::Revoked {
+                        by: "gateway (audit log unavailable)".into(),
+                    },
+                );
+            }
+        }
+    }
+
+    async fn audit_approval(
+        &self,
+        r: &Request,
+        g: &Grant,
+        actor: &str,
+        extended: bool,
+        now: Timestamp,
+    ) -> ApiResult<()> {
         self.count(RequestState::Approved);
         self.metrics
             .approval_latency_seconds
             .observe(now.duration_since(r.created_at).as_secs_f64().max(0.0));
-        let mut ev = self.request_event("request.approved", &r, &actor, now);
+        let mut ev = self.request_event("request.approved", r, actor, now);
         if let Some(rule) = &r.decision_reason {
             ev.details["auto_approved_by"] = serde_json::Value::String(rule.clone());
         }
         self.audit.record(ev.grant(g.id)).await?;
         let kind = if extended { "grant.extended" } else { "grant.activated" };
         self.audit
-            .record(Event::new(kind, now).actor(&actor).resource(&g.resource).request(r.id).grant(g.id)
+            .record(Event::new(kind, now).actor(actor).resource(&g.resource).request(r.id).grant(g.id)
                 .details(serde_json::json!({"identity": g.identity, "access": g.access, "starts_at": g.starts_at, "expires_at": g.expires_at, "policy": g.policy})))
             .await?;
-        tracing::info!(request_id = r.id, grant_id = g.id, identity = %g.identity, resource = %g.resource, expires_at = %g.expires_at, "{kind}");
-        Ok(r)
+        Ok(())
     }
 
     async fn load_request(&self, id: i64) -> ApiResult<Request> {
@@ -631,7 +680,7 @@ impl ControlPlane {
     // ---------------------------------------------------------------- sessions
 
     /// Record a session start (front ends call this after registering).
-    pub async fn session_started(&self, s: &SessionInfo) {
+    pub async fn session_started(&self, s: &SessionInfo) -> bool {
         self.metrics
             .sessions_active
             .with_label_values(&[&s.protocol, &s.resource])
@@ -639,11 +688,15 @@ impl ControlPlane {
         if let Err(e) = self.store.session_started(s).await {
             tracing::warn!(error = %e, session_id = %s.id, "could not persist session start");
         }
-        let _ = self
+        let audited = self
             .audit
             .record(Event::new("session.started", s.started_at).actor(&s.identity).resource(&s.resource).grant(s.grant_id).session(&s.id)
                 .details(serde_json::json!({"identity": s.identity, "protocol": s.protocol, "access": s.access, "client": s.client_addr})))
             .await;
+        if let Err(e) = &audited {
+            tracing::error!(error = %e, session_id = %s.id, "session start could not be audited; refusing the session");
+        }
+        audited.is_ok()
     }
 
     /// Record a session end.
@@ -842,8 +895,8 @@ impl jitgate_core::Gatekeeper for ControlPlane {
         ControlPlane::metrics(self)
     }
 
-    async fn session_started(&self, s: &SessionInfo) {
-        ControlPlane::session_started(self, s).await;
+    async fn session_started(&self, s: &SessionInfo) -> bool {
+        ControlPlane::session_started(self, s).await
     }
 
     async fn session_ended(&self, s: &SessionInfo, outcome: &str, reason: &str) {

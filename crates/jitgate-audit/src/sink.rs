@@ -232,7 +232,10 @@ fn writer(
     index: Option<Arc<dyn AuditIndex>>,
     on_write: Option<Arc<dyn Fn(u64) + Send + Sync>>,
 ) {
-    let mut out = std::io::BufWriter::with_capacity(256 * 1024, file);
+    // Length of the file up to the last line known to be written; a failed batch is cut back to
+    // it so a partial line never stays in the log.
+    let mut good_len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut out = Some(std::io::BufWriter::with_capacity(256 * 1024, file));
     let rt = tokio::runtime::Builder::new_current_thread().build();
     let mut batch: Vec<Msg> = Vec::with_capacity(256);
     while let Some(first) = rx.blocking_recv() {
@@ -259,6 +262,15 @@ fn writer(
         let mut written = Vec::with_capacity(batch.len());
         let mut result: Result<(), String> = Ok(());
         let (seq0, prev0) = (seq, prev.clone());
+        let Some(w) = out.as_mut() else {
+            for m in batch.drain(..) {
+                if let Some(ack) = m.ack {
+                    let _ = ack.send(Err("the audit log is unusable after a failed recovery".into()));
+                }
+            }
+            continue;
+        };
+        let mut batch_len: u64 = 0;
         for m in &mut batch {
             let mut e = std::mem::replace(&mut m.event, Event::new("", jiff::Timestamp::UNIX_EPOCH));
             seq += 1;
@@ -272,25 +284,38 @@ fn writer(
                 }
             };
             prev = line_hash(&line);
-            if let Err(err) = out.write_all(&line).and_then(|()| out.write_all(b"\n")) {
+            if let Err(err) = w.write_all(&line).and_then(|()| w.write_all(b"\n")) {
                 result = Err(err.to_string());
                 break;
             }
+            batch_len += u64::try_from(line.len() + 1).unwrap_or(0);
             written.push(e);
         }
         if result.is_ok() {
-            result = out.flush().map_err(|e| e.to_string());
+            result = w.flush().map_err(|e| e.to_string());
             if result.is_ok() && durable {
-                result = out.get_ref().sync_data().map_err(|e| e.to_string());
+                result = w.get_ref().sync_data().map_err(|e| e.to_string());
             }
         }
         if let Err(e) = &result {
-            // Nothing of this batch is acknowledged; roll the chain state back so the next
-            // batch continues from the last line known to be written.
+            // Nothing of this batch is acknowledged; roll the chain state back and cut the file
+            // back to the last complete line, so the log stays verifiable.
             tracing::error!(path = %path.display(), error = %e, "audit write failed");
             seq = seq0;
             prev = prev0;
             written.clear();
+            out = out.take().and_then(|w| {
+                let (file, _unwritten) = w.into_parts();
+                match file.set_len(good_len) {
+                    Ok(()) => Some(std::io::BufWriter::with_capacity(256 * 1024, file)),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot cut the audit log back after a failed write; refusing further events");
+                        None
+                    }
+                }
+            });
+        } else {
+            good_len += batch_len;
         }
         if let Some(f) = &on_write {
             f(u64::try_from(written.len()).unwrap_or(0));
@@ -307,5 +332,7 @@ fn writer(
             }
         }
     }
-    let _ = out.flush();
+    if let Some(mut w) = out {
+        let _ = w.flush();
+    }
 }

@@ -22,8 +22,9 @@ pub trait Gatekeeper: Send + Sync + 'static {
     fn enforcer(&self) -> &Arc<Enforcer>;
     /// Metrics.
     fn metrics(&self) -> &Metrics;
-    /// A session was registered (persist + audit).
-    fn session_started(&self, s: &SessionInfo) -> impl Future<Output = ()> + Send;
+    /// A session was registered (persist + audit). `false`: it could not be audited, and the
+    /// front end must end it (no access without an audit trail).
+    fn session_started(&self, s: &SessionInfo) -> impl Future<Output = bool> + Send;
     /// A session ended (persist + audit).
     fn session_ended(&self, s: &SessionInfo, outcome: &str, reason: &str) -> impl Future<Output = ()> + Send;
 }

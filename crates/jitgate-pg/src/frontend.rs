@@ -552,6 +552,17 @@ impl<G: Gatekeeper> PgFrontend<G> {
         if client.write_all(&hello).await.is_err() {
             return;
         }
+        if !self.gk.session_started(&info).await {
+            send_error(
+                &mut client,
+                "58030",
+                "jitgate cannot write its audit log; no session without an audit trail",
+                Some("operators: see the gateway log"),
+            )
+            .await;
+            self.gk.session_ended(&info, "error", "audit log unavailable").await;
+            return;
+        }
         self.cancels.insert(
             our_key,
             CancelTarget {
@@ -560,7 +571,6 @@ impl<G: Gatekeeper> PgFrontend<G> {
                 key: upstream.key,
             },
         );
-        self.gk.session_started(&info).await;
         tracing::info!(session_id = %info.id, identity = %info.identity, resource = %info.resource, access = %info.access, grant_id = info.grant_id, "postgres session started");
         let ctx = RelayCtx {
             guard,
