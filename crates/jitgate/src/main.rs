@@ -350,13 +350,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                             s(e, "request_id"),
                             s(e, "grant_id"),
                             s(e, "session_id"),
-                            s(e, "reason"),
+                            event_detail(e),
                         ]
                     })
                     .collect();
                 table::print(
                     &[
-                        "SEQ", "TIME", "KIND", "ACTOR", "RESOURCE", "REQ", "GRANT", "SESSION", "REASON",
+                        "SEQ", "TIME", "KIND", "ACTOR", "RESOURCE", "REQ", "GRANT", "SESSION", "DETAIL",
                     ],
                     &rows,
                 );
@@ -452,6 +452,26 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The one-line summary of an audit event for tables: statements show outcome, duration, rows
+/// and SQL; other events their reason.
+fn event_detail(e: &Value) -> String {
+    let d = &e["details"];
+    if e["kind"] == "pg.statement" {
+        let mut out = format!(
+            "{} {}ms rows={} {}",
+            d["outcome"].as_str().unwrap_or("?"),
+            d["duration_ms"],
+            d["rows"],
+            d["sql"].as_str().unwrap_or("").replace(['\n', '\r'], " ")
+        );
+        if let Some(code) = d["sqlstate"].as_str() {
+            out.push_str(&format!(" [{code}]"));
+        }
+        return out;
+    }
+    e["reason"].as_str().unwrap_or("").to_string()
 }
 
 /// Host part of a URL (`https://gw.example.com:8443/x` → `gw.example.com`).
