@@ -969,3 +969,29 @@ async fn an_admin_kills_one_session_and_the_grant_stays() {
     assert_eq!(killed["actor"], "root@example.com");
     assert_eq!(killed["session_id"], sid.as_str());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_stay_in_order_when_statements_are_pipelined() {
+    let (gw, _pg, _db) = setup(true, "");
+    grant(&gw, "read-only", "1h");
+    let c = connect(&gw, "alice").await.unwrap();
+    // tokio-postgres pipelines concurrent requests on one connection: each is
+    // Parse/Bind/Execute/Sync sent back to back, before any answer arrives.
+    for round in 0..20i32 {
+        let (one, two) = (round * 10 + 1, round * 10 + 2);
+        type P<'a> = [&'a (dyn tokio_postgres::types::ToSql + Sync); 1];
+        let (p1, p2, p3): (P, P, P) = ([&one], [&round], [&two]);
+        let (a, b, d, e, f) = tokio::join!(
+            c.query_one("SELECT $1::int", &p1),
+            c.execute("DELETE FROM accounts WHERE id = $1", &p2),
+            c.query_one("SELECT $1::int", &p3),
+            c.simple_query("UPDATE accounts SET balance = 0"),
+            c.query_one("SELECT count(*) FROM accounts", &[]),
+        );
+        assert_eq!(a.unwrap().get::<_, i32>(0), round * 10 + 1);
+        assert_eq!(code(&b.unwrap_err()), "42501");
+        assert_eq!(d.unwrap().get::<_, i32>(0), round * 10 + 2);
+        assert_eq!(code(&e.unwrap_err()), "42501");
+        assert_eq!(f.unwrap().get::<_, i64>(0), 100);
+    }
+}
