@@ -641,3 +641,30 @@ fn an_approval_that_cannot_be_audited_opens_nothing_and_the_log_stays_verifiable
     );
     gw.cli(None, &["audit", "verify", "--file", path_str(&log)]).ok();
 }
+
+#[test]
+fn undecided_requests_escalate_and_then_expire_by_themselves() {
+    let extra = "pending_timeout = \"3s\"\nescalate_after = \"1s\"\nescalate_to = [\"jitgate-admins\"]\n";
+    let gw = Gateway::start(&policy_config(extra));
+    let r = gw
+        .cli(
+            Some("alice"),
+            &["request", "prod-db", "--reason", "nobody answers", "--json"],
+        )
+        .json();
+    let id = r["id"].as_i64().unwrap().to_string();
+    assert!(eventually(Duration::from_secs(4), || gw
+        .audit_kinds()
+        .contains(&"request.escalated".to_string())));
+    assert!(eventually(Duration::from_secs(5), || {
+        gw.cli(Some("alice"), &["requests", "--mine", "--json"]).json()[0]["state"] == "expired"
+    }));
+    let e = gw.cli(Some("bob"), &["approve", &id]).refused();
+    assert!(e.contains("is expired, not pending"), "{e}");
+    let kinds = gw.audit_kinds();
+    let pos = |k: &str| kinds.iter().position(|x| x == k).unwrap();
+    assert!(
+        pos("request.created") < pos("request.escalated") && pos("request.escalated") < pos("request.expired"),
+        "{kinds:?}"
+    );
+}
