@@ -340,8 +340,9 @@ async fn tokio_postgres_prepared_transactions_copy_notify_and_cancel() {
     });
     let e = c.simple_query("SELECT pg_sleep(30)").await.unwrap_err();
     assert_eq!(code(&e), "57014", "{e}");
+    // The cancel went out at 300 ms; the query must end within a second of it.
     assert!(
-        started.elapsed() < Duration::from_secs(2),
+        started.elapsed() < Duration::from_millis(1300),
         "cancel took {:?}",
         started.elapsed()
     );
