@@ -668,3 +668,116 @@ fn undecided_requests_escalate_and_then_expire_by_themselves() {
         "{kinds:?}"
     );
 }
+
+fn hmac_hex(secret: &str, msg: &str) -> String {
+    // HMAC-SHA256 by hand (RFC 2104), to check the gateway's signature independently.
+    use sha2::Digest;
+    let mut key = secret.as_bytes().to_vec();
+    if key.len() > 64 {
+        key = sha2::Sha256::digest(&key).to_vec();
+    }
+    key.resize(64, 0);
+    let ipad: Vec<u8> = key.iter().map(|b| b ^ 0x36).collect();
+    let opad: Vec<u8> = key.iter().map(|b| b ^ 0x5c).collect();
+    let inner = sha2::Sha256::digest([ipad.as_slice(), msg.as_bytes()].concat());
+    hex::encode(sha2::Sha256::digest([opad.as_slice(), inner.as_slice()].concat()))
+}
+
+#[test]
+fn webhooks_deliver_signed_json_and_slack_without_delaying_anyone() {
+    let rx = Receiver::start(0);
+    // A port where nothing listens yet: its webhook must not delay approvals and must be retried.
+    let late_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let w = |name: &str, v: String| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, v).unwrap();
+        p.display().to_string()
+    };
+    let json_url = w("json.url", format!("http://127.0.0.1:{}/json\n", rx.port));
+    let slack_url = w("slack.url", format!("http://127.0.0.1:{}/slack\n", rx.port));
+    let late_url = w("late.url", format!("http://127.0.0.1:{late_port}/late\n"));
+    let secret = w("hook.secret", "s3cret-hmac-key\n".into());
+    let hooks = format!(
+        "\n[[notify.webhooks]]\nurl_file = \"{json_url}\"\nformat = \"json\"\nsecret_file = \"{secret}\"\n\n[[notify.webhooks]]\nurl_file = \"{slack_url}\"\nformat = \"slack\"\nevents = [\"request.created\"]\n\n[[notify.webhooks]]\nurl_file = \"{late_url}\"\nevents = [\"request.created\"]\n"
+    );
+    let gw = Gateway::start(&format!("{}{hooks}", policy_config("")));
+    let t = std::time::Instant::now();
+    let r = gw
+        .cli(
+            Some("alice"),
+            &["request", "prod-db", "--for", "30m", "--reason", "INC-7", "--json"],
+        )
+        .json();
+    let id = r["id"].as_i64().unwrap();
+    gw.cli(Some("bob"), &["approve", &id.to_string()]).ok();
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "webhooks delayed the API: {:?}",
+        t.elapsed()
+    );
+
+    assert!(
+        eventually(Duration::from_secs(5), || rx.events().len() >= 3),
+        "{:?}",
+        rx.events()
+    );
+    let evs = rx.events();
+    let created = evs
+        .iter()
+        .find(|(h, b)| b["event"] == "request.created" && h.contains_key("x-jitgate-signature"))
+        .expect("signed json request.created");
+    let (h, body) = created;
+    assert_eq!(body["version"], 1);
+    assert_eq!(body["identity"], "alice@example.com");
+    assert_eq!(body["resource"], "prod-db");
+    assert_eq!(body["reason"], "INC-7");
+    assert_eq!(body["commands"]["approve"], format!("jitgate approve {id}"));
+    // Verify the signature over "timestamp.body" exactly as received.
+    let raw = rx
+        .got
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(hh, _)| hh.get("x-jitgate-signature") == h.get("x-jitgate-signature"))
+        .unwrap()
+        .1
+        .clone();
+    let expect = format!(
+        "sha256={}",
+        hmac_hex("s3cret-hmac-key", &format!("{}.{raw}", h["x-jitgate-timestamp"]))
+    );
+    assert_eq!(h["x-jitgate-signature"], expect);
+    assert!(
+        evs.iter()
+            .any(|(_, b)| b["event"] == "request.approved" && b["actor"] == "bob@example.com")
+    );
+    let slack = evs
+        .iter()
+        .find(|(_, b)| b.get("blocks").is_some())
+        .expect("slack payload");
+    let text = slack.1["text"].as_str().unwrap();
+    assert!(
+        text.contains("alice@example.com") && text.contains("prod-db") && text.contains("INC-7"),
+        "{text}"
+    );
+    assert!(slack.1.to_string().contains(&format!("jitgate approve {id}")));
+
+    // The receiver that was down comes up; the retry delivers.
+    std::thread::sleep(Duration::from_millis(1500));
+    let late = Receiver::start(late_port);
+    assert!(eventually(Duration::from_secs(10), || late
+        .events()
+        .iter()
+        .any(|(_, b)| b["event"] == "request.created")));
+    let (_, m) = gw.http_get("/metrics", None);
+    assert!(m.contains("jitgate_notifications_total{result=\"sent\"}"), "{m}");
+    assert!(
+        !gw.log().contains(&format!("127.0.0.1:{}", rx.port)),
+        "webhook URLs are secrets and must not be logged"
+    );
+}

@@ -324,3 +324,66 @@ pub fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
 pub fn path_str(p: &Path) -> &str {
     p.to_str().unwrap()
 }
+
+/// Lower-cased header names to values.
+pub type Headers = std::collections::HashMap<String, String>;
+
+/// A minimal HTTP receiver for webhook tests: records (headers, body) of every POST, answers 200.
+pub struct Receiver {
+    pub port: u16,
+    pub got: std::sync::Arc<std::sync::Mutex<Vec<(Headers, String)>>>,
+}
+
+impl Receiver {
+    /// Listen on `port` (0: any free port).
+    pub fn start(port: u16) -> Self {
+        let l = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+        let port = l.local_addr().unwrap().port();
+        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let g = got.clone();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { continue };
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 8192];
+                let (headers, body) = loop {
+                    let n = s.read(&mut chunk).unwrap_or(0);
+                    if n == 0 {
+                        break (None, String::new());
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    if let Some((head, rest)) = text.split_once("\r\n\r\n") {
+                        let headers: std::collections::HashMap<String, String> = head
+                            .lines()
+                            .skip(1)
+                            .filter_map(|l| {
+                                l.split_once(':')
+                                    .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+                            })
+                            .collect();
+                        let len: usize = headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+                        if rest.len() >= len {
+                            break (Some(headers), rest[..len].to_string());
+                        }
+                    }
+                };
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+                if let Some(h) = headers {
+                    g.lock().unwrap().push((h, body));
+                }
+            }
+        });
+        Self { port, got }
+    }
+
+    /// Bodies received so far, parsed as JSON, with their headers.
+    pub fn events(&self) -> Vec<(std::collections::HashMap<String, String>, serde_json::Value)> {
+        self.got
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(h, b)| (h.clone(), serde_json::from_str(b).unwrap()))
+            .collect()
+    }
+}

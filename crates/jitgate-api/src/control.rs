@@ -32,6 +32,7 @@ pub struct ControlPlane {
     clock: SharedClock,
     request_lock: Mutex<()>,
     frontends: std::sync::RwLock<serde_json::Value>,
+    notifier: std::sync::OnceLock<crate::notify::Notifier>,
 }
 
 impl std::fmt::Debug for ControlPlane {
@@ -97,7 +98,24 @@ impl ControlPlane {
             clock,
             request_lock: Mutex::new(()),
             frontends: std::sync::RwLock::new(serde_json::json!({})),
+            notifier: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Attach the webhook notifier (once, at start-up).
+    pub fn set_notifier(&self, n: crate::notify::Notifier) {
+        let _ = self.notifier.set(n);
+    }
+
+    /// Write an audit event durably, then hand it to the webhooks (which never block).
+    async fn record(&self, ev: Event) -> Result<u64, jitgate_audit::AuditError> {
+        let notify = self.notifier.get().map(|n| (n, ev.clone()));
+        let seq = self.audit.record(ev).await?;
+        if let Some((n, mut ev)) = notify {
+            ev.seq = seq;
+            n.send(&ev);
+        }
+        Ok(seq)
     }
 
     /// Record where the protocol front ends listen (for `GET /v1/info` and `jitgate connect`).
@@ -167,10 +185,17 @@ impl ControlPlane {
                 g.ended_at = Some(g.expires_at);
                 g.ended_by = Some("gateway".into());
                 self.store.update_grant(&g).await?;
-                self.audit
-                    .record(Event::new("grant.expired", now).actor("gateway").resource(&g.resource).grant(g.id).request(g.request_id)
-                        .details(serde_json::json!({"identity": g.identity, "expires_at": g.expires_at, "while_down": true})))
-                    .await?;
+                self.record(
+                    Event::new("grant.expired", now)
+                        .actor("gateway")
+                        .resource(&g.resource)
+                        .grant(g.id)
+                        .request(g.request_id)
+                        .details(
+                            serde_json::json!({"identity": g.identity, "expires_at": g.expires_at, "while_down": true}),
+                        ),
+                )
+                .await?;
             }
         }
         for s in self.store.list_sessions(true, 1_000_000).await? {
@@ -185,13 +210,12 @@ impl ControlPlane {
         self.enforcer.set_warning_lead(catalog.expiry_warning.secs());
         self.catalog.store(Arc::new(catalog));
         self.metrics.config_reloads_total.with_label_values(&["ok"]).inc();
-        self.audit
-            .record(
-                Event::new("config.reloaded", self.now())
-                    .actor("gateway")
-                    .details(summary),
-            )
-            .await?;
+        self.record(
+            Event::new("config.reloaded", self.now())
+                .actor("gateway")
+                .details(summary),
+        )
+        .await?;
         Ok(())
     }
 
@@ -249,21 +273,20 @@ impl ControlPlane {
                     self.store.update_grant(&g).await?;
                 }
                 tracing::info!(grant_id = grant.id, identity = %grant.identity, resource = %grant.resource, sessions, "grant expired");
-                self.audit
+                self
                     .record(Event::new("grant.expired", now).actor("gateway").resource(&grant.resource).grant(grant.id)
                         .details(serde_json::json!({"identity": grant.identity, "access": grant.access, "expires_at": grant.expires_at, "sessions_killed": sessions})))
                     .await?;
             }
             LiveEvent::Expiring { grant } => {
-                self.audit
-                    .record(
-                        Event::new("grant.expiring", now)
-                            .actor("gateway")
-                            .resource(&grant.resource)
-                            .grant(grant.id)
-                            .details(serde_json::json!({"identity": grant.identity, "expires_at": grant.expires_at})),
-                    )
-                    .await?;
+                self.record(
+                    Event::new("grant.expiring", now)
+                        .actor("gateway")
+                        .resource(&grant.resource)
+                        .grant(grant.id)
+                        .details(serde_json::json!({"identity": grant.identity, "expires_at": grant.expires_at})),
+                )
+                .await?;
             }
         }
         Ok(())
@@ -292,19 +315,17 @@ impl ControlPlane {
                 engine::expire_pending(&mut r, now);
                 let r = self.store.update_request(&r).await?;
                 self.count(RequestState::Expired);
-                self.audit
-                    .record(self.request_event("request.expired", &r, "gateway", now))
+                self.record(self.request_event("request.expired", &r, "gateway", now))
                     .await?;
             } else if !r.escalated && engine::escalation_due(&r, policy, now) {
                 let mut r = r.clone();
                 r.escalated = true;
                 let r = self.store.update_request(&r).await?;
-                self.audit
-                    .record(
-                        self.request_event("request.escalated", &r, "gateway", now)
-                            .details(serde_json::json!({"escalate_to": policy.escalate_to})),
-                    )
-                    .await?;
+                self.record(
+                    self.request_event("request.escalated", &r, "gateway", now)
+                        .details(serde_json::json!({"escalate_to": policy.escalate_to})),
+                )
+                .await?;
             }
         }
         Ok(())
@@ -384,8 +405,7 @@ impl ControlPlane {
         pending.decision_reason = None;
         let r = self.store.create_request(&pending).await?;
         self.count(RequestState::Pending);
-        self.audit
-            .record(self.request_event("request.created", &r, &who.name, now))
+        self.record(self.request_event("request.created", &r, &who.name, now))
             .await?;
         tracing::info!(request_id = r.id, identity = %who.name, resource = %r.resource, access = %r.access, auto, "request created");
         if !auto {
@@ -477,9 +497,9 @@ impl ControlPlane {
         if let Some(rule) = &r.decision_reason {
             ev.details["auto_approved_by"] = serde_json::Value::String(rule.clone());
         }
-        self.audit.record(ev.grant(g.id)).await?;
+        self.record(ev.grant(g.id)).await?;
         let kind = if extended { "grant.extended" } else { "grant.activated" };
-        self.audit
+        self
             .record(Event::new(kind, now).actor(actor).resource(&g.resource).request(r.id).grant(g.id)
                 .details(serde_json::json!({"identity": g.identity, "access": g.access, "starts_at": g.starts_at, "expires_at": g.expires_at, "policy": g.policy})))
             .await?;
@@ -505,7 +525,7 @@ impl ControlPlane {
             return self.finish_approval(r, now).await;
         }
         let r = self.store.update_request(&r).await?;
-        self.audit
+        self
             .record(self.request_event("request.approval_added", &r, &who.name, now).details(serde_json::json!({
                 "identity": r.requester, "approvals": r.approvals.len(), "next_step": policy.steps.get(r.step).map(|s| s.name.clone()), "comment": reason,
             })))
@@ -531,7 +551,7 @@ impl ControlPlane {
         self.count(RequestState::Denied);
         let mut ev = self.request_event("request.denied", &r, &who.name, now);
         ev.details["denial_reason"] = serde_json::Value::String(reason);
-        self.audit.record(ev).await?;
+        self.record(ev).await?;
         Ok(r)
     }
 
@@ -543,8 +563,7 @@ impl ControlPlane {
         engine::cancel(&mut r, who, self.catalog().is_admin(&who.groups), now)?;
         let r = self.store.update_request(&r).await?;
         self.count(RequestState::Cancelled);
-        self.audit
-            .record(self.request_event("request.cancelled", &r, &who.name, now))
+        self.record(self.request_event("request.cancelled", &r, &who.name, now))
             .await?;
         Ok(r)
     }
@@ -652,17 +671,16 @@ impl ControlPlane {
         } else {
             "grant.released"
         };
-        self.audit
-            .record(
-                Event::new(kind, now)
-                    .actor(&who.name)
-                    .resource(&g.resource)
-                    .grant(g.id)
-                    .request(g.request_id)
-                    .reason(reason)
-                    .details(serde_json::json!({"identity": g.identity, "access": g.access, "sessions_killed": n})),
-            )
-            .await?;
+        self.record(
+            Event::new(kind, now)
+                .actor(&who.name)
+                .resource(&g.resource)
+                .grant(g.id)
+                .request(g.request_id)
+                .reason(reason)
+                .details(serde_json::json!({"identity": g.identity, "access": g.access, "sessions_killed": n})),
+        )
+        .await?;
         tracing::info!(grant_id = g.id, by = %who.name, sessions = n, "{kind}");
         Ok(g)
     }
@@ -771,16 +789,15 @@ impl ControlPlane {
             .sessions
             .kill(id, &KillReason::Killed { by: who.name.clone() });
         self.metrics.sessions_killed_total.with_label_values(&["killed"]).inc();
-        self.audit
-            .record(
-                Event::new("session.killed", self.now())
-                    .actor(&who.name)
-                    .resource(&s.resource)
-                    .grant(s.grant_id)
-                    .session(id)
-                    .details(serde_json::json!({"identity": s.identity})),
-            )
-            .await?;
+        self.record(
+            Event::new("session.killed", self.now())
+                .actor(&who.name)
+                .resource(&s.resource)
+                .grant(s.grant_id)
+                .session(id)
+                .details(serde_json::json!({"identity": s.identity})),
+        )
+        .await?;
         Ok(s)
     }
 
@@ -863,13 +880,12 @@ impl ControlPlane {
                 created_by: who.name.clone(),
             })
             .await?;
-        self.audit
-            .record(
-                Event::new("token.created", now)
-                    .actor(&who.name)
-                    .details(serde_json::json!({"identity": name, "groups": groups})),
-            )
-            .await?;
+        self.record(
+            Event::new("token.created", now)
+                .actor(&who.name)
+                .details(serde_json::json!({"identity": name, "groups": groups})),
+        )
+        .await?;
         Ok(MintedToken {
             name: name.to_string(),
             token,

@@ -42,6 +42,8 @@ pub struct Metrics {
     pub config_reloads_total: IntCounterVec,
     /// Audit events written.
     pub audit_events_total: IntCounter,
+    /// Webhook notifications by result (sent, failed, dropped).
+    pub notifications_total: IntCounterVec,
 }
 
 fn reg<M: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: M) -> prometheus::Result<M> {
@@ -175,6 +177,13 @@ impl Metrics {
                 &r,
                 IntCounter::new("jitgate_audit_events_total", "Audit events written.")?,
             )?,
+            notifications_total: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new("jitgate_notifications_total", "Webhook notifications, by result."),
+                    &["result"],
+                )?,
+            )?,
             registry: r,
         };
         #[cfg(target_os = "linux")]
@@ -186,6 +195,9 @@ impl Metrics {
         }
         for r in ["ok", "error"] {
             m.config_reloads_total.with_label_values(&[r]);
+        }
+        for r in ["sent", "failed", "dropped"] {
+            m.notifications_total.with_label_values(&[r]);
         }
         Ok(m)
     }

@@ -108,6 +108,16 @@ pub async fn run(config_path: &Path) -> Result<()> {
 
     let stop = CancellationToken::new();
     cp.spawn_tasks(stop.clone());
+    let hooks = |c: &config::schema::Config| -> Vec<jitgate_api::notify::Hook> {
+        c.notify
+            .webhooks
+            .iter()
+            .filter_map(jitgate_api::notify::Hook::from_config)
+            .collect()
+    };
+    let notifier =
+        jitgate_api::notify::Notifier::start(hooks(&loaded.config), cp.metrics().notifications_total.clone());
+    cp.set_notifier(notifier.clone());
 
     let http: SocketAddr = loaded.config.listen.http.get_ref().parse().context("[listen] http")?;
     let listener = tokio::net::TcpListener::bind(http)
@@ -198,7 +208,9 @@ pub async fn run(config_path: &Path) -> Result<()> {
                 _ = hup.recv() => {}
                 () = reload_stop.cancelled() => return,
             }
-            reload(&reload_cp, &reload_path, &running).await;
+            if let Some(new_hooks) = reload(&reload_cp, &reload_path, &running).await {
+                notifier.set_hooks(new_hooks);
+            }
         }
     });
     let shutdown_stop = stop.clone();
@@ -240,9 +252,21 @@ pub async fn run(config_path: &Path) -> Result<()> {
     Ok(())
 }
 
-async fn reload(cp: &Arc<ControlPlane>, path: &Path, running: &config::schema::Config) {
+/// Re-read the config; on success returns the new webhooks.
+async fn reload(
+    cp: &Arc<ControlPlane>,
+    path: &Path,
+    running: &config::schema::Config,
+) -> Option<Vec<jitgate_api::notify::Hook>> {
     match config::load(path) {
         Ok(l) => {
+            let hooks = l
+                .config
+                .notify
+                .webhooks
+                .iter()
+                .filter_map(jitgate_api::notify::Hook::from_config)
+                .collect();
             for w in &l.warnings {
                 tracing::warn!("{w}");
             }
@@ -256,6 +280,7 @@ async fn reload(cp: &Arc<ControlPlane>, path: &Path, running: &config::schema::C
                 Ok(()) => tracing::info!(resources = n.0, policies = n.1, "configuration reloaded"),
                 Err(e) => tracing::error!(error = %e.error, "reload not audited"),
             }
+            Some(hooks)
         }
         Err(diags) => {
             let text: Vec<String> = diags.iter().map(ToString::to_string).collect();
@@ -268,6 +293,7 @@ async fn reload(cp: &Arc<ControlPlane>, path: &Path, running: &config::schema::C
                 path.display()
             );
             cp.reload_failed(&text.join("; ")).await;
+            None
         }
     }
 }

@@ -112,6 +112,11 @@ fn resolve_paths(c: &mut Config, base: &Path) {
             fix(p);
         }
     }
+    for w in &mut c.notify.webhooks {
+        for p in [&mut w.url_file, &mut w.secret_file].into_iter().flatten() {
+            fix(p);
+        }
+    }
     for r in &mut c.resources {
         for cr in r.credentials.values_mut() {
             if let Some(p) = cr.password_file.as_mut() {
@@ -617,6 +622,22 @@ fn validate(c: &Config, d: &mut Diags<'_>) -> Catalog {
                 "a [[notify.webhooks]] entry has no URL",
                 Some("add `url_env = \"SLACK_WEBHOOK_URL\"`".into()),
             );
+        }
+        if w.secret_env.is_some() && w.secret_file.is_some() {
+            d.error(
+                None,
+                "a [[notify.webhooks]] entry has both secret_env and secret_file",
+                Some("keep one".into()),
+            );
+        }
+        for e in &w.events {
+            if !e.contains('.') {
+                d.error(
+                    None,
+                    format!("[[notify.webhooks]] event `{e}` is not an event kind"),
+                    Some("use kinds like request.created, request.approved, grant.expiring".into()),
+                );
+            }
         }
     }
 

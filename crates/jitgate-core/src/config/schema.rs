@@ -524,6 +524,8 @@ pub struct WebhookConfig {
     pub events: Vec<String>,
     /// HMAC signing secret from the environment.
     pub secret_env: Option<String>,
+    /// HMAC signing secret from a file.
+    pub secret_file: Option<PathBuf>,
 }
 
 /// Webhook payload format.
