@@ -10,7 +10,7 @@ pub mod chain;
 pub mod event;
 pub mod sink;
 
-pub use chain::{Broken, Verified, verify_file};
+pub use chain::{Broken, Verified, VerifiedChain, rotated_files, verify_chain, verify_file};
 pub use event::{Event, GENESIS, Query};
 pub use sink::{AuditError, AuditIndex, AuditSink};
 
@@ -85,5 +85,61 @@ mod tests {
         sink.record(Event::new("end", Timestamp::now())).await.unwrap();
         let v = verify_file(&path).unwrap();
         assert_eq!(v.lines, 20_001);
+    }
+
+    #[tokio::test]
+    async fn rotation_keeps_one_verifiable_chain_across_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let sink = AuditSink::open_with(&path, None, None, Some(2_000)).unwrap();
+        for i in 0..60 {
+            sink.record(
+                Event::new("pg.statement", Timestamp::now())
+                    .request(i)
+                    .reason(Some("x".repeat(100))),
+            )
+            .await
+            .unwrap();
+        }
+        drop(sink);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let rotated = rotated_files(&path);
+        assert!(rotated.len() >= 3, "{rotated:?}");
+        let v = verify_chain(&path).unwrap();
+        assert_eq!(v.files, rotated.len() + 1);
+        // Reopening continues the same chain.
+        let sink = AuditSink::open_with(&path, None, None, Some(2_000)).unwrap();
+        sink.record(Event::new("after", Timestamp::now())).await.unwrap();
+        drop(sink);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        verify_chain(&path).unwrap();
+        // A one-byte edit in a rotated file breaks the link into the next file.
+        let victim = &rotated[1];
+        let text = std::fs::read_to_string(victim).unwrap();
+        std::fs::write(victim, text.replacen("pg.statement", "pg.statemenT", 1)).unwrap();
+        let (file, broken) = verify_chain(&path).unwrap_err();
+        assert!(file == *victim || file == rotated[2], "{file:?} {broken}");
+    }
+
+    #[tokio::test]
+    async fn a_missing_rotated_file_is_detected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let sink = AuditSink::open_with(&path, None, None, Some(1_500)).unwrap();
+        for i in 0..40 {
+            sink.record(
+                Event::new("x", Timestamp::now())
+                    .request(i)
+                    .reason(Some("y".repeat(100))),
+            )
+            .await
+            .unwrap();
+        }
+        drop(sink);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let rotated = rotated_files(&path);
+        assert!(rotated.len() >= 3);
+        std::fs::remove_file(&rotated[1]).unwrap();
+        assert!(verify_chain(&path).is_err());
     }
 }

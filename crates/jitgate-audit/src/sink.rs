@@ -74,11 +74,23 @@ pub const QUEUE: usize = 8192;
 const LINGER: std::time::Duration = std::time::Duration::from_millis(2);
 
 impl AuditSink {
-    /// Open (or create) the log, continue its chain, and start the writer task.
+    /// Open (or create) the log, continue its chain, and start the writer task. No rotation.
     pub fn open(
         path: &Path,
         index: Option<Arc<dyn AuditIndex>>,
         on_write: Option<Arc<dyn Fn(u64) + Send + Sync>>,
+    ) -> Result<Self, AuditError> {
+        Self::open_with(path, index, on_write, None)
+    }
+
+    /// Like [`AuditSink::open`]; when the file reaches `rotate_bytes` it is renamed to
+    /// `STEM-<last seq>.jsonl` and a new file starts with a `chain.continued` line linked to the
+    /// old file's last line, so the chain stays verifiable across files.
+    pub fn open_with(
+        path: &Path,
+        index: Option<Arc<dyn AuditIndex>>,
+        on_write: Option<Arc<dyn Fn(u64) + Send + Sync>>,
+        rotate_bytes: Option<u64>,
     ) -> Result<Self, AuditError> {
         let io = |source| AuditError::Io {
             path: path.to_path_buf(),
@@ -93,7 +105,22 @@ impl AuditSink {
             .append(true)
             .open(path)
             .map_err(io)?;
-        let (seq, prev) = tail_state(&mut file, path)?;
+        let (mut seq, mut prev) = tail_state(&mut file, path)?;
+        if seq == 0 {
+            // A fresh file after a rotation (or a crash right after one): continue the chain of
+            // the newest rotated file.
+            if let Some(last) = crate::chain::rotated_files(path).last() {
+                let mut old = std::fs::File::open(last).map_err(io)?;
+                let (s, p) = tail_state(&mut old, last)?;
+                if s > 0 {
+                    let (line, e) = continued_line(s, &p, last);
+                    use std::io::Write as _;
+                    file.write_all(&line).and_then(|()| file.sync_data()).map_err(io)?;
+                    seq = e.seq;
+                    prev = line_hash(&line[..line.len() - 1]);
+                }
+            }
+        }
         if let Some(ix) = &index {
             catch_up(ix.as_ref(), path, seq);
         }
@@ -101,7 +128,20 @@ impl AuditSink {
         let path_buf = path.to_path_buf();
         std::thread::Builder::new()
             .name("jitgate-audit".into())
-            .spawn(move || writer(file, path_buf, seq, prev, rx, index, on_write))
+            .spawn(move || {
+                writer(
+                    file,
+                    seq,
+                    prev,
+                    rx,
+                    WriterSetup {
+                        path: path_buf,
+                        index,
+                        on_write,
+                        rotate_bytes,
+                    },
+                )
+            })
             .map_err(io)?;
         Ok(Self {
             tx,
@@ -182,6 +222,62 @@ fn catch_up_blocking(ix: &dyn AuditIndex, path: &Path, log_seq: u64) {
     );
 }
 
+/// The first line of a file that continues the chain of `previous` (last seq `seq`, last line
+/// hash `prev`), with its trailing newline.
+fn continued_line(seq: u64, prev: &str, previous: &Path) -> (Vec<u8>, Event) {
+    let mut e = Event::new("chain.continued", jiff::Timestamp::now())
+        .actor("gateway")
+        .details(serde_json::json!({
+            "previous_file": previous.file_name().map(|n| n.to_string_lossy().into_owned()),
+        }));
+    e.seq = seq + 1;
+    e.prev = prev.to_string();
+    let mut line = serde_json::to_vec(&e).unwrap_or_default();
+    line.push(b'\n');
+    (line, e)
+}
+
+/// Rename the full file away and start a new one continuing the chain. Returns the new writer,
+/// the continued event and its line length.
+fn rotate(
+    path: &Path,
+    w: std::io::BufWriter<std::fs::File>,
+    seq: u64,
+    prev: &str,
+) -> std::io::Result<(std::io::BufWriter<std::fs::File>, Event, u64)> {
+    use std::io::Write as _;
+    let mut w = w;
+    w.flush()?;
+    let file = w.into_inner().map_err(|e| e.into_error())?;
+    file.sync_data()?;
+    drop(file);
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "audit".into());
+    let rotated = path.with_file_name(format!("{stem}-{seq:012}.jsonl"));
+    std::fs::rename(path, &rotated)?;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .read(true)
+        .append(true)
+        .open(path)?;
+    let (line, e) = continued_line(seq, prev, &rotated);
+    file.write_all(&line)?;
+    file.sync_data()?;
+    if let Some(dir) = path.parent()
+        && let Ok(d) = std::fs::File::open(dir)
+    {
+        let _ = d.sync_all();
+    }
+    tracing::info!(rotated = %rotated.display(), "audit log rotated");
+    Ok((
+        std::io::BufWriter::with_capacity(256 * 1024, file),
+        e,
+        u64::try_from(line.len()).unwrap_or(0),
+    ))
+}
+
 /// Read the last complete line to continue `seq` and the chain. A trailing partial line (a
 /// crash mid-write, never acknowledged) is cut off so the chain stays verifiable.
 fn tail_state(file: &mut std::fs::File, path: &Path) -> Result<(u64, String), AuditError> {
@@ -223,15 +319,21 @@ fn tail_state(file: &mut std::fs::File, path: &Path) -> Result<(u64, String), Au
     Ok((e.seq, line_hash(line)))
 }
 
-fn writer(
-    file: std::fs::File,
+/// What the writer thread needs besides the file and the chain state.
+struct WriterSetup {
     path: PathBuf,
-    mut seq: u64,
-    mut prev: String,
-    mut rx: mpsc::Receiver<Msg>,
     index: Option<Arc<dyn AuditIndex>>,
     on_write: Option<Arc<dyn Fn(u64) + Send + Sync>>,
-) {
+    rotate_bytes: Option<u64>,
+}
+
+fn writer(file: std::fs::File, mut seq: u64, mut prev: String, mut rx: mpsc::Receiver<Msg>, setup: WriterSetup) {
+    let WriterSetup {
+        path,
+        index,
+        on_write,
+        rotate_bytes,
+    } = setup;
     // Length of the file up to the last line known to be written; a failed batch is cut back to
     // it so a partial line never stays in the log.
     let mut good_len = file.metadata().map(|m| m.len()).unwrap_or(0);
@@ -329,6 +431,32 @@ fn writer(
         for (i, m) in batch.drain(..).enumerate() {
             if let Some(ack) = m.ack {
                 let _ = ack.send(result.clone().map(|()| written.get(i).map_or(0, |e| e.seq)));
+            }
+        }
+        if let Some(limit) = rotate_bytes.filter(|l| *l > 0 && good_len >= *l)
+            && let Some(w) = out.take()
+        {
+            match rotate(&path, w, seq, &prev) {
+                Ok((w, e, len)) => {
+                    seq = e.seq;
+                    prev = std::fs::read(&path)
+                        .ok()
+                        .and_then(|b| b.strip_suffix(b"\n").map(line_hash))
+                        .unwrap_or_default();
+                    good_len = len;
+                    out = Some(w);
+                    if let (Some(ix), Ok(rt)) = (&index, &rt) {
+                        let _ = rt.block_on(ix.index(std::slice::from_ref(&e)));
+                    }
+                }
+                Err(err) => {
+                    tracing::error!(path = %path.display(), error = %err, limit, "audit log rotation failed; continuing in the same file");
+                    out = std::fs::OpenOptions::new()
+                        .append(true)
+                        .open(&path)
+                        .ok()
+                        .map(|f| std::io::BufWriter::with_capacity(256 * 1024, f));
+                }
             }
         }
     }

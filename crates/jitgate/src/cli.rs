@@ -241,7 +241,16 @@ pub enum AuditCmd {
         #[command(flatten)]
         conn: Conn,
     },
-    /// Walk the hash chain of the audit log; exit 1 at the first broken line.
+    /// Print the whole audit log (all rotated files, oldest first) as JSONL, for a SIEM.
+    Export {
+        /// Output format (only jsonl).
+        #[arg(long, default_value = "jsonl", value_parser = ["jsonl"])]
+        format: String,
+        /// Config file to find the audit file.
+        #[arg(long, short, default_value = "gateway.toml")]
+        config: PathBuf,
+    },
+    /// Walk the hash chain of the audit log (across rotated files); exit 1 at the first broken line.
     Verify {
         /// The audit file (default: the one gateway.toml names).
         #[arg(long)]

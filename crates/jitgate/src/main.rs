@@ -366,6 +366,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Audit {
             cmd: AuditCmd::Verify { file, config },
         } => audit_verify(file, &config),
+        Cmd::Audit {
+            cmd: AuditCmd::Export { format: _, config },
+        } => audit_export(&config),
         Cmd::Whoami { conn } => {
             let w: Value = Client::new(&conn)?.get("/v1/whoami").await?;
             if conn.json {
@@ -620,14 +623,50 @@ fn config_check(path: &std::path::Path) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn audit_path(config: &std::path::Path) -> Result<PathBuf> {
+    let l = serve::report(jitgate_core::config::load(config)).context("finding the audit file (or pass --file)")?;
+    Ok(l.config.gateway.data_dir.join(&l.config.audit.file))
+}
+
+fn audit_export(config: &std::path::Path) -> Result<ExitCode> {
+    use std::io::Write;
+    let path = audit_path(config)?;
+    let mut files = jitgate_audit::rotated_files(&path);
+    files.push(path);
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    for f in files {
+        let mut r = std::fs::File::open(&f).with_context(|| format!("opening {}", f.display()))?;
+        std::io::copy(&mut r, &mut out).with_context(|| format!("reading {}", f.display()))?;
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
 fn audit_verify(file: Option<PathBuf>, config: &std::path::Path) -> Result<ExitCode> {
-    let path = match file {
-        Some(f) => f,
-        None => {
-            let l =
-                serve::report(jitgate_core::config::load(config)).context("finding the audit file (or pass --file)")?;
-            l.config.gateway.data_dir.join(&l.config.audit.file)
-        }
+    let Some(path) = file else {
+        let path = audit_path(config)?;
+        return match jitgate_audit::verify_chain(&path) {
+            Ok(v) => {
+                println!(
+                    "{}: ok, {} events in {} file(s), chain intact (head {})",
+                    path.display(),
+                    v.lines,
+                    v.files,
+                    v.head.get(..16).unwrap_or(&v.head)
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Err((f, b)) => {
+                eprintln!("{}:{}: {}", f.display(), b.line, b.why);
+                eprintln!(
+                    "error: the audit log has been altered or damaged at {} line {}",
+                    f.display(),
+                    b.line
+                );
+                Ok(ExitCode::from(1))
+            }
+        };
     };
     match jitgate_audit::verify_file(&path) {
         Ok(v) => {

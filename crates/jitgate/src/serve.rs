@@ -82,10 +82,11 @@ pub async fn run(config_path: &Path) -> Result<()> {
     );
     let audit_path = data_dir.join(&loaded.config.audit.file);
     let counter = metrics.audit_events_total.clone();
-    let audit = AuditSink::open(
+    let audit = AuditSink::open_with(
         &audit_path,
         Some(store.clone()),
         Some(Arc::new(move |n| counter.inc_by(n))),
+        Some(loaded.config.audit.rotate_bytes),
     )
     .with_context(|| format!("opening the audit log {}", audit_path.display()))?;
     let enforcer = Enforcer::new(

@@ -479,6 +479,10 @@ pub struct AuditSection {
     /// SQL/command text longer than this is cut (and marked) in audit events.
     #[serde(default = "default_max_text")]
     pub max_text_len: usize,
+    /// Rotate the file when it reaches this many bytes (0: never). The chain continues across
+    /// files; `jitgate audit verify` walks all of them.
+    #[serde(default = "default_rotate_bytes")]
+    pub rotate_bytes: u64,
 }
 
 impl Default for AuditSection {
@@ -486,12 +490,16 @@ impl Default for AuditSection {
         Self {
             file: default_audit_file(),
             max_text_len: default_max_text(),
+            rotate_bytes: default_rotate_bytes(),
         }
     }
 }
 
 fn default_audit_file() -> PathBuf {
     PathBuf::from("audit.jsonl")
+}
+fn default_rotate_bytes() -> u64 {
+    1 << 30
 }
 fn default_max_text() -> usize {
     4096
