@@ -268,11 +268,7 @@ fn revoke_release_extend_and_wait() {
     assert_eq!(revoked["reason"], "incident over");
 
     // Release by resource name.
-    let r = gw
-        .cli(Some("alice"), &["request", "prod-db", "--reason", "again", "--json"])
-        .json();
-    gw.cli(Some("bob"), &["approve", &r["id"].as_i64().unwrap().to_string()])
-        .ok();
+    gw.granted(&["prod-db", "--reason", "again"]);
     let out = gw.cli(Some("alice"), &["release", "prod-db"]).ok();
     assert!(out.contains("released"), "{out}");
     assert!(
@@ -343,32 +339,17 @@ window = "daily 00:00-24:00 UTC"
 #[test]
 fn a_live_grant_survives_a_restart_and_an_expired_one_does_not_come_back() {
     let mut gw = Gateway::start(&policy_config(""));
-    let long = gw
-        .cli(
-            Some("alice"),
-            &["request", "prod-db", "--for", "1h", "--reason", "long", "--json"],
-        )
-        .json();
-    gw.cli(Some("bob"), &["approve", &long["id"].as_i64().unwrap().to_string()])
-        .ok();
-    let short = gw
-        .cli(
-            Some("alice"),
-            &[
-                "request",
-                "prod-db",
-                "--access",
-                "read-write",
-                "--for",
-                "2s",
-                "--reason",
-                "short",
-                "--json",
-            ],
-        )
-        .json();
-    gw.cli(Some("bob"), &["approve", &short["id"].as_i64().unwrap().to_string()])
-        .ok();
+    gw.granted(&["prod-db", "--for", "1h", "--reason", "long"]);
+    gw.granted(&[
+        "prod-db",
+        "--access",
+        "read-write",
+        "--for",
+        "2s",
+        "--reason",
+        "short",
+        "--json",
+    ]);
     assert_eq!(
         gw.cli(Some("alice"), &["grants", "--json"])
             .json()
@@ -450,14 +431,7 @@ fn sighup_keeps_the_old_config_on_a_broken_file_and_applies_a_good_one() {
 #[test]
 fn metrics_are_exposed_and_accepted_by_promtool() {
     let gw = Gateway::start(&policy_config(""));
-    let r = gw
-        .cli(
-            Some("alice"),
-            &["request", "prod-db", "--for", "1h", "--reason", "m", "--json"],
-        )
-        .json();
-    gw.cli(Some("bob"), &["approve", &r["id"].as_i64().unwrap().to_string()])
-        .ok();
+    gw.granted(&["prod-db", "--for", "1h", "--reason", "m"]);
     let (status, body) = gw.http_get("/metrics", None);
     assert_eq!(status, 200);
     for needle in [
@@ -626,11 +600,7 @@ fn an_approval_that_cannot_be_audited_opens_nothing_and_the_log_stays_verifiable
 
     // Space comes back: everything works again and the chain has no partial line.
     std::fs::remove_file(&filler).unwrap();
-    let r = gw
-        .cli(Some("alice"), &["request", "prod-db", "--reason", "again", "--json"])
-        .json();
-    gw.cli(Some("bob"), &["approve", &r["id"].as_i64().unwrap().to_string()])
-        .ok();
+    gw.granted(&["prod-db", "--reason", "again"]);
     assert_eq!(
         gw.cli(Some("alice"), &["grants", "--json"])
             .json()
@@ -786,14 +756,7 @@ fn webhooks_deliver_signed_json_and_slack_without_delaying_anyone() {
 fn the_audit_log_rotates_and_verify_and_export_walk_every_file() {
     let gw = Gateway::start(&format!("{}\n[audit]\nrotate_bytes = 3000\n", policy_config("")));
     for i in 0..8 {
-        let r = gw
-            .cli(
-                Some("alice"),
-                &["request", "prod-db", "--reason", &format!("rotation {i}"), "--json"],
-            )
-            .json();
-        gw.cli(Some("bob"), &["approve", &r["id"].as_i64().unwrap().to_string()])
-            .ok();
+        gw.granted(&["prod-db", "--reason", &format!("rotation {i}")]);
     }
     let rotated: Vec<_> = std::fs::read_dir(gw.data_dir())
         .unwrap()

@@ -56,23 +56,9 @@ approvers = ["dba"]
 
 /// alice gets a grant of `access` for `dur` (bob approves). Returns the grant id.
 fn grant(gw: &Gateway, access: &str, dur: &str) -> i64 {
-    let r = gw
-        .cli(
-            Some("alice"),
-            &[
-                "request", "prod-db", "--access", access, "--for", dur, "--reason", "test", "--json",
-            ],
-        )
-        .json();
-    let r: serde_json::Value = serde_json::from_str(
-        &gw.cli(
-            Some("bob"),
-            &["approve", &r["id"].as_i64().unwrap().to_string(), "--json"],
-        )
-        .ok(),
-    )
-    .unwrap();
-    r["grant_id"].as_i64().unwrap()
+    gw.granted(&["prod-db", "--access", access, "--for", dur, "--reason", "test"])["grant_id"]
+        .as_i64()
+        .unwrap()
 }
 
 fn psql(gw: &Gateway, user: &str, args: &[&str]) -> std::process::Output {
@@ -113,6 +99,31 @@ async fn refused(conn: &str) -> tokio_postgres::Error {
         Ok(_) => panic!("connection unexpectedly accepted"),
         Err(e) => e,
     }
+}
+
+/// Connect as `user` and forward the connection's asynchronous messages (notices,
+/// notifications) to a channel.
+async fn connect_with_messages(
+    gw: &Gateway,
+    user: &str,
+) -> (
+    tokio_postgres::Client,
+    tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::AsyncMessage>,
+) {
+    let (h, p) = gw.pg_host_port();
+    let conn = format!(
+        "host={h} port={p} user={user}@example.com password={} dbname=prod-db sslmode=disable",
+        token(user)
+    );
+    let (client, mut connection) = tokio_postgres::connect(&conn, NoTls).await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut stream = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(m)) = stream.next().await {
+            let _ = tx.send(m);
+        }
+    });
+    (client, rx)
 }
 
 fn code(e: &tokio_postgres::Error) -> String {
@@ -293,27 +304,19 @@ async fn tokio_postgres_prepared_transactions_copy_notify_and_cancel() {
     assert_eq!(String::from_utf8(got).unwrap(), data);
 
     // LISTEN/NOTIFY between two gateway sessions.
-    let (h, p) = gw.pg_host_port();
-    let conn = format!(
-        "host={h} port={p} user=alice@example.com password={} dbname=prod-db sslmode=disable",
-        token("alice")
-    );
-    let (listener, mut connection) = tokio_postgres::connect(&conn, NoTls).await.unwrap();
-    let (tx_n, mut rx_n) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let mut stream = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-        while let Some(Ok(m)) = stream.next().await {
-            if let tokio_postgres::AsyncMessage::Notification(n) = m {
-                let _ = tx_n.send((n.channel().to_string(), n.payload().to_string()));
-            }
-        }
-    });
+    let (listener, mut rx_n) = connect_with_messages(&gw, "alice").await;
     listener.batch_execute("LISTEN jobs").await.unwrap();
     c.batch_execute("NOTIFY jobs, 'hello'").await.unwrap();
-    let n = tokio::time::timeout(Duration::from_secs(3), rx_n.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let n = loop {
+        match tokio::time::timeout(Duration::from_secs(3), rx_n.recv())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            tokio_postgres::AsyncMessage::Notification(n) => break (n.channel().to_string(), n.payload().to_string()),
+            _ => continue,
+        }
+    };
     assert_eq!(n, ("jobs".to_string(), "hello".to_string()));
 
     // Rows larger than the relay's buffer stream through intact, and the next message is fine.
@@ -852,24 +855,15 @@ async fn upstream_tls_is_verified_and_a_wrong_ca_refuses_the_connection() {
 async fn the_client_is_warned_before_expiry() {
     let (gw, _pg, _db) = setup(true, "");
     grant(&gw, "read-only", "3s");
-    let (h, p) = gw.pg_host_port();
-    let conn = format!(
-        "host={h} port={p} user=alice@example.com password={} dbname=prod-db sslmode=disable",
-        token("alice")
-    );
-    let (c, mut connection) = tokio_postgres::connect(&conn, NoTls).await.unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let mut stream = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-        while let Some(Ok(m)) = stream.next().await {
-            if let tokio_postgres::AsyncMessage::Notice(n) = m {
-                let _ = tx.send(n.message().to_string());
-            }
-        }
-    });
+    let (c, mut rx) = connect_with_messages(&gw, "alice").await;
     let e = c.simple_query("SELECT pg_sleep(10)").await.unwrap_err();
     assert_eq!(code(&e), "57P01");
-    let warning = rx.recv().await.expect("a warning notice before the kill");
+    let warning = loop {
+        match rx.recv().await.expect("a warning notice before the kill") {
+            tokio_postgres::AsyncMessage::Notice(n) => break n.message().to_string(),
+            _ => continue,
+        }
+    };
     assert!(
         warning.contains("access grant for prod-db expires in") && warning.contains("jitgate extend"),
         "{warning}"

@@ -224,6 +224,18 @@ impl Gateway {
         Cli(c.output().unwrap())
     }
 
+    /// alice requests with `args` (after `request`), bob approves; returns the approved request.
+    pub fn granted(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = vec!["request"];
+        a.extend_from_slice(args);
+        if !a.contains(&"--json") {
+            a.push("--json");
+        }
+        let r = self.cli(Some("alice"), &a).json();
+        let id = r["id"].as_i64().unwrap().to_string();
+        self.cli(Some("bob"), &["approve", &id, "--json"]).json()
+    }
+
     /// The kinds of the audit file's events, in order.
     pub fn audit_kinds(&self) -> Vec<String> {
         self.audit_events()
