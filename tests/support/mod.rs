@@ -41,6 +41,7 @@ pub fn token(user: &str) -> String {
 }
 
 pub mod pg;
+pub mod ssh;
 
 pub struct Gateway {
     pub dir: tempfile::TempDir,
@@ -48,6 +49,8 @@ pub struct Gateway {
     pub url: String,
     /// `127.0.0.1:port` of the Postgres front end, when enabled.
     pub pg_addr: String,
+    /// `127.0.0.1:port` of the SSH front end, when enabled.
+    pub ssh_addr: String,
     pub with_pg: bool,
 }
 
@@ -85,6 +88,7 @@ impl Gateway {
             child: None,
             url: String::new(),
             pg_addr: String::new(),
+            ssh_addr: String::new(),
             with_pg,
         };
         g.write_config(body);
@@ -151,6 +155,7 @@ impl Gateway {
             {
                 self.url = v["url"].as_str().unwrap().to_string();
                 self.pg_addr = v["postgres"].as_str().unwrap_or("").to_string();
+                self.ssh_addr = v["ssh"].as_str().unwrap_or("").to_string();
                 break;
             }
             if let Some(Ok(Some(st))) = self.child.as_mut().map(Child::try_wait) {

@@ -33,7 +33,12 @@ pub struct ControlPlane {
     request_lock: Mutex<()>,
     frontends: std::sync::RwLock<serde_json::Value>,
     notifier: std::sync::OnceLock<crate::notify::Notifier>,
+    cert_signer: std::sync::OnceLock<CertSigner>,
 }
+
+/// Signs an OpenSSH user certificate for a principal's public key (the SSH front end's user CA):
+/// returns the certificate line and its `valid_before` (unix seconds), or a message for the caller.
+pub type CertSigner = Arc<dyn Fn(&Principal, &str) -> Result<(String, u64), String> + Send + Sync>;
 
 impl std::fmt::Debug for ControlPlane {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -99,7 +104,31 @@ impl ControlPlane {
             request_lock: Mutex::new(()),
             frontends: std::sync::RwLock::new(serde_json::json!({})),
             notifier: std::sync::OnceLock::new(),
+            cert_signer: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Attach the SSH user certificate signer (once, at start-up, when SSH is enabled).
+    pub fn set_cert_signer(&self, s: CertSigner) {
+        let _ = self.cert_signer.set(s);
+    }
+
+    /// Sign an SSH user certificate for `who` and audit it.
+    pub async fn sign_ssh_cert(&self, who: &Principal, public_key: &str) -> Result<(String, u64), ApiError> {
+        let Some(signer) = self.cert_signer.get() else {
+            return Err(ApiError::bad_request(
+                "this gateway has no SSH front end",
+                Some("operators: set [listen] ssh in gateway.toml".into()),
+            ));
+        };
+        let (cert, valid_before) = signer(who, public_key).map_err(|e| {
+            ApiError::bad_request(e, Some("send an OpenSSH public key line (ssh-ed25519 AAAA...)".into()))
+        })?;
+        let ev = Event::new("ssh.cert.issued", jiff::Timestamp::now())
+            .actor(&who.name)
+            .details(serde_json::json!({"valid_before": valid_before, "key": public_key.split_whitespace().take(2).collect::<Vec<_>>().join(" ")}));
+        self.record(ev).await?;
+        Ok((cert, valid_before))
     }
 
     /// Attach the webhook notifier (once, at start-up).

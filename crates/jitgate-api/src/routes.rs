@@ -76,6 +76,7 @@ pub fn router(cp: Arc<ControlPlane>) -> Router {
         .route("/v1/sessions/{id}/kill", post(kill))
         .route("/v1/audit", get(audit))
         .route("/v1/tokens", post(create_token))
+        .route("/v1/ssh/cert", post(ssh_cert))
         .fallback(|| async { ApiError::not_found("no such endpoint; the API lives under /v1/") })
         .with_state(cp)
 }
@@ -301,6 +302,25 @@ struct CreateToken {
     name: String,
     #[serde(default)]
     groups: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct SshCertBody {
+    public_key: String,
+}
+
+async fn ssh_cert(
+    State(cp): Cp,
+    Caller(who): Caller,
+    b: Result<Json<SshCertBody>, JsonRejection>,
+) -> ApiResult<impl IntoResponse> {
+    let b = body(b)?;
+    let (certificate, valid_before) = cp.sign_ssh_cert(&who, &b.public_key).await?;
+    Ok(Json(serde_json::json!({
+        "certificate": certificate,
+        "principal": who.name,
+        "valid_before": valid_before,
+    })))
 }
 
 async fn create_token(

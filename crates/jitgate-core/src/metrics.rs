@@ -44,6 +44,8 @@ pub struct Metrics {
     pub audit_events_total: IntCounter,
     /// Webhook notifications by result (sent, failed, dropped).
     pub notifications_total: IntCounterVec,
+    /// Failures on the gateway's upstream leg (host key mismatch, login refused, unreachable).
+    pub upstream_errors_total: IntCounterVec,
 }
 
 fn reg<M: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: M) -> prometheus::Result<M> {
@@ -123,6 +125,16 @@ impl Metrics {
                 IntCounterVec::new(
                     Opts::new("jitgate_bytes_total", "Bytes relayed."),
                     &["protocol", "direction"],
+                )?,
+            )?,
+            upstream_errors_total: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "jitgate_upstream_errors_total",
+                        "Failures connecting or logging in upstream, by protocol and reason (host_key_mismatch alerts).",
+                    ),
+                    &["protocol", "reason"],
                 )?,
             )?,
             auth_failures_total: reg(

@@ -184,6 +184,39 @@ pub enum Cmd {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Get an SSH user certificate for your key from the gateway (KEY-cert.pub).
+    SshCert {
+        /// Private key whose public half (KEY.pub) is certified; default ~/.config/jitgate/id_ed25519 (generated).
+        #[arg(long)]
+        key: Option<PathBuf>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Print ssh_config `Host` entries for the SSH resources (and refresh the certificate), so `ssh web-1` works.
+    SshConfig {
+        /// Private key to use (as for ssh-cert).
+        #[arg(long)]
+        key: Option<PathBuf>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Replay an SSH session recording in the terminal.
+    Play {
+        /// Session id (s-…).
+        session: String,
+        /// Play this .cast file instead of the one in data_dir/recordings.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Config file to find data_dir.
+        #[arg(long, short, default_value = "gateway.toml")]
+        config: PathBuf,
+        /// Playback speed (2 = twice as fast).
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+        /// Longest pause kept, in seconds.
+        #[arg(long, default_value_t = 3.0)]
+        idle_limit: f64,
+    },
     /// Machine tokens (admins).
     Token {
         /// What to do.

@@ -9,6 +9,7 @@ mod cli;
 mod client;
 mod http_server;
 mod serve;
+mod ssh_cmd;
 mod table;
 mod tls_listener;
 
@@ -432,6 +433,15 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::SshCert { key, conn } => ssh_cmd::ssh_cert(&conn, key).await,
+        Cmd::SshConfig { key, conn } => ssh_cmd::ssh_config(&conn, key).await,
+        Cmd::Play {
+            session,
+            file,
+            config,
+            speed,
+            idle_limit,
+        } => ssh_cmd::play(&session, file, &config, speed, idle_limit),
         Cmd::Token {
             cmd: TokenCmd::Create { name, groups, conn },
         } => {

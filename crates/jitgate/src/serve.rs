@@ -169,9 +169,15 @@ pub async fn run(config_path: &Path) -> Result<()> {
         tokio::spawn(fe.serve(l, stop.clone()));
     }
 
+    if let Some(ssh) = &loaded.config.listen.ssh {
+        start_ssh(ssh.get_ref(), &loaded, &data_dir, &cp, &audit, &stop, &mut listen_info).await?;
+    }
+
     let mut fe_info = serde_json::json!({});
-    if let Some(pg) = listen_info.get("postgres").and_then(|v| v.as_str()) {
-        fe_info["postgres"] = serde_json::Value::String(pg.to_string());
+    for k in ["postgres", "ssh", "ssh_host_key", "ssh_user_ca", "ssh_upstream_ca"] {
+        if let Some(v) = listen_info.get(k) {
+            fe_info[k] = v.clone();
+        }
     }
     if let Some(u) = &loaded.config.gateway.public_url {
         fe_info["public_url"] = serde_json::Value::String(u.clone());
@@ -250,6 +256,53 @@ pub async fn run(config_path: &Path) -> Result<()> {
                 .details(serde_json::json!({"sessions_killed": killed})),
         )
         .await;
+    Ok(())
+}
+
+/// Keys, listener and front end for SSH; the user-certificate signer for the API.
+async fn start_ssh(
+    addr: &str,
+    loaded: &Loaded,
+    data_dir: &Path,
+    cp: &Arc<ControlPlane>,
+    audit: &AuditSink,
+    stop: &CancellationToken,
+    listen_info: &mut serde_json::Value,
+) -> Result<()> {
+    let addr: SocketAddr = addr.parse().context("[listen] ssh")?;
+    let keys = Arc::new(
+        jitgate_ssh::GatewayKeys::load(data_dir)
+            .with_context(|| format!("loading the SSH keys in {}", data_dir.join("ssh").display()))?,
+    );
+    let line = jitgate_ssh::keys::public_line;
+    let sc = &loaded.config.ssh;
+    let cfg = jitgate_ssh::SshConfig {
+        login_timeout: std::time::Duration::from_secs(sc.login_timeout.secs().max(1)),
+        max_connections: sc.max_connections,
+        max_channels: sc.max_channels.max(1),
+        env_allow: sc.env_allow.clone(),
+        record: sc.record,
+        recordings_dir: data_dir.join("recordings"),
+        max_text: loaded.config.audit.max_text_len,
+        audit: audit.clone(),
+    };
+    let l = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} ([listen] ssh)"))?;
+    let bound = l.local_addr()?;
+    let fingerprint = jitgate_ssh::keys::fingerprint(keys.host.public_key());
+    listen_info["ssh"] = serde_json::Value::String(bound.to_string());
+    listen_info["ssh_host_key"] = serde_json::Value::String(line(&keys.host));
+    listen_info["ssh_user_ca"] = serde_json::Value::String(line(&keys.user_ca));
+    listen_info["ssh_upstream_ca"] = serde_json::Value::String(line(&keys.upstream_ca));
+    tracing::info!(ssh = %bound, host_key = %fingerprint, upstream_ca = %keys.dir.join("upstream_ca.pub").display(), "ssh front end listening");
+    let ca = keys.user_ca.clone();
+    let lifetime = sc.cert_lifetime.secs();
+    cp.set_cert_signer(Arc::new(move |who, public_key| {
+        jitgate_ssh::keys::issue_user_cert(&ca, &who.name, &who.groups, public_key, lifetime)
+    }));
+    let fe = jitgate_ssh::SshFrontend::new(cp.clone(), cfg, keys);
+    tokio::spawn(fe.serve(l, stop.clone()));
     Ok(())
 }
 

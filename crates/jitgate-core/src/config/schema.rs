@@ -26,6 +26,9 @@ pub struct Config {
     /// `[postgres]`: front-end settings.
     #[serde(default)]
     pub postgres: PostgresSection,
+    /// `[ssh]`: front-end settings.
+    #[serde(default)]
+    pub ssh: SshSection,
     /// `[tls]`: omitted means a self-signed certificate generated into `data_dir`.
     pub tls: Option<TlsSection>,
     /// `[store]`: omitted means SQLite in `data_dir`.
@@ -206,6 +209,62 @@ fn default_max_connections() -> usize {
 }
 fn default_max_message() -> usize {
     64 << 20
+}
+
+/// `[ssh]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SshSection {
+    /// Time allowed from TCP accept to a successful login.
+    #[serde(default = "default_ssh_login_timeout")]
+    pub login_timeout: HumanDuration,
+    /// Most concurrent client connections.
+    #[serde(default = "default_ssh_max_connections")]
+    pub max_connections: usize,
+    /// Most open channels per connection (sessions, forwards).
+    #[serde(default = "default_ssh_max_channels")]
+    pub max_channels: usize,
+    /// Environment variables clients may pass (`SendEnv`); `*` at the end matches a prefix.
+    #[serde(default = "default_ssh_env_allow")]
+    pub env_allow: Vec<String>,
+    /// Record interactive sessions as asciicast v2 under `data_dir/recordings/`.
+    #[serde(default = "default_true")]
+    pub record: bool,
+    /// Lifetime of user certificates the gateway signs (`jitgate ssh-cert`, `jitgate login`).
+    #[serde(default = "default_ssh_cert_lifetime")]
+    pub cert_lifetime: HumanDuration,
+}
+
+impl Default for SshSection {
+    fn default() -> Self {
+        Self {
+            login_timeout: default_ssh_login_timeout(),
+            max_connections: default_ssh_max_connections(),
+            max_channels: default_ssh_max_channels(),
+            env_allow: default_ssh_env_allow(),
+            record: true,
+            cert_lifetime: default_ssh_cert_lifetime(),
+        }
+    }
+}
+
+fn default_ssh_login_timeout() -> HumanDuration {
+    HumanDuration(30)
+}
+fn default_ssh_max_connections() -> usize {
+    4_096
+}
+fn default_ssh_max_channels() -> usize {
+    16
+}
+fn default_ssh_env_allow() -> Vec<String> {
+    vec!["LANG".to_string(), "LC_*".to_string()]
+}
+fn default_true() -> bool {
+    true
+}
+fn default_ssh_cert_lifetime() -> HumanDuration {
+    HumanDuration::hours(12)
 }
 
 /// `[tls]`

@@ -1,0 +1,741 @@
+//! Channel relay between the client and the upstream, one task per channel with both directions
+//! running concurrently.
+//!
+//! Backpressure: russh hands each channel's messages to a bounded queue (64 messages of at most
+//! one SSH packet) and writes wait for the peer's SSH window, so a slow reader on either side
+//! stops the relay, which stops reading the other side: memory per channel is bounded by the
+//! queues and windows, never by the transfer.
+//!
+//! Requests that want a reply (pty-req, exec, shell, subsystem, env) are forwarded upstream with
+//! the same `want_reply`, and the upstream's success/failure is relayed back in order; requests
+//! the gateway refuses itself (X11) are answered in their place in that order. Agent forwarding
+//! is refused by russh (the handler's default); env requests never get a reply (see below).
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::pin::pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use jitgate_audit::{AuditSink, Event};
+use jitgate_core::{KillReason, Metrics};
+use russh::{ChannelId, ChannelMsg, ChannelReadHalf, ChannelWriteHalf, Disconnect, Sig, client, server};
+
+use crate::record::{Header, LineAssembler, Recorder};
+use crate::server::Live;
+use crate::sftp::SftpWatch;
+
+/// Open client channels of a connection and whether each has a pty (for messages).
+#[derive(Default)]
+pub(crate) struct OpenChannels(Mutex<HashMap<ChannelId, bool>>);
+
+impl OpenChannels {
+    fn set(&self, id: ChannelId, pty: bool) {
+        if let Ok(mut m) = self.0.lock() {
+            m.insert(id, pty);
+        }
+    }
+    fn remove(&self, id: ChannelId) {
+        if let Ok(mut m) = self.0.lock() {
+            m.remove(&id);
+        }
+    }
+    fn list(&self) -> Vec<(ChannelId, bool)> {
+        self.0
+            .lock()
+            .map(|m| m.iter().map(|(k, v)| (*k, *v)).collect())
+            .unwrap_or_default()
+    }
+    fn is_empty(&self) -> bool {
+        self.0.lock().map(|m| m.is_empty()).unwrap_or(true)
+    }
+}
+
+/// What a channel task needs.
+pub(crate) struct ChanCtx {
+    pub(crate) live: Arc<Live>,
+    pub(crate) server: server::Handle,
+    pub(crate) audit: AuditSink,
+    pub(crate) metrics: Metrics,
+    pub(crate) env_allow: Vec<String>,
+    pub(crate) record_dir: Option<PathBuf>,
+    pub(crate) max_text: usize,
+}
+
+impl ChanCtx {
+    fn event(&self, kind: &str) -> Event {
+        let info = &self.live.guard.info;
+        Event::new(kind, jiff::Timestamp::now())
+            .actor(&info.identity)
+            .resource(&info.resource)
+            .grant(info.grant_id)
+            .session(&info.id)
+    }
+
+    async fn emit(&self, ev: Event) {
+        if self.audit.emit(ev).await.is_err() {
+            tracing::error!(session_id = %self.live.guard.info.id, "audit sink closed; ending the ssh session");
+            self.live.guard.kill.cancel();
+        }
+    }
+
+    fn clip(&self, s: &str) -> String {
+        if s.len() <= self.max_text {
+            return s.to_string();
+        }
+        let mut end = self.max_text;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}…", &s[..end])
+    }
+}
+
+/// How the gateway says goodbye on a channel.
+fn banner(pty: bool, text: &str) -> Bytes {
+    if pty {
+        Bytes::from(format!("\r\n[jitgate] {text}\r\n"))
+    } else {
+        Bytes::from(format!("[jitgate] {text}\n"))
+    }
+}
+
+async fn say(server: &server::Handle, id: ChannelId, pty: bool, text: &str) {
+    let b = banner(pty, text);
+    let send = async {
+        if pty {
+            let _ = server.data(id, b).await;
+        } else {
+            let _ = server.extended_data(id, 1, b).await;
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_millis(200), send).await;
+}
+
+/// A channel opened on a connection that may not proceed (no grant, unknown target, upstream
+/// refused): answer the first requests, print why on stderr, exit 1.
+pub(crate) async fn refuse(channel: russh::Channel<server::Msg>, server: server::Handle, message: String) {
+    let id = channel.id();
+    let (mut rd, wr) = channel.split();
+    let mut pty = false;
+    let work = async {
+        while let Some(msg) = rd.wait().await {
+            match msg {
+                ChannelMsg::RequestPty { want_reply, .. } => {
+                    pty = true;
+                    if want_reply {
+                        let _ = server.channel_success(id).await;
+                    }
+                }
+                ChannelMsg::RequestShell { want_reply }
+                | ChannelMsg::Exec { want_reply, .. }
+                | ChannelMsg::RequestSubsystem { want_reply, .. } => {
+                    if want_reply {
+                        let _ = server.channel_success(id).await;
+                    }
+                    break;
+                }
+                ChannelMsg::Close | ChannelMsg::Eof => return,
+                _ => {}
+            }
+        }
+        let text = if pty {
+            format!("\r\njitgate: {message}\r\n")
+        } else {
+            format!("jitgate: {message}\n")
+        };
+        let _ = wr.extended_data_bytes(1, Bytes::from(text)).await;
+        let _ = wr.exit_status(1).await;
+        let _ = wr.eof().await;
+        let _ = wr.close().await;
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(10), work).await;
+}
+
+/// Watches the session's kill switch and expiry warnings; on a kill, lets the channel tasks say
+/// goodbye, then disconnects both legs.
+pub(crate) async fn watch(live: Arc<Live>, server: server::Handle) {
+    let mut warnings = live.guard.warnings.clone();
+    let kill = live.guard.kill.clone();
+    loop {
+        tokio::select! {
+            () = kill.cancelled() => break,
+            () = live.closed.cancelled() => return,
+            r = warnings.changed() => {
+                if r.is_err() {
+                    tokio::select! {
+                        () = kill.cancelled() => break,
+                        () = live.closed.cancelled() => return,
+                    }
+                }
+                let msg = warnings.borrow_and_update().clone();
+                if let Some(m) = msg {
+                    for (id, pty) in live.channels.list() {
+                        say(&server, id, pty, &m).await;
+                    }
+                }
+            }
+        }
+    }
+    // Each channel's goodbye is bounded (300 ms); disconnecting before they are done could
+    // overtake their last words.
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(800);
+    while !live.channels.is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let reason = live.guard.kill_reason().unwrap_or(KillReason::Shutdown);
+    let text = reason.message(&live.guard.info.resource);
+    let _ = server
+        .disconnect(Disconnect::ByApplication, format!("jitgate: {text}"), "en".into())
+        .await;
+    let _ = live
+        .upstream
+        .disconnect(Disconnect::ByApplication, "session ended by jitgate", "en")
+        .await;
+}
+
+/// Reply bookkeeping: `true` = waiting for the upstream's answer, `false` = refused locally.
+#[derive(Default)]
+struct Replies(Mutex<VecDeque<bool>>);
+
+impl Replies {
+    fn push_upstream(&self) {
+        if let Ok(mut q) = self.0.lock() {
+            q.push_back(true);
+        }
+    }
+    /// Returns true when the local failure can be sent now.
+    fn push_local_failure(&self) -> bool {
+        match self.0.lock() {
+            Ok(mut q) if !q.is_empty() => {
+                q.push_back(false);
+                false
+            }
+            _ => true,
+        }
+    }
+    /// The upstream answered: how many local failures follow it.
+    fn upstream_answered(&self) -> usize {
+        let Ok(mut q) = self.0.lock() else { return 0 };
+        q.pop_front();
+        let mut n = 0;
+        while q.front() == Some(&false) {
+            q.pop_front();
+            n += 1;
+        }
+        n
+    }
+}
+
+/// Per-channel recording state.
+struct Rec {
+    pty: Option<(String, u32, u32)>,
+    recorder: Option<Recorder>,
+    lines: LineAssembler,
+    sftp: Option<SftpWatch>,
+    kind: &'static str,
+    command: Option<String>,
+    exit: Option<String>,
+    bytes_up: u64,
+    bytes_down: u64,
+}
+
+enum Note {
+    Lines(Vec<String>),
+    Sftp(Vec<crate::sftp::SftpOp>),
+}
+
+/// Relay one session channel.
+pub(crate) async fn session_channel(
+    ctx: ChanCtx,
+    client_ch: russh::Channel<server::Msg>,
+    up_ch: russh::Channel<client::Msg>,
+) {
+    let id = client_ch.id();
+    ctx.live.channels.set(id, false);
+    let (mut crd, cwr) = client_ch.split();
+    let (mut urd, uwr) = up_ch.split();
+    let replies = Replies::default();
+    let rec = Mutex::new(Rec {
+        pty: None,
+        recorder: None,
+        lines: LineAssembler::new(ctx.max_text),
+        sftp: None,
+        kind: "session",
+        command: None,
+        exit: None,
+        bytes_up: 0,
+        bytes_down: 0,
+    });
+    let kill = ctx.live.guard.kill.clone();
+
+    let c2u = client_to_upstream(&ctx, id, &mut crd, &uwr, &replies, &rec);
+    let u2c = upstream_to_client(&ctx, id, &mut urd, &cwr, &replies, &rec);
+    let mut c2u = pin!(c2u);
+    let mut u2c = pin!(u2c);
+    let (mut c_done, mut u_done) = (false, false);
+    let mut killed = false;
+    loop {
+        let grace = tokio::time::sleep(Duration::from_secs(5));
+        // When one side closes, close the other at once: each peer waits for our CLOSE.
+        tokio::select! {
+            () = &mut c2u, if !c_done => {
+                c_done = true;
+                let _ = uwr.close().await;
+            }
+            () = &mut u2c, if !u_done => {
+                u_done = true;
+                let _ = cwr.close().await;
+            }
+            () = kill.cancelled() => { killed = true; break; }
+            () = grace, if c_done || u_done => break,
+        }
+        if c_done && u_done {
+            break;
+        }
+    }
+    if killed {
+        let reason = ctx.live.guard.kill_reason().unwrap_or(KillReason::Shutdown);
+        let pty = rec.lock().map(|r| r.pty.is_some()).unwrap_or(false);
+        let text = format!("{} — session closed", reason.message(&ctx.live.guard.info.resource));
+        let goodbye = async {
+            // End the upstream process group first (sshd turns `signal` into killpg), then tell
+            // the user.
+            let _ = uwr.signal(Sig::TERM).await;
+            let _ = uwr.close().await;
+            let b = banner(pty, &text);
+            if pty {
+                let _ = cwr.data_bytes(b).await;
+            } else {
+                let _ = cwr.extended_data_bytes(1, b).await;
+            }
+            let _ = ctx
+                .server
+                .exit_signal_request(id, Sig::TERM, false, text.clone(), "en".into())
+                .await;
+            let _ = cwr.eof().await;
+            let _ = cwr.close().await;
+        };
+        let _ = tokio::time::timeout(Duration::from_millis(300), goodbye).await;
+    } else {
+        let _ = uwr.close().await;
+        let _ = cwr.close().await;
+    }
+    ctx.live.channels.remove(id);
+    ctx.live.channel_count.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    // Wrap up: the recording, open sftp files, a channel summary for the audit log.
+    let (summary, ops) = {
+        let Ok(mut r) = rec.lock() else { return };
+        let ops = r.sftp.as_mut().map(SftpWatch::finish).unwrap_or_default();
+        let recording = r.recorder.take().map(|rc| {
+            let p = rc.path().display().to_string();
+            rc.finish();
+            p
+        });
+        (
+            serde_json::json!({
+                "channel": r.kind,
+                "command": r.command,
+                "exit": r.exit,
+                "bytes_from_client": r.bytes_up,
+                "bytes_to_client": r.bytes_down,
+                "recording": recording,
+            }),
+            ops,
+        )
+    };
+    emit_sftp(&ctx, ops).await;
+    ctx.emit(ctx.event("ssh.channel.closed").details(summary)).await;
+}
+
+async fn emit_sftp(ctx: &ChanCtx, ops: Vec<crate::sftp::SftpOp>) {
+    for op in ops {
+        ctx.emit(ctx.event("ssh.sftp").details(serde_json::json!({
+            "op": op.op,
+            "path": ctx.clip(&op.path),
+            "path2": op.path2.as_deref().map(|p| ctx.clip(p)),
+            "bytes_read": op.bytes_read,
+            "bytes_written": op.bytes_written,
+        })))
+        .await;
+    }
+}
+
+fn env_allowed(allow: &[String], name: &str) -> bool {
+    allow.iter().any(|a| match a.strip_suffix('*') {
+        Some(prefix) => name.starts_with(prefix),
+        None => a == name,
+    })
+}
+
+async fn client_to_upstream(
+    ctx: &ChanCtx,
+    id: ChannelId,
+    crd: &mut ChannelReadHalf,
+    uwr: &ChannelWriteHalf<client::Msg>,
+    replies: &Replies,
+    rec: &Mutex<Rec>,
+) {
+    let bytes_in = ctx.metrics.bytes_total.with_label_values(&["ssh", "in"]);
+    while let Some(msg) = crd.wait().await {
+        let ok = match msg {
+            ChannelMsg::Data { data } => {
+                bytes_in.inc_by(data.len() as u64);
+                let note = rec.lock().ok().and_then(|mut r| {
+                    r.bytes_up += data.len() as u64;
+                    if let Some(rc) = r.recorder.as_mut() {
+                        rc.input(&data);
+                    }
+                    if r.kind == "shell" {
+                        let l = r.lines.feed(&data);
+                        (!l.is_empty()).then_some(Note::Lines(l))
+                    } else if let Some(w) = r.sftp.as_mut() {
+                        let ops = w.client(&data);
+                        (!ops.is_empty()).then_some(Note::Sftp(ops))
+                    } else {
+                        None
+                    }
+                });
+                match note {
+                    Some(Note::Lines(lines)) => {
+                        for l in lines {
+                            ctx.emit(
+                                ctx.event("ssh.command")
+                                    .details(serde_json::json!({"line": ctx.clip(&l), "login": ctx.live.login})),
+                            )
+                            .await;
+                        }
+                    }
+                    Some(Note::Sftp(ops)) => emit_sftp(ctx, ops).await,
+                    None => {}
+                }
+                uwr.data_bytes(data).await.is_ok()
+            }
+            ChannelMsg::ExtendedData { data, ext } => uwr.extended_data_bytes(ext, data).await.is_ok(),
+            ChannelMsg::Eof => uwr.eof().await.is_ok(),
+            ChannelMsg::Close => break,
+            ChannelMsg::RequestPty {
+                want_reply,
+                term,
+                col_width,
+                row_height,
+                pix_width,
+                pix_height,
+                terminal_modes,
+            } => {
+                if let Ok(mut r) = rec.lock() {
+                    r.pty = Some((term.clone(), col_width, row_height));
+                }
+                ctx.live.channels.set(id, true);
+                if want_reply {
+                    replies.push_upstream();
+                }
+                uwr.request_pty(
+                    want_reply,
+                    &term,
+                    col_width,
+                    row_height,
+                    pix_width,
+                    pix_height,
+                    &terminal_modes,
+                )
+                .await
+                .is_ok()
+            }
+            ChannelMsg::RequestShell { want_reply } => {
+                start_recording(ctx, rec);
+                ctx.emit(
+                    ctx.event("ssh.shell")
+                        .details(serde_json::json!({"login": ctx.live.login})),
+                )
+                .await;
+                if want_reply {
+                    replies.push_upstream();
+                }
+                uwr.request_shell(want_reply).await.is_ok()
+            }
+            ChannelMsg::Exec { want_reply, command } => {
+                let text = String::from_utf8_lossy(&command).into_owned();
+                let pty = if let Ok(mut r) = rec.lock() {
+                    r.kind = "exec";
+                    r.command = Some(ctx.clip(&text));
+                    r.pty.is_some()
+                } else {
+                    false
+                };
+                if pty {
+                    start_recording(ctx, rec);
+                }
+                ctx.emit(
+                    ctx.event("ssh.exec")
+                        .details(serde_json::json!({"command": ctx.clip(&text), "login": ctx.live.login, "pty": pty})),
+                )
+                .await;
+                if want_reply {
+                    replies.push_upstream();
+                }
+                uwr.exec(want_reply, command).await.is_ok()
+            }
+            ChannelMsg::RequestSubsystem { want_reply, name } => {
+                if let Ok(mut r) = rec.lock() {
+                    r.kind = "subsystem";
+                    r.command = Some(ctx.clip(&name));
+                    if name == "sftp" {
+                        r.sftp = Some(SftpWatch::default());
+                    }
+                }
+                ctx.emit(
+                    ctx.event("ssh.subsystem")
+                        .details(serde_json::json!({"name": ctx.clip(&name), "login": ctx.live.login})),
+                )
+                .await;
+                if want_reply {
+                    replies.push_upstream();
+                }
+                uwr.request_subsystem(want_reply, &name).await.is_ok()
+            }
+            // russh reports every env request as wanting a reply (it keeps only the latest
+            // request's flag); OpenSSH never asks for one, so env is forwarded without a reply
+            // and refused silently, as sshd does for names outside AcceptEnv.
+            ChannelMsg::SetEnv {
+                variable_name,
+                variable_value,
+                ..
+            } if env_allowed(&ctx.env_allow, &variable_name) => {
+                uwr.set_env(false, variable_name, variable_value).await.is_ok()
+            }
+            ChannelMsg::WindowChange {
+                col_width,
+                row_height,
+                pix_width,
+                pix_height,
+            } => {
+                if let Ok(mut r) = rec.lock() {
+                    if let Some(rc) = r.recorder.as_mut() {
+                        rc.resize(col_width, row_height);
+                    }
+                    if let Some(p) = r.pty.as_mut() {
+                        p.1 = col_width;
+                        p.2 = row_height;
+                    }
+                }
+                uwr.window_change(col_width, row_height, pix_width, pix_height)
+                    .await
+                    .is_ok()
+            }
+            ChannelMsg::Signal { signal } => uwr.signal(signal).await.is_ok(),
+            // Agent forwarding is refused by russh itself (the handler says no).
+            ChannelMsg::RequestX11 { want_reply: true, .. } => {
+                if replies.push_local_failure() {
+                    let _ = ctx.server.channel_failure(id).await;
+                }
+                true
+            }
+            _ => true,
+        };
+        if !ok {
+            break;
+        }
+    }
+}
+
+fn start_recording(ctx: &ChanCtx, rec: &Mutex<Rec>) {
+    let Some(dir) = &ctx.record_dir else { return };
+    let Ok(mut r) = rec.lock() else { return };
+    if r.kind == "session" {
+        r.kind = "shell";
+    }
+    if r.recorder.is_some() {
+        return;
+    }
+    let Some((term, cols, rows)) = r.pty.clone() else {
+        return;
+    };
+    let info = &ctx.live.guard.info;
+    let n = ctx.live.recordings.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    let name = if n == 0 {
+        format!("{}.cast", info.id)
+    } else {
+        format!("{}.{n}.cast", info.id)
+    };
+    let title = format!("{} → {}@{}", info.identity, ctx.live.login, info.resource);
+    match Recorder::create(
+        &dir.join(&name),
+        &Header {
+            width: cols,
+            height: rows,
+            term: &term,
+            title: &title,
+        },
+    ) {
+        Ok(rc) => r.recorder = Some(rc),
+        Err(e) => tracing::error!(session_id = %info.id, error = %e, "cannot create the session recording"),
+    }
+}
+
+async fn upstream_to_client(
+    ctx: &ChanCtx,
+    id: ChannelId,
+    urd: &mut ChannelReadHalf,
+    cwr: &ChannelWriteHalf<server::Msg>,
+    replies: &Replies,
+    rec: &Mutex<Rec>,
+) {
+    let bytes_out = ctx.metrics.bytes_total.with_label_values(&["ssh", "out"]);
+    while let Some(msg) = urd.wait().await {
+        let ok = match msg {
+            ChannelMsg::Data { data } => {
+                bytes_out.inc_by(data.len() as u64);
+                if let Ok(mut r) = rec.lock() {
+                    r.bytes_down += data.len() as u64;
+                    if let Some(rc) = r.recorder.as_mut() {
+                        rc.output(&data);
+                    }
+                    if let Some(w) = r.sftp.as_mut() {
+                        w.server(&data);
+                    }
+                }
+                cwr.data_bytes(data).await.is_ok()
+            }
+            ChannelMsg::ExtendedData { data, ext } => {
+                bytes_out.inc_by(data.len() as u64);
+                if let Ok(mut r) = rec.lock() {
+                    r.bytes_down += data.len() as u64;
+                    if let Some(rc) = r.recorder.as_mut() {
+                        rc.output(&data);
+                    }
+                }
+                cwr.extended_data_bytes(ext, data).await.is_ok()
+            }
+            ChannelMsg::Eof => cwr.eof().await.is_ok(),
+            ChannelMsg::Close => break,
+            ChannelMsg::ExitStatus { exit_status } => {
+                if let Ok(mut r) = rec.lock() {
+                    r.exit = Some(exit_status.to_string());
+                }
+                cwr.exit_status(exit_status).await.is_ok()
+            }
+            ChannelMsg::ExitSignal {
+                signal_name,
+                core_dumped,
+                error_message,
+                lang_tag,
+            } => {
+                if let Ok(mut r) = rec.lock() {
+                    r.exit = Some(format!("signal {signal_name:?}"));
+                }
+                ctx.server
+                    .exit_signal_request(id, signal_name, core_dumped, error_message, lang_tag)
+                    .await
+                    .is_ok()
+            }
+            ChannelMsg::Success | ChannelMsg::Failure => {
+                let ok = matches!(msg, ChannelMsg::Success);
+                let locals = replies.upstream_answered();
+                let r = if ok {
+                    ctx.server.channel_success(id).await
+                } else {
+                    ctx.server.channel_failure(id).await
+                };
+                for _ in 0..locals {
+                    let _ = ctx.server.channel_failure(id).await;
+                }
+                r.is_ok()
+            }
+            _ => true,
+        };
+        if !ok {
+            break;
+        }
+    }
+}
+
+/// Relay a `direct-tcpip` channel (`ssh -L`): bytes both ways, EOF and close.
+pub(crate) async fn forward_channel(
+    ctx: ChanCtx,
+    client_ch: russh::Channel<server::Msg>,
+    up_ch: russh::Channel<client::Msg>,
+) {
+    let (mut crd, cwr) = client_ch.split();
+    let (mut urd, uwr) = up_ch.split();
+    let kill = ctx.live.guard.kill.clone();
+    let (mut up, mut down) = (0u64, 0u64);
+    let c2u = async {
+        while let Some(m) = crd.wait().await {
+            let ok = match m {
+                ChannelMsg::Data { data } => {
+                    up += data.len() as u64;
+                    uwr.data_bytes(data).await.is_ok()
+                }
+                ChannelMsg::Eof => uwr.eof().await.is_ok(),
+                ChannelMsg::Close => break,
+                _ => true,
+            };
+            if !ok {
+                break;
+            }
+        }
+        let _ = uwr.close().await;
+    };
+    let u2c = async {
+        while let Some(m) = urd.wait().await {
+            let ok = match m {
+                ChannelMsg::Data { data } => {
+                    down += data.len() as u64;
+                    cwr.data_bytes(data).await.is_ok()
+                }
+                ChannelMsg::Eof => cwr.eof().await.is_ok(),
+                ChannelMsg::Close => break,
+                _ => true,
+            };
+            if !ok {
+                break;
+            }
+        }
+        let _ = cwr.close().await;
+    };
+    tokio::select! {
+        _ = async { tokio::join!(c2u, u2c) } => {}
+        () = kill.cancelled() => {
+            let _ = uwr.close().await;
+            let _ = cwr.close().await;
+        }
+    }
+    ctx.live.channel_count.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    ctx.metrics.bytes_total.with_label_values(&["ssh", "in"]).inc_by(up);
+    ctx.metrics.bytes_total.with_label_values(&["ssh", "out"]).inc_by(down);
+    ctx.emit(ctx.event("ssh.channel.closed").details(serde_json::json!({
+        "channel": "direct-tcpip",
+        "bytes_from_client": up,
+        "bytes_to_client": down,
+    })))
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_allow_list() {
+        let allow = vec!["LANG".to_string(), "LC_*".to_string()];
+        assert!(env_allowed(&allow, "LANG"));
+        assert!(env_allowed(&allow, "LC_ALL"));
+        assert!(!env_allowed(&allow, "LD_PRELOAD"));
+        assert!(!env_allowed(&allow, "LANGUAGE"));
+    }
+
+    #[test]
+    fn local_failures_keep_their_place_in_line() {
+        let r = Replies::default();
+        assert!(r.push_local_failure(), "nothing pending: answer now");
+        r.push_upstream();
+        assert!(!r.push_local_failure());
+        assert!(!r.push_local_failure());
+        r.push_upstream();
+        assert_eq!(r.upstream_answered(), 2);
+        assert_eq!(r.upstream_answered(), 0);
+        assert!(r.push_local_failure());
+    }
+}

@@ -1,0 +1,225 @@
+//! SSH commands of the CLI: `ssh-cert` (get a user certificate for your key), `ssh-config`
+//! (ssh_config entries so `ssh web-1` works) and `play` (replay an SSH session recording).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+
+use crate::cli::Conn;
+use crate::client::Client;
+
+/// `~/.config/jitgate` (or `$JITGATE_CONFIG_DIR`), created 0700.
+pub fn config_dir() -> Result<PathBuf> {
+    let dir = match std::env::var_os("JITGATE_CONFIG_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => {
+            let home = std::env::var_os("HOME").context("HOME is not set; set JITGATE_CONFIG_DIR")?;
+            PathBuf::from(home).join(".config/jitgate")
+        }
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
+    }
+    Ok(dir)
+}
+
+/// The private key ssh should use: `--key` (a private key path; its `.pub` is beside it) or
+/// `config_dir/id_ed25519`, generated on first use.
+fn key_path(key: Option<PathBuf>) -> Result<PathBuf> {
+    match key {
+        Some(k) => {
+            let k = if k.extension().is_some_and(|e| e == "pub") {
+                k.with_extension("")
+            } else {
+                k
+            };
+            if !pub_path(&k).exists() {
+                bail!(
+                    "{} not found (give the private key path; its .pub must be beside it)",
+                    pub_path(&k).display()
+                );
+            }
+            Ok(k)
+        }
+        None => {
+            let k = config_dir()?.join("id_ed25519");
+            if !k.exists() {
+                jitgate_ssh::keys::load_or_generate(&k, "jitgate")
+                    .with_context(|| format!("generating {}", k.display()))?;
+                eprintln!("generated {}", k.display());
+            }
+            Ok(k)
+        }
+    }
+}
+
+fn pub_path(k: &Path) -> PathBuf {
+    let mut s = k.as_os_str().to_owned();
+    s.push(".pub");
+    PathBuf::from(s)
+}
+
+fn cert_path(k: &Path) -> PathBuf {
+    let mut s = k.as_os_str().to_owned();
+    s.push("-cert.pub");
+    PathBuf::from(s)
+}
+
+/// Ask the gateway to sign the key; write `KEY-cert.pub`. Returns (cert path, valid_before).
+async fn fetch_cert(c: &Client, key: &Path) -> Result<(PathBuf, u64)> {
+    let public =
+        std::fs::read_to_string(pub_path(key)).with_context(|| format!("reading {}", pub_path(key).display()))?;
+    let v: Value = c.post("/v1/ssh/cert", &json!({"public_key": public.trim()})).await?;
+    let cert = v["certificate"].as_str().context("the gateway sent no certificate")?;
+    let out = cert_path(key);
+    std::fs::write(&out, format!("{cert}\n")).with_context(|| format!("writing {}", out.display()))?;
+    Ok((out, v["valid_before"].as_u64().unwrap_or(0)))
+}
+
+fn until(valid_before: u64) -> String {
+    jiff::Timestamp::from_second(i64::try_from(valid_before).unwrap_or(0))
+        .map(|t| t.to_string())
+        .unwrap_or_else(|_| valid_before.to_string())
+}
+
+/// `jitgate ssh-cert`.
+pub async fn ssh_cert(conn: &Conn, key: Option<PathBuf>) -> Result<ExitCode> {
+    let c = Client::new(conn)?;
+    let key = key_path(key)?;
+    let (path, vb) = fetch_cert(&c, &key).await?;
+    if conn.json {
+        println!(
+            "{}",
+            json!({"certificate_file": path, "identity_file": key, "valid_before": vb})
+        );
+    } else {
+        println!("wrote {} (valid until {})", path.display(), until(vb));
+        println!("ssh uses it with -i {} (or run `jitgate ssh-config`)", key.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `jitgate ssh-config`: writes the gateway's host key to `config_dir/known_hosts`, makes sure
+/// the certificate is fresh, prints `Host` entries for every SSH resource.
+pub async fn ssh_config(conn: &Conn, key: Option<PathBuf>) -> Result<ExitCode> {
+    let c = Client::new(conn)?;
+    let info: Value = c.get("/v1/info").await?;
+    let Some(addr) = info["ssh"].as_str() else {
+        bail!("the gateway has no SSH front end ([listen] ssh is not set)");
+    };
+    let host_key = info["ssh_host_key"]
+        .as_str()
+        .context("the gateway did not send its SSH host key")?;
+    let (listen_host, port) = addr.rsplit_once(':').unwrap_or((addr, "2222"));
+    let host = info["public_url"]
+        .as_str()
+        .and_then(crate::url_host)
+        .or_else(|| (listen_host != "0.0.0.0" && listen_host != "[::]").then(|| listen_host.to_string()))
+        .or_else(|| crate::url_host(c.base()))
+        .unwrap_or_else(|| "127.0.0.1".into());
+    let dir = config_dir()?;
+    let key = key_path(key)?;
+    let (cert, vb) = fetch_cert(&c, &key).await?;
+    // Pinned through the API (TLS-verified), under an alias so it cannot clash with the host's
+    // own entries.
+    let alias = format!("jitgate-{host}");
+    let kh = dir.join("known_hosts");
+    let key_fields: Vec<&str> = host_key.split_whitespace().take(2).collect();
+    std::fs::write(&kh, format!("{alias} {}\n", key_fields.join(" ")))
+        .with_context(|| format!("writing {}", kh.display()))?;
+    let resources: Vec<Value> = c.get("/v1/resources").await?;
+    let fingerprint = jitgate_ssh::keys::parse_public(host_key)
+        .map(|k| jitgate_ssh::keys::fingerprint(&k))
+        .unwrap_or_default();
+    let mut out = format!(
+        "# jitgate SSH entries (generated by `jitgate ssh-config`; certificate valid until {})\n# gateway host key {fingerprint}, pinned in {}\n",
+        until(vb),
+        kh.display()
+    );
+    for r in resources.iter().filter(|r| r["kind"] == "ssh") {
+        let name = r["name"].as_str().unwrap_or_default();
+        // Resources no policy lets you request are left out.
+        let Some(login) = r["access"].as_array().and_then(|a| a.first()).and_then(Value::as_str) else {
+            continue;
+        };
+        out.push_str(&format!(
+            "Host {name}\n  HostName {host}\n  Port {port}\n  User {login}@{name}\n  HostKeyAlias {alias}\n  UserKnownHostsFile {}\n  StrictHostKeyChecking yes\n  IdentityFile {}\n  CertificateFile {}\n  IdentitiesOnly yes\n",
+            kh.display(),
+            key.display(),
+            cert.display()
+        ));
+    }
+    print!("{out}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `jitgate play`: replay an asciicast v2 recording in the terminal.
+pub fn play(session: &str, file: Option<PathBuf>, config: &Path, speed: f64, idle_limit: f64) -> Result<ExitCode> {
+    let path = match file {
+        Some(f) => f,
+        None => {
+            if session.contains('/') || session.contains("..") {
+                bail!("`{session}` is not a session id (s-…)");
+            }
+            let loaded = crate::serve::report(jitgate_core::config::load(config))?;
+            let p = loaded
+                .config
+                .gateway
+                .data_dir
+                .join("recordings")
+                .join(format!("{session}.cast"));
+            if !p.exists() {
+                bail!(
+                    "no recording for {session} at {} (only interactive SSH sessions are recorded; `jitgate audit search --session {session}` shows its events)",
+                    p.display()
+                );
+            }
+            p
+        }
+    };
+    if !(speed > 0.0 && speed.is_finite()) {
+        bail!("--speed must be a positive number");
+    }
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let mut lines = text.lines();
+    let header: Value = lines
+        .next()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .with_context(|| format!("{}: not an asciicast v2 file", path.display()))?;
+    if header["version"] != 2 {
+        bail!(
+            "{}: not an asciicast v2 file (version {})",
+            path.display(),
+            header["version"]
+        );
+    }
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let mut last = 0.0f64;
+    for (i, line) in lines.enumerate() {
+        let ev: Value =
+            serde_json::from_str(line).with_context(|| format!("{}:{}: invalid event", path.display(), i + 2))?;
+        let (Some(t), Some(kind), Some(data)) = (ev[0].as_f64(), ev[1].as_str(), ev[2].as_str()) else {
+            bail!("{}:{}: invalid event", path.display(), i + 2);
+        };
+        if kind != "o" {
+            continue;
+        }
+        let wait = ((t - last).max(0.0)).min(idle_limit) / speed;
+        last = t;
+        if wait > 0.0 {
+            out.flush()?;
+            std::thread::sleep(Duration::from_secs_f64(wait));
+        }
+        out.write_all(data.as_bytes())?;
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,743 @@
+//! End-to-end tests of the SSH front end: the real `jitgate serve`, a real OpenSSH sshd
+//! (scripts/test-sshd) and the real OpenSSH clients (ssh, scp, sftp), rsync and tmux.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::ssh::{Sshd, Upstream, run_with_input, sha256_bytes, sshd};
+use support::*;
+
+/// A gateway with SSH on a free port in front of the test sshd: `web-1` (port forwarding
+/// allowed), `web-2` (not), both auto-approved for alice's group.
+fn setup(mode: Upstream) -> (Gateway, Sshd) {
+    setup_with(mode, "")
+}
+
+fn setup_with(mode: Upstream, extra: &str) -> (Gateway, Sshd) {
+    let s = sshd();
+    let body = format!(
+        "#listen-extra ssh = \"127.0.0.1:0\"\n[ssh]\nlogin_timeout = \"2s\"\nmax_channels = 16\n\n{ids}{r1}{r2}\
+         [[policies]]\nname = \"fwd\"\nresources = [\"web-1\"]\nrequesters = [\"dev\"]\napprovers = [\"dba\"]\nreason_required = false\nallow_port_forwarding = true\n\
+         [[policies.auto_approve]]\ngroups = [\"dev\"]\n\n\
+         [[policies]]\nname = \"nofwd\"\nresources = [\"web-*\"]\nrequesters = [\"dev\"]\napprovers = [\"dba\"]\nreason_required = false\n\
+         [[policies.auto_approve]]\ngroups = [\"dev\"]\n\n{extra}",
+        ids = support::ssh::identities(&s),
+        r1 = s.resource("web-1", mode),
+        r2 = s.resource("web-2", mode),
+    );
+    let gw = Gateway::start(&body);
+    if mode == Upstream::Ca {
+        s.trust_ca(&gw);
+    }
+    (gw, s)
+}
+
+fn grant(gw: &Gateway, resource: &str, dur: &str) -> i64 {
+    let v = gw
+        .cli(Some("alice"), &["request", resource, "--for", dur, "--json"])
+        .json();
+    assert_eq!(v["state"], "approved", "{v}");
+    v["grant_id"].as_i64().unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Deterministic pseudo-random bytes.
+fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut v = Vec::with_capacity(n);
+    while v.len() < n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(n);
+    v
+}
+
+fn uniq() -> String {
+    format!("{}{}", std::process::id(), rand_suffix())
+}
+
+fn rand_suffix() -> u32 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    N.fetch_add(1, Ordering::Relaxed) * 7919 % 100_000
+}
+
+#[test]
+fn exec_keeps_streams_apart_and_relays_100mb_both_ways_intact() {
+    let (gw, s) = setup(Upstream::Key);
+    grant(&gw, "web-1", "1h");
+    let key = s.client_key();
+
+    let out = gw
+        .ssh(&key, "web-1")
+        .arg("echo hi; echo err >&2; exit 3")
+        .output()
+        .unwrap();
+    assert_eq!(text(&out.stdout), "hi\n");
+    assert_eq!(text(&out.stderr), "err\n");
+    assert_eq!(out.status.code(), Some(3));
+
+    // Explicit LOGIN@RESOURCE form.
+    let out = gw
+        .ssh(&key, &format!("{}@web-1", s.user))
+        .arg("id -un")
+        .output()
+        .unwrap();
+    assert_eq!(text(&out.stdout).trim(), s.user, "{}", text(&out.stderr));
+
+    // 100 MB up: what arrives hashes the same.
+    let data = noise(100 << 20, 42);
+    let t = Instant::now();
+    let out = run_with_input(
+        {
+            let mut c = gw.ssh(&key, "web-1");
+            c.arg("sha256sum");
+            c
+        },
+        &data,
+    );
+    let up = t.elapsed();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout).split_whitespace().next().unwrap(),
+        sha256_bytes(&data)
+    );
+
+    // 100 MB down: the remote hashes what it sends (stderr), we hash what we got.
+    let t = Instant::now();
+    let out = gw
+        .ssh(&key, "web-1")
+        .arg("f=$(mktemp); head -c 104857600 /dev/urandom > $f; sha256sum < $f | cut -d' ' -f1 >&2; cat $f; rm -f $f")
+        .output()
+        .unwrap();
+    let down = t.elapsed();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(out.stdout.len(), 100 << 20);
+    assert_eq!(text(&out.stderr).trim(), sha256_bytes(&out.stdout));
+    eprintln!("100 MiB through the gateway: up {up:?}, down {down:?}");
+
+    // Audited: the exec commands, with session, grant and login.
+    let ev = gw.audit_events();
+    let exec: Vec<_> = ev.iter().filter(|e| e["kind"] == "ssh.exec").collect();
+    assert!(
+        exec.iter()
+            .any(|e| e["details"]["command"] == "echo hi; echo err >&2; exit 3"),
+        "{exec:?}"
+    );
+    assert!(
+        exec.iter()
+            .all(|e| e["actor"] == "alice@example.com" && e["session_id"].is_string())
+    );
+    assert!(ev.iter().any(|e| e["kind"] == "session.started"));
+    let closed: Vec<_> = ev.iter().filter(|e| e["kind"] == "ssh.channel.closed").collect();
+    assert!(closed.iter().any(|e| e["details"]["exit"] == "3"), "{closed:?}");
+    assert!(
+        closed
+            .iter()
+            .any(|e| e["details"]["bytes_from_client"].as_u64() == Some(100 << 20)),
+        "{closed:?}"
+    );
+    let (_, m) = gw.http_get("/metrics", None);
+    assert!(
+        m.contains("jitgate_bytes_total{direction=\"in\",protocol=\"ssh\"}"),
+        "{m}"
+    );
+}
+
+fn tmux(sock: &str, args: &[&str]) -> String {
+    let out = Command::new("tmux").arg("-L").arg(sock).args(args).output().unwrap();
+    text(&out.stdout)
+}
+
+fn wait_pane(sock: &str, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let p = tmux(sock, &["capture-pane", "-p", "-t", "s"]);
+        if p.contains(needle) {
+            return p;
+        }
+        assert!(Instant::now() < deadline, "pane never showed {needle:?}:\n{p}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn interactive_shell_with_pty_resize_recording_and_audited_commands_via_upstream_certificates() {
+    let (gw, s) = setup(Upstream::Ca);
+    grant(&gw, "web-1", "1h");
+    let ssh = gw.ssh(&s.client_key(), "web-1");
+    let cmdline: Vec<String> = std::iter::once(ssh.get_program().to_string_lossy().into_owned())
+        .chain(ssh.get_args().map(|a| format!("'{}'", a.to_string_lossy())))
+        .collect();
+    let sock = format!("jg-{}", uniq());
+    tmux(
+        &sock,
+        &[
+            "new-session",
+            "-d",
+            "-s",
+            "s",
+            "-x",
+            "100",
+            "-y",
+            "30",
+            &format!("{}; sleep 30", cmdline.join(" ")),
+        ],
+    );
+    wait_pane(&sock, "~$");
+    tmux(&sock, &["send-keys", "-t", "s", "stty size", "Enter"]);
+    wait_pane(&sock, "30 100");
+    tmux(&sock, &["resize-window", "-t", "s", "-x", "120", "-y", "40"]);
+    std::thread::sleep(Duration::from_millis(300));
+    tmux(&sock, &["send-keys", "-t", "s", "stty size", "Enter"]);
+    wait_pane(&sock, "40 120");
+    tmux(
+        &sock,
+        &["send-keys", "-t", "s", "echo jitgate-marker-$((6*7))", "Enter"],
+    );
+    wait_pane(&sock, "jitgate-marker-42");
+    tmux(&sock, &["send-keys", "-t", "s", "exit", "Enter"]);
+    std::thread::sleep(Duration::from_millis(500));
+    tmux(&sock, &["kill-server"]);
+
+    // Logged in upstream with a gateway-signed certificate for this login.
+    let sshd_log = std::fs::read_to_string(s.dir.join("sshd.log")).unwrap();
+    assert!(sshd_log.contains("ID jitgate:alice@example.com"), "{sshd_log}");
+
+    // Typed command lines are in the audit log, in order.
+    assert!(eventually(Duration::from_secs(5), || gw
+        .audit_events()
+        .iter()
+        .any(|e| e["kind"] == "ssh.channel.closed")));
+    let ev = gw.audit_events();
+    let lines: Vec<String> = ev
+        .iter()
+        .filter(|e| e["kind"] == "ssh.command")
+        .map(|e| e["details"]["line"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        lines,
+        vec!["stty size", "stty size", "echo jitgate-marker-$((6*7))", "exit"]
+    );
+    let sid = ev.iter().find(|e| e["kind"] == "ssh.shell").unwrap()["session_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // The recording is asciicast v2 and replays what was shown, with the resize.
+    let cast = std::fs::read_to_string(gw.data_dir().join(format!("recordings/{sid}.cast"))).unwrap();
+    let header: serde_json::Value = serde_json::from_str(cast.lines().next().unwrap()).unwrap();
+    assert_eq!(header["version"], 2);
+    assert_eq!(header["width"], 100);
+    assert!(cast.contains("\"r\",\"120x40\""), "{cast}");
+    let play = Command::new(BIN)
+        .args(["play", &sid, "--speed", "1000", "--config"])
+        .arg(gw.config_path())
+        .output()
+        .unwrap();
+    assert!(play.status.success(), "{}", text(&play.stderr));
+    let shown = text(&play.stdout);
+    assert!(
+        shown.contains("jitgate-marker-42") && shown.contains("40 120"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn scp_sftp_and_rsync_move_files_intact_and_sftp_is_audited() {
+    let (gw, s) = setup(Upstream::Key);
+    grant(&gw, "web-1", "1h");
+    let key = s.client_key();
+    let local = tempfile::tempdir().unwrap();
+    let remote = format!("/tmp/jgx-{}", uniq());
+    let out = gw
+        .ssh(&key, "web-1")
+        .arg(format!("mkdir -p {remote}/r"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let file = |name: &str, seed: u64| {
+        let data = noise(3 << 20, seed);
+        std::fs::write(local.path().join(name), &data).unwrap();
+        data
+    };
+    let port = gw.ssh_port().to_string();
+    let opts = gw.ssh_opts(&key);
+    let run = |mut c: Command| {
+        let out = c.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{:?}: {}{}",
+            c,
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    };
+    let lp = |n: &str| local.path().join(n).display().to_string();
+
+    // scp (SFTP protocol, the default) and scp -O (legacy protocol), both directions.
+    for (flag, name, seed) in [(None, "a.bin", 1), (Some("-O"), "b.bin", 2)] {
+        let data = file(name, seed);
+        let mut c = Command::new("scp");
+        c.args(&opts)
+            .args(flag)
+            .args(["-P", &port, &lp(name), &format!("web-1@127.0.0.1:{remote}/{name}")]);
+        run(c);
+        assert_eq!(
+            std::fs::read(format!("{remote}/{name}")).unwrap(),
+            data,
+            "{name} upload"
+        );
+        let back = format!("{name}.back");
+        let mut c = Command::new("scp");
+        c.args(&opts)
+            .args(flag)
+            .args(["-P", &port, &format!("web-1@127.0.0.1:{remote}/{name}"), &lp(&back)]);
+        run(c);
+        assert_eq!(
+            std::fs::read(local.path().join(&back)).unwrap(),
+            data,
+            "{name} download"
+        );
+    }
+
+    // sftp batch: put, get, ls, rm.
+    let data = file("c.bin", 3);
+    let batch = local.path().join("batch");
+    std::fs::write(
+        &batch,
+        format!(
+            "put {} {remote}/c.bin\nget {remote}/c.bin {}\nls {remote}\nrm {remote}/c.bin\n",
+            lp("c.bin"),
+            lp("c.got")
+        ),
+    )
+    .unwrap();
+    let mut c = Command::new("sftp");
+    c.args(&opts)
+        .args(["-P", &port, "-b"])
+        .arg(&batch)
+        .arg("web-1@127.0.0.1");
+    let listing = run(c);
+    assert!(listing.contains("c.bin"), "{listing}");
+    assert_eq!(std::fs::read(local.path().join("c.got")).unwrap(), data);
+    assert!(!Path::new(&format!("{remote}/c.bin")).exists());
+
+    // rsync over ssh.
+    let tree = local.path().join("tree");
+    std::fs::create_dir_all(tree.join("sub")).unwrap();
+    let d1 = noise(1 << 20, 4);
+    std::fs::write(tree.join("one.bin"), &d1).unwrap();
+    std::fs::write(tree.join("sub/two.txt"), b"two\n").unwrap();
+    let mut c = Command::new("rsync");
+    c.args(["-a", "-e"])
+        .arg(format!("ssh {} -p {port}", opts.join(" ")))
+        .arg(format!("{}/", tree.display()))
+        .arg(format!("web-1@127.0.0.1:{remote}/r/"));
+    run(c);
+    assert_eq!(std::fs::read(format!("{remote}/r/one.bin")).unwrap(), d1);
+    assert_eq!(std::fs::read(format!("{remote}/r/sub/two.txt")).unwrap(), b"two\n");
+    let _ = gw.ssh(&key, "web-1").arg(format!("rm -rf {remote}")).output();
+
+    // SFTP operations are audited with paths and byte counts.
+    assert!(eventually(Duration::from_secs(5), || gw
+        .audit_events()
+        .iter()
+        .any(|e| e["kind"] == "ssh.sftp" && e["details"]["op"] == "remove")));
+    let ev = gw.audit_events();
+    let sftp: Vec<_> = ev
+        .iter()
+        .filter(|e| e["kind"] == "ssh.sftp")
+        .map(|e| &e["details"])
+        .collect();
+    let has = |op: &str, path: &str, field: &str, n: u64| {
+        sftp.iter()
+            .any(|d| d["op"] == op && d["path"] == path && d[field].as_u64() == Some(n))
+    };
+    assert!(
+        has("write", &format!("{remote}/c.bin"), "bytes_written", 3 << 20),
+        "{sftp:?}"
+    );
+    assert!(
+        has("read", &format!("{remote}/c.bin"), "bytes_read", 3 << 20),
+        "{sftp:?}"
+    );
+    assert!(
+        has("write", &format!("{remote}/a.bin"), "bytes_written", 3 << 20),
+        "{sftp:?}"
+    );
+    assert!(
+        sftp.iter()
+            .any(|d| d["op"] == "remove" && d["path"] == format!("{remote}/c.bin"))
+    );
+    // Legacy scp and rsync show as exec commands.
+    let execs: Vec<String> = ev
+        .iter()
+        .filter(|e| e["kind"] == "ssh.exec")
+        .map(|e| e["details"]["command"].as_str().unwrap().to_string())
+        .collect();
+    assert!(execs.iter().any(|c| c.starts_with("scp -t")), "{execs:?}");
+    assert!(execs.iter().any(|c| c.starts_with("rsync --server")), "{execs:?}");
+}
+
+#[test]
+fn port_forwarding_only_where_the_policy_allows_it() {
+    let (gw, s) = setup(Upstream::Key);
+    grant(&gw, "web-1", "1h");
+    grant(&gw, "web-2", "1h");
+    let api_port = gw.url.rsplit_once(':').unwrap().1.trim_end_matches('/').to_string();
+    let get_through = |resource: &str| -> Option<String> {
+        let lport = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let fwd = format!("{lport}:127.0.0.1:{api_port}");
+        let mut child = gw
+            .ssh_with(
+                &s.client_key(),
+                resource,
+                &["-N", "-o", "ExitOnForwardFailure=yes", "-L", &fwd],
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut answer = None;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(mut c) = TcpStream::connect(("127.0.0.1", lport)) {
+                c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                c.write_all(b"GET /healthz HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+                let mut buf = String::new();
+                let _ = c.read_to_string(&mut buf);
+                answer = Some(buf);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        answer
+    };
+    let ok = get_through("web-1").expect("local forward listening");
+    assert!(ok.contains("200 OK") && ok.ends_with("ok\n"), "{ok:?}");
+    let refused = get_through("web-2").expect("local forward listening");
+    assert!(!refused.contains("200 OK"), "{refused:?}");
+    assert!(eventually(Duration::from_secs(5), || gw
+        .audit_events()
+        .iter()
+        .any(|e| e["kind"] == "ssh.forward.denied")));
+    let ev = gw.audit_events();
+    assert!(
+        ev.iter()
+            .any(|e| e["kind"] == "ssh.forward" && e["resource"] == "web-1")
+    );
+    assert!(
+        ev.iter()
+            .any(|e| e["kind"] == "ssh.forward.denied" && e["resource"] == "web-2")
+    );
+}
+
+#[test]
+fn refusals_say_why_and_upstream_host_key_mismatch_is_refused_and_alerted() {
+    let s = sshd();
+    let other = tempfile::tempdir().unwrap();
+    let other_key = other.path().join("k");
+    assert!(
+        Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&other_key)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let other_pub = std::fs::read_to_string(other.path().join("k.pub")).unwrap();
+    let (gw, _) = setup_with(
+        Upstream::Key,
+        &format!(
+            "[[resources]]\nname = \"web-bad\"\nkind = \"ssh\"\naddress = \"{}\"\nhost_key = \"{}\"\nlogins = [\"{}\"]\nupstream_key_file = \"{}\"\n",
+            s.address(),
+            other_pub.trim(),
+            s.user,
+            s.dir.join("gateway_key").display()
+        ),
+    );
+    let key = s.client_key();
+
+    // No grant: a one-line explanation with the command to run, exit 1.
+    let out = gw.ssh(&key, "web-1").arg("true").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("no active access grant for alice@example.com") && err.contains("jitgate request web-1"),
+        "{err}"
+    );
+
+    grant(&gw, "web-1", "1h");
+    // A login the resource does not offer: the list of those it does.
+    let out = gw.ssh(&key, "root@web-1").arg("true").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains(&format!(
+            "login root is not offered by web-1; its logins: {}, nobody-else",
+            s.user
+        )),
+        "{}",
+        text(&out.stderr)
+    );
+    // Unknown resource.
+    let out = gw.ssh(&key, "nope").arg("true").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("resource nope does not exist"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // A key bound to no identity: a plain SSH authentication failure, counted.
+    let out = gw.ssh(&other_key, "web-1").arg("true").output().unwrap();
+    assert_eq!(out.status.code(), Some(255));
+    assert!(text(&out.stderr).contains("Permission denied"), "{}", text(&out.stderr));
+
+    // Pinned host key does not match: refused, audited, counted.
+    grant(&gw, "web-bad", "1h");
+    let out = gw.ssh(&key, "web-bad").arg("echo should-not-run").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!text(&out.stdout).contains("should-not-run"));
+    assert!(
+        text(&out.stderr).contains("host key does not match"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(eventually(Duration::from_secs(5), || gw
+        .audit_events()
+        .iter()
+        .any(|e| e["kind"] == "ssh.host_key_mismatch")));
+    let ev = gw.audit_events();
+    assert!(
+        ev.iter()
+            .any(|e| e["kind"] == "ssh.host_key_mismatch" && e["resource"] == "web-bad")
+    );
+    assert!(
+        ev.iter()
+            .any(|e| e["kind"] == "auth.failed" && e["details"]["protocol"] == "ssh")
+    );
+    let (_, m) = gw.http_get("/metrics", None);
+    assert!(
+        m.contains("jitgate_upstream_errors_total{protocol=\"ssh\",reason=\"host_key_mismatch\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("jitgate_auth_failures_total{protocol=\"ssh\",reason=\"unknown_key\"}"),
+        "{m}"
+    );
+}
+
+fn sleeping(s: &Sshd, marker: &str) -> bool {
+    let out = Command::new("pgrep")
+        .args(["-u", &s.user, "-f", &format!("sleep {marker}")])
+        .output()
+        .unwrap();
+    out.status.success()
+}
+
+#[test]
+fn expiry_and_revocation_close_the_session_within_a_second_and_end_the_upstream_process() {
+    let (gw, s) = setup(Upstream::Key);
+    let key = s.client_key();
+
+    // Expiry: warned first, then closed with the message, the remote process gone.
+    let grant_id = grant(&gw, "web-1", "3s");
+    let grants = gw.cli(Some("alice"), &["grants", "--json"]).json();
+    let expires: jiff::Timestamp =
+        grants.as_array().unwrap().iter().find(|g| g["id"] == grant_id).unwrap()["expires_at"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+    let marker = format!("60.{}", uniq());
+    let out = gw
+        .ssh(&key, "web-1")
+        .arg(format!("sleep {marker}; echo never"))
+        .output()
+        .unwrap();
+    let lag = jiff::Timestamp::now().duration_since(expires).as_secs_f64();
+    let err = text(&out.stderr);
+    assert!(!text(&out.stdout).contains("never"));
+    assert!(err.contains("expires in"), "warning missing: {err}");
+    assert!(err.contains("[jitgate] access grant for web-1 expired"), "{err}");
+    assert!(lag < 1.0, "closed {lag:.3}s after expiry");
+    assert!(
+        eventually(Duration::from_secs(2), || !sleeping(&s, &marker)),
+        "upstream sleep still running"
+    );
+
+    // Revocation by an admin while a command runs.
+    let grant_id = grant(&gw, "web-1", "1h");
+    let marker = format!("61.{}", uniq());
+    let child = gw
+        .ssh(&key, "web-1")
+        .arg(format!("sleep {marker}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(eventually(Duration::from_secs(10), || sleeping(&s, &marker)));
+    let t = Instant::now();
+    gw.cli(Some("root"), &["revoke", &grant_id.to_string(), "--reason", "test"])
+        .ok();
+    let out = child.wait_with_output().unwrap();
+    assert!(t.elapsed() < Duration::from_secs(1), "revoke took {:?}", t.elapsed());
+    assert!(
+        text(&out.stderr).contains("was revoked by root@example.com"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(eventually(Duration::from_secs(2), || !sleeping(&s, &marker)));
+    let ev = gw.audit_events();
+    let ended: Vec<_> = ev.iter().filter(|e| e["kind"] == "session.ended").collect();
+    assert!(ended.iter().any(|e| e["details"]["outcome"] == "expired"), "{ended:?}");
+    assert!(ended.iter().any(|e| e["details"]["outcome"] == "revoked"), "{ended:?}");
+}
+
+#[test]
+fn floods_garbage_and_silence_are_cut_off_while_others_keep_working() {
+    let (gw, s) = setup(Upstream::Key);
+    grant(&gw, "web-1", "1h");
+    let key = s.client_key();
+    let port = gw.ssh_port();
+
+    // Silence after connecting: cut at login_timeout (2 s).
+    let mut idle = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    // Garbage after the version line: dropped at once.
+    let mut junk = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    junk.write_all(b"SSH-2.0-junk\r\n").unwrap();
+    let _ = junk.write_all(&noise(64 * 1024, 9));
+    junk.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let t = Instant::now();
+    let mut sink = Vec::new();
+    let _ = junk.read_to_end(&mut sink);
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "garbage connection lingered {:?}",
+        t.elapsed()
+    );
+
+    // Meanwhile a real client works.
+    let out = gw.ssh(&key, "web-1").arg("echo alive").output().unwrap();
+    assert_eq!(text(&out.stdout), "alive\n", "{}", text(&out.stderr));
+
+    idle.set_read_timeout(Some(Duration::from_secs(6))).unwrap();
+    let t = Instant::now();
+    let _ = idle.read_to_end(&mut sink);
+    assert!(
+        t.elapsed() < Duration::from_secs(4),
+        "silent connection lingered {:?}",
+        t.elapsed()
+    );
+
+    // 100 channels on one connection (OpenSSH multiplexing): at most max_channels (16) open at
+    // once, the rest refused; afterwards the connection still works.
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("mux");
+    let cp = format!("ControlPath={}", sock.display());
+    let mut master = gw.ssh_with(&key, "web-1", &["-M", "-N", "-o", &cp]).spawn().unwrap();
+    assert!(eventually(Duration::from_secs(10), || sock.exists()));
+    let kids: Vec<_> = (0..100)
+        .map(|_| {
+            gw.ssh_with(&key, "web-1", &["-o", &cp])
+                .arg("sleep 2; echo ok")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outs: Vec<_> = kids.into_iter().map(|k| k.wait_with_output().unwrap()).collect();
+    // A refused mux session makes OpenSSH fall back to a connection of its own, so every
+    // command still runs; the refusals show the limit held.
+    let refused = outs
+        .iter()
+        .filter(|o| text(&o.stderr).contains("Session open refused by peer"))
+        .count();
+    assert!(refused >= 50, "only {refused} of 100 channels refused");
+    assert!(outs.iter().all(|o| text(&o.stdout) == "ok\n"));
+    let out = gw
+        .ssh_with(&key, "web-1", &["-o", &cp])
+        .arg("echo again")
+        .output()
+        .unwrap();
+    assert_eq!(text(&out.stdout), "again\n", "{}", text(&out.stderr));
+    let _ = master.kill();
+    let _ = master.wait();
+    let (_, m) = gw.http_get("/metrics", None);
+    assert!(
+        m.contains("jitgate_auth_failures_total{protocol=\"ssh\",reason=\"timeout\"} 1"),
+        "{m}"
+    );
+}
+
+#[test]
+fn ssh_cert_and_ssh_config_let_plain_ssh_in() {
+    let (gw, s) = setup(Upstream::Ca);
+    grant(&gw, "web-1", "1h");
+    let home = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(args)
+            .env("JITGATE_URL", &gw.url)
+            .env("JITGATE_TOKEN", "alice-token")
+            .env("JITGATE_CONFIG_DIR", home.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let config = run(&["ssh-config"]);
+    assert!(
+        config.contains("Host web-1") && config.contains(&format!("User {}@web-1", s.user)),
+        "{config}"
+    );
+    let cfg = home.path().join("ssh_config");
+    std::fs::write(&cfg, &config).unwrap();
+    // The generated key's certificate (not a key bound to alice) gets her in.
+    let out = Command::new("ssh")
+        .args(["-F"])
+        .arg(&cfg)
+        .args([
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "LogLevel=ERROR",
+            "web-1",
+            "echo via-cert; id -un",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        text(&out.stdout),
+        format!("via-cert\n{}\n", s.user),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        gw.audit_events()
+            .iter()
+            .any(|e| e["kind"] == "ssh.cert.issued" && e["actor"] == "alice@example.com")
+    );
+}
