@@ -43,6 +43,27 @@ pub fn token(user: &str) -> String {
 pub mod pg;
 pub mod ssh;
 
+/// Run a fixture script (`scripts/test-pg up`, `scripts/test-sshd up`): it prints the path of an
+/// env file of `KEY=VALUE` lines, returned as a map.
+pub fn fixture(script: &str, hint: &str) -> std::collections::HashMap<String, String> {
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let out = Command::new(repo.join("scripts").join(script))
+        .arg("up")
+        .output()
+        .unwrap_or_else(|e| panic!("running scripts/{script}: {e}"));
+    assert!(
+        out.status.success(),
+        "scripts/{script} up failed ({hint}):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let env_file = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    std::fs::read_to_string(&env_file)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .collect()
+}
+
 pub struct Gateway {
     pub dir: tempfile::TempDir,
     pub child: Option<Child>,

@@ -2,7 +2,6 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -18,27 +17,9 @@ pub struct Pg {
     pub other_ca: PathBuf,
 }
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
 /// The cluster, started on first use (scripts/test-pg up is idempotent and locked).
 pub fn cluster() -> Pg {
-    let out = Command::new(repo().join("scripts/test-pg"))
-        .arg("up")
-        .output()
-        .expect("running scripts/test-pg");
-    assert!(
-        out.status.success(),
-        "scripts/test-pg up failed (PostgreSQL server missing? run ./scripts/install-deps):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let env_file = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    let vars: HashMap<String, String> = std::fs::read_to_string(&env_file)
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
-        .collect();
+    let vars = super::fixture("test-pg", "PostgreSQL server missing? run ./scripts/install-deps");
     Pg {
         port: vars["JITGATE_TEST_PG_PORT"].parse().unwrap(),
         user: vars["JITGATE_TEST_PG_USER"].clone(),

@@ -2,7 +2,6 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -16,27 +15,9 @@ pub struct Sshd {
     pub dir: PathBuf,
 }
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
 /// The sshd, started on first use (idempotent, locked).
 pub fn sshd() -> Sshd {
-    let out = Command::new(repo().join("scripts/test-sshd"))
-        .arg("up")
-        .output()
-        .expect("running scripts/test-sshd");
-    assert!(
-        out.status.success(),
-        "scripts/test-sshd up failed (openssh-server missing? run ./scripts/install-deps):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let env_file = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    let vars: HashMap<String, String> = std::fs::read_to_string(&env_file)
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
-        .collect();
+    let vars = super::fixture("test-sshd", "openssh-server missing? run ./scripts/install-deps");
     Sshd {
         port: vars["JITGATE_TEST_SSHD_PORT"].parse().unwrap(),
         user: vars["JITGATE_TEST_SSHD_USER"].clone(),
