@@ -40,6 +40,7 @@ pub fn token(user: &str) -> String {
     format!("{user}-token")
 }
 
+pub mod idp;
 pub mod pg;
 pub mod ssh;
 

@@ -34,11 +34,14 @@ pub struct ControlPlane {
     frontends: std::sync::RwLock<serde_json::Value>,
     notifier: std::sync::OnceLock<crate::notify::Notifier>,
     cert_signer: std::sync::OnceLock<CertSigner>,
+    pub(crate) login: std::sync::OnceLock<crate::login::Login>,
 }
 
 /// Signs an OpenSSH user certificate for a principal's public key (the SSH front end's user CA):
 /// returns the certificate line and its `valid_before` (unix seconds), or a message for the caller.
-pub type CertSigner = Arc<dyn Fn(&Principal, &str) -> Result<(String, u64), String> + Send + Sync>;
+/// The last argument binds the certificate to a login token (its id and expiry): the certificate
+/// expires with the token and dies with it on logout.
+pub type CertSigner = Arc<dyn Fn(&Principal, &str, Option<(&str, i64)>) -> Result<(String, u64), String> + Send + Sync>;
 
 impl std::fmt::Debug for ControlPlane {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -105,7 +108,13 @@ impl ControlPlane {
             frontends: std::sync::RwLock::new(serde_json::json!({})),
             notifier: std::sync::OnceLock::new(),
             cert_signer: std::sync::OnceLock::new(),
+            login: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Attach gateway tokens and the OIDC relying party (once, at start-up).
+    pub fn set_login(&self, l: crate::login::Login) {
+        let _ = self.login.set(l);
     }
 
     /// Attach the SSH user certificate signer (once, at start-up, when SSH is enabled).
@@ -114,16 +123,31 @@ impl ControlPlane {
     }
 
     /// Sign an SSH user certificate for `who` and audit it.
-    pub async fn sign_ssh_cert(&self, who: &Principal, public_key: &str) -> Result<(String, u64), ApiError> {
+    pub async fn sign_ssh_cert(
+        &self,
+        who: &Principal,
+        public_key: &str,
+        bearer: Option<&str>,
+    ) -> Result<(String, u64), ApiError> {
+        let token = match (bearer, self.login.get()) {
+            (Some(t), Some(l)) if jitgate_auth::is_gateway_token(t) => l
+                .tokens
+                .keys
+                .verify(t, jiff::Timestamp::now().as_second())
+                .ok()
+                .map(|c| (c.jti, c.exp)),
+            _ => None,
+        };
         let Some(signer) = self.cert_signer.get() else {
             return Err(ApiError::bad_request(
                 "this gateway has no SSH front end",
                 Some("operators: set [listen] ssh in gateway.toml".into()),
             ));
         };
-        let (cert, valid_before) = signer(who, public_key).map_err(|e| {
-            ApiError::bad_request(e, Some("send an OpenSSH public key line (ssh-ed25519 AAAA...)".into()))
-        })?;
+        let (cert, valid_before) =
+            signer(who, public_key, token.as_ref().map(|(j, e)| (j.as_str(), *e))).map_err(|e| {
+                ApiError::bad_request(e, Some("send an OpenSSH public key line (ssh-ed25519 AAAA...)".into()))
+            })?;
         let ev = Event::new("ssh.cert.issued", jiff::Timestamp::now())
             .actor(&who.name)
             .details(serde_json::json!({"valid_before": valid_before, "key": public_key.split_whitespace().take(2).collect::<Vec<_>>().join(" ")}));
@@ -364,6 +388,9 @@ impl ControlPlane {
 
     /// Resolve a bearer token to a principal.
     pub async fn authenticate(&self, token: &str) -> ApiResult<Principal> {
+        if jitgate_auth::is_gateway_token(token) {
+            return self.verify_gateway_token(token);
+        }
         let h = jitgate_core::token_hash(token);
         if let Some(i) = self.catalog().identity_by_token_hash(&h) {
             return Ok(Principal {
@@ -926,6 +953,10 @@ impl ControlPlane {
 impl jitgate_core::Gatekeeper for ControlPlane {
     async fn authenticate(&self, token: &str) -> Option<Principal> {
         ControlPlane::authenticate(self, token).await.ok()
+    }
+
+    fn token_revoked(&self, token_id: &str) -> bool {
+        self.login.get().is_some_and(|l| l.tokens.is_revoked(token_id))
     }
 
     fn catalog(&self) -> Arc<Catalog> {

@@ -6,6 +6,7 @@
 
 pub mod control;
 pub mod error;
+pub mod login;
 pub mod notify;
 pub mod routes;
 

@@ -49,7 +49,7 @@ impl FromRequestParts<Arc<ControlPlane>> for Caller {
     }
 }
 
-fn body<T>(b: Result<Json<T>, JsonRejection>) -> ApiResult<T> {
+pub(crate) fn body<T>(b: Result<Json<T>, JsonRejection>) -> ApiResult<T> {
     b.map(|Json(v)| v)
         .map_err(|e| ApiError::bad_request(format!("invalid request body: {}", e.body_text()), None))
 }
@@ -77,6 +77,13 @@ pub fn router(cp: Arc<ControlPlane>) -> Router {
         .route("/v1/audit", get(audit))
         .route("/v1/tokens", post(create_token))
         .route("/v1/ssh/cert", post(ssh_cert))
+        .route("/v1/login/start", post(crate::login::start))
+        .route("/v1/login/finish", post(crate::login::finish))
+        .route("/v1/login/device", post(crate::login::device_start))
+        .route("/v1/login/device/poll", post(crate::login::device_poll))
+        .route("/v1/login/id_token", post(crate::login::id_token))
+        .route("/v1/logout", post(crate::login::logout))
+        .route("/v1/tokens/revoke", post(crate::login::revoke))
         .fallback(|| async { ApiError::not_found("no such endpoint; the API lives under /v1/") })
         .with_state(cp)
 }
@@ -312,10 +319,16 @@ struct SshCertBody {
 async fn ssh_cert(
     State(cp): Cp,
     Caller(who): Caller,
+    headers: axum::http::HeaderMap,
     b: Result<Json<SshCertBody>, JsonRejection>,
 ) -> ApiResult<impl IntoResponse> {
     let b = body(b)?;
-    let (certificate, valid_before) = cp.sign_ssh_cert(&who, &b.public_key).await?;
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let (certificate, valid_before) = cp.sign_ssh_cert(&who, &b.public_key, bearer).await?;
     Ok(Json(serde_json::json!({
         "certificate": certificate,
         "principal": who.name,

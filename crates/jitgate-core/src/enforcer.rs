@@ -160,7 +160,8 @@ impl Enforcer {
                     let msg = format!(
                         "access grant for {} expires in {}s (at {}); run `jitgate extend {} --for 30m --reason ...` to ask for more time",
                         live.resource,
-                        left.as_secs().max(0),
+                        // Round up: 0.9 s left reads "1s", not "0s".
+                        (left.as_secs_f64().ceil() as i64).max(0),
                         expires_at,
                         live.id
                     );

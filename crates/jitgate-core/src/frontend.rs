@@ -16,6 +16,11 @@ pub trait Gatekeeper: Send + Sync + 'static {
     /// Resolve a bearer token (gateway token, machine token, static identity) to a principal.
     /// `None` for an unknown, expired or revoked token.
     fn authenticate(&self, token: &str) -> impl Future<Output = Option<Principal>> + Send;
+    /// Is this login token id (carried in SSH certificates) revoked.
+    fn token_revoked(&self, token_id: &str) -> bool {
+        let _ = token_id;
+        false
+    }
     /// The current configuration.
     fn catalog(&self) -> Arc<Catalog>;
     /// Grant cache and session registry.

@@ -149,6 +149,8 @@ pub struct CertRequest<'a> {
     pub permit_port_forwarding: bool,
     /// Groups, carried in the `groups@jitgate` extension.
     pub groups: Option<String>,
+    /// Login token id, carried in the `token-id@jitgate` extension.
+    pub token_id: Option<String>,
 }
 
 /// Sign a user certificate with `ca`.
@@ -175,18 +177,24 @@ pub fn sign_user_cert(ca: &PrivateKey, req: &CertRequest<'_>) -> Result<Certific
     if let Some(g) = &req.groups {
         b.extension(crate::GROUPS_EXTENSION, g.as_str())?;
     }
+    if let Some(t) = &req.token_id {
+        b.extension(crate::TOKEN_EXTENSION, t.as_str())?;
+    }
     Ok(b.sign(ca)?)
 }
 
 /// Sign a user certificate for a principal's public key (`POST /v1/ssh/cert`): principal = the
-/// identity, groups in an extension, valid from a minute ago (clock skew) for `lifetime_secs`.
-/// Returns the certificate line and its `valid_before`.
+/// identity, groups in an extension, valid from a minute ago (clock skew) for `lifetime_secs` —
+/// or until the login token it was requested with expires, whichever is first; that token's id is
+/// carried along so logging out also invalidates the certificate. Returns the certificate line and
+/// its `valid_before`.
 pub fn issue_user_cert(
     ca: &PrivateKey,
     identity: &str,
     groups: &[String],
     public_key_line: &str,
     lifetime_secs: u64,
+    token: Option<(&str, i64)>,
 ) -> Result<(String, u64), String> {
     let key = parse_public(public_key_line).map_err(|e| e.to_string())?;
     if key.algorithm().is_rsa()
@@ -197,7 +205,13 @@ pub fn issue_user_cert(
     }
     let now = u64::try_from(jiff::Timestamp::now().as_second()).unwrap_or(0);
     let principals = [identity.to_string()];
-    let valid_before = now + lifetime_secs.max(60);
+    let mut valid_before = now + lifetime_secs.max(60);
+    if let Some((_, exp)) = token {
+        valid_before = valid_before.min(u64::try_from(exp).unwrap_or(0));
+    }
+    if valid_before <= now {
+        return Err("the login token has expired".into());
+    }
     let cert = sign_user_cert(
         ca,
         &CertRequest {
@@ -209,6 +223,7 @@ pub fn issue_user_cert(
             permit_pty: true,
             permit_port_forwarding: true,
             groups: Some(groups.join(",")),
+            token_id: token.map(|(j, _)| j.to_string()),
         },
     )
     .map_err(|e| e.to_string())?;
@@ -307,6 +322,7 @@ mod tests {
             permit_pty: true,
             permit_port_forwarding: false,
             groups: None,
+            token_id: None,
         };
         let cert = sign_user_cert(&ca, &req).unwrap();
         assert_eq!(check_user_cert(&cert, ca.public_key(), t).unwrap(), "alice");

@@ -17,3 +17,5 @@ pub use server::{SshConfig, SshFrontend};
 
 /// Certificate extension carrying the holder's groups (comma-separated), signed with the rest.
 pub const GROUPS_EXTENSION: &str = "groups@jitgate";
+/// Certificate extension carrying the id of the login token it was issued for.
+pub const TOKEN_EXTENSION: &str = "token-id@jitgate";

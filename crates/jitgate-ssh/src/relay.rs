@@ -178,9 +178,9 @@ pub(crate) async fn watch(live: Arc<Live>, server: server::Handle) {
             }
         }
     }
-    // Each channel's goodbye is bounded (300 ms); disconnecting before they are done could
-    // overtake their last words.
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(800);
+    // Each channel's goodbye is bounded (300 ms + 500 ms for the client's close); disconnecting
+    // before they are done could overtake their last words.
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(1200);
     while !live.channels.is_empty() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -270,31 +270,34 @@ pub(crate) async fn session_channel(
     });
     let kill = ctx.live.guard.kill.clone();
 
-    let c2u = client_to_upstream(&ctx, id, &mut crd, &uwr, &replies, &rec);
-    let u2c = upstream_to_client(&ctx, id, &mut urd, &cwr, &replies, &rec);
-    let mut c2u = pin!(c2u);
-    let mut u2c = pin!(u2c);
-    let (mut c_done, mut u_done) = (false, false);
-    let mut killed = false;
-    loop {
-        let grace = tokio::time::sleep(Duration::from_secs(5));
-        // When one side closes, close the other at once: each peer waits for our CLOSE.
-        tokio::select! {
-            () = &mut c2u, if !c_done => {
-                c_done = true;
-                let _ = uwr.close().await;
+    let killed = {
+        let c2u = client_to_upstream(&ctx, id, &mut crd, &uwr, &replies, &rec);
+        let u2c = upstream_to_client(&ctx, id, &mut urd, &cwr, &replies, &rec);
+        let mut c2u = pin!(c2u);
+        let mut u2c = pin!(u2c);
+        let (mut c_done, mut u_done) = (false, false);
+        let mut killed = false;
+        loop {
+            let grace = tokio::time::sleep(Duration::from_secs(5));
+            // When one side closes, close the other at once: each peer waits for our CLOSE.
+            tokio::select! {
+                () = &mut c2u, if !c_done => {
+                    c_done = true;
+                    let _ = uwr.close().await;
+                }
+                () = &mut u2c, if !u_done => {
+                    u_done = true;
+                    let _ = cwr.close().await;
+                }
+                () = kill.cancelled() => { killed = true; break; }
+                () = grace, if c_done || u_done => break,
             }
-            () = &mut u2c, if !u_done => {
-                u_done = true;
-                let _ = cwr.close().await;
+            if c_done && u_done {
+                break;
             }
-            () = kill.cancelled() => { killed = true; break; }
-            () = grace, if c_done || u_done => break,
         }
-        if c_done && u_done {
-            break;
-        }
-    }
+        killed
+    };
     if killed {
         let reason = ctx.live.guard.kill_reason().unwrap_or(KillReason::Shutdown);
         let pty = rec.lock().map(|r| r.pty.is_some()).unwrap_or(false);
@@ -318,6 +321,16 @@ pub(crate) async fn session_channel(
             let _ = cwr.close().await;
         };
         let _ = tokio::time::timeout(Duration::from_millis(300), goodbye).await;
+        // Let the client close the channel (it has then printed our message and exits) before
+        // the watcher disconnects: OpenSSH drops unwritten stderr when a disconnect arrives.
+        let _ = tokio::time::timeout(Duration::from_millis(500), async {
+            while let Some(m) = crd.wait().await {
+                if matches!(m, ChannelMsg::Close) {
+                    break;
+                }
+            }
+        })
+        .await;
     } else {
         let _ = uwr.close().await;
         let _ = cwr.close().await;

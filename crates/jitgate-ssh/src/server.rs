@@ -499,6 +499,16 @@ impl<G: Gatekeeper> server::Handler for Conn<G> {
     async fn auth_openssh_certificate(&mut self, user: &str, cert: &Certificate) -> Result<Auth, Self::Error> {
         let now = u64::try_from(jiff::Timestamp::now().as_second()).unwrap_or(0);
         match keys::check_user_cert(cert, self.fe.user_ca(), now) {
+            Ok(_)
+                if cert
+                    .extensions()
+                    .get(crate::TOKEN_EXTENSION)
+                    .is_some_and(|t| self.fe.gk.token_revoked(t)) =>
+            {
+                tracing::debug!(peer = %self.peer, "ssh certificate of a revoked login refused");
+                self.fail(user, "revoked_cert");
+                Ok(Auth::reject())
+            }
             Ok(identity) => {
                 let groups = cert
                     .extensions()

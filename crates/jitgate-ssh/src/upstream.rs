@@ -187,6 +187,7 @@ fn short_lived_cert(ca: &PrivateKey, login: &str, identity: &str) -> Result<(Pri
             permit_pty: true,
             permit_port_forwarding: true,
             groups: None,
+            token_id: None,
         },
     )
     .map_err(|e| UpstreamError::Config(format!("signing the upstream certificate: {e}")))?;

@@ -129,6 +129,10 @@ pub trait Store: AuditIndex + Send + Sync + 'static {
     async fn create_token(&self, t: &MachineToken) -> Result<()>;
     /// The machine token with this hash.
     async fn token_by_hash(&self, sha256: &str) -> Result<Option<MachineToken>>;
+    /// Put a gateway token id on the revocation list until `expires_at` (unix seconds).
+    async fn revoke_token(&self, jti: &str, expires_at: i64) -> Result<()>;
+    /// The revocation list (entries past their expiry are dropped).
+    async fn revoked_tokens(&self, now: i64) -> Result<Vec<(String, i64)>>;
     /// Cheap liveness check (for `/readyz`).
     async fn health(&self) -> Result<()>;
     /// Changes made by other replicas (`None`: this store serves one process).

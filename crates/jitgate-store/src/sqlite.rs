@@ -16,7 +16,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::{GrantFilter, MachineToken, RequestFilter, Result, SessionRecord, Store, StoreError};
 
 /// Schema migrations, applied in order; `user_version` records how many ran.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE requests (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     requester TEXT NOT NULL,
@@ -59,7 +60,14 @@ CREATE TABLE audit_events (
 );
 CREATE INDEX audit_time ON audit_events(time);
 CREATE INDEX audit_session ON audit_events(session_id);
-"#];
+"#,
+    r#"
+CREATE TABLE revoked_tokens (
+    jti TEXT PRIMARY KEY,
+    expires_at INTEGER NOT NULL
+);
+"#,
+];
 
 /// SQLite-backed [`Store`].
 #[derive(Clone)]
@@ -391,6 +399,34 @@ impl Store for SqliteStore {
             })
             .optional()
             .map_err(backend)
+        })
+        .await
+    }
+
+    async fn revoke_token(&self, jti: &str, expires_at: i64) -> Result<()> {
+        let jti = jti.to_string();
+        self.with("revoke_token", move |c| {
+            c.execute(
+                "INSERT OR REPLACE INTO revoked_tokens (jti, expires_at) VALUES (?1, ?2)",
+                params![jti, expires_at],
+            )
+            .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn revoked_tokens(&self, now: i64) -> Result<Vec<(String, i64)>> {
+        self.with("revoked_tokens", move |c| {
+            c.execute("DELETE FROM revoked_tokens WHERE expires_at <= ?1", [now])
+                .map_err(backend)?;
+            let mut st = c
+                .prepare("SELECT jti, expires_at FROM revoked_tokens")
+                .map_err(backend)?;
+            let rows = st
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+                .map_err(backend)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(backend)
         })
         .await
     }

@@ -161,6 +161,22 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: AuditCmd,
     },
+    /// Log in with the company's identity provider (OpenID Connect); stores a gateway token.
+    Login {
+        /// Use the device flow (a code to enter on another device) instead of a browser redirect.
+        #[arg(long)]
+        device: bool,
+        /// Print the URL instead of opening a browser.
+        #[arg(long)]
+        no_browser: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Revoke your gateway token and forget it (and the SSH certificate).
+    Logout {
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// Show who the gateway thinks you are.
     Whoami {
         #[command(flatten)]
@@ -304,6 +320,13 @@ pub enum TokenCmd {
         /// Groups (repeatable).
         #[arg(long = "group")]
         groups: Vec<String>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Cut off a login token now (admins); its id is in the `login` audit event.
+    Revoke {
+        /// Token id (24 hex characters).
+        token_id: String,
         #[command(flatten)]
         conn: Conn,
     },

@@ -9,21 +9,39 @@ use serde::{Deserialize, Serialize};
 
 use crate::cli::Conn;
 
-/// The login file written by `jitgate login`.
+/// The login file written by `jitgate login` (0600).
 #[derive(Debug, Default, Deserialize, Serialize)]
 pub struct LoginFile {
     /// Gateway URL.
     pub url: Option<String>,
     /// Gateway token.
     pub token: Option<String>,
+    /// Who.
+    #[serde(default)]
+    pub identity: Option<String>,
+    /// Token expiry.
+    #[serde(default)]
+    pub expires_at: Option<String>,
+    /// CA file for the gateway's certificate.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
-/// `~/.config/jitgate/login.json` (or `$XDG_CONFIG_HOME/jitgate/login.json`).
-pub fn login_path() -> Option<PathBuf> {
+/// The CLI's folder: `$JITGATE_CONFIG_DIR`, else `$XDG_CONFIG_HOME/jitgate`, else
+/// `~/.config/jitgate`.
+pub fn config_base() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("JITGATE_CONFIG_DIR") {
+        return Some(PathBuf::from(d));
+    }
     let base = std::env::var_os("XDG_CONFIG_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
-    Some(base.join("jitgate").join("login.json"))
+    Some(base.join("jitgate"))
+}
+
+/// `config_base()/login.json`.
+pub fn login_path() -> Option<PathBuf> {
+    config_base().map(|b| b.join("login.json"))
 }
 
 fn read_login() -> LoginFile {
@@ -64,6 +82,20 @@ pub struct Client {
 impl Client {
     /// From flags, environment and the login file.
     pub fn new(conn: &Conn) -> Result<Self> {
+        Self::build(conn, None, true)
+    }
+
+    /// Without any token (for logging in).
+    pub fn new_anonymous(conn: &Conn) -> Result<Self> {
+        Self::build(conn, None, false)
+    }
+
+    /// With this token.
+    pub fn with_token(conn: &Conn, token: &str) -> Result<Self> {
+        Self::build(conn, Some(token.to_string()), false)
+    }
+
+    fn build(conn: &Conn, explicit: Option<String>, use_stored: bool) -> Result<Self> {
         let login = read_login();
         let base = conn
             .url
@@ -72,14 +104,18 @@ impl Client {
             .unwrap_or_else(|| "http://127.0.0.1:8080".to_string())
             .trim_end_matches('/')
             .to_string();
-        let token = std::env::var("JITGATE_TOKEN")
-            .ok()
-            .filter(|t| !t.is_empty())
-            .or(login.token);
+        let token = if use_stored {
+            std::env::var("JITGATE_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty())
+                .or(login.token)
+        } else {
+            explicit
+        };
         let mut builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(std::time::Duration::from_secs(30));
-        if let Some(ca) = &conn.ca_file {
+        if let Some(ca) = conn.ca_file.as_ref().or(login.ca_file.as_ref()) {
             let pem = std::fs::read(ca).with_context(|| format!("reading --ca-file {}", ca.display()))?;
             let cert = reqwest::Certificate::from_pem(&pem)
                 .with_context(|| format!("{} is not a PEM certificate", ca.display()))?;
@@ -119,7 +155,7 @@ impl Client {
             hint: None,
         });
         let hint = match (status.as_u16(), e.hint, &self.token) {
-            (401, _, None) => Some("no token found: set JITGATE_TOKEN or run `jitgate login`".to_string()),
+            (401, None, None) => Some("no token found: set JITGATE_TOKEN or run `jitgate login`".to_string()),
             (_, h, _) => h,
         };
         Err(ApiFailure { error: e.error, hint }.into())

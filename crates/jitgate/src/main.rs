@@ -8,6 +8,7 @@
 mod cli;
 mod client;
 mod http_server;
+mod login_cmd;
 mod serve;
 mod ssh_cmd;
 mod table;
@@ -433,6 +434,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Login {
+            device,
+            no_browser,
+            conn,
+        } => login_cmd::login(&conn, device, no_browser).await,
+        Cmd::Logout { conn } => login_cmd::logout(&conn).await,
         Cmd::SshCert { key, conn } => ssh_cmd::ssh_cert(&conn, key).await,
         Cmd::SshConfig { key, conn } => ssh_cmd::ssh_config(&conn, key).await,
         Cmd::Play {
@@ -462,6 +469,15 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     t["sha256"].as_str().unwrap_or("")
                 );
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Token {
+            cmd: TokenCmd::Revoke { token_id, conn },
+        } => {
+            let v: Value = Client::new(&conn)?
+                .post("/v1/tokens/revoke", &json!({"token_id": token_id}))
+                .await?;
+            println!("token {} revoked", v["revoked"].as_str().unwrap_or(&token_id));
             Ok(ExitCode::SUCCESS)
         }
     }

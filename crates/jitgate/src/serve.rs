@@ -102,10 +102,14 @@ pub async fn run(config_path: &Path) -> Result<()> {
         enforcer.clone(),
         metrics,
     );
+    cp.set_login(login_services(&loaded, &data_dir)?);
     let restored = cp
         .restore()
         .await
         .map_err(|e| anyhow!("restoring grants: {}", e.error))?;
+    cp.restore_revocations()
+        .await
+        .map_err(|e| anyhow!("loading the token revocation list: {}", e.error))?;
 
     let stop = CancellationToken::new();
     cp.spawn_tasks(stop.clone());
@@ -259,6 +263,54 @@ pub async fn run(config_path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Gateway token keys (data_dir/auth) and the OIDC relying party when `[oidc]` is set.
+fn login_services(loaded: &Loaded, data_dir: &Path) -> Result<jitgate_api::login::Login> {
+    let dir = data_dir.join("auth");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    restrict_dir(&dir);
+    let keys =
+        jitgate_auth::TokenKeys::load(&dir).with_context(|| format!("loading the token keys in {}", dir.display()))?;
+    let Some(o) = &loaded.config.oidc else {
+        return Ok(jitgate_api::login::Login {
+            tokens: jitgate_auth::Tokens::new(
+                keys,
+                i64::try_from(jitgate_core::HumanDuration::hours(12).secs()).unwrap_or(43_200),
+            ),
+            oidc: None,
+            accept_id_tokens: false,
+        });
+    };
+    let secret = if let Some(v) = &o.client_secret_env {
+        Some(std::env::var(v).with_context(|| format!("[oidc] client_secret_env: ${v} is not set"))?)
+    } else if let Some(f) = &o.client_secret_file {
+        Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("[oidc] client_secret_file {}", f.display()))?
+                .trim_end_matches(['\r', '\n'])
+                .to_string(),
+        )
+    } else {
+        o.client_secret.as_ref().map(|s| s.get_ref().clone())
+    };
+    let oidc = jitgate_auth::Oidc::new(jitgate_auth::OidcConfig {
+        issuer: o.issuer.trim_end_matches('/').to_string(),
+        client_id: o.client_id.clone(),
+        client_secret: secret,
+        identity_claim: o.identity_claim.clone(),
+        groups_claim: o.groups_claim.clone(),
+        scopes: o.scopes.clone(),
+        allow_unverified_email: o.allow_unverified_email,
+        clock_skew: std::time::Duration::from_secs(o.clock_skew.secs()),
+    })
+    .map_err(|e| anyhow!("{e}"))?;
+    tracing::info!(issuer = %o.issuer, client_id = %o.client_id, "OpenID Connect login enabled");
+    Ok(jitgate_api::login::Login {
+        tokens: jitgate_auth::Tokens::new(keys, i64::try_from(o.token_lifetime.secs()).unwrap_or(43_200).max(1)),
+        oidc: Some(oidc),
+        accept_id_tokens: o.accept_id_tokens,
+    })
+}
+
 /// Keys, listener and front end for SSH; the user-certificate signer for the API.
 async fn start_ssh(
     addr: &str,
@@ -298,8 +350,8 @@ async fn start_ssh(
     tracing::info!(ssh = %bound, host_key = %fingerprint, upstream_ca = %keys.dir.join("upstream_ca.pub").display(), "ssh front end listening");
     let ca = keys.user_ca.clone();
     let lifetime = sc.cert_lifetime.secs();
-    cp.set_cert_signer(Arc::new(move |who, public_key| {
-        jitgate_ssh::keys::issue_user_cert(&ca, &who.name, &who.groups, public_key, lifetime)
+    cp.set_cert_signer(Arc::new(move |who, public_key, token| {
+        jitgate_ssh::keys::issue_user_cert(&ca, &who.name, &who.groups, public_key, lifetime, token)
     }));
     let fe = jitgate_ssh::SshFrontend::new(cp.clone(), cfg, keys);
     tokio::spawn(fe.serve(l, stop.clone()));

@@ -12,15 +12,9 @@ use serde_json::{Value, json};
 use crate::cli::Conn;
 use crate::client::Client;
 
-/// `~/.config/jitgate` (or `$JITGATE_CONFIG_DIR`), created 0700.
+/// The CLI's folder (see `client::config_base`), created 0700.
 pub fn config_dir() -> Result<PathBuf> {
-    let dir = match std::env::var_os("JITGATE_CONFIG_DIR") {
-        Some(d) => PathBuf::from(d),
-        None => {
-            let home = std::env::var_os("HOME").context("HOME is not set; set JITGATE_CONFIG_DIR")?;
-            PathBuf::from(home).join(".config/jitgate")
-        }
-    };
+    let dir = crate::client::config_base().context("HOME is not set; set JITGATE_CONFIG_DIR")?;
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     #[cfg(unix)]
     {
@@ -87,6 +81,17 @@ fn until(valid_before: u64) -> String {
     jiff::Timestamp::from_second(i64::try_from(valid_before).unwrap_or(0))
         .map(|t| t.to_string())
         .unwrap_or_else(|_| valid_before.to_string())
+}
+
+/// Fetch a certificate for `key` (default: config_dir/id_ed25519, generated).
+pub async fn refresh_cert(c: &Client, key: Option<PathBuf>) -> Result<(PathBuf, u64)> {
+    let key = key_path(key)?;
+    fetch_cert(c, &key).await
+}
+
+/// The default certificate file (config_dir/id_ed25519-cert.pub), if a config folder exists.
+pub fn default_cert_path() -> Option<PathBuf> {
+    crate::client::config_base().map(|d| cert_path(&d.join("id_ed25519")))
 }
 
 /// `jitgate ssh-cert`.

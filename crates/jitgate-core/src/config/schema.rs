@@ -309,6 +309,32 @@ pub struct OidcSection {
     /// Claim holding the identity.
     #[serde(default = "default_identity_claim")]
     pub identity_claim: String,
+    /// Scopes asked for besides `openid`.
+    #[serde(default = "default_scopes")]
+    pub scopes: Vec<String>,
+    /// Accept an email the provider marks unverified (`email_verified = false`).
+    #[serde(default)]
+    pub allow_unverified_email: bool,
+    /// Clock difference tolerated when checking an ID token's expiry.
+    #[serde(default = "default_clock_skew")]
+    pub clock_skew: HumanDuration,
+    /// Accept ID tokens issued to this client by other means (`POST /v1/login/id_token`, e.g.
+    /// CI workload identity). Off: only the code and device flows log in.
+    #[serde(default)]
+    pub accept_id_tokens: bool,
+    /// Lifetime of the gateway tokens (and SSH certificates) a login yields.
+    #[serde(default = "default_token_lifetime")]
+    pub token_lifetime: HumanDuration,
+}
+
+fn default_scopes() -> Vec<String> {
+    vec!["email".into(), "profile".into(), "groups".into()]
+}
+fn default_clock_skew() -> HumanDuration {
+    HumanDuration(60)
+}
+fn default_token_lifetime() -> HumanDuration {
+    HumanDuration::hours(12)
 }
 
 fn default_groups_claim() -> String {

@@ -1,0 +1,603 @@
+//! The OpenID Connect relying party (openidconnect crate): discovery, authorization code + PKCE
+//! with a loopback redirect (RFC 8252), the device authorization grant (RFC 8628), and full ID
+//! token verification — issuer, audience, signature against the provider's JWKS (re-fetched when
+//! an unknown key id shows up, so key rotation at the provider needs nothing here), expiry with a
+//! small clock skew, and the nonce of the code flow.
+//!
+//! The gateway is the confidential client: the client secret never leaves it. The CLI asks the
+//! gateway for an authorization URL, the user's browser comes back to the CLI's loopback listener
+//! with a code, and the CLI hands the code to the gateway, which exchanges and verifies it.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use openidconnect::core::{
+    CoreAuthDisplay, CoreAuthPrompt, CoreAuthenticationFlow, CoreClaimName, CoreClaimType, CoreClientAuthMethod,
+    CoreErrorResponseType, CoreGenderClaim, CoreGrantType, CoreJsonWebKey, CoreJweContentEncryptionAlgorithm,
+    CoreJweKeyManagementAlgorithm, CoreJwsSigningAlgorithm, CoreResponseMode, CoreResponseType, CoreRevocableToken,
+    CoreRevocationErrorResponse, CoreSubjectIdentifierType, CoreTokenIntrospectionResponse, CoreTokenType,
+};
+use openidconnect::{
+    AdditionalClaims, AdditionalProviderMetadata, AuthorizationCode, ClaimsVerificationError, Client, ClientId,
+    ClientSecret, CsrfToken, EmptyExtraTokenFields, EndpointMaybeSet, EndpointNotSet, EndpointSet, IdToken,
+    IdTokenClaims, IdTokenFields, IssuerUrl, Nonce, PkceCodeChallenge, PkceCodeVerifier, ProviderMetadata, RedirectUrl,
+    Scope, SignatureVerificationError, StandardErrorResponse, StandardTokenResponse, TokenResponse,
+};
+use serde::{Deserialize, Serialize};
+
+/// Claims beyond the standard ones (groups, custom identity claims), kept as JSON.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct ExtraClaims(HashMap<String, serde_json::Value>);
+impl AdditionalClaims for ExtraClaims {}
+
+/// The device endpoint from discovery.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct DeviceMeta {
+    #[serde(default)]
+    device_authorization_endpoint: Option<String>,
+}
+impl AdditionalProviderMetadata for DeviceMeta {}
+
+type Meta = ProviderMetadata<
+    DeviceMeta,
+    CoreAuthDisplay,
+    CoreClientAuthMethod,
+    CoreClaimName,
+    CoreClaimType,
+    CoreGrantType,
+    CoreJweContentEncryptionAlgorithm,
+    CoreJweKeyManagementAlgorithm,
+    CoreJsonWebKey,
+    CoreResponseMode,
+    CoreResponseType,
+    CoreSubjectIdentifierType,
+>;
+/// The relying-party client as discovery builds it (auth URL set; token and userinfo endpoints as
+/// the provider advertises them).
+type RpClient = Client<
+    ExtraClaims,
+    CoreAuthDisplay,
+    CoreGenderClaim,
+    CoreJweContentEncryptionAlgorithm,
+    CoreJsonWebKey,
+    CoreAuthPrompt,
+    StandardErrorResponse<CoreErrorResponseType>,
+    TokenResp,
+    CoreTokenIntrospectionResponse,
+    CoreRevocableToken,
+    CoreRevocationErrorResponse,
+    EndpointSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointMaybeSet,
+    EndpointMaybeSet,
+>;
+type IdTok = IdToken<ExtraClaims, CoreGenderClaim, CoreJweContentEncryptionAlgorithm, CoreJwsSigningAlgorithm>;
+type TokenResp = StandardTokenResponse<
+    IdTokenFields<
+        ExtraClaims,
+        EmptyExtraTokenFields,
+        CoreGenderClaim,
+        CoreJweContentEncryptionAlgorithm,
+        CoreJwsSigningAlgorithm,
+    >,
+    CoreTokenType,
+>;
+
+/// Relying-party settings (from `[oidc]`).
+#[derive(Debug, Clone)]
+pub struct OidcConfig {
+    /// Issuer URL.
+    pub issuer: String,
+    /// Client id.
+    pub client_id: String,
+    /// Client secret (resolved).
+    pub client_secret: Option<String>,
+    /// Claim naming the identity (`email`, `sub`, `preferred_username` or a custom one).
+    pub identity_claim: String,
+    /// Claim with the groups.
+    pub groups_claim: String,
+    /// Scopes besides `openid`.
+    pub scopes: Vec<String>,
+    /// Accept `email` when `email_verified` is false.
+    pub allow_unverified_email: bool,
+    /// Tolerated clock difference for `exp`.
+    pub clock_skew: Duration,
+}
+
+/// Who logged in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Identity {
+    /// Identity name (from `identity_claim`).
+    pub name: String,
+    /// Groups (from `groups_claim`).
+    pub groups: Vec<String>,
+    /// The provider's subject.
+    pub subject: String,
+}
+
+/// Why a login failed. `Display` never contains a token, code or secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// The provider could not be reached or answered nonsense.
+    #[error("identity provider unavailable: {0}")]
+    Provider(String),
+    /// The provider refused (wrong password, user said no, code reused or expired).
+    #[error("identity provider refused the login: {0}")]
+    Denied(String),
+    /// The ID token failed verification.
+    #[error("ID token rejected: {0}")]
+    InvalidToken(String),
+    /// Unknown or expired login attempt (state / device id).
+    #[error("unknown or expired login attempt; start again with `jitgate login`")]
+    UnknownAttempt,
+    /// The device code is still waiting for the user.
+    #[error("waiting for the user to approve the device login")]
+    Pending,
+    /// A request the gateway will not serve (bad redirect URI, no device flow).
+    #[error("{0}")]
+    BadRequest(String),
+}
+
+struct PendingLogin {
+    nonce: Nonce,
+    verifier: String,
+    redirect: String,
+    created: Instant,
+}
+
+struct DeviceLogin {
+    device_code: String,
+    expires: Instant,
+}
+
+/// What a device login needs the user to do.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceStart {
+    /// Handle for polling (not the device code).
+    pub id: String,
+    /// Code the user types.
+    pub user_code: String,
+    /// Where they type it.
+    pub verification_uri: String,
+    /// A URL with the code filled in, when the provider gives one.
+    pub verification_uri_complete: Option<String>,
+    /// Seconds until the code expires.
+    pub expires_in: u64,
+    /// Seconds between polls.
+    pub interval: u64,
+}
+
+const ATTEMPT_TTL: Duration = Duration::from_secs(600);
+const MAX_ATTEMPTS: usize = 10_000;
+
+/// The relying party.
+pub struct Oidc {
+    cfg: OidcConfig,
+    http: reqwest::Client,
+    meta: tokio::sync::Mutex<Option<Arc<Meta>>>,
+    /// Last re-fetch forced by an unknown key id (rate limit).
+    last_refresh: Mutex<Option<Instant>>,
+    pending: Mutex<HashMap<String, PendingLogin>>,
+    devices: Mutex<HashMap<String, DeviceLogin>>,
+}
+
+impl std::fmt::Debug for Oidc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Oidc({})", self.cfg.issuer)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct HttpError(String);
+
+async fn send(
+    http: reqwest::Client,
+    req: openidconnect::HttpRequest,
+) -> Result<openidconnect::HttpResponse, HttpError> {
+    let (parts, body) = req.into_parts();
+    let method = reqwest::Method::from_bytes(parts.method.as_str().as_bytes()).map_err(|e| HttpError(e.to_string()))?;
+    let mut rb = http.request(method, parts.uri.to_string()).body(body);
+    for (k, v) in &parts.headers {
+        rb = rb.header(k.as_str(), v.as_bytes());
+    }
+    let resp = rb.send().await.map_err(|e| HttpError(e.without_url().to_string()))?;
+    let mut b = openidconnect::http::Response::builder().status(resp.status().as_u16());
+    for (k, v) in resp.headers() {
+        b = b.header(k.as_str(), v.as_bytes());
+    }
+    let bytes = resp.bytes().await.map_err(|e| HttpError(e.to_string()))?;
+    b.body(bytes.to_vec()).map_err(|e| HttpError(e.to_string()))
+}
+
+fn random_id() -> String {
+    let b: [u8; 16] = rand::random();
+    hex::encode(b)
+}
+
+/// Redirect URIs the gateway accepts from the CLI: loopback http only (RFC 8252 §7.3).
+fn loopback_redirect(uri: &str) -> bool {
+    let Some(rest) = uri.strip_prefix("http://") else {
+        return false;
+    };
+    let host = rest.split(['/', '?']).next().unwrap_or_default();
+    let h = host.rsplit_once(':').map_or(host, |(h, _)| h);
+    matches!(h, "127.0.0.1" | "[::1]" | "localhost")
+}
+
+impl Oidc {
+    /// A relying party for `cfg` (no network until the first login).
+    pub fn new(cfg: OidcConfig) -> Result<Self, AuthError> {
+        IssuerUrl::new(cfg.issuer.clone()).map_err(|e| AuthError::BadRequest(format!("[oidc] issuer: {e}")))?;
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| AuthError::Provider(e.to_string()))?;
+        Ok(Self {
+            cfg,
+            http,
+            meta: tokio::sync::Mutex::new(None),
+            last_refresh: Mutex::new(None),
+            pending: Mutex::new(HashMap::new()),
+            devices: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Issuer URL.
+    pub fn issuer(&self) -> &str {
+        &self.cfg.issuer
+    }
+
+    /// Provider metadata and keys; `refresh` re-fetches them, at most once every 10 s (an
+    /// attacker presenting tokens with made-up key ids cannot make us hammer the provider).
+    async fn meta(&self, refresh: bool) -> Result<Arc<Meta>, AuthError> {
+        let mut g = self.meta.lock().await;
+        if let Some(m) = g.as_ref() {
+            let allowed = refresh
+                && self
+                    .last_refresh
+                    .lock()
+                    .map(|l| l.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)))
+                    .unwrap_or(false);
+            if !allowed {
+                return Ok(m.clone());
+            }
+            if let Ok(mut l) = self.last_refresh.lock() {
+                *l = Some(Instant::now());
+            }
+        }
+        let http = self.http.clone();
+        let client = move |r| send(http.clone(), r);
+        let issuer = IssuerUrl::new(self.cfg.issuer.clone()).map_err(|e| AuthError::Provider(e.to_string()))?;
+        let m = Meta::discover_async(issuer, &client)
+            .await
+            .map_err(|e| AuthError::Provider(format!("discovery at {} failed: {e}", self.cfg.issuer)))?;
+        let m = Arc::new(m);
+        *g = Some(m.clone());
+        Ok(m)
+    }
+
+    fn prune<T>(map: &mut HashMap<String, T>, alive: impl Fn(&T) -> bool) {
+        map.retain(|_, v| alive(v));
+    }
+
+    /// Start a code + PKCE login; returns (authorization URL, state).
+    pub async fn start_login(&self, redirect_uri: &str) -> Result<(String, String), AuthError> {
+        if !loopback_redirect(redirect_uri) {
+            return Err(AuthError::BadRequest(
+                "redirect_uri must be a loopback http URL (http://127.0.0.1:PORT/callback)".into(),
+            ));
+        }
+        let meta = self.meta(false).await?;
+        let redirect = RedirectUrl::new(redirect_uri.to_string()).map_err(|e| AuthError::BadRequest(e.to_string()))?;
+        let client = RpClient::from_provider_metadata(
+            (*meta).clone(),
+            ClientId::new(self.cfg.client_id.clone()),
+            self.cfg.client_secret.clone().map(ClientSecret::new),
+        )
+        .set_redirect_uri(redirect);
+        let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+        let mut req = client.authorize_url(
+            CoreAuthenticationFlow::AuthorizationCode,
+            CsrfToken::new_random,
+            Nonce::new_random,
+        );
+        for s in &self.cfg.scopes {
+            req = req.add_scope(Scope::new(s.clone()));
+        }
+        let (url, state, nonce) = req.set_pkce_challenge(challenge).url();
+        let mut p = self
+            .pending
+            .lock()
+            .map_err(|_| AuthError::Provider("state lock".into()))?;
+        Self::prune(&mut p, |v| v.created.elapsed() < ATTEMPT_TTL);
+        if p.len() >= MAX_ATTEMPTS {
+            return Err(AuthError::BadRequest(
+                "too many logins in progress; try again in a minute".into(),
+            ));
+        }
+        p.insert(
+            state.secret().clone(),
+            PendingLogin {
+                nonce,
+                verifier: verifier.secret().clone(),
+                redirect: redirect_uri.to_string(),
+                created: Instant::now(),
+            },
+        );
+        Ok((url.to_string(), state.secret().clone()))
+    }
+
+    /// Finish a code login: exchange the code, verify the ID token (with the nonce).
+    pub async fn finish_login(&self, state: &str, code: &str) -> Result<Identity, AuthError> {
+        let pending = self
+            .pending
+            .lock()
+            .map_err(|_| AuthError::Provider("state lock".into()))?
+            .remove(state)
+            .filter(|p| p.created.elapsed() < ATTEMPT_TTL)
+            .ok_or(AuthError::UnknownAttempt)?;
+        let meta = self.meta(false).await?;
+        let client = RpClient::from_provider_metadata(
+            (*meta).clone(),
+            ClientId::new(self.cfg.client_id.clone()),
+            self.cfg.client_secret.clone().map(ClientSecret::new),
+        )
+        .set_redirect_uri(
+            RedirectUrl::new(pending.redirect.clone()).map_err(|e| AuthError::BadRequest(e.to_string()))?,
+        );
+        let http = self.http.clone();
+        let hc = move |r| send(http.clone(), r);
+        let tok: TokenResp = client
+            .exchange_code(AuthorizationCode::new(code.to_string()))
+            .map_err(|e| AuthError::Provider(e.to_string()))?
+            .set_pkce_verifier(PkceCodeVerifier::new(pending.verifier.clone()))
+            .request_async(&hc)
+            .await
+            .map_err(|e| AuthError::Denied(token_error(&e)))?;
+        let id = tok
+            .id_token()
+            .ok_or_else(|| AuthError::InvalidToken("the provider sent no ID token".into()))?;
+        self.verify(id, Some(&pending.nonce)).await
+    }
+
+    /// Verify an ID token obtained elsewhere for this client (no nonce: there was no redirect).
+    pub async fn exchange_id_token(&self, id_token: &str) -> Result<Identity, AuthError> {
+        let id = IdTok::from_str(id_token.trim()).map_err(|_| AuthError::InvalidToken("not a JWT".into()))?;
+        self.verify(&id, None).await
+    }
+
+    async fn verify(&self, id: &IdTok, nonce: Option<&Nonce>) -> Result<Identity, AuthError> {
+        let mut meta = self.meta(false).await?;
+        for attempt in 0..2 {
+            let client = RpClient::from_provider_metadata(
+                (*meta).clone(),
+                ClientId::new(self.cfg.client_id.clone()),
+                self.cfg.client_secret.clone().map(ClientSecret::new),
+            );
+            let skew = chrono::Duration::from_std(self.cfg.clock_skew).unwrap_or_default();
+            let verifier = client
+                .id_token_verifier()
+                .set_time_fn(move || chrono::Utc::now() - skew);
+            let result = match nonce {
+                Some(n) => id.claims(&verifier, n),
+                None => id.claims(&verifier, |_: Option<&Nonce>| Ok(())),
+            };
+            match result {
+                Ok(claims) => return self.identity(claims),
+                Err(ClaimsVerificationError::SignatureVerification(SignatureVerificationError::NoMatchingKey))
+                    if attempt == 0 =>
+                {
+                    // A key we have not seen: the provider may have rotated. Re-fetch once.
+                    meta = self.meta(true).await?;
+                }
+                Err(e) => return Err(AuthError::InvalidToken(claims_error(&e))),
+            }
+        }
+        Err(AuthError::InvalidToken(
+            "signed with a key the provider does not publish".into(),
+        ))
+    }
+
+    fn identity(&self, c: &IdTokenClaims<ExtraClaims, CoreGenderClaim>) -> Result<Identity, AuthError> {
+        let extra = &c.additional_claims().0;
+        let name = match self.cfg.identity_claim.as_str() {
+            "email" => {
+                let email = c.email().map(|e| e.as_str().to_string()).ok_or_else(|| {
+                    AuthError::InvalidToken("the ID token has no email (ask for the `email` scope)".into())
+                })?;
+                if c.email_verified() != Some(true) && !self.cfg.allow_unverified_email {
+                    return Err(AuthError::InvalidToken(format!(
+                        "the provider has not verified the email {email} (operators: [oidc] allow_unverified_email)"
+                    )));
+                }
+                email
+            }
+            "sub" => c.subject().as_str().to_string(),
+            "preferred_username" => c
+                .preferred_username()
+                .map(|u| u.as_str().to_string())
+                .ok_or_else(|| AuthError::InvalidToken("the ID token has no preferred_username".into()))?,
+            other => extra
+                .get(other)
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+                .ok_or_else(|| AuthError::InvalidToken(format!("the ID token has no `{other}` claim")))?,
+        };
+        let groups = match extra.get(&self.cfg.groups_claim) {
+            Some(serde_json::Value::Array(a)) => a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
+            Some(serde_json::Value::String(s)) => vec![s.clone()],
+            _ => Vec::new(),
+        };
+        Ok(Identity {
+            name,
+            groups,
+            subject: c.subject().as_str().to_string(),
+        })
+    }
+
+    fn client_auth(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        rb.basic_auth(&self.cfg.client_id, self.cfg.client_secret.as_deref())
+    }
+
+    /// Start a device login (RFC 8628).
+    pub async fn start_device(&self) -> Result<DeviceStart, AuthError> {
+        let meta = self.meta(false).await?;
+        let Some(endpoint) = meta.additional_metadata().device_authorization_endpoint.clone() else {
+            return Err(AuthError::BadRequest(
+                "the identity provider does not offer the device flow; use `jitgate login` (browser)".into(),
+            ));
+        };
+        let scope = std::iter::once("openid".to_string())
+            .chain(self.cfg.scopes.iter().cloned())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let resp = self
+            .client_auth(self.http.post(&endpoint))
+            .form(&[("client_id", self.cfg.client_id.as_str()), ("scope", scope.as_str())])
+            .send()
+            .await
+            .map_err(|e| AuthError::Provider(e.without_url().to_string()))?;
+        let status = resp.status();
+        let v: serde_json::Value = resp.json().await.map_err(|e| AuthError::Provider(e.to_string()))?;
+        if !status.is_success() {
+            return Err(AuthError::Denied(oauth_error(&v)));
+        }
+        let s = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
+        let device_code = s("device_code").ok_or_else(|| AuthError::Provider("no device_code in the answer".into()))?;
+        let expires_in = v.get("expires_in").and_then(serde_json::Value::as_u64).unwrap_or(600);
+        let id = random_id();
+        let start = DeviceStart {
+            id: id.clone(),
+            user_code: s("user_code").ok_or_else(|| AuthError::Provider("no user_code in the answer".into()))?,
+            verification_uri: s("verification_uri")
+                .ok_or_else(|| AuthError::Provider("no verification_uri in the answer".into()))?,
+            verification_uri_complete: s("verification_uri_complete"),
+            expires_in,
+            interval: v.get("interval").and_then(serde_json::Value::as_u64).unwrap_or(5),
+        };
+        let mut d = self
+            .devices
+            .lock()
+            .map_err(|_| AuthError::Provider("device lock".into()))?;
+        Self::prune(&mut d, |x| x.expires > Instant::now());
+        if d.len() >= MAX_ATTEMPTS {
+            return Err(AuthError::BadRequest(
+                "too many logins in progress; try again in a minute".into(),
+            ));
+        }
+        d.insert(
+            id,
+            DeviceLogin {
+                device_code,
+                expires: Instant::now() + Duration::from_secs(expires_in),
+            },
+        );
+        Ok(start)
+    }
+
+    /// Poll a device login once: `Err(Pending)` while the user has not approved yet.
+    pub async fn poll_device(&self, id: &str) -> Result<Identity, AuthError> {
+        let device_code = {
+            let d = self
+                .devices
+                .lock()
+                .map_err(|_| AuthError::Provider("device lock".into()))?;
+            d.get(id)
+                .filter(|x| x.expires > Instant::now())
+                .map(|x| x.device_code.clone())
+                .ok_or(AuthError::UnknownAttempt)?
+        };
+        let meta = self.meta(false).await?;
+        let token_url = meta
+            .token_endpoint()
+            .ok_or_else(|| AuthError::Provider("the provider has no token endpoint".into()))?
+            .url()
+            .to_string();
+        let resp = self
+            .client_auth(self.http.post(&token_url))
+            .form(&[
+                ("grant_type", "urn:ietf:params:oauth:grant-type:device_code"),
+                ("device_code", device_code.as_str()),
+                ("client_id", self.cfg.client_id.as_str()),
+            ])
+            .send()
+            .await
+            .map_err(|e| AuthError::Provider(e.without_url().to_string()))?;
+        let status = resp.status();
+        let v: serde_json::Value = resp.json().await.map_err(|e| AuthError::Provider(e.to_string()))?;
+        if !status.is_success() {
+            let err = v.get("error").and_then(|e| e.as_str()).unwrap_or_default();
+            if matches!(err, "authorization_pending" | "slow_down") {
+                return Err(AuthError::Pending);
+            }
+            if let Ok(mut d) = self.devices.lock() {
+                d.remove(id);
+            }
+            return Err(AuthError::Denied(oauth_error(&v)));
+        }
+        if let Ok(mut d) = self.devices.lock() {
+            d.remove(id);
+        }
+        let id_token = v
+            .get("id_token")
+            .and_then(|x| x.as_str())
+            .ok_or_else(|| AuthError::InvalidToken("the provider sent no ID token".into()))?;
+        let tok = IdTok::from_str(id_token).map_err(|_| AuthError::InvalidToken("not a JWT".into()))?;
+        self.verify(&tok, None).await
+    }
+}
+
+fn oauth_error(v: &serde_json::Value) -> String {
+    let e = v.get("error").and_then(|x| x.as_str()).unwrap_or("error");
+    match v.get("error_description").and_then(|x| x.as_str()) {
+        Some(d) => format!("{e}: {d}"),
+        None => e.to_string(),
+    }
+}
+
+fn token_error<E: std::error::Error + 'static, T: openidconnect::ErrorResponse + 'static>(
+    e: &openidconnect::RequestTokenError<E, T>,
+) -> String {
+    match e {
+        openidconnect::RequestTokenError::ServerResponse(r) => r.to_string(),
+        openidconnect::RequestTokenError::Request(r) => format!("request failed: {r}"),
+        openidconnect::RequestTokenError::Parse(p, _) => format!("unreadable answer: {p}"),
+        openidconnect::RequestTokenError::Other(o) => o.clone(),
+    }
+}
+
+fn claims_error(e: &ClaimsVerificationError) -> String {
+    match e {
+        ClaimsVerificationError::Expired(_) => "expired".into(),
+        ClaimsVerificationError::InvalidAudience(_) => "issued for another client (audience mismatch)".into(),
+        ClaimsVerificationError::InvalidIssuer(_) => "issued by another provider (issuer mismatch)".into(),
+        ClaimsVerificationError::InvalidNonce(_) => "nonce mismatch (replayed or injected login)".into(),
+        ClaimsVerificationError::SignatureVerification(SignatureVerificationError::NoMatchingKey) => {
+            "signed with a key the provider does not publish".into()
+        }
+        ClaimsVerificationError::SignatureVerification(s) => format!("bad signature: {s}"),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_redirects() {
+        assert!(loopback_redirect("http://127.0.0.1:4711/callback"));
+        assert!(loopback_redirect("http://localhost:1/cb"));
+        assert!(loopback_redirect("http://[::1]:80/cb"));
+        assert!(!loopback_redirect("https://127.0.0.1:4711/callback"));
+        assert!(!loopback_redirect("http://evil.example/callback"));
+        assert!(!loopback_redirect("http://127.0.0.1.evil.example:80/cb"));
+        assert!(!loopback_redirect("http://user@evil.example/127.0.0.1"));
+    }
+}

@@ -1,0 +1,274 @@
+//! `jitgate login` / `logout`: OpenID Connect through the gateway.
+//!
+//! Code flow (RFC 8252): the CLI listens on `127.0.0.1:<free port>`, asks the gateway for an
+//! authorization URL with that redirect, opens (or prints) it, receives the browser's redirect with
+//! the code and hands the code to the gateway, which exchanges it (the client secret stays on the
+//! gateway), verifies the ID token and mints a gateway token. Device flow (RFC 8628): the CLI
+//! shows a code to enter elsewhere and polls the gateway. The token is stored in
+//! `config_dir/login.json` (0600) and, when the gateway runs SSH, an SSH certificate for
+//! `config_dir/id_ed25519` is fetched too.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::cli::Conn;
+use crate::client::{Client, LoginFile, login_path};
+
+const PAGE_OK: &str =
+    "<!doctype html><title>jitgate</title><h1>Logged in</h1><p>You can close this tab and return to the terminal.</p>";
+
+/// `jitgate login`.
+pub async fn login(conn: &Conn, device: bool, no_browser: bool) -> Result<ExitCode> {
+    // Log in without an old token in the way.
+    let c = Client::new_anonymous(conn)?;
+    let result: Value = if device {
+        device_flow(&c).await?
+    } else {
+        code_flow(&c, no_browser).await?
+    };
+    let token = result["token"]
+        .as_str()
+        .context("the gateway sent no token")?
+        .to_string();
+    let identity = result["identity"].as_str().unwrap_or_default().to_string();
+    let expires = result["expires_at"].as_str().unwrap_or_default().to_string();
+    let path = login_path().context("cannot find a config folder: set HOME or JITGATE_CONFIG_DIR")?;
+    let file = LoginFile {
+        url: Some(c.base().to_string()),
+        token: Some(token.clone()),
+        identity: Some(identity.clone()),
+        expires_at: Some(expires.clone()),
+        ca_file: conn.ca_file.clone(),
+    };
+    write_private(&path, &serde_json::to_vec_pretty(&file)?)?;
+    let groups: Vec<&str> = result["groups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    println!("logged in as {identity} [{}] until {expires}", groups.join(", "));
+    // SSH certificate, when the gateway has an SSH front end.
+    let authed = Client::with_token(conn, &token)?;
+    let info: Value = authed.get("/v1/info").await.unwrap_or(Value::Null);
+    if info.get("ssh").is_some() {
+        match crate::ssh_cmd::refresh_cert(&authed, None).await {
+            Ok((cert, _)) => println!(
+                "SSH certificate: {} (`jitgate ssh-config` prints ssh_config entries)",
+                cert.display()
+            ),
+            Err(e) => eprintln!("warning: no SSH certificate: {e:#}"),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700));
+        }
+    }
+    let tmp = path.with_extension("tmp");
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    {
+        use std::io::Write;
+        let mut f = opts.open(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+        f.write_all(bytes)?;
+    }
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+async fn code_flow(c: &Client, no_browser: bool) -> Result<Value> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("cannot listen on a loopback port for the login redirect")?;
+    let port = listener.local_addr()?.port();
+    let redirect = format!("http://127.0.0.1:{port}/callback");
+    let start: Value = c.post("/v1/login/start", &json!({"redirect_uri": redirect})).await?;
+    let url = start["auth_url"]
+        .as_str()
+        .context("the gateway sent no authorization URL")?;
+    let state = start["state"]
+        .as_str()
+        .context("the gateway sent no state")?
+        .to_string();
+    println!("To log in, open this URL in a browser:\n\n  {url}\n");
+    if !no_browser {
+        let _ = std::process::Command::new("xdg-open")
+            .arg(url)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+    }
+    let (code, got_state) = tokio::time::timeout(Duration::from_secs(300), wait_for_redirect(&listener))
+        .await
+        .context("no login within 5 minutes")??;
+    if got_state != state {
+        bail!("the login redirect carried another state (a stale or forged redirect); run `jitgate login` again");
+    }
+    c.post("/v1/login/finish", &json!({"state": state, "code": code})).await
+}
+
+/// Serve the loopback redirect until it carries a code (or an error).
+async fn wait_for_redirect(listener: &tokio::net::TcpListener) -> Result<(String, String)> {
+    loop {
+        let (mut sock, _) = listener.accept().await?;
+        let mut buf = Vec::with_capacity(2048);
+        let mut chunk = [0u8; 2048];
+        let read = tokio::time::timeout(Duration::from_secs(10), async {
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 16 * 1024 {
+                let n = sock.read(&mut chunk).await?;
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            Ok::<_, std::io::Error>(())
+        })
+        .await;
+        if !matches!(read, Ok(Ok(()))) {
+            continue;
+        }
+        let head = String::from_utf8_lossy(&buf);
+        let target = head.split_whitespace().nth(1).unwrap_or_default().to_string();
+        let Some(query) = target.strip_prefix("/callback?") else {
+            let _ = sock
+                .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                .await;
+            continue;
+        };
+        let params: std::collections::HashMap<String, String> = query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), percent_decode(v)))
+            .collect();
+        if let Some(err) = params.get("error") {
+            let desc = params.get("error_description").cloned().unwrap_or_default();
+            let body = format!(
+                "<!doctype html><title>jitgate</title><h1>Login failed</h1><p>{}</p>",
+                html_escape(&format!("{err} {desc}"))
+            );
+            let _ = sock
+                .write_all(format!("HTTP/1.1 400 Bad Request\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).as_bytes())
+                .await;
+            bail!("the identity provider refused the login: {err} {desc}");
+        }
+        let (Some(code), Some(state)) = (params.get("code"), params.get("state")) else {
+            let _ = sock
+                .write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                .await;
+            continue;
+        };
+        let _ = sock
+            .write_all(format!("HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{PAGE_OK}", PAGE_OK.len()).as_bytes())
+            .await;
+        return Ok((code.clone(), state.clone()));
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while let Some(&x) = b.get(i) {
+        match x {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                let hex = b
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .unwrap_or("zz");
+                match u8::from_str_radix(hex, 16) {
+                    Ok(v) => {
+                        out.push(v);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            _ => out.push(x),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+async fn device_flow(c: &Client) -> Result<Value> {
+    let d: Value = c.post("/v1/login/device", &json!({})).await?;
+    let id = d["id"]
+        .as_str()
+        .context("the gateway sent no device login id")?
+        .to_string();
+    let uri = d["verification_uri"].as_str().unwrap_or_default();
+    let code = d["user_code"].as_str().unwrap_or_default();
+    println!("To log in, visit {uri} and enter the code {code}");
+    if let Some(full) = d["verification_uri_complete"].as_str() {
+        println!("(or open {full})");
+    }
+    let interval = Duration::from_secs(d["interval"].as_u64().unwrap_or(5).clamp(1, 30));
+    let deadline = std::time::Instant::now() + Duration::from_secs(d["expires_in"].as_u64().unwrap_or(600));
+    loop {
+        tokio::time::sleep(interval).await;
+        let v: Value = c.post("/v1/login/device/poll", &json!({"id": id})).await?;
+        if v.get("token").is_some() {
+            return Ok(v);
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("the device code expired before the login was approved; run `jitgate login --device` again");
+        }
+    }
+}
+
+/// `jitgate logout`: revoke the stored token at the gateway and forget it.
+pub async fn logout(conn: &Conn) -> Result<ExitCode> {
+    let path = login_path().context("no config folder")?;
+    let c = Client::new(conn)?;
+    let result: Result<Value> = c.post("/v1/logout", &json!({})).await;
+    let _ = std::fs::remove_file(&path);
+    let cert = crate::ssh_cmd::default_cert_path();
+    if let Some(cert) = cert {
+        let _ = std::fs::remove_file(cert);
+    }
+    match result {
+        Ok(v) => {
+            println!("logged out (token {} revoked)", v["revoked"].as_str().unwrap_or("?"));
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("warning: the gateway did not revoke the token: {e:#}\nthe local login was removed");
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_query_values() {
+        assert_eq!(percent_decode("a%20b+c"), "a b c");
+        assert_eq!(percent_decode("x%2Fy%3D"), "x/y=");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz"), "%zz");
+    }
+}
