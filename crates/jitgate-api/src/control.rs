@@ -112,6 +112,30 @@ impl ControlPlane {
         })
     }
 
+    /// Gauges computed at scrape time: audit queue depth, pending requests and the oldest one.
+    pub async fn refresh_gauges(&self) {
+        let m = self.metrics();
+        m.audit_queue_depth
+            .set(i64::try_from(self.audit().queue_len()).unwrap_or(i64::MAX));
+        if let Ok(pending) = self
+            .store()
+            .list_requests(&RequestFilter {
+                state: Some(jitgate_core::RequestState::Pending),
+                limit: Some(100_000),
+                ..Default::default()
+            })
+            .await
+        {
+            m.requests_pending.set(i64::try_from(pending.len()).unwrap_or(i64::MAX));
+            let now = jiff::Timestamp::now();
+            let oldest = pending
+                .iter()
+                .map(|r| now.duration_since(r.created_at).as_secs_f64())
+                .fold(0.0_f64, f64::max);
+            m.requests_pending_oldest_seconds.set(oldest);
+        }
+    }
+
     /// Attach gateway tokens and the OIDC relying party (once, at start-up).
     pub fn set_login(&self, l: crate::login::Login) {
         let _ = self.login.set(l);

@@ -96,6 +96,7 @@ async fn readyz(State(cp): Cp) -> impl IntoResponse {
 }
 
 async fn metrics(State(cp): Cp) -> impl IntoResponse {
+    cp.refresh_gauges().await;
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         cp.metrics().render(),

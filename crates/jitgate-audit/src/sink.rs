@@ -61,6 +61,13 @@ pub struct AuditSink {
     path: Arc<PathBuf>,
 }
 
+impl AuditSink {
+    /// Events waiting for the writer thread.
+    pub fn queue_len(&self) -> usize {
+        self.tx.max_capacity().saturating_sub(self.tx.capacity())
+    }
+}
+
 impl std::fmt::Debug for AuditSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "AuditSink({})", self.path.display())

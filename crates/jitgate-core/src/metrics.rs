@@ -44,6 +44,12 @@ pub struct Metrics {
     pub audit_events_total: IntCounter,
     /// Webhook notifications by result (sent, failed, dropped).
     pub notifications_total: IntCounterVec,
+    /// Audit events waiting for the writer (capacity 8192; emitters wait when it is full).
+    pub audit_queue_depth: IntGauge,
+    /// Requests waiting for approval.
+    pub requests_pending: IntGauge,
+    /// Age of the oldest pending request.
+    pub requests_pending_oldest_seconds: prometheus::Gauge,
     /// Failures on the gateway's upstream leg (host key mismatch, login refused, unreachable).
     pub upstream_errors_total: IntCounterVec,
 }
@@ -185,6 +191,24 @@ impl Metrics {
                     &["result"],
                 )?,
             )?,
+            audit_queue_depth: reg(
+                &r,
+                IntGauge::new(
+                    "jitgate_audit_queue_depth",
+                    "Audit events queued for the writer (capacity 8192; at capacity, sessions wait).",
+                )?,
+            )?,
+            requests_pending: reg(
+                &r,
+                IntGauge::new("jitgate_requests_pending", "Requests waiting for approval.")?,
+            )?,
+            requests_pending_oldest_seconds: reg(
+                &r,
+                prometheus::Gauge::new(
+                    "jitgate_requests_pending_oldest_seconds",
+                    "Age of the oldest request waiting for approval (0 when none).",
+                )?,
+            )?,
             audit_events_total: reg(
                 &r,
                 IntCounter::new("jitgate_audit_events_total", "Audit events written.")?,
@@ -210,6 +234,25 @@ impl Metrics {
         }
         for r in ["sent", "failed", "dropped"] {
             m.notifications_total.with_label_values(&[r]);
+        }
+        for p in ["postgres", "ssh"] {
+            for d in ["in", "out"] {
+                m.bytes_total.with_label_values(&[p, d]);
+            }
+        }
+        for r in ["expired", "revoked", "released", "killed", "shutdown"] {
+            m.sessions_killed_total.with_label_values(&[r]);
+        }
+        for r in ["host_key_mismatch", "login_refused", "unreachable"] {
+            m.upstream_errors_total.with_label_values(&["ssh", r]);
+        }
+        for (p, r) in [
+            ("http", "invalid_token"),
+            ("postgres", "bad_token"),
+            ("ssh", "unknown_key"),
+            ("oidc", "denied"),
+        ] {
+            m.auth_failures_total.with_label_values(&[p, r]);
         }
         Ok(m)
     }
