@@ -42,6 +42,8 @@ pub struct PgConfig {
     pub max_text: usize,
     /// Audit sink.
     pub audit: AuditSink,
+    /// `[audit] statements`.
+    pub audit_statements: bool,
 }
 
 #[derive(Clone)]
@@ -580,6 +582,7 @@ impl<G: Gatekeeper> PgFrontend<G> {
             metrics: self.gk.metrics().clone(),
             max_text: self.cfg.max_text,
             max_message: self.cfg.max_message,
+            audit_statements: self.cfg.audit_statements,
             refusal_hint: format!(
                 "this session runs under a read-only grant; ask for write access: jitgate request {} --access read-write --reason \"...\"",
                 info.resource

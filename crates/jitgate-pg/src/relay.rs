@@ -48,6 +48,8 @@ pub struct RelayCtx {
     pub max_message: usize,
     /// Hint shown on refusals.
     pub refusal_hint: String,
+    /// Audit every completed statement (refused ones are always audited).
+    pub audit_statements: bool,
 }
 
 #[derive(Debug)]
@@ -530,6 +532,9 @@ async fn server_to_client(
             return End::Error(format!("writing to the client: {e}"));
         }
         buf.advance(pos);
+        if !ctx.audit_statements {
+            events.clear();
+        }
         for ev in events.drain(..) {
             if ctx.audit.emit(ev).await.is_err() {
                 tracing::error!(session_id = %ctx.guard.info.id, "audit sink closed; ending the session");

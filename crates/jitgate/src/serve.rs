@@ -161,6 +161,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
             max_message: pgc.max_message_size,
             max_text: loaded.config.audit.max_text_len,
             audit: audit.clone(),
+            audit_statements: loaded.config.audit.statements,
         };
         let l = tokio::net::TcpListener::bind(addr)
             .await

@@ -568,6 +568,10 @@ pub struct AuditSection {
     /// files; `jitgate audit verify` walks all of them.
     #[serde(default = "default_rotate_bytes")]
     pub rotate_bytes: u64,
+    /// Write a `pg.statement` event for every completed SQL statement. Off: sessions, refusals
+    /// and everything else are still audited, statements are not (less disk, no SQL text).
+    #[serde(default = "default_true")]
+    pub statements: bool,
 }
 
 impl Default for AuditSection {
@@ -576,6 +580,7 @@ impl Default for AuditSection {
             file: default_audit_file(),
             max_text_len: default_max_text(),
             rotate_bytes: default_rotate_bytes(),
+            statements: true,
         }
     }
 }
