@@ -359,6 +359,10 @@ fn forged_foreign_expired_tampered_and_revoked_tokens_are_refused() {
     let out = finish(child, &lines).unwrap_err();
     assert!(out.contains("refused the login: access_denied"), "{out}");
 
+    // An email the provider has not verified is refused (eve's is marked unverified).
+    let err = User::new().login(&gw, &p, "eve", "eve-password").unwrap_err();
+    assert!(err.contains("has not verified the email eve@example.com"), "{err}");
+
     // A genuine ID token for this client is accepted (accept_id_tokens = true)...
     let good = p.id_token("gateway", "gateway-secret", "carol", "carol-password");
     let (st, v) = exchange(&gw, &good);
