@@ -148,3 +148,22 @@ fn serve_refuses_to_start_on_a_broken_file() {
         "{err}"
     );
 }
+
+#[test]
+fn a_broken_ssh_key_names_its_table_and_what_to_paste() {
+    let text = format!(
+        "{BASE}\n[[identities]]\nname = \"ci-bot\"\nssh_keys = [\"ssh-ed25519 not-base64\"]\n\n\
+         [[resources]]\nname = \"web-1\"\nkind = \"ssh\"\naddress = \"x:22\"\nhost_key = \"ssh-rsa AAAA\"\nlogins = [\"u\"]\nupstream_ca = true\n"
+    );
+    let (code, _, err) = check(&text);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("identity `ci-bot`: ssh_keys entry is not an OpenSSH public key: the key is not valid base64"),
+        "{err}"
+    );
+    assert!(
+        err.contains("ssh resource `web-1`: host_key is not an OpenSSH public key"),
+        "{err}"
+    );
+    assert!(err.contains("help: use `ssh-keyscan"), "{err}");
+}

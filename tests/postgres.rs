@@ -639,6 +639,33 @@ fn every_statement_is_audited_with_identity_grant_and_rows() {
         .ok();
 }
 
+#[test]
+fn statement_audit_can_be_turned_off_but_refusals_are_still_audited() {
+    let (gw, _pg, _db) = setup(false, "[audit]\nstatements = false\n");
+    grant(&gw, "read-only", "1h");
+    let o = psql(
+        &gw,
+        "alice",
+        &["-c", "SELECT count(*) FROM accounts", "-c", "DELETE FROM accounts"],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(eventually(Duration::from_secs(3), || gw
+        .audit_kinds()
+        .contains(&"session.ended".to_string())));
+    let stmts: Vec<serde_json::Value> = gw
+        .audit_events()
+        .into_iter()
+        .filter(|e| e["kind"] == "pg.statement")
+        .collect();
+    assert_eq!(stmts.len(), 1, "only the refusal: {stmts:?}");
+    assert_eq!(stmts[0]["details"]["outcome"], "refused");
+    let (_, m) = gw.http_get("/metrics", None);
+    assert!(
+        m.contains("jitgate_query_duration_seconds_count 1"),
+        "the SELECT is still measured:\n{m}"
+    );
+}
+
 fn rss_kib(pid: u32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     s.lines()

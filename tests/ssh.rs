@@ -740,4 +740,37 @@ fn ssh_cert_and_ssh_config_let_plain_ssh_in() {
             .iter()
             .any(|e| e["kind"] == "ssh.cert.issued" && e["actor"] == "alice@example.com")
     );
+
+    // Bad input: a public key that is not one, a key file that is missing, recordings that do not
+    // exist or a session id that is a path.
+    std::fs::write(home.path().join("junk"), "x").unwrap();
+    std::fs::write(home.path().join("junk.pub"), "ssh-ed25519 not-base64 x\n").unwrap();
+    let junk = home.path().join("junk");
+    let out = gw.cli(Some("alice"), &["ssh-cert", "--key", junk.to_str().unwrap()]);
+    assert_eq!(out.code(), 1);
+    assert!(out.stderr().contains("invalid public key"), "{}", out.stderr());
+    let out = gw.cli(Some("alice"), &["ssh-cert", "--key", "/nonexistent/id_ed25519"]);
+    assert_eq!(out.code(), 1);
+    assert!(
+        out.stderr().contains("/nonexistent/id_ed25519.pub not found"),
+        "{}",
+        out.stderr()
+    );
+    let cfg = gw.config_path();
+    for (id, msg) in [
+        ("s-000000000000", "no recording for s-000000000000"),
+        ("../../etc/passwd", "is not a session id"),
+    ] {
+        let out = Command::new(BIN)
+            .args(["play", id, "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(msg),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }

@@ -18,19 +18,7 @@ fn script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/test-idp")
 }
 
-fn env_of(out: std::process::Output, what: &str) -> HashMap<String, String> {
-    assert!(
-        out.status.success(),
-        "scripts/test-idp {what} failed (node/npm missing? run ./scripts/install-deps):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let env_file = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    std::fs::read_to_string(&env_file)
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
-        .collect()
-}
+const HINT: &str = "node/npm missing? run ./scripts/install-deps";
 
 /// Start (or reuse) instance `name`; `ttl`: ID token lifetime in seconds.
 pub fn idp(name: &str, ttl: Option<u32>) -> Idp {
@@ -39,7 +27,7 @@ pub fn idp(name: &str, ttl: Option<u32>) -> Idp {
     if let Some(t) = ttl {
         c.env("JITGATE_TEST_IDP_TTL", t.to_string());
     }
-    let v = env_of(c.output().unwrap(), "up");
+    let v = super::fixture_env(&mut c, "scripts/test-idp up", HINT);
     Idp {
         name: name.to_string(),
         issuer: v["JITGATE_TEST_IDP_ISSUER"].clone(),
@@ -51,9 +39,10 @@ pub fn idp(name: &str, ttl: Option<u32>) -> Idp {
 impl Idp {
     /// Restart with a fresh signing key (new kid), same port.
     pub fn rotate(&self) {
-        env_of(
-            Command::new(script()).args(["rotate", &self.name]).output().unwrap(),
-            "rotate",
+        super::fixture_env(
+            Command::new(script()).args(["rotate", &self.name]),
+            "scripts/test-idp rotate",
+            HINT,
         );
     }
 

@@ -47,14 +47,20 @@ pub mod ssh;
 /// Run a fixture script (`scripts/test-pg up`, `scripts/test-sshd up`): it prints the path of an
 /// env file of `KEY=VALUE` lines, returned as a map.
 pub fn fixture(script: &str, hint: &str) -> std::collections::HashMap<String, String> {
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let out = Command::new(repo.join("scripts").join(script))
-        .arg("up")
-        .output()
-        .unwrap_or_else(|e| panic!("running scripts/{script}: {e}"));
+    let mut c = Command::new(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../scripts")
+            .join(script),
+    );
+    fixture_env(c.arg("up"), &format!("scripts/{script} up"), hint)
+}
+
+/// Run a fixture command and read the env file whose path it prints.
+pub fn fixture_env(c: &mut Command, what: &str, hint: &str) -> std::collections::HashMap<String, String> {
+    let out = c.output().unwrap_or_else(|e| panic!("running {what}: {e}"));
     assert!(
         out.status.success(),
-        "scripts/{script} up failed ({hint}):\n{}",
+        "{what} failed ({hint}):\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
     let env_file = String::from_utf8(out.stdout).unwrap().trim().to_string();

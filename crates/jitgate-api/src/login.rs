@@ -119,10 +119,19 @@ impl ControlPlane {
         }
     }
 
-    async fn login_failed(&self, method: &str, e: &AuthError) {
-        if matches!(e, AuthError::Pending) {
-            return;
+    /// The outcome of a provider step: failures are counted, logged and audited, then turned
+    /// into the API error.
+    async fn attempt<T>(&self, method: &str, r: Result<T, AuthError>) -> ApiResult<T> {
+        match r {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                self.login_failed(method, &e).await;
+                Err(auth_error(&e))
+            }
         }
+    }
+
+    async fn login_failed(&self, method: &str, e: &AuthError) {
         self.metrics()
             .auth_failures_total
             .with_label_values(&["oidc", reason_label(e)])
@@ -196,13 +205,8 @@ pub(crate) async fn start(
 ) -> ApiResult<impl IntoResponse> {
     let b = crate::routes::body(b)?;
     let oidc = cp.oidc()?;
-    match oidc.start_login(&b.redirect_uri).await {
-        Ok((url, state)) => Ok(Json(serde_json::json!({"auth_url": url, "state": state}))),
-        Err(e) => {
-            cp.login_failed("code", &e).await;
-            Err(auth_error(&e))
-        }
-    }
+    let (url, state) = cp.attempt("code", oidc.start_login(&b.redirect_uri).await).await?;
+    Ok(Json(serde_json::json!({"auth_url": url, "state": state})))
 }
 
 #[derive(Deserialize)]
@@ -218,24 +222,13 @@ pub(crate) async fn finish(
 ) -> ApiResult<impl IntoResponse> {
     let b = crate::routes::body(b)?;
     let oidc = cp.oidc()?;
-    match oidc.finish_login(&b.state, &b.code).await {
-        Ok(id) => Ok(Json(cp.logged_in("code", &id).await?)),
-        Err(e) => {
-            cp.login_failed("code", &e).await;
-            Err(auth_error(&e))
-        }
-    }
+    let id = cp.attempt("code", oidc.finish_login(&b.state, &b.code).await).await?;
+    Ok(Json(cp.logged_in("code", &id).await?))
 }
 
 pub(crate) async fn device_start(State(cp): State<Arc<ControlPlane>>) -> ApiResult<Json<DeviceStart>> {
     let oidc = cp.oidc()?;
-    match oidc.start_device().await {
-        Ok(d) => Ok(Json(d)),
-        Err(e) => {
-            cp.login_failed("device", &e).await;
-            Err(auth_error(&e))
-        }
-    }
+    Ok(Json(cp.attempt("device", oidc.start_device().await).await?))
 }
 
 #[derive(Deserialize)]
@@ -250,16 +243,13 @@ pub(crate) async fn device_poll(
 ) -> ApiResult<axum::response::Response> {
     let b = crate::routes::body(b)?;
     let oidc = cp.oidc()?;
-    match oidc.poll_device(&b.id).await {
-        Ok(id) => Ok(Json(cp.logged_in("device", &id).await?).into_response()),
+    let id = match oidc.poll_device(&b.id).await {
         Err(AuthError::Pending) => {
-            Ok((StatusCode::ACCEPTED, Json(serde_json::json!({"pending": true}))).into_response())
+            return Ok((StatusCode::ACCEPTED, Json(serde_json::json!({"pending": true}))).into_response());
         }
-        Err(e) => {
-            cp.login_failed("device", &e).await;
-            Err(auth_error(&e))
-        }
-    }
+        r => cp.attempt("device", r).await?,
+    };
+    Ok(Json(cp.logged_in("device", &id).await?).into_response())
 }
 
 #[derive(Deserialize)]
@@ -280,13 +270,10 @@ pub(crate) async fn id_token(
             Some("log in with `jitgate login`; operators may set [oidc] accept_id_tokens = true".into()),
         ));
     }
-    match oidc.exchange_id_token(&b.id_token).await {
-        Ok(id) => Ok(Json(cp.logged_in("id_token", &id).await?)),
-        Err(e) => {
-            cp.login_failed("id_token", &e).await;
-            Err(auth_error(&e))
-        }
-    }
+    let id = cp
+        .attempt("id_token", oidc.exchange_id_token(&b.id_token).await)
+        .await?;
+    Ok(Json(cp.logged_in("id_token", &id).await?))
 }
 
 fn bearer(h: &HeaderMap) -> Option<&str> {

@@ -441,8 +441,19 @@ impl Oidc {
         })
     }
 
-    fn client_auth(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-        rb.basic_auth(&self.cfg.client_id, self.cfg.client_secret.as_deref())
+    /// POST a form to a provider endpoint with client authentication; (success?, JSON body).
+    async fn post_form(&self, url: &str, form: &[(&str, &str)]) -> Result<(bool, serde_json::Value), AuthError> {
+        let resp = self
+            .http
+            .post(url)
+            .basic_auth(&self.cfg.client_id, self.cfg.client_secret.as_deref())
+            .form(form)
+            .send()
+            .await
+            .map_err(|e| AuthError::Provider(e.without_url().to_string()))?;
+        let ok = resp.status().is_success();
+        let v = resp.json().await.map_err(|e| AuthError::Provider(e.to_string()))?;
+        Ok((ok, v))
     }
 
     /// Start a device login (RFC 8628).
@@ -457,15 +468,13 @@ impl Oidc {
             .chain(self.cfg.scopes.iter().cloned())
             .collect::<Vec<_>>()
             .join(" ");
-        let resp = self
-            .client_auth(self.http.post(&endpoint))
-            .form(&[("client_id", self.cfg.client_id.as_str()), ("scope", scope.as_str())])
-            .send()
-            .await
-            .map_err(|e| AuthError::Provider(e.without_url().to_string()))?;
-        let status = resp.status();
-        let v: serde_json::Value = resp.json().await.map_err(|e| AuthError::Provider(e.to_string()))?;
-        if !status.is_success() {
+        let (ok, v) = self
+            .post_form(
+                &endpoint,
+                &[("client_id", self.cfg.client_id.as_str()), ("scope", scope.as_str())],
+            )
+            .await?;
+        if !ok {
             return Err(AuthError::Denied(oauth_error(&v)));
         }
         let s = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
@@ -519,19 +528,17 @@ impl Oidc {
             .ok_or_else(|| AuthError::Provider("the provider has no token endpoint".into()))?
             .url()
             .to_string();
-        let resp = self
-            .client_auth(self.http.post(&token_url))
-            .form(&[
-                ("grant_type", "urn:ietf:params:oauth:grant-type:device_code"),
-                ("device_code", device_code.as_str()),
-                ("client_id", self.cfg.client_id.as_str()),
-            ])
-            .send()
-            .await
-            .map_err(|e| AuthError::Provider(e.without_url().to_string()))?;
-        let status = resp.status();
-        let v: serde_json::Value = resp.json().await.map_err(|e| AuthError::Provider(e.to_string()))?;
-        if !status.is_success() {
+        let (ok, v) = self
+            .post_form(
+                &token_url,
+                &[
+                    ("grant_type", "urn:ietf:params:oauth:grant-type:device_code"),
+                    ("device_code", device_code.as_str()),
+                    ("client_id", self.cfg.client_id.as_str()),
+                ],
+            )
+            .await?;
+        if !ok {
             let err = v.get("error").and_then(|e| e.as_str()).unwrap_or_default();
             if matches!(err, "authorization_pending" | "slow_down") {
                 return Err(AuthError::Pending);

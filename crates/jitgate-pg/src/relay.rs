@@ -461,7 +461,7 @@ async fn server_to_client(
                         if !p.simple
                             && let Some(p) = q.pop_front()
                         {
-                            events.push(finish(ctx, p, "ok"));
+                            events.extend(finish(ctx, p, "ok"));
                         }
                     }
                 }
@@ -470,7 +470,7 @@ async fn server_to_client(
                     if q.front().is_some_and(|p| !p.simple)
                         && let Some(p) = q.pop_front()
                     {
-                        events.push(finish(ctx, p, "ok"));
+                        events.extend(finish(ctx, p, "ok"));
                     }
                 }
                 b'E' => {
@@ -482,7 +482,7 @@ async fn server_to_client(
                         if !p.simple
                             && let Some(p) = q.pop_front()
                         {
-                            events.push(finish(ctx, p, "error"));
+                            events.extend(finish(ctx, p, "error"));
                         }
                     }
                 }
@@ -508,7 +508,7 @@ async fn server_to_client(
                             } else {
                                 "skipped"
                             };
-                            events.push(finish(ctx, p, outcome));
+                            events.extend(finish(ctx, p, outcome));
                         }
                     }
                     if let Some(err) = inject {
@@ -532,9 +532,6 @@ async fn server_to_client(
             return End::Error(format!("writing to the client: {e}"));
         }
         buf.advance(pos);
-        if !ctx.audit_statements {
-            events.clear();
-        }
         for ev in events.drain(..) {
             if ctx.audit.emit(ev).await.is_err() {
                 tracing::error!(session_id = %ctx.guard.info.id, "audit sink closed; ending the session");
@@ -544,9 +541,11 @@ async fn server_to_client(
     }
 }
 
-fn finish(ctx: &RelayCtx, p: Pending, outcome: &str) -> Event {
+/// A statement completed: its duration metric, and its audit event unless `[audit] statements`
+/// is off (then none is built at all).
+fn finish(ctx: &RelayCtx, p: Pending, outcome: &str) -> Option<Event> {
     ctx.metrics
         .query_duration_seconds
         .observe(p.started.elapsed().as_secs_f64());
-    statement_event(ctx, &p, outcome)
+    ctx.audit_statements.then(|| statement_event(ctx, &p, outcome))
 }

@@ -23,7 +23,7 @@ use jitgate_core::{KillReason, Metrics};
 use russh::{ChannelId, ChannelMsg, ChannelReadHalf, ChannelWriteHalf, Disconnect, Sig, client, server};
 
 use crate::record::{Header, LineAssembler, Recorder};
-use crate::server::Live;
+use crate::server::{ChannelSlot, Live};
 use crate::sftp::SftpWatch;
 
 /// Open client channels of a connection and whether each has a pty (for messages).
@@ -55,6 +55,8 @@ impl OpenChannels {
 /// What a channel task needs.
 pub(crate) struct ChanCtx {
     pub(crate) live: Arc<Live>,
+    /// This channel's place among the connection's `max_channels`, held until the task ends.
+    pub(crate) _slot: ChannelSlot,
     pub(crate) server: server::Handle,
     pub(crate) audit: AuditSink,
     pub(crate) metrics: Metrics,
@@ -65,12 +67,7 @@ pub(crate) struct ChanCtx {
 
 impl ChanCtx {
     fn event(&self, kind: &str) -> Event {
-        let info = &self.live.guard.info;
-        Event::new(kind, jiff::Timestamp::now())
-            .actor(&info.identity)
-            .resource(&info.resource)
-            .grant(info.grant_id)
-            .session(&info.id)
+        self.live.event(kind)
     }
 
     async fn emit(&self, ev: Event) {
@@ -336,7 +333,6 @@ pub(crate) async fn session_channel(
         let _ = cwr.close().await;
     }
     ctx.live.channels.remove(id);
-    ctx.live.channel_count.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     // Wrap up: the recording, open sftp files, a channel summary for the audit log.
     let (summary, ops) = {
         let Ok(mut r) = rec.lock() else { return };
@@ -715,7 +711,6 @@ pub(crate) async fn forward_channel(
             let _ = cwr.close().await;
         }
     }
-    ctx.live.channel_count.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     ctx.metrics.bytes_total.with_label_values(&["ssh", "in"]).inc_by(up);
     ctx.metrics.bytes_total.with_label_values(&["ssh", "out"]).inc_by(down);
     ctx.emit(ctx.event("ssh.channel.closed").details(serde_json::json!({

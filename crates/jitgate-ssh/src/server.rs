@@ -56,7 +56,11 @@ pub struct SshFrontend<G: Gatekeeper> {
     server: Arc<server::Config>,
     slots: Arc<tokio::sync::Semaphore>,
     key_files: DashMap<PathBuf, Arc<PrivateKey>>,
+    /// Identity keys parsed once per catalog (replaced on reload).
+    identity_keys: Mutex<Option<IdentityKeys>>,
 }
+
+type IdentityKeys = (Arc<jitgate_core::Catalog>, Arc<Vec<(PublicKey, Principal)>>);
 
 impl<G: Gatekeeper> SshFrontend<G> {
     /// Build the front end.
@@ -86,6 +90,7 @@ impl<G: Gatekeeper> SshFrontend<G> {
             keys,
             server: Arc::new(server),
             key_files: DashMap::new(),
+            identity_keys: Mutex::new(None),
         })
     }
 
@@ -201,6 +206,39 @@ impl<G: Gatekeeper> SshFrontend<G> {
         Ok(k)
     }
 
+    /// The static identity owning `key` (keys of `[[identities]] ssh_keys`).
+    fn identity_for(&self, key: &PublicKey) -> Option<Principal> {
+        let cat = self.gk.catalog();
+        let keys = {
+            let mut g = self.identity_keys.lock().ok()?;
+            match g.as_ref() {
+                Some((c, k)) if Arc::ptr_eq(c, &cat) => k.clone(),
+                _ => {
+                    let k: Arc<Vec<_>> = Arc::new(
+                        cat.identities
+                            .iter()
+                            .flat_map(|i| {
+                                let p = Principal {
+                                    name: i.name.clone(),
+                                    groups: i.groups.clone(),
+                                };
+                                i.ssh_keys
+                                    .iter()
+                                    .filter_map(|k| keys::parse_public(k).ok())
+                                    .map(move |k| (k, p.clone()))
+                            })
+                            .collect(),
+                    );
+                    *g = Some((cat, k.clone()));
+                    k
+                }
+            }
+        };
+        keys.iter()
+            .find(|(k, _)| k.key_data() == key.key_data())
+            .map(|(_, p)| p.clone())
+    }
+
     /// User certificate CA public key.
     pub fn user_ca(&self) -> &PublicKey {
         self.keys.user_ca.public_key()
@@ -227,7 +265,34 @@ pub(crate) struct Live {
     pub(crate) closed: CancellationToken,
 }
 
+/// One of a connection's `max_channels` places, given back when dropped (whatever way the
+/// channel ends).
+pub(crate) struct ChannelSlot(Arc<Live>);
+
+impl Drop for ChannelSlot {
+    fn drop(&mut self) {
+        self.0.channel_count.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 impl Live {
+    /// Take a channel place; `None` when `max` are open.
+    fn slot(self: &Arc<Self>, max: usize) -> Option<ChannelSlot> {
+        let n = self.channel_count.fetch_add(1, Ordering::AcqRel);
+        let slot = ChannelSlot(self.clone());
+        (n < max).then_some(slot)
+    }
+
+    /// An audit event of this session (who, what, grant, session).
+    pub(crate) fn event(&self, kind: &str) -> Event {
+        let info = &self.guard.info;
+        Event::new(kind, jiff::Timestamp::now())
+            .actor(&info.identity)
+            .resource(&info.resource)
+            .grant(info.grant_id)
+            .session(&info.id)
+    }
+
     async fn finish<G: Gatekeeper>(&self, fe: &SshFrontend<G>, result: Result<(), String>) {
         self.closed.cancel();
         let _ = self
@@ -441,14 +506,10 @@ impl<G: Gatekeeper> Conn<G> {
         }
     }
 
-    fn count_channel(&self, live: &Live) -> bool {
-        let n = live.channel_count.fetch_add(1, Ordering::AcqRel);
-        n < self.fe.cfg.max_channels
-    }
-
-    fn ctx(&self, live: &Arc<Live>, session: &Session) -> ChanCtx {
+    fn ctx(&self, live: &Arc<Live>, slot: ChannelSlot, session: &Session) -> ChanCtx {
         ChanCtx {
             live: live.clone(),
+            _slot: slot,
             server: session.handle(),
             audit: self.fe.cfg.audit.clone(),
             metrics: self.fe.gk.metrics().clone(),
@@ -473,19 +534,9 @@ impl<G: Gatekeeper> server::Handler for Conn<G> {
     }
 
     async fn auth_publickey(&mut self, user: &str, key: server::VerifiedPublicKey<'_>) -> Result<Auth, Self::Error> {
-        let cat = self.fe.gk.catalog();
-        let found = cat.identities.iter().find(|i| {
-            i.ssh_keys
-                .iter()
-                .filter_map(|k| keys::parse_public(k).ok())
-                .any(|k| k.key_data() == key.public_key.key_data())
-        });
-        match found {
-            Some(i) => {
-                self.principal = Some(Principal {
-                    name: i.name.clone(),
-                    groups: i.groups.clone(),
-                });
+        match self.fe.identity_for(key.public_key) {
+            Some(p) => {
+                self.principal = Some(p);
                 self.user = user.to_string();
                 Ok(Auth::Accept)
             }
@@ -551,19 +602,17 @@ impl<G: Gatekeeper> server::Handler for Conn<G> {
                 tokio::spawn(relay::refuse(channel, session.handle(), msg));
             }
             Ready::Live(live) => {
-                if !self.count_channel(&live) {
-                    live.channel_count.fetch_sub(1, Ordering::AcqRel);
+                let Some(slot) = live.slot(self.fe.cfg.max_channels) else {
                     reply.reject(ChannelOpenFailure::ResourceShortage).await;
                     return Ok(());
-                }
+                };
                 match live.upstream.channel_open_session().await {
                     Ok(up) => {
                         reply.accept().await;
-                        let ctx = self.ctx(&live, session);
+                        let ctx = self.ctx(&live, slot, session);
                         tokio::spawn(relay::session_channel(ctx, channel, up));
                     }
                     Err(e) => {
-                        live.channel_count.fetch_sub(1, Ordering::AcqRel);
                         tracing::warn!(error = %e, "upstream refused a session channel");
                         reply.reject(ChannelOpenFailure::ConnectFailed).await;
                     }
@@ -588,43 +637,33 @@ impl<G: Gatekeeper> server::Handler for Conn<G> {
             reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
             return Ok(());
         };
-        let info = &live.guard.info;
         let details = serde_json::json!({"host": host, "port": port});
         if !live.allow_forwarding {
-            let ev = Event::new("ssh.forward.denied", jiff::Timestamp::now())
-                .actor(&info.identity)
-                .resource(&info.resource)
-                .grant(info.grant_id)
-                .session(&info.id)
-                .details(details);
-            let _ = self.fe.cfg.audit.emit(ev).await;
+            let _ = self
+                .fe
+                .cfg
+                .audit
+                .emit(live.event("ssh.forward.denied").details(details))
+                .await;
             reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
             return Ok(());
         }
-        if !self.count_channel(&live) {
-            live.channel_count.fetch_sub(1, Ordering::AcqRel);
+        let Some(slot) = live.slot(self.fe.cfg.max_channels) else {
             reply.reject(ChannelOpenFailure::ResourceShortage).await;
             return Ok(());
-        }
+        };
         match live
             .upstream
             .channel_open_direct_tcpip(host, port, orig_addr, orig_port)
             .await
         {
             Ok(up) => {
-                let ev = Event::new("ssh.forward", jiff::Timestamp::now())
-                    .actor(&info.identity)
-                    .resource(&info.resource)
-                    .grant(info.grant_id)
-                    .session(&info.id)
-                    .details(details);
-                let _ = self.fe.cfg.audit.emit(ev).await;
+                let _ = self.fe.cfg.audit.emit(live.event("ssh.forward").details(details)).await;
                 reply.accept().await;
-                let ctx = self.ctx(&live, session);
+                let ctx = self.ctx(&live, slot, session);
                 tokio::spawn(relay::forward_channel(ctx, channel, up));
             }
             Err(e) => {
-                live.channel_count.fetch_sub(1, Ordering::AcqRel);
                 tracing::debug!(error = %e, "upstream refused a direct-tcpip channel");
                 reply.reject(ChannelOpenFailure::ConnectFailed).await;
             }

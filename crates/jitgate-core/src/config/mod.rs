@@ -299,6 +299,15 @@ fn validate(c: &Config, d: &mut Diags<'_>) -> Catalog {
                 ),
             }
         }
+        for k in &i.ssh_keys {
+            if let Err(e) = check_ssh_public_key(k) {
+                d.error(
+                    span(&i.name),
+                    format!("identity `{name}`: ssh_keys entry is not an OpenSSH public key: {e}"),
+                    Some("paste the line of the .pub file: `ssh-ed25519 AAAA... comment`".into()),
+                );
+            }
+        }
         identities.push(StaticIdentity {
             name: name.clone(),
             groups: i.groups.clone(),
@@ -393,6 +402,13 @@ fn validate(c: &Config, d: &mut Diags<'_>) -> Catalog {
                         span(&r.name),
                         format!("ssh resource `{name}` has no logins"),
                         Some("add `logins = [\"ubuntu\"]`".into()),
+                    );
+                }
+                if let Some(Err(e)) = r.host_key.as_deref().map(check_ssh_public_key) {
+                    d.error(
+                        span(&r.name),
+                        format!("ssh resource `{name}`: host_key is not an OpenSSH public key: {e}"),
+                        Some("use `ssh-keyscan -t ed25519 HOST` and paste `ssh-ed25519 AAAA...`".into()),
                     );
                 }
                 if r.host_key.is_none() && r.known_hosts_file.is_none() {
@@ -651,8 +667,69 @@ fn validate(c: &Config, d: &mut Diags<'_>) -> Catalog {
     }
 }
 
+/// Shape check of an OpenSSH public key line (`TYPE BASE64 [comment]`): a known type, valid
+/// base64, and a blob that names the same type. (The SSH front end parses it fully.)
+pub fn check_ssh_public_key(line: &str) -> Result<(), String> {
+    use base64::Engine;
+    const TYPES: [&str; 7] = [
+        "ssh-ed25519",
+        "ssh-rsa",
+        "ecdsa-sha2-nistp256",
+        "ecdsa-sha2-nistp384",
+        "ecdsa-sha2-nistp521",
+        "sk-ssh-ed25519@openssh.com",
+        "sk-ecdsa-sha2-nistp256@openssh.com",
+    ];
+    let mut parts = line.split_whitespace();
+    let (Some(ty), Some(b64)) = (parts.next(), parts.next()) else {
+        return Err("expected `TYPE BASE64 [comment]`".into());
+    };
+    if !TYPES.contains(&ty) {
+        return Err(format!("unknown key type `{ty}`"));
+    }
+    let blob = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .map_err(|_| "the key is not valid base64".to_string())?;
+    let named = blob
+        .get(..4)
+        .and_then(|n| <[u8; 4]>::try_from(n).ok())
+        .map(u32::from_be_bytes)
+        .and_then(|n| blob.get(4..4 + n as usize));
+    if named != Some(ty.as_bytes()) {
+        return Err(format!("the key data is not a `{ty}` key"));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn ssh_public_keys_are_shape_checked() {
+        let ok = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl host";
+        assert_eq!(super::check_ssh_public_key(ok), Ok(()));
+        assert!(
+            super::check_ssh_public_key("ssh-ed25519")
+                .unwrap_err()
+                .contains("TYPE BASE64")
+        );
+        assert!(
+            super::check_ssh_public_key("ssh-dss AAAA")
+                .unwrap_err()
+                .contains("unknown key type")
+        );
+        assert!(
+            super::check_ssh_public_key("ssh-ed25519 !!!")
+                .unwrap_err()
+                .contains("base64")
+        );
+        let rsa_blob_as_ed = ok.replace("ssh-ed25519 ", "ssh-rsa ");
+        assert!(
+            super::check_ssh_public_key(&rsa_blob_as_ed)
+                .unwrap_err()
+                .contains("not a `ssh-rsa` key")
+        );
+    }
+
     use super::*;
 
     fn check(text: &str) -> Result<Loaded, Vec<Diag>> {
