@@ -80,6 +80,14 @@ pub struct Gateway {
     /// `127.0.0.1:port` of the SSH front end, when enabled.
     pub ssh_addr: String,
     pub with_pg: bool,
+    /// A shared PostgreSQL store (`postgres://...`), instead of SQLite in data_dir.
+    pub store_url: Option<String>,
+}
+
+/// True in the `control_plane_pgstore` test binary: the control-plane suite compiled a second
+/// time, every gateway on a fresh PostgreSQL store database instead of SQLite.
+pub fn pg_store_suite() -> bool {
+    env!("CARGO_CRATE_NAME") == "control_plane_pgstore"
 }
 
 impl Gateway {
@@ -109,7 +117,17 @@ impl Gateway {
         Self::start_with(body, true)
     }
 
+    /// Start a replica on the shared PostgreSQL store `store_url` (Postgres front end on).
+    pub fn start_replica(body: &str, store_url: &str) -> Self {
+        Self::start_full(body, true, Some(store_url.to_string()))
+    }
+
     fn start_with(body: &str, with_pg: bool) -> Self {
+        let store = pg_store_suite().then(|| pg::cluster().store_db());
+        Self::start_full(body, with_pg, store)
+    }
+
+    fn start_full(body: &str, with_pg: bool, store_url: Option<String>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut g = Self {
             dir,
@@ -118,6 +136,7 @@ impl Gateway {
             pg_addr: String::new(),
             ssh_addr: String::new(),
             with_pg,
+            store_url,
         };
         g.write_config(body);
         g.spawn();
@@ -138,9 +157,17 @@ impl Gateway {
             }
             None => (pg.to_string(), body.to_string()),
         };
-        let full = format!(
+        let mut full = format!(
             "[gateway]\ndata_dir = \"data\"\nexpiry_warning = \"1s\"\n\n[listen]\nhttp = \"127.0.0.1:0\"\n{pg}\n{body}"
         );
+        if let Some(u) = &self.store_url
+            && !body.contains("[store]")
+        {
+            // The URL carries a password: a file, as an operator would.
+            let f = self.dir.path().join("store-url");
+            std::fs::write(&f, u).unwrap();
+            full.push_str(&format!("\n[store]\nurl_file = \"{}\"\n", f.display()));
+        }
         std::fs::write(self.config_path(), full).unwrap();
     }
 

@@ -88,11 +88,110 @@ impl Pg {
         name
     }
 
+    /// A fresh, empty database for a gateway store; returns its `postgres://` URL.
+    pub fn store_db(&self) -> String {
+        let name = format!("store_{}_{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst));
+        self.su("postgres", &format!("CREATE DATABASE {name}"));
+        format!(
+            "postgres://{}:{}@127.0.0.1:{}/{name}?sslmode=disable",
+            self.user, self.password, self.port
+        )
+    }
+
     /// A direct libpq connection string for `db` as app_ro / app_rw.
     pub fn direct(&self, db: &str, user: &str, password: &str) -> String {
         format!(
             "host=127.0.0.1 port={} user={user} password={password} dbname={db} sslmode=disable",
             self.port
         )
+    }
+}
+
+/// A PostgreSQL cluster of one test's own (scripts/test-pg with a private directory), for tests
+/// that stop and start it. Deleted on drop.
+pub struct Private {
+    pub pg: Pg,
+    pub dir: PathBuf,
+}
+
+impl Private {
+    pub fn start() -> Self {
+        let dir = PathBuf::from(format!(
+            "/tmp/jitgate-test-store-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/test-pg");
+        let vars = super::fixture_env(
+            Command::new(script).arg("up").env("JITGATE_TEST_PG_DIR", &dir),
+            "scripts/test-pg up (private)",
+            "PostgreSQL server missing? run ./scripts/install-deps",
+        );
+        let pg = Pg {
+            port: vars["JITGATE_TEST_PG_PORT"].parse().unwrap(),
+            user: vars["JITGATE_TEST_PG_USER"].clone(),
+            password: vars["JITGATE_TEST_PG_PASSWORD"].clone(),
+            bin: PathBuf::from(&vars["JITGATE_TEST_PG_BIN"]),
+            ca: PathBuf::from(&vars["JITGATE_TEST_PG_CA"]),
+            other_ca: PathBuf::from(&vars["JITGATE_TEST_PG_OTHER_CA"]),
+        };
+        Self { pg, dir }
+    }
+
+    fn pg_ctl(&self, args: &[&str]) {
+        let ctl = self.pg.bin.join("pg_ctl");
+        let data = self.dir.join("data");
+        let mut c = if nix_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&ctl);
+            c
+        } else {
+            Command::new(&ctl)
+        };
+        // No pipes: the postmaster must not inherit them (output() would wait for it).
+        let st = c
+            .arg("-D")
+            .arg(&data)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(
+            st.success(),
+            "pg_ctl {args:?} failed; see {}/server.log",
+            self.dir.display()
+        );
+    }
+
+    /// Stop the server (fast shutdown: sessions are terminated).
+    pub fn stop(&self) {
+        self.pg_ctl(&["-m", "fast", "-w", "stop"]);
+    }
+
+    /// Start it again on the same port.
+    pub fn resume(&self) {
+        let log = self.dir.join("server.log");
+        self.pg_ctl(&["-l", log.to_str().unwrap(), "-w", "start"]);
+    }
+}
+
+fn nix_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+impl Drop for Private {
+    fn drop(&mut self) {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/test-pg");
+        let _ = Command::new(script)
+            .arg("down")
+            .env("JITGATE_TEST_PG_DIR", &self.dir)
+            .output();
+        let _ = std::fs::remove_file(format!("{}.lock", self.dir.display()));
     }
 }

@@ -22,6 +22,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{ApiError, ApiResult};
 
+/// How often a replica on a shared store re-reads the live state even when the feed is quiet.
+const RESYNC_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The control plane service shared by the API and the protocol front ends.
 pub struct ControlPlane {
     catalog: ArcSwap<Catalog>,
@@ -275,9 +278,7 @@ impl ControlPlane {
                 .await?;
             }
         }
-        for s in self.store.list_sessions(true, 1_000_000).await? {
-            self.store.session_ended(&s.info.id, now, "gateway restarted").await?;
-        }
+        self.store.end_open_sessions(now, "gateway restarted", &[]).await?;
         Ok(live)
     }
 
@@ -321,6 +322,9 @@ impl ControlPlane {
                 }
             }
         });
+        if self.store.shared() {
+            tokio::spawn(self.clone().follow_changes(stop.clone()));
+        }
         let me = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
@@ -340,14 +344,10 @@ impl ControlPlane {
         let now = self.now();
         match ev {
             LiveEvent::Expired { grant, sessions } => {
-                if let Some(mut g) = self.store.get_grant(grant.id).await?
-                    && g.state == GrantState::Active
-                    && g.expires_at <= now
-                {
-                    g.state = GrantState::Expired;
-                    g.ended_at = Some(g.expires_at);
-                    g.ended_by = Some("gateway".into());
-                    self.store.update_grant(&g).await?;
+                // The kill already happened (the scheduler runs from the cache). A store outage
+                // only delays marking the grant expired there: the next resync does it.
+                if let Err(e) = self.mark_expired(grant.id, now).await {
+                    tracing::warn!(error = %e.error, grant_id = grant.id, "could not mark the grant expired in the store; the next resync will");
                 }
                 tracing::info!(grant_id = grant.id, identity = %grant.identity, resource = %grant.resource, sessions, "grant expired");
                 self
@@ -365,6 +365,191 @@ impl ControlPlane {
                 )
                 .await?;
             }
+        }
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- replicas (shared store)
+
+    /// Apply other replicas' changes from the store's feed, and re-read the whole live state
+    /// when notices may have been missed (feed reconnected, receiver lagged) and every
+    /// [`RESYNC_EVERY`] as a safety net.
+    async fn follow_changes(self: Arc<Self>, stop: CancellationToken) {
+        let Some(mut rx) = self.store.changes() else { return };
+        let mut periodic = tokio::time::interval(RESYNC_EVERY);
+        periodic.tick().await;
+        loop {
+            let item = tokio::select! {
+                () = stop.cancelled() => return,
+                _ = periodic.tick() => Ok(jitgate_store::Feed {
+                    change: jitgate_store::Change::Resync { reason: "periodic".into() },
+                    origin: String::new(),
+                    sent_ms: 0,
+                }),
+                r = rx.recv() => r,
+            };
+            let feed = match item {
+                Ok(f) => f,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "the change feed outran this replica; resynchronising");
+                    jitgate_store::Feed {
+                        change: jitgate_store::Change::Resync {
+                            reason: "lagged".into(),
+                        },
+                        origin: String::new(),
+                        sent_ms: 0,
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            };
+            if feed.sent_ms > 0 {
+                let lag = (Timestamp::now().as_millisecond() - feed.sent_ms).max(0);
+                self.metrics.store_feed_lag_seconds.observe(lag as f64 / 1000.0);
+            }
+            if let Err(e) = self.apply_change(feed.change, &feed.origin).await {
+                // The state may now be stale: re-read it as soon as the store answers.
+                tracing::warn!(error = %e.error, "could not apply a change from another replica; resynchronising");
+                let mut delay = std::time::Duration::from_millis(200);
+                loop {
+                    match self.resync("retry").await {
+                        Ok(()) => break,
+                        Err(e) => tracing::warn!(error = %e.error, "resync failed; retrying"),
+                    }
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(std::time::Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    async fn apply_change(&self, change: jitgate_store::Change, origin: &str) -> ApiResult<()> {
+        use jitgate_store::Change;
+        match change {
+            Change::Grant { id } => {
+                if let Some(g) = self.store.get_grant(id).await? {
+                    tracing::debug!(grant_id = id, state = %g.state.as_str(), origin, "grant changed on another replica");
+                    self.apply_grant(&g);
+                }
+            }
+            Change::KillSession { id, by } => {
+                if self
+                    .enforcer
+                    .sessions
+                    .kill(&id, &KillReason::Killed { by: by.clone() })
+                    .is_some()
+                {
+                    self.metrics.sessions_killed_total.with_label_values(&["killed"]).inc();
+                    tracing::info!(session_id = %id, by = %by, origin, "session killed at another replica's request");
+                }
+            }
+            Change::TokenRevoked { jti, expires_at } => {
+                if let Some(l) = self.login.get() {
+                    l.tokens.revoke(&jti, expires_at, Timestamp::now().as_second());
+                }
+            }
+            Change::Request { .. } => {}
+            Change::Resync { reason } => self.resync(&reason).await?,
+        }
+        Ok(())
+    }
+
+    /// Bring one grant's live state in line with the store's record.
+    fn apply_grant(&self, g: &Grant) {
+        let now = self.now();
+        if g.is_live(now) {
+            let cached = self.enforcer.grants.get(g.id);
+            if cached.is_none_or(|c| c.expires_at != g.expires_at) {
+                self.enforcer.activate(LiveGrant::from(g));
+            }
+            return;
+        }
+        if self.enforcer.grants.get(g.id).is_none() {
+            return;
+        }
+        let reason = match g.state {
+            GrantState::Revoked => KillReason::Revoked {
+                by: g.ended_by.clone().unwrap_or_else(|| "another replica".into()),
+            },
+            GrantState::Released => KillReason::Released,
+            _ => KillReason::Expired { at: g.expires_at },
+        };
+        let (_, n) = self.enforcer.end(g.id, &reason);
+        tracing::info!(grant_id = g.id, state = %g.state.as_str(), sessions = n, "grant ended on another replica; its sessions here are closed");
+    }
+
+    /// Re-read everything that gates access: live grants, grants this replica still caches,
+    /// kills asked of this replica, token revocations; close sessions the store still shows
+    /// open here although they ended while it was unreachable.
+    pub async fn resync(&self, reason: &str) -> ApiResult<()> {
+        let started = std::time::Instant::now();
+        let now = self.now();
+        let active = self
+            .store
+            .list_grants(&GrantFilter {
+                state: Some(GrantState::Active),
+                limit: Some(1_000_000),
+                ..Default::default()
+            })
+            .await?;
+        let mut seen = std::collections::HashSet::new();
+        for g in &active {
+            seen.insert(g.id);
+            if g.is_live(now) {
+                self.apply_grant(g);
+            } else if let Err(e) = self.mark_expired(g.id, now).await {
+                tracing::warn!(error = %e.error, grant_id = g.id, "could not mark a past grant expired");
+            }
+        }
+        for cached in self.enforcer.grants.all() {
+            if !seen.contains(&cached.id)
+                && let Some(g) = self.store.get_grant(cached.id).await?
+            {
+                self.apply_grant(&g);
+            }
+        }
+        for (id, by) in self.store.kills_requested().await? {
+            if self.enforcer.sessions.kill(&id, &KillReason::Killed { by }).is_some() {
+                self.metrics.sessions_killed_total.with_label_values(&["killed"]).inc();
+            }
+        }
+        let live: Vec<String> = self.enforcer.sessions.list().into_iter().map(|s| s.id).collect();
+        self.store
+            .end_open_sessions(now, "ended while the store was unreachable", &live)
+            .await?;
+        if let Some(l) = self.login.get() {
+            let secs = now.as_second();
+            for (jti, exp) in self.store.revoked_tokens(secs).await? {
+                l.tokens.revoke(&jti, exp, secs);
+            }
+        }
+        let skew = self.store.clock_skew_ms().await?;
+        self.metrics.store_clock_skew_seconds.set(skew as f64 / 1000.0);
+        self.metrics.store_resyncs_total.with_label_values(&[reason]).inc();
+        self.metrics.store_up.set(i64::from(self.store.feed_connected()));
+        let level_info = reason != "periodic";
+        if level_info {
+            tracing::info!(
+                reason,
+                grants = active.len(),
+                took_ms = started.elapsed().as_millis() as u64,
+                "resynchronised with the store"
+            );
+        }
+        Ok(())
+    }
+
+    async fn mark_expired(&self, id: i64, now: Timestamp) -> ApiResult<()> {
+        if let Some(mut g) = self.store.get_grant(id).await?
+            && g.state == GrantState::Active
+            && g.expires_at <= now
+        {
+            g.state = GrantState::Expired;
+            g.ended_at = Some(g.expires_at);
+            g.ended_by = Some("gateway".into());
+            self.store.update_grant(&g).await?;
         }
         Ok(())
     }
@@ -777,14 +962,27 @@ impl ControlPlane {
 
     // ---------------------------------------------------------------- sessions
 
-    /// Record a session start (front ends call this after registering).
-    pub async fn session_started(&self, s: &SessionInfo) -> bool {
+    /// Record a session start (front ends call this after registering). Fails closed: without
+    /// the store (or, on a shared store, its change feed: a revocation could be missed) or the
+    /// audit log, the session is refused with a message that says why.
+    pub async fn session_started(&self, s: &SessionInfo) -> Result<(), jitgate_core::SessionRefused> {
         self.metrics
             .sessions_active
             .with_label_values(&[&s.protocol, &s.resource])
             .inc();
+        let store_down = |why: &str| jitgate_core::SessionRefused {
+            sqlstate: "57P03",
+            message: format!(
+                "jitgate cannot reach its store ({why}); new sessions are refused until it is back — live sessions are not affected"
+            ),
+        };
+        if !self.store.feed_connected() {
+            tracing::warn!(session_id = %s.id, "refusing a session: the store's change feed is disconnected");
+            return Err(store_down("change feed disconnected"));
+        }
         if let Err(e) = self.store.session_started(s).await {
-            tracing::warn!(error = %e, session_id = %s.id, "could not persist session start");
+            tracing::error!(error = %e, session_id = %s.id, "could not persist the session start; refusing the session");
+            return Err(store_down("write failed"));
         }
         let audited = self
             .audit
@@ -793,8 +991,12 @@ impl ControlPlane {
             .await;
         if let Err(e) = &audited {
             tracing::error!(error = %e, session_id = %s.id, "session start could not be audited; refusing the session");
+            return Err(jitgate_core::SessionRefused {
+                sqlstate: "58030",
+                message: "jitgate cannot write its audit log; no session without an audit trail".into(),
+            });
         }
-        audited.is_ok()
+        Ok(())
     }
 
     /// Record a session end.
@@ -825,50 +1027,84 @@ impl ControlPlane {
             .await;
     }
 
-    /// Live sessions the caller may see.
-    pub fn list_sessions(&self, who: &Principal) -> Vec<SessionInfo> {
+    /// Live sessions the caller may see: this gateway's, or every replica's on a shared store.
+    pub async fn list_sessions(&self, who: &Principal) -> ApiResult<Vec<SessionInfo>> {
         let cat = self.catalog();
         let elevated = cat.is_admin(&who.groups) || cat.is_auditor(&who.groups);
-        self.enforcer
-            .sessions
-            .list()
-            .into_iter()
-            .filter(|s| {
-                elevated
-                    || s.identity == who.name
-                    || self
-                        .enforcer
-                        .grants
-                        .get(s.grant_id)
-                        .is_some_and(|g| cat.is_approver_of(&g.policy, &who.groups))
-            })
-            .collect()
+        let all = if self.store.shared() {
+            self.store
+                .list_sessions(true, 10_000)
+                .await?
+                .into_iter()
+                .map(|r| r.info)
+                .collect()
+        } else {
+            self.enforcer.sessions.list()
+        };
+        let mut policies = std::collections::HashMap::new();
+        let mut out = Vec::new();
+        for s in all {
+            let visible = elevated || s.identity == who.name || {
+                let policy = match policies.get(&s.grant_id) {
+                    Some(p) => Some(p).cloned(),
+                    None => {
+                        let p = self.grant_policy(s.grant_id).await;
+                        policies.insert(s.grant_id, p.clone());
+                        Some(p)
+                    }
+                };
+                policy.flatten().is_some_and(|p| cat.is_approver_of(&p, &who.groups))
+            };
+            if visible {
+                out.push(s);
+            }
+        }
+        Ok(out)
     }
 
-    /// Kill one session (admins, approvers of its grant's policy).
+    /// The policy a grant was opened under (cache first, then the store).
+    async fn grant_policy(&self, grant_id: i64) -> Option<String> {
+        if let Some(g) = self.enforcer.grants.get(grant_id) {
+            return Some(g.policy);
+        }
+        self.store.get_grant(grant_id).await.ok().flatten().map(|g| g.policy)
+    }
+
+    /// Kill one session (admins, approvers of its grant's policy). On a shared store a session
+    /// hosted by another replica is killed through the change feed.
     pub async fn kill_session(&self, who: &Principal, id: &str) -> ApiResult<SessionInfo> {
         let cat = self.catalog();
-        let s = self
-            .enforcer
-            .sessions
-            .get(id)
-            .ok_or_else(|| ApiError::not_found(format!("no live session {id}")))?;
+        let local = self.enforcer.sessions.get(id);
+        let s = match &local {
+            Some(s) => s.clone(),
+            None if self.store.shared() => self
+                .store
+                .get_session(id)
+                .await?
+                .filter(|r| r.ended_at.is_none())
+                .map(|r| r.info)
+                .ok_or_else(|| ApiError::not_found(format!("no live session {id}")))?,
+            None => return Err(ApiError::not_found(format!("no live session {id}"))),
+        };
         let allowed = cat.is_admin(&who.groups)
             || self
-                .enforcer
-                .grants
-                .get(s.grant_id)
-                .is_some_and(|g| cat.is_approver_of(&g.policy, &who.groups));
+                .grant_policy(s.grant_id)
+                .await
+                .is_some_and(|p| cat.is_approver_of(&p, &who.groups));
         if !allowed {
             return Err(ApiError::forbidden(
                 format!("{} may not kill session {id}", who.name),
                 Some("admins and approvers of the grant's policy may".into()),
             ));
         }
-        self.enforcer
-            .sessions
-            .kill(id, &KillReason::Killed { by: who.name.clone() });
-        self.metrics.sessions_killed_total.with_label_values(&["killed"]).inc();
+        if local.is_some() {
+            self.enforcer
+                .sessions
+                .kill(id, &KillReason::Killed { by: who.name.clone() });
+            self.metrics.sessions_killed_total.with_label_values(&["killed"]).inc();
+        } else if !self.store.request_kill(id, &who.name).await? {
+            return Err(ApiError::not_found(format!("no live session {id}")));
+        }
         self.record(
             Event::new("session.killed", self.now())
                 .actor(&who.name)
@@ -995,7 +1231,7 @@ impl jitgate_core::Gatekeeper for ControlPlane {
         ControlPlane::metrics(self)
     }
 
-    async fn session_started(&self, s: &SessionInfo) -> bool {
+    async fn session_started(&self, s: &SessionInfo) -> Result<(), jitgate_core::SessionRefused> {
         ControlPlane::session_started(self, s).await
     }
 

@@ -89,7 +89,9 @@ pub fn router(cp: Arc<ControlPlane>) -> Router {
 }
 
 async fn readyz(State(cp): Cp) -> impl IntoResponse {
-    match cp.store().health().await {
+    let health = cp.store().health().await;
+    cp.metrics().store_up.set(i64::from(health.is_ok()));
+    match health {
         Ok(()) => (StatusCode::OK, "ready\n".to_string()),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("store unavailable: {e}\n")),
     }
@@ -249,8 +251,8 @@ async fn extend(
     Ok((StatusCode::CREATED, Json(cp.extend(&who, id, d, b.reason).await?)))
 }
 
-async fn list_sessions(State(cp): Cp, Caller(who): Caller) -> impl IntoResponse {
-    Json(cp.list_sessions(&who))
+async fn list_sessions(State(cp): Cp, Caller(who): Caller) -> ApiResult<impl IntoResponse> {
+    Ok(Json(cp.list_sessions(&who).await?))
 }
 
 async fn kill(State(cp): Cp, Caller(who): Caller, Path(id): Path<String>) -> ApiResult<impl IntoResponse> {

@@ -27,9 +27,18 @@ pub trait Gatekeeper: Send + Sync + 'static {
     fn enforcer(&self) -> &Arc<Enforcer>;
     /// Metrics.
     fn metrics(&self) -> &Metrics;
-    /// A session was registered (persist + audit). `false`: it could not be audited, and the
-    /// front end must end it (no access without an audit trail).
-    fn session_started(&self, s: &SessionInfo) -> impl Future<Output = bool> + Send;
+    /// A session was registered (persist + audit). `Err`: it could not be recorded (audit log
+    /// or store unavailable) and the front end must end it with the message (fail closed).
+    fn session_started(&self, s: &SessionInfo) -> impl Future<Output = Result<(), SessionRefused>> + Send;
     /// A session ended (persist + audit).
     fn session_ended(&self, s: &SessionInfo, outcome: &str, reason: &str) -> impl Future<Output = ()> + Send;
+}
+
+/// Why a session could not start although its grant is live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRefused {
+    /// SQLSTATE for the Postgres front end (`58030` audit log, `57P03` store).
+    pub sqlstate: &'static str,
+    /// What the user is told.
+    pub message: String,
 }

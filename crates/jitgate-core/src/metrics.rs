@@ -52,6 +52,14 @@ pub struct Metrics {
     pub requests_pending_oldest_seconds: prometheus::Gauge,
     /// Failures on the gateway's upstream leg (host key mismatch, login refused, unreachable).
     pub upstream_errors_total: IntCounterVec,
+    /// Shared store: 1 while the store answers and its change feed is connected.
+    pub store_up: IntGauge,
+    /// Shared store: time from a change's commit on one replica to its arrival here.
+    pub store_feed_lag_seconds: Histogram,
+    /// Shared store: full re-reads of grants, kills and revocations, by reason.
+    pub store_resyncs_total: IntCounterVec,
+    /// Shared store: the store's clock minus this host's.
+    pub store_clock_skew_seconds: prometheus::Gauge,
 }
 
 fn reg<M: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: M) -> prometheus::Result<M> {
@@ -220,6 +228,40 @@ impl Metrics {
                     &["result"],
                 )?,
             )?,
+            store_up: reg(
+                &r,
+                IntGauge::new(
+                    "jitgate_store_up",
+                    "1 while the store answers (and, when shared, its change feed is connected).",
+                )?,
+            )?,
+            store_feed_lag_seconds: reg(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "jitgate_store_feed_lag_seconds",
+                        "Shared store: time from a change's commit on one replica to its arrival on this one.",
+                    )
+                    .buckets(vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+                )?,
+            )?,
+            store_resyncs_total: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "jitgate_store_resyncs_total",
+                        "Shared store: full re-reads of the live state, by reason (reconnect, periodic, lagged).",
+                    ),
+                    &["reason"],
+                )?,
+            )?,
+            store_clock_skew_seconds: reg(
+                &r,
+                prometheus::Gauge::new(
+                    "jitgate_store_clock_skew_seconds",
+                    "The store's clock minus this host's (0 for the embedded store).",
+                )?,
+            )?,
             registry: r,
         };
         #[cfg(target_os = "linux")]
@@ -243,6 +285,10 @@ impl Metrics {
         for r in ["expired", "revoked", "released", "killed", "shutdown"] {
             m.sessions_killed_total.with_label_values(&[r]);
         }
+        for r in ["reconnect", "periodic", "lagged"] {
+            m.store_resyncs_total.with_label_values(&[r]);
+        }
+        m.store_up.set(1);
         for r in ["host_key_mismatch", "login_refused", "unreachable"] {
             m.upstream_errors_total.with_label_values(&["ssh", r]);
         }

@@ -544,6 +544,18 @@ impl<G: Gatekeeper> PgFrontend<G> {
             .await;
             return;
         }
+        // Recorded before the client is told it is in: no session without a record.
+        if let Err(refused) = self.gk.session_started(&info).await {
+            send_error(
+                &mut client,
+                refused.sqlstate,
+                &refused.message,
+                Some("operators: see the gateway log"),
+            )
+            .await;
+            self.gk.session_ended(&info, "error", &refused.message).await;
+            return;
+        }
         let mut hello = BytesMut::new();
         protocol::auth(&mut hello, 0, &[]);
         for (k, v) in &upstream.params {
@@ -552,17 +564,7 @@ impl<G: Gatekeeper> PgFrontend<G> {
         protocol::backend_key(&mut hello, our_key.0, our_key.1);
         protocol::ready(&mut hello, b'I');
         if client.write_all(&hello).await.is_err() {
-            return;
-        }
-        if !self.gk.session_started(&info).await {
-            send_error(
-                &mut client,
-                "58030",
-                "jitgate cannot write its audit log; no session without an audit trail",
-                Some("operators: see the gateway log"),
-            )
-            .await;
-            self.gk.session_ended(&info, "error", "audit log unavailable").await;
+            self.gk.session_ended(&info, "error", "client went away").await;
             return;
         }
         self.cancels.insert(

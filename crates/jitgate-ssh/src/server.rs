@@ -427,9 +427,9 @@ impl<G: Gatekeeper> Conn<G> {
         if fe.gk.enforcer().grants.get(info.grant_id).is_none() {
             return Err(format!("access grant for {} ended", res.name));
         }
-        if !fe.gk.session_started(&info).await {
-            fe.gk.session_ended(&info, "error", "audit log unavailable").await;
-            return Err("jitgate cannot write its audit log; no session without an audit trail".into());
+        if let Err(refused) = fe.gk.session_started(&info).await {
+            fe.gk.session_ended(&info, "error", &refused.message).await;
+            return Err(refused.message);
         }
         tracing::info!(session_id = %info.id, identity = %info.identity, resource = %info.resource, login = %login, grant_id = info.grant_id, "ssh session started");
         let live = Arc::new(Live {

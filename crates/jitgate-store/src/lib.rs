@@ -2,19 +2,24 @@
 //!
 //! The [`Store`] trait is everything the control plane persists: requests (with their approvals),
 //! grants, sessions, machine tokens, and the audit index. [`SqliteStore`] is the embedded,
-//! zero-setup default in `data_dir`.
+//! zero-setup default in `data_dir`; [`PgStore`] is a shared PostgreSQL database for several
+//! gateway replicas.
 //!
-//! The trait is shaped for several replicas on a shared PostgreSQL store: request updates are
-//! compare-and-swap on a version (two approvers racing on two replicas cannot both win), the
-//! approval that opens a grant is one transaction, and [`Store::changes`] is the hook for a
-//! LISTEN/NOTIFY change feed. SQLite serves one process, so its feed is `None`.
+//! Request updates are compare-and-swap on a version (two approvers racing on two replicas cannot
+//! both win), and the approval that opens a grant is one transaction. [`Store::changes`] is the
+//! change feed: PostgreSQL publishes every grant, request, kill and token revocation with NOTIFY
+//! in the writing transaction, and each replica LISTENs. SQLite serves one process, so its feed is
+//! `None`.
 
+mod pgtls;
+mod postgres;
 mod sqlite;
 
 use async_trait::async_trait;
 use jiff::Timestamp;
 use jitgate_audit::AuditIndex;
 use jitgate_core::{Grant, GrantState, Request, RequestState, SessionInfo};
+pub use postgres::{PgOptions, PgStore, redact as redact_url};
 use serde::{Deserialize, Serialize};
 pub use sqlite::SqliteStore;
 
@@ -71,6 +76,9 @@ pub struct SessionRecord {
     pub ended_at: Option<Timestamp>,
     /// Why.
     pub end_reason: Option<String>,
+    /// The gateway (node name) that hosts it; `None` for a store that serves one process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// A machine token minted with `jitgate token create`.
@@ -88,15 +96,54 @@ pub struct MachineToken {
     pub created_by: String,
 }
 
-/// A change another replica made (for the PostgreSQL change feed).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A change another replica made, or a signal from the feed itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "k", rename_all = "snake_case")]
 pub enum Change {
-    /// A grant was created, extended or ended.
-    Grant(i64),
+    /// A grant was created, extended or ended: re-read it.
+    Grant {
+        /// Grant id.
+        id: i64,
+    },
     /// A request changed.
-    Request(i64),
-    /// A session should be killed.
-    KillSession(String),
+    Request {
+        /// Request id.
+        id: i64,
+    },
+    /// An admin asked to kill a session (it may live on this replica).
+    KillSession {
+        /// Session id.
+        id: String,
+        /// Who asked.
+        by: String,
+    },
+    /// A gateway token was revoked (logout, `jitgate token revoke`).
+    TokenRevoked {
+        /// Token id.
+        jti: String,
+        /// Unix seconds until which the entry matters.
+        expires_at: i64,
+    },
+    /// Notifications may have been missed (the LISTEN connection was re-established, or this
+    /// receiver fell behind): re-read the current state.
+    Resync {
+        /// Why: `reconnect`, `lagged`.
+        reason: String,
+    },
+}
+
+/// One item of the change feed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Feed {
+    /// What changed.
+    #[serde(flatten)]
+    pub change: Change,
+    /// The node that made the change.
+    #[serde(rename = "n")]
+    pub origin: String,
+    /// When it was published (unix milliseconds, the origin's clock): feed lag.
+    #[serde(rename = "t")]
+    pub sent_ms: i64,
 }
 
 /// Everything the control plane persists.
@@ -123,8 +170,22 @@ pub trait Store: AuditIndex + Send + Sync + 'static {
     async fn session_started(&self, s: &SessionInfo) -> Result<()>;
     /// A session ended.
     async fn session_ended(&self, id: &str, at: Timestamp, reason: &str) -> Result<()>;
-    /// Sessions, newest first (`open_only`: not ended).
+    /// Sessions, newest first (`open_only`: not ended); every node's on a shared store.
     async fn list_sessions(&self, open_only: bool, limit: usize) -> Result<Vec<SessionRecord>>;
+    /// One session, open or ended.
+    async fn get_session(&self, id: &str) -> Result<Option<SessionRecord>>;
+    /// Close the sessions this gateway left open (start-up after a crash, resync); returns
+    /// how many. `keep`: ids still live here.
+    async fn end_open_sessions(&self, at: Timestamp, reason: &str, keep: &[String]) -> Result<usize>;
+    /// Ask the replica hosting the open session `id` to kill it (shared stores). `Ok(false)`:
+    /// no such open session, or this store serves one process.
+    async fn request_kill(&self, _id: &str, _by: &str) -> Result<bool> {
+        Ok(false)
+    }
+    /// Open sessions of this gateway that another replica asked to kill: `(id, by)`.
+    async fn kills_requested(&self) -> Result<Vec<(String, String)>> {
+        Ok(Vec::new())
+    }
     /// Store a machine token.
     async fn create_token(&self, t: &MachineToken) -> Result<()>;
     /// The machine token with this hash.
@@ -136,8 +197,20 @@ pub trait Store: AuditIndex + Send + Sync + 'static {
     /// Cheap liveness check (for `/readyz`).
     async fn health(&self) -> Result<()>;
     /// Changes made by other replicas (`None`: this store serves one process).
-    fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<Change>> {
+    fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<Feed>> {
         None
+    }
+    /// Whether several gateways share this store.
+    fn shared(&self) -> bool {
+        false
+    }
+    /// Whether the change feed is connected (a store without a feed: always).
+    fn feed_connected(&self) -> bool {
+        true
+    }
+    /// The store's clock minus this host's, in milliseconds (0 for an embedded store).
+    async fn clock_skew_ms(&self) -> Result<i64> {
+        Ok(0)
     }
 }
 

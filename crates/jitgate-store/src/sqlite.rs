@@ -370,10 +370,60 @@ impl Store for SqliteStore {
                         info,
                         ended_at: ended.and_then(|m| Timestamp::from_millisecond(m).ok()),
                         end_reason: r.get(2)?,
+                        node: None,
                     })
                 })
                 .map_err(backend)?;
             rows.collect::<rusqlite::Result<Vec<_>>>().map_err(backend)
+        })
+        .await
+    }
+
+    async fn get_session(&self, id: &str) -> Result<Option<SessionRecord>> {
+        let id = id.to_string();
+        self.with("get_session", move |c| {
+            c.query_row(
+                "SELECT body, ended_at, end_reason FROM sessions WHERE id = ?1",
+                [id],
+                |r| {
+                    let info: SessionInfo = from_json(&r.get::<_, String>(0)?)?;
+                    let ended: Option<i64> = r.get(1)?;
+                    Ok(SessionRecord {
+                        info,
+                        ended_at: ended.and_then(|m| Timestamp::from_millisecond(m).ok()),
+                        end_reason: r.get(2)?,
+                        node: None,
+                    })
+                },
+            )
+            .optional()
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn end_open_sessions(&self, at: Timestamp, reason: &str, keep: &[String]) -> Result<usize> {
+        let (reason, keep) = (reason.to_string(), keep.to_vec());
+        self.with("end_open_sessions", move |c| {
+            let tx = c.transaction().map_err(backend)?;
+            let open: Vec<String> = {
+                let mut st = tx
+                    .prepare("SELECT id FROM sessions WHERE ended_at IS NULL")
+                    .map_err(backend)?;
+                let rows = st.query_map([], |r| r.get::<_, String>(0)).map_err(backend)?;
+                rows.collect::<rusqlite::Result<Vec<_>>>().map_err(backend)?
+            };
+            let mut n = 0;
+            for id in open.iter().filter(|id| !keep.contains(id)) {
+                n += tx
+                    .execute(
+                        "UPDATE sessions SET ended_at = ?1, end_reason = ?2 WHERE id = ?3",
+                        params![ms(at), reason, id],
+                    )
+                    .map_err(backend)?;
+            }
+            tx.commit().map_err(backend)?;
+            Ok(n)
         })
         .await
     }

@@ -50,17 +50,74 @@ pub fn report(result: std::result::Result<Loaded, Vec<Diag>>) -> Result<Loaded> 
     }
 }
 
-fn store_path(loaded: &Loaded) -> Result<PathBuf> {
-    let data = &loaded.config.gateway.data_dir;
-    match &loaded.config.store.url {
+/// The store URL from `url`, `url_env` or `url_file` (`None`: SQLite in data_dir).
+fn store_url(loaded: &Loaded) -> Result<Option<String>> {
+    let st = &loaded.config.store;
+    if let Some(u) = &st.url {
+        return Ok(Some(u.get_ref().clone()));
+    }
+    if let Some(var) = &st.url_env {
+        let v = std::env::var(var)
+            .with_context(|| format!("[store] url_env = {var:?}: the environment variable is not set"))?;
+        return Ok(Some(v.trim().to_string()));
+    }
+    if let Some(f) = &st.url_file {
+        let v = std::fs::read_to_string(f).with_context(|| format!("[store] url_file = {}", f.display()))?;
+        return Ok(Some(v.trim().to_string()));
+    }
+    Ok(None)
+}
+
+/// This replica's node name: `[store] node`, or one generated once into `data_dir/node_id`.
+fn node_name(loaded: &Loaded, data_dir: &Path) -> Result<String> {
+    if let Some(n) = &loaded.config.store.node {
+        return Ok(n.clone());
+    }
+    let file = data_dir.join("node_id");
+    if let Ok(n) = std::fs::read_to_string(&file) {
+        let n = n.trim();
+        if !n.is_empty() {
+            return Ok(n.to_string());
+        }
+    }
+    let n = format!("jg-{}", hex::encode(rand::random::<[u8; 4]>()));
+    std::fs::write(&file, format!("{n}\n")).with_context(|| format!("writing {}", file.display()))?;
+    Ok(n)
+}
+
+async fn open_store(loaded: &Loaded, data_dir: &Path, metrics: &Metrics) -> Result<Arc<dyn Store>> {
+    let timing = Some(metrics.store_operation_seconds.clone());
+    let url = store_url(loaded)?;
+    match url.as_deref() {
+        Some(u) if u.starts_with("postgres://") || u.starts_with("postgresql://") => {
+            let st = &loaded.config.store;
+            let node = node_name(loaded, data_dir)?;
+            let opts = jitgate_store::PgOptions {
+                url: u.to_string(),
+                ca_file: st.ca_file.clone(),
+                node: node.clone(),
+                pool_size: st.pool_size,
+                max_clock_skew: std::time::Duration::from_secs(st.max_clock_skew.secs()),
+                timing,
+            };
+            let redacted = jitgate_store::redact_url(u);
+            let store = jitgate_store::PgStore::open(opts)
+                .await
+                .map_err(|e| anyhow!("opening the PostgreSQL store {redacted}: {e}"))?;
+            tracing::info!(store = %redacted, node = %node, tls = st.ca_file.is_some(), "shared PostgreSQL store opened; following its change feed");
+            Ok(Arc::new(store))
+        }
         Some(u) => {
             let p = u
-                .get_ref()
                 .strip_prefix("sqlite://")
-                .ok_or_else(|| anyhow!("unsupported store URL"))?;
-            Ok(PathBuf::from(p))
+                .ok_or_else(|| anyhow!("unsupported store URL (write postgres://... or sqlite:///path)"))?;
+            Ok(Arc::new(
+                SqliteStore::open(Path::new(p), timing).context("opening the store")?,
+            ))
         }
-        None => Ok(data.join("jitgate.db")),
+        None => Ok(Arc::new(
+            SqliteStore::open(&data_dir.join("jitgate.db"), timing).context("opening the store")?,
+        )),
     }
 }
 
@@ -76,10 +133,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
     restrict_dir(&data_dir);
 
     let metrics = Metrics::new();
-    let store = Arc::new(
-        SqliteStore::open(&store_path(&loaded)?, Some(metrics.store_operation_seconds.clone()))
-            .context("opening the store")?,
-    );
+    let store = open_store(&loaded, &data_dir, &metrics).await?;
     let audit_path = data_dir.join(&loaded.config.audit.file);
     let counter = metrics.audit_events_total.clone();
     let audit = AuditSink::open_with(
@@ -94,14 +148,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
         metrics.clone(),
         loaded.catalog.expiry_warning.secs(),
     );
-    let store_dyn: Arc<dyn Store> = store;
-    let cp = ControlPlane::new(
-        loaded.catalog.clone(),
-        store_dyn,
-        audit.clone(),
-        enforcer.clone(),
-        metrics,
-    );
+    let cp = ControlPlane::new(loaded.catalog.clone(), store, audit.clone(), enforcer.clone(), metrics);
     cp.set_login(login_services(&loaded, &data_dir)?);
     let restored = cp
         .restore()

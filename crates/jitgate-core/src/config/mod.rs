@@ -216,21 +216,54 @@ fn validate(c: &Config, d: &mut Diags<'_>) -> Catalog {
     }
 
     // [store]
-    if let Some(u) = &c.store.url {
+    let st = &c.store;
+    let sources =
+        usize::from(st.url.is_some()) + usize::from(st.url_env.is_some()) + usize::from(st.url_file.is_some());
+    if sources > 1 {
+        d.error(
+            st.url.as_ref().and_then(span),
+            "[store]: more than one of url, url_env, url_file given",
+            Some("keep exactly one".into()),
+        );
+    }
+    if let Some(u) = &st.url {
         let s = u.get_ref();
         if s.starts_with("postgres://") || s.starts_with("postgresql://") {
-            d.error(
-                span(u),
-                "the PostgreSQL store is not available in this version of jitgate",
-                Some("remove [store] url to use the embedded SQLite store in data_dir".into()),
-            );
+            let has_password = s
+                .split_once("://")
+                .and_then(|(_, rest)| rest.split(['/', '?']).next())
+                .and_then(|auth| auth.rsplit_once('@'))
+                .is_some_and(|(cred, _)| cred.contains(':'));
+            if has_password && !allow_inline {
+                d.error(
+                    span(u),
+                    "inline secret refused: the store URL carries a password",
+                    Some("put the URL in `url_env = \"VAR\"` or `url_file = \"/path\"`, or set allow_inline_secrets = true in [gateway] for a throw-away setup".into()),
+                );
+            }
         } else if !s.starts_with("sqlite://") {
             d.error(
                 span(u),
                 format!("unsupported store URL `{s}`"),
-                Some("write `sqlite:///path/to/jitgate.db`, or omit [store] for SQLite in data_dir".into()),
+                Some("write `postgres://user@host:5432/jitgate` (shared by replicas) or `sqlite:///path/to/jitgate.db`, or omit [store] for SQLite in data_dir".into()),
             );
         }
+    }
+    if st.pool_size == 0 || st.pool_size > 256 {
+        d.error(
+            None,
+            format!("[store] pool_size = {} is out of range", st.pool_size),
+            Some("use 1..=256 (default 8)".into()),
+        );
+    }
+    if let Some(n) = &st.node
+        && (n.is_empty() || n.len() > 64 || !n.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)))
+    {
+        d.error(
+            None,
+            format!("[store] node = {n:?} is not a valid node name"),
+            Some("use 1-64 letters, digits, '-', '_' or '.', unique per replica (e.g. gw-1)".into()),
+        );
     }
 
     // [oidc]

@@ -278,15 +278,51 @@ pub struct TlsSection {
 }
 
 /// `[store]`
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreSection {
-    /// `sqlite://path` (default: `sqlite` in data_dir) or `postgres://...`.
+    /// `sqlite:///path/jitgate.db` (default: `jitgate.db` in data_dir) or
+    /// `postgres://user@host:port/db` (shared by several gateway replicas). A URL with a
+    /// password belongs in `url_env` or `url_file`.
     pub url: Option<Spanned<String>>,
     /// Read the URL from this environment variable (it may carry a password).
     pub url_env: Option<String>,
-    /// Read the URL from this file.
+    /// Read the URL from this file (it may carry a password).
     pub url_file: Option<PathBuf>,
+    /// PostgreSQL store: the CA that signed the store's certificate. TLS is then required and
+    /// the certificate and host name are verified; without it the URL must say `sslmode=disable`.
+    pub ca_file: Option<PathBuf>,
+    /// PostgreSQL store: this gateway's name among the replicas (sessions and audit rows carry
+    /// it). Default: generated once into `data_dir/node_id`.
+    pub node: Option<String>,
+    /// PostgreSQL store: connections per replica (plus one for the change feed).
+    #[serde(default = "default_pool_size")]
+    pub pool_size: usize,
+    /// PostgreSQL store: refuse to start when this host's clock and the store's differ by more
+    /// (grants end on every replica by its own clock).
+    #[serde(default = "default_store_skew")]
+    pub max_clock_skew: HumanDuration,
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        Self {
+            url: None,
+            url_env: None,
+            url_file: None,
+            ca_file: None,
+            node: None,
+            pool_size: default_pool_size(),
+            max_clock_skew: default_store_skew(),
+        }
+    }
+}
+
+fn default_pool_size() -> usize {
+    8
+}
+fn default_store_skew() -> HumanDuration {
+    HumanDuration(2)
 }
 
 /// `[oidc]`

@@ -1,0 +1,370 @@
+//! Several `jitgate serve` replicas on one shared PostgreSQL store: they act as one. Real
+//! processes on loopback: three gateways, a real PostgreSQL as the store (and another database
+//! as the upstream), psql and tokio-postgres as clients.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use support::pg::{Pg, Private, cluster};
+use support::*;
+use tokio_postgres::NoTls;
+
+fn body(pg: &Pg, db: &str) -> String {
+    format!(
+        r#"[postgres]
+allow_plaintext = true
+
+{ids}
+[[resources]]
+name = "prod-db"
+kind = "postgres"
+address = "127.0.0.1:{port}"
+database = "{db}"
+credentials.read-only = {{ user = "app_ro", password_file = "ro.pw" }}
+
+[[policies]]
+name = "production"
+resources = ["prod-*"]
+requesters = ["dev"]
+approvers = ["dba"]
+"#,
+        ids = identities(),
+        port = pg.port
+    )
+}
+
+/// `n` replicas sharing the store at `store_url`, in front of database `db`.
+fn replicas(n: usize, pg: &Pg, db: &str, store_url: &str) -> Vec<Gateway> {
+    (0..n)
+        .map(|_| {
+            let gw = Gateway::start_replica(&body(pg, db), store_url);
+            std::fs::write(gw.dir.path().join("ro.pw"), "ro-secret\n").unwrap();
+            gw
+        })
+        .collect()
+}
+
+async fn connect(gw: &Gateway, user: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (h, p) = gw.pg_host_port();
+    let conn = format!(
+        "host={h} port={p} user={user}@example.com password={} dbname=prod-db sslmode=disable connect_timeout=5",
+        token(user)
+    );
+    let (client, connection) = tokio_postgres::connect(&conn, NoTls).await?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+fn code(e: &tokio_postgres::Error) -> String {
+    e.code().map(|c| c.code().to_string()).unwrap_or_default()
+}
+
+fn db_message(e: &tokio_postgres::Error) -> String {
+    e.as_db_error().map(|d| d.message().to_string()).unwrap_or_default()
+}
+
+fn psql(gw: &Gateway, user: &str, sql: &str) -> std::process::Output {
+    let (h, p) = gw.pg_host_port();
+    let conn = format!("host={h} port={p} user={user}@example.com dbname=prod-db sslmode=require");
+    Command::new("psql")
+        .args(["-X", "-A", "-t", "-c", sql])
+        .arg(conn)
+        .env("PGPASSWORD", token(user))
+        .output()
+        .unwrap()
+}
+
+/// Run `SELECT pg_sleep(30)` on `c`; returns the error that ended it and when.
+fn sleeper(c: tokio_postgres::Client) -> tokio::task::JoinHandle<(tokio_postgres::Error, Instant)> {
+    tokio::spawn(async move {
+        let e = c.simple_query("SELECT pg_sleep(30)").await.unwrap_err();
+        (e, Instant::now())
+    })
+}
+
+/// Lines of the log of `gw` that contain `needle`.
+fn log_has(gw: &Gateway, needle: &str) -> bool {
+    gw.log().contains(needle)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_act_as_one() {
+    let pg = cluster();
+    let db = pg.fresh_db();
+    let store = pg.store_db();
+    let gws = replicas(3, &pg, &db, &store);
+    let (a, b, c) = (&gws[0], &gws[1], &gws[2]);
+
+    // Request on A, approve on B, psql in through C.
+    let r = a
+        .cli(
+            Some("alice"),
+            &["request", "prod-db", "--for", "1h", "--reason", "INC-1", "--json"],
+        )
+        .json();
+    let rid = r["id"].as_i64().unwrap().to_string();
+    let pending = b.cli(Some("bob"), &["requests", "--json"]).json();
+    assert!(
+        pending.as_array().unwrap().iter().any(|x| x["id"] == r["id"]),
+        "B sees A's request: {pending}"
+    );
+    let approved = b.cli(Some("bob"), &["approve", &rid, "--json"]).json();
+    let gid = approved["grant_id"].as_i64().unwrap();
+    let out = psql(c, "alice", "SELECT count(*) FROM accounts");
+    assert!(
+        out.status.success(),
+        "psql through C: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "100");
+
+    // Every replica lists the session C hosts; an admin on B kills it through the feed.
+    let s1 = connect(c, "alice").await.unwrap();
+    let q1 = sleeper(s1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let listed = a.cli(Some("root"), &["sessions", "--json"]).json();
+    let sid = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["protocol"] == "postgres")
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .unwrap_or_else(|| panic!("A lists C's session: {listed}"));
+    let t = Instant::now();
+    b.cli(Some("root"), &["kill", &sid]).ok();
+    let (e, at) = q1.await.unwrap();
+    let kill_lag = at.duration_since(t);
+    assert_eq!(code(&e), "57P01", "{e:?}");
+    assert!(db_message(&e).contains("killed by root@example.com"), "{e:?}");
+    println!("admin kill on B of a session on C: {kill_lag:?} (including the CLI)");
+    assert!(kill_lag < Duration::from_secs(2), "{kill_lag:?}");
+
+    // Revoke on A kills the session on C within a second.
+    let s2 = connect(c, "alice").await.unwrap();
+    let q2 = sleeper(s2);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = Instant::now();
+    a.cli(Some("bob"), &["revoke", &gid.to_string(), "--reason", "INC-1 closed"])
+        .ok();
+    let (e, at) = q2.await.unwrap();
+    let revoke_lag = at.duration_since(t);
+    println!("revoke on A → session on C closed: {revoke_lag:?} (including the CLI)");
+    assert_eq!(code(&e), "57P01", "{e:?}");
+    assert!(db_message(&e).contains("revoked by bob@example.com"), "{e:?}");
+    assert!(revoke_lag < Duration::from_secs(1), "{revoke_lag:?}");
+    // And C refuses new sessions on that grant.
+    assert_eq!(code(&connect(c, "alice").await.unwrap_err()), "28000");
+    let (_, m) = c.http_get("/metrics", None);
+    assert!(m.contains("jitgate_store_feed_lag_seconds_count"), "{m}");
+    assert!(m.contains("jitgate_store_up 1"), "{m}");
+
+    // Expiry needs no message: every replica ends the grant by its own clock.
+    let g = a.granted(&["prod-db", "--for", "3s", "--reason", "short"]);
+    assert!(g["grant_id"].as_i64().is_some(), "{g}");
+    let on_a = sleeper(connect(a, "alice").await.unwrap());
+    let on_c = sleeper(connect(c, "alice").await.unwrap());
+    let (ea, _) = on_a.await.unwrap();
+    let (ec, _) = on_c.await.unwrap();
+    for e in [&ea, &ec] {
+        assert_eq!(code(e), "57P01", "{e:?}");
+        assert!(db_message(e).contains("expired at"), "{e:?}");
+    }
+    // The audit index is shared: any replica's search sees events written by the others.
+    let found = b
+        .cli(Some("root"), &["audit", "search", "--kind", "session.", "--json"])
+        .ok();
+    let events: Vec<serde_json::Value> = found.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    // B wrote the kill; C wrote the session's start and end.
+    for kind in ["session.started", "session.killed", "session.ended"] {
+        assert!(
+            events
+                .iter()
+                .any(|e| e["kind"] == kind && e["session_id"] == sid.as_str()),
+            "{kind} of {sid} not found:\n{found}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_listen_connection_resyncs_and_still_kills() {
+    let pg = cluster();
+    let db = pg.fresh_db();
+    let store = pg.store_db();
+    let gws = replicas(2, &pg, &db, &store);
+    let (a, b) = (&gws[0], &gws[1]);
+    let gid = a.granted(&["prod-db", "--for", "1h", "--reason", "x"])["grant_id"]
+        .as_i64()
+        .unwrap();
+    let q = sleeper(connect(b, "alice").await.unwrap());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let node = std::fs::read_to_string(b.data_dir().join("node_id")).unwrap();
+    let store_db = store.rsplit('/').next().unwrap().split('?').next().unwrap();
+    // Cut B's LISTEN connection and revoke on A while B is not listening.
+    let n = pg.su(
+        "postgres",
+        &format!(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = '{store_db}' AND application_name = 'jitgate-feed/{}'",
+            node.trim()
+        ),
+    );
+    assert_eq!(n.trim(), "1", "B's feed connection found");
+    let t = Instant::now();
+    a.cli(Some("bob"), &["revoke", &gid.to_string(), "--reason", "race"])
+        .ok();
+    let (e, at) = q.await.unwrap();
+    println!(
+        "revoke during a lost LISTEN connection: session closed after {:?}",
+        at.duration_since(t)
+    );
+    assert_eq!(code(&e), "57P01", "{e:?}");
+    assert!(db_message(&e).contains("revoked by bob@example.com"), "{e:?}");
+    assert!(at.duration_since(t) < Duration::from_secs(3));
+    assert!(
+        eventually(Duration::from_secs(3), || log_has(b, "resynchronised with the store")),
+        "{}",
+        b.log()
+    );
+    assert!(log_has(b, "lost the store's change feed"), "{}", b.log());
+    let (_, m) = b.http_get("/metrics", None);
+    assert!(m.contains("jitgate_store_resyncs_total{reason=\"reconnect\"} 1"), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_outage_fails_closed_keeps_expiry_and_recovers() {
+    let pg = cluster();
+    let db = pg.fresh_db();
+    let private = Private::start();
+    let store = private.pg.store_db();
+    let gws = replicas(2, &pg, &db, &store);
+    let (a, b) = (&gws[0], &gws[1]);
+    a.granted(&["prod-db", "--for", "6s", "--reason", "x"]);
+    let granted = Instant::now();
+    let live = connect(b, "alice").await.unwrap();
+
+    private.stop();
+    // New sessions are refused with a clear error, on every replica.
+    for gw in [a, b] {
+        assert!(
+            eventually(Duration::from_secs(5), || gw.http_get("/readyz", None).0 == 503),
+            "readyz stays 200"
+        );
+        let e = connect(gw, "alice").await.unwrap_err();
+        assert_eq!(code(&e), "57P03", "{e:?}");
+        assert!(db_message(&e).contains("cannot reach its store"), "{e:?}");
+    }
+    // New requests too.
+    let err = a
+        .cli(Some("alice"), &["request", "prod-db", "--for", "1h", "--reason", "y"])
+        .refused();
+    assert!(err.contains("store is unavailable"), "{err}");
+    // The live session keeps working, and still dies at its grant's expiry.
+    live.simple_query("SELECT 1").await.unwrap();
+    let e = live.simple_query("SELECT pg_sleep(30)").await.unwrap_err();
+    let lived = granted.elapsed();
+    assert_eq!(code(&e), "57P01", "{e:?}");
+    assert!(db_message(&e).contains("expired at"), "{e:?}");
+    assert!(lived < Duration::from_secs(8), "{lived:?}");
+    println!("grant of 6s during a store outage: session closed after {lived:?}");
+
+    // The store comes back: everything recovers without a restart.
+    private.resume();
+    for gw in [a, b] {
+        assert!(
+            eventually(Duration::from_secs(10), || gw.http_get("/readyz", None).0 == 200),
+            "readyz never recovered:\n{}",
+            gw.log()
+        );
+    }
+    // The grant that expired during the outage is marked expired in the store by a resync.
+    assert!(
+        eventually(Duration::from_secs(5), || a
+            .cli(Some("root"), &["grants", "--all", "--json"])
+            .json()
+            .as_array()
+            .unwrap()
+            .is_empty()),
+        "expired grant still listed"
+    );
+    b.granted(&["prod-db", "--for", "1h", "--reason", "after"]);
+    let c = connect(a, "alice").await.unwrap();
+    c.simple_query("SELECT 1").await.unwrap();
+}
+
+#[test]
+fn a_replica_refuses_a_store_tls_setting_it_cannot_verify() {
+    let pg = cluster();
+    let store = pg.store_db().replace("sslmode=disable", "sslmode=require");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("url"), &store).unwrap();
+    let cfg = dir.path().join("gateway.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[gateway]\ndata_dir = \"data\"\n[listen]\nhttp = \"127.0.0.1:0\"\n[store]\nurl_file = \"{}\"\n",
+            dir.path().join("url").display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("ca_file"), "{err}");
+    assert!(!err.contains(&pg.password), "the store password leaked: {err}");
+
+    // With the CA that signed the store's certificate: TLS, verified, and it works.
+    std::fs::write(
+        &cfg,
+        format!(
+            "[gateway]\ndata_dir = \"data\"\n[listen]\nhttp = \"127.0.0.1:0\"\n[store]\nurl_file = \"{}\"\nca_file = \"{}\"\nnode = \"gw-tls\"\n",
+            dir.path().join("url").display(),
+            pg.ca.display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .current_dir(dir.path())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let listen = dir.path().join("data/listen.json");
+    let up = eventually(Duration::from_secs(15), || listen.exists());
+    let store_db = store.rsplit('/').next().unwrap().split('?').next().unwrap();
+    let ssl = pg.su(
+        "postgres",
+        &format!("SELECT bool_and(s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.datname = '{store_db}'"),
+    );
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    assert!(up, "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(ssl.trim(), "t", "every store connection uses TLS");
+
+    // A CA that did not sign it: refused.
+    std::fs::write(
+        &cfg,
+        format!(
+            "[gateway]\ndata_dir = \"data\"\n[listen]\nhttp = \"127.0.0.1:0\"\n[store]\nurl_file = \"{}\"\nca_file = \"{}\"\n",
+            dir.path().join("url").display(),
+            pg.other_ca.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("certificate") || err.contains("UnknownIssuer"), "{err}");
+}
