@@ -167,3 +167,23 @@ fn a_broken_ssh_key_names_its_table_and_what_to_paste() {
     );
     assert!(err.contains("help: use `ssh-keyscan"), "{err}");
 }
+
+#[test]
+fn a_store_url_with_a_password_is_refused_and_bad_store_settings_are_named() {
+    let (code, _, err) = check(&format!(
+        "{BASE}\n[store]\nurl = \"postgres://jitgate:s3cr3t-db@db.internal/jitgate\"\npool_size = 0\nnode = \"gw 1\"\n"
+    ));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("the store URL carries a password"), "{err}");
+    assert!(err.contains("url_env"), "{err}");
+    assert!(err.contains("pool_size = 0 is out of range"), "{err}");
+    assert!(err.contains("not a valid node name"), "{err}");
+    assert!(!err.contains("s3cr3t-db"), "{err}");
+    let (code, _, err) = check(&format!("{BASE}\n[store]\nurl = \"mysql://db/jitgate\"\n"));
+    assert_eq!(code, 1);
+    assert!(err.contains("unsupported store URL"), "{err}");
+    let (code, _, err) = check(&format!(
+        "{BASE}\n[store]\nurl = \"postgres://jitgate@db.internal/jitgate\"\nca_file = \"/etc/jitgate/store-ca.pem\"\n"
+    ));
+    assert_eq!(code, 0, "{err}");
+}

@@ -162,6 +162,39 @@ async fn three_replicas_act_as_one() {
     assert!(m.contains("jitgate_store_feed_lag_seconds_count"), "{m}");
     assert!(m.contains("jitgate_store_up 1"), "{m}");
 
+    // Two approvals of one request racing on two replicas: exactly one opens a grant.
+    let r = a
+        .cli(
+            Some("alice"),
+            &["request", "prod-db", "--for", "1h", "--reason", "race", "--json"],
+        )
+        .json();
+    let rid = r["id"].as_i64().unwrap().to_string();
+    let racers: Vec<_> = [a, b]
+        .into_iter()
+        .map(|gw| {
+            let mut cmd = Command::new(BIN);
+            cmd.args(["approve", &rid, "--json"])
+                .env("JITGATE_URL", &gw.url)
+                .env("JITGATE_TOKEN", token("bob"))
+                .env("HOME", gw.dir.path());
+            std::thread::spawn(move || cmd.output().unwrap())
+        })
+        .collect();
+    let outs: Vec<_> = racers.into_iter().map(|t| t.join().unwrap()).collect();
+    assert_eq!(
+        outs.iter().filter(|o| o.status.success()).count(),
+        1,
+        "{:?}",
+        outs.iter()
+            .map(|o| String::from_utf8_lossy(&o.stderr).to_string())
+            .collect::<Vec<_>>()
+    );
+    let grants = c.cli(Some("root"), &["grants", "--all", "--json"]).json();
+    assert_eq!(grants.as_array().unwrap().len(), 1, "{grants}");
+    let race_grant = grants[0]["id"].as_i64().unwrap().to_string();
+    c.cli(Some("alice"), &["release", &race_grant]).ok();
+
     // Expiry needs no message: every replica ends the grant by its own clock.
     let g = a.granted(&["prod-db", "--for", "3s", "--reason", "short"]);
     assert!(g["grant_id"].as_i64().is_some(), "{g}");

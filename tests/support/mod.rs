@@ -211,6 +211,13 @@ impl Gateway {
                 self.url = v["url"].as_str().unwrap().to_string();
                 self.pg_addr = v["postgres"].as_str().unwrap_or("").to_string();
                 self.ssh_addr = v["ssh"].as_str().unwrap_or("").to_string();
+                if self.store_url.is_some() {
+                    assert!(
+                        self.log().contains("shared PostgreSQL store opened"),
+                        "not on the PostgreSQL store:\n{}",
+                        self.log()
+                    );
+                }
                 break;
             }
             if let Some(Ok(Some(st))) = self.child.as_mut().map(Child::try_wait) {

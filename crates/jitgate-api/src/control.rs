@@ -118,6 +118,7 @@ impl ControlPlane {
     /// Gauges computed at scrape time: audit queue depth, pending requests and the oldest one.
     pub async fn refresh_gauges(&self) {
         let m = self.metrics();
+        m.store_up.set(i64::from(self.store.health().await.is_ok()));
         m.audit_queue_depth
             .set(i64::try_from(self.audit().queue_len()).unwrap_or(i64::MAX));
         if let Ok(pending) = self
