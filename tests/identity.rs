@@ -518,3 +518,45 @@ fn provider_key_rotation_keeps_logins_working_and_group_changes_apply_at_next_lo
     assert_eq!(v["state"], "approved", "{v}");
     p.set_groups("alice", &["dev"]);
 }
+
+#[test]
+fn a_logout_on_one_replica_is_enforced_on_the_others() {
+    let p = idp("default", None);
+    let store = support::pg::cluster().store_db();
+    let url_file = tempfile::tempdir().unwrap().keep().join("store-url");
+    std::fs::write(&url_file, &store).unwrap();
+    let shared = format!("[store]\nurl_file = \"{}\"\n", url_file.display());
+    let a = gateway(&p, "accept_id_tokens = true\n", false, &shared);
+    let mut b = gateway(&p, "accept_id_tokens = true\n", false, &shared);
+    // B generated its own token keys: it says so, and names the file to copy.
+    assert!(
+        eventually(Duration::from_secs(5), || b.log().contains("keys differ")),
+        "{}",
+        b.log()
+    );
+    assert!(b.log().contains("auth/token_keys.json"), "{}", b.log());
+    b.stop();
+    std::fs::copy(
+        a.data_dir().join("auth/token_keys.json"),
+        b.data_dir().join("auth/token_keys.json"),
+    )
+    .unwrap();
+    let warned = b.log().matches("keys differ").count();
+    b.spawn();
+    let id_token = p.id_token("gateway", "gateway-secret", "alice", "alice-password");
+    let (st, v) = exchange(&a, &id_token);
+    assert_eq!(st, 200, "{v}");
+    let token = v["token"].as_str().unwrap().to_string();
+    // Minted on A, accepted on B.
+    assert_eq!(whoami(&b, &token).0, 200);
+    assert_eq!(b.log().matches("keys differ").count(), warned, "{}", b.log());
+    // Logged out on A: refused on B at once (the revocation travels through the store's feed).
+    let (st, v) = api(&a, "POST", "/v1/logout", Some(&token), serde_json::Value::Null);
+    assert_eq!(st, 200, "{v}");
+    let t = Instant::now();
+    assert!(
+        eventually(Duration::from_secs(2), || whoami(&b, &token).0 == 401),
+        "B still accepts the token"
+    );
+    println!("logout on A refused on B after {:?}", t.elapsed());
+}

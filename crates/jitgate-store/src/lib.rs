@@ -200,6 +200,11 @@ pub trait Store: AuditIndex + Send + Sync + 'static {
     fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<Feed>> {
         None
     }
+    /// Record this replica's key fingerprints (JSON) and return the other replicas' that
+    /// started in the last 30 days: `(node, keys)`. Empty for a store that serves one process.
+    async fn register_node(&self, _keys: &str) -> Result<Vec<(String, String)>> {
+        Ok(Vec::new())
+    }
     /// Whether several gateways share this store.
     fn shared(&self) -> bool {
         false

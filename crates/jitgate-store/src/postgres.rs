@@ -37,7 +37,8 @@ const HEARTBEAT: Duration = Duration::from_secs(5);
 /// Advisory lock key for migrations ("jitg").
 const MIGRATION_LOCK: i64 = 0x6a69_7467;
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE jitgate_requests (
     id BIGSERIAL PRIMARY KEY,
     requester TEXT NOT NULL,
@@ -88,7 +89,15 @@ CREATE TABLE jitgate_audit_events (
 );
 CREATE INDEX jitgate_audit_time ON jitgate_audit_events(time);
 CREATE INDEX jitgate_audit_session ON jitgate_audit_events(session_id);
-"#];
+"#,
+    r#"
+CREATE TABLE jitgate_nodes (
+    node TEXT PRIMARY KEY,
+    keys TEXT NOT NULL,
+    started_at BIGINT NOT NULL
+);
+"#,
+];
 
 /// How to reach the store.
 #[derive(Clone)]
@@ -919,6 +928,31 @@ impl Store for PgStore {
 
     fn changes(&self) -> Option<broadcast::Receiver<Feed>> {
         Some(self.inner.feed.subscribe())
+    }
+
+    async fn register_node(&self, keys: &str) -> Result<Vec<(String, String)>> {
+        let node = self.inner.node.clone();
+        self.with("register_node", async |c| {
+            c.execute(
+                "INSERT INTO jitgate_nodes (node, keys, started_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (node) DO UPDATE SET keys = $2, started_at = $3",
+                &[&node, &keys, &now_ms()],
+            )
+            .await
+            .map_err(backend)?;
+            let month_ago = now_ms() - 30 * 24 * 3600 * 1000;
+            let rows = c
+                .query(
+                    "SELECT node, keys FROM jitgate_nodes WHERE node <> $1 AND started_at > $2 ORDER BY started_at DESC",
+                    &[&node, &month_ago],
+                )
+                .await
+                .map_err(backend)?;
+            rows.iter()
+                .map(|r| Ok((r.try_get(0).map_err(backend)?, r.try_get(1).map_err(backend)?)))
+                .collect()
+        })
+        .await
     }
 
     fn shared(&self) -> bool {

@@ -121,6 +121,47 @@ async fn open_store(loaded: &Loaded, data_dir: &Path, metrics: &Metrics) -> Resu
     }
 }
 
+/// Files every replica on a shared store must hold identically.
+const SHARED_KEY_FILES: &[&str] = &["auth/token_keys.json", "ssh/host_key", "ssh/user_ca", "ssh/upstream_ca"];
+
+/// Publish fingerprints of the keys replicas must share and compare them with the other
+/// replicas': a token minted on one replica must verify on all, and users pin one SSH host key.
+/// A difference is logged as an error with what to copy (not fatal: a rolling key copy passes
+/// through it).
+async fn check_shared_keys(cp: &ControlPlane, data_dir: &Path) -> Result<()> {
+    use sha2::Digest;
+    let mut mine = serde_json::Map::new();
+    for f in SHARED_KEY_FILES {
+        if let Ok(bytes) = std::fs::read(data_dir.join(f)) {
+            let h = hex::encode(sha2::Sha256::digest(&bytes));
+            mine.insert((*f).to_string(), serde_json::Value::String(h[..16].to_string()));
+        }
+    }
+    let others = cp
+        .store()
+        .register_node(&serde_json::Value::Object(mine.clone()).to_string())
+        .await
+        .map_err(|e| anyhow!("registering this replica in the store: {e}"))?;
+    for (node, keys) in others {
+        let Ok(theirs) = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&keys) else {
+            continue;
+        };
+        let differ: Vec<&str> = SHARED_KEY_FILES
+            .iter()
+            .copied()
+            .filter(|f| matches!((mine.get(*f), theirs.get(*f)), (Some(a), Some(b)) if a != b))
+            .collect();
+        if !differ.is_empty() {
+            tracing::error!(
+                other = %node,
+                files = %differ.join(", "),
+                "this replica's keys differ from another replica's: tokens or SSH certificates issued by one are refused by the other; copy these files from one replica's data_dir to every other's (mode 0600) and restart"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Run the gateway.
 pub async fn run(config_path: &Path) -> Result<()> {
     let loaded = report(config::load(config_path))?;
@@ -223,6 +264,10 @@ pub async fn run(config_path: &Path) -> Result<()> {
 
     if let Some(ssh) = &loaded.config.listen.ssh {
         start_ssh(ssh.get_ref(), &loaded, &data_dir, &cp, &audit, &stop, &mut listen_info).await?;
+    }
+
+    if cp.store().shared() {
+        check_shared_keys(&cp, &data_dir).await?;
     }
 
     let mut fe_info = serde_json::json!({});
