@@ -22,6 +22,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{ApiError, ApiResult};
 
+/// `Ok(None)` for a version conflict (someone else changed the record first).
+fn ignore_conflict<T>(r: jitgate_store::Result<T>) -> ApiResult<Option<T>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(jitgate_store::StoreError::Conflict) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// How often a replica on a shared store re-reads the live state even when the feed is quiet.
 const RESYNC_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -576,14 +585,19 @@ impl ControlPlane {
             if engine::pending_timed_out(&r, policy, now) {
                 let mut r = r.clone();
                 engine::expire_pending(&mut r, now);
-                let r = self.store.update_request(&r).await?;
+                // Conflict: another replica's sweeper (or a decision) got there first.
+                let Some(r) = ignore_conflict(self.store.update_request(&r).await)? else {
+                    continue;
+                };
                 self.count(RequestState::Expired);
                 self.record(self.request_event("request.expired", &r, "gateway", now))
                     .await?;
             } else if !r.escalated && engine::escalation_due(&r, policy, now) {
                 let mut r = r.clone();
                 r.escalated = true;
-                let r = self.store.update_request(&r).await?;
+                let Some(r) = ignore_conflict(self.store.update_request(&r).await)? else {
+                    continue;
+                };
                 self.record(
                     self.request_event("request.escalated", &r, "gateway", now)
                         .details(serde_json::json!({"escalate_to": policy.escalate_to})),
