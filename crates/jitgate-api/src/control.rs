@@ -288,7 +288,9 @@ impl ControlPlane {
                 .await?;
             }
         }
-        self.store.end_open_sessions(now, "gateway restarted", &[]).await?;
+        self.store
+            .end_open_sessions(now, "gateway restarted", &[], Timestamp::MAX)
+            .await?;
         Ok(live)
     }
 
@@ -525,9 +527,12 @@ impl ControlPlane {
                 self.metrics.sessions_killed_total.with_label_values(&["killed"]).inc();
             }
         }
+        // Only sessions that started well before this snapshot: one starting right now may
+        // have its row written after the snapshot was taken.
         let live: Vec<String> = self.enforcer.sessions.list().into_iter().map(|s| s.id).collect();
+        let settled = now.checked_sub(jiff::SignedDuration::from_secs(120)).unwrap_or(now);
         self.store
-            .end_open_sessions(now, "ended while the store was unreachable", &live)
+            .end_open_sessions(now, "ended while the store was unreachable", &live, settled)
             .await?;
         if let Some(l) = self.login.get() {
             let secs = now.as_second();

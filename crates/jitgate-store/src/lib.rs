@@ -175,8 +175,15 @@ pub trait Store: AuditIndex + Send + Sync + 'static {
     /// One session, open or ended.
     async fn get_session(&self, id: &str) -> Result<Option<SessionRecord>>;
     /// Close the sessions this gateway left open (start-up after a crash, resync); returns
-    /// how many. `keep`: ids still live here.
-    async fn end_open_sessions(&self, at: Timestamp, reason: &str, keep: &[String]) -> Result<usize>;
+    /// how many. `keep`: ids still live here; only rows of sessions that started before
+    /// `started_before` are touched (a session starting during a resync is not in `keep` yet).
+    async fn end_open_sessions(
+        &self,
+        at: Timestamp,
+        reason: &str,
+        keep: &[String],
+        started_before: Timestamp,
+    ) -> Result<usize>;
     /// Ask the replica hosting the open session `id` to kill it (shared stores). `Ok(false)`:
     /// no such open session, or this store serves one process.
     async fn request_kill(&self, _id: &str, _by: &str) -> Result<bool> {

@@ -790,14 +790,20 @@ impl Store for PgStore {
         .await
     }
 
-    async fn end_open_sessions(&self, at: Timestamp, reason: &str, keep: &[String]) -> Result<usize> {
+    async fn end_open_sessions(
+        &self,
+        at: Timestamp,
+        reason: &str,
+        keep: &[String],
+        started_before: Timestamp,
+    ) -> Result<usize> {
         let node = self.inner.node.clone();
         self.with("end_open_sessions", async |c| {
             let n = c
                 .execute(
                     "UPDATE jitgate_sessions SET ended_at = $1, end_reason = $2 \
-                     WHERE node = $3 AND ended_at IS NULL AND NOT (id = ANY($4))",
-                    &[&ms(at), &reason, &node, &keep],
+                     WHERE node = $3 AND ended_at IS NULL AND NOT (id = ANY($4)) AND started_at < $5",
+                    &[&ms(at), &reason, &node, &keep, &ms(started_before)],
                 )
                 .await
                 .map_err(backend)?;

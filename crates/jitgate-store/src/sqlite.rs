@@ -402,15 +402,23 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn end_open_sessions(&self, at: Timestamp, reason: &str, keep: &[String]) -> Result<usize> {
+    async fn end_open_sessions(
+        &self,
+        at: Timestamp,
+        reason: &str,
+        keep: &[String],
+        started_before: Timestamp,
+    ) -> Result<usize> {
         let (reason, keep) = (reason.to_string(), keep.to_vec());
         self.with("end_open_sessions", move |c| {
             let tx = c.transaction().map_err(backend)?;
             let open: Vec<String> = {
                 let mut st = tx
-                    .prepare("SELECT id FROM sessions WHERE ended_at IS NULL")
+                    .prepare("SELECT id FROM sessions WHERE ended_at IS NULL AND started_at < ?1")
                     .map_err(backend)?;
-                let rows = st.query_map([], |r| r.get::<_, String>(0)).map_err(backend)?;
+                let rows = st
+                    .query_map([ms(started_before)], |r| r.get::<_, String>(0))
+                    .map_err(backend)?;
                 rows.collect::<rusqlite::Result<Vec<_>>>().map_err(backend)?
             };
             let mut n = 0;
