@@ -12,7 +12,7 @@ pub mod sink;
 
 pub use chain::{Broken, Verified, VerifiedChain, rotated_files, verify_chain, verify_file};
 pub use event::{Event, GENESIS, Query};
-pub use sink::{AuditError, AuditIndex, AuditSink};
+pub use sink::{AuditError, AuditIndex, AuditSink, Indexed};
 
 #[cfg(test)]
 mod tests {

@@ -17,11 +17,21 @@ use tokio::sync::{mpsc, oneshot};
 use crate::chain::line_hash;
 use crate::event::{Event, GENESIS, Query};
 
+/// A written event and its line in the log (without the newline): the index stores the line
+/// as the event's body instead of serialising the event a second time.
+#[derive(Debug, Clone)]
+pub struct Indexed {
+    /// The event, `seq` and `prev` set.
+    pub event: Event,
+    /// Its JSON line.
+    pub line: String,
+}
+
 /// Where events are also indexed for search (the store implements it).
 #[async_trait]
 pub trait AuditIndex: Send + Sync {
-    /// Index a batch of written events.
-    async fn index(&self, events: &[Event]) -> Result<(), String>;
+    /// Index a batch of written events, in `seq` order.
+    async fn index(&self, events: &[Indexed]) -> Result<(), String>;
     /// Highest `seq` indexed (0 when empty).
     async fn max_seq(&self) -> Result<u64, String>;
     /// Search indexed events, oldest first.
@@ -214,7 +224,7 @@ fn catch_up_blocking(ix: &dyn AuditIndex, path: &Path, log_seq: u64) {
         if let Ok(e) = serde_json::from_str::<Event>(&line)
             && e.seq > have
         {
-            missing.push(e);
+            missing.push(Indexed { event: e, line });
         }
     }
     for chunk in missing.chunks(4096) {
@@ -345,9 +355,30 @@ fn writer(file: std::fs::File, mut seq: u64, mut prev: String, mut rx: mpsc::Rec
     // it so a partial line never stays in the log.
     let mut good_len = file.metadata().map(|m| m.len()).unwrap_or(0);
     let mut out = Some(std::io::BufWriter::with_capacity(256 * 1024, file));
-    let rt = tokio::runtime::Builder::new_current_thread().build();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build();
     let mut batch: Vec<Msg> = Vec::with_capacity(256);
-    while let Some(first) = rx.blocking_recv() {
+    // Hot-path events written but not yet indexed: indexed together, in one transaction, when
+    // INDEX_BATCH have gathered, INDEX_DELAY after the first, or right before a durable
+    // event is indexed — so the index is always a prefix of the log (the catch-up at the next
+    // start relies on it) and a `record`ed event is searchable when `record` returns.
+    let mut backlog: Vec<Indexed> = Vec::new();
+    let mut backlog_since = std::time::Instant::now();
+    loop {
+        let next = match (&rt, backlog.is_empty()) {
+            (Ok(rt), false) => {
+                let left = INDEX_DELAY.saturating_sub(backlog_since.elapsed());
+                // The timer must be created inside the runtime.
+                match rt.block_on(async { tokio::time::timeout(left, rx.recv()).await }) {
+                    Ok(m) => m,
+                    Err(_) => {
+                        flush_index(index.as_deref(), rt, &mut backlog);
+                        continue;
+                    }
+                }
+            }
+            _ => rx.blocking_recv(),
+        };
+        let Some(first) = next else { break };
         let mut durable = first.ack.is_some();
         batch.push(first);
         // Group commit: hot-path events (no acknowledgement wanted) may wait up to LINGER so
@@ -385,20 +416,20 @@ fn writer(file: std::fs::File, mut seq: u64, mut prev: String, mut rx: mpsc::Rec
             seq += 1;
             e.seq = seq;
             e.prev = std::mem::take(&mut prev);
-            let line = match serde_json::to_vec(&e) {
+            let line = match serde_json::to_string(&e) {
                 Ok(l) => l,
                 Err(err) => {
                     result = Err(err.to_string());
                     break;
                 }
             };
-            prev = line_hash(&line);
-            if let Err(err) = w.write_all(&line).and_then(|()| w.write_all(b"\n")) {
+            prev = line_hash(line.as_bytes());
+            if let Err(err) = w.write_all(line.as_bytes()).and_then(|()| w.write_all(b"\n")) {
                 result = Err(err.to_string());
                 break;
             }
             batch_len += u64::try_from(line.len() + 1).unwrap_or(0);
-            written.push(e);
+            written.push(Indexed { event: e, line });
         }
         if result.is_ok() {
             result = w.flush().map_err(|e| e.to_string());
@@ -429,15 +460,27 @@ fn writer(file: std::fs::File, mut seq: u64, mut prev: String, mut rx: mpsc::Rec
         if let Some(f) = &on_write {
             f(u64::try_from(written.len()).unwrap_or(0));
         }
-        // Index before acknowledging: once `record` returns, the event is searchable.
-        if let (Some(ix), Ok(rt), false) = (&index, &rt, written.is_empty())
-            && let Err(e) = rt.block_on(ix.index(&written))
-        {
-            tracing::error!(error = %e, "audit index write failed; the log file is complete, search may miss these events");
+        let seqs: Vec<u64> = batch
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.ack.is_some())
+            .map(|(i, _)| written.get(i).map_or(0, |x| x.event.seq))
+            .collect();
+        if backlog.is_empty() {
+            backlog_since = std::time::Instant::now();
         }
-        for (i, m) in batch.drain(..).enumerate() {
+        backlog.append(&mut written);
+        // Index before acknowledging: once `record` returns, the event is searchable.
+        if let Ok(rt) = &rt
+            && (durable || backlog.len() >= INDEX_BATCH || backlog_since.elapsed() >= INDEX_DELAY)
+        {
+            flush_index(index.as_deref(), rt, &mut backlog);
+        }
+        let mut seqs = seqs.into_iter();
+        for m in batch.drain(..) {
             if let Some(ack) = m.ack {
-                let _ = ack.send(result.clone().map(|()| written.get(i).map_or(0, |e| e.seq)));
+                let seq = seqs.next().unwrap_or(0);
+                let _ = ack.send(result.clone().map(|()| seq));
             }
         }
         if let Some(limit) = rotate_bytes.filter(|l| *l > 0 && good_len >= *l)
@@ -452,8 +495,10 @@ fn writer(file: std::fs::File, mut seq: u64, mut prev: String, mut rx: mpsc::Rec
                         .unwrap_or_default();
                     good_len = len;
                     out = Some(w);
-                    if let (Some(ix), Ok(rt)) = (&index, &rt) {
-                        let _ = rt.block_on(ix.index(std::slice::from_ref(&e)));
+                    if let Ok(rt) = &rt {
+                        let line = serde_json::to_string(&e).unwrap_or_default();
+                        backlog.push(Indexed { event: e, line });
+                        flush_index(index.as_deref(), rt, &mut backlog);
                     }
                 }
                 Err(err) => {
@@ -470,4 +515,24 @@ fn writer(file: std::fs::File, mut seq: u64, mut prev: String, mut rx: mpsc::Rec
     if let Some(mut w) = out {
         let _ = w.flush();
     }
+    if let Ok(rt) = &rt {
+        flush_index(index.as_deref(), rt, &mut backlog);
+    }
+}
+
+/// Hot-path events indexed per transaction at most.
+const INDEX_BATCH: usize = 8192;
+/// Longest a hot-path event waits to be indexed (search sees it after this).
+const INDEX_DELAY: std::time::Duration = std::time::Duration::from_millis(200);
+
+fn flush_index(index: Option<&dyn AuditIndex>, rt: &tokio::runtime::Runtime, backlog: &mut Vec<Indexed>) {
+    if backlog.is_empty() {
+        return;
+    }
+    if let Some(ix) = index
+        && let Err(e) = rt.block_on(ix.index(backlog))
+    {
+        tracing::error!(error = %e, events = backlog.len(), "audit index write failed; the log file is complete, search may miss these events");
+    }
+    backlog.clear();
 }

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use jiff::Timestamp;
-use jitgate_audit::{AuditIndex, Event, Query};
+use jitgate_audit::{AuditIndex, Event, Indexed, Query};
 use jitgate_core::{Grant, Request, SessionInfo};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc};
@@ -986,7 +986,7 @@ impl Store for PgStore {
 
 #[async_trait]
 impl AuditIndex for PgStore {
-    async fn index(&self, events: &[Event]) -> std::result::Result<(), String> {
+    async fn index(&self, events: &[Indexed]) -> std::result::Result<(), String> {
         let me = self.clone();
         let events = events.to_vec();
         self.on_runtime(async move {
@@ -999,15 +999,15 @@ impl AuditIndex for PgStore {
             let mut grants = Vec::with_capacity(events.len());
             let mut sessions = Vec::with_capacity(events.len());
             let mut body = Vec::with_capacity(events.len());
-            for e in &events {
+            for Indexed { event: e, line } in events {
                 seqs.push(i64::try_from(e.seq).unwrap_or(i64::MAX));
                 times.push(ms(e.time));
-                kinds.push(e.kind.clone());
-                actors.push(e.actor.clone());
-                resources.push(e.resource.clone());
+                kinds.push(e.kind);
+                actors.push(e.actor);
+                resources.push(e.resource);
                 grants.push(e.grant_id);
-                sessions.push(e.session_id.clone());
-                body.push(to_json(e)?);
+                sessions.push(e.session_id);
+                body.push(line);
             }
             me.with("audit_index", async |c| {
                 c.execute(

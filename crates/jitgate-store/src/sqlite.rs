@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use jiff::Timestamp;
-use jitgate_audit::{AuditIndex, Event, Query};
+use jitgate_audit::{AuditIndex, Event, Indexed, Query};
 use jitgate_core::{Grant, Request, SessionInfo};
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -497,8 +497,7 @@ impl Store for SqliteStore {
 
 #[async_trait]
 impl AuditIndex for SqliteStore {
-    async fn index(&self, events: &[Event]) -> std::result::Result<(), String> {
-        let events = events.to_vec();
+    async fn index(&self, events: &[Indexed]) -> std::result::Result<(), String> {
         // Called from the audit writer thread: do the work right here.
         let mut c = self.index_conn.lock().unwrap_or_else(|e| e.into_inner());
         let tx = c.transaction().map_err(|e| e.to_string())?;
@@ -508,8 +507,7 @@ impl AuditIndex for SqliteStore {
                     "INSERT OR REPLACE INTO audit_events (seq, time, kind, actor, resource, grant_id, session_id, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 )
                 .map_err(|e| e.to_string())?;
-            for e in &events {
-                let body = serde_json::to_string(e).map_err(|e| e.to_string())?;
+            for Indexed { event: e, line } in events {
                 st.execute(params![
                     i64::try_from(e.seq).unwrap_or(i64::MAX),
                     ms(e.time),
@@ -518,7 +516,7 @@ impl AuditIndex for SqliteStore {
                     e.resource,
                     e.grant_id,
                     e.session_id,
-                    body
+                    line
                 ])
                 .map_err(|e| e.to_string())?;
             }
