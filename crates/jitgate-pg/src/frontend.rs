@@ -63,6 +63,8 @@ pub struct PgFrontend<G: Gatekeeper> {
     cancels: DashMap<(i32, i32), CancelTarget>,
     upstream_tls: DashMap<String, Arc<rustls::ClientConfig>>,
     slots: Arc<tokio::sync::Semaphore>,
+    /// Upstream cancels after kills in flight at once.
+    kill_cancels: Arc<tokio::sync::Semaphore>,
 }
 
 /// What the startup phase produced.
@@ -109,6 +111,7 @@ impl<G: Gatekeeper> PgFrontend<G> {
             cancels: DashMap::new(),
             upstream_tls: DashMap::new(),
             slots,
+            kill_cancels: Arc::new(tokio::sync::Semaphore::new(8)),
         })
     }
 
@@ -600,10 +603,16 @@ impl<G: Gatekeeper> PgFrontend<G> {
             ),
             End::Killed(k) => {
                 // Interrupt whatever the backend is running, so it exits now rather than at its
-                // next write; the socket is already closed behind it.
-                if let Err(e) = upstream::cancel(&target, upstream.pid, upstream.key).await {
-                    tracing::warn!(error = %e, "cancelling the upstream query after a kill failed");
-                }
+                // next write; the socket is already closed behind it. In the background and a
+                // few at a time: when a grant held by hundreds of sessions ends, the goodbyes go
+                // out first and the cancel connections (a backend fork each) do not crowd them.
+                let (pid, key, permits) = (upstream.pid, upstream.key, self.kill_cancels.clone());
+                tokio::spawn(async move {
+                    let _permit = permits.acquire_owned().await;
+                    if let Err(e) = upstream::cancel(&target, pid, key).await {
+                        tracing::warn!(error = %e, "cancelling the upstream query after a kill failed");
+                    }
+                });
                 (k.label().to_string(), k.message(&info.resource))
             }
             End::Error(e) => ("error".to_string(), e.clone()),

@@ -77,6 +77,11 @@ pub struct SqliteStore {
     /// the durable record and the index is rebuilt from it after a crash, so index commits
     /// need not wait for fsync (WAL keeps the database consistent either way).
     index_conn: Arc<Mutex<Connection>>,
+    /// A third connection for session start/end rows, `synchronous=NORMAL` too: they are
+    /// bookkeeping (the audit log holds the durable `session.*` events, and a restart closes
+    /// rows left open), and when a grant held by hundreds of sessions ends, one fsync per row
+    /// would keep the last session's end waiting for seconds.
+    session_conn: Arc<Mutex<Connection>>,
     timing: Option<prometheus::HistogramVec>,
 }
 
@@ -142,9 +147,18 @@ impl SqliteStore {
         index_conn
             .busy_timeout(std::time::Duration::from_secs(5))
             .map_err(backend)?;
+        let session_conn =
+            Connection::open(path).map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))?;
+        session_conn
+            .pragma_update(None, "synchronous", "NORMAL")
+            .map_err(backend)?;
+        session_conn
+            .busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(backend)?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
             index_conn: Arc::new(Mutex::new(index_conn)),
+            session_conn: Arc::new(Mutex::new(session_conn)),
             timing,
         })
     }
@@ -154,7 +168,15 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
     {
-        let conn = self.conn.clone();
+        self.with_conn(&self.conn, op, f).await
+    }
+
+    async fn with_conn<T, F>(&self, conn: &Arc<Mutex<Connection>>, op: &'static str, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    {
+        let conn = conn.clone();
         let start = Instant::now();
         let out = tokio::task::spawn_blocking(move || {
             let mut c = conn.lock().unwrap_or_else(|e| e.into_inner());
@@ -333,7 +355,7 @@ impl Store for SqliteStore {
 
     async fn session_started(&self, s: &SessionInfo) -> Result<()> {
         let s = s.clone();
-        self.with("session_started", move |c| {
+        self.with_conn(&self.session_conn, "session_started", move |c| {
             c.execute(
                 "INSERT OR REPLACE INTO sessions (id, started_at, body) VALUES (?1, ?2, ?3)",
                 params![s.id, ms(s.started_at), to_json(&s).map_err(backend)?],
@@ -346,7 +368,7 @@ impl Store for SqliteStore {
 
     async fn session_ended(&self, id: &str, at: Timestamp, reason: &str) -> Result<()> {
         let (id, reason) = (id.to_string(), reason.to_string());
-        self.with("session_ended", move |c| {
+        self.with_conn(&self.session_conn, "session_ended", move |c| {
             c.execute(
                 "UPDATE sessions SET ended_at = ?1, end_reason = ?2 WHERE id = ?3",
                 params![ms(at), reason, id],
