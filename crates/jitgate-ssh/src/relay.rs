@@ -28,7 +28,7 @@ use crate::sftp::SftpWatch;
 
 /// Open client channels of a connection and whether each has a pty (for messages).
 #[derive(Default)]
-pub(crate) struct OpenChannels(Mutex<HashMap<ChannelId, bool>>);
+pub(crate) struct OpenChannels(Mutex<HashMap<ChannelId, bool>>, tokio::sync::Notify);
 
 impl OpenChannels {
     fn set(&self, id: ChannelId, pty: bool) {
@@ -39,6 +39,17 @@ impl OpenChannels {
     fn remove(&self, id: ChannelId) {
         if let Ok(mut m) = self.0.lock() {
             m.remove(&id);
+            if m.is_empty() {
+                // Wakes the watcher waiting to disconnect (notify_one keeps a permit if it is
+                // not waiting yet).
+                self.1.notify_one();
+            }
+        }
+    }
+    /// Until no channel is open.
+    async fn emptied(&self) {
+        while !self.is_empty() {
+            self.1.notified().await;
         }
     }
     fn list(&self) -> Vec<(ChannelId, bool)> {
@@ -177,10 +188,7 @@ pub(crate) async fn watch(live: Arc<Live>, server: server::Handle) {
     }
     // Each channel's goodbye is bounded (300 ms + 500 ms for the client's close); disconnecting
     // before they are done could overtake their last words.
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(1200);
-    while !live.channels.is_empty() && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let _ = tokio::time::timeout(Duration::from_millis(1200), live.channels.emptied()).await;
     let reason = live.guard.kill_reason().unwrap_or(KillReason::Shutdown);
     let text = reason.message(&live.guard.info.resource);
     let _ = server
