@@ -195,6 +195,27 @@ async fn three_replicas_act_as_one() {
     let race_grant = grants[0]["id"].as_i64().unwrap().to_string();
     c.cli(Some("alice"), &["release", &race_grant]).ok();
 
+    // An extension approved on B moves the end on C: C's session outlives the original end.
+    let g = a.granted(&["prod-db", "--for", "3s", "--reason", "extend me"]);
+    let gid = g["grant_id"].as_i64().unwrap().to_string();
+    let on_c = connect(c, "alice").await.unwrap();
+    let ext = a
+        .cli(
+            Some("alice"),
+            &["extend", &gid, "--for", "1h", "--reason", "more", "--json"],
+        )
+        .json();
+    b.cli(Some("bob"), &["approve", &ext["id"].as_i64().unwrap().to_string()])
+        .ok();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    on_c.simple_query("SELECT 1")
+        .await
+        .expect("C moved the end of the extended grant");
+    // Released on A: the session on C ends (the FATAL may arrive before the next query).
+    a.cli(Some("alice"), &["release", &gid]).ok();
+    let e = on_c.simple_query("SELECT pg_sleep(30)").await.unwrap_err();
+    assert!(code(&e) == "57P01" || on_c.is_closed(), "{e:?}");
+
     // Expiry needs no message: every replica ends the grant by its own clock.
     let g = a.granted(&["prod-db", "--for", "3s", "--reason", "short"]);
     assert!(g["grant_id"].as_i64().is_some(), "{g}");
