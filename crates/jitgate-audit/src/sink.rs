@@ -25,11 +25,16 @@ pub struct Indexed {
     pub event: Event,
     /// Its JSON line.
     pub line: String,
+    /// Byte offset of the line in its file (the live file, or the rotated file it moved to).
+    pub offset: u64,
 }
 
 /// Where events are also indexed for search (the store implements it).
 #[async_trait]
 pub trait AuditIndex: Send + Sync {
+    /// Where the log lives (the sink tells its index at open): an index may then keep offsets
+    /// instead of whole lines and read them back from the files.
+    fn attach_log(&self, _path: &Path) {}
     /// Index a batch of written events, in `seq` order.
     async fn index(&self, events: &[Indexed]) -> Result<(), String>;
     /// Highest `seq` indexed (0 when empty).
@@ -139,6 +144,7 @@ impl AuditSink {
             }
         }
         if let Some(ix) = &index {
+            ix.attach_log(path);
             catch_up(ix.as_ref(), path, seq);
         }
         let (tx, rx) = mpsc::channel(QUEUE);
@@ -220,12 +226,15 @@ fn catch_up_blocking(ix: &dyn AuditIndex, path: &Path, log_seq: u64) {
     }
     let Ok(f) = std::fs::File::open(path) else { return };
     let mut missing = Vec::new();
+    let mut offset = 0u64;
     for line in std::io::BufRead::lines(std::io::BufReader::new(f)).map_while(Result::ok) {
+        let len = u64::try_from(line.len() + 1).unwrap_or(0);
         if let Ok(e) = serde_json::from_str::<Event>(&line)
             && e.seq > have
         {
-            missing.push(Indexed { event: e, line });
+            missing.push(Indexed { event: e, line, offset });
         }
+        offset += len;
     }
     for chunk in missing.chunks(4096) {
         if rt.block_on(ix.index(chunk)).is_err() {
@@ -428,8 +437,9 @@ fn writer(file: std::fs::File, mut seq: u64, mut prev: String, mut rx: mpsc::Rec
                 result = Err(err.to_string());
                 break;
             }
+            let offset = good_len + batch_len;
             batch_len += u64::try_from(line.len() + 1).unwrap_or(0);
-            written.push(Indexed { event: e, line });
+            written.push(Indexed { event: e, line, offset });
         }
         if result.is_ok() {
             result = w.flush().map_err(|e| e.to_string());
@@ -497,7 +507,11 @@ fn writer(file: std::fs::File, mut seq: u64, mut prev: String, mut rx: mpsc::Rec
                     out = Some(w);
                     if let Ok(rt) = &rt {
                         let line = serde_json::to_string(&e).unwrap_or_default();
-                        backlog.push(Indexed { event: e, line });
+                        backlog.push(Indexed {
+                            event: e,
+                            line,
+                            offset: 0,
+                        });
                         flush_index(index.as_deref(), rt, &mut backlog);
                     }
                 }

@@ -318,6 +318,59 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn statements_are_indexed_as_offsets_and_read_back_across_rotated_files() {
+        use jitgate_audit::{AuditSink, Event, Query};
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(SqliteStore::open(&dir.path().join("t.db"), None).unwrap());
+        let log = dir.path().join("audit.jsonl");
+        let sink = AuditSink::open_with(&log, Some(store.clone()), None, Some(4000)).unwrap();
+        for i in 0..60 {
+            sink.emit(
+                Event::new("pg.statement", Timestamp::now())
+                    .session("s-1")
+                    .details(serde_json::json!({"sql": format!("SELECT {i}"), "rows": i})),
+            )
+            .await
+            .unwrap();
+            if i % 20 == 19 {
+                // A durable event flushes the hot-path backlog into the index.
+                sink.record(Event::new("session.started", Timestamp::now()).session("s-1"))
+                    .await
+                    .unwrap();
+            }
+        }
+        assert!(
+            !jitgate_audit::rotated_files(&log).is_empty(),
+            "the log rotated at least once"
+        );
+        let q = Query {
+            session: Some("s-1".into()),
+            kind: Some("pg.statement".into()),
+            limit: Some(10_000),
+            ..Default::default()
+        };
+        let found = store.search(&q).await.unwrap();
+        let sqls: Vec<String> = found
+            .iter()
+            .map(|e| e.details["sql"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(sqls, (0..60).map(|i| format!("SELECT {i}")).collect::<Vec<_>>());
+        // The index holds offsets for statements, not their lines.
+        let slim: i64 = store
+            .with("t", |c| {
+                c.query_row(
+                    "SELECT count(*) FROM audit_events WHERE kind = 'pg.statement' AND body = '' AND line_at IS NOT NULL",
+                    [],
+                    |r| r.get(0),
+                )
+                .map_err(|e| StoreError::Backend(e.to_string()))
+            })
+            .await
+            .unwrap();
+        assert_eq!(slim, 60);
+    }
+
+    #[tokio::test]
     async fn the_audit_index_catches_up_with_the_log_after_a_crash() {
         use jitgate_audit::{AuditSink, Event, Query};
         let dir = tempfile::tempdir().unwrap();

@@ -999,7 +999,7 @@ impl AuditIndex for PgStore {
             let mut grants = Vec::with_capacity(events.len());
             let mut sessions = Vec::with_capacity(events.len());
             let mut body = Vec::with_capacity(events.len());
-            for Indexed { event: e, line } in events {
+            for Indexed { event: e, line, .. } in events {
                 seqs.push(i64::try_from(e.seq).unwrap_or(i64::MAX));
                 times.push(ms(e.time));
                 kinds.push(e.kind);

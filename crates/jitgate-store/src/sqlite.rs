@@ -67,7 +67,15 @@ CREATE TABLE revoked_tokens (
     expires_at INTEGER NOT NULL
 );
 "#,
+    // Statement events are indexed without their line (body ''): `line_at` is its byte offset
+    // in the audit file; search reads it back from there.
+    r#"
+ALTER TABLE audit_events ADD COLUMN line_at INTEGER;
+"#,
 ];
+
+/// Event kinds indexed as slim rows (offset into the log instead of the line): the hot path.
+const SLIM_KINDS: &[&str] = &["pg.statement"];
 
 /// SQLite-backed [`Store`].
 #[derive(Clone)]
@@ -82,6 +90,8 @@ pub struct SqliteStore {
     /// rows left open), and when a grant held by hundreds of sessions ends, one fsync per row
     /// would keep the last session's end waiting for seconds.
     session_conn: Arc<Mutex<Connection>>,
+    /// The audit log (set by the sink): slim rows are read back from it.
+    log: Arc<std::sync::OnceLock<std::path::PathBuf>>,
     timing: Option<prometheus::HistogramVec>,
 }
 
@@ -159,6 +169,7 @@ impl SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
             index_conn: Arc::new(Mutex::new(index_conn)),
             session_conn: Arc::new(Mutex::new(session_conn)),
+            log: Arc::new(std::sync::OnceLock::new()),
             timing,
         })
     }
@@ -519,17 +530,28 @@ impl Store for SqliteStore {
 
 #[async_trait]
 impl AuditIndex for SqliteStore {
+    fn attach_log(&self, path: &Path) {
+        let _ = self.log.set(path.to_path_buf());
+    }
+
     async fn index(&self, events: &[Indexed]) -> std::result::Result<(), String> {
+        let slim_ok = self.log.get().is_some();
         // Called from the audit writer thread: do the work right here.
         let mut c = self.index_conn.lock().unwrap_or_else(|e| e.into_inner());
         let tx = c.transaction().map_err(|e| e.to_string())?;
         {
             let mut st = tx
                 .prepare(
-                    "INSERT OR REPLACE INTO audit_events (seq, time, kind, actor, resource, grant_id, session_id, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    "INSERT OR REPLACE INTO audit_events (seq, time, kind, actor, resource, grant_id, session_id, body, line_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                 )
                 .map_err(|e| e.to_string())?;
-            for Indexed { event: e, line } in events {
+            for Indexed { event: e, line, offset } in events {
+                let slim = slim_ok && SLIM_KINDS.contains(&e.kind.as_str());
+                let (body, at) = if slim {
+                    ("", Some(i64::try_from(*offset).unwrap_or(i64::MAX)))
+                } else {
+                    (line.as_str(), None)
+                };
                 st.execute(params![
                     i64::try_from(e.seq).unwrap_or(i64::MAX),
                     ms(e.time),
@@ -538,7 +560,8 @@ impl AuditIndex for SqliteStore {
                     e.resource,
                     e.grant_id,
                     e.session_id,
-                    line
+                    body,
+                    at
                 ])
                 .map_err(|e| e.to_string())?;
             }
@@ -556,22 +579,33 @@ impl AuditIndex for SqliteStore {
 
     async fn search(&self, q: &Query) -> std::result::Result<Vec<Event>, String> {
         let q = q.clone();
+        let log = self.log.get().cloned();
         self.with("audit_search", move |c| {
             // Coarse filters in SQL, exact ones in Rust (kind prefixes, identity in details).
             let mut st = c
                 .prepare(
-                    "SELECT body FROM audit_events WHERE (?1 IS NULL OR time >= ?1) AND (?2 IS NULL OR time <= ?2) \
+                    "SELECT body, seq, line_at FROM audit_events WHERE (?1 IS NULL OR time >= ?1) AND (?2 IS NULL OR time <= ?2) \
                      AND (?3 IS NULL OR resource = ?3) AND (?4 IS NULL OR session_id = ?4) AND (?5 IS NULL OR grant_id = ?5) \
                      ORDER BY seq DESC",
                 )
                 .map_err(backend)?;
             let rows = st
-                .query_map(params![q.since.map(ms), q.until.map(ms), q.resource, q.session, q.grant], |r| r.get::<_, String>(0))
+                .query_map(params![q.since.map(ms), q.until.map(ms), q.resource, q.session, q.grant], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, Option<i64>>(2)?))
+                })
                 .map_err(backend)?;
             let limit = q.limit.unwrap_or(1000);
             let mut out = Vec::new();
+            let mut lines = LogReader::new(log);
             for row in rows {
-                let e: Event = serde_json::from_str(&row.map_err(backend)?).map_err(backend)?;
+                let (body, seq, at) = row.map_err(backend)?;
+                let e: Event = match at {
+                    Some(at) if body.is_empty() => match lines.read(seq, at) {
+                        Some(e) => e,
+                        None => continue,
+                    },
+                    _ => serde_json::from_str(&body).map_err(backend)?,
+                };
                 if q.matches(&e) {
                     out.push(e);
                     if out.len() >= limit {
@@ -584,5 +618,73 @@ impl AuditIndex for SqliteStore {
         })
         .await
         .map_err(|e| e.to_string())
+    }
+}
+
+/// Reads slim rows' lines back from the audit files: the live file, or the rotated file
+/// (`STEM-<last seq>.jsonl`) that holds that `seq`. Files stay open for one search.
+struct LogReader {
+    log: Option<std::path::PathBuf>,
+    /// (last seq, path) of rotated files, ascending; read once.
+    rotated: Option<Vec<(u64, std::path::PathBuf)>>,
+    open: std::collections::HashMap<std::path::PathBuf, std::io::BufReader<std::fs::File>>,
+}
+
+impl LogReader {
+    fn new(log: Option<std::path::PathBuf>) -> Self {
+        Self {
+            log,
+            rotated: None,
+            open: std::collections::HashMap::new(),
+        }
+    }
+
+    fn file_for(&mut self, seq: u64) -> Option<std::path::PathBuf> {
+        let log = self.log.clone()?;
+        let rotated = self.rotated.get_or_insert_with(|| {
+            jitgate_audit::rotated_files(&log)
+                .into_iter()
+                .filter_map(|p| {
+                    let stem = p.file_stem()?.to_string_lossy().into_owned();
+                    let last = stem.rsplit('-').next()?.parse::<u64>().ok()?;
+                    Some((last, p))
+                })
+                .collect()
+        });
+        Some(
+            rotated
+                .iter()
+                .find(|(last, _)| *last >= seq)
+                .map_or(log, |(_, p)| p.clone()),
+        )
+    }
+
+    /// The event `seq` at byte `at`; `None` (logged) when the file or line is gone or differs.
+    fn read(&mut self, seq: i64, at: i64) -> Option<Event> {
+        use std::io::{BufRead, Seek};
+        let want = u64::try_from(seq).ok()?;
+        let path = self.file_for(want)?;
+        let r = match self.open.entry(path.clone()) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => match std::fs::File::open(&path) {
+                Ok(f) => v.insert(std::io::BufReader::new(f)),
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, seq, "audit search: the file holding this event is gone");
+                    return None;
+                }
+            },
+        };
+        let mut line = String::new();
+        let ok = r
+            .seek(std::io::SeekFrom::Start(u64::try_from(at).ok()?))
+            .and_then(|_| r.read_line(&mut line))
+            .is_ok();
+        match serde_json::from_str::<Event>(line.trim_end_matches('\n')) {
+            Ok(e) if ok && e.seq == want => Some(e),
+            _ => {
+                tracing::warn!(file = %path.display(), seq, "audit search: the indexed line is not where the index says; run `jitgate audit verify`");
+                None
+            }
+        }
     }
 }
