@@ -127,13 +127,13 @@ fn truncate(s: &str, max: usize) -> (String, bool) {
     (s[..end].to_string(), true)
 }
 
-fn statement_event(ctx: &RelayCtx, p: &Pending, outcome: &str) -> Event {
+fn statement_event(ctx: &RelayCtx, p: &Pending, outcome: &str, took: std::time::Duration) -> Event {
     let info = &ctx.guard.info;
     let (sql, cut) = truncate(&p.sql, ctx.max_text);
     let mut d = serde_json::json!({
         "identity": info.identity, "access": info.access, "sql": sql, "class": p.class.as_str(),
         "protocol": if p.simple { "simple" } else { "extended" }, "outcome": outcome,
-        "duration_ms": (p.started.elapsed().as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
+        "duration_ms": (took.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
         "rows": p.rows,
     });
     if cut {
@@ -366,7 +366,10 @@ async fn refuse(ctx: &RelayCtx, sh: &Shared, at: u64, sql: &str, class: Class, w
         rows: 0,
         error: Some(("42501".into(), format!("refused: {why}"))),
     };
-    let _ = ctx.audit.emit(statement_event(ctx, &p, "refused")).await;
+    let _ = ctx
+        .audit
+        .emit(statement_event(ctx, &p, "refused", p.started.elapsed()))
+        .await;
 }
 
 async fn server_to_client(
@@ -386,7 +389,9 @@ async fn server_to_client(
         .metrics
         .bytes_total
         .with_label_values(&["postgres", "server_to_client"]);
-    let mut events: Vec<Event> = Vec::new();
+    // Statements completed by this read: their audit events are built after the client has its
+    // answer, so that work is not on the query's latency path.
+    let mut done: Vec<(Pending, &'static str, std::time::Duration)> = Vec::new();
     // Bytes of a large pass-through frame still to forward as they arrive.
     let mut streaming: usize = 0;
     loop {
@@ -461,7 +466,7 @@ async fn server_to_client(
                         if !p.simple
                             && let Some(p) = q.pop_front()
                         {
-                            events.extend(finish(ctx, p, "ok"));
+                            done.push(completed(p, "ok"));
                         }
                     }
                 }
@@ -470,7 +475,7 @@ async fn server_to_client(
                     if q.front().is_some_and(|p| !p.simple)
                         && let Some(p) = q.pop_front()
                     {
-                        events.extend(finish(ctx, p, "ok"));
+                        done.push(completed(p, "ok"));
                     }
                 }
                 b'E' => {
@@ -482,7 +487,7 @@ async fn server_to_client(
                         if !p.simple
                             && let Some(p) = q.pop_front()
                         {
-                            events.extend(finish(ctx, p, "error"));
+                            done.push(completed(p, "error"));
                         }
                     }
                 }
@@ -508,15 +513,17 @@ async fn server_to_client(
                             } else {
                                 "skipped"
                             };
-                            events.extend(finish(ctx, p, outcome));
+                            done.push(completed(p, outcome));
                         }
                     }
                     if let Some(err) = inject {
                         if let Err(e) = cw.write_all(&buf[written..pos]).await {
+                            audit_done(ctx, &mut done).await;
                             return End::Error(e.to_string());
                         }
                         written = pos;
                         if !error_since_ready && cw.write_all(&err).await.is_err() {
+                            audit_done(ctx, &mut done).await;
                             return End::Client;
                         }
                     }
@@ -526,26 +533,44 @@ async fn server_to_client(
             }
             pos += total;
         }
-        if pos > written
-            && let Err(e) = cw.write_all(&buf[written..pos]).await
-        {
-            return End::Error(format!("writing to the client: {e}"));
-        }
+        // Statements the server completed are audited even when the client is gone.
+        let wrote = if pos > written {
+            cw.write_all(&buf[written..pos]).await
+        } else {
+            Ok(())
+        };
         buf.advance(pos);
-        for ev in events.drain(..) {
-            if ctx.audit.emit(ev).await.is_err() {
-                tracing::error!(session_id = %ctx.guard.info.id, "audit sink closed; ending the session");
-                return End::Error("audit log unavailable".into());
-            }
+        if !audit_done(ctx, &mut done).await {
+            tracing::error!(session_id = %ctx.guard.info.id, "audit sink closed; ending the session");
+            return End::Error("audit log unavailable".into());
+        }
+        if let Err(e) = wrote {
+            return End::Error(format!("writing to the client: {e}"));
         }
     }
 }
 
+/// Emit the audit events of completed statements; `false` when the audit sink is gone.
+async fn audit_done(ctx: &RelayCtx, done: &mut Vec<(Pending, &'static str, std::time::Duration)>) -> bool {
+    for (p, outcome, took) in done.drain(..) {
+        if let Some(ev) = finish(ctx, &p, outcome, took)
+            && ctx.audit.emit(ev).await.is_err()
+        {
+            return false;
+        }
+    }
+    true
+}
+
+/// A statement completed now: how long it took (measured here, before the client is answered).
+fn completed(p: Pending, outcome: &'static str) -> (Pending, &'static str, std::time::Duration) {
+    let took = p.started.elapsed();
+    (p, outcome, took)
+}
+
 /// A statement completed: its duration metric, and its audit event unless `[audit] statements`
 /// is off (then none is built at all).
-fn finish(ctx: &RelayCtx, p: Pending, outcome: &str) -> Option<Event> {
-    ctx.metrics
-        .query_duration_seconds
-        .observe(p.started.elapsed().as_secs_f64());
-    ctx.audit_statements.then(|| statement_event(ctx, &p, outcome))
+fn finish(ctx: &RelayCtx, p: &Pending, outcome: &str, took: std::time::Duration) -> Option<Event> {
+    ctx.metrics.query_duration_seconds.observe(took.as_secs_f64());
+    ctx.audit_statements.then(|| statement_event(ctx, p, outcome, took))
 }
