@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use support::pg::{Pg, cluster};
+use support::pg::{Pg, cluster, code, connect, db_message};
 use support::*;
 use tokio_postgres::NoTls;
 
@@ -83,17 +83,6 @@ fn out(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-async fn connect(gw: &Gateway, user: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-    let (h, p) = gw.pg_host_port();
-    let conn = format!(
-        "host={h} port={p} user={user}@example.com password={} dbname=prod-db sslmode=disable",
-        token(user)
-    );
-    let (client, connection) = tokio_postgres::connect(&conn, NoTls).await?;
-    tokio::spawn(connection);
-    Ok(client)
-}
-
 async fn refused(conn: &str) -> tokio_postgres::Error {
     match tokio_postgres::connect(conn, NoTls).await {
         Ok(_) => panic!("connection unexpectedly accepted"),
@@ -124,18 +113,6 @@ async fn connect_with_messages(
         }
     });
     (client, rx)
-}
-
-fn code(e: &tokio_postgres::Error) -> String {
-    e.code()
-        .map(|c| c.code().to_string())
-        .unwrap_or_else(|| format!("no code: {e}"))
-}
-
-fn db_message(e: &tokio_postgres::Error) -> String {
-    e.as_db_error()
-        .map(|d| format!("{} {}", d.message(), d.hint().unwrap_or("")))
-        .unwrap_or_else(|| e.to_string())
 }
 
 #[test]

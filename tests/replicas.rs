@@ -9,9 +9,8 @@ mod support;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::pg::{Pg, Private, cluster};
+use support::pg::{Pg, Private, cluster, code, connect, db_message};
 use support::*;
-use tokio_postgres::NoTls;
 
 fn body(pg: &Pg, db: &str) -> String {
     format!(
@@ -46,25 +45,6 @@ fn replicas(n: usize, pg: &Pg, db: &str, store_url: &str) -> Vec<Gateway> {
             gw
         })
         .collect()
-}
-
-async fn connect(gw: &Gateway, user: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-    let (h, p) = gw.pg_host_port();
-    let conn = format!(
-        "host={h} port={p} user={user}@example.com password={} dbname=prod-db sslmode=disable connect_timeout=5",
-        token(user)
-    );
-    let (client, connection) = tokio_postgres::connect(&conn, NoTls).await?;
-    tokio::spawn(connection);
-    Ok(client)
-}
-
-fn code(e: &tokio_postgres::Error) -> String {
-    e.code().map(|c| c.code().to_string()).unwrap_or_default()
-}
-
-fn db_message(e: &tokio_postgres::Error) -> String {
-    e.as_db_error().map(|d| d.message().to_string()).unwrap_or_default()
 }
 
 fn psql(gw: &Gateway, user: &str, sql: &str) -> std::process::Output {
@@ -421,4 +401,48 @@ fn a_replica_refuses_a_store_tls_setting_it_cannot_verify() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("certificate") || err.contains("UnknownIssuer"), "{err}");
+}
+
+#[test]
+fn a_replica_that_cannot_use_its_store_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("gateway.toml");
+    let serve = |store: &str, env: &[(&str, &str)]| {
+        std::fs::write(
+            &cfg,
+            format!("[gateway]\ndata_dir = \"data\"\n[listen]\nhttp = \"127.0.0.1:0\"\n[store]\n{store}\n"),
+        )
+        .unwrap();
+        let t = Instant::now();
+        let out = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&cfg)
+            .current_dir(dir.path())
+            .envs(env.iter().copied())
+            .env_remove("JITGATE_STORE_URL")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "started with {store}");
+        assert!(t.elapsed() < Duration::from_secs(10), "took {:?}", t.elapsed());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let e = serve("url_env = \"JITGATE_STORE_URL\"", &[]);
+    assert!(e.contains("JITGATE_STORE_URL") && e.contains("not set"), "{e}");
+    let e = serve("url_file = \"/nonexistent/store-url\"", &[]);
+    assert!(e.contains("/nonexistent/store-url"), "{e}");
+    let e = serve(
+        "url_env = \"JG_URL\"",
+        &[(
+            "JG_URL",
+            "postgres://jitgate:s3cret@127.0.0.1:notaport/db?sslmode=disable",
+        )],
+    );
+    assert!(e.contains("store URL") && !e.contains("s3cret"), "{e}");
+    // Nothing listens on port 1: a clear error within the connect timeout, password not shown.
+    let e = serve(
+        "url_env = \"JG_URL\"",
+        &[("JG_URL", "postgres://jitgate:s3cret@127.0.0.1:1/db?sslmode=disable")],
+    );
+    assert!(e.contains("cannot connect to the store"), "{e}");
+    assert!(!e.contains("s3cret"), "{e}");
 }

@@ -19,20 +19,41 @@ pub struct Pg {
 
 /// The cluster, started on first use (scripts/test-pg up is idempotent and locked).
 pub fn cluster() -> Pg {
-    let vars = super::fixture("test-pg", "PostgreSQL server missing? run ./scripts/install-deps");
-    Pg {
-        port: vars["JITGATE_TEST_PG_PORT"].parse().unwrap(),
-        user: vars["JITGATE_TEST_PG_USER"].clone(),
-        password: vars["JITGATE_TEST_PG_PASSWORD"].clone(),
-        bin: PathBuf::from(&vars["JITGATE_TEST_PG_BIN"]),
-        ca: PathBuf::from(&vars["JITGATE_TEST_PG_CA"]),
-        other_ca: PathBuf::from(&vars["JITGATE_TEST_PG_OTHER_CA"]),
-    }
+    Pg::from_vars(&super::fixture(
+        "test-pg",
+        "PostgreSQL server missing? run ./scripts/install-deps",
+    ))
 }
 
 static N: AtomicU32 = AtomicU32::new(0);
 
+/// A database name no earlier run used either (process ids are reused; the cluster outlives
+/// test runs).
+fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{prefix}_{}_{}_{nanos}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
 impl Pg {
+    /// From the env file scripts/test-pg prints.
+    fn from_vars(vars: &std::collections::HashMap<String, String>) -> Self {
+        Self {
+            port: vars["JITGATE_TEST_PG_PORT"].parse().unwrap(),
+            user: vars["JITGATE_TEST_PG_USER"].clone(),
+            password: vars["JITGATE_TEST_PG_PASSWORD"].clone(),
+            bin: PathBuf::from(&vars["JITGATE_TEST_PG_BIN"]),
+            ca: PathBuf::from(&vars["JITGATE_TEST_PG_CA"]),
+            other_ca: PathBuf::from(&vars["JITGATE_TEST_PG_OTHER_CA"]),
+        }
+    }
+
     /// Run SQL with psql as `user` (password given) on `db`; panics on error; returns stdout.
     pub fn psql_as(&self, user: &str, password: &str, db: &str, sql: &str) -> String {
         let out = Command::new("psql")
@@ -74,7 +95,7 @@ impl Pg {
     /// A fresh database owned by app_rw with table `accounts(id, name, balance)` of 100 rows,
     /// readable by app_ro.
     pub fn fresh_db(&self) -> String {
-        let name = format!("t_{}_{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst));
+        let name = unique("t");
         self.su("postgres", &format!("CREATE DATABASE {name} OWNER app_rw"));
         self.psql_as(
             "app_rw",
@@ -90,7 +111,7 @@ impl Pg {
 
     /// A fresh, empty database for a gateway store; returns its `postgres://` URL.
     pub fn store_db(&self) -> String {
-        let name = format!("store_{}_{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst));
+        let name = unique("store");
         self.su("postgres", &format!("CREATE DATABASE {name}"));
         format!(
             "postgres://{}:{}@127.0.0.1:{}/{name}?sslmode=disable",
@@ -127,15 +148,10 @@ impl Private {
             "scripts/test-pg up (private)",
             "PostgreSQL server missing? run ./scripts/install-deps",
         );
-        let pg = Pg {
-            port: vars["JITGATE_TEST_PG_PORT"].parse().unwrap(),
-            user: vars["JITGATE_TEST_PG_USER"].clone(),
-            password: vars["JITGATE_TEST_PG_PASSWORD"].clone(),
-            bin: PathBuf::from(&vars["JITGATE_TEST_PG_BIN"]),
-            ca: PathBuf::from(&vars["JITGATE_TEST_PG_CA"]),
-            other_ca: PathBuf::from(&vars["JITGATE_TEST_PG_OTHER_CA"]),
-        };
-        Self { pg, dir }
+        Self {
+            pg: Pg::from_vars(&vars),
+            dir,
+        }
     }
 
     fn pg_ctl(&self, args: &[&str]) {
@@ -194,4 +210,31 @@ impl Drop for Private {
             .output();
         let _ = std::fs::remove_file(format!("{}.lock", self.dir.display()));
     }
+}
+
+/// A tokio-postgres session through the gateway's Postgres front end as `user` (token as the
+/// password, plaintext: the gateways under test allow it on loopback), on database `prod-db`.
+pub async fn connect(gw: &super::Gateway, user: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (h, p) = gw.pg_host_port();
+    let conn = format!(
+        "host={h} port={p} user={user}@example.com password={} dbname=prod-db sslmode=disable connect_timeout=5",
+        super::token(user)
+    );
+    let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+/// The SQLSTATE of an error (or what it was instead).
+pub fn code(e: &tokio_postgres::Error) -> String {
+    e.code()
+        .map(|c| c.code().to_string())
+        .unwrap_or_else(|| format!("no code: {e}"))
+}
+
+/// The server's message and hint of an error.
+pub fn db_message(e: &tokio_postgres::Error) -> String {
+    e.as_db_error()
+        .map(|d| format!("{} {}", d.message(), d.hint().unwrap_or("")))
+        .unwrap_or_else(|| e.to_string())
 }

@@ -257,14 +257,7 @@ impl ControlPlane {
     /// down (expired grants are marked expired and audited, never resurrected).
     pub async fn restore(&self) -> ApiResult<usize> {
         let now = self.now();
-        let active = self
-            .store
-            .list_grants(&GrantFilter {
-                state: Some(GrantState::Active),
-                limit: Some(1_000_000),
-                ..Default::default()
-            })
-            .await?;
+        let active = self.active_grants().await?;
         let mut live = 0;
         for mut g in active {
             if g.is_live(now) {
@@ -498,14 +491,7 @@ impl ControlPlane {
     pub async fn resync(&self, reason: &str) -> ApiResult<()> {
         let started = std::time::Instant::now();
         let now = self.now();
-        let active = self
-            .store
-            .list_grants(&GrantFilter {
-                state: Some(GrantState::Active),
-                limit: Some(1_000_000),
-                ..Default::default()
-            })
-            .await?;
+        let active = self.active_grants().await?;
         let mut seen = std::collections::HashSet::new();
         for g in &active {
             seen.insert(g.id);
@@ -544,8 +530,7 @@ impl ControlPlane {
         self.metrics.store_clock_skew_seconds.set(skew as f64 / 1000.0);
         self.metrics.store_resyncs_total.with_label_values(&[reason]).inc();
         self.metrics.store_up.set(i64::from(self.store.feed_connected()));
-        let level_info = reason != "periodic";
-        if level_info {
+        if reason != "periodic" {
             tracing::info!(
                 reason,
                 grants = active.len(),
@@ -554,6 +539,18 @@ impl ControlPlane {
             );
         }
         Ok(())
+    }
+
+    /// Every grant the store holds as active (live or past its end).
+    async fn active_grants(&self) -> ApiResult<Vec<Grant>> {
+        Ok(self
+            .store
+            .list_grants(&GrantFilter {
+                state: Some(GrantState::Active),
+                limit: Some(1_000_000),
+                ..Default::default()
+            })
+            .await?)
     }
 
     async fn mark_expired(&self, id: i64, now: Timestamp) -> ApiResult<()> {
@@ -1061,23 +1058,20 @@ impl ControlPlane {
         } else {
             self.enforcer.sessions.list()
         };
-        let mut policies = std::collections::HashMap::new();
+        // Approvers see the sessions of grants under their policies: one lookup per grant.
+        let mut policy_of: std::collections::HashMap<i64, Option<String>> = std::collections::HashMap::new();
         let mut out = Vec::new();
         for s in all {
-            let visible = elevated || s.identity == who.name || {
-                let policy = match policies.get(&s.grant_id) {
-                    Some(p) => Some(p).cloned(),
-                    None => {
-                        let p = self.grant_policy(s.grant_id).await;
-                        policies.insert(s.grant_id, p.clone());
-                        Some(p)
-                    }
+            if !(elevated || s.identity == who.name) {
+                let policy = match policy_of.entry(s.grant_id) {
+                    std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(v) => v.insert(self.grant_policy(s.grant_id).await),
                 };
-                policy.flatten().is_some_and(|p| cat.is_approver_of(&p, &who.groups))
-            };
-            if visible {
-                out.push(s);
+                if !policy.as_deref().is_some_and(|p| cat.is_approver_of(p, &who.groups)) {
+                    continue;
+                }
             }
+            out.push(s);
         }
         Ok(out)
     }

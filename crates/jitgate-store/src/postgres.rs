@@ -209,6 +209,17 @@ fn bodies<T: serde::de::DeserializeOwned>(rows: &[Row]) -> Result<Vec<T>> {
         .collect()
 }
 
+/// Rows of two columns.
+fn pairs<A, B>(rows: &[Row]) -> Result<Vec<(A, B)>>
+where
+    A: for<'a> tokio_postgres::types::FromSql<'a>,
+    B: for<'a> tokio_postgres::types::FromSql<'a>,
+{
+    rows.iter()
+        .map(|r| Ok((r.try_get(0).map_err(backend)?, r.try_get(1).map_err(backend)?)))
+        .collect()
+}
+
 fn limit(l: Option<usize>) -> i64 {
     i64::try_from(l.unwrap_or(1000)).unwrap_or(1000)
 }
@@ -319,13 +330,6 @@ impl Inner {
             sent_ms: now_ms(),
         })
     }
-}
-
-async fn notify(tx: &tokio_postgres::Transaction<'_>, payload: &str) -> Result<()> {
-    tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])
-        .await
-        .map_err(backend)?;
-    Ok(())
 }
 
 impl PgStore {
@@ -459,6 +463,41 @@ impl PgStore {
             h.with_label_values(&[op]).observe(start.elapsed().as_secs_f64());
         }
         out
+    }
+
+    /// Run `f` in a transaction and publish the change it returns (if any) in the same
+    /// transaction, so the notice goes out exactly when the write commits.
+    async fn write<T, F>(&self, op: &'static str, f: F) -> Result<T>
+    where
+        F: AsyncFnOnce(&tokio_postgres::Transaction<'_>) -> Result<(T, Option<Change>)>,
+    {
+        let inner = self.inner.clone();
+        self.with(op, async |c| {
+            let tx = c.transaction().await.map_err(backend)?;
+            let (out, change) = f(&tx).await?;
+            if let Some(change) = change {
+                tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &inner.payload(change)?])
+                    .await
+                    .map_err(backend)?;
+            }
+            tx.commit().await.map_err(backend)?;
+            Ok(out)
+        })
+        .await
+    }
+
+    /// The JSON body of the row a query returns, if any.
+    async fn one<T: serde::de::DeserializeOwned>(
+        &self,
+        op: &'static str,
+        sql: &'static str,
+        key: &(dyn tokio_postgres::types::ToSql + Sync),
+    ) -> Result<Option<T>> {
+        self.with(op, async |c| {
+            let rows = c.query(sql, &[key]).await.map_err(backend)?;
+            Ok(bodies(&rows)?.pop())
+        })
+        .await
     }
 
     /// Run an audit-index call on the gateway's runtime (the audit writer thread has its own
@@ -601,9 +640,7 @@ async fn save_grant(tx: &tokio_postgres::Transaction<'_>, g: &Grant) -> Result<(
 #[async_trait]
 impl Store for PgStore {
     async fn create_request(&self, r: &Request) -> Result<Request> {
-        let inner = self.inner.clone();
-        self.with("create_request", async |c| {
-            let tx = c.transaction().await.map_err(backend)?;
+        self.write("create_request", async |tx| {
             let row = tx
                 .query_one(
                     "INSERT INTO jitgate_requests (requester, state, version, body) VALUES ($1, $2, 1, '{}') RETURNING id",
@@ -620,34 +657,22 @@ impl Store for PgStore {
             )
             .await
             .map_err(backend)?;
-            notify(&tx, &inner.payload(Change::Request { id: out.id })?).await?;
-            tx.commit().await.map_err(backend)?;
-            Ok(out)
+            let id = out.id;
+            Ok((out, Some(Change::Request { id })))
         })
         .await
     }
 
     async fn update_request(&self, r: &Request) -> Result<Request> {
-        let inner = self.inner.clone();
-        self.with("update_request", async |c| {
-            let tx = c.transaction().await.map_err(backend)?;
-            let out = save_request(&tx, r).await?;
-            notify(&tx, &inner.payload(Change::Request { id: r.id })?).await?;
-            tx.commit().await.map_err(backend)?;
-            Ok(out)
+        self.write("update_request", async |tx| {
+            Ok((save_request(tx, r).await?, Some(Change::Request { id: r.id })))
         })
         .await
     }
 
     async fn get_request(&self, id: i64) -> Result<Option<Request>> {
-        self.with("get_request", async |c| {
-            let rows = c
-                .query("SELECT body FROM jitgate_requests WHERE id = $1", &[&id])
-                .await
-                .map_err(backend)?;
-            Ok(bodies(&rows)?.pop())
-        })
-        .await
+        self.one("get_request", "SELECT body FROM jitgate_requests WHERE id = $1", &id)
+            .await
     }
 
     async fn list_requests(&self, f: &RequestFilter) -> Result<Vec<Request>> {
@@ -667,9 +692,7 @@ impl Store for PgStore {
     }
 
     async fn approve_with_grant(&self, r: &Request, g: &Grant) -> Result<(Request, Grant)> {
-        let inner = self.inner.clone();
-        self.with("approve_with_grant", async |c| {
-            let tx = c.transaction().await.map_err(backend)?;
+        self.write("approve_with_grant", async |tx| {
             let mut g = g.clone();
             if g.id == 0 {
                 let row = tx
@@ -681,37 +704,27 @@ impl Store for PgStore {
                     .map_err(backend)?;
                 g.id = row.try_get(0).map_err(backend)?;
             }
-            save_grant(&tx, &g).await?;
+            save_grant(tx, &g).await?;
             let mut r = r.clone();
             r.grant_id = Some(g.id);
-            let r = save_request(&tx, &r).await?;
-            notify(&tx, &inner.payload(Change::Grant { id: g.id })?).await?;
-            tx.commit().await.map_err(backend)?;
-            Ok((r, g))
+            let r = save_request(tx, &r).await?;
+            let id = g.id;
+            Ok(((r, g), Some(Change::Grant { id })))
         })
         .await
     }
 
     async fn update_grant(&self, g: &Grant) -> Result<()> {
-        let inner = self.inner.clone();
-        self.with("update_grant", async |c| {
-            let tx = c.transaction().await.map_err(backend)?;
-            save_grant(&tx, g).await?;
-            notify(&tx, &inner.payload(Change::Grant { id: g.id })?).await?;
-            tx.commit().await.map_err(backend)
+        self.write("update_grant", async |tx| {
+            save_grant(tx, g).await?;
+            Ok(((), Some(Change::Grant { id: g.id })))
         })
         .await
     }
 
     async fn get_grant(&self, id: i64) -> Result<Option<Grant>> {
-        self.with("get_grant", async |c| {
-            let rows = c
-                .query("SELECT body FROM jitgate_grants WHERE id = $1", &[&id])
-                .await
-                .map_err(backend)?;
-            Ok(bodies(&rows)?.pop())
-        })
-        .await
+        self.one("get_grant", "SELECT body FROM jitgate_grants WHERE id = $1", &id)
+            .await
     }
 
     async fn list_grants(&self, f: &GrantFilter) -> Result<Vec<Grant>> {
@@ -813,9 +826,7 @@ impl Store for PgStore {
     }
 
     async fn request_kill(&self, id: &str, by: &str) -> Result<bool> {
-        let inner = self.inner.clone();
-        self.with("request_kill", async |c| {
-            let tx = c.transaction().await.map_err(backend)?;
+        self.write("request_kill", async |tx| {
             let n = tx
                 .execute(
                     "UPDATE jitgate_sessions SET kill_by = $1 WHERE id = $2 AND ended_at IS NULL",
@@ -823,19 +834,11 @@ impl Store for PgStore {
                 )
                 .await
                 .map_err(backend)?;
-            if n == 0 {
-                return Ok(false);
-            }
-            notify(
-                &tx,
-                &inner.payload(Change::KillSession {
-                    id: id.to_string(),
-                    by: by.to_string(),
-                })?,
-            )
-            .await?;
-            tx.commit().await.map_err(backend)?;
-            Ok(true)
+            let change = Change::KillSession {
+                id: id.to_string(),
+                by: by.to_string(),
+            };
+            Ok((n > 0, (n > 0).then_some(change)))
         })
         .await
     }
@@ -850,9 +853,7 @@ impl Store for PgStore {
                 )
                 .await
                 .map_err(backend)?;
-            rows.iter()
-                .map(|r| Ok((r.try_get(0).map_err(backend)?, r.try_get(1).map_err(backend)?)))
-                .collect()
+            pairs(&rows)
         })
         .await
     }
@@ -871,20 +872,16 @@ impl Store for PgStore {
     }
 
     async fn token_by_hash(&self, sha256: &str) -> Result<Option<MachineToken>> {
-        self.with("token_by_hash", async |c| {
-            let rows = c
-                .query("SELECT body FROM jitgate_tokens WHERE sha256 = $1", &[&sha256])
-                .await
-                .map_err(backend)?;
-            Ok(bodies(&rows)?.pop())
-        })
+        self.one(
+            "token_by_hash",
+            "SELECT body FROM jitgate_tokens WHERE sha256 = $1",
+            &sha256,
+        )
         .await
     }
 
     async fn revoke_token(&self, jti: &str, expires_at: i64) -> Result<()> {
-        let inner = self.inner.clone();
-        self.with("revoke_token", async |c| {
-            let tx = c.transaction().await.map_err(backend)?;
+        self.write("revoke_token", async |tx| {
             tx.execute(
                 "INSERT INTO jitgate_revoked_tokens (jti, expires_at) VALUES ($1, $2) \
                  ON CONFLICT (jti) DO UPDATE SET expires_at = $2",
@@ -892,15 +889,11 @@ impl Store for PgStore {
             )
             .await
             .map_err(backend)?;
-            notify(
-                &tx,
-                &inner.payload(Change::TokenRevoked {
-                    jti: jti.to_string(),
-                    expires_at,
-                })?,
-            )
-            .await?;
-            tx.commit().await.map_err(backend)
+            let change = Change::TokenRevoked {
+                jti: jti.to_string(),
+                expires_at,
+            };
+            Ok(((), Some(change)))
         })
         .await
     }
@@ -914,9 +907,7 @@ impl Store for PgStore {
                 .query("SELECT jti, expires_at FROM jitgate_revoked_tokens", &[])
                 .await
                 .map_err(backend)?;
-            rows.iter()
-                .map(|r| Ok((r.try_get(0).map_err(backend)?, r.try_get(1).map_err(backend)?)))
-                .collect()
+            pairs(&rows)
         })
         .await
     }
@@ -954,9 +945,7 @@ impl Store for PgStore {
                 )
                 .await
                 .map_err(backend)?;
-            rows.iter()
-                .map(|r| Ok((r.try_get(0).map_err(backend)?, r.try_get(1).map_err(backend)?)))
-                .collect()
+            pairs(&rows)
         })
         .await
     }

@@ -118,6 +118,26 @@ fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> rusqlite::Result<T> {
         .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))
 }
 
+/// A second connection to the (migrated) file with `synchronous=NORMAL`.
+fn open_normal(path: &Path) -> Result<Connection> {
+    let c = Connection::open(path).map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))?;
+    c.pragma_update(None, "synchronous", "NORMAL").map_err(backend)?;
+    c.busy_timeout(std::time::Duration::from_secs(5)).map_err(backend)?;
+    Ok(c)
+}
+
+/// `body, ended_at, end_reason` → a session record.
+fn session_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRecord> {
+    let info: SessionInfo = from_json(&r.get::<_, String>(0)?)?;
+    let ended: Option<i64> = r.get(1)?;
+    Ok(SessionRecord {
+        info,
+        ended_at: ended.and_then(|m| Timestamp::from_millisecond(m).ok()),
+        end_reason: r.get(2)?,
+        node: None,
+    })
+}
+
 impl SqliteStore {
     /// Open (or create) the database file and run pending migrations.
     pub fn open(path: &Path, timing: Option<prometheus::HistogramVec>) -> Result<Self> {
@@ -149,26 +169,10 @@ impl SqliteStore {
                 .map_err(backend)?;
             tx.commit().map_err(backend)?;
         }
-        let index_conn =
-            Connection::open(path).map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))?;
-        index_conn
-            .pragma_update(None, "synchronous", "NORMAL")
-            .map_err(backend)?;
-        index_conn
-            .busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(backend)?;
-        let session_conn =
-            Connection::open(path).map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))?;
-        session_conn
-            .pragma_update(None, "synchronous", "NORMAL")
-            .map_err(backend)?;
-        session_conn
-            .busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(backend)?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
-            index_conn: Arc::new(Mutex::new(index_conn)),
-            session_conn: Arc::new(Mutex::new(session_conn)),
+            index_conn: Arc::new(Mutex::new(open_normal(path)?)),
+            session_conn: Arc::new(Mutex::new(open_normal(path)?)),
             log: Arc::new(std::sync::OnceLock::new()),
             timing,
         })
@@ -396,16 +400,7 @@ impl Store for SqliteStore {
                 .prepare("SELECT body, ended_at, end_reason FROM sessions WHERE (?1 = 0 OR ended_at IS NULL) ORDER BY started_at DESC LIMIT ?2")
                 .map_err(backend)?;
             let rows = st
-                .query_map(params![i64::from(open_only), i64::try_from(limit).unwrap_or(1000)], |r| {
-                    let info: SessionInfo = from_json(&r.get::<_, String>(0)?)?;
-                    let ended: Option<i64> = r.get(1)?;
-                    Ok(SessionRecord {
-                        info,
-                        ended_at: ended.and_then(|m| Timestamp::from_millisecond(m).ok()),
-                        end_reason: r.get(2)?,
-                        node: None,
-                    })
-                })
+                .query_map(params![i64::from(open_only), i64::try_from(limit).unwrap_or(1000)], session_row)
                 .map_err(backend)?;
             rows.collect::<rusqlite::Result<Vec<_>>>().map_err(backend)
         })
@@ -418,16 +413,7 @@ impl Store for SqliteStore {
             c.query_row(
                 "SELECT body, ended_at, end_reason FROM sessions WHERE id = ?1",
                 [id],
-                |r| {
-                    let info: SessionInfo = from_json(&r.get::<_, String>(0)?)?;
-                    let ended: Option<i64> = r.get(1)?;
-                    Ok(SessionRecord {
-                        info,
-                        ended_at: ended.and_then(|m| Timestamp::from_millisecond(m).ok()),
-                        end_reason: r.get(2)?,
-                        node: None,
-                    })
-                },
+                session_row,
             )
             .optional()
             .map_err(backend)
