@@ -10,7 +10,14 @@ use crate::event::{Event, GENESIS};
 
 /// Hex SHA-256 of one line (without its newline).
 pub fn line_hash(line: &[u8]) -> String {
-    hex::encode(Sha256::digest(line))
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digest = Sha256::digest(line);
+    let mut out = String::with_capacity(64);
+    for b in digest {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0x0f)]));
+    }
+    out
 }
 
 /// Result of a successful verification.

@@ -1,5 +1,8 @@
 //! The audit event: one JSON object per line of `audit.jsonl`.
 
+use std::borrow::Cow;
+use std::sync::Arc;
+
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
@@ -101,6 +104,193 @@ impl Event {
     }
 }
 
+/// One SQL statement (`pg.statement`), the relay's hot-path event. It is written straight from
+/// these fields, without building a JSON map per statement; its line parses back to the same
+/// [`Event`] as [`Statement::to_event`] builds.
+#[derive(Debug, Clone)]
+pub struct Statement {
+    /// When it completed (or was refused).
+    pub time: Timestamp,
+    /// Who ran it (actor and `details.identity`).
+    pub identity: Arc<str>,
+    /// Access level of the grant (`read-only`, `read-write`, ...).
+    pub access: Arc<str>,
+    /// Resource.
+    pub resource: Arc<str>,
+    /// Grant.
+    pub grant_id: i64,
+    /// Session.
+    pub session_id: Arc<str>,
+    /// SQL text as sent.
+    pub sql: Arc<str>,
+    /// SQL longer than this many bytes is cut (at a character boundary) and marked truncated.
+    pub max_text: usize,
+    /// Statement class (`select`, `write`, `ddl`, ...).
+    pub class: &'static str,
+    /// Simple (`Query`) or extended (`Parse`/`Bind`/`Execute`) protocol.
+    pub simple: bool,
+    /// `ok`, `error`, `refused` or `skipped`.
+    pub outcome: &'static str,
+    /// Duration in milliseconds (microsecond precision).
+    pub duration_ms: f64,
+    /// Rows reported by the server.
+    pub rows: u64,
+    /// SQLSTATE and message of an error.
+    pub error: Option<Box<(String, String)>>,
+}
+
+/// The kind of [`Statement`] events.
+pub const STATEMENT_KIND: &str = "pg.statement";
+
+#[derive(Serialize)]
+struct StatementLine<'a> {
+    seq: u64,
+    time: Timestamp,
+    kind: &'static str,
+    actor: &'a str,
+    resource: &'a str,
+    grant_id: i64,
+    session_id: &'a str,
+    details: StatementDetails<'a>,
+    prev: &'a str,
+}
+
+/// Keys in the order a generic event's details map serialises them (sorted).
+#[derive(Serialize)]
+struct StatementDetails<'a> {
+    access: &'a str,
+    class: &'a str,
+    duration_ms: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
+    identity: &'a str,
+    outcome: &'a str,
+    protocol: &'a str,
+    rows: u64,
+    sql: &'a str,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    sql_truncated: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sqlstate: Option<&'a str>,
+}
+
+impl Statement {
+    /// The SQL as recorded, and whether it was cut.
+    fn sql_text(&self) -> (&str, bool) {
+        let s: &str = &self.sql;
+        if s.len() <= self.max_text {
+            return (s, false);
+        }
+        let mut end = self.max_text;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        (&s[..end], true)
+    }
+
+    fn protocol(&self) -> &'static str {
+        if self.simple { "simple" } else { "extended" }
+    }
+
+    /// Its line in the log (without the newline) at `seq`, after a line hashing to `prev`.
+    pub fn line(&self, seq: u64, prev: &str) -> serde_json::Result<String> {
+        let (sql, sql_truncated) = self.sql_text();
+        let error = self.error.as_deref();
+        serde_json::to_string(&StatementLine {
+            seq,
+            time: self.time,
+            kind: STATEMENT_KIND,
+            actor: &self.identity,
+            resource: &self.resource,
+            grant_id: self.grant_id,
+            session_id: &self.session_id,
+            details: StatementDetails {
+                access: &self.access,
+                class: self.class,
+                duration_ms: self.duration_ms,
+                error: error.map(|e| e.1.as_str()),
+                identity: &self.identity,
+                outcome: self.outcome,
+                protocol: self.protocol(),
+                rows: self.rows,
+                sql,
+                sql_truncated,
+                sqlstate: error.map(|e| e.0.as_str()),
+            },
+            prev,
+        })
+    }
+
+    /// The same statement as a generic event (`seq` 0, `prev` empty).
+    pub fn to_event(&self) -> Event {
+        let (sql, cut) = self.sql_text();
+        let mut d = serde_json::json!({
+            "identity": &*self.identity, "access": &*self.access, "sql": sql, "class": self.class,
+            "protocol": self.protocol(), "outcome": self.outcome, "duration_ms": self.duration_ms,
+            "rows": self.rows,
+        });
+        if cut {
+            d["sql_truncated"] = serde_json::Value::Bool(true);
+        }
+        if let Some(e) = &self.error {
+            d["sqlstate"] = serde_json::Value::String(e.0.clone());
+            d["error"] = serde_json::Value::String(e.1.clone());
+        }
+        Event::new(STATEMENT_KIND, self.time)
+            .actor(&*self.identity)
+            .resource(&*self.resource)
+            .grant(self.grant_id)
+            .session(&*self.session_id)
+            .details(d)
+    }
+
+    /// What the index needs of it at `seq`.
+    pub fn head(&self, seq: u64) -> Head {
+        Head {
+            seq,
+            time: self.time,
+            kind: Cow::Borrowed(STATEMENT_KIND),
+            actor: Some(self.identity.clone()),
+            resource: Some(self.resource.clone()),
+            grant_id: Some(self.grant_id),
+            session_id: Some(self.session_id.clone()),
+        }
+    }
+}
+
+/// The fields of a written event that an index files it under.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Head {
+    /// Position in the log.
+    pub seq: u64,
+    /// When it happened.
+    pub time: Timestamp,
+    /// Kind.
+    pub kind: Cow<'static, str>,
+    /// Actor.
+    pub actor: Option<Arc<str>>,
+    /// Resource.
+    pub resource: Option<Arc<str>>,
+    /// Grant.
+    pub grant_id: Option<i64>,
+    /// Session.
+    pub session_id: Option<Arc<str>>,
+}
+
+impl From<&Event> for Head {
+    fn from(e: &Event) -> Self {
+        Self {
+            seq: e.seq,
+            time: e.time,
+            kind: Cow::Owned(e.kind.clone()),
+            actor: e.actor.as_deref().map(Arc::from),
+            resource: e.resource.as_deref().map(Arc::from),
+            grant_id: e.grant_id,
+            session_id: e.session_id.as_deref().map(Arc::from),
+        }
+    }
+}
+
 /// Filters for searching the log.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Query {
@@ -146,5 +336,51 @@ impl Query {
             && self.session.as_ref().is_none_or(|s| e.session_id.as_ref() == Some(s))
             && self.since.is_none_or(|t| e.time >= t)
             && self.until.is_none_or(|t| e.time <= t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn statement(sql: &str, max_text: usize, error: bool) -> Statement {
+        Statement {
+            time: Timestamp::now(),
+            identity: "alice@example.com".into(),
+            access: "read-only".into(),
+            resource: "prod-db".into(),
+            grant_id: 7,
+            session_id: "s-1".into(),
+            sql: sql.into(),
+            max_text,
+            class: "select",
+            simple: false,
+            outcome: if error { "error" } else { "ok" },
+            duration_ms: 0.123,
+            rows: 3,
+            error: error.then(|| Box::new(("42P01".to_string(), "relation \"x\" does not exist".to_string()))),
+        }
+    }
+
+    #[test]
+    fn statement_line_is_the_generic_event() {
+        for s in [
+            statement("SELECT 1", 100, false),
+            statement("SELECT 'é\n\"quoted\"' FROM x", 100, true),
+            statement("SELECT 'ééééé'", 9, false),
+        ] {
+            let line = s.line(42, "abc").unwrap();
+            let parsed: Event = serde_json::from_str(&line).unwrap();
+            let mut want = s.to_event();
+            want.seq = 42;
+            want.prev = "abc".into();
+            assert_eq!(parsed, want);
+            // Byte for byte what serialising the generic event gives.
+            assert_eq!(line, serde_json::to_string(&want).unwrap());
+            assert_eq!(s.head(42), Head::from(&want));
+        }
+        let cut = statement("SELECT 'ééééé'", 9, false).to_event();
+        assert_eq!(cut.details["sql"], "SELECT '");
+        assert_eq!(cut.details["sql_truncated"], true);
     }
 }

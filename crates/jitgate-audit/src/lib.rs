@@ -11,7 +11,7 @@ pub mod event;
 pub mod sink;
 
 pub use chain::{Broken, Verified, VerifiedChain, rotated_files, verify_chain, verify_file};
-pub use event::{Event, GENESIS, Query};
+pub use event::{Event, GENESIS, Head, Query, STATEMENT_KIND, Statement};
 pub use sink::{AuditError, AuditIndex, AuditSink, Indexed};
 
 #[cfg(test)]

@@ -15,14 +15,14 @@ use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::chain::line_hash;
-use crate::event::{Event, GENESIS, Query};
+use crate::event::{Event, GENESIS, Head, Query, Statement};
 
 /// A written event and its line in the log (without the newline): the index stores the line
 /// as the event's body instead of serialising the event a second time.
 #[derive(Debug, Clone)]
 pub struct Indexed {
-    /// The event, `seq` and `prev` set.
-    pub event: Event,
+    /// What the event is filed under (`seq` set).
+    pub head: Head,
     /// Its JSON line.
     pub line: String,
     /// Byte offset of the line in its file (the live file, or the rotated file it moved to).
@@ -65,8 +65,13 @@ pub enum AuditError {
 }
 
 struct Msg {
-    event: Event,
+    payload: Payload,
     ack: Option<oneshot::Sender<Result<u64, String>>>,
+}
+
+enum Payload {
+    Event(Box<Event>),
+    Statement(Box<Statement>),
 }
 
 /// Cheap-to-clone handle to the writer.
@@ -181,7 +186,10 @@ impl AuditSink {
     pub async fn record(&self, event: Event) -> Result<u64, AuditError> {
         let (ack, rx) = oneshot::channel();
         self.tx
-            .send(Msg { event, ack: Some(ack) })
+            .send(Msg {
+                payload: Payload::Event(Box::new(event)),
+                ack: Some(ack),
+            })
             .await
             .map_err(|_| AuditError::Closed)?;
         match rx.await {
@@ -197,7 +205,22 @@ impl AuditSink {
     /// Queue `event`; waits only while the queue is full.
     pub async fn emit(&self, event: Event) -> Result<(), AuditError> {
         self.tx
-            .send(Msg { event, ack: None })
+            .send(Msg {
+                payload: Payload::Event(Box::new(event)),
+                ack: None,
+            })
+            .await
+            .map_err(|_| AuditError::Closed)
+    }
+
+    /// Queue a statement (the relay's hot path: no JSON map is built for it); waits only while
+    /// the queue is full.
+    pub async fn emit_statement(&self, statement: Statement) -> Result<(), AuditError> {
+        self.tx
+            .send(Msg {
+                payload: Payload::Statement(Box::new(statement)),
+                ack: None,
+            })
             .await
             .map_err(|_| AuditError::Closed)
     }
@@ -232,7 +255,11 @@ fn catch_up_blocking(ix: &dyn AuditIndex, path: &Path, log_seq: u64) {
         if let Ok(e) = serde_json::from_str::<Event>(&line)
             && e.seq > have
         {
-            missing.push(Indexed { event: e, line, offset });
+            missing.push(Indexed {
+                head: Head::from(&e),
+                line,
+                offset,
+            });
         }
         offset += len;
     }
@@ -390,23 +417,16 @@ fn writer(file: std::fs::File, mut seq: u64, mut prev: String, mut rx: mpsc::Rec
         let Some(first) = next else { break };
         let mut durable = first.ack.is_some();
         batch.push(first);
-        // Group commit: hot-path events (no acknowledgement wanted) may wait up to LINGER so
-        // that one wake-up, one write and one index transaction serve many of them.
-        let linger_until = std::time::Instant::now() + LINGER;
-        loop {
-            match rx.try_recv() {
-                Ok(m) => {
-                    durable |= m.ack.is_some();
-                    batch.push(m);
-                    if batch.len() >= 4096 {
-                        break;
-                    }
-                }
-                Err(mpsc::error::TryRecvError::Empty) if !durable && std::time::Instant::now() < linger_until => {
-                    std::thread::sleep(LINGER / 4);
-                }
-                Err(_) => break,
-            }
+        // Group commit: a hot-path event (no acknowledgement wanted) waits LINGER, once, so
+        // that one wake-up, one write and one index transaction serve everything that came
+        // meanwhile. A durable record is written at once.
+        if !durable && rx.len() < 4096 {
+            std::thread::sleep(LINGER);
+        }
+        while batch.len() < 4096 {
+            let Ok(m) = rx.try_recv() else { break };
+            durable |= m.ack.is_some();
+            batch.push(m);
         }
         let mut written = Vec::with_capacity(batch.len());
         let mut result: Result<(), String> = Ok(());
@@ -421,11 +441,16 @@ fn writer(file: std::fs::File, mut seq: u64, mut prev: String, mut rx: mpsc::Rec
         };
         let mut batch_len: u64 = 0;
         for m in &mut batch {
-            let mut e = std::mem::replace(&mut m.event, Event::new("", jiff::Timestamp::UNIX_EPOCH));
             seq += 1;
-            e.seq = seq;
-            e.prev = std::mem::take(&mut prev);
-            let line = match serde_json::to_string(&e) {
+            let line = match &mut m.payload {
+                Payload::Event(e) => {
+                    e.seq = seq;
+                    e.prev = std::mem::take(&mut prev);
+                    serde_json::to_string(&**e).map(|l| (l, Head::from(&**e)))
+                }
+                Payload::Statement(st) => st.line(seq, &prev).map(|l| (l, st.head(seq))),
+            };
+            let (line, head) = match line {
                 Ok(l) => l,
                 Err(err) => {
                     result = Err(err.to_string());
@@ -439,7 +464,7 @@ fn writer(file: std::fs::File, mut seq: u64, mut prev: String, mut rx: mpsc::Rec
             }
             let offset = good_len + batch_len;
             batch_len += u64::try_from(line.len() + 1).unwrap_or(0);
-            written.push(Indexed { event: e, line, offset });
+            written.push(Indexed { head, line, offset });
         }
         if result.is_ok() {
             result = w.flush().map_err(|e| e.to_string());
@@ -474,7 +499,7 @@ fn writer(file: std::fs::File, mut seq: u64, mut prev: String, mut rx: mpsc::Rec
             .iter()
             .enumerate()
             .filter(|(_, m)| m.ack.is_some())
-            .map(|(i, _)| written.get(i).map_or(0, |x| x.event.seq))
+            .map(|(i, _)| written.get(i).map_or(0, |x| x.head.seq))
             .collect();
         if backlog.is_empty() {
             backlog_since = std::time::Instant::now();
@@ -508,7 +533,7 @@ fn writer(file: std::fs::File, mut seq: u64, mut prev: String, mut rx: mpsc::Rec
                     if let Ok(rt) = &rt {
                         let line = serde_json::to_string(&e).unwrap_or_default();
                         backlog.push(Indexed {
-                            event: e,
+                            head: Head::from(&e),
                             line,
                             offset: 0,
                         });

@@ -135,9 +135,16 @@ pub fn fingerprint(sql: &str) -> (String, Vec<String>) {
 }
 
 fn lex(sql: &str) -> (String, Vec<Word>) {
+    let mut words = Vec::new();
+    let fp = lex_with(sql, Some(&mut words));
+    (fp, words)
+}
+
+/// The fingerprint, and the words when asked for (a cache hit needs only the fingerprint, so
+/// it allocates no word).
+fn lex_with(sql: &str, mut words: Option<&mut Vec<Word>>) -> String {
     let b = sql.as_bytes();
     let mut out = String::with_capacity(sql.len().min(4096));
-    let mut words: Vec<Word> = Vec::new();
     let mut i = 0;
     let space = |out: &mut String| {
         if !out.is_empty() && !out.ends_with(' ') {
@@ -179,8 +186,8 @@ fn lex(sql: &str) -> (String, Vec<Word>) {
                 let escapes = i > 0 && matches!(b[i - 1], b'e' | b'E') && out.ends_with(['e', 'E']);
                 if escapes {
                     out.pop();
-                    if let Some(w) = words.last()
-                        && w.text == "e"
+                    if let Some(words) = words.as_deref_mut()
+                        && words.last().is_some_and(|w| w.text == "e")
                     {
                         words.pop();
                     }
@@ -251,16 +258,23 @@ fn lex(sql: &str) -> (String, Vec<Word>) {
                 while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b'$' || b[i] >= 0x80) {
                     i += 1;
                 }
-                let w = sql[start..i].to_lowercase();
-                out.push_str(&w);
-                let mut k = i;
-                while k < b.len() && b[k].is_ascii_whitespace() {
-                    k += 1;
+                let word = &sql[start..i];
+                match words.as_deref_mut() {
+                    Some(words) => {
+                        let w = word.to_lowercase();
+                        out.push_str(&w);
+                        let mut k = i;
+                        while k < b.len() && b[k].is_ascii_whitespace() {
+                            k += 1;
+                        }
+                        words.push(Word {
+                            text: w,
+                            call: b.get(k) == Some(&b'('),
+                        });
+                    }
+                    None if word.is_ascii() => out.extend(word.bytes().map(|c| char::from(c.to_ascii_lowercase()))),
+                    None => out.push_str(&word.to_lowercase()),
                 }
-                words.push(Word {
-                    text: w,
-                    call: b.get(k) == Some(&b'('),
-                });
             }
             _ => {
                 // Multi-byte UTF-8 continuation bytes are handled with identifiers above.
@@ -269,7 +283,8 @@ fn lex(sql: &str) -> (String, Vec<Word>) {
             }
         }
     }
-    (out.trim_end().to_string(), words)
+    out.truncate(out.trim_end().len());
+    out
 }
 
 fn kind_name(s: &Statement) -> String {
@@ -452,10 +467,11 @@ impl Classifier {
 
     /// The verdict for `sql`, parsing only when its fingerprint is new.
     pub fn classify(&self, sql: &str) -> Arc<Verdict> {
-        let (fp, words) = lex(sql);
+        let fp = lex_with(sql, None);
         if let Some(v) = self.cache.get(&fp) {
             return v.clone();
         }
+        let (fp, words) = lex(sql);
         let v = Arc::new(verdict(sql, &words));
         if self.cache.len() >= CACHE_MAX {
             self.cache.clear();
@@ -576,6 +592,19 @@ mod tests {
         assert_eq!(classify("SELECT 1; DROP TABLE t").class, Class::Ddl);
         assert_eq!(classify("not sql at all").class, Class::Unparsed);
         assert_eq!(classify("  ; ").class, Class::Empty);
+    }
+
+    #[test]
+    fn the_cache_key_needs_no_words_and_is_the_same_fingerprint() {
+        for sql in [
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 42;",
+            "select E'a\\'b' , e'x' FROM \"Tëst\" -- c\n WHERE x = $1",
+            "SELECT ÄÖÜ, Straße, ΣΑΣ FROM t /* a /* nested */ b */ WHERE s = $tag$x$tag$  ",
+            "INSERT INTO t VALUES (1.5e3, 'it''s')",
+            "",
+        ] {
+            assert_eq!(lex_with(sql, None), lex(sql).0, "{sql}");
+        }
     }
 
     #[test]

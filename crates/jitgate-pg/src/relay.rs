@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
-use jitgate_audit::{AuditSink, Event};
+use jitgate_audit::{AuditSink, Statement};
 use jitgate_core::{KillReason, Metrics, SessionGuard};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 
@@ -61,7 +61,7 @@ struct Pending {
     simple: bool,
     started: Instant,
     rows: u64,
-    error: Option<(String, String)>,
+    error: Option<Box<(String, String)>>,
 }
 
 /// Named statements/portals remembered per session (for audit text) before the maps are reset.
@@ -71,8 +71,16 @@ const MAX_NAMED: usize = 10_000;
 /// longer than this: a 1 GB row costs the gateway one read buffer, not 1 GB.
 const STREAM_OVER: usize = 256 * 1024;
 
-#[derive(Default)]
+/// The session's names as audit events carry them, shared by every statement event.
+struct Names {
+    identity: Arc<str>,
+    access: Arc<str>,
+    resource: Arc<str>,
+    session: Arc<str>,
+}
+
 struct Shared {
+    names: Names,
     /// ReadyForQuery-producing messages forwarded to the server.
     forwarded: AtomicU64,
     /// (ReadyForQuery number, ErrorResponse frame) to put before it.
@@ -99,7 +107,18 @@ pub enum End {
 pub async fn run(ctx: RelayCtx, client: BoxIo, server: BoxIo, leftover: BytesMut) -> End {
     let (cr, cw) = tokio::io::split(client);
     let (sr, sw) = tokio::io::split(server);
-    let shared = Arc::new(Shared::default());
+    let info = &ctx.guard.info;
+    let shared = Arc::new(Shared {
+        names: Names {
+            identity: info.identity.as_str().into(),
+            access: info.access.as_str().into(),
+            resource: info.resource.as_str().into(),
+            session: info.id.as_str().into(),
+        },
+        forwarded: AtomicU64::new(0),
+        inject: Mutex::default(),
+        pending: Mutex::default(),
+    });
     let ctx = Arc::new(ctx);
     let mut c2s = tokio::spawn(client_to_server(ctx.clone(), shared.clone(), cr, sw));
     let (end, c2s_done) = tokio::select! {
@@ -116,39 +135,30 @@ pub async fn run(ctx: RelayCtx, client: BoxIo, server: BoxIo, leftover: BytesMut
     end
 }
 
-fn truncate(s: &str, max: usize) -> (String, bool) {
-    if s.len() <= max {
-        return (s.to_string(), false);
+fn statement_event(
+    ctx: &RelayCtx,
+    sh: &Shared,
+    p: Pending,
+    outcome: &'static str,
+    took: std::time::Duration,
+) -> Statement {
+    let n = &sh.names;
+    Statement {
+        time: jiff::Timestamp::now(),
+        identity: n.identity.clone(),
+        access: n.access.clone(),
+        resource: n.resource.clone(),
+        grant_id: ctx.guard.info.grant_id,
+        session_id: n.session.clone(),
+        sql: p.sql,
+        max_text: ctx.max_text,
+        class: p.class.as_str(),
+        simple: p.simple,
+        outcome,
+        duration_ms: (took.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
+        rows: p.rows,
+        error: p.error,
     }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    (s[..end].to_string(), true)
-}
-
-fn statement_event(ctx: &RelayCtx, p: &Pending, outcome: &str, took: std::time::Duration) -> Event {
-    let info = &ctx.guard.info;
-    let (sql, cut) = truncate(&p.sql, ctx.max_text);
-    let mut d = serde_json::json!({
-        "identity": info.identity, "access": info.access, "sql": sql, "class": p.class.as_str(),
-        "protocol": if p.simple { "simple" } else { "extended" }, "outcome": outcome,
-        "duration_ms": (took.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
-        "rows": p.rows,
-    });
-    if cut {
-        d["sql_truncated"] = serde_json::Value::Bool(true);
-    }
-    if let Some((code, msg)) = &p.error {
-        d["sqlstate"] = serde_json::Value::String(code.clone());
-        d["error"] = serde_json::Value::String(msg.clone());
-    }
-    Event::new("pg.statement", jiff::Timestamp::now())
-        .actor(&info.identity)
-        .resource(&info.resource)
-        .grant(info.grant_id)
-        .session(&info.id)
-        .details(d)
 }
 
 async fn client_to_server(
@@ -364,11 +374,12 @@ async fn refuse(ctx: &RelayCtx, sh: &Shared, at: u64, sql: &str, class: Class, w
         simple: true,
         started: Instant::now(),
         rows: 0,
-        error: Some(("42501".into(), format!("refused: {why}"))),
+        error: Some(Box::new(("42501".into(), format!("refused: {why}")))),
     };
+    let took = p.started.elapsed();
     let _ = ctx
         .audit
-        .emit(statement_event(ctx, &p, "refused", p.started.elapsed()))
+        .emit_statement(statement_event(ctx, sh, p, "refused", took))
         .await;
 }
 
@@ -385,6 +396,8 @@ async fn server_to_client(
     let mut error_since_ready = false;
     let mut warnings = ctx.guard.warnings.clone();
     let kill = ctx.guard.kill.clone();
+    // Created once, not per read: each creation registers a waiter on the token.
+    let mut killed = std::pin::pin!(kill.cancelled());
     let bytes_out = ctx
         .metrics
         .bytes_total
@@ -413,7 +426,7 @@ async fn server_to_client(
         {
             tokio::select! {
                 biased;
-                () = kill.cancelled() => {
+                () = &mut killed => {
                     let reason = ctx.guard.kill_reason().unwrap_or(KillReason::Shutdown);
                     let mut e = BytesMut::new();
                     protocol::error_response(&mut e, Severity::Fatal, "57P01", &reason.message(&ctx.guard.info.resource), Some("request access again with `jitgate request`"));
@@ -483,7 +496,7 @@ async fn server_to_client(
                     let (code, msg) = protocol::error_fields(body);
                     let mut q = lock(&sh.pending);
                     if let Some(p) = q.front_mut() {
-                        p.error = Some((code, msg));
+                        p.error = Some(Box::new((code, msg)));
                         if !p.simple
                             && let Some(p) = q.pop_front()
                         {
@@ -518,12 +531,12 @@ async fn server_to_client(
                     }
                     if let Some(err) = inject {
                         if let Err(e) = cw.write_all(&buf[written..pos]).await {
-                            audit_done(ctx, &mut done).await;
+                            audit_done(ctx, sh, &mut done).await;
                             return End::Error(e.to_string());
                         }
                         written = pos;
                         if !error_since_ready && cw.write_all(&err).await.is_err() {
-                            audit_done(ctx, &mut done).await;
+                            audit_done(ctx, sh, &mut done).await;
                             return End::Client;
                         }
                     }
@@ -540,7 +553,7 @@ async fn server_to_client(
             Ok(())
         };
         buf.advance(pos);
-        if !audit_done(ctx, &mut done).await {
+        if !audit_done(ctx, sh, &mut done).await {
             tracing::error!(session_id = %ctx.guard.info.id, "audit sink closed; ending the session");
             return End::Error("audit log unavailable".into());
         }
@@ -551,10 +564,10 @@ async fn server_to_client(
 }
 
 /// Emit the audit events of completed statements; `false` when the audit sink is gone.
-async fn audit_done(ctx: &RelayCtx, done: &mut Vec<(Pending, &'static str, std::time::Duration)>) -> bool {
+async fn audit_done(ctx: &RelayCtx, sh: &Shared, done: &mut Vec<(Pending, &'static str, std::time::Duration)>) -> bool {
     for (p, outcome, took) in done.drain(..) {
-        if let Some(ev) = finish(ctx, &p, outcome, took)
-            && ctx.audit.emit(ev).await.is_err()
+        if let Some(ev) = finish(ctx, sh, p, outcome, took)
+            && ctx.audit.emit_statement(ev).await.is_err()
         {
             return false;
         }
@@ -570,7 +583,13 @@ fn completed(p: Pending, outcome: &'static str) -> (Pending, &'static str, std::
 
 /// A statement completed: its duration metric, and its audit event unless `[audit] statements`
 /// is off (then none is built at all).
-fn finish(ctx: &RelayCtx, p: &Pending, outcome: &str, took: std::time::Duration) -> Option<Event> {
+fn finish(
+    ctx: &RelayCtx,
+    sh: &Shared,
+    p: Pending,
+    outcome: &'static str,
+    took: std::time::Duration,
+) -> Option<Statement> {
     ctx.metrics.query_duration_seconds.observe(took.as_secs_f64());
-    ctx.audit_statements.then(|| statement_event(ctx, p, outcome, took))
+    ctx.audit_statements.then(|| statement_event(ctx, sh, p, outcome, took))
 }

@@ -355,25 +355,125 @@ mod tests {
             .map(|e| e.details["sql"].as_str().unwrap().to_string())
             .collect();
         assert_eq!(sqls, (0..60).map(|i| format!("SELECT {i}")).collect::<Vec<_>>());
-        // The index holds offsets for statements, not their lines.
-        let slim: i64 = store
+        // The index holds runs of offsets for statements, not their lines.
+        let (slim, rows): (i64, i64) = store
             .with("t", |c| {
                 c.query_row(
-                    "SELECT count(*) FROM audit_events WHERE kind = 'pg.statement' AND body = '' AND line_at IS NOT NULL",
+                    "SELECT (SELECT sum(length(at)) / 16 FROM audit_runs), (SELECT count(*) FROM audit_events WHERE kind = 'pg.statement')",
                     [],
-                    |r| r.get(0),
+                    |r| Ok((r.get(0)?, r.get(1)?)),
                 )
                 .map_err(|e| StoreError::Backend(e.to_string()))
             })
             .await
             .unwrap();
-        assert_eq!(slim, 60);
+        assert_eq!((slim, rows), (60, 0));
         // A rotated file archived away: its statements drop out of search (logged), the rest
         // are still found, and nothing fails.
         let first = jitgate_audit::rotated_files(&log).remove(0);
         std::fs::remove_file(&first).unwrap();
         let rest = store.search(&q).await.unwrap();
         assert!(!rest.is_empty() && rest.len() < 60, "{}", rest.len());
+    }
+
+    #[tokio::test]
+    async fn statement_runs_merge_with_other_events_newest_first() {
+        use jitgate_audit::{AuditSink, Event, Query, Statement};
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(SqliteStore::open(&dir.path().join("t.db"), None).unwrap());
+        let log = dir.path().join("audit.jsonl");
+        let sink = AuditSink::open(&log, Some(store.clone()), None).unwrap();
+        let st = |who: &str, session: &str, i: usize| Statement {
+            time: Timestamp::now(),
+            identity: who.into(),
+            access: "read-write".into(),
+            resource: "db".into(),
+            grant_id: 1,
+            session_id: session.into(),
+            sql: format!("SELECT {i}").into(),
+            max_text: 100,
+            class: "select",
+            simple: true,
+            outcome: "ok",
+            duration_ms: 0.1,
+            rows: 1,
+            error: None,
+        };
+        // Two sessions interleaved, with other events between, across several index batches.
+        for i in 0..30 {
+            sink.emit_statement(st("alice", "s-1", i)).await.unwrap();
+            sink.emit_statement(st("bob", "s-2", i)).await.unwrap();
+            if i % 10 == 9 {
+                sink.record(Event::new("grant.activated", Timestamp::now()).grant(1))
+                    .await
+                    .unwrap();
+            }
+        }
+        sink.record(Event::new("session.ended", Timestamp::now()).session("s-1"))
+            .await
+            .unwrap();
+        let all = store
+            .search(&Query {
+                limit: Some(10_000),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            all.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            (1..=64).collect::<Vec<u64>>()
+        );
+        let newest = store
+            .search(&Query {
+                limit: Some(7),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            newest.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            (58..=64).collect::<Vec<u64>>()
+        );
+        let bob = store
+            .search(&Query {
+                user: Some("bob".into()),
+                limit: Some(3),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let sqls: Vec<&str> = bob.iter().map(|e| e.details["sql"].as_str().unwrap()).collect();
+        assert_eq!(sqls, ["SELECT 27", "SELECT 28", "SELECT 29"]);
+        assert!(bob.iter().all(|e| e.session_id.as_deref() == Some("s-2")));
+        let s1 = store
+            .search(&Query {
+                session: Some("s-1".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(s1.len(), 31, "30 statements and session.ended");
+        assert_eq!(s1.last().unwrap().kind, "session.ended");
+        let grants = store
+            .search(&Query {
+                kind: Some("grant.".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(grants.len(), 3);
+        let none = store
+            .search(&Query {
+                since: Some(
+                    Timestamp::now()
+                        .checked_add(jiff::SignedDuration::from_secs(60))
+                        .unwrap(),
+                ),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert!(none.is_empty());
     }
 
     #[tokio::test]

@@ -988,14 +988,14 @@ impl AuditIndex for PgStore {
             let mut grants = Vec::with_capacity(events.len());
             let mut sessions = Vec::with_capacity(events.len());
             let mut body = Vec::with_capacity(events.len());
-            for Indexed { event: e, line, .. } in events {
+            for Indexed { head: e, line, .. } in events {
                 seqs.push(i64::try_from(e.seq).unwrap_or(i64::MAX));
                 times.push(ms(e.time));
-                kinds.push(e.kind);
-                actors.push(e.actor);
-                resources.push(e.resource);
+                kinds.push(e.kind.into_owned());
+                actors.push(e.actor.as_deref().map(str::to_owned));
+                resources.push(e.resource.as_deref().map(str::to_owned));
                 grants.push(e.grant_id);
-                sessions.push(e.session_id);
+                sessions.push(e.session_id.as_deref().map(str::to_owned));
                 body.push(line);
             }
             me.with("audit_index", async |c| {

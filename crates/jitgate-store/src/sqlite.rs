@@ -72,10 +72,42 @@ CREATE TABLE revoked_tokens (
     r#"
 ALTER TABLE audit_events ADD COLUMN line_at INTEGER;
 "#,
+    // Statement events are filed in runs instead: one row per session and index batch (up to
+    // 8,192 events or 200 ms), `at` packing each statement's seq and byte offset in the audit
+    // file (16 bytes, little-endian). Search reads the lines back from the file. Three B-tree
+    // inserts per batch and session instead of three per statement.
+    r#"
+CREATE TABLE audit_runs (
+    id INTEGER PRIMARY KEY,
+    first_seq INTEGER NOT NULL,
+    last_seq INTEGER NOT NULL,
+    min_time INTEGER NOT NULL,
+    max_time INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    actor TEXT,
+    resource TEXT,
+    grant_id INTEGER,
+    session_id TEXT NOT NULL,
+    at BLOB NOT NULL
+);
+CREATE INDEX audit_runs_last ON audit_runs(last_seq);
+CREATE INDEX audit_runs_session ON audit_runs(session_id, last_seq);
+"#,
 ];
 
-/// Event kinds indexed as slim rows (offset into the log instead of the line): the hot path.
-const SLIM_KINDS: &[&str] = &["pg.statement"];
+/// Event kinds filed in runs (offsets into the log instead of lines): the hot path. Every event
+/// of a run shares kind, actor, resource, grant and session, and `actor` is also the event's
+/// `details.identity`, so those filters are exact on the run.
+const SLIM_KINDS: &[&str] = &[jitgate_audit::STATEMENT_KIND];
+
+/// Statements of one session in one index batch.
+struct Run<'a> {
+    head: &'a jitgate_audit::Head,
+    last_seq: u64,
+    min_time: i64,
+    max_time: i64,
+    at: Vec<u8>,
+}
 
 /// SQLite-backed [`Store`].
 #[derive(Clone)]
@@ -528,26 +560,72 @@ impl AuditIndex for SqliteStore {
         {
             let mut st = tx
                 .prepare(
-                    "INSERT OR REPLACE INTO audit_events (seq, time, kind, actor, resource, grant_id, session_id, body, line_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                    "INSERT OR REPLACE INTO audit_events (seq, time, kind, actor, resource, grant_id, session_id, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 )
                 .map_err(|e| e.to_string())?;
-            for Indexed { event: e, line, offset } in events {
-                let slim = slim_ok && SLIM_KINDS.contains(&e.kind.as_str());
-                let (body, at) = if slim {
-                    ("", Some(i64::try_from(*offset).unwrap_or(i64::MAX)))
-                } else {
-                    (line.as_str(), None)
-                };
+            let mut runs: Vec<Run<'_>> = Vec::new();
+            let mut by_session: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+            for Indexed { head: e, line, offset } in events {
+                if slim_ok
+                    && SLIM_KINDS.contains(&e.kind.as_ref())
+                    && let Some(session) = e.session_id.as_deref()
+                {
+                    let t = ms(e.time);
+                    let i = *by_session.entry(session).or_insert_with(|| {
+                        runs.push(Run {
+                            head: e,
+                            last_seq: e.seq,
+                            min_time: t,
+                            max_time: t,
+                            at: Vec::new(),
+                        });
+                        runs.len() - 1
+                    });
+                    let r = &mut runs[i];
+                    if r.head.kind == e.kind
+                        && r.head.actor == e.actor
+                        && r.head.resource == e.resource
+                        && r.head.grant_id == e.grant_id
+                    {
+                        r.last_seq = e.seq;
+                        r.min_time = r.min_time.min(t);
+                        r.max_time = r.max_time.max(t);
+                        r.at.extend_from_slice(&e.seq.to_le_bytes());
+                        r.at.extend_from_slice(&offset.to_le_bytes());
+                        continue;
+                    }
+                }
                 st.execute(params![
                     i64::try_from(e.seq).unwrap_or(i64::MAX),
                     ms(e.time),
-                    e.kind,
-                    e.actor,
-                    e.resource,
+                    e.kind.as_ref(),
+                    e.actor.as_deref(),
+                    e.resource.as_deref(),
                     e.grant_id,
-                    e.session_id,
-                    body,
-                    at
+                    e.session_id.as_deref(),
+                    line.as_str(),
+                ])
+                .map_err(|e| e.to_string())?;
+            }
+            let mut ins = tx
+                .prepare(
+                    "INSERT INTO audit_runs (first_seq, last_seq, min_time, max_time, kind, actor, resource, grant_id, session_id, at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                )
+                .map_err(|e| e.to_string())?;
+            for r in &runs {
+                let h = r.head;
+                ins.execute(params![
+                    i64::try_from(h.seq).unwrap_or(i64::MAX),
+                    i64::try_from(r.last_seq).unwrap_or(i64::MAX),
+                    r.min_time,
+                    r.max_time,
+                    h.kind.as_ref(),
+                    h.actor.as_deref(),
+                    h.resource.as_deref(),
+                    h.grant_id,
+                    h.session_id.as_deref(),
+                    r.at,
                 ])
                 .map_err(|e| e.to_string())?;
             }
@@ -558,7 +636,11 @@ impl AuditIndex for SqliteStore {
     async fn max_seq(&self) -> std::result::Result<u64, String> {
         let c = self.index_conn.lock().unwrap_or_else(|e| e.into_inner());
         let n: Option<i64> = c
-            .query_row("SELECT max(seq) FROM audit_events", [], |r| r.get(0))
+            .query_row(
+                "SELECT max(coalesce((SELECT max(seq) FROM audit_events), 0), coalesce((SELECT max(last_seq) FROM audit_runs), 0))",
+                [],
+                |r| r.get(0),
+            )
             .map_err(|e| e.to_string())?;
         Ok(u64::try_from(n.unwrap_or(0)).unwrap_or(0))
     }
@@ -586,6 +668,7 @@ impl AuditIndex for SqliteStore {
             for row in rows {
                 let (body, seq, at) = row.map_err(backend)?;
                 let e: Event = match at {
+                    // A statement indexed before runs existed (schema 3): offset, no line.
                     Some(at) if body.is_empty() => match lines.read(seq, at) {
                         Some(e) => e,
                         None => continue,
@@ -599,12 +682,86 @@ impl AuditIndex for SqliteStore {
                     }
                 }
             }
-            out.reverse();
-            Ok(out)
+            let runs = search_runs(c, &q, limit, &mut lines)?;
+            // Both lists are newest first: merge them and keep the newest `limit`.
+            let mut merged = Vec::with_capacity(limit.min(out.len() + runs.len()));
+            let (mut a, mut b) = (out.into_iter().peekable(), runs.into_iter().peekable());
+            while merged.len() < limit {
+                let take_a = match (a.peek(), b.peek()) {
+                    (Some(x), Some(y)) => x.seq > y.seq,
+                    (Some(_), None) => true,
+                    (None, Some(_)) => false,
+                    (None, None) => break,
+                };
+                merged.extend(if take_a { a.next() } else { b.next() });
+            }
+            merged.reverse();
+            Ok(merged)
         })
         .await
         .map_err(|e| e.to_string())
     }
+}
+
+/// Statement events from runs that pass `q`, newest first, at most `limit`. Runs come newest
+/// last-seq first; runs of one batch interleave, so their entries go through a heap and an
+/// entry is read only once no run still unseen can hold a newer one.
+fn search_runs(c: &Connection, q: &Query, limit: usize, lines: &mut LogReader) -> Result<Vec<Event>> {
+    let kind_ok = q.kind.as_ref().is_none_or(|k| {
+        let kind = jitgate_audit::STATEMENT_KIND;
+        if k.ends_with('.') {
+            kind.starts_with(k.as_str())
+        } else {
+            kind == k
+        }
+    });
+    let mut out = Vec::new();
+    if !kind_ok || limit == 0 {
+        return Ok(out);
+    }
+    let mut st = c
+        .prepare(
+            "SELECT last_seq, at FROM audit_runs WHERE (?1 IS NULL OR max_time >= ?1) AND (?2 IS NULL OR min_time <= ?2) \
+             AND (?3 IS NULL OR resource = ?3) AND (?4 IS NULL OR session_id = ?4) AND (?5 IS NULL OR grant_id = ?5) \
+             AND (?6 IS NULL OR actor = ?6) ORDER BY last_seq DESC",
+        )
+        .map_err(backend)?;
+    let rows = st
+        .query_map(
+            params![q.since.map(ms), q.until.map(ms), q.resource, q.session, q.grant, q.user],
+            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)),
+        )
+        .map_err(backend)?;
+    let mut heap: std::collections::BinaryHeap<(u64, u64)> = std::collections::BinaryHeap::new();
+    let mut take = |heap: &mut std::collections::BinaryHeap<(u64, u64)>, above: u64, out: &mut Vec<Event>| {
+        while out.len() < limit && heap.peek().is_some_and(|(seq, _)| *seq > above) {
+            let Some((seq, at)) = heap.pop() else { break };
+            let (Ok(seq), Ok(at)) = (i64::try_from(seq), i64::try_from(at)) else {
+                continue;
+            };
+            if let Some(e) = lines.read(seq, at)
+                && q.matches(&e)
+            {
+                out.push(e);
+            }
+        }
+    };
+    for row in rows {
+        let (last, at) = row.map_err(backend)?;
+        take(&mut heap, u64::try_from(last).unwrap_or(0), &mut out);
+        if out.len() >= limit {
+            return Ok(out);
+        }
+        for e in at.chunks_exact(16) {
+            let (seq, offset) = e.split_at(8);
+            let (Ok(seq), Ok(offset)) = (<[u8; 8]>::try_from(seq), <[u8; 8]>::try_from(offset)) else {
+                continue;
+            };
+            heap.push((u64::from_le_bytes(seq), u64::from_le_bytes(offset)));
+        }
+    }
+    take(&mut heap, 0, &mut out);
+    Ok(out)
 }
 
 /// Reads slim rows' lines back from the audit files: the live file, or the rotated file
