@@ -162,3 +162,51 @@ fn dashboard_and_alerts_use_only_exported_metrics() {
     assert!(metrics.contains("jitgate_audit_queue_depth 0"), "{metrics}");
     assert!(metrics.contains("jitgate_requests_pending 0"), "{metrics}");
 }
+
+/// "Max open files" soft and hard limits of a process.
+fn open_file_limits(pid: u32) -> (String, String) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = text.lines().find(|l| l.starts_with("Max open files")).unwrap();
+    let mut f = line["Max open files".len()..].split_whitespace();
+    (f.next().unwrap().to_string(), f.next().unwrap().to_string())
+}
+
+#[test]
+fn serve_raises_its_open_file_limit_and_warns_when_max_connections_need_more() {
+    // Started from a shell with a low soft limit, as `jitgate serve` often is.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("gateway.toml");
+    std::fs::write(
+        &cfg,
+        "[gateway]\ndata_dir = \"data\"\n[listen]\nhttp = \"127.0.0.1:0\"\npostgres = \"127.0.0.1:0\"\n\
+         [postgres]\nallow_plaintext = true\nmax_connections = 1000000\n",
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.path().join("serve.log")).unwrap();
+    let mut child = Command::new("sh")
+        .args(["-c", "ulimit -Sn 256 && exec \"$0\" serve --config \"$1\""])
+        .arg(BIN)
+        .arg(&cfg)
+        .current_dir(dir.path())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let listen = dir.path().join("data/listen.json");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !listen.exists() {
+        assert!(child.try_wait().unwrap().is_none(), "serve exited");
+        assert!(std::time::Instant::now() < deadline, "serve did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let (soft, hard) = open_file_limits(child.id());
+    let text = std::fs::read_to_string(dir.path().join("serve.log")).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(soft, hard, "the soft limit was raised to the hard one");
+    assert_ne!(soft, "256");
+    assert!(
+        text.contains("the open-file limit is below what [postgres] and [ssh] max_connections need"),
+        "{text}"
+    );
+}

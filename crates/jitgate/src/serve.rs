@@ -173,6 +173,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
     std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create data_dir {}", data_dir.display()))?;
     restrict_dir(&data_dir);
 
+    raise_fd_limit(&loaded.config);
     let metrics = Metrics::new();
     let store = open_store(&loaded, &data_dir, &metrics).await?;
     let audit_path = data_dir.join(&loaded.config.audit.file);
@@ -494,6 +495,39 @@ async fn reload(
             cp.reload_failed(&text.join("; ")).await;
             None
         }
+    }
+}
+
+/// Raise the soft open-file limit to the hard one (no privilege needed): every Postgres or SSH
+/// session holds two descriptors (client and upstream), and a shell's default soft limit of
+/// 1,024 would refuse sessions from about the 500th on. Warns when even the hard limit is below
+/// what the configured `max_connections` need.
+fn raise_fd_limit(c: &config::schema::Config) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    let limit = if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        hard
+    } else {
+        soft
+    };
+    let mut want: u64 = 256;
+    if c.listen.postgres.is_some() {
+        want += 2 * u64::try_from(c.postgres.max_connections).unwrap_or(u64::MAX / 4);
+    }
+    if c.listen.ssh.is_some() {
+        want += 2 * u64::try_from(c.ssh.max_connections).unwrap_or(u64::MAX / 4);
+    }
+    if limit < want {
+        tracing::warn!(
+            open_files = limit,
+            needed = want,
+            "the open-file limit is below what [postgres] and [ssh] max_connections need (two descriptors per session); \
+             raise it (systemd: LimitNOFILE=, shell: ulimit -Hn) or lower max_connections"
+        );
+    } else {
+        tracing::debug!(open_files = limit, "open-file limit");
     }
 }
 
