@@ -19,7 +19,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::classify::Classifier;
-use crate::io::{BoxIo, read_message};
+use crate::io::{Stream, read_message};
 use crate::protocol::{self, MAX_STARTUP, Severity, Startup};
 use crate::relay::{self, End, RelayCtx};
 use crate::scram::SaltCache;
@@ -69,7 +69,7 @@ pub struct PgFrontend<G: Gatekeeper> {
 
 /// What the startup phase produced.
 enum Started {
-    Session(Box<Ready>, BoxIo),
+    Session(Box<Ready>, Stream),
     Done,
 }
 
@@ -181,9 +181,9 @@ impl<G: Gatekeeper> PgFrontend<G> {
         // Direct TLS (PostgreSQL 17 `sslnegotiation=direct`): the first byte is a TLS record.
         let mut first = [0u8; 1];
         let direct = tcp.peek(&mut first).await? == 1 && first[0] == 0x16;
-        let mut client: BoxIo;
+        let mut client: Stream;
         if direct {
-            client = Box::new(self.acceptor.accept(tcp).await?);
+            client = self.acceptor.accept(tcp).await?.into();
         } else {
             loop {
                 let body = match read_startup(&mut tcp).await {
@@ -197,7 +197,7 @@ impl<G: Gatekeeper> PgFrontend<G> {
                 match protocol::parse_startup(&body) {
                     Ok(Startup::Ssl) => {
                         tcp.write_all(b"S").await?;
-                        client = Box::new(self.acceptor.accept(tcp).await?);
+                        client = self.acceptor.accept(tcp).await?.into();
                         break;
                     }
                     Ok(Startup::GssEnc) => tcp.write_all(b"N").await?,
@@ -206,7 +206,7 @@ impl<G: Gatekeeper> PgFrontend<G> {
                         return Ok(Started::Done);
                     }
                     Ok(Startup::Start { version, params }) => {
-                        let mut c: BoxIo = Box::new(tcp);
+                        let mut c: Stream = tcp.into();
                         return self.login(&mut c, version, params, false, peer).await.map(|r| match r {
                             Some(ready) => Started::Session(Box::new(ready), c),
                             None => Started::Done,
@@ -249,7 +249,7 @@ impl<G: Gatekeeper> PgFrontend<G> {
     /// Authenticate, check the grant, log in upstream. `Ok(None)`: refused (already told).
     async fn login(
         &self,
-        client: &mut BoxIo,
+        client: &mut Stream,
         version: i32,
         params: Vec<(String, String)>,
         tls: bool,
@@ -272,7 +272,7 @@ impl<G: Gatekeeper> PgFrontend<G> {
 
     async fn login_inner(
         &self,
-        client: &mut BoxIo,
+        client: &mut Stream,
         version: i32,
         params: Vec<(String, String)>,
         tls: bool,
@@ -527,7 +527,7 @@ impl<G: Gatekeeper> PgFrontend<G> {
         }
     }
 
-    async fn run_session(&self, r: Ready, mut client: BoxIo) {
+    async fn run_session(&self, r: Ready, mut client: Stream) {
         let Ready {
             upstream,
             info,

@@ -1,16 +1,160 @@
-//! A boxed byte stream (plain TCP or TLS) and message reading during the startup phase.
+//! A session's byte stream (plain TCP or TLS, either side) and message reading during the
+//! startup phase.
+
+use std::io::IoSlice;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::protocol::{self, ProtoError};
 
-/// Any duplex byte stream.
-pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+/// A client's or an upstream's connection.
+pub enum Stream {
+    /// Plain TCP.
+    Plain(TcpStream),
+    /// TLS from a client (the gateway is the server).
+    ServerTls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    /// TLS to an upstream (the gateway is the client).
+    ClientTls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
 
-/// A boxed stream.
-pub type BoxIo = Box<dyn Io>;
+impl From<TcpStream> for Stream {
+    fn from(s: TcpStream) -> Self {
+        Self::Plain(s)
+    }
+}
+
+impl From<tokio_rustls::server::TlsStream<TcpStream>> for Stream {
+    fn from(s: tokio_rustls::server::TlsStream<TcpStream>) -> Self {
+        Self::ServerTls(Box::new(s))
+    }
+}
+
+impl From<tokio_rustls::client::TlsStream<TcpStream>> for Stream {
+    fn from(s: tokio_rustls::client::TlsStream<TcpStream>) -> Self {
+        Self::ClientTls(Box::new(s))
+    }
+}
+
+/// Run `$e` on whichever stream `$s` holds, pinned.
+macro_rules! each {
+    ($s:expr, $x:ident => $e:expr) => {
+        match $s {
+            Self::Plain(s) => {
+                let $x = Pin::new(s);
+                $e
+            }
+            Self::ServerTls(s) => {
+                let $x = Pin::new(&mut **s);
+                $e
+            }
+            Self::ClientTls(s) => {
+                let $x = Pin::new(&mut **s);
+                $e
+            }
+        }
+    };
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        each!(self.get_mut(), s => s.poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        each!(self.get_mut(), s => s.poll_write(cx, buf))
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        each!(self.get_mut(), s => s.poll_write_vectored(cx, bufs))
+    }
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Self::Plain(s) => s.is_write_vectored(),
+            Self::ServerTls(s) => s.is_write_vectored(),
+            Self::ClientTls(s) => s.is_write_vectored(),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        each!(self.get_mut(), s => s.poll_flush(cx))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        each!(self.get_mut(), s => s.poll_shutdown(cx))
+    }
+}
+
+impl Stream {
+    /// Read and write halves for the relay's two directions. Plain TCP splits into owned halves
+    /// that share no lock (a read in one task never makes a write in the other wait); TLS state
+    /// is shared, so it goes through `tokio::io::split`'s lock.
+    pub fn split(self) -> (ReadHalf, WriteHalf) {
+        match self {
+            Self::Plain(s) => {
+                let (r, w) = s.into_split();
+                (ReadHalf::Plain(r), WriteHalf::Plain(w))
+            }
+            tls => {
+                let (r, w) = tokio::io::split(tls);
+                (ReadHalf::Locked(r), WriteHalf::Locked(w))
+            }
+        }
+    }
+}
+
+/// The read half of a [`Stream`].
+pub enum ReadHalf {
+    /// Plain TCP.
+    Plain(OwnedReadHalf),
+    /// TLS.
+    Locked(tokio::io::ReadHalf<Stream>),
+}
+
+/// The write half of a [`Stream`].
+pub enum WriteHalf {
+    /// Plain TCP.
+    Plain(OwnedWriteHalf),
+    /// TLS.
+    Locked(tokio::io::WriteHalf<Stream>),
+}
+
+impl AsyncRead for ReadHalf {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Locked(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for WriteHalf {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Locked(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_flush(cx),
+            Self::Locked(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Locked(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
 
 /// Errors while reading a message.
 #[derive(Debug, thiserror::Error)]

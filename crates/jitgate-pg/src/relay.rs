@@ -24,10 +24,10 @@ use std::time::Instant;
 use bytes::{Buf, BytesMut};
 use jitgate_audit::{AuditSink, Statement};
 use jitgate_core::{KillReason, Metrics, SessionGuard};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::classify::{Class, Classifier};
-use crate::io::BoxIo;
+use crate::io::{ReadHalf, Stream, WriteHalf};
 use crate::protocol::{self, Severity};
 
 /// What the relay needs to know about its session.
@@ -104,9 +104,9 @@ pub enum End {
 
 /// Relay until one side ends. The session deregisters when this returns (its guard is dropped
 /// with the context).
-pub async fn run(ctx: RelayCtx, client: BoxIo, server: BoxIo, leftover: BytesMut) -> End {
-    let (cr, cw) = tokio::io::split(client);
-    let (sr, sw) = tokio::io::split(server);
+pub async fn run(ctx: RelayCtx, client: Stream, server: Stream, leftover: BytesMut) -> End {
+    let (cr, cw) = client.split();
+    let (sr, sw) = server.split();
     let info = &ctx.guard.info;
     let shared = Arc::new(Shared {
         names: Names {
@@ -161,12 +161,7 @@ fn statement_event(
     }
 }
 
-async fn client_to_server(
-    ctx: Arc<RelayCtx>,
-    sh: Arc<Shared>,
-    mut cr: ReadHalf<BoxIo>,
-    mut sw: WriteHalf<BoxIo>,
-) -> End {
+async fn client_to_server(ctx: Arc<RelayCtx>, sh: Arc<Shared>, mut cr: ReadHalf, mut sw: WriteHalf) -> End {
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut out = BytesMut::with_capacity(16 * 1024);
     let mut statements: HashMap<String, (Arc<str>, Class)> = HashMap::new();
@@ -383,13 +378,7 @@ async fn refuse(ctx: &RelayCtx, sh: &Shared, at: u64, sql: &str, class: Class, w
         .await;
 }
 
-async fn server_to_client(
-    ctx: &RelayCtx,
-    sh: &Shared,
-    mut sr: ReadHalf<BoxIo>,
-    mut cw: WriteHalf<BoxIo>,
-    leftover: BytesMut,
-) -> End {
+async fn server_to_client(ctx: &RelayCtx, sh: &Shared, mut sr: ReadHalf, mut cw: WriteHalf, leftover: BytesMut) -> End {
     let mut buf = leftover;
     buf.reserve(64 * 1024);
     let mut received: u64 = 0;

@@ -12,7 +12,7 @@ use rustls::ClientConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::io::{BoxIo, ReadError, read_message};
+use crate::io::{ReadError, Stream, read_message};
 use crate::protocol::{self, error_fields};
 use crate::scram::{SaltCache, ScramClient, md5_password};
 
@@ -68,7 +68,7 @@ impl From<std::io::Error> for UpstreamError {
 /// A ready upstream session.
 pub struct Upstream {
     /// The stream, past ReadyForQuery.
-    pub io: BoxIo,
+    pub io: Stream,
     /// ParameterStatus values to repeat to the client.
     pub params: Vec<(String, String)>,
     /// Upstream BackendKeyData.
@@ -80,17 +80,17 @@ pub struct Upstream {
 }
 
 /// Open a raw stream (TCP + TLS per target).
-pub async fn open(t: &Target) -> Result<BoxIo, UpstreamError> {
+pub async fn open(t: &Target) -> Result<Stream, UpstreamError> {
     let tcp = tokio::time::timeout(t.timeout, TcpStream::connect(&t.address))
         .await
         .map_err(|_| UpstreamError::Connect(t.address.clone(), format!("timed out after {:?}", t.timeout)))?
         .map_err(|e| UpstreamError::Connect(t.address.clone(), e.to_string()))?;
     let _ = tcp.set_nodelay(true);
     let Some((mode, cfg)) = &t.tls else {
-        return Ok(Box::new(tcp));
+        return Ok(tcp.into());
     };
     if *mode == UpstreamTlsMode::Disable {
-        return Ok(Box::new(tcp));
+        return Ok(tcp.into());
     }
     let mut tcp = tcp;
     tcp.write_all(&ssl_request()).await?;
@@ -109,7 +109,7 @@ pub async fn open(t: &Target) -> Result<BoxIo, UpstreamError> {
         .connect(name, tcp)
         .await
         .map_err(|e| UpstreamError::Tls(format!("{}: {e}", t.address)))?;
-    Ok(Box::new(tls))
+    Ok(tls.into())
 }
 
 fn ssl_request() -> [u8; 8] {
