@@ -106,7 +106,8 @@ impl Event {
 
 /// One SQL statement (`pg.statement`), the relay's hot-path event. It is written straight from
 /// these fields, without building a JSON map per statement; its line parses back to the same
-/// [`Event`] as [`Statement::to_event`] builds.
+/// [`Event`] a generic `pg.statement` event with the same fields would be (a unit test pins the
+/// line byte for byte to that event's serialisation).
 #[derive(Debug, Clone)]
 pub struct Statement {
     /// When it completed (or was refused).
@@ -181,11 +182,7 @@ impl Statement {
         if s.len() <= self.max_text {
             return (s, false);
         }
-        let mut end = self.max_text;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        (&s[..end], true)
+        (&s[..s.floor_char_boundary(self.max_text)], true)
     }
 
     fn protocol(&self) -> &'static str {
@@ -219,29 +216,6 @@ impl Statement {
             },
             prev,
         })
-    }
-
-    /// The same statement as a generic event (`seq` 0, `prev` empty).
-    pub fn to_event(&self) -> Event {
-        let (sql, cut) = self.sql_text();
-        let mut d = serde_json::json!({
-            "identity": &*self.identity, "access": &*self.access, "sql": sql, "class": self.class,
-            "protocol": self.protocol(), "outcome": self.outcome, "duration_ms": self.duration_ms,
-            "rows": self.rows,
-        });
-        if cut {
-            d["sql_truncated"] = serde_json::Value::Bool(true);
-        }
-        if let Some(e) = &self.error {
-            d["sqlstate"] = serde_json::Value::String(e.0.clone());
-            d["error"] = serde_json::Value::String(e.1.clone());
-        }
-        Event::new(STATEMENT_KIND, self.time)
-            .actor(&*self.identity)
-            .resource(&*self.resource)
-            .grant(self.grant_id)
-            .session(&*self.session_id)
-            .details(d)
     }
 
     /// What the index needs of it at `seq`.
@@ -343,6 +317,30 @@ impl Query {
 mod tests {
     use super::*;
 
+    /// The statement as a generic event built the generic way (`seq` 0, `prev` empty): what its
+    /// typed line must equal.
+    fn generic(s: &Statement) -> Event {
+        let (sql, cut) = s.sql_text();
+        let mut d = serde_json::json!({
+            "identity": &*s.identity, "access": &*s.access, "sql": sql, "class": s.class,
+            "protocol": s.protocol(), "outcome": s.outcome, "duration_ms": s.duration_ms,
+            "rows": s.rows,
+        });
+        if cut {
+            d["sql_truncated"] = serde_json::Value::Bool(true);
+        }
+        if let Some(e) = &s.error {
+            d["sqlstate"] = serde_json::Value::String(e.0.clone());
+            d["error"] = serde_json::Value::String(e.1.clone());
+        }
+        Event::new(STATEMENT_KIND, s.time)
+            .actor(&*s.identity)
+            .resource(&*s.resource)
+            .grant(s.grant_id)
+            .session(&*s.session_id)
+            .details(d)
+    }
+
     fn statement(sql: &str, max_text: usize, error: bool) -> Statement {
         Statement {
             time: Timestamp::now(),
@@ -371,7 +369,7 @@ mod tests {
         ] {
             let line = s.line(42, "abc").unwrap();
             let parsed: Event = serde_json::from_str(&line).unwrap();
-            let mut want = s.to_event();
+            let mut want = generic(&s);
             want.seq = 42;
             want.prev = "abc".into();
             assert_eq!(parsed, want);
@@ -379,7 +377,7 @@ mod tests {
             assert_eq!(line, serde_json::to_string(&want).unwrap());
             assert_eq!(s.head(42), Head::from(&want));
         }
-        let cut = statement("SELECT 'ééééé'", 9, false).to_event();
+        let cut = generic(&statement("SELECT 'ééééé'", 9, false));
         assert_eq!(cut.details["sql"], "SELECT '");
         assert_eq!(cut.details["sql_truncated"], true);
     }

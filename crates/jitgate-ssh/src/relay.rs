@@ -92,11 +92,7 @@ impl ChanCtx {
         if s.len() <= self.max_text {
             return s.to_string();
         }
-        let mut end = self.max_text;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        format!("{}…", &s[..end])
+        format!("{}…", &s[..s.floor_char_boundary(self.max_text)])
     }
 }
 

@@ -399,6 +399,7 @@ mod tests {
             rows: 1,
             error: None,
         };
+        let find = async |q: Query| store.search(&q).await.unwrap();
         // Two sessions interleaved, with other events between, across several index batches.
         for i in 0..30 {
             sink.emit_statement(st("alice", "s-1", i)).await.unwrap();
@@ -412,67 +413,55 @@ mod tests {
         sink.record(Event::new("session.ended", Timestamp::now()).session("s-1"))
             .await
             .unwrap();
-        let all = store
-            .search(&Query {
-                limit: Some(10_000),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        let all = find(Query {
+            limit: Some(10_000),
+            ..Default::default()
+        })
+        .await;
         assert_eq!(
             all.iter().map(|e| e.seq).collect::<Vec<_>>(),
             (1..=64).collect::<Vec<u64>>()
         );
-        let newest = store
-            .search(&Query {
-                limit: Some(7),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        let newest = find(Query {
+            limit: Some(7),
+            ..Default::default()
+        })
+        .await;
         assert_eq!(
             newest.iter().map(|e| e.seq).collect::<Vec<_>>(),
             (58..=64).collect::<Vec<u64>>()
         );
-        let bob = store
-            .search(&Query {
-                user: Some("bob".into()),
-                limit: Some(3),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        let bob = find(Query {
+            user: Some("bob".into()),
+            limit: Some(3),
+            ..Default::default()
+        })
+        .await;
         let sqls: Vec<&str> = bob.iter().map(|e| e.details["sql"].as_str().unwrap()).collect();
         assert_eq!(sqls, ["SELECT 27", "SELECT 28", "SELECT 29"]);
         assert!(bob.iter().all(|e| e.session_id.as_deref() == Some("s-2")));
-        let s1 = store
-            .search(&Query {
-                session: Some("s-1".into()),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        let s1 = find(Query {
+            session: Some("s-1".into()),
+            ..Default::default()
+        })
+        .await;
         assert_eq!(s1.len(), 31, "30 statements and session.ended");
         assert_eq!(s1.last().unwrap().kind, "session.ended");
-        let grants = store
-            .search(&Query {
-                kind: Some("grant.".into()),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        let grants = find(Query {
+            kind: Some("grant.".into()),
+            ..Default::default()
+        })
+        .await;
         assert_eq!(grants.len(), 3);
-        let none = store
-            .search(&Query {
-                since: Some(
-                    Timestamp::now()
-                        .checked_add(jiff::SignedDuration::from_secs(60))
-                        .unwrap(),
-                ),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        let none = find(Query {
+            since: Some(
+                Timestamp::now()
+                    .checked_add(jiff::SignedDuration::from_secs(60))
+                    .unwrap(),
+            ),
+            ..Default::default()
+        })
+        .await;
         assert!(none.is_empty());
     }
 
