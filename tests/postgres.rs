@@ -490,7 +490,11 @@ async fn read_only_grants_refuse_every_bypass_and_the_session_stays_usable() {
     for sql in refused {
         let e = c.simple_query(sql).await.unwrap_err();
         assert_eq!(code(&e), "42501", "{sql}: {e:?}");
-        assert!(db_message(&e).contains("read-only access to prod-db"), "{sql}: {e:?}");
+        // nextval is PostgreSQL's to refuse (the read-only transaction and the role's rights);
+        // everything else the gateway refuses before the server sees it.
+        if !sql.contains("nextval") {
+            assert!(db_message(&e).contains("read-only access to prod-db"), "{sql}: {e:?}");
+        }
         // Still usable after each refusal.
         assert_eq!(
             c.query_one("SELECT count(*) FROM accounts", &[])
@@ -516,12 +520,16 @@ async fn read_only_grants_refuse_every_bypass_and_the_session_stays_usable() {
             .get::<_, i32>(0),
         42
     );
-    // Inside a transaction.
+    // Inside a transaction: a refusal is an error like the server's own, so the transaction is
+    // aborted (as PostgreSQL's "cannot execute ... in a read-only transaction" would) until
+    // ROLLBACK, and nothing reached the server.
     c.batch_execute("BEGIN").await.unwrap();
     assert_eq!(
         code(&c.simple_query("DELETE FROM accounts").await.unwrap_err()),
         "42501"
     );
+    assert_eq!(code(&c.simple_query("SELECT 1").await.unwrap_err()), "25P02");
+    c.batch_execute("ROLLBACK").await.unwrap();
     assert_eq!(
         c.query_one("SELECT count(*) FROM accounts", &[])
             .await
@@ -529,7 +537,6 @@ async fn read_only_grants_refuse_every_bypass_and_the_session_stays_usable() {
             .get::<_, i64>(0),
         100
     );
-    c.batch_execute("COMMIT").await.unwrap();
     // Allowed: reads, transaction control, session settings, cursors, EXPLAIN, SHOW, LISTEN.
     for sql in [
         "SELECT * FROM accounts WHERE id < 5",
@@ -553,8 +560,9 @@ async fn read_only_grants_refuse_every_bypass_and_the_session_stays_usable() {
     }
     assert_eq!(got, b"1\n2\n3\n");
     let (_, m) = gw.http_get("/metrics", None);
-    // 24 simple-protocol refusals, 2 extended, 1 inside a transaction.
-    assert!(m.contains("jitgate_statements_denied_total 27"), "{m}");
+    // 23 simple-protocol refusals by the gateway (nextval is the server's), 2 extended, 1 inside
+    // a transaction.
+    assert!(m.contains("jitgate_statements_denied_total 26"), "{m}");
 }
 
 #[test]

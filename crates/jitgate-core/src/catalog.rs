@@ -71,6 +71,8 @@ pub struct Resource {
     pub address: String,
     /// Postgres default database.
     pub database: Option<String>,
+    /// Postgres: further databases clients may name as `resource/dbname`.
+    pub databases: Vec<String>,
     /// Labels for policy matching.
     pub labels: BTreeMap<String, String>,
     /// Access levels the resource offers (Postgres: read-only/read-write present in

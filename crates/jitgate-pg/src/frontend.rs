@@ -65,7 +65,18 @@ pub struct PgFrontend<G: Gatekeeper> {
     slots: Arc<tokio::sync::Semaphore>,
     /// Upstream cancels after kills in flight at once.
     kill_cancels: Arc<tokio::sync::Semaphore>,
+    /// Read-only credentials found to be plain roles ("resource|user" → when), re-checked
+    /// after [`ROLE_CHECK_TTL`].
+    role_checks: DashMap<String, std::time::Instant>,
 }
+
+/// How long a read-only credential's privilege check is trusted.
+const ROLE_CHECK_TTL: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// The privilege check of a read-only credential, run on its session before the client is in.
+const ROLE_CHECK_SQL: &str = "SELECT r.rolsuper, pg_has_role(current_user, 'pg_execute_server_program', 'USAGE'), \
+     pg_has_role(current_user, 'pg_write_server_files', 'USAGE'), current_setting('default_transaction_read_only') \
+     FROM pg_roles r WHERE r.rolname = current_user";
 
 /// What the startup phase produced.
 enum Started {
@@ -79,6 +90,10 @@ struct Ready {
     read_only: bool,
     target: Target,
     our_key: (i32, i32),
+    /// Bytes the client pipelined after its PasswordMessage.
+    client_leftover: BytesMut,
+    /// The upstream role the session runs as.
+    upstream_user: String,
 }
 
 /// A refusal sent to the client as an ErrorResponse.
@@ -112,6 +127,7 @@ impl<G: Gatekeeper> PgFrontend<G> {
             upstream_tls: DashMap::new(),
             slots,
             kill_cancels: Arc::new(tokio::sync::Semaphore::new(8)),
+            role_checks: DashMap::new(),
         })
     }
 
@@ -332,6 +348,8 @@ impl<G: Gatekeeper> PgFrontend<G> {
             return Err(Ok(refuse("08P01", "expected a password message", None, "protocol")));
         }
         let token = protocol::cstr(&body).map_or("", |x| x.0);
+        // Whatever the client pipelined after its password is its first traffic: kept.
+        let client_leftover = buf;
         let principal = match self.gk.authenticate(token).await {
             Some(p) if p.name == user => p,
             _ => {
@@ -418,13 +436,13 @@ impl<G: Gatekeeper> PgFrontend<G> {
                 "upstream_tls",
             ))
         })?;
-        let passthrough: Vec<(String, String)> = params
+        let read_only = grant.access == READ_ONLY;
+        let mut passthrough: Vec<(String, String)> = params
             .iter()
             .filter(|(k, _)| {
                 matches!(
                     k.as_str(),
                     "application_name"
-                        | "client_encoding"
                         | "DateStyle"
                         | "TimeZone"
                         | "extra_float_digits"
@@ -434,8 +452,34 @@ impl<G: Gatekeeper> PgFrontend<G> {
             })
             .cloned()
             .collect();
+        // The gateway reads SQL as UTF-8, so the server must too (a client asking for another
+        // encoding is told UTF8 in ParameterStatus, which drivers follow). A read-only session
+        // starts read-only: PostgreSQL itself refuses writes, and `RESET ALL`/`DISCARD ALL`
+        // return to these values.
+        passthrough.push(("client_encoding".into(), "UTF8".into()));
+        if read_only {
+            passthrough.push((
+                "options".into(),
+                "-c default_transaction_read_only=on -c standard_conforming_strings=on".into(),
+            ));
+        }
+        if let Some(d) = &dbname
+            && res.database.as_deref() != Some(d.as_str())
+            && !res.databases.iter().any(|x| x == d)
+        {
+            return Err(Ok(refuse(
+                "3D000",
+                format!("database \"{d}\" is not offered by resource {}", res.name),
+                Some(format!(
+                    "connect to {} (its default database{}); operators list further databases in the resource's `databases = [...]`",
+                    res.name,
+                    res.database.as_deref().map(|x| format!(" {x}")).unwrap_or_default()
+                )),
+                "unknown_database",
+            )));
+        }
         let database = dbname.or_else(|| res.database.clone());
-        let up = match upstream::connect(
+        let mut up = match upstream::connect(
             &target,
             &cred.user,
             password.as_deref(),
@@ -471,6 +515,18 @@ impl<G: Gatekeeper> PgFrontend<G> {
                 )));
             }
         };
+        if read_only && let Err(why) = self.check_read_only_role(&mut up, res, &cred.user).await {
+            tracing::error!(resource = %res.name, user = %cred.user, why = %why, "read-only credential refused");
+            return Err(Ok(refuse(
+                "28000",
+                format!("jitgate will not open a read-only session on {}: {why}", res.name),
+                Some(format!(
+                    "operators: the read-only credential must be a plain role, e.g. `CREATE ROLE {0} LOGIN NOSUPERUSER; GRANT pg_read_all_data TO {0};` and neither superuser nor a member of pg_execute_server_program / pg_write_server_files (see docs/postgres.md, \"The read-only credential\")",
+                    cred.user
+                )),
+                "read_only_role",
+            )));
+        }
         let our_key = (rand::random::<i32>() & 0x7fff_ffff, rand::random::<i32>());
         let info = SessionInfo {
             id: new_session_id(),
@@ -485,10 +541,50 @@ impl<G: Gatekeeper> PgFrontend<G> {
         Ok(Ready {
             upstream: up,
             info,
-            read_only: grant.access == READ_ONLY,
+            read_only,
             target,
             our_key,
+            client_leftover,
+            upstream_user: cred.user.clone(),
         })
+    }
+
+    /// A read-only credential must not be able to leave read-only mode or reach the server's
+    /// files and programs: not a superuser, not a member of pg_execute_server_program or
+    /// pg_write_server_files, and the session really read-only. Checked on the session itself
+    /// (so nothing can change in between for a new credential) and trusted for a while.
+    async fn check_read_only_role(
+        &self,
+        up: &mut upstream::Upstream,
+        res: &Resource,
+        user: &str,
+    ) -> Result<(), String> {
+        let key = format!("{}|{user}", res.name);
+        if self.role_checks.get(&key).is_some_and(|t| t.elapsed() < ROLE_CHECK_TTL) {
+            return Ok(());
+        }
+        let row = upstream::query_row(up, ROLE_CHECK_SQL)
+            .await
+            .map_err(|e| format!("checking the credential's privileges failed ({e})"))?;
+        let col = |i: usize| row.get(i).cloned().flatten().unwrap_or_default();
+        if col(0) != "f" {
+            return Err(format!("its read-only credential {user} is a superuser"));
+        }
+        if col(1) != "f" {
+            return Err(format!(
+                "its read-only credential {user} may run server programs (pg_execute_server_program)"
+            ));
+        }
+        if col(2) != "f" {
+            return Err(format!(
+                "its read-only credential {user} may write server files (pg_write_server_files)"
+            ));
+        }
+        if col(3) != "on" {
+            return Err("the upstream session did not start read-only".into());
+        }
+        self.role_checks.insert(key, std::time::Instant::now());
+        Ok(())
     }
 
     fn target(&self, res: &Resource) -> Result<Target, crate::tls::TlsError> {
@@ -534,6 +630,8 @@ impl<G: Gatekeeper> PgFrontend<G> {
             read_only,
             target,
             our_key,
+            client_leftover,
+            upstream_user,
         } = r;
         // Re-check: the grant may have ended during the upstream login.
         let guard = self.gk.enforcer().sessions.register(info.clone());
@@ -588,12 +686,13 @@ impl<G: Gatekeeper> PgFrontend<G> {
             max_text: self.cfg.max_text,
             max_message: self.cfg.max_message,
             audit_statements: self.cfg.audit_statements,
+            upstream_user,
             refusal_hint: format!(
                 "this session runs under a read-only grant; ask for write access: jitgate request {} --access read-write --reason \"...\"",
                 info.resource
             ),
         };
-        let end = relay::run(ctx, client, upstream.io, upstream.leftover).await;
+        let end = relay::run(ctx, client, upstream.io, upstream.leftover, client_leftover).await;
         self.cancels.remove(&our_key);
         let (outcome, reason) = match &end {
             End::Client => ("ok".to_string(), "client disconnected".to_string()),
@@ -601,7 +700,7 @@ impl<G: Gatekeeper> PgFrontend<G> {
                 "server_closed".to_string(),
                 "the database closed the connection".to_string(),
             ),
-            End::Killed(k) => {
+            End::Killed(_) | End::Breach(_) => {
                 // Interrupt whatever the backend is running, so it exits now rather than at its
                 // next write; the socket is already closed behind it. In the background and a
                 // few at a time: when a grant held by hundreds of sessions ends, the goodbyes go
@@ -613,7 +712,11 @@ impl<G: Gatekeeper> PgFrontend<G> {
                         tracing::warn!(error = %e, "cancelling the upstream query after a kill failed");
                     }
                 });
-                (k.label().to_string(), k.message(&info.resource))
+                match &end {
+                    End::Killed(k) => (k.label().to_string(), k.message(&info.resource)),
+                    End::Breach(why) => ("breach".to_string(), why.clone()),
+                    _ => ("error".to_string(), String::new()),
+                }
             }
             End::Error(e) => ("error".to_string(), e.clone()),
         };

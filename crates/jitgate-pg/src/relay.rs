@@ -1,34 +1,57 @@
-//! The relay: two loops per session, one per direction, framing by the 5-byte header.
+//! The relay: one task per session running both directions, framing by the 5-byte header, with
+//! the kill switch as a branch of the whole session.
 //!
-//! Client → server: frames pass through untouched except `Query`, `Parse`, `Bind`, `Execute`,
-//! `Sync` and `FunctionCall`, whose SQL is classified (cached) for audit and read-only
-//! enforcement. A refused statement never reaches the server. Instead the gateway sends a `Sync`
-//! (simple protocol) or drops everything up to the client's next `Sync` (extended protocol, the
-//! server's own error-recovery rule) and forwards that `Sync`; either way the server answers with
-//! one `ReadyForQuery`, and the server → client loop puts the gateway's ErrorResponse (42501)
-//! right before it. Counting `ReadyForQuery`s is what keeps the injected error in order with
-//! pipelined traffic, with no lock held across I/O.
+//! **Kill.** Expiry, revoke, release, admin kill and shutdown cancel the session's token; the
+//! session's top-level `select!` polls it first, whatever either direction is doing. A client
+//! that stops reading (so a write to it blocks) or a server that stops reading cannot hold the
+//! session: both directions are dropped on the spot, the client gets a FATAL 57P01 if its socket
+//! takes it within [`GOODBYE`], both sockets are closed, and the caller cancels the backend's
+//! query. Nothing read from the client after the kill is forwarded.
 //!
-//! Server → client: frames pass through in batches (one write per read), decoding only
-//! ReadyForQuery, CommandComplete, ErrorResponse, EmptyQueryResponse and PortalSuspended for the
-//! per-statement audit. The same loop watches the kill switch (FATAL 57P01, then both sides are
-//! closed) and the expiry warning (NoticeResponse). Backpressure is natural: each loop awaits
-//! its write before reading more, so a client that stops reading stops the server, and memory
-//! stays bounded by one read buffer per direction.
+//! **Reply accounting follows the server's state machine.** Every message the client sends that
+//! the server answers (Parse, Bind, Describe, Close, Execute, Sync, Query, FunctionCall) is queued
+//! as an *op* before it is written upstream; the server → client direction pops ops as their
+//! answers arrive. After an error in an extended-protocol message the server ignores everything
+//! up to the next Sync (Query and FunctionCall included), and so does the accounting: skipped ops
+//! are popped without answers, so refusals and audit events never drift by a reply.
+//!
+//! **Refusals are server errors.** A refused statement never reaches the server: its text is
+//! replaced by a statement that cannot parse (`Query` or `Parse`), and the server's syntax error
+//! for it is replaced by the gateway's 42501 on its way to the client. The server therefore goes
+//! through exactly the states a server-side refusal would (aborted transaction, skip to Sync),
+//! and nothing the gateway injects can go out of order with pipelined traffic.
+//!
+//! **Audit on every exit.** A statement is queued for audit when it is forwarded and written when
+//! the server answers it; when the client leaves (Terminate in the same packet, or a close), the
+//! gateway sends Terminate itself if needed and keeps reading the server until it closes, so
+//! statements already on their way are audited with their outcomes. On a kill, a server error or
+//! shutdown, what is still unanswered is audited as `interrupted`. FunctionCall is audited with
+//! its function OID. Passwords in `CREATE/ALTER ROLE` are redacted before the line is written.
+//!
+//! **Read-only sessions stay read-only.** PostgreSQL reports `default_transaction_read_only`,
+//! `client_encoding`, `standard_conforming_strings`, `is_superuser` and `session_authorization`
+//! with ParameterStatus whenever they change. If any of them leaves its pinned value in a
+//! read-only session (by whatever route: a function, a rule, a setting the parser missed), the
+//! session ends at once with a FATAL and an audit event.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use jitgate_audit::{AuditSink, Statement};
 use jitgate_core::{KillReason, Metrics, SessionGuard};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::classify::{Class, Classifier};
+use crate::classify::{Class, Classifier, Verdict};
 use crate::io::{ReadHalf, Stream, WriteHalf};
 use crate::protocol::{self, Severity};
+
+/// How long a goodbye (FATAL to the client, Terminate to the server) may take on a kill.
+pub const GOODBYE: Duration = Duration::from_millis(250);
+
+/// What the server is sent in place of a refused statement: it cannot parse, and has no effect.
+const REFUSED_SQL: &[u8] = b"jitgate refused this statement\0";
 
 /// What the relay needs to know about its session.
 pub struct RelayCtx {
@@ -50,18 +73,52 @@ pub struct RelayCtx {
     pub refusal_hint: String,
     /// Audit every completed statement (refused ones are always audited).
     pub audit_statements: bool,
+    /// The upstream user (a read-only session's `session_authorization` must stay this).
+    pub upstream_user: String,
 }
 
+/// A statement awaiting its answer, for audit.
 #[derive(Debug)]
 struct Pending {
-    /// The ReadyForQuery (by number) by which the server has answered this statement.
-    closes_at: u64,
     sql: Arc<str>,
     class: Class,
     simple: bool,
     started: Instant,
     rows: u64,
     error: Option<Box<(String, String)>>,
+}
+
+impl Pending {
+    fn new(sql: Arc<str>, class: Class, simple: bool) -> Self {
+        Self {
+            sql,
+            class,
+            simple,
+            started: Instant::now(),
+            rows: 0,
+            error: None,
+        }
+    }
+}
+
+/// One client message the server will answer, in the order sent.
+#[derive(Debug)]
+enum Op {
+    /// Parse, Bind, Close: one completion message or an error.
+    Simple(u8),
+    /// Describe: ParameterDescription (statements) then RowDescription/NoData, or an error.
+    Describe,
+    /// Execute: rows, then CommandComplete/EmptyQuery/PortalSuspended, or an error.
+    Execute(Pending),
+    /// Sync: ReadyForQuery.
+    Sync,
+    /// Query: results and errors, then ReadyForQuery. `refusal`: the gateway's error, sent in
+    /// place of the server's error for the unparsable stand-in.
+    Query(Pending, Option<BytesMut>),
+    /// FunctionCall: FunctionCallResponse or an error, then ReadyForQuery.
+    Function(Pending, Option<BytesMut>),
+    /// A refused Parse: the server's error for the stand-in is replaced by this one.
+    RefusedParse(BytesMut),
 }
 
 /// Named statements/portals remembered per session (for audit text) before the maps are reset.
@@ -81,12 +138,7 @@ struct Names {
 
 struct Shared {
     names: Names,
-    /// ReadyForQuery-producing messages forwarded to the server.
-    forwarded: AtomicU64,
-    /// (ReadyForQuery number, ErrorResponse frame) to put before it.
-    inject: Mutex<VecDeque<(u64, BytesMut)>>,
-    /// Statements awaiting completion, in order.
-    pending: Mutex<VecDeque<Pending>>,
+    ops: Mutex<VecDeque<Op>>,
 }
 
 /// How a session ended.
@@ -98,39 +150,100 @@ pub enum End {
     Server,
     /// Killed by the gateway.
     Killed(KillReason),
+    /// A read-only session left read-only mode (or the way text is read) upstream: ended.
+    Breach(String),
     /// Protocol or I/O error.
     Error(String),
 }
 
-/// Relay until one side ends. The session deregisters when this returns (its guard is dropped
-/// with the context).
-pub async fn run(ctx: RelayCtx, client: Stream, server: Stream, leftover: BytesMut) -> End {
-    let (cr, cw) = client.split();
-    let (sr, sw) = server.split();
+/// Relay until the session ends. The session deregisters when this returns (its guard is
+/// dropped with the context).
+pub async fn run(
+    ctx: RelayCtx,
+    client: Stream,
+    server: Stream,
+    server_leftover: BytesMut,
+    client_leftover: BytesMut,
+) -> End {
+    let (mut cr, mut cw) = client.split();
+    let (mut sr, mut sw) = server.split();
     let info = &ctx.guard.info;
-    let shared = Arc::new(Shared {
+    let sh = Shared {
         names: Names {
             identity: info.identity.as_str().into(),
             access: info.access.as_str().into(),
             resource: info.resource.as_str().into(),
             session: info.id.as_str().into(),
         },
-        forwarded: AtomicU64::new(0),
-        inject: Mutex::default(),
-        pending: Mutex::default(),
-    });
-    let ctx = Arc::new(ctx);
-    let mut c2s = tokio::spawn(client_to_server(ctx.clone(), shared.clone(), cr, sw));
-    let (end, c2s_done) = tokio::select! {
-        e = server_to_client(&ctx, &shared, sr, cw, leftover) => (e, false),
-        r = &mut c2s => (match r {
-            Ok(e) => e,
-            Err(e) => End::Error(format!("relay task failed: {e}")),
-        }, true),
+        ops: Mutex::default(),
     };
-    if !c2s_done {
-        c2s.abort();
-        let _ = c2s.await;
+    let kill = ctx.guard.kill.clone();
+    let mut client_alive = true;
+    let end = {
+        let c2s = client_to_server(&ctx, &sh, &mut cr, &mut sw, client_leftover);
+        let s2c = server_to_client(&ctx, &sh, &mut sr, &mut cw, server_leftover, &mut client_alive);
+        tokio::pin!(c2s, s2c);
+        let mut client_end: Option<End> = None;
+        loop {
+            tokio::select! {
+                biased;
+                () = kill.cancelled() => {
+                    break End::Killed(ctx.guard.kill_reason().unwrap_or(KillReason::Shutdown));
+                }
+                e = &mut s2c => {
+                    // The server closed after the client left: the client's ending is the story.
+                    break match (client_end.take(), e) {
+                        (Some(c), End::Server | End::Error(_)) => c,
+                        (_, e) => e,
+                    };
+                }
+                e = &mut c2s, if client_end.is_none() => {
+                    // The client is done (Terminate forwarded, or sent for it): keep reading the
+                    // server until it closes, so what was already sent is answered and audited.
+                    client_end = Some(e);
+                }
+            }
+        }
+    };
+    // Both directions are dropped here, whatever they were blocked on.
+    let goodbye = match &end {
+        End::Killed(reason) => Some((
+            reason.message(&ctx.guard.info.resource),
+            "request access again with `jitgate request`",
+        )),
+        End::Breach(why) => Some((
+            format!("jitgate: {why}"),
+            "the session was ended to keep the grant read-only",
+        )),
+        _ => None,
+    };
+    if let Some((msg, hint)) = goodbye {
+        let mut e = BytesMut::new();
+        protocol::error_response(&mut e, Severity::Fatal, "57P01", &msg, Some(hint));
+        if client_alive {
+            let _ = tokio::time::timeout(GOODBYE, async {
+                let _ = cw.write_all(&e).await;
+                let _ = cw.shutdown().await;
+            })
+            .await;
+        }
+        let mut x = BytesMut::new();
+        protocol::message(&mut x, b'X', &[]);
+        let _ = tokio::time::timeout(GOODBYE, async {
+            let _ = sw.write_all(&x).await;
+            let _ = sw.shutdown().await;
+        })
+        .await;
+    }
+    // Whatever is still unanswered was sent to the server: audit it.
+    let left: Vec<Op> = lock(&sh.ops).drain(..).collect();
+    for op in left {
+        if let Op::Execute(p) | Op::Query(p, None) | Op::Function(p, None) = op {
+            let took = p.started.elapsed();
+            if let Some(ev) = finish(&ctx, &sh, p, "interrupted", took) {
+                let _ = ctx.audit.emit_statement(ev).await;
+            }
+        }
     }
     end
 }
@@ -161,12 +274,53 @@ fn statement_event(
     }
 }
 
-async fn client_to_server(ctx: Arc<RelayCtx>, sh: Arc<Shared>, mut cr: ReadHalf, mut sw: WriteHalf) -> End {
-    let mut buf = BytesMut::with_capacity(16 * 1024);
+/// A NUL-terminated string off the front of `b`, as bytes.
+fn cbytes(b: &[u8]) -> (&[u8], &[u8]) {
+    match b.iter().position(|c| *c == 0) {
+        Some(n) => (&b[..n], &b[n + 1..]),
+        None => (b, &[]),
+    }
+}
+
+/// SQL text as received: UTF-8 (the session's client_encoding is pinned to UTF8), or `None`.
+fn text(b: &[u8]) -> Option<&str> {
+    std::str::from_utf8(b).ok()
+}
+
+/// The audit form of a text: redacted when it carries a password; hex when not UTF-8.
+fn audit_text(sql: &[u8], v: &Verdict) -> Arc<str> {
+    match text(sql) {
+        Some(s) if v.secret => crate::classify::redact(s).into(),
+        Some(s) => s.into(),
+        None => format!("<not UTF-8: {}>", hex::encode(sql)).into(),
+    }
+}
+
+/// The verdict for a text's bytes: undecodable text is refused under read-only.
+fn verdict_of(ctx: &RelayCtx, sql: &[u8]) -> Arc<Verdict> {
+    match text(sql) {
+        Some(s) => ctx.classifier.classify(s),
+        None => Arc::new(Verdict {
+            class: Class::Unparsed,
+            statements: 1,
+            read_only_refusal: Some("text that is not valid UTF-8".into()),
+            secret: false,
+        }),
+    }
+}
+
+async fn client_to_server(
+    ctx: &RelayCtx,
+    sh: &Shared,
+    cr: &mut ReadHalf,
+    sw: &mut WriteHalf,
+    leftover: BytesMut,
+) -> End {
+    let mut buf = leftover;
+    buf.reserve(16 * 1024);
     let mut out = BytesMut::with_capacity(16 * 1024);
-    let mut statements: HashMap<String, (Arc<str>, Class)> = HashMap::new();
-    let mut portals: HashMap<String, (Arc<str>, Class)> = HashMap::new();
-    let mut discarding: Option<String> = None;
+    let mut statements: HashMap<Vec<u8>, (Arc<str>, Class)> = HashMap::new();
+    let mut portals: HashMap<Vec<u8>, (Arc<str>, Class)> = HashMap::new();
     // Counter handles resolved once per class, not hashed per statement.
     let mut counters: HashMap<Class, prometheus::IntCounter> = HashMap::new();
     let mut count = |class: Class| {
@@ -183,22 +337,29 @@ async fn client_to_server(ctx: Arc<RelayCtx>, sh: Arc<Shared>, mut cr: ReadHalf,
         .metrics
         .bytes_total
         .with_label_values(&["postgres", "client_to_server"]);
+    let mut first = !buf.is_empty();
     loop {
-        // The kill switch is handled by the server → client loop, which tells the client why.
-        let n = match cr.read_buf(&mut buf).await {
-            Ok(n) => n,
-            Err(e) => return End::Error(e.to_string()),
-        };
-        if n == 0 {
-            return End::Client;
+        if !first {
+            let n = match cr.read_buf(&mut buf).await {
+                Ok(n) => n,
+                Err(e) => return leave(sw, End::Error(format!("reading from the client: {e}"))).await,
+            };
+            if n == 0 {
+                return leave(sw, End::Client).await;
+            }
+            bytes_in.inc_by(u64::try_from(n).unwrap_or(0));
         }
-        bytes_in.inc_by(u64::try_from(n).unwrap_or(0));
+        first = false;
         let mut terminate = false;
         loop {
             let h = match protocol::header(&buf, ctx.max_message) {
                 Ok(Some(h)) => h,
                 Ok(None) => break,
-                Err(e) => return End::Error(format!("client sent a bad message: {e}")),
+                Err(e) => {
+                    // What came before the bad message goes out; the bad message does not.
+                    let _ = sw.write_all(&out).await;
+                    return leave(sw, End::Error(format!("client sent a bad message: {e}"))).await;
+                }
             };
             let total = 5 + h.body_len;
             if buf.len() < total {
@@ -207,108 +368,102 @@ async fn client_to_server(ctx: Arc<RelayCtx>, sh: Arc<Shared>, mut cr: ReadHalf,
             }
             let frame = buf.split_to(total);
             let body = &frame[5..];
+            let mut ops = lock(&sh.ops);
             match h.tag {
                 b'Q' => {
-                    let sql: Arc<str> = protocol::cstr(body).map_or("", |x| x.0).into();
-                    let v = ctx.classifier.classify(&sql);
+                    let (sql, _) = cbytes(body);
+                    let v = verdict_of(ctx, sql);
                     count(v.class);
-                    let n = sh.forwarded.fetch_add(1, Ordering::SeqCst) + 1;
+                    let audit = audit_text(sql, &v);
                     if let (true, Some(why)) = (ctx.read_only, &v.read_only_refusal) {
-                        refuse(&ctx, &sh, n, &sql, v.class, why, true).await;
-                        protocol::message(&mut out, b'S', &[]);
+                        let err = refusal(ctx, why);
+                        drop(ops);
+                        audit_refusal(ctx, sh, audit, v.class, why, true).await;
+                        ops = lock(&sh.ops);
+                        ops.push_back(Op::Query(Pending::new("".into(), v.class, true), Some(err)));
+                        protocol::message(&mut out, b'Q', REFUSED_SQL);
                     } else {
-                        lock(&sh.pending).push_back(Pending {
-                            closes_at: n,
-                            sql,
-                            class: v.class,
-                            simple: true,
-                            started: Instant::now(),
-                            rows: 0,
-                            error: None,
-                        });
+                        ops.push_back(Op::Query(Pending::new(audit, v.class, true), None));
                         out.extend_from_slice(&frame);
                     }
                 }
                 b'P' => {
-                    if discarding.is_some() {
-                        continue;
-                    }
-                    let (name, rest) = protocol::cstr(body).unwrap_or(("", &[]));
-                    let sql: Arc<str> = protocol::cstr(rest).map_or("", |x| x.0).into();
-                    let v = ctx.classifier.classify(&sql);
+                    let (name, rest) = cbytes(body);
+                    let (sql, _) = cbytes(rest);
+                    let v = verdict_of(ctx, sql);
+                    let audit = audit_text(sql, &v);
                     if let (true, Some(why)) = (ctx.read_only, &v.read_only_refusal) {
+                        let err = refusal(ctx, why);
                         statements.remove(name);
-                        discarding = Some(format!("{why}\u{0}{sql}"));
-                        continue;
+                        let name = name.to_vec();
+                        drop(ops);
+                        audit_refusal(ctx, sh, audit, v.class, why, false).await;
+                        ops = lock(&sh.ops);
+                        ops.push_back(Op::RefusedParse(err));
+                        let mut b = name;
+                        b.push(0);
+                        b.extend_from_slice(REFUSED_SQL);
+                        b.extend_from_slice(&0i16.to_be_bytes());
+                        protocol::message(&mut out, b'P', &b);
+                    } else {
+                        if statements.len() >= MAX_NAMED {
+                            // A client that never closes its statements: keep memory bounded;
+                            // only the audit text of old statements is lost (checks ran at Parse).
+                            statements.clear();
+                        }
+                        statements.insert(name.to_vec(), (audit, v.class));
+                        ops.push_back(Op::Simple(b'1'));
+                        out.extend_from_slice(&frame);
                     }
-                    if statements.len() >= MAX_NAMED {
-                        // A client that never closes its statements: keep memory bounded; only
-                        // the audit text of old statements is lost (checks ran at Parse).
-                        statements.clear();
-                    }
-                    statements.insert(name.to_string(), (sql, v.class));
-                    out.extend_from_slice(&frame);
                 }
                 b'B' => {
-                    if discarding.is_some() {
-                        continue;
-                    }
-                    let (portal, rest) = protocol::cstr(body).unwrap_or(("", &[]));
-                    let stmt = protocol::cstr(rest).map_or("", |x| x.0);
+                    let (portal, rest) = cbytes(body);
+                    let (stmt, _) = cbytes(rest);
                     if let Some(s) = statements.get(stmt) {
                         if portals.len() >= MAX_NAMED {
                             portals.clear();
                         }
-                        portals.insert(portal.to_string(), s.clone());
+                        portals.insert(portal.to_vec(), s.clone());
+                    } else {
+                        portals.remove(portal);
                     }
+                    ops.push_back(Op::Simple(b'2'));
                     out.extend_from_slice(&frame);
                 }
                 b'E' => {
-                    if discarding.is_some() {
-                        continue;
-                    }
-                    let portal = protocol::cstr(body).map_or("", |x| x.0);
+                    let (portal, _) = cbytes(body);
                     let (sql, class) = portals
                         .get(portal)
                         .cloned()
                         .unwrap_or_else(|| (Arc::from(""), Class::Other));
                     count(class);
-                    let closes_at = sh.forwarded.load(Ordering::SeqCst) + 1;
-                    lock(&sh.pending).push_back(Pending {
-                        closes_at,
-                        sql,
-                        class,
-                        simple: false,
-                        started: Instant::now(),
-                        rows: 0,
-                        error: None,
-                    });
+                    ops.push_back(Op::Execute(Pending::new(sql, class, false)));
+                    out.extend_from_slice(&frame);
+                }
+                b'D' => {
+                    ops.push_back(Op::Describe);
                     out.extend_from_slice(&frame);
                 }
                 b'S' => {
-                    let n = sh.forwarded.fetch_add(1, Ordering::SeqCst) + 1;
-                    if let Some(d) = discarding.take() {
-                        let (why, sql) = d.split_once('\u{0}').unwrap_or((d.as_str(), ""));
-                        let v = ctx.classifier.classify(sql);
-                        refuse(&ctx, &sh, n, sql, v.class, why, false).await;
-                    }
+                    ops.push_back(Op::Sync);
                     out.extend_from_slice(&frame);
                 }
                 b'F' => {
-                    let n = sh.forwarded.fetch_add(1, Ordering::SeqCst) + 1;
+                    let oid = body
+                        .get(..4)
+                        .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+                    let sql: Arc<str> = format!("<FunctionCall oid={oid}>").into();
+                    count(Class::Other);
                     if ctx.read_only {
-                        refuse(
-                            &ctx,
-                            &sh,
-                            n,
-                            "<FunctionCall>",
-                            Class::Other,
-                            "fast-path function calls",
-                            true,
-                        )
-                        .await;
-                        protocol::message(&mut out, b'S', &[]);
+                        let why = "fast-path function calls";
+                        let err = refusal(ctx, why);
+                        drop(ops);
+                        audit_refusal(ctx, sh, sql, Class::Other, why, true).await;
+                        ops = lock(&sh.ops);
+                        ops.push_back(Op::Function(Pending::new("".into(), Class::Other, true), Some(err)));
+                        protocol::message(&mut out, b'Q', REFUSED_SQL);
                     } else {
+                        ops.push_back(Op::Function(Pending::new(sql, Class::Other, true), None));
                         out.extend_from_slice(&frame);
                     }
                 }
@@ -317,19 +472,20 @@ async fn client_to_server(ctx: Arc<RelayCtx>, sh: Arc<Shared>, mut cr: ReadHalf,
                     terminate = true;
                     break;
                 }
-                b'D' | b'C' | b'H' if discarding.is_some() => {}
                 b'C' => {
                     // Close statement ('S') or portal ('P'): forget its text too.
                     if let Some((&kind, name)) = body.split_first() {
-                        let name = protocol::cstr(name).map_or("", |x| x.0);
+                        let (name, _) = cbytes(name);
                         if kind == b'S' {
                             statements.remove(name);
                         } else {
                             portals.remove(name);
                         }
                     }
+                    ops.push_back(Op::Simple(b'3'));
                     out.extend_from_slice(&frame);
                 }
+                // Flush, CopyData, CopyDone, CopyFail: no answer of their own.
                 _ => out.extend_from_slice(&frame),
             }
         }
@@ -346,11 +502,21 @@ async fn client_to_server(ctx: Arc<RelayCtx>, sh: Arc<Shared>, mut cr: ReadHalf,
     }
 }
 
+/// The client is gone without a Terminate: say it for the client, so the server finishes what
+/// it has and closes (the server → client direction reads it to the end).
+async fn leave(sw: &mut WriteHalf, end: End) -> End {
+    let mut x = BytesMut::new();
+    protocol::message(&mut x, b'X', &[]);
+    let _ = sw.write_all(&x).await;
+    let _ = sw.shutdown().await;
+    end
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-async fn refuse(ctx: &RelayCtx, sh: &Shared, at: u64, sql: &str, class: Class, why: &str, _simple: bool) {
+fn refusal(ctx: &RelayCtx, why: &str) -> BytesMut {
     ctx.metrics.statements_denied_total.inc();
     let resource = &ctx.guard.info.resource;
     let mut err = BytesMut::new();
@@ -361,47 +527,81 @@ async fn refuse(ctx: &RelayCtx, sh: &Shared, at: u64, sql: &str, class: Class, w
         &format!("jitgate: read-only access to {resource} does not allow {why}"),
         Some(&ctx.refusal_hint),
     );
-    lock(&sh.inject).push_back((at, err));
-    let p = Pending {
-        closes_at: at,
-        sql: sql.into(),
-        class,
-        simple: true,
-        started: Instant::now(),
-        rows: 0,
-        error: Some(Box::new(("42501".into(), format!("refused: {why}")))),
-    };
-    let took = p.started.elapsed();
+    err
+}
+
+async fn audit_refusal(ctx: &RelayCtx, sh: &Shared, sql: Arc<str>, class: Class, why: &str, simple: bool) {
+    let mut p = Pending::new(sql, class, simple);
+    p.error = Some(Box::new(("42501".into(), format!("refused: {why}"))));
     let _ = ctx
         .audit
-        .emit_statement(statement_event(ctx, sh, p, "refused", took))
+        .emit_statement(statement_event(ctx, sh, p, "refused", Duration::ZERO))
         .await;
 }
 
-async fn server_to_client(ctx: &RelayCtx, sh: &Shared, mut sr: ReadHalf, mut cw: WriteHalf, leftover: BytesMut) -> End {
+/// ParameterStatus values a read-only session must keep; `None` when this one is fine.
+fn breach(ctx: &RelayCtx, body: &[u8]) -> Option<String> {
+    let (k, rest) = cbytes(body);
+    let (v, _) = cbytes(rest);
+    let (k, v) = (String::from_utf8_lossy(k), String::from_utf8_lossy(v));
+    let ok = match k.as_ref() {
+        "default_transaction_read_only" => v == "on",
+        "client_encoding" => v.eq_ignore_ascii_case("UTF8"),
+        "standard_conforming_strings" => v == "on",
+        "is_superuser" => v == "off",
+        "session_authorization" => v == ctx.upstream_user,
+        _ => true,
+    };
+    (!ok).then(|| format!("the read-only session's {k} became {v:?} upstream"))
+}
+
+/// Statements completed by one read, audited once the client has its answer.
+type Done = Vec<(Pending, &'static str, Duration)>;
+
+/// Pop ops the server skipped (after an extended-protocol error, until Sync).
+fn skip_to_sync(ops: &mut VecDeque<Op>, done: &mut Done) {
+    while let Some(op) = ops.front() {
+        if matches!(op, Op::Sync) {
+            return;
+        }
+        if let Some(Op::Execute(p) | Op::Query(p, None) | Op::Function(p, None)) = ops.pop_front() {
+            done.push(completed(p, "skipped"));
+        }
+    }
+}
+
+async fn server_to_client(
+    ctx: &RelayCtx,
+    sh: &Shared,
+    sr: &mut ReadHalf,
+    cw: &mut WriteHalf,
+    leftover: BytesMut,
+    client_alive: &mut bool,
+) -> End {
     let mut buf = leftover;
     buf.reserve(64 * 1024);
-    let mut received: u64 = 0;
-    let mut error_since_ready = false;
     let mut warnings = ctx.guard.warnings.clone();
-    let kill = ctx.guard.kill.clone();
-    // Created once, not per read: each creation registers a waiter on the token.
-    let mut killed = std::pin::pin!(kill.cancelled());
+    // The server ignores messages until Sync after an extended-protocol error.
+    let mut skipping = false;
     let bytes_out = ctx
         .metrics
         .bytes_total
         .with_label_values(&["postgres", "server_to_client"]);
-    // Statements completed by this read: their audit events are built after the client has its
-    // answer, so that work is not on the query's latency path.
-    let mut done: Vec<(Pending, &'static str, std::time::Duration)> = Vec::new();
+    let mut done: Done = Vec::new();
     // Bytes of a large pass-through frame still to forward as they arrive.
     let mut streaming: usize = 0;
+    // Writes to the client; once it is gone, answers are read (and audited) but dropped.
+    macro_rules! send {
+        ($bytes:expr) => {
+            if *client_alive && cw.write_all($bytes).await.is_err() {
+                *client_alive = false;
+            }
+        };
+    }
     loop {
         if streaming > 0 && !buf.is_empty() {
             let n = streaming.min(buf.len());
-            if let Err(e) = cw.write_all(&buf[..n]).await {
-                return End::Error(format!("writing to the client: {e}"));
-            }
+            send!(&buf[..n]);
             buf.advance(n);
             streaming -= n;
             continue;
@@ -415,41 +615,35 @@ async fn server_to_client(ctx: &RelayCtx, sh: &Shared, mut sr: ReadHalf, mut cw:
         {
             tokio::select! {
                 biased;
-                () = &mut killed => {
-                    let reason = ctx.guard.kill_reason().unwrap_or(KillReason::Shutdown);
-                    let mut e = BytesMut::new();
-                    protocol::error_response(&mut e, Severity::Fatal, "57P01", &reason.message(&ctx.guard.info.resource), Some("request access again with `jitgate request`"));
-                    let _ = cw.write_all(&e).await;
-                    let _ = cw.shutdown().await;
-                    return End::Killed(reason);
-                }
                 r = warnings.changed() => {
                     if r.is_ok() {
                         let msg = warnings.borrow_and_update().clone();
                         if let Some(m) = msg {
                             let mut n = BytesMut::new();
                             protocol::error_response(&mut n, Severity::Warning, "01000", &format!("jitgate: {m}"), None);
-                            if cw.write_all(&n).await.is_err() {
-                                return End::Client;
-                            }
+                            send!(&n);
                         }
                     }
                     continue;
                 }
                 r = sr.read_buf(&mut buf) => match r {
-                    Ok(0) => return End::Server,
+                    Ok(0) => {
+                        audit_done(ctx, sh, &mut done).await;
+                        return End::Server;
+                    }
                     Ok(n) => bytes_out.inc_by(u64::try_from(n).unwrap_or(0)),
                     Err(e) => return End::Error(format!("reading from the database: {e}")),
                 },
             }
         }
-        // Walk complete frames; write them in one piece unless an injection splits the batch.
+        // Walk complete frames; write them in one piece unless a replacement splits the batch.
         let mut pos = 0usize;
         let mut written = 0usize;
+        let mut ended: Option<End> = None;
         while let Ok(Some(h)) = protocol::header(&buf[pos..], usize::MAX) {
             let total = 5 + h.body_len;
             if buf.len() - pos < total {
-                if total > STREAM_OVER && !matches!(h.tag, b'Z' | b'C' | b'E' | b'I' | b's') {
+                if total > STREAM_OVER && !matches!(h.tag, b'Z' | b'C' | b'E' | b'I' | b's' | b'S' | b'V') {
                     // Forward what we have of it now and the rest as it comes.
                     streaming = total - (buf.len() - pos);
                     pos = buf.len();
@@ -459,101 +653,140 @@ async fn server_to_client(ctx: &RelayCtx, sh: &Shared, mut sr: ReadHalf, mut cw:
                 break;
             }
             let body = &buf[pos + 5..pos + total];
-            match h.tag {
-                b'C' => {
-                    let rows = protocol::command_rows(body).unwrap_or(0);
-                    let mut q = lock(&sh.pending);
-                    if let Some(p) = q.front_mut() {
-                        p.rows += rows;
-                        if !p.simple
-                            && let Some(p) = q.pop_front()
+            let mut replace: Option<BytesMut> = None;
+            {
+                let mut ops = lock(&sh.ops);
+                if skipping {
+                    skip_to_sync(&mut ops, &mut done);
+                }
+                match h.tag {
+                    b'1' | b'2' | b'3' => {
+                        if matches!(ops.front(), Some(Op::Simple(t)) if *t == h.tag) {
+                            ops.pop_front();
+                        }
+                    }
+                    b'n' => {
+                        if matches!(ops.front(), Some(Op::Describe)) {
+                            ops.pop_front();
+                        }
+                    }
+                    b'T' => {
+                        if matches!(ops.front(), Some(Op::Describe)) {
+                            ops.pop_front();
+                        }
+                    }
+                    b'C' => {
+                        let rows = protocol::command_rows(body).unwrap_or(0);
+                        match ops.front_mut() {
+                            Some(Op::Query(p, _)) => p.rows += rows,
+                            Some(Op::Execute(p)) => {
+                                p.rows += rows;
+                                if let Some(Op::Execute(p)) = ops.pop_front() {
+                                    done.push(completed(p, "ok"));
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                    b'I' | b's' => {
+                        if matches!(ops.front(), Some(Op::Execute(_)))
+                            && let Some(Op::Execute(p)) = ops.pop_front()
                         {
                             done.push(completed(p, "ok"));
                         }
                     }
-                }
-                b'I' | b's' => {
-                    let mut q = lock(&sh.pending);
-                    if q.front().is_some_and(|p| !p.simple)
-                        && let Some(p) = q.pop_front()
-                    {
-                        done.push(completed(p, "ok"));
-                    }
-                }
-                b'E' => {
-                    error_since_ready = true;
-                    let (code, msg) = protocol::error_fields(body);
-                    let mut q = lock(&sh.pending);
-                    if let Some(p) = q.front_mut() {
-                        p.error = Some(Box::new((code, msg)));
-                        if !p.simple
-                            && let Some(p) = q.pop_front()
-                        {
-                            done.push(completed(p, "error"));
+                    b'V' => {}
+                    b'E' => {
+                        let (code, msg) = protocol::error_fields(body);
+                        match ops.front_mut() {
+                            Some(Op::Query(p, refused) | Op::Function(p, refused)) => {
+                                if let Some(err) = refused {
+                                    replace = Some(err.clone());
+                                } else {
+                                    p.error = Some(Box::new((code, msg)));
+                                }
+                            }
+                            Some(Op::Execute(_)) => {
+                                if let Some(Op::Execute(mut p)) = ops.pop_front() {
+                                    p.error = Some(Box::new((code, msg)));
+                                    done.push(completed(p, "error"));
+                                }
+                                skipping = true;
+                            }
+                            Some(Op::RefusedParse(_)) => {
+                                if let Some(Op::RefusedParse(err)) = ops.pop_front() {
+                                    replace = Some(err);
+                                }
+                                skipping = true;
+                            }
+                            Some(Op::Simple(_) | Op::Describe) => {
+                                ops.pop_front();
+                                skipping = true;
+                            }
+                            // An error with nothing asked (FATAL at shutdown): passes through.
+                            Some(Op::Sync) | None => {}
+                        }
+                        if skipping {
+                            skip_to_sync(&mut ops, &mut done);
                         }
                     }
-                }
-                b'Z' => {
-                    received += 1;
-                    let inject = {
-                        let mut q = lock(&sh.inject);
-                        match q.front() {
-                            Some((at, _)) if *at == received => q.pop_front().map(|x| x.1),
-                            _ => None,
-                        }
-                    };
-                    // Statements still pending at ReadyForQuery: simple queries complete here;
-                    // extended ones after an error were skipped by the server.
-                    {
-                        let mut q = lock(&sh.pending);
-                        while q.front().is_some_and(|p| p.closes_at <= received) {
-                            let Some(p) = q.pop_front() else { break };
-                            let outcome = if p.error.is_some() {
-                                "error"
-                            } else if p.simple {
-                                "ok"
-                            } else {
-                                "skipped"
-                            };
-                            done.push(completed(p, outcome));
+                    b'Z' => {
+                        skipping = false;
+                        // Answers the first Sync, Query or FunctionCall; extended ops before it
+                        // that got no answer were skipped by the server.
+                        while let Some(op) = ops.pop_front() {
+                            match op {
+                                Op::Sync => break,
+                                Op::Query(p, refused) | Op::Function(p, refused) => {
+                                    if refused.is_none() {
+                                        let outcome = if p.error.is_some() { "error" } else { "ok" };
+                                        done.push(completed(p, outcome));
+                                    }
+                                    break;
+                                }
+                                Op::Execute(p) => done.push(completed(p, "skipped")),
+                                Op::Simple(_) | Op::Describe | Op::RefusedParse(_) => {}
+                            }
                         }
                     }
-                    if let Some(err) = inject {
-                        if let Err(e) = cw.write_all(&buf[written..pos]).await {
-                            audit_done(ctx, sh, &mut done).await;
-                            return End::Error(e.to_string());
-                        }
-                        written = pos;
-                        if !error_since_ready && cw.write_all(&err).await.is_err() {
-                            audit_done(ctx, sh, &mut done).await;
-                            return End::Client;
+                    b'S' if ctx.read_only => {
+                        if let Some(why) = breach(ctx, body) {
+                            ended = Some(End::Breach(why));
                         }
                     }
-                    error_since_ready = false;
+                    _ => {}
                 }
-                _ => {}
+            }
+            if ended.is_some() {
+                // Nothing from this frame on reaches the client.
+                break;
+            }
+            if let Some(err) = replace {
+                send!(&buf[written..pos]);
+                send!(&err);
+                written = pos + total;
             }
             pos += total;
         }
-        // Statements the server completed are audited even when the client is gone.
-        let wrote = if pos > written {
-            cw.write_all(&buf[written..pos]).await
-        } else {
-            Ok(())
-        };
+        if pos > written {
+            send!(&buf[written..pos]);
+        }
         buf.advance(pos);
         if !audit_done(ctx, sh, &mut done).await {
             tracing::error!(session_id = %ctx.guard.info.id, "audit sink closed; ending the session");
             return End::Error("audit log unavailable".into());
         }
-        if let Err(e) = wrote {
-            return End::Error(format!("writing to the client: {e}"));
+        if let Some(e) = ended {
+            if let End::Breach(why) = &e {
+                tracing::error!(session_id = %ctx.guard.info.id, why = %why, "read-only session breach; ending it");
+            }
+            return e;
         }
     }
 }
 
 /// Emit the audit events of completed statements; `false` when the audit sink is gone.
-async fn audit_done(ctx: &RelayCtx, sh: &Shared, done: &mut Vec<(Pending, &'static str, std::time::Duration)>) -> bool {
+async fn audit_done(ctx: &RelayCtx, sh: &Shared, done: &mut Done) -> bool {
     for (p, outcome, took) in done.drain(..) {
         if let Some(ev) = finish(ctx, sh, p, outcome, took)
             && ctx.audit.emit_statement(ev).await.is_err()
@@ -565,20 +798,14 @@ async fn audit_done(ctx: &RelayCtx, sh: &Shared, done: &mut Vec<(Pending, &'stat
 }
 
 /// A statement completed now: how long it took (measured here, before the client is answered).
-fn completed(p: Pending, outcome: &'static str) -> (Pending, &'static str, std::time::Duration) {
+fn completed(p: Pending, outcome: &'static str) -> (Pending, &'static str, Duration) {
     let took = p.started.elapsed();
     (p, outcome, took)
 }
 
 /// A statement completed: its duration metric, and its audit event unless `[audit] statements`
 /// is off (then none is built at all).
-fn finish(
-    ctx: &RelayCtx,
-    sh: &Shared,
-    p: Pending,
-    outcome: &'static str,
-    took: std::time::Duration,
-) -> Option<Statement> {
+fn finish(ctx: &RelayCtx, sh: &Shared, p: Pending, outcome: &'static str, took: Duration) -> Option<Statement> {
     ctx.metrics.query_duration_seconds.observe(took.as_secs_f64());
     ctx.audit_statements.then(|| statement_event(ctx, sh, p, outcome, took))
 }

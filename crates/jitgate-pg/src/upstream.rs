@@ -252,6 +252,54 @@ pub async fn connect(
     }
 }
 
+/// Run one query on a freshly logged-in connection (before the relay starts) and return its
+/// first row as text columns (`None` for NULL); the connection is left at ReadyForQuery.
+pub async fn query_row(up: &mut Upstream, sql: &str) -> Result<Vec<Option<String>>, UpstreamError> {
+    let mut out = BytesMut::new();
+    let mut q = sql.as_bytes().to_vec();
+    q.push(0);
+    protocol::message(&mut out, b'Q', &q);
+    up.io.write_all(&out).await?;
+    let mut buf = std::mem::take(&mut up.leftover);
+    let mut row: Option<Vec<Option<String>>> = None;
+    let mut error: Option<String> = None;
+    loop {
+        let (tag, body) = read_message(&mut up.io, &mut buf, 1 << 20).await?;
+        match tag {
+            b'D' if row.is_none() => {
+                let mut cols = Vec::new();
+                let n = body.get(..2).map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
+                let mut rest = body.get(2..).unwrap_or(&[]);
+                for _ in 0..n {
+                    let Some(l) = rest.get(..4) else { break };
+                    let len = i32::from_be_bytes([l[0], l[1], l[2], l[3]]);
+                    rest = &rest[4..];
+                    match usize::try_from(len) {
+                        Ok(len) if len <= rest.len() => {
+                            cols.push(Some(String::from_utf8_lossy(&rest[..len]).into_owned()));
+                            rest = &rest[len..];
+                        }
+                        Ok(_) => break,
+                        Err(_) => cols.push(None),
+                    }
+                }
+                row = Some(cols);
+            }
+            b'E' => {
+                let (code, msg) = error_fields(&body);
+                error = Some(format!("{code}: {msg}"));
+            }
+            b'Z' => break,
+            _ => {}
+        }
+    }
+    up.leftover = buf;
+    if let Some(e) = error {
+        return Err(UpstreamError::Protocol(e));
+    }
+    row.ok_or_else(|| UpstreamError::Protocol("the query returned no row".into()))
+}
+
 /// Send a CancelRequest for (pid, key) to the upstream.
 pub async fn cancel(t: &Target, pid: i32, key: i32) -> Result<(), UpstreamError> {
     let mut io = open(t).await?;

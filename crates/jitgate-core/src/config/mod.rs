@@ -478,6 +478,7 @@ fn validate(c: &Config, d: &mut Diags<'_>) -> Catalog {
                 kind: r.kind,
                 address: addr.clone(),
                 database: r.database.clone(),
+                databases: r.databases.clone(),
                 labels: r.labels.clone(),
                 access_levels,
                 credentials,

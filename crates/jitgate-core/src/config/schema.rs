@@ -434,6 +434,10 @@ pub struct ResourceConfig {
     pub address: Spanned<String>,
     /// Postgres: default database.
     pub database: Option<String>,
+    /// Postgres: further databases a client may name as `resource/dbname` (default: none; the
+    /// default database is always allowed).
+    #[serde(default)]
+    pub databases: Vec<String>,
     /// Free labels policies can match on.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
