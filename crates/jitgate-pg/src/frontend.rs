@@ -75,7 +75,8 @@ const ROLE_CHECK_TTL: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// The privilege check of a read-only credential, run on its session before the client is in.
 const ROLE_CHECK_SQL: &str = "SELECT r.rolsuper, pg_has_role(current_user, 'pg_execute_server_program', 'USAGE'), \
-     pg_has_role(current_user, 'pg_write_server_files', 'USAGE'), current_setting('default_transaction_read_only') \
+     pg_has_role(current_user, 'pg_write_server_files', 'USAGE'), current_setting('default_transaction_read_only'), \
+     (SELECT count(*) FROM pg_user_mappings m WHERE m.umuser IN (r.oid, 0)) \
      FROM pg_roles r WHERE r.rolname = current_user";
 
 /// What the startup phase produced.
@@ -578,6 +579,11 @@ impl<G: Gatekeeper> PgFrontend<G> {
         if col(2) != "f" {
             return Err(format!(
                 "its read-only credential {user} may write server files (pg_write_server_files)"
+            ));
+        }
+        if col(4) != "0" {
+            return Err(format!(
+                "its read-only credential {user} has user mappings to foreign servers (postgres_fdw and dblink would open read-write sessions elsewhere)"
             ));
         }
         if col(3) != "on" {
