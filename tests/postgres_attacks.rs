@@ -822,6 +822,57 @@ async fn a_session_that_leaves_read_only_mode_upstream_is_ended() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipelined_write_behind_a_flip_never_runs() {
+    let lab = lab("read-only", RO_USER, RO_PASSWORD, "1h");
+    lab.pg.su(
+        &lab.db,
+        "CREATE OR REPLACE FUNCTION public.flip() RETURNS text LANGUAGE sql AS \
+         $$ SELECT set_config('default_transaction_read_only', 'off', false) $$; \
+         CREATE OR REPLACE FUNCTION public.wr() RETURNS int LANGUAGE plpgsql AS \
+         $$ BEGIN INSERT INTO public.t VALUES (400, 'pipelined-write'); RETURN 1; END $$; \
+         GRANT EXECUTE ON FUNCTION public.flip(), public.wr() TO ro_dml",
+    );
+    let direct = lab.direct().await;
+    // Simple protocol: the flip, then the write in the same packet.
+    let (mut c, _) = Raw::login(&lab, &[]).await;
+    c.send(&[q("SELECT public.flip()"), q("SELECT public.wr()")]).await;
+    let r = c.until_ready(2).await;
+    assert!(
+        r.iter()
+            .any(|(t, b)| *t == b'E' && String::from_utf8_lossy(b).contains("default_transaction_read_only")),
+        "{}",
+        tags(&r)
+    );
+    // One message: flip, COMMIT, write.
+    let (mut c, _) = Raw::login(&lab, &[]).await;
+    c.send(&[q("SELECT public.flip(); COMMIT; SELECT public.wr()")]).await;
+    assert_eq!(tags(&c.until_ready(1).await), "E:42501 Z");
+    // Extended protocol: flip, COMMIT and the write in one batch.
+    let (mut c, _) = Raw::login(&lab, &[]).await;
+    c.send(&[
+        parse("", "SELECT public.flip()"),
+        bind("", ""),
+        execute(""),
+        parse("", "COMMIT"),
+        bind("", ""),
+        execute(""),
+        parse("", "SELECT public.wr()"),
+        bind("", ""),
+        execute(""),
+        sync(),
+        q("SELECT public.wr()"),
+    ])
+    .await;
+    let r = c.until_ready(2).await;
+    let n: i64 = direct
+        .query_one("SELECT count(*) FROM t WHERE id = 400", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0, "a write behind a flip ran: {}", tags(&r));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_resources_databases_can_be_named() {
     let lab = lab("read-only", RO_USER, RO_PASSWORD, "1h");
     let (host, port) = lab.gw.pg_host_port();

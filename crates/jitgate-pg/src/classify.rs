@@ -93,6 +93,8 @@ pub struct Verdict {
     pub read_only_refusal: Option<String>,
     /// The text carries a password (`CREATE/ALTER ROLE|USER ... PASSWORD`): audit it redacted.
     pub secret: bool,
+    /// The text ends a transaction (COMMIT, ROLLBACK, END, ABORT, in any statement).
+    pub ends_transaction: bool,
 }
 
 /// Settings a read-only session may not change: what keeps it read-only, who it is, and how the
@@ -186,6 +188,8 @@ const ALLOWED_STATEMENTS: &[&str] = &[
 ];
 
 /// `TransactionStmtKind` values (pg_query's protobuf numbering).
+const TRANS_COMMIT: i64 = 3;
+const TRANS_ROLLBACK: i64 = 4;
 const TRANS_PREPARE: i64 = 8;
 
 /// The audit class of a top-level statement node.
@@ -360,6 +364,7 @@ pub fn classify(sql: &str) -> Verdict {
                 statements: 1,
                 read_only_refusal: Some(format!("statements PostgreSQL's parser rejects ({msg})")),
                 secret: false,
+                ends_transaction: false,
             };
         }
     };
@@ -371,6 +376,7 @@ pub fn classify(sql: &str) -> Verdict {
                 statements: 1,
                 read_only_refusal: Some(format!("statements jitgate cannot inspect ({e})")),
                 secret: false,
+                ends_transaction: false,
             };
         }
     };
@@ -381,9 +387,21 @@ pub fn classify(sql: &str) -> Verdict {
     let mut class = Class::Empty;
     let mut refusal: Option<String> = None;
     let mut secret = false;
-    for raw in stmts {
+    let mut ends_transaction = false;
+    for (i, raw) in stmts.iter().enumerate() {
         if let Some((kind, node)) = statement_of(raw.get("stmt")) {
             class = class.max(class_of(kind, node));
+            let k = node.get("kind").and_then(Value::as_i64).unwrap_or(0);
+            if kind == "TransactionStmt" && (k == TRANS_COMMIT || k == TRANS_ROLLBACK) {
+                ends_transaction = true;
+                // A session default changed by a function (set_config inside it) applies from the
+                // next transaction on; the gateway learns of it from ParameterStatus only at the
+                // end of the message. So a transaction may end only as the message's last
+                // statement, where the next one cannot start before the gateway has looked.
+                if i + 1 < stmts.len() && refusal.is_none() {
+                    refusal = Some("ending a transaction before the last statement of a message".into());
+                }
+            }
         }
         walk(raw, &mut |kind, node| {
             if refusal.is_none() {
@@ -400,6 +418,7 @@ pub fn classify(sql: &str) -> Verdict {
         statements: stmts.len(),
         read_only_refusal: refusal,
         secret,
+        ends_transaction,
     }
 }
 
@@ -675,6 +694,10 @@ mod tests {
         ("UPDATE t SET a = 1", false),
         ("DELETE FROM t", false),
         ("SELECT 1; DELETE FROM t", false),
+        ("SELECT 1; COMMIT; SELECT 2", false),
+        ("SELECT 1; ROLLBACK; SELECT 2", false),
+        ("BEGIN; SELECT 1; COMMIT", true),
+        ("END; SELECT 1", false),
         ("WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d", false),
         ("EXPLAIN ANALYZE DELETE FROM t", false),
         ("EXPLAIN (ANALYZE) CREATE TABLE x AS SELECT 1", false),

@@ -117,7 +117,7 @@ enum Op {
     Query(Pending, Option<BytesMut>),
     /// FunctionCall: FunctionCallResponse or an error, then ReadyForQuery.
     Function(Pending, Option<BytesMut>),
-    /// A refused Parse: the server's error for the stand-in is replaced by this one.
+    /// A refused Parse or Execute: the server's error for the stand-in is replaced by this one.
     RefusedParse(BytesMut),
 }
 
@@ -139,6 +139,30 @@ struct Names {
 struct Shared {
     names: Names,
     ops: Mutex<VecDeque<Op>>,
+    /// Told when a ReadyForQuery has been handled (read-only sessions wait for it).
+    answered: tokio::sync::Notify,
+}
+
+impl Shared {
+    /// A Sync, Query or FunctionCall is still unanswered.
+    fn unit_in_flight(&self) -> bool {
+        lock(&self.ops)
+            .iter()
+            .any(|o| matches!(o, Op::Sync | Op::Query(..) | Op::Function(..)))
+    }
+
+    /// Until every forwarded Sync, Query and FunctionCall has its ReadyForQuery.
+    async fn wait_answered(&self) {
+        loop {
+            let n = self.answered.notified();
+            tokio::pin!(n);
+            n.as_mut().enable();
+            if !self.unit_in_flight() {
+                return;
+            }
+            n.await;
+        }
+    }
 }
 
 /// How a session ended.
@@ -176,6 +200,7 @@ pub async fn run(
             session: info.id.as_str().into(),
         },
         ops: Mutex::default(),
+        answered: tokio::sync::Notify::new(),
     };
     let kill = ctx.guard.kill.clone();
     let mut client_alive = true;
@@ -305,6 +330,7 @@ fn verdict_of(ctx: &RelayCtx, sql: &[u8]) -> Arc<Verdict> {
             statements: 1,
             read_only_refusal: Some("text that is not valid UTF-8".into()),
             secret: false,
+            ends_transaction: false,
         }),
     }
 }
@@ -319,8 +345,15 @@ async fn client_to_server(
     let mut buf = leftover;
     buf.reserve(16 * 1024);
     let mut out = BytesMut::with_capacity(16 * 1024);
-    let mut statements: HashMap<Vec<u8>, (Arc<str>, Class)> = HashMap::new();
-    let mut portals: HashMap<Vec<u8>, (Arc<str>, Class)> = HashMap::new();
+    // Name → (audit text, class, ends a transaction).
+    let mut statements: HashMap<Vec<u8>, (Arc<str>, Class, bool)> = HashMap::new();
+    let mut portals: HashMap<Vec<u8>, (Arc<str>, Class, bool)> = HashMap::new();
+    // Read-only: a transaction ended in this batch (since the last Sync); nothing more may run
+    // before the server has answered (see `classify` on transaction ends).
+    let mut ended_in_unit = false;
+    // Read-only: a Sync, Query or FunctionCall was forwarded; the next one waits for its answer,
+    // so a session default changed upstream (ParameterStatus) is seen before anything else runs.
+    let mut unit_sent = false;
     // Counter handles resolved once per class, not hashed per statement.
     let mut counters: HashMap<Class, prometheus::IntCounter> = HashMap::new();
     let mut count = |class: Class| {
@@ -337,9 +370,17 @@ async fn client_to_server(
         .metrics
         .bytes_total
         .with_label_values(&["postgres", "client_to_server"]);
-    let mut first = !buf.is_empty();
     loop {
-        if !first {
+        let next = protocol::header(&buf, ctx.max_message)
+            .ok()
+            .flatten()
+            .filter(|h| buf.len() >= 5 + h.body_len)
+            .map(|h| h.tag);
+        if unit_sent && next.is_some_and(holds) {
+            sh.wait_answered().await;
+            unit_sent = false;
+        }
+        if next.is_none() {
             let n = match cr.read_buf(&mut buf).await {
                 Ok(n) => n,
                 Err(e) => return leave(sw, End::Error(format!("reading from the client: {e}"))).await,
@@ -349,10 +390,10 @@ async fn client_to_server(
             }
             bytes_in.inc_by(u64::try_from(n).unwrap_or(0));
         }
-        first = false;
         let mut terminate = false;
         loop {
             let h = match protocol::header(&buf, ctx.max_message) {
+                Ok(Some(h)) if unit_sent && holds(h.tag) => break,
                 Ok(Some(h)) => h,
                 Ok(None) => break,
                 Err(e) => {
@@ -375,7 +416,15 @@ async fn client_to_server(
                     let v = verdict_of(ctx, sql);
                     count(v.class);
                     let audit = audit_text(sql, &v);
-                    if let (true, Some(why)) = (ctx.read_only, &v.read_only_refusal) {
+                    let after_end = ctx.read_only && ended_in_unit;
+                    ended_in_unit = false;
+                    unit_sent = ctx.read_only;
+                    let why = if after_end {
+                        Some("a statement after a transaction ended in the same batch")
+                    } else {
+                        v.read_only_refusal.as_deref()
+                    };
+                    if let (true, Some(why)) = (ctx.read_only, why) {
                         let err = refusal(ctx, why);
                         drop(ops);
                         audit_refusal(ctx, sh, audit, v.class, why, true).await;
@@ -411,7 +460,7 @@ async fn client_to_server(
                             // only the audit text of old statements is lost (checks ran at Parse).
                             statements.clear();
                         }
-                        statements.insert(name.to_vec(), (audit, v.class));
+                        statements.insert(name.to_vec(), (audit, v.class, v.ends_transaction));
                         ops.push_back(Op::Simple(b'1'));
                         out.extend_from_slice(&frame);
                     }
@@ -432,19 +481,35 @@ async fn client_to_server(
                 }
                 b'E' => {
                     let (portal, _) = cbytes(body);
-                    let (sql, class) = portals
+                    let (sql, class, ends) = portals
                         .get(portal)
                         .cloned()
-                        .unwrap_or_else(|| (Arc::from(""), Class::Other));
+                        .unwrap_or_else(|| (Arc::from(""), Class::Other, false));
                     count(class);
-                    ops.push_back(Op::Execute(Pending::new(sql, class, false)));
-                    out.extend_from_slice(&frame);
+                    if ctx.read_only && ended_in_unit {
+                        // Refused as a server error: an Execute of a portal that cannot exist.
+                        let why = "a statement after a transaction ended in the same batch";
+                        let err = refusal(ctx, why);
+                        drop(ops);
+                        audit_refusal(ctx, sh, sql, class, why, false).await;
+                        ops = lock(&sh.ops);
+                        ops.push_back(Op::RefusedParse(err));
+                        let mut b = b"\x01jitgate refused\0".to_vec();
+                        b.extend_from_slice(&0i32.to_be_bytes());
+                        protocol::message(&mut out, b'E', &b);
+                    } else {
+                        ended_in_unit |= ends;
+                        ops.push_back(Op::Execute(Pending::new(sql, class, false)));
+                        out.extend_from_slice(&frame);
+                    }
                 }
                 b'D' => {
                     ops.push_back(Op::Describe);
                     out.extend_from_slice(&frame);
                 }
                 b'S' => {
+                    ended_in_unit = false;
+                    unit_sent = ctx.read_only;
                     ops.push_back(Op::Sync);
                     out.extend_from_slice(&frame);
                 }
@@ -454,6 +519,7 @@ async fn client_to_server(
                         .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
                     let sql: Arc<str> = format!("<FunctionCall oid={oid}>").into();
                     count(Class::Other);
+                    unit_sent = ctx.read_only;
                     if ctx.read_only {
                         let why = "fast-path function calls";
                         let err = refusal(ctx, why);
@@ -500,6 +566,12 @@ async fn client_to_server(
             return End::Client;
         }
     }
+}
+
+/// Read-only: messages held back while a Sync, Query or FunctionCall is unanswered. Sync and
+/// Flush run nothing (and the server may be waiting for that Sync after an error).
+fn holds(tag: u8) -> bool {
+    !matches!(tag, b'S' | b'H')
 }
 
 /// The client is gone without a Terminate: say it for the client, so the server finishes what
@@ -748,6 +820,7 @@ async fn server_to_client(
                                 Op::Simple(_) | Op::Describe | Op::RefusedParse(_) => {}
                             }
                         }
+                        sh.answered.notify_waiters();
                     }
                     b'S' if ctx.read_only => {
                         if let Some(why) = breach(ctx, body) {
