@@ -895,3 +895,39 @@ async fn only_the_resources_databases_can_be_named() {
     tokio::spawn(conn);
     assert_eq!(c.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0), 1);
 }
+
+/// psycopg 3 with libpq 17+: `cancel_safe()` is the encrypted cancel (a TLS connection carrying
+/// the CancelRequest), which must end with a clean TLS close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psycopg_cancel_safe_over_tls_cancels_the_query() {
+    let lab = lab("read-only", RO_USER, RO_PASSWORD, "1h");
+    let (host, port) = lab.gw.pg_host_port();
+    let script = format!(
+        r#"
+import threading, time, psycopg
+assert psycopg.pq.version() >= 170000, psycopg.pq.version()
+conn = psycopg.connect("host={host} port={port} user=alice@example.com password={tok} dbname=prod-db sslmode=require", autocommit=True)
+def later():
+    time.sleep(0.7)
+    conn.cancel_safe(timeout=5)
+threading.Thread(target=later).start()
+t = time.time()
+try:
+    conn.execute("SELECT pg_sleep(20)")
+    print("not cancelled")
+except psycopg.errors.QueryCanceled:
+    print("cancelled after %.1f s" % (time.time() - t))
+print(conn.execute("SELECT 41 + 1").fetchone()[0])
+"#,
+        tok = token("alice")
+    );
+    let out = tokio::task::spawn_blocking(move || Command::new("python3").arg("-c").arg(script).output().unwrap())
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("cancelled after") && stdout.contains("42"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -248,6 +248,8 @@ impl<G: Gatekeeper> PgFrontend<G> {
             }
             Ok(Startup::Cancel { pid, key }) => {
                 self.cancel(pid, key).await;
+                // libpq 17+ (encrypted cancel) waits for a clean TLS close, as PostgreSQL gives.
+                let _ = client.shutdown().await;
                 Ok(Started::Done)
             }
             Ok(_) | Err(_) => {
