@@ -635,7 +635,18 @@ async fn statements_sent_with_terminate_or_before_a_close_are_executed_and_audit
     c.send(&[function_call(2026)]).await;
     let r = c.until_ready(1).await;
     assert_eq!(tags(&r), "V Z");
-    // 18. Passwords never reach the audit log.
+    // 18. A Parse the server rejects does not change what the name means to the audit.
+    c.send(&[
+        parse("s", "DELETE FROM t WHERE id = 102"),
+        sync(),
+        parse("s", "SELECT 1"),
+        sync(),
+    ])
+    .await;
+    assert_eq!(tags(&c.until_ready(2).await), "1 Z E:42P05 Z");
+    c.send(&[bind("", "s"), execute(""), sync()]).await;
+    assert_eq!(tags(&c.until_ready(1).await), "2 C Z");
+    // 19. Passwords never reach the audit log.
     c.send(&[q(
         "BEGIN; CREATE ROLE jg_tmp_role LOGIN PASSWORD 'hunter2-secret'; ROLLBACK",
     )])
@@ -646,7 +657,6 @@ async fn statements_sent_with_terminate_or_before_a_close_are_executed_and_audit
     for (id, sql) in [
         (100, "INSERT INTO t VALUES (100, 'with-terminate')"),
         (101, "INSERT INTO t VALUES (101, 'before-close')"),
-        (102, "INSERT INTO t VALUES (102, 'pipelined')"),
     ] {
         let n: i64 = direct
             .query_one("SELECT count(*) FROM t WHERE id = $1", &[&id])
@@ -660,6 +670,14 @@ async fn statements_sent_with_terminate_or_before_a_close_are_executed_and_audit
         assert_eq!(e["details"]["outcome"], "ok", "{e}");
         assert_eq!(e["details"]["rows"], 1, "{e}");
     }
+    let e = lab
+        .audited("INSERT INTO t VALUES (102, 'pipelined')", Duration::from_secs(3))
+        .expect("the pipelined statement was not audited");
+    assert_eq!(e["details"]["outcome"], "ok");
+    let del = lab
+        .audited("DELETE FROM t WHERE id = 102", Duration::from_secs(3))
+        .expect("the DELETE run through a reused name was not audited as itself");
+    assert_eq!(del["details"]["rows"], 1, "{del}");
     let f = lab
         .audited("<FunctionCall oid=2026>", Duration::from_secs(3))
         .expect("FunctionCall audited");
@@ -789,6 +807,10 @@ async fn a_client_that_stops_reading_is_killed_on_expiry() {
     assert_eq!(ended["details"]["outcome"], "expired");
 }
 
+/// A function the operator left behind that flips the session default.
+const FLIP: &str = "CREATE OR REPLACE FUNCTION public.flip() RETURNS text LANGUAGE sql AS \
+     $$ SELECT set_config('default_transaction_read_only', 'off', false) $$;";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_that_leaves_read_only_mode_upstream_is_ended() {
     let lab = lab("read-only", RO_USER, RO_PASSWORD, "1h");
@@ -796,9 +818,7 @@ async fn a_session_that_leaves_read_only_mode_upstream_is_ended() {
     // inside it, PostgreSQL's ParameterStatus tells the gateway.
     lab.pg.su(
         &lab.db,
-        "CREATE OR REPLACE FUNCTION public.flip() RETURNS text LANGUAGE sql AS \
-         $$ SELECT set_config('default_transaction_read_only', 'off', false) $$; \
-         GRANT EXECUTE ON FUNCTION public.flip() TO ro_dml",
+        &format!("{FLIP} GRANT EXECUTE ON FUNCTION public.flip() TO ro_dml"),
     );
     let c = lab.connect().await.unwrap();
     let e = c.simple_query("SELECT public.flip()").await.unwrap_err();
@@ -826,11 +846,11 @@ async fn a_pipelined_write_behind_a_flip_never_runs() {
     let lab = lab("read-only", RO_USER, RO_PASSWORD, "1h");
     lab.pg.su(
         &lab.db,
-        "CREATE OR REPLACE FUNCTION public.flip() RETURNS text LANGUAGE sql AS \
-         $$ SELECT set_config('default_transaction_read_only', 'off', false) $$; \
-         CREATE OR REPLACE FUNCTION public.wr() RETURNS int LANGUAGE plpgsql AS \
+        &format!(
+            "{FLIP} CREATE OR REPLACE FUNCTION public.wr() RETURNS int LANGUAGE plpgsql AS \
          $$ BEGIN INSERT INTO public.t VALUES (400, 'pipelined-write'); RETURN 1; END $$; \
-         GRANT EXECUTE ON FUNCTION public.flip(), public.wr() TO ro_dml",
+         GRANT EXECUTE ON FUNCTION public.flip(), public.wr() TO ro_dml"
+        ),
     );
     let direct = lab.direct().await;
     // Simple protocol: the flip, then the write in the same packet.
@@ -870,6 +890,66 @@ async fn a_pipelined_write_behind_a_flip_never_runs() {
         .unwrap()
         .get(0);
     assert_eq!(n, 0, "a write behind a flip ran: {}", tags(&r));
+    let count400 = || async {
+        let n: i64 = direct
+            .query_one("SELECT count(*) FROM t WHERE id = 400", &[])
+            .await
+            .unwrap()
+            .get(0);
+        n
+    };
+    // The refused Execute's stand-in cannot be a portal the client made itself.
+    let (mut c, _) = Raw::login(&lab, &[]).await;
+    c.send(&[
+        parse("", "SELECT public.flip()"),
+        bind("", ""),
+        execute(""),
+        parse("", "COMMIT"),
+        bind("", ""),
+        execute(""),
+        parse("w", "SELECT public.wr()"),
+        bind("\u{1}jitgate refused", "w"),
+        execute("x"),
+        sync(),
+    ])
+    .await;
+    let r = c.until_ready(1).await;
+    assert_eq!(
+        count400().await,
+        0,
+        "a write behind a flip ran through a look-alike portal: {}",
+        tags(&r)
+    );
+    // A name the server refused to redefine keeps its old meaning to the gateway: "c" is COMMIT.
+    let (mut c, _) = Raw::login(&lab, &[]).await;
+    c.send(&[parse("c", "COMMIT"), sync(), parse("c", "SELECT 1"), sync()])
+        .await;
+    assert_eq!(tags(&c.until_ready(2).await), "1 Z E:42P05 Z");
+    c.send(&[
+        parse("", "SELECT public.flip()"),
+        bind("", ""),
+        execute(""),
+        bind("p", "c"),
+        execute("p"),
+        parse("", "SELECT public.wr()"),
+        bind("", ""),
+        execute(""),
+        sync(),
+    ])
+    .await;
+    let r = c.until_ready(1).await;
+    assert_eq!(
+        count400().await,
+        0,
+        "a write behind a redefined COMMIT ran: {}",
+        tags(&r)
+    );
+    // A Parse the server rejects, a Query it skips, then Terminate: no hang.
+    let (mut c, _) = Raw::login(&lab, &[]).await;
+    c.send(&[parse("", "SELEC"), q("SELECT 1"), terminate()]).await;
+    let mut sink = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(3), c.s.read_to_end(&mut sink)).await;
+    assert!(closed.is_ok(), "the session hung after a skipped Query");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -152,6 +152,7 @@ const DENIED_FUNCTIONS: &[&str] = &[
     "pg_file_rename",
     "pg_file_sync",
     "lowrite",
+    "gin_clean_pending_list",
     "txid_current",
     "pg_current_xact_id",
 ];
@@ -166,6 +167,8 @@ const DENIED_PREFIXES: &[&str] = &[
     "pg_replication_origin",
     "postgres_fdw",
     "pg_wal_replay",
+    "pg_logical_slot",
+    "brin_",
 ];
 
 /// Statement kinds a read-only session may run (each further checked below where noted).
@@ -349,6 +352,17 @@ fn walk<'a>(v: &'a Value, f: &mut impl FnMut(&'a str, &'a Value)) {
     }
 }
 
+/// The verdict on text that cannot be read: refused under read-only, `why` says why.
+pub fn unparsed(why: String) -> Verdict {
+    Verdict {
+        class: Class::Unparsed,
+        statements: 1,
+        read_only_refusal: Some(why),
+        secret: false,
+        ends_transaction: false,
+    }
+}
+
 /// Classify `sql` from scratch (no cache), with PostgreSQL's parser.
 pub fn classify(sql: &str) -> Verdict {
     let tree = match pg_query::parse(sql, pg_query::ParserOptions::default()) {
@@ -359,25 +373,13 @@ pub fn classify(sql: &str) -> Verdict {
                 pg_query::Error::Conversion(_) => "the text contains a NUL byte".into(),
                 other => other.to_string(),
             };
-            return Verdict {
-                class: Class::Unparsed,
-                statements: 1,
-                read_only_refusal: Some(format!("statements PostgreSQL's parser rejects ({msg})")),
-                secret: false,
-                ends_transaction: false,
-            };
+            return unparsed(format!("statements PostgreSQL's parser rejects ({msg})"));
         }
     };
     let json = match serde_json::to_value(&tree.protobuf) {
         Ok(v) => v,
         Err(e) => {
-            return Verdict {
-                class: Class::Unparsed,
-                statements: 1,
-                read_only_refusal: Some(format!("statements jitgate cannot inspect ({e})")),
-                secret: false,
-                ends_transaction: false,
-            };
+            return unparsed(format!("statements jitgate cannot inspect ({e})"));
         }
     };
     let stmts = json
@@ -388,6 +390,9 @@ pub fn classify(sql: &str) -> Verdict {
     let mut refusal: Option<String> = None;
     let mut secret = false;
     let mut ends_transaction = false;
+    // COPY ... TO with no file name: STDOUT, or `TO ''` (a file to the server): the tree holds an
+    // empty name for both, so the keyword itself is looked for with the server's scanner.
+    let mut copies_to_stdout: Vec<(usize, usize)> = Vec::new();
     for (i, raw) in stmts.iter().enumerate() {
         if let Some((kind, node)) = statement_of(raw.get("stmt")) {
             class = class.max(class_of(kind, node));
@@ -407,11 +412,23 @@ pub fn classify(sql: &str) -> Verdict {
             if refusal.is_none() {
                 refusal = refuse_node(kind, node);
             }
+            if kind == "CopyStmt" && node.get("is_from").and_then(Value::as_bool) != Some(true) {
+                let at = |k: &str| raw.get(k).and_then(Value::as_u64).and_then(|x| usize::try_from(x).ok());
+                let start = at("stmt_location").unwrap_or(0);
+                let len = at("stmt_len").filter(|l| *l > 0).unwrap_or(usize::MAX - start);
+                copies_to_stdout.push((start, start.saturating_add(len)));
+            }
             if matches!(kind, "CreateRoleStmt" | "AlterRoleStmt") {
                 let opts = node.get("options").and_then(Value::as_array);
                 secret |= opts.is_some_and(|o| o.iter().any(|d| defelem_name(d) == Some("password")));
             }
         });
+    }
+    if !copies_to_stdout.is_empty() && refusal.is_none() {
+        let tokens = pg_query::scan(sql).map(|r| r.tokens).unwrap_or_default();
+        if !copies_to_stdout.iter().all(|span| copy_targets_stdout(&tokens, *span)) {
+            refusal = Some("COPY TO a server file (only TO STDOUT)".into());
+        }
     }
     Verdict {
         class,
@@ -420,6 +437,27 @@ pub fn classify(sql: &str) -> Verdict {
         secret,
         ends_transaction,
     }
+}
+
+/// In the COPY statement spanning `span`, the `TO` outside parentheses is followed by `STDOUT`.
+fn copy_targets_stdout(tokens: &[pg_query::protobuf::ScanToken], span: (usize, usize)) -> bool {
+    use pg_query::protobuf::Token;
+    let inside: Vec<&pg_query::protobuf::ScanToken> = tokens
+        .iter()
+        .filter(|t| usize::try_from(t.start).is_ok_and(|s| s >= span.0 && s < span.1))
+        .filter(|t| t.token != Token::SqlComment as i32 && t.token != Token::CComment as i32)
+        .collect();
+    let mut depth = 0i32;
+    for (i, t) in inside.iter().enumerate() {
+        if t.token == Token::Ascii40 as i32 {
+            depth += 1;
+        } else if t.token == Token::Ascii41 as i32 {
+            depth -= 1;
+        } else if depth == 0 && t.token == Token::To as i32 {
+            return inside.get(i + 1).is_some_and(|n| n.token == Token::Stdout as i32);
+        }
+    }
+    false
 }
 
 /// The masked key of a text made only of plain tokens, or `None` (see the module docs).
@@ -726,6 +764,11 @@ mod tests {
         ("COPY t TO '/tmp/x'", false),
         ("COPY t TO PROGRAM 'id'", false),
         ("COPY (SELECT 1) TO '/tmp/x'", false),
+        ("COPY t TO ''", false),
+        ("COPY t TO '' ; SELECT 1 AS stdout", false),
+        ("COPY (SELECT 'a' SIMILAR TO stdout FROM t) TO ''", false),
+        ("COPY (SELECT 'a' SIMILAR TO 'b') TO STDOUT", true),
+        ("SELECT brin_summarize_new_values('i')", false),
         ("PREPARE p AS DELETE FROM t", false),
         (
             "DECLARE c CURSOR FOR WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d",

@@ -104,8 +104,13 @@ impl Pending {
 /// One client message the server will answer, in the order sent.
 #[derive(Debug)]
 enum Op {
-    /// Parse, Bind, Close: one completion message or an error.
-    Simple(u8),
+    /// Parse: ParseComplete (then the name means this statement) or an error.
+    Parse(Vec<u8>, Named),
+    /// Bind: BindComplete (then the portal runs this statement; `None`: one the gateway does not
+    /// know) or an error.
+    Bind(Vec<u8>, Option<Named>),
+    /// Close of a statement (`b'S'`) or portal (`b'P'`): CloseComplete or an error.
+    Close(u8, Vec<u8>),
     /// Describe: ParameterDescription (statements) then RowDescription/NoData, or an error.
     Describe,
     /// Execute: rows, then CommandComplete/EmptyQuery/PortalSuspended, or an error.
@@ -119,6 +124,38 @@ enum Op {
     Function(Pending, Option<BytesMut>),
     /// A refused Parse or Execute: the server's error for the stand-in is replaced by this one.
     RefusedParse(BytesMut),
+}
+
+/// What a statement name or portal stands for: audit text, class, ends a transaction.
+type Named = (Arc<str>, Class, bool);
+
+/// Statement names and portals as the server knows them: changed only when the server confirms
+/// (ParseComplete, BindComplete, CloseComplete), so a Parse the server rejects or skips never
+/// changes what a name means to the gateway.
+#[derive(Default)]
+struct Names2 {
+    statements: HashMap<Vec<u8>, Named>,
+    portals: HashMap<Vec<u8>, Named>,
+}
+
+/// What a name means to a message just queued: the latest pending Parse/Bind/Close for it in the
+/// queue (the server applies them in order, and skips what follows one that fails), else what
+/// the server confirmed.
+fn lookup(ops: &VecDeque<Op>, names: &Names2, portal: bool, name: &[u8]) -> Option<Named> {
+    for op in ops.iter().rev() {
+        match op {
+            Op::Parse(n, e) if !portal && n == name => return Some(e.clone()),
+            Op::Bind(n, e) if portal && n == name => return e.clone(),
+            Op::Close(k, n) if n == name && (*k == b'P') == portal => return None,
+            _ => {}
+        }
+    }
+    if portal {
+        names.portals.get(name)
+    } else {
+        names.statements.get(name)
+    }
+    .cloned()
 }
 
 /// Named statements/portals remembered per session (for audit text) before the maps are reset.
@@ -139,6 +176,8 @@ struct Names {
 struct Shared {
     names: Names,
     ops: Mutex<VecDeque<Op>>,
+    /// Locked after `ops` when both are needed.
+    named: Mutex<Names2>,
     /// Told when a ReadyForQuery has been handled (read-only sessions wait for it).
     answered: tokio::sync::Notify,
 }
@@ -200,6 +239,7 @@ pub async fn run(
             session: info.id.as_str().into(),
         },
         ops: Mutex::default(),
+        named: Mutex::default(),
         answered: tokio::sync::Notify::new(),
     };
     let kill = ctx.guard.kill.clone();
@@ -325,13 +365,7 @@ fn audit_text(sql: &[u8], v: &Verdict) -> Arc<str> {
 fn verdict_of(ctx: &RelayCtx, sql: &[u8]) -> Arc<Verdict> {
     match text(sql) {
         Some(s) => ctx.classifier.classify(s),
-        None => Arc::new(Verdict {
-            class: Class::Unparsed,
-            statements: 1,
-            read_only_refusal: Some("text that is not valid UTF-8".into()),
-            secret: false,
-            ends_transaction: false,
-        }),
+        None => Arc::new(crate::classify::unparsed("text that is not valid UTF-8".into())),
     }
 }
 
@@ -345,9 +379,6 @@ async fn client_to_server(
     let mut buf = leftover;
     buf.reserve(16 * 1024);
     let mut out = BytesMut::with_capacity(16 * 1024);
-    // Name → (audit text, class, ends a transaction).
-    let mut statements: HashMap<Vec<u8>, (Arc<str>, Class, bool)> = HashMap::new();
-    let mut portals: HashMap<Vec<u8>, (Arc<str>, Class, bool)> = HashMap::new();
     // Read-only: a transaction ended in this batch (since the last Sync); nothing more may run
     // before the server has answered (see `classify` on transaction ends).
     let mut ended_in_unit = false;
@@ -391,6 +422,8 @@ async fn client_to_server(
             bytes_in.inc_by(u64::try_from(n).unwrap_or(0));
         }
         let mut terminate = false;
+        // Refusals are audited once the lock on the op queue is let go.
+        let mut refused_audits: Vec<(Arc<str>, Class, String, bool)> = Vec::new();
         loop {
             let h = match protocol::header(&buf, ctx.max_message) {
                 Ok(Some(h)) if unit_sent && holds(h.tag) => break,
@@ -398,6 +431,9 @@ async fn client_to_server(
                 Ok(None) => break,
                 Err(e) => {
                     // What came before the bad message goes out; the bad message does not.
+                    for (sql, class, why, simple) in refused_audits.drain(..) {
+                        audit_refusal(ctx, sh, sql, class, &why, simple).await;
+                    }
                     let _ = sw.write_all(&out).await;
                     return leave(sw, End::Error(format!("client sent a bad message: {e}"))).await;
                 }
@@ -426,9 +462,7 @@ async fn client_to_server(
                     };
                     if let (true, Some(why)) = (ctx.read_only, why) {
                         let err = refusal(ctx, why);
-                        drop(ops);
-                        audit_refusal(ctx, sh, audit, v.class, why, true).await;
-                        ops = lock(&sh.ops);
+                        refused_audits.push((audit, v.class, why.to_string(), true));
                         ops.push_back(Op::Query(Pending::new("".into(), v.class, true), Some(err)));
                         protocol::message(&mut out, b'Q', REFUSED_SQL);
                     } else {
@@ -443,11 +477,8 @@ async fn client_to_server(
                     let audit = audit_text(sql, &v);
                     if let (true, Some(why)) = (ctx.read_only, &v.read_only_refusal) {
                         let err = refusal(ctx, why);
-                        statements.remove(name);
                         let name = name.to_vec();
-                        drop(ops);
-                        audit_refusal(ctx, sh, audit, v.class, why, false).await;
-                        ops = lock(&sh.ops);
+                        refused_audits.push((audit, v.class, why.to_string(), false));
                         ops.push_back(Op::RefusedParse(err));
                         let mut b = name;
                         b.push(0);
@@ -455,48 +486,42 @@ async fn client_to_server(
                         b.extend_from_slice(&0i16.to_be_bytes());
                         protocol::message(&mut out, b'P', &b);
                     } else {
-                        if statements.len() >= MAX_NAMED {
-                            // A client that never closes its statements: keep memory bounded;
-                            // only the audit text of old statements is lost (checks ran at Parse).
-                            statements.clear();
-                        }
-                        statements.insert(name.to_vec(), (audit, v.class, v.ends_transaction));
-                        ops.push_back(Op::Simple(b'1'));
+                        ops.push_back(Op::Parse(name.to_vec(), (audit, v.class, v.ends_transaction)));
                         out.extend_from_slice(&frame);
                     }
                 }
                 b'B' => {
                     let (portal, rest) = cbytes(body);
                     let (stmt, _) = cbytes(rest);
-                    if let Some(s) = statements.get(stmt) {
-                        if portals.len() >= MAX_NAMED {
-                            portals.clear();
-                        }
-                        portals.insert(portal.to_vec(), s.clone());
-                    } else {
-                        portals.remove(portal);
-                    }
-                    ops.push_back(Op::Simple(b'2'));
+                    let e = {
+                        let named = lock(&sh.named);
+                        lookup(&ops, &named, false, stmt)
+                    };
+                    ops.push_back(Op::Bind(portal.to_vec(), e));
                     out.extend_from_slice(&frame);
                 }
                 b'E' => {
                     let (portal, _) = cbytes(body);
-                    let (sql, class, ends) = portals
-                        .get(portal)
-                        .cloned()
-                        .unwrap_or_else(|| (Arc::from(""), Class::Other, false));
+                    // A portal the gateway does not know (its maps were reset) may end a
+                    // transaction as far as the read-only rules are concerned.
+                    let found = {
+                        let named = lock(&sh.named);
+                        lookup(&ops, &named, true, portal)
+                    };
+                    let (sql, class, ends) = found.unwrap_or_else(|| (Arc::from(""), Class::Other, true));
                     count(class);
                     if ctx.read_only && ended_in_unit {
                         // Refused as a server error: an Execute of a portal that cannot exist.
                         let why = "a statement after a transaction ended in the same batch";
                         let err = refusal(ctx, why);
-                        drop(ops);
-                        audit_refusal(ctx, sh, sql, class, why, false).await;
-                        ops = lock(&sh.ops);
+                        refused_audits.push((sql, class, why.to_string(), false));
                         ops.push_back(Op::RefusedParse(err));
+                        // In its place a Parse that cannot succeed, whatever names the client
+                        // made: a syntax error comes first.
                         let mut b = b"\x01jitgate refused\0".to_vec();
-                        b.extend_from_slice(&0i32.to_be_bytes());
-                        protocol::message(&mut out, b'E', &b);
+                        b.extend_from_slice(REFUSED_SQL);
+                        b.extend_from_slice(&0i16.to_be_bytes());
+                        protocol::message(&mut out, b'P', &b);
                     } else {
                         ended_in_unit |= ends;
                         ops.push_back(Op::Execute(Pending::new(sql, class, false)));
@@ -523,9 +548,7 @@ async fn client_to_server(
                     if ctx.read_only {
                         let why = "fast-path function calls";
                         let err = refusal(ctx, why);
-                        drop(ops);
-                        audit_refusal(ctx, sh, sql, Class::Other, why, true).await;
-                        ops = lock(&sh.ops);
+                        refused_audits.push((sql, Class::Other, why.to_string(), true));
                         ops.push_back(Op::Function(Pending::new("".into(), Class::Other, true), Some(err)));
                         protocol::message(&mut out, b'Q', REFUSED_SQL);
                     } else {
@@ -539,21 +562,17 @@ async fn client_to_server(
                     break;
                 }
                 b'C' => {
-                    // Close statement ('S') or portal ('P'): forget its text too.
-                    if let Some((&kind, name)) = body.split_first() {
-                        let (name, _) = cbytes(name);
-                        if kind == b'S' {
-                            statements.remove(name);
-                        } else {
-                            portals.remove(name);
-                        }
-                    }
-                    ops.push_back(Op::Simple(b'3'));
+                    // Close statement ('S') or portal ('P'): forgotten once the server confirms.
+                    let (kind, name) = body.split_first().map_or((b'S', &[][..]), |(k, n)| (*k, cbytes(n).0));
+                    ops.push_back(Op::Close(kind, name.to_vec()));
                     out.extend_from_slice(&frame);
                 }
                 // Flush, CopyData, CopyDone, CopyFail: no answer of their own.
                 _ => out.extend_from_slice(&frame),
             }
+        }
+        for (sql, class, why, simple) in refused_audits {
+            audit_refusal(ctx, sh, sql, class, &why, simple).await;
         }
         if !out.is_empty() {
             if let Err(e) = sw.write_all(&out).await {
@@ -568,10 +587,10 @@ async fn client_to_server(
     }
 }
 
-/// Read-only: messages held back while a Sync, Query or FunctionCall is unanswered. Sync and
-/// Flush run nothing (and the server may be waiting for that Sync after an error).
+/// Read-only: messages held back while a Sync, Query or FunctionCall is unanswered. Sync, Flush
+/// and Terminate run nothing (and the server may be waiting for that Sync after an error).
 fn holds(tag: u8) -> bool {
-    !matches!(tag, b'S' | b'H')
+    !matches!(tag, b'S' | b'H' | b'X')
 }
 
 /// The client is gone without a Terminate: say it for the client, so the server finishes what
@@ -630,15 +649,27 @@ fn breach(ctx: &RelayCtx, body: &[u8]) -> Option<String> {
 /// Statements completed by one read, audited once the client has its answer.
 type Done = Vec<(Pending, &'static str, Duration)>;
 
-/// Pop ops the server skipped (after an extended-protocol error, until Sync).
-fn skip_to_sync(ops: &mut VecDeque<Op>, done: &mut Done) {
+/// Pop ops the server skipped (after an extended-protocol error, until Sync); `notify` is told
+/// when a Query or FunctionCall went (a read-only session may be waiting for it).
+fn skip_to_sync(ops: &mut VecDeque<Op>, done: &mut Done, notify: &tokio::sync::Notify) {
+    let mut unit = false;
     while let Some(op) = ops.front() {
         if matches!(op, Op::Sync) {
-            return;
+            break;
         }
-        if let Some(Op::Execute(p) | Op::Query(p, None) | Op::Function(p, None)) = ops.pop_front() {
-            done.push(completed(p, "skipped"));
+        match ops.pop_front() {
+            Some(Op::Execute(p)) => done.push(completed(p, "skipped")),
+            Some(Op::Query(p, refused) | Op::Function(p, refused)) => {
+                unit = true;
+                if refused.is_none() {
+                    done.push(completed(p, "skipped"));
+                }
+            }
+            _ => {}
         }
+    }
+    if unit {
+        notify.notify_waiters();
     }
 }
 
@@ -729,12 +760,40 @@ async fn server_to_client(
             {
                 let mut ops = lock(&sh.ops);
                 if skipping {
-                    skip_to_sync(&mut ops, &mut done);
+                    skip_to_sync(&mut ops, &mut done, &sh.answered);
                 }
                 match h.tag {
-                    b'1' | b'2' | b'3' => {
-                        if matches!(ops.front(), Some(Op::Simple(t)) if *t == h.tag) {
-                            ops.pop_front();
+                    b'1' if matches!(ops.front(), Some(Op::Parse(..))) => {
+                        if let Some(Op::Parse(n, e)) = ops.pop_front() {
+                            let mut m = lock(&sh.named);
+                            if m.statements.len() >= MAX_NAMED {
+                                // A client that never closes its statements: memory stays
+                                // bounded; their portals count as unknown from then on.
+                                m.statements.clear();
+                            }
+                            m.statements.insert(n, e);
+                        }
+                    }
+                    b'2' if matches!(ops.front(), Some(Op::Bind(..))) => {
+                        if let Some(Op::Bind(n, e)) = ops.pop_front() {
+                            let mut m = lock(&sh.named);
+                            if m.portals.len() >= MAX_NAMED {
+                                m.portals.clear();
+                            }
+                            match e {
+                                Some(e) => m.portals.insert(n, e),
+                                None => m.portals.remove(&n),
+                            };
+                        }
+                    }
+                    b'3' if matches!(ops.front(), Some(Op::Close(..))) => {
+                        if let Some(Op::Close(k, n)) = ops.pop_front() {
+                            let mut m = lock(&sh.named);
+                            if k == b'P' {
+                                m.portals.remove(&n);
+                            } else {
+                                m.statements.remove(&n);
+                            }
                         }
                     }
                     b'n' => {
@@ -791,7 +850,7 @@ async fn server_to_client(
                                 }
                                 skipping = true;
                             }
-                            Some(Op::Simple(_) | Op::Describe) => {
+                            Some(Op::Parse(..) | Op::Bind(..) | Op::Close(..) | Op::Describe) => {
                                 ops.pop_front();
                                 skipping = true;
                             }
@@ -799,7 +858,7 @@ async fn server_to_client(
                             Some(Op::Sync) | None => {}
                         }
                         if skipping {
-                            skip_to_sync(&mut ops, &mut done);
+                            skip_to_sync(&mut ops, &mut done, &sh.answered);
                         }
                     }
                     b'Z' => {
@@ -817,7 +876,7 @@ async fn server_to_client(
                                     break;
                                 }
                                 Op::Execute(p) => done.push(completed(p, "skipped")),
-                                Op::Simple(_) | Op::Describe | Op::RefusedParse(_) => {}
+                                Op::Parse(..) | Op::Bind(..) | Op::Close(..) | Op::Describe | Op::RefusedParse(_) => {}
                             }
                         }
                         sh.answered.notify_waiters();
