@@ -61,6 +61,12 @@ fn the_shipped_example_passes() {
             && stdout.contains("policy        production"),
         "{stdout}"
     );
+    // What the read-only credential must be is said where the operator looks first.
+    assert!(
+        stdout.contains("read-only as app_ro: sessions run with default_transaction_read_only=on")
+            && stdout.contains("superuser"),
+        "{stdout}"
+    );
 }
 
 #[test]

@@ -626,6 +626,16 @@ fn config_check(path: &std::path::Path) -> Result<ExitCode> {
             r.address,
             r.access_levels.join(", ")
         );
+        if r.kind == jitgate_core::config::schema::ResourceKind::Postgres
+            && let Some(ro) = r.credentials.get("read-only")
+        {
+            println!(
+                "                read-only as {}: sessions run with default_transaction_read_only=on; at first connect the \
+                 gateway refuses this role if it is a superuser, a member of pg_execute_server_program or \
+                 pg_write_server_files, or has user mappings (docs/postgres.md, \"The read-only model\")",
+                ro.user
+            );
+        }
     }
     for p in &l.catalog.policies {
         let steps: Vec<String> = p
