@@ -370,6 +370,11 @@ fn execute(portal: &str) -> Vec<u8> {
     frame(b'E', &b)
 }
 
+/// Parse, Bind and Execute of one statement through the unnamed statement and portal.
+fn unnamed(sql: &str) -> Vec<u8> {
+    [parse("", sql), bind("", ""), execute("")].concat()
+}
+
 fn sync() -> Vec<u8> {
     frame(b'S', &[])
 }
@@ -870,15 +875,9 @@ async fn a_pipelined_write_behind_a_flip_never_runs() {
     // Extended protocol: flip, COMMIT and the write in one batch.
     let (mut c, _) = Raw::login(&lab, &[]).await;
     c.send(&[
-        parse("", "SELECT public.flip()"),
-        bind("", ""),
-        execute(""),
-        parse("", "COMMIT"),
-        bind("", ""),
-        execute(""),
-        parse("", "SELECT public.wr()"),
-        bind("", ""),
-        execute(""),
+        unnamed("SELECT public.flip()"),
+        unnamed("COMMIT"),
+        unnamed("SELECT public.wr()"),
         sync(),
         q("SELECT public.wr()"),
     ])
@@ -901,12 +900,8 @@ async fn a_pipelined_write_behind_a_flip_never_runs() {
     // The refused Execute's stand-in cannot be a portal the client made itself.
     let (mut c, _) = Raw::login(&lab, &[]).await;
     c.send(&[
-        parse("", "SELECT public.flip()"),
-        bind("", ""),
-        execute(""),
-        parse("", "COMMIT"),
-        bind("", ""),
-        execute(""),
+        unnamed("SELECT public.flip()"),
+        unnamed("COMMIT"),
         parse("w", "SELECT public.wr()"),
         bind("\u{1}jitgate refused", "w"),
         execute("x"),
@@ -926,14 +921,10 @@ async fn a_pipelined_write_behind_a_flip_never_runs() {
         .await;
     assert_eq!(tags(&c.until_ready(2).await), "1 Z E:42P05 Z");
     c.send(&[
-        parse("", "SELECT public.flip()"),
-        bind("", ""),
-        execute(""),
+        unnamed("SELECT public.flip()"),
         bind("p", "c"),
         execute("p"),
-        parse("", "SELECT public.wr()"),
-        bind("", ""),
-        execute(""),
+        unnamed("SELECT public.wr()"),
         sync(),
     ])
     .await;

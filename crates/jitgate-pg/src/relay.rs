@@ -133,7 +133,7 @@ type Named = (Arc<str>, Class, bool);
 /// (ParseComplete, BindComplete, CloseComplete), so a Parse the server rejects or skips never
 /// changes what a name means to the gateway.
 #[derive(Default)]
-struct Names2 {
+struct NameMap {
     statements: HashMap<Vec<u8>, Named>,
     portals: HashMap<Vec<u8>, Named>,
 }
@@ -141,7 +141,7 @@ struct Names2 {
 /// What a name means to a message just queued: the latest pending Parse/Bind/Close for it in the
 /// queue (the server applies them in order, and skips what follows one that fails), else what
 /// the server confirmed.
-fn lookup(ops: &VecDeque<Op>, names: &Names2, portal: bool, name: &[u8]) -> Option<Named> {
+fn lookup(ops: &VecDeque<Op>, names: &NameMap, portal: bool, name: &[u8]) -> Option<Named> {
     for op in ops.iter().rev() {
         match op {
             Op::Parse(n, e) if !portal && n == name => return Some(e.clone()),
@@ -177,7 +177,7 @@ struct Shared {
     names: Names,
     ops: Mutex<VecDeque<Op>>,
     /// Locked after `ops` when both are needed.
-    named: Mutex<Names2>,
+    named: Mutex<NameMap>,
     /// Told when a ReadyForQuery has been handled (read-only sessions wait for it).
     answered: tokio::sync::Notify,
 }
