@@ -103,6 +103,9 @@ fn lab(access: &str, ro_user: &str, ro_password: &str, grant_for: &str) -> Lab {
 allow_plaintext = true
 startup_timeout = "2s"
 
+[audit]
+redact = ['tok_live_[a-z0-9]+', "(?i)api_key\\s*=\\s*'(?P<secret>[^']*)'"]
+
 {ids}
 [[resources]]
 name = "prod-db"
@@ -636,7 +639,7 @@ async fn statements_sent_with_terminate_or_before_a_close_are_executed_and_audit
     assert!(hello.iter().any(|(t, _)| *t == b'R'));
     let r = c.until_ready(1).await;
     assert_eq!(tags(&r), "C Z", "pipelined statement answered");
-    // 17. FunctionCall under read-write is audited with its OID.
+    // 17. FunctionCall under read-write is audited with its name and OID.
     c.send(&[function_call(2026)]).await;
     let r = c.until_ready(1).await;
     assert_eq!(tags(&r), "V Z");
@@ -654,6 +657,12 @@ async fn statements_sent_with_terminate_or_before_a_close_are_executed_and_audit
     // 19. Passwords never reach the audit log.
     c.send(&[q(
         "BEGIN; CREATE ROLE jg_tmp_role LOGIN PASSWORD 'hunter2-secret'; ROLLBACK",
+    )])
+    .await;
+    c.until_ready(1).await;
+    // 20. The operator's redaction patterns: a whole match, and just the `secret` group.
+    c.send(&[q(
+        "SELECT 'tok_live_abc123' AS t, 1 AS api_key WHERE 'x' <> 'y' OR api_key = 'hunter3-key'",
     )])
     .await;
     c.until_ready(1).await;
@@ -684,9 +693,16 @@ async fn statements_sent_with_terminate_or_before_a_close_are_executed_and_audit
         .expect("the DELETE run through a reused name was not audited as itself");
     assert_eq!(del["details"]["rows"], 1, "{del}");
     let f = lab
-        .audited("<FunctionCall oid=2026>", Duration::from_secs(3))
-        .expect("FunctionCall audited");
+        .audited("<FunctionCall pg_backend_pid() oid=2026>", Duration::from_secs(3))
+        .expect("FunctionCall audited with its name");
     assert_eq!(f["details"]["outcome"], "ok");
+    let r = lab
+        .audited(
+            "SELECT '***' AS t, 1 AS api_key WHERE 'x' <> 'y' OR api_key = '***'",
+            Duration::from_secs(3),
+        )
+        .expect("redacted statement audited");
+    assert_eq!(r["details"]["outcome"], "error", "{r}");
     assert!(eventually(Duration::from_secs(3), || {
         lab.statements()
             .iter()
@@ -694,6 +710,13 @@ async fn statements_sent_with_terminate_or_before_a_close_are_executed_and_audit
     }));
     let audit = std::fs::read_to_string(lab.gw.audit_path()).unwrap();
     assert!(!audit.contains("hunter2-secret"), "password in the audit log");
+    assert!(!audit.contains("tok_live_abc123") && !audit.contains("hunter3-key"), "redaction");
+    let v = Command::new(env!("CARGO_BIN_EXE_jitgate"))
+        .args(["audit", "verify", "--file"])
+        .arg(lab.gw.audit_path())
+        .output()
+        .unwrap();
+    assert!(v.status.success(), "the chain hashes the redacted lines: {}", String::from_utf8_lossy(&v.stderr));
     // The rolled-back role does not exist.
     assert_eq!(
         lab.pg

@@ -8,10 +8,12 @@
 
 pub mod chain;
 pub mod event;
+pub mod redact;
 pub mod sink;
 
 pub use chain::{Broken, Verified, VerifiedChain, rotated_files, verify_chain, verify_file};
 pub use event::{Event, GENESIS, Head, Query, STATEMENT_KIND, Statement};
+pub use redact::{BadPattern, Redactor};
 pub use sink::{AuditError, AuditIndex, AuditSink, Indexed};
 
 #[cfg(test)]

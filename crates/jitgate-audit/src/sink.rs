@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::chain::line_hash;
 use crate::event::{Event, GENESIS, Head, Query, Statement};
+use crate::redact::Redactor;
 
 /// A written event and its line in the log (without the newline): the index stores the line
 /// as the event's body instead of serialising the event a second time.
@@ -79,7 +80,11 @@ enum Payload {
 pub struct AuditSink {
     tx: mpsc::Sender<Msg>,
     path: Arc<PathBuf>,
+    redactor: SharedRedactor,
 }
+
+/// The redaction patterns in force, read by the writer thread once per batch.
+type SharedRedactor = Arc<std::sync::RwLock<Option<Arc<Redactor>>>>;
 
 impl AuditSink {
     /// Events waiting for the writer thread.
@@ -154,6 +159,8 @@ impl AuditSink {
         }
         let (tx, rx) = mpsc::channel(QUEUE);
         let path_buf = path.to_path_buf();
+        let redactor: SharedRedactor = Arc::default();
+        let writer_redactor = redactor.clone();
         std::thread::Builder::new()
             .name("jitgate-audit".into())
             .spawn(move || {
@@ -167,6 +174,7 @@ impl AuditSink {
                         index,
                         on_write,
                         rotate_bytes,
+                        redactor: writer_redactor,
                     },
                 )
             })
@@ -174,7 +182,18 @@ impl AuditSink {
         Ok(Self {
             tx,
             path: Arc::new(path.to_path_buf()),
+            redactor,
         })
+    }
+
+    /// Redact every event written from now on with `r` (`None`: no operator patterns). Events
+    /// already queued are redacted with the patterns in force when the writer takes them.
+    pub fn set_redactor(&self, r: Option<Redactor>) {
+        let mut g = match self.redactor.write() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *g = r.map(Arc::new);
     }
 
     /// The file.
@@ -378,6 +397,7 @@ struct WriterSetup {
     index: Option<Arc<dyn AuditIndex>>,
     on_write: Option<Arc<dyn Fn(u64) + Send + Sync>>,
     rotate_bytes: Option<u64>,
+    redactor: SharedRedactor,
 }
 
 fn writer(file: std::fs::File, mut seq: u64, mut prev: String, mut rx: mpsc::Receiver<Msg>, setup: WriterSetup) {
@@ -386,6 +406,7 @@ fn writer(file: std::fs::File, mut seq: u64, mut prev: String, mut rx: mpsc::Rec
         index,
         on_write,
         rotate_bytes,
+        redactor,
     } = setup;
     // Length of the file up to the last line known to be written; a failed batch is cut back to
     // it so a partial line never stays in the log.
@@ -440,8 +461,18 @@ fn writer(file: std::fs::File, mut seq: u64, mut prev: String, mut rx: mpsc::Rec
             continue;
         };
         let mut batch_len: u64 = 0;
+        let red = match redactor.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
         for m in &mut batch {
             seq += 1;
+            if let Some(r) = &red {
+                match &mut m.payload {
+                    Payload::Event(e) => r.event(e),
+                    Payload::Statement(st) => r.statement(st),
+                }
+            }
             let line = match &mut m.payload {
                 Payload::Event(e) => {
                     e.seq = seq;

@@ -68,6 +68,8 @@ pub struct PgFrontend<G: Gatekeeper> {
     /// Read-only credentials found to be plain roles ("resource|user" → when), re-checked
     /// after [`ROLE_CHECK_TTL`].
     role_checks: DashMap<String, std::time::Instant>,
+    /// Fast-path function names, for the audit.
+    function_names: Arc<crate::fastpath::FunctionNames>,
 }
 
 /// How long a read-only credential's privilege check is trusted.
@@ -95,6 +97,8 @@ struct Ready {
     client_leftover: BytesMut,
     /// The upstream role the session runs as.
     upstream_user: String,
+    /// Names fast-path function OIDs for the audit.
+    functions: Arc<crate::fastpath::Resolver>,
 }
 
 /// A refusal sent to the client as an ErrorResponse.
@@ -129,6 +133,7 @@ impl<G: Gatekeeper> PgFrontend<G> {
             slots,
             kill_cancels: Arc::new(tokio::sync::Semaphore::new(8)),
             role_checks: DashMap::new(),
+            function_names: Arc::default(),
         })
     }
 
@@ -530,6 +535,16 @@ impl<G: Gatekeeper> PgFrontend<G> {
                 "read_only_role",
             )));
         }
+        let functions = Arc::new(crate::fastpath::Resolver {
+            names: self.function_names.clone(),
+            scope: format!("{}/{}", res.name, database.as_deref().unwrap_or("")).into(),
+            target: target.clone(),
+            user: cred.user.clone(),
+            password,
+            database,
+            salts: self.salts.clone(),
+            left: crate::fastpath::PER_SESSION.into(),
+        });
         let our_key = (rand::random::<i32>() & 0x7fff_ffff, rand::random::<i32>());
         let info = SessionInfo {
             id: new_session_id(),
@@ -549,6 +564,7 @@ impl<G: Gatekeeper> PgFrontend<G> {
             our_key,
             client_leftover,
             upstream_user: cred.user.clone(),
+            functions,
         })
     }
 
@@ -640,6 +656,7 @@ impl<G: Gatekeeper> PgFrontend<G> {
             our_key,
             client_leftover,
             upstream_user,
+            functions,
         } = r;
         // Re-check: the grant may have ended during the upstream login.
         let guard = self.gk.enforcer().sessions.register(info.clone());
@@ -695,6 +712,7 @@ impl<G: Gatekeeper> PgFrontend<G> {
             max_message: self.cfg.max_message,
             audit_statements: self.cfg.audit_statements,
             upstream_user,
+            functions: Some(functions),
             refusal_hint: format!(
                 "this session runs under a read-only grant; ask for write access: jitgate request {} --access read-write --reason \"...\"",
                 info.resource

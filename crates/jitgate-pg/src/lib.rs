@@ -8,6 +8,7 @@
 //! grant ends.
 
 pub mod classify;
+pub mod fastpath;
 pub mod frontend;
 pub mod io;
 pub mod protocol;

@@ -26,7 +26,7 @@
 //! gateway sends Terminate itself if needed and keeps reading the server until it closes, so
 //! statements already on their way are audited with their outcomes. On a kill, a server error or
 //! shutdown, what is still unanswered is audited as `interrupted`. FunctionCall is audited with
-//! its function OID. Passwords in `CREATE/ALTER ROLE` are redacted before the line is written.
+//! its function's name and OID ([`crate::fastpath`]). Passwords in `CREATE/ALTER ROLE` are redacted before the line is written.
 //!
 //! **Read-only sessions stay read-only.** PostgreSQL reports `default_transaction_read_only`,
 //! `client_encoding`, `standard_conforming_strings`, `is_superuser` and `session_authorization`
@@ -75,6 +75,8 @@ pub struct RelayCtx {
     pub audit_statements: bool,
     /// The upstream user (a read-only session's `session_authorization` must stay this).
     pub upstream_user: String,
+    /// Names fast-path function OIDs for the audit.
+    pub functions: Option<Arc<crate::fastpath::Resolver>>,
 }
 
 /// A statement awaiting its answer, for audit.
@@ -347,6 +349,11 @@ fn cbytes(b: &[u8]) -> (&[u8], &[u8]) {
     }
 }
 
+/// The function OID of a FunctionCall body (0 when the body is too short).
+fn function_oid(body: &[u8]) -> u32 {
+    body.get(..4).map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+}
+
 /// SQL text as received: UTF-8 (the session's client_encoding is pinned to UTF8), or `None`.
 fn text(b: &[u8]) -> Option<&str> {
     std::str::from_utf8(b).ok()
@@ -445,6 +452,11 @@ async fn client_to_server(
             }
             let frame = buf.split_to(total);
             let body = &frame[5..];
+            // A fast-path call is audited by name: looked up before the op queue is locked.
+            let function = match (h.tag, &ctx.functions) {
+                (b'F', Some(r)) => r.name(function_oid(body)).await,
+                _ => None,
+            };
             let mut ops = lock(&sh.ops);
             match h.tag {
                 b'Q' => {
@@ -539,10 +551,11 @@ async fn client_to_server(
                     out.extend_from_slice(&frame);
                 }
                 b'F' => {
-                    let oid = body
-                        .get(..4)
-                        .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
-                    let sql: Arc<str> = format!("<FunctionCall oid={oid}>").into();
+                    let oid = function_oid(body);
+                    let sql: Arc<str> = match function {
+                        Some(name) => format!("<FunctionCall {name} oid={oid}>").into(),
+                        None => format!("<FunctionCall oid={oid}>").into(),
+                    };
                     count(Class::Other);
                     unit_sent = ctx.read_only;
                     if ctx.read_only {

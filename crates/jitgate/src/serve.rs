@@ -185,6 +185,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
         Some(loaded.config.audit.rotate_bytes),
     )
     .with_context(|| format!("opening the audit log {}", audit_path.display()))?;
+    audit.set_redactor(redactor(&loaded.config)?);
     let enforcer = Enforcer::new(
         Arc::new(SystemClock),
         metrics.clone(),
@@ -304,6 +305,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
         .await;
 
     let reload_cp = cp.clone();
+    let reload_audit = audit.clone();
     let reload_path = config_path.to_path_buf();
     let reload_stop = stop.clone();
     let running = loaded.config.clone();
@@ -313,7 +315,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
                 _ = hup.recv() => {}
                 () = reload_stop.cancelled() => return,
             }
-            if let Some(new_hooks) = reload(&reload_cp, &reload_path, &running).await {
+            if let Some(new_hooks) = reload(&reload_cp, &reload_audit, &reload_path, &running).await {
                 notifier.set_hooks(new_hooks);
             }
         }
@@ -453,13 +455,24 @@ async fn start_ssh(
 }
 
 /// Re-read the config; on success returns the new webhooks.
+/// The operator's `[audit] redact` patterns, compiled (validated with the rest of the file).
+fn redactor(c: &config::schema::Config) -> anyhow::Result<Option<jitgate_audit::Redactor>> {
+    let patterns: Vec<&str> = c.audit.redact.iter().map(|p| p.get_ref().as_str()).collect();
+    jitgate_audit::Redactor::new(&patterns).map_err(|e| anyhow!("[audit] redact: {e}"))
+}
+
 async fn reload(
     cp: &Arc<ControlPlane>,
+    audit: &AuditSink,
     path: &Path,
     running: &config::schema::Config,
 ) -> Option<Vec<jitgate_api::notify::Hook>> {
     match config::load(path) {
         Ok(l) => {
+            match redactor(&l.config) {
+                Ok(r) => audit.set_redactor(r),
+                Err(e) => tracing::error!(error = %e, "redaction patterns not reloaded"),
+            }
             let hooks = l
                 .config
                 .notify

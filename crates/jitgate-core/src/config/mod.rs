@@ -663,6 +663,17 @@ fn validate(c: &Config, d: &mut Diags<'_>) -> Catalog {
         }
     }
 
+    // [audit] redact
+    for p in &c.audit.redact {
+        if let Err(e) = jitgate_audit::Redactor::new(&[p.get_ref()]) {
+            d.error(
+                span(p),
+                format!("[audit] redact pattern is not usable: {}", e.message),
+                Some("write a Rust regular expression (https://docs.rs/regex/#syntax) that matches only the secret, e.g. 'AKIA[0-9A-Z]{16}' or '(?i)token=(?P<secret>\\S+)'".into()),
+            );
+        }
+    }
+
     // [[notify.webhooks]]
     for w in &c.notify.webhooks {
         let src = secret(d, "url", &w.url_env, &w.url_file, &w.url, allow_inline);
@@ -788,6 +799,17 @@ resources = ["prod-*"]
 requesters = ["dev"]
 approvers = ["dba"]
 "#;
+
+    #[test]
+    fn bad_redaction_patterns_are_reported_at_their_line() {
+        let text = "[audit]\nredact = [\n  'AKIA[0-9A-Z]{16}',\n  '(?P<secret>unclosed',\n  'x*',\n]\n";
+        let errs = check(&format!("{GOOD}{text}")).err().unwrap_or_default();
+        let msgs: Vec<String> = errs.iter().map(ToString::to_string).collect();
+        let all = msgs.join("\n");
+        assert!(all.contains("gateway.toml:21:3: error: [audit] redact pattern is not usable: unclosed group"), "{all}");
+        assert!(all.contains("gateway.toml:22:3: error: [audit] redact pattern is not usable: it matches the empty string"), "{all}");
+        assert_eq!(msgs.iter().filter(|m| m.contains("redact pattern")).count(), 2, "{all}");
+    }
 
     #[test]
     fn a_minimal_file_loads() {

@@ -612,6 +612,11 @@ pub struct AuditSection {
     /// and everything else are still audited, statements are not (less disk, no SQL text).
     #[serde(default = "default_true")]
     pub statements: bool,
+    /// Regular expressions whose matches are replaced with `***` in every audit event (SQL text,
+    /// SSH commands, SFTP paths, reasons) before the line is written and hashed; a group named
+    /// `secret` limits the mask to that group.
+    #[serde(default)]
+    pub redact: Vec<Spanned<String>>,
 }
 
 impl Default for AuditSection {
@@ -621,6 +626,7 @@ impl Default for AuditSection {
             max_text_len: default_max_text(),
             rotate_bytes: default_rotate_bytes(),
             statements: true,
+            redact: Vec::new(),
         }
     }
 }
