@@ -710,13 +710,10 @@ async fn statements_sent_with_terminate_or_before_a_close_are_executed_and_audit
     }));
     let audit = std::fs::read_to_string(lab.gw.audit_path()).unwrap();
     assert!(!audit.contains("hunter2-secret"), "password in the audit log");
-    assert!(!audit.contains("tok_live_abc123") && !audit.contains("hunter3-key"), "redaction");
-    let v = Command::new(env!("CARGO_BIN_EXE_jitgate"))
-        .args(["audit", "verify", "--file"])
-        .arg(lab.gw.audit_path())
-        .output()
-        .unwrap();
-    assert!(v.status.success(), "the chain hashes the redacted lines: {}", String::from_utf8_lossy(&v.stderr));
+    assert!(
+        !audit.contains("tok_live_abc123") && !audit.contains("hunter3-key"),
+        "redaction"
+    );
     // The rolled-back role does not exist.
     assert_eq!(
         lab.pg
@@ -739,6 +736,99 @@ async fn statements_sent_with_terminate_or_before_a_close_are_executed_and_audit
     lab.gw
         .cli(None, &["audit", "verify", "--file", path_str(&lab.gw.audit_path())])
         .ok();
+}
+
+/// COPY FROM STDIN: the server ignores Syncs in copy-in mode and consumes the first other
+/// message as the copy's error; a Sync's implicit COMMIT can fail. The audit's reply accounting
+/// follows all three.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_in_and_failed_commits_keep_reply_accounting_in_step() {
+    let lab = lab("read-write", RO_USER, RO_PASSWORD, "10m");
+    let direct = lab.direct().await;
+    let (mut c, _) = Raw::login(&lab, &[]).await;
+    // 1. Extended COPY with the Sync a driver sends after every Execute, before the data: that
+    //    Sync gets no ReadyForQuery; the one after CopyDone does.
+    c.send(&[unnamed("COPY t (id, v) FROM STDIN"), sync()]).await;
+    let mut got = Vec::new();
+    while !got.iter().any(|(t, _)| *t == b'G') {
+        got.push(c.next().await.expect("CopyInResponse"));
+    }
+    assert_eq!(tags(&got), "1 2 G");
+    c.send(&[frame(b'd', b"200\tcopied\n"), frame(b'c', &[]), sync()]).await;
+    assert_eq!(tags(&c.until_ready(1).await), "C Z");
+    c.send(&[q("INSERT INTO t VALUES (201, 'after-copy')")]).await;
+    assert_eq!(tags(&c.until_ready(1).await), "C Z");
+    let e = lab
+        .audited("INSERT INTO t VALUES (201, 'after-copy')", Duration::from_secs(3))
+        .expect("the statement after the copy is audited at its own answer");
+    assert_eq!(e["details"]["outcome"], "ok", "{e}");
+    let e = lab
+        .audited("COPY t (id, v) FROM STDIN", Duration::from_secs(3))
+        .unwrap();
+    assert_eq!(
+        (e["details"]["outcome"].as_str(), e["details"]["rows"].as_u64()),
+        (Some("ok"), Some(1)),
+        "{e}"
+    );
+
+    // 2. A Sync whose implicit COMMIT fails (a deferred foreign key): the batch is rolled back
+    //    and the audit says so after the batch's statement.
+    direct
+        .batch_execute("CREATE TABLE dc (id int PRIMARY KEY, ref int REFERENCES dc (id) DEFERRABLE INITIALLY DEFERRED)")
+        .await
+        .unwrap();
+    c.send(&[unnamed("INSERT INTO dc VALUES (1, 99)"), sync()]).await;
+    assert_eq!(tags(&c.until_ready(1).await), "1 2 C E:23503 Z");
+    let e = lab
+        .audited("<Sync: implicit COMMIT of the batch>", Duration::from_secs(3))
+        .expect("the failed implicit commit is audited");
+    assert_eq!(
+        (e["details"]["outcome"].as_str(), e["details"]["sqlstate"].as_str()),
+        (Some("error"), Some("23503")),
+        "{e}"
+    );
+    let n: i64 = direct.query_one("SELECT count(*) FROM dc", &[]).await.unwrap().get(0);
+    assert_eq!(n, 0);
+
+    // 3. Simple COPY ended by a Query: the server takes that Query as the copy's error, never
+    //    runs it, and closes the connection (protocol synchronization lost).
+    c.send(&[q("COPY t (id, v) FROM STDIN")]).await;
+    let mut got = Vec::new();
+    while !got.iter().any(|(t, _)| *t == b'G') {
+        got.push(c.next().await.expect("CopyInResponse"));
+    }
+    c.send(&[q("INSERT INTO t VALUES (202, 'eaten-by-copy')")]).await;
+    assert_eq!(tags(&c.until_ready(1).await), "E:08P01 E:08P01");
+
+    // 4. The same with everything in one write (the gateway sees the Queries before the server
+    //    has said CopyInResponse): the first is eaten, the second never runs.
+    let (mut c, _) = Raw::login(&lab, &[]).await;
+    c.send(&[
+        q("COPY t (id, v) FROM STDIN"),
+        q("INSERT INTO t VALUES (204, 'eaten-too')"),
+        q("INSERT INTO t VALUES (205, 'after-pipelined-abort')"),
+    ])
+    .await;
+    assert_eq!(tags(&c.until_ready(1).await), "G E:08P01 E:08P01");
+
+    for (id, n) in [(200, 1), (201, 1), (202, 0), (204, 0), (205, 0)] {
+        let got: i64 = direct
+            .query_one("SELECT count(*) FROM t WHERE id = $1", &[&id])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(got, n, "row {id}");
+    }
+    for (sql, outcome) in [
+        ("INSERT INTO t VALUES (202, 'eaten-by-copy')", "skipped"),
+        ("INSERT INTO t VALUES (204, 'eaten-too')", "skipped"),
+        ("INSERT INTO t VALUES (205, 'after-pipelined-abort')", "interrupted"),
+    ] {
+        let e = lab
+            .audited(sql, Duration::from_secs(3))
+            .unwrap_or_else(|| panic!("{sql} not audited"));
+        assert_eq!(e["details"]["outcome"], outcome, "{e}");
+    }
 }
 
 /// A raw client with a tiny receive buffer that asks for a large result and never reads it.

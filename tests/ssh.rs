@@ -77,7 +77,7 @@ fn rand_suffix() -> u32 {
 
 #[test]
 fn exec_keeps_streams_apart_and_relays_100mb_both_ways_intact() {
-    let (gw, s) = setup(Upstream::Key);
+    let (gw, s) = setup_with(Upstream::Key, "[audit]\nredact = ['tok_live_[a-z0-9]+']\n");
     grant(&gw, "web-1", "1h");
     let key = s.client_key();
 
@@ -89,6 +89,10 @@ fn exec_keeps_streams_apart_and_relays_100mb_both_ways_intact() {
     assert_eq!(text(&out.stdout), "hi\n");
     assert_eq!(text(&out.stderr), "err\n");
     assert_eq!(out.status.code(), Some(3));
+
+    // The operator's redaction patterns mask commands too; the command itself runs as sent.
+    let out = gw.ssh(&key, "web-1").arg("echo tok_live_abc123").output().unwrap();
+    assert_eq!(text(&out.stdout), "tok_live_abc123\n");
 
     // Explicit LOGIN@RESOURCE form.
     let out = gw
@@ -140,6 +144,12 @@ fn exec_keeps_streams_apart_and_relays_100mb_both_ways_intact() {
     assert!(
         exec.iter()
             .all(|e| e["actor"] == "alice@example.com" && e["session_id"].is_string())
+    );
+    assert!(exec.iter().any(|e| e["details"]["command"] == "echo ***"), "{exec:?}");
+    assert!(
+        !std::fs::read_to_string(gw.audit_path())
+            .unwrap()
+            .contains("tok_live_abc123")
     );
     assert!(ev.iter().any(|e| e["kind"] == "session.started"));
     let closed: Vec<_> = ev.iter().filter(|e| e["kind"] == "ssh.channel.closed").collect();

@@ -26,7 +26,8 @@
 //! gateway sends Terminate itself if needed and keeps reading the server until it closes, so
 //! statements already on their way are audited with their outcomes. On a kill, a server error or
 //! shutdown, what is still unanswered is audited as `interrupted`. FunctionCall is audited with
-//! its function's name and OID ([`crate::fastpath`]). Passwords in `CREATE/ALTER ROLE` are redacted before the line is written.
+//! its function's name and OID ([`crate::fastpath`]). Passwords in `CREATE/ALTER ROLE` are
+//! redacted before the line is written (and the operator's patterns by the audit writer).
 //!
 //! **Read-only sessions stay read-only.** PostgreSQL reports `default_transaction_read_only`,
 //! `client_encoding`, `standard_conforming_strings`, `is_superuser` and `session_authorization`
@@ -35,6 +36,7 @@
 //! session ends at once with a FATAL and an audit event.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -49,6 +51,9 @@ use crate::protocol::{self, Severity};
 
 /// How long a goodbye (FATAL to the client, Terminate to the server) may take on a kill.
 pub const GOODBYE: Duration = Duration::from_millis(250);
+
+/// The audit text of a Sync whose implicit COMMIT failed.
+const IMPLICIT_COMMIT: &str = "<Sync: implicit COMMIT of the batch>";
 
 /// What the server is sent in place of a refused statement: it cannot parse, and has no effect.
 const REFUSED_SQL: &[u8] = b"jitgate refused this statement\0";
@@ -126,6 +131,10 @@ enum Op {
     Function(Pending, Option<BytesMut>),
     /// A refused Parse or Execute: the server's error for the stand-in is replaced by this one.
     RefusedParse(BytesMut),
+    /// No answer: the client sent CopyDone or CopyFail here. The server → client direction uses
+    /// it to tell which Syncs the server ignored in copy-in mode (see [`copy_in_started`]);
+    /// dropped when it reaches the front.
+    CopyEnd,
 }
 
 /// What a statement name or portal stands for: audit text, class, ends a transaction.
@@ -182,6 +191,10 @@ struct Shared {
     named: Mutex<NameMap>,
     /// Told when a ReadyForQuery has been handled (read-only sessions wait for it).
     answered: tokio::sync::Notify,
+    /// The server is in copy-in mode and the client has not yet sent what ends it: the server
+    /// ignores Sync and Flush meanwhile, and consumes the first other message as an error.
+    /// Read and written under the `ops` lock.
+    copy_in: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -243,6 +256,7 @@ pub async fn run(
         ops: Mutex::default(),
         named: Mutex::default(),
         answered: tokio::sync::Notify::new(),
+        copy_in: std::sync::atomic::AtomicBool::new(false),
     };
     let kill = ctx.guard.kill.clone();
     let mut client_alive = true;
@@ -351,7 +365,8 @@ fn cbytes(b: &[u8]) -> (&[u8], &[u8]) {
 
 /// The function OID of a FunctionCall body (0 when the body is too short).
 fn function_oid(body: &[u8]) -> u32 {
-    body.get(..4).map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    body.get(..4)
+        .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
 }
 
 /// SQL text as received: UTF-8 (the session's client_encoding is pinned to UTF8), or `None`.
@@ -431,6 +446,8 @@ async fn client_to_server(
         let mut terminate = false;
         // Refusals are audited once the lock on the op queue is let go.
         let mut refused_audits: Vec<(Arc<str>, Class, String, bool)> = Vec::new();
+        // Statements the server consumed as a copy-in error (never run).
+        let mut copy_consumed: Done = Vec::new();
         loop {
             let h = match protocol::header(&buf, ctx.max_message) {
                 Ok(Some(h)) if unit_sent && holds(h.tag) => break,
@@ -458,7 +475,24 @@ async fn client_to_server(
                 _ => None,
             };
             let mut ops = lock(&sh.ops);
+            // In copy-in mode the server ignores Sync and Flush, and takes the first message
+            // that is not copy data as an error that ends the copy: that message never runs.
+            let copying = sh.copy_in.load(Relaxed);
+            let consumed = copying && !matches!(h.tag, b'd' | b'c' | b'f' | b'S' | b'H');
+            if consumed {
+                sh.copy_in.store(false, Relaxed);
+            }
+            let queued = ops.len();
             match h.tag {
+                b'S' | b'H' if copying => out.extend_from_slice(&frame),
+                b'c' | b'f' => {
+                    if copying {
+                        sh.copy_in.store(false, Relaxed);
+                    } else {
+                        ops.push_back(Op::CopyEnd);
+                    }
+                    out.extend_from_slice(&frame);
+                }
                 b'Q' => {
                     let (sql, _) = cbytes(body);
                     let v = verdict_of(ctx, sql);
@@ -580,9 +614,18 @@ async fn client_to_server(
                     ops.push_back(Op::Close(kind, name.to_vec()));
                     out.extend_from_slice(&frame);
                 }
-                // Flush, CopyData, CopyDone, CopyFail: no answer of their own.
+                // Flush, CopyData: no answer of their own.
                 _ => out.extend_from_slice(&frame),
             }
+            if consumed && ops.len() > queued {
+                // The server takes it as the copy's error and never runs it.
+                if let Some(Op::Execute(p) | Op::Query(p, None) | Op::Function(p, None)) = ops.pop_back() {
+                    copy_consumed.push(completed(p, "skipped"));
+                }
+            }
+        }
+        if !copy_consumed.is_empty() && !audit_done(ctx, sh, &mut copy_consumed).await {
+            return End::Error("audit log unavailable".into());
         }
         for (sql, class, why, simple) in refused_audits {
             audit_refusal(ctx, sh, sql, class, &why, simple).await;
@@ -686,6 +729,34 @@ fn skip_to_sync(ops: &mut VecDeque<Op>, done: &mut Done, notify: &tokio::sync::N
     }
 }
 
+/// CopyInResponse: the Query or Execute at the front put the server in copy-in mode. Until the
+/// client's CopyDone or CopyFail the server ignores Sync (so those Syncs get no ReadyForQuery and
+/// leave the queue), and the first other message ends the copy with an error without running
+/// (it leaves the queue as `skipped`). When the client has not got that far yet, `copy_in` tells
+/// the client → server direction to apply the same rules as the messages come.
+fn copy_in_started(ops: &mut VecDeque<Op>, copy_in: &std::sync::atomic::AtomicBool, done: &mut Done) {
+    // What follows the copying statement, in the order the client sent it.
+    loop {
+        match ops.get(1) {
+            Some(Op::Sync) => {
+                ops.remove(1);
+            }
+            Some(Op::CopyEnd) => {
+                ops.remove(1);
+                return;
+            }
+            Some(_) => {
+                if let Some(Op::Execute(p) | Op::Query(p, None) | Op::Function(p, None)) = ops.remove(1) {
+                    done.push(completed(p, "skipped"));
+                }
+                return;
+            }
+            None => break,
+        }
+    }
+    copy_in.store(true, Relaxed);
+}
+
 async fn server_to_client(
     ctx: &RelayCtx,
     sh: &Shared,
@@ -772,10 +843,14 @@ async fn server_to_client(
             let mut replace: Option<BytesMut> = None;
             {
                 let mut ops = lock(&sh.ops);
+                while matches!(ops.front(), Some(Op::CopyEnd)) {
+                    ops.pop_front();
+                }
                 if skipping {
                     skip_to_sync(&mut ops, &mut done, &sh.answered);
                 }
                 match h.tag {
+                    b'G' => copy_in_started(&mut ops, &sh.copy_in, &mut done),
                     b'1' if matches!(ops.front(), Some(Op::Parse(..))) => {
                         if let Some(Op::Parse(n, e)) = ops.pop_front() {
                             let mut m = lock(&sh.named);
@@ -867,8 +942,16 @@ async fn server_to_client(
                                 ops.pop_front();
                                 skipping = true;
                             }
+                            // The Sync's implicit COMMIT failed (a deferred constraint, a
+                            // serialization failure): what the batch did is rolled back, and the
+                            // audit says so right after the batch's statements.
+                            Some(Op::Sync) => {
+                                let mut p = Pending::new(IMPLICIT_COMMIT.into(), Class::Transaction, false);
+                                p.error = Some(Box::new((code, msg)));
+                                done.push(completed(p, "error"));
+                            }
                             // An error with nothing asked (FATAL at shutdown): passes through.
-                            Some(Op::Sync) | None => {}
+                            Some(Op::CopyEnd) | None => {}
                         }
                         if skipping {
                             skip_to_sync(&mut ops, &mut done, &sh.answered);
@@ -889,7 +972,12 @@ async fn server_to_client(
                                     break;
                                 }
                                 Op::Execute(p) => done.push(completed(p, "skipped")),
-                                Op::Parse(..) | Op::Bind(..) | Op::Close(..) | Op::Describe | Op::RefusedParse(_) => {}
+                                Op::Parse(..)
+                                | Op::Bind(..)
+                                | Op::Close(..)
+                                | Op::Describe
+                                | Op::RefusedParse(_)
+                                | Op::CopyEnd => {}
                             }
                         }
                         sh.answered.notify_waiters();

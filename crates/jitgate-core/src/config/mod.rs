@@ -806,8 +806,14 @@ approvers = ["dba"]
         let errs = check(&format!("{GOOD}{text}")).err().unwrap_or_default();
         let msgs: Vec<String> = errs.iter().map(ToString::to_string).collect();
         let all = msgs.join("\n");
-        assert!(all.contains("gateway.toml:21:3: error: [audit] redact pattern is not usable: unclosed group"), "{all}");
-        assert!(all.contains("gateway.toml:22:3: error: [audit] redact pattern is not usable: it matches the empty string"), "{all}");
+        assert!(
+            all.contains("gateway.toml:21:3: error: [audit] redact pattern is not usable: unclosed group"),
+            "{all}"
+        );
+        assert!(
+            all.contains("gateway.toml:22:3: error: [audit] redact pattern is not usable: it matches the empty string"),
+            "{all}"
+        );
         assert_eq!(msgs.iter().filter(|m| m.contains("redact pattern")).count(), 2, "{all}");
     }
 
