@@ -182,6 +182,22 @@ async fn post_with_retries(client: &reqwest::Client, hook: &Hook, ev: &Event) ->
     false
 }
 
+/// Text for Slack's mrkdwn: `&`, `<` and `>` escaped as Slack documents, and a line break
+/// cannot start a block quote (`>` is escaped anyway).
+/// <https://api.slack.com/reference/surfaces/formatting#escaping>
+pub fn mrkdwn(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// HMAC-SHA256 of `"{ts}.{body}"`, hex.
 pub fn sign(secret: &str, ts: &str, body: &str) -> String {
     let Ok(mut m) = Hmac::<Sha256>::new_from_slice(secret.as_bytes()) else {
@@ -225,16 +241,19 @@ pub fn json_payload(ev: &Event) -> Value {
 /// Slack incoming-webhook blocks.
 pub fn slack_payload(ev: &Event) -> Value {
     let d = &ev.details;
-    let who = d
-        .get("identity")
-        .and_then(Value::as_str)
-        .or(ev.actor.as_deref())
-        .unwrap_or("someone");
-    let res = ev.resource.as_deref().unwrap_or("?");
-    let access = d.get("access").and_then(Value::as_str).unwrap_or("");
-    let dur = d.get("duration").and_then(Value::as_str).unwrap_or("");
-    let reason = ev.reason.as_deref().unwrap_or("-");
-    let by = ev.actor.as_deref().unwrap_or("?");
+    // Everything below but the kind comes from users (identities, reasons, resource names):
+    // escaped, so no text can become a mention (`<!channel>`), a link or a quote.
+    let who = mrkdwn(
+        d.get("identity")
+            .and_then(Value::as_str)
+            .or(ev.actor.as_deref())
+            .unwrap_or("someone"),
+    );
+    let res = mrkdwn(ev.resource.as_deref().unwrap_or("?"));
+    let access = mrkdwn(d.get("access").and_then(Value::as_str).unwrap_or(""));
+    let dur = mrkdwn(d.get("duration").and_then(Value::as_str).unwrap_or(""));
+    let reason = mrkdwn(ev.reason.as_deref().unwrap_or("-"));
+    let by = mrkdwn(ev.actor.as_deref().unwrap_or("?"));
     let text = match ev.kind.as_str() {
         "request.created" => format!("*{who}* requests *{access}* access to *{res}* for *{dur}*\n>Reason: {reason}"),
         "request.approved" => {
@@ -243,26 +262,58 @@ pub fn slack_payload(ev: &Event) -> Value {
         "request.denied" => format!(":no_entry: *{who}*'s request for *{res}* was denied by *{by}*"),
         "grant.expiring" => format!(
             ":hourglass: *{who}*'s access to *{res}* expires at {}",
-            d.get("expires_at").and_then(Value::as_str).unwrap_or("?")
+            mrkdwn(d.get("expires_at").and_then(Value::as_str).unwrap_or("?"))
         ),
         "grant.revoked" => format!(
             ":lock: *{who}*'s access to *{res}* was revoked by *{by}* ({} session(s) killed)",
-            d.get("sessions_killed").unwrap_or(&Value::Null)
+            mrkdwn(&d.get("sessions_killed").unwrap_or(&Value::Null).to_string())
         ),
         "session.killed" => format!(
             ":skull: session `{}` of *{who}* on *{res}* was killed by *{by}*",
-            ev.session_id.as_deref().unwrap_or("?")
+            mrkdwn(ev.session_id.as_deref().unwrap_or("?"))
         ),
-        other => format!("{other}: {who} on {res}"),
+        other => format!("{}: {who} on {res}", mrkdwn(other)),
     };
     let mut blocks = vec![json!({"type": "section", "text": {"type": "mrkdwn", "text": text}})];
     if let Value::Object(cmds) = commands(ev) {
         let line: Vec<String> = cmds
             .values()
             .filter_map(Value::as_str)
-            .map(|c| format!("`{c}`"))
+            .map(|c| format!("`{}`", mrkdwn(c)))
             .collect();
         blocks.push(json!({"type": "context", "elements": [{"type": "mrkdwn", "text": line.join("  ·  ")}]}));
     }
     json!({"text": text, "blocks": blocks})
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn slack_text_from_users_cannot_mention_link_or_quote() {
+        let ev = Event::new("request.created", jiff::Timestamp::UNIX_EPOCH)
+            .actor("mallory <!channel>")
+            .resource("db<@U1>")
+            .request(7)
+            .reason(Some("INC-1\n><!here> <https://evil.example|click> & co"))
+            .details(serde_json::json!({"identity": "mallory", "access": "read-only", "duration": "1h"}));
+        let p = slack_payload(&ev);
+        let text = p["text"].as_str().unwrap();
+        assert!(
+            !text.contains("<!") && !text.contains("<http") && !text.contains("<@"),
+            "{text}"
+        );
+        assert!(
+            text.contains("&lt;!here&gt; &lt;https://evil.example|click&gt; &amp; co"),
+            "{text}"
+        );
+        assert!(!text.contains("\n>&") && !text.contains("\n><"), "{text}");
+        assert_eq!(
+            text.matches('>').count(),
+            1,
+            "only the gateway's own quote marker: {text}"
+        );
+    }
 }

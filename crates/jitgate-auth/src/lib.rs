@@ -3,6 +3,7 @@
 //! bearer for the API and the password for Postgres; the SSH front end signs certificates for
 //! the identity it carries.
 
+pub mod callback;
 pub mod oidc;
 pub mod token;
 

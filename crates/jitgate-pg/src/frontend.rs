@@ -766,7 +766,9 @@ fn leak(code: String) -> &'static str {
     }
 }
 
-async fn read_startup<R: tokio::io::AsyncRead + Unpin + ?Sized>(r: &mut R) -> std::io::Result<Vec<u8>> {
+/// Read one startup-phase packet (length-prefixed, no tag), bounded; `InvalidData` when its
+/// length is out of range.
+pub async fn read_startup<R: tokio::io::AsyncRead + Unpin + ?Sized>(r: &mut R) -> std::io::Result<Vec<u8>> {
     let mut len = [0u8; 4];
     r.read_exact(&mut len).await?;
     let len = i32::from_be_bytes(len);

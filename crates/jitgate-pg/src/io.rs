@@ -20,6 +20,15 @@ pub enum Stream {
     ServerTls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
     /// TLS to an upstream (the gateway is the client).
     ClientTls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// An in-process pipe: drives the relay and the upstream login without sockets (fuzzing,
+    /// tests); the gateway itself never makes one.
+    Memory(Box<tokio::io::DuplexStream>),
+}
+
+impl From<tokio::io::DuplexStream> for Stream {
+    fn from(s: tokio::io::DuplexStream) -> Self {
+        Self::Memory(Box::new(s))
+    }
 }
 
 impl From<TcpStream> for Stream {
@@ -56,6 +65,10 @@ macro_rules! each {
                 let $x = Pin::new(&mut **s);
                 $e
             }
+            Self::Memory(s) => {
+                let $x = Pin::new(&mut **s);
+                $e
+            }
         }
     };
 }
@@ -82,6 +95,7 @@ impl AsyncWrite for Stream {
             Self::Plain(s) => s.is_write_vectored(),
             Self::ServerTls(s) => s.is_write_vectored(),
             Self::ClientTls(s) => s.is_write_vectored(),
+            Self::Memory(s) => s.is_write_vectored(),
         }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {

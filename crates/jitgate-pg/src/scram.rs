@@ -26,7 +26,17 @@ pub enum ScramError {
     /// The server could not prove it knows the password (possible impostor).
     #[error("the server's SCRAM signature is wrong")]
     ServerSignature,
+    /// The server asks for more PBKDF2 iterations than the gateway will spend on one login (a
+    /// hostile or spoofed server could otherwise burn the gateway's CPU).
+    #[error(
+        "the server asks for {0} SCRAM iterations; jitgate accepts at most {MAX_ITERATIONS} (PostgreSQL's default is 4096)"
+    )]
+    Iterations(u32),
 }
+
+/// Most PBKDF2 iterations the gateway computes for one upstream login (about 0.1 s here; the
+/// result is cached per password, salt and count).
+pub const MAX_ITERATIONS: u32 = 100_000;
 
 fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
     // HMAC accepts keys of any length; new_from_slice cannot fail for it.
@@ -133,8 +143,11 @@ impl ScramClient {
         }
         let salt = B64.decode(s).map_err(|_| ScramError::Malformed)?;
         let iterations: u32 = i.parse().map_err(|_| ScramError::Malformed)?;
-        if iterations == 0 || iterations > 10_000_000 {
+        if iterations == 0 {
             return Err(ScramError::Malformed);
+        }
+        if iterations > MAX_ITERATIONS {
+            return Err(ScramError::Iterations(iterations));
         }
         let salted = cache.get(password, &salt, iterations);
         let client_key = hmac(&salted, b"Client Key");
@@ -153,12 +166,10 @@ impl ScramClient {
         let v = B64
             .decode(v.split(',').next().unwrap_or(""))
             .map_err(|_| ScramError::Malformed)?;
-        let expected = hmac(&self.server_key, self.auth_message.as_bytes());
-        if v == expected {
-            Ok(())
-        } else {
-            Err(ScramError::ServerSignature)
-        }
+        // Compared in constant time.
+        let mut m = HmacSha256::new_from_slice(&self.server_key).map_err(|_| ScramError::ServerSignature)?;
+        m.update(self.auth_message.as_bytes());
+        m.verify_slice(&v).map_err(|_| ScramError::ServerSignature)
     }
 }
 
@@ -210,6 +221,12 @@ mod tests {
         assert_eq!(
             c.respond("r=other,s=AA==,i=1", "pencil", &cache),
             Err(ScramError::Nonce)
+        );
+        // A server asking for 10,000,000 iterations held a login for seconds of CPU (a seed of
+        // the pg_upstream_login fuzz target keeps it covered); now refused at once.
+        assert_eq!(
+            c.respond("r=rOprNGfwEbeRWgbNEkqOx,s=AA==,i=10000000", "pencil", &cache),
+            Err(ScramError::Iterations(10_000_000))
         );
     }
 

@@ -128,7 +128,21 @@ pub async fn connect(
     extra: &[(String, String)],
     salts: &SaltCache,
 ) -> Result<Upstream, UpstreamError> {
-    let mut io = open(t).await?;
+    let io = open(t).await?;
+    login(io, user, password, database, extra, salts).await
+}
+
+/// Log in on an open stream: the startup message, then whatever authentication the server asks
+/// for (cleartext, md5, SCRAM-SHA-256), up to ReadyForQuery. Every server message is bounded
+/// (1 MiB) and anything unexpected is an error, never a panic.
+pub async fn login(
+    mut io: Stream,
+    user: &str,
+    password: Option<&str>,
+    database: Option<&str>,
+    extra: &[(String, String)],
+    salts: &SaltCache,
+) -> Result<Upstream, UpstreamError> {
     let mut out = BytesMut::new();
     let mut params: Vec<(&str, &str)> = vec![("user", user)];
     if let Some(db) = database {

@@ -11,7 +11,7 @@
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// An open recording.
 pub struct Recorder {
@@ -226,9 +226,69 @@ impl LineAssembler {
     }
 }
 
+/// Why a recording cannot be played, with the line (from 1) where it went wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CastError {
+    /// The first line is not an asciicast v2 header.
+    #[error("line 1: not an asciicast v2 file ({0})")]
+    Header(String),
+    /// An event line is not `[seconds, "kind", "text"]`.
+    #[error("line {0}: invalid event")]
+    Event(usize),
+}
+
+/// The output of a recording to replay: wait this long, then write this text. `speed` divides
+/// the waits and `idle_limit` caps each one (seconds); both must be positive.
+pub fn cast_output(text: &str, speed: f64, idle_limit: f64) -> Result<Vec<(Duration, String)>, CastError> {
+    let mut lines = text.lines();
+    let header: serde_json::Value = lines
+        .next()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .ok_or_else(|| CastError::Header("no JSON header".into()))?;
+    if header["version"] != 2 {
+        return Err(CastError::Header(format!("version {}", header["version"])));
+    }
+    let mut out = Vec::new();
+    let mut last = 0.0f64;
+    for (i, line) in lines.enumerate() {
+        let ev: serde_json::Value = serde_json::from_str(line).map_err(|_| CastError::Event(i + 2))?;
+        let (Some(t), Some(kind), Some(data)) = (ev[0].as_f64(), ev[1].as_str(), ev[2].as_str()) else {
+            return Err(CastError::Event(i + 2));
+        };
+        if kind != "o" {
+            continue;
+        }
+        let wait = ((t - last).max(0.0)).min(idle_limit) / speed;
+        last = t;
+        // A hostile file's times can be anything: a wait that is not a finite, representable
+        // number of seconds becomes no wait at all.
+        let wait = Duration::try_from_secs_f64(wait).unwrap_or(Duration::ZERO);
+        out.push((wait, data.to_string()));
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hostile_recordings_play_or_name_their_line() {
+        // Times of any size (1e300 s overflowed `Duration::from_secs_f64`, a panic), negative
+        // times, and an unlimited idle limit: finite waits, never a panic.
+        let text = "{\"version\": 2}\n[1e300, \"o\", \"a\"]\n[-5, \"o\", \"b\"]\n[2.5, \"i\", \"x\"]\n";
+        let ev = cast_output(text, 1e-3, f64::INFINITY).unwrap();
+        assert_eq!(ev.iter().map(|(_, d)| d.as_str()).collect::<String>(), "ab");
+        assert!(ev.iter().all(|(w, _)| w.as_secs_f64().is_finite()));
+        assert_eq!(
+            cast_output("{\"version\": 2}\n[1, \"o\"]\n", 1.0, 3.0),
+            Err(CastError::Event(2))
+        );
+        assert!(matches!(
+            cast_output("{\"version\": 1}\n", 1.0, 3.0),
+            Err(CastError::Header(_))
+        ));
+    }
 
     #[test]
     fn utf8_split_across_packets_is_carried() {

@@ -144,68 +144,39 @@ async fn wait_for_redirect(listener: &tokio::net::TcpListener) -> Result<(String
         if !matches!(read, Ok(Ok(()))) {
             continue;
         }
-        let head = String::from_utf8_lossy(&buf);
-        let target = head.split_whitespace().nth(1).unwrap_or_default().to_string();
-        let Some(query) = target.strip_prefix("/callback?") else {
-            let _ = sock
-                .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-                .await;
-            continue;
-        };
-        let params: std::collections::HashMap<String, String> = query
-            .split('&')
-            .filter_map(|kv| kv.split_once('='))
-            .map(|(k, v)| (k.to_string(), percent_decode(v)))
-            .collect();
-        if let Some(err) = params.get("error") {
-            let desc = params.get("error_description").cloned().unwrap_or_default();
-            let body = format!(
-                "<!doctype html><title>jitgate</title><h1>Login failed</h1><p>{}</p>",
-                html_escape(&format!("{err} {desc}"))
-            );
-            let _ = sock
-                .write_all(format!("HTTP/1.1 400 Bad Request\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).as_bytes())
-                .await;
-            bail!("the identity provider refused the login: {err} {desc}");
-        }
-        let (Some(code), Some(state)) = (params.get("code"), params.get("state")) else {
-            let _ = sock
-                .write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-                .await;
-            continue;
+        let (code, state) = match jitgate_auth::callback::parse(&buf) {
+            jitgate_auth::callback::Redirect::Other => {
+                let _ = sock
+                    .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    .await;
+                continue;
+            }
+            jitgate_auth::callback::Redirect::Incomplete => {
+                let _ = sock
+                    .write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    .await;
+                continue;
+            }
+            jitgate_auth::callback::Redirect::Refused {
+                error: err,
+                description: desc,
+            } => {
+                let body = format!(
+                    "<!doctype html><title>jitgate</title><h1>Login failed</h1><p>{}</p>",
+                    html_escape(&format!("{err} {desc}"))
+                );
+                let _ = sock
+                    .write_all(format!("HTTP/1.1 400 Bad Request\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).as_bytes())
+                    .await;
+                bail!("the identity provider refused the login: {err} {desc}");
+            }
+            jitgate_auth::callback::Redirect::Code { code, state } => (code, state),
         };
         let _ = sock
             .write_all(format!("HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{PAGE_OK}", PAGE_OK.len()).as_bytes())
             .await;
-        return Ok((code.clone(), state.clone()));
+        return Ok((code, state));
     }
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while let Some(&x) = b.get(i) {
-        match x {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => {
-                let hex = b
-                    .get(i + 1..i + 3)
-                    .and_then(|h| std::str::from_utf8(h).ok())
-                    .unwrap_or("zz");
-                match u8::from_str_radix(hex, 16) {
-                    Ok(v) => {
-                        out.push(v);
-                        i += 2;
-                    }
-                    Err(_) => out.push(b'%'),
-                }
-            }
-            _ => out.push(x),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn html_escape(s: &str) -> String {
@@ -257,18 +228,5 @@ pub async fn logout(conn: &Conn) -> Result<ExitCode> {
             eprintln!("warning: the gateway did not revoke the token: {e:#}\nthe local login was removed");
             Ok(ExitCode::from(1))
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn decodes_query_values() {
-        assert_eq!(percent_decode("a%20b+c"), "a b c");
-        assert_eq!(percent_decode("x%2Fy%3D"), "x/y=");
-        assert_eq!(percent_decode("100%"), "100%");
-        assert_eq!(percent_decode("%zz"), "%zz");
     }
 }

@@ -4,9 +4,8 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use serde_json::{Value, json};
 
 use crate::cli::Conn;
@@ -193,35 +192,14 @@ pub fn play(session: &str, file: Option<PathBuf>, config: &Path, speed: f64, idl
         bail!("--speed must be a positive number");
     }
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let mut lines = text.lines();
-    let header: Value = lines
-        .next()
-        .and_then(|l| serde_json::from_str(l).ok())
-        .with_context(|| format!("{}: not an asciicast v2 file", path.display()))?;
-    if header["version"] != 2 {
-        bail!(
-            "{}: not an asciicast v2 file (version {})",
-            path.display(),
-            header["version"]
-        );
-    }
+    let events =
+        jitgate_ssh::record::cast_output(&text, speed, idle_limit).map_err(|e| anyhow!("{}: {e}", path.display()))?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    let mut last = 0.0f64;
-    for (i, line) in lines.enumerate() {
-        let ev: Value =
-            serde_json::from_str(line).with_context(|| format!("{}:{}: invalid event", path.display(), i + 2))?;
-        let (Some(t), Some(kind), Some(data)) = (ev[0].as_f64(), ev[1].as_str(), ev[2].as_str()) else {
-            bail!("{}:{}: invalid event", path.display(), i + 2);
-        };
-        if kind != "o" {
-            continue;
-        }
-        let wait = ((t - last).max(0.0)).min(idle_limit) / speed;
-        last = t;
-        if wait > 0.0 {
+    for (wait, data) in events {
+        if !wait.is_zero() {
             out.flush()?;
-            std::thread::sleep(Duration::from_secs_f64(wait));
+            std::thread::sleep(wait);
         }
         out.write_all(data.as_bytes())?;
     }
