@@ -790,15 +790,57 @@ async fn copy_in_and_failed_commits_keep_reply_accounting_in_step() {
     let n: i64 = direct.query_one("SELECT count(*) FROM dc", &[]).await.unwrap().get(0);
     assert_eq!(n, 0);
 
-    // 3. Simple COPY ended by a Query: the server takes that Query as the copy's error, never
-    //    runs it, and closes the connection (protocol synchronization lost).
+    // 3. Simple COPY, then a Query before CopyDone: PostgreSQL would end the connection, or
+    //    run the Query if the copy had just failed on its own; the gateway cannot know which,
+    //    so it never forwards it and ends the session (FATAL 08P01), and audits it refused.
     c.send(&[q("COPY t (id, v) FROM STDIN")]).await;
     let mut got = Vec::new();
     while !got.iter().any(|(t, _)| *t == b'G') {
         got.push(c.next().await.expect("CopyInResponse"));
     }
     c.send(&[q("INSERT INTO t VALUES (202, 'eaten-by-copy')")]).await;
-    assert_eq!(tags(&c.until_ready(1).await), "E:08P01 E:08P01");
+    assert_eq!(tags(&c.until_ready(1).await), "E:08P01");
+    assert!(c.next().await.is_none(), "the session is closed");
+
+    // 3b. The red team's case: a bad row ends the copy on the server, and a write follows at
+    //     once. The write never reaches the server; nothing is audited as run that did not run.
+    let (mut c, _) = Raw::login(&lab, &[]).await;
+    c.send(&[q("COPY t (id, v) FROM STDIN")]).await;
+    let mut got = Vec::new();
+    while !got.iter().any(|(t, _)| *t == b'G') {
+        got.push(c.next().await.expect("CopyInResponse"));
+    }
+    c.send(&[frame(b'd', b"oops\n"), q("INSERT INTO t VALUES (206, 'after-bad-row')")])
+        .await;
+    let r = c.until_ready(2).await;
+    assert!(tags(&r).ends_with("E:08P01"), "{}", tags(&r));
+
+    // 3c. The same client done right: CopyFail (or CopyDone) first, then the write runs and is
+    //     audited as itself.
+    let (mut c, _) = Raw::login(&lab, &[]).await;
+    c.send(&[q("COPY t (id, v) FROM STDIN")]).await;
+    let mut got = Vec::new();
+    while !got.iter().any(|(t, _)| *t == b'G') {
+        got.push(c.next().await.expect("CopyInResponse"));
+    }
+    c.send(&[
+        frame(b'd', b"oops\n"),
+        frame(b'f', b"giving up\0"),
+        q("INSERT INTO t VALUES (207, 'after-copy-fail')"),
+    ])
+    .await;
+    let r = tags(&c.until_ready(2).await);
+    assert!(r.starts_with("E:") && r.ends_with(" Z C Z"), "{r}");
+
+    // 3d. Stray CopyDone/CopyFail outside any copy are ignored by the server and cost the
+    //     gateway nothing (they used to grow its queue without bound).
+    let mut stray = Vec::new();
+    for _ in 0..10_000 {
+        stray.push(frame(b'c', &[]));
+    }
+    stray.push(q("SELECT 1"));
+    c.send(&stray).await;
+    assert_eq!(tags(&c.until_ready(1).await), "T D C Z");
 
     // 4. The same with everything in one write (the gateway sees the Queries before the server
     //    has said CopyInResponse): the first is eaten, the second never runs.
@@ -811,7 +853,7 @@ async fn copy_in_and_failed_commits_keep_reply_accounting_in_step() {
     .await;
     assert_eq!(tags(&c.until_ready(1).await), "G E:08P01 E:08P01");
 
-    for (id, n) in [(200, 1), (201, 1), (202, 0), (204, 0), (205, 0)] {
+    for (id, n) in [(200, 1), (201, 1), (202, 0), (204, 0), (205, 0), (206, 0), (207, 1)] {
         let got: i64 = direct
             .query_one("SELECT count(*) FROM t WHERE id = $1", &[&id])
             .await
@@ -820,7 +862,9 @@ async fn copy_in_and_failed_commits_keep_reply_accounting_in_step() {
         assert_eq!(got, n, "row {id}");
     }
     for (sql, outcome) in [
-        ("INSERT INTO t VALUES (202, 'eaten-by-copy')", "skipped"),
+        ("INSERT INTO t VALUES (202, 'eaten-by-copy')", "refused"),
+        ("INSERT INTO t VALUES (206, 'after-bad-row')", "refused"),
+        ("INSERT INTO t VALUES (207, 'after-copy-fail')", "ok"),
         ("INSERT INTO t VALUES (204, 'eaten-too')", "skipped"),
         ("INSERT INTO t VALUES (205, 'after-pipelined-abort')", "interrupted"),
     ] {

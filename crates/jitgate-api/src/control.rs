@@ -199,7 +199,7 @@ impl ControlPlane {
 
     /// Write an audit event durably, then hand it to the webhooks (which never block).
     async fn record(&self, ev: Event) -> Result<u64, jitgate_audit::AuditError> {
-        let notify = self.notifier.get().map(|n| (n, ev.clone()));
+        let notify = self.notifier.get().map(|n| (n, self.audit.redacted(ev.clone())));
         let seq = self.audit.record(ev).await?;
         if let Some((n, mut ev)) = notify {
             ev.seq = seq;

@@ -81,17 +81,34 @@ impl Redactor {
         }))
     }
 
-    /// `s` with every match masked (borrowed when nothing matched).
+    /// `s` with every match masked (borrowed when nothing matched). Every pattern is matched
+    /// against the original text and the masked ranges merged, so one pattern's mask cannot
+    /// hide another pattern's anchor.
     pub fn apply<'a>(&self, s: &'a str) -> Cow<'a, str> {
         let hits = self.set.matches(s);
         if !hits.matched_any() {
             return Cow::Borrowed(s);
         }
-        let mut out = s.to_string();
+        let mut ranges: Vec<(usize, usize)> = Vec::new();
         for i in hits.iter() {
-            let Some(p) = self.patterns.get(i) else { continue };
-            out = mask(p, &out);
+            if let Some(p) = self.patterns.get(i) {
+                ranges.extend(spans(p, s));
+            }
         }
+        ranges.sort_unstable();
+        let mut out = String::with_capacity(s.len());
+        let mut last = 0;
+        for (start, end) in ranges {
+            if end <= last {
+                continue;
+            }
+            out.push_str(&s[last..start.max(last)]);
+            if start >= last {
+                out.push_str(MASK);
+            }
+            last = end;
+        }
+        out.push_str(&s[last..]);
         Cow::Owned(out)
     }
 
@@ -118,8 +135,19 @@ impl Redactor {
         }
     }
 
-    /// Redact a statement's SQL text and error message.
+    /// Redact a statement's SQL text and error message. Only what the line will hold is
+    /// matched (the text up to `max_text` and a margin, so a secret across the cut is still
+    /// found): a hostile 64 MiB statement costs no more than a short one.
     pub fn statement(&self, st: &mut Statement) {
+        let keep = st.max_text.saturating_add(WINDOW_MARGIN);
+        if st.sql.len() > keep {
+            st.sql = st.sql[..st.sql.floor_char_boundary(keep)].into();
+        }
+        if let Some(err) = &mut st.error
+            && err.1.len() > keep
+        {
+            err.1.truncate(err.1.floor_char_boundary(keep));
+        }
         if let Cow::Owned(new) = self.apply(&st.sql) {
             st.sql = new.into();
         }
@@ -138,24 +166,20 @@ fn one_line(e: &regex::Error) -> String {
     last.trim().trim_start_matches("error: ").to_string()
 }
 
-fn mask(p: &Pattern, s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut last = 0;
-    for caps in p.re.captures_iter(s) {
-        let m = match p.group.and_then(|g| caps.get(g)) {
-            Some(m) => m,
-            None if p.group.is_some() => continue,
-            None => match caps.get(0) {
-                Some(m) => m,
-                None => continue,
-            },
-        };
-        out.push_str(&s[last..m.start()]);
-        out.push_str(MASK);
-        last = m.end();
+/// Bytes matched beyond a statement's `max_text` cut.
+const WINDOW_MARGIN: usize = 1024;
+
+/// The byte ranges `p` masks in `s`.
+fn spans(p: &Pattern, s: &str) -> Vec<(usize, usize)> {
+    match p.group {
+        None => p.re.find_iter(s).map(|m| (m.start(), m.end())).collect(),
+        Some(g) => {
+            p.re.captures_iter(s)
+                .filter_map(|c| c.get(g))
+                .map(|m| (m.start(), m.end()))
+                .collect()
+        }
     }
-    out.push_str(&s[last..]);
-    out
 }
 
 #[cfg(test)]
@@ -174,6 +198,39 @@ mod tests {
             "SELECT '***', 1 WHERE api_key = '***' OR api_key='***'"
         );
         assert!(matches!(red.apply("SELECT 1"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn patterns_match_the_original_text_not_each_others_masks() {
+        // Reported by the red team: the first pattern's mask used to eat the second's anchor.
+        let red = r(&["(?i)token", r"(?i)token=(?P<secret>\w+)"]);
+        assert_eq!(red.apply("x token=abc y"), "x ***=*** y");
+        let red = r(&["abcdef", "cde"]);
+        assert_eq!(red.apply("..abcdefg"), "..***g");
+    }
+
+    #[test]
+    fn long_statements_are_matched_only_as_far_as_the_line_holds_them() {
+        let red = r(&["s3cr3t"]);
+        let mut st = Statement {
+            time: jiff::Timestamp::UNIX_EPOCH,
+            identity: "a".into(),
+            access: "read-write".into(),
+            resource: "db".into(),
+            grant_id: 1,
+            session_id: "s".into(),
+            sql: format!("SELECT '{}s3cr3t{}'", "x".repeat(90), "y".repeat(1 << 20)).into(),
+            max_text: 100,
+            class: "read",
+            simple: true,
+            outcome: "ok",
+            duration_ms: 1.0,
+            rows: 0,
+            error: Some(Box::new(("22P02".into(), "z".repeat(1 << 20)))),
+        };
+        red.statement(&mut st);
+        assert!(st.sql.len() <= 100 + WINDOW_MARGIN && st.sql.contains("***") && !st.sql.contains("s3cr3t"));
+        assert!(st.error.as_ref().is_some_and(|e| e.1.len() <= 100 + WINDOW_MARGIN));
     }
 
     #[test]

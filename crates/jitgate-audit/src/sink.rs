@@ -186,6 +186,19 @@ impl AuditSink {
         })
     }
 
+    /// `ev` as the log will hold it (the operator's redaction applied): for copies of an event
+    /// sent elsewhere (webhooks), so no secret leaves by another way.
+    pub fn redacted(&self, mut ev: Event) -> Event {
+        let r = match self.redactor.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        if let Some(r) = r {
+            r.event(&mut ev);
+        }
+        ev
+    }
+
     /// Redact every event written from now on with `r` (`None`: no operator patterns). Events
     /// already queued are redacted with the patterns in force when the writer takes them.
     pub fn set_redactor(&self, r: Option<Redactor>) {

@@ -726,7 +726,7 @@ impl<G: Gatekeeper> PgFrontend<G> {
                 "server_closed".to_string(),
                 "the database closed the connection".to_string(),
             ),
-            End::Killed(_) | End::Breach(_) => {
+            End::Killed(_) | End::Breach(_) | End::Violation(_) => {
                 // Interrupt whatever the backend is running, so it exits now rather than at its
                 // next write; the socket is already closed behind it. In the background and a
                 // few at a time: when a grant held by hundreds of sessions ends, the goodbyes go
@@ -741,6 +741,7 @@ impl<G: Gatekeeper> PgFrontend<G> {
                 match &end {
                     End::Killed(k) => (k.label().to_string(), k.message(&info.resource)),
                     End::Breach(why) => ("breach".to_string(), why.clone()),
+                    End::Violation(why) => ("protocol_violation".to_string(), why.clone()),
                     _ => ("error".to_string(), String::new()),
                 }
             }

@@ -52,6 +52,9 @@ use crate::protocol::{self, Severity};
 /// How long a goodbye (FATAL to the client, Terminate to the server) may take on a kill.
 pub const GOODBYE: Duration = Duration::from_millis(250);
 
+/// Why a statement sent in the middle of a COPY is refused.
+const COPY_VIOLATION: &str = "a statement sent during COPY FROM STDIN (the session was ended)";
+
 /// The audit text of a Sync whose implicit COMMIT failed.
 const IMPLICIT_COMMIT: &str = "<Sync: implicit COMMIT of the batch>";
 
@@ -191,10 +194,11 @@ struct Shared {
     named: Mutex<NameMap>,
     /// Told when a ReadyForQuery has been handled (read-only sessions wait for it).
     answered: tokio::sync::Notify,
-    /// The server is in copy-in mode and the client has not yet sent what ends it: the server
-    /// ignores Sync and Flush meanwhile, and consumes the first other message as an error.
-    /// Read and written under the `ops` lock.
+    /// The server is in copy-in mode (it said CopyInResponse and has not yet ended the COPY with
+    /// CommandComplete or an error). Read and written under the `ops` lock.
     copy_in: std::sync::atomic::AtomicBool,
+    /// The client has sent the CopyDone or CopyFail that ends the current copy.
+    copy_ended: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -230,6 +234,9 @@ pub enum End {
     Killed(KillReason),
     /// A read-only session left read-only mode (or the way text is read) upstream: ended.
     Breach(String),
+    /// The client broke the protocol in a way whose outcome on the server cannot be known
+    /// (a message during COPY FROM STDIN): ended before that message was forwarded.
+    Violation(String),
     /// Protocol or I/O error.
     Error(String),
 }
@@ -257,6 +264,7 @@ pub async fn run(
         named: Mutex::default(),
         answered: tokio::sync::Notify::new(),
         copy_in: std::sync::atomic::AtomicBool::new(false),
+        copy_ended: std::sync::atomic::AtomicBool::new(false),
     };
     let kill = ctx.guard.kill.clone();
     let mut client_alive = true;
@@ -279,6 +287,11 @@ pub async fn run(
                     };
                 }
                 e = &mut c2s, if client_end.is_none() => {
+                    // A violation ends the session now (the server may be waiting for copy
+                    // data that will never come).
+                    if let End::Violation(_) = e {
+                        break e;
+                    }
                     // The client is done (Terminate forwarded, or sent for it): keep reading the
                     // server until it closes, so what was already sent is answered and audited.
                     client_end = Some(e);
@@ -289,18 +302,25 @@ pub async fn run(
     // Both directions are dropped here, whatever they were blocked on.
     let goodbye = match &end {
         End::Killed(reason) => Some((
+            "57P01",
             reason.message(&ctx.guard.info.resource),
             "request access again with `jitgate request`",
         )),
         End::Breach(why) => Some((
+            "57P01",
             format!("jitgate: {why}"),
             "the session was ended to keep the grant read-only",
         )),
+        End::Violation(why) => Some((
+            "08P01",
+            format!("jitgate: protocol violation: {why}"),
+            "end a COPY with CopyDone or CopyFail before sending anything else",
+        )),
         _ => None,
     };
-    if let Some((msg, hint)) = goodbye {
+    if let Some((code, msg, hint)) = goodbye {
         let mut e = BytesMut::new();
-        protocol::error_response(&mut e, Severity::Fatal, "57P01", &msg, Some(hint));
+        protocol::error_response(&mut e, Severity::Fatal, code, &msg, Some(hint));
         if client_alive {
             let _ = tokio::time::timeout(GOODBYE, async {
                 let _ = cw.write_all(&e).await;
@@ -351,7 +371,16 @@ fn statement_event(
         outcome,
         duration_ms: (took.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
         rows: p.rows,
-        error: p.error,
+        // A server's message can quote a whole literal: cut like the SQL, so no line grows
+        // past what the log can read back.
+        error: p.error.map(|mut e| {
+            if e.1.len() > ctx.max_text {
+                let cut = e.1.floor_char_boundary(ctx.max_text);
+                e.1.truncate(cut);
+                e.1.push('…');
+            }
+            e
+        }),
     }
 }
 
@@ -446,8 +475,6 @@ async fn client_to_server(
         let mut terminate = false;
         // Refusals are audited once the lock on the op queue is let go.
         let mut refused_audits: Vec<(Arc<str>, Class, String, bool)> = Vec::new();
-        // Statements the server consumed as a copy-in error (never run).
-        let mut copy_consumed: Done = Vec::new();
         loop {
             let h = match protocol::header(&buf, ctx.max_message) {
                 Ok(Some(h)) if unit_sent && holds(h.tag) => break,
@@ -475,20 +502,44 @@ async fn client_to_server(
                 _ => None,
             };
             let mut ops = lock(&sh.ops);
-            // In copy-in mode the server ignores Sync and Flush, and takes the first message
-            // that is not copy data as an error that ends the copy: that message never runs.
-            let copying = sh.copy_in.load(Relaxed);
-            let consumed = copying && !matches!(h.tag, b'd' | b'c' | b'f' | b'S' | b'H');
-            if consumed {
-                sh.copy_in.store(false, Relaxed);
+            // In copy-in mode, until the client ends the copy, only copy data (and Flush) may come:
+            // PostgreSQL ignores a Sync there and ends the connection on anything else, unless
+            // the copy has just failed on its own (a bad row, a timeout, a cancel), when it
+            // runs it. Which of the two the server will do cannot be known here, so such a
+            // message is never forwarded: the session ends (fail closed; no client does this).
+            let copying = sh.copy_in.load(Relaxed) && !sh.copy_ended.load(Relaxed);
+            if copying && !matches!(h.tag, b'd' | b'c' | b'f' | b'H' | b'X') {
+                let what = match h.tag {
+                    b'Q' | b'P' => {
+                        let sql = if h.tag == b'Q' {
+                            cbytes(body).0
+                        } else {
+                            cbytes(cbytes(body).1).0
+                        };
+                        let v = verdict_of(ctx, sql);
+                        refused_audits.push((audit_text(sql, &v), v.class, COPY_VIOLATION.into(), h.tag == b'Q'));
+                        "a statement"
+                    }
+                    b'S' => "a Sync",
+                    _ => "a message",
+                };
+                drop(ops);
+                for (sql, class, why, simple) in refused_audits.drain(..) {
+                    audit_refusal(ctx, sh, sql, class, &why, simple).await;
+                }
+                let _ = sw.write_all(&out).await;
+                return End::Violation(format!(
+                    "the client sent {what} during COPY FROM STDIN before CopyDone or CopyFail"
+                ));
             }
-            let queued = ops.len();
             match h.tag {
-                b'S' | b'H' if copying => out.extend_from_slice(&frame),
                 b'c' | b'f' => {
-                    if copying {
-                        sh.copy_in.store(false, Relaxed);
-                    } else {
+                    if sh.copy_in.load(Relaxed) {
+                        sh.copy_ended.store(true, Relaxed);
+                    } else if !ops.is_empty() && !matches!(ops.back(), Some(Op::CopyEnd)) {
+                        // Before the server said CopyInResponse: it may end a copy the last
+                        // queued statement starts (one marker is enough; outside a copy the
+                        // server ignores these messages).
                         ops.push_back(Op::CopyEnd);
                     }
                     out.extend_from_slice(&frame);
@@ -617,15 +668,6 @@ async fn client_to_server(
                 // Flush, CopyData: no answer of their own.
                 _ => out.extend_from_slice(&frame),
             }
-            if consumed && ops.len() > queued {
-                // The server takes it as the copy's error and never runs it.
-                if let Some(Op::Execute(p) | Op::Query(p, None) | Op::Function(p, None)) = ops.pop_back() {
-                    copy_consumed.push(completed(p, "skipped"));
-                }
-            }
-        }
-        if !copy_consumed.is_empty() && !audit_done(ctx, sh, &mut copy_consumed).await {
-            return End::Error("audit log unavailable".into());
         }
         for (sql, class, why, simple) in refused_audits {
             audit_refusal(ctx, sh, sql, class, &why, simple).await;
@@ -729,12 +771,15 @@ fn skip_to_sync(ops: &mut VecDeque<Op>, done: &mut Done, notify: &tokio::sync::N
     }
 }
 
-/// CopyInResponse: the Query or Execute at the front put the server in copy-in mode. Until the
-/// client's CopyDone or CopyFail the server ignores Sync (so those Syncs get no ReadyForQuery and
-/// leave the queue), and the first other message ends the copy with an error without running
-/// (it leaves the queue as `skipped`). When the client has not got that far yet, `copy_in` tells
-/// the client → server direction to apply the same rules as the messages come.
-fn copy_in_started(ops: &mut VecDeque<Op>, copy_in: &std::sync::atomic::AtomicBool, done: &mut Done) {
+/// CopyInResponse: the Query or Execute at the front put the server in copy-in mode. What the
+/// client sent after that statement and before any copy message reached the server in copy-in
+/// mode: a Sync there is ignored (no ReadyForQuery: it leaves the queue), and any other message
+/// ends the connection without running (it leaves the queue as `skipped`). A CopyEnd marker
+/// means the client already ended this copy; otherwise the client → server direction applies
+/// the copy rules as its messages come.
+fn copy_in_started(sh: &Shared, ops: &mut VecDeque<Op>, done: &mut Done) {
+    sh.copy_in.store(true, Relaxed);
+    sh.copy_ended.store(false, Relaxed);
     // What follows the copying statement, in the order the client sent it.
     loop {
         match ops.get(1) {
@@ -743,18 +788,19 @@ fn copy_in_started(ops: &mut VecDeque<Op>, copy_in: &std::sync::atomic::AtomicBo
             }
             Some(Op::CopyEnd) => {
                 ops.remove(1);
+                sh.copy_ended.store(true, Relaxed);
                 return;
             }
             Some(_) => {
                 if let Some(Op::Execute(p) | Op::Query(p, None) | Op::Function(p, None)) = ops.remove(1) {
                     done.push(completed(p, "skipped"));
                 }
+                sh.copy_ended.store(true, Relaxed);
                 return;
             }
-            None => break,
+            None => return,
         }
     }
-    copy_in.store(true, Relaxed);
 }
 
 async fn server_to_client(
@@ -849,8 +895,13 @@ async fn server_to_client(
                 if skipping {
                     skip_to_sync(&mut ops, &mut done, &sh.answered);
                 }
+                // The COPY ends with its CommandComplete or its error (whoever ended it).
+                if matches!(h.tag, b'C' | b'E' | b'Z') && sh.copy_in.load(Relaxed) {
+                    sh.copy_in.store(false, Relaxed);
+                    sh.copy_ended.store(false, Relaxed);
+                }
                 match h.tag {
-                    b'G' => copy_in_started(&mut ops, &sh.copy_in, &mut done),
+                    b'G' => copy_in_started(sh, &mut ops, &mut done),
                     b'1' if matches!(ops.front(), Some(Op::Parse(..))) => {
                         if let Some(Op::Parse(n, e)) = ops.pop_front() {
                             let mut m = lock(&sh.named);
