@@ -6,7 +6,9 @@
 //! The lookup is bounded every way a hostile client could use it: one at most
 //! [`LOOKUP_TIMEOUT`], [`CONCURRENT`] side connections at once for the whole gateway,
 //! [`PER_SESSION`] distinct lookups per session (then the audit carries the OID alone), and a
-//! cache of at most [`CACHE_ENTRIES`] answers (unknown OIDs are cached too). A function created in
+//! cache of at most [`CACHE_ENTRIES`] server answers (unknown OIDs included; failures to ask are
+//! not cached), each trusted for [`CACHE_TTL`]. Read-only sessions do not look up: their
+//! FunctionCall is refused, and the OID is what they asked for. A function created in
 //! the session's own uncommitted transaction is invisible to the side connection; its OID is
 //! still recorded.
 
@@ -28,11 +30,14 @@ pub const CONCURRENT: usize = 4;
 pub const PER_SESSION: u32 = 32;
 /// Cached answers (the cache is emptied when full).
 pub const CACHE_ENTRIES: usize = 10_000;
+/// How long an answer is trusted (a function can be renamed or dropped).
+pub const CACHE_TTL: Duration = Duration::from_secs(600);
 
 /// The gateway-wide cache and connection budget.
 #[derive(Debug)]
 pub struct FunctionNames {
-    cache: DashMap<(Arc<str>, u32), Option<Arc<str>>>,
+    /// Answers from the server (`None`: it does not know the OID) and when they came.
+    cache: DashMap<(Arc<str>, u32), (Option<Arc<str>>, std::time::Instant)>,
     permits: Arc<tokio::sync::Semaphore>,
 }
 
@@ -70,8 +75,10 @@ impl Resolver {
     /// over budget or slow.
     pub async fn name(&self, oid: u32) -> Option<Arc<str>> {
         let key = (self.scope.clone(), oid);
-        if let Some(hit) = self.names.cache.get(&key) {
-            return hit.clone();
+        if let Some(hit) = self.names.cache.get(&key)
+            && hit.1.elapsed() < CACHE_TTL
+        {
+            return hit.0.clone();
         }
         if self
             .left
@@ -80,15 +87,19 @@ impl Resolver {
         {
             return None;
         }
-        let found = tokio::time::timeout(LOOKUP_TIMEOUT, self.lookup(oid)).await.ok()?;
+        // Only the server's answers are cached: a failure to ask (too many connections, a
+        // timeout) must not cost other sessions their names.
+        let found = tokio::time::timeout(LOOKUP_TIMEOUT, self.lookup(oid)).await.ok()??;
         if self.names.cache.len() >= CACHE_ENTRIES {
             self.names.cache.clear();
         }
-        self.names.cache.insert(key, found.clone());
+        self.names.cache.insert(key, (found.clone(), std::time::Instant::now()));
         found
     }
 
-    async fn lookup(&self, oid: u32) -> Option<Arc<str>> {
+    /// `Some(answer)` when the server answered (`Some(None)`: no such function), `None` when it
+    /// could not be asked.
+    async fn lookup(&self, oid: u32) -> Option<Option<Arc<str>>> {
         let _permit = self.names.permits.clone().acquire_owned().await.ok()?;
         let params = [
             ("client_encoding".to_string(), "UTF8".to_string()),
@@ -112,6 +123,6 @@ impl Resolver {
         let _ = up.io.shutdown().await;
         let name = row.ok()?.into_iter().next().flatten()?;
         // An OID the server does not know comes back as the number itself.
-        (name != oid.to_string()).then(|| name.into())
+        Some((name != oid.to_string()).then(|| name.into()))
     }
 }

@@ -712,7 +712,7 @@ impl<G: Gatekeeper> PgFrontend<G> {
             max_message: self.cfg.max_message,
             audit_statements: self.cfg.audit_statements,
             upstream_user,
-            functions: Some(functions),
+            functions: (!read_only).then_some(functions),
             refusal_hint: format!(
                 "this session runs under a read-only grant; ask for write access: jitgate request {} --access read-write --reason \"...\"",
                 info.resource

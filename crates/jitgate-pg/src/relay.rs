@@ -13,7 +13,9 @@
 //! as an *op* before it is written upstream; the server → client direction pops ops as their
 //! answers arrive. After an error in an extended-protocol message the server ignores everything
 //! up to the next Sync (Query and FunctionCall included), and so does the accounting: skipped ops
-//! are popped without answers, so refusals and audit events never drift by a reply.
+//! are popped without answers, so refusals and audit events never drift by a reply. In copy-in
+//! mode the server ignores Sync and cannot be predicted on anything else until the client ends
+//! the copy, so such a message ends the session unforwarded ([`End::Violation`]).
 //!
 //! **Refusals are server errors.** A refused statement never reaches the server: its text is
 //! replaced by a statement that cannot parse (`Query` or `Parse`), and the server's syntax error
@@ -57,6 +59,9 @@ const COPY_VIOLATION: &str = "a statement sent during COPY FROM STDIN (the sessi
 
 /// The audit text of a Sync whose implicit COMMIT failed.
 const IMPLICIT_COMMIT: &str = "<Sync: implicit COMMIT of the batch>";
+
+/// The audit text of a Sync answered by a FATAL (the batch may or may not have committed).
+const SYNC_FATAL: &str = "<Sync: the server ended the session; whether the batch committed is unknown>";
 
 /// What the server is sent in place of a refused statement: it cannot parse, and has no effect.
 const REFUSED_SQL: &[u8] = b"jitgate refused this statement\0";
@@ -997,7 +1002,11 @@ async fn server_to_client(
                             // serialization failure): what the batch did is rolled back, and the
                             // audit says so right after the batch's statements.
                             Some(Op::Sync) => {
-                                let mut p = Pending::new(IMPLICIT_COMMIT.into(), Class::Transaction, false);
+                                // A FATAL here (shutdown, a crash elsewhere) may come after the
+                                // commit: then whether the batch committed is not known.
+                                let fatal = body.split(|b| *b == 0).any(|f| f == b"SFATAL" || f == b"SPANIC");
+                                let text = if fatal { SYNC_FATAL } else { IMPLICIT_COMMIT };
+                                let mut p = Pending::new(text.into(), Class::Transaction, false);
                                 p.error = Some(Box::new((code, msg)));
                                 done.push(completed(p, "error"));
                             }
