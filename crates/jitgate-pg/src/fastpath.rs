@@ -33,11 +33,14 @@ pub const CACHE_ENTRIES: usize = 10_000;
 /// How long an answer is trusted (a function can be renamed or dropped).
 pub const CACHE_TTL: Duration = Duration::from_secs(600);
 
+/// What the server said an OID is (`None`: it does not know it), and when.
+type Answer = (Option<Arc<str>>, std::time::Instant);
+
 /// The gateway-wide cache and connection budget.
 #[derive(Debug)]
 pub struct FunctionNames {
-    /// Answers from the server (`None`: it does not know the OID) and when they came.
-    cache: DashMap<(Arc<str>, u32), (Option<Arc<str>>, std::time::Instant)>,
+    /// Answers from the server and when they came.
+    cache: DashMap<(Arc<str>, u32), Answer>,
     permits: Arc<tokio::sync::Semaphore>,
 }
 
