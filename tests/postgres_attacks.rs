@@ -466,6 +466,19 @@ impl Raw {
         got
     }
 
+    /// Messages up to and including the first with `tag` (CopyInResponse, say).
+    async fn until_tag(&mut self, tag: u8) -> Vec<(u8, Vec<u8>)> {
+        let mut got = Vec::new();
+        while !got.iter().any(|(t, _)| *t == tag) {
+            got.push(
+                self.next()
+                    .await
+                    .unwrap_or_else(|| panic!("no {:?} came", char::from(tag))),
+            );
+        }
+        got
+    }
+
     async fn send(&mut self, parts: &[Vec<u8>]) {
         let all: Vec<u8> = parts.concat();
         self.s.write_all(&all).await.unwrap();
@@ -749,11 +762,7 @@ async fn copy_in_and_failed_commits_keep_reply_accounting_in_step() {
     // 1. Extended COPY with the Sync a driver sends after every Execute, before the data: that
     //    Sync gets no ReadyForQuery; the one after CopyDone does.
     c.send(&[unnamed("COPY t (id, v) FROM STDIN"), sync()]).await;
-    let mut got = Vec::new();
-    while !got.iter().any(|(t, _)| *t == b'G') {
-        got.push(c.next().await.expect("CopyInResponse"));
-    }
-    assert_eq!(tags(&got), "1 2 G");
+    assert_eq!(tags(&c.until_tag(b'G').await), "1 2 G");
     c.send(&[frame(b'd', b"200\tcopied\n"), frame(b'c', &[]), sync()]).await;
     assert_eq!(tags(&c.until_ready(1).await), "C Z");
     c.send(&[q("INSERT INTO t VALUES (201, 'after-copy')")]).await;
@@ -794,10 +803,7 @@ async fn copy_in_and_failed_commits_keep_reply_accounting_in_step() {
     //    run the Query if the copy had just failed on its own; the gateway cannot know which,
     //    so it never forwards it and ends the session (FATAL 08P01), and audits it refused.
     c.send(&[q("COPY t (id, v) FROM STDIN")]).await;
-    let mut got = Vec::new();
-    while !got.iter().any(|(t, _)| *t == b'G') {
-        got.push(c.next().await.expect("CopyInResponse"));
-    }
+    c.until_tag(b'G').await;
     c.send(&[q("INSERT INTO t VALUES (202, 'eaten-by-copy')")]).await;
     assert_eq!(tags(&c.until_ready(1).await), "E:08P01");
     assert!(c.next().await.is_none(), "the session is closed");
@@ -806,10 +812,7 @@ async fn copy_in_and_failed_commits_keep_reply_accounting_in_step() {
     //     once. The write never reaches the server; nothing is audited as run that did not run.
     let (mut c, _) = Raw::login(&lab, &[]).await;
     c.send(&[q("COPY t (id, v) FROM STDIN")]).await;
-    let mut got = Vec::new();
-    while !got.iter().any(|(t, _)| *t == b'G') {
-        got.push(c.next().await.expect("CopyInResponse"));
-    }
+    c.until_tag(b'G').await;
     c.send(&[frame(b'd', b"oops\n"), q("INSERT INTO t VALUES (206, 'after-bad-row')")])
         .await;
     let r = c.until_ready(2).await;
@@ -819,10 +822,7 @@ async fn copy_in_and_failed_commits_keep_reply_accounting_in_step() {
     //     audited as itself.
     let (mut c, _) = Raw::login(&lab, &[]).await;
     c.send(&[q("COPY t (id, v) FROM STDIN")]).await;
-    let mut got = Vec::new();
-    while !got.iter().any(|(t, _)| *t == b'G') {
-        got.push(c.next().await.expect("CopyInResponse"));
-    }
+    c.until_tag(b'G').await;
     c.send(&[
         frame(b'd', b"oops\n"),
         frame(b'f', b"giving up\0"),
