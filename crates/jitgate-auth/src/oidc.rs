@@ -389,7 +389,7 @@ impl Oidc {
                 None => id.claims(&verifier, |_: Option<&Nonce>| Ok(())),
             };
             match result {
-                Ok(claims) => return self.identity(claims),
+                Ok(claims) => return identity(&self.cfg, claims),
                 Err(ClaimsVerificationError::SignatureVerification(SignatureVerificationError::NoMatchingKey))
                     if attempt == 0 =>
                 {
@@ -402,43 +402,6 @@ impl Oidc {
         Err(AuthError::InvalidToken(
             "signed with a key the provider does not publish".into(),
         ))
-    }
-
-    fn identity(&self, c: &IdTokenClaims<ExtraClaims, CoreGenderClaim>) -> Result<Identity, AuthError> {
-        let extra = &c.additional_claims().0;
-        let name = match self.cfg.identity_claim.as_str() {
-            "email" => {
-                let email = c.email().map(|e| e.as_str().to_string()).ok_or_else(|| {
-                    AuthError::InvalidToken("the ID token has no email (ask for the `email` scope)".into())
-                })?;
-                if c.email_verified() != Some(true) && !self.cfg.allow_unverified_email {
-                    return Err(AuthError::InvalidToken(format!(
-                        "the provider has not verified the email {email} (operators: [oidc] allow_unverified_email)"
-                    )));
-                }
-                email
-            }
-            "sub" => c.subject().as_str().to_string(),
-            "preferred_username" => c
-                .preferred_username()
-                .map(|u| u.as_str().to_string())
-                .ok_or_else(|| AuthError::InvalidToken("the ID token has no preferred_username".into()))?,
-            other => extra
-                .get(other)
-                .and_then(|v| v.as_str())
-                .map(str::to_string)
-                .ok_or_else(|| AuthError::InvalidToken(format!("the ID token has no `{other}` claim")))?,
-        };
-        let groups = match extra.get(&self.cfg.groups_claim) {
-            Some(serde_json::Value::Array(a)) => a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
-            Some(serde_json::Value::String(s)) => vec![s.clone()],
-            _ => Vec::new(),
-        };
-        Ok(Identity {
-            name,
-            groups,
-            subject: c.subject().as_str().to_string(),
-        })
     }
 
     /// POST a form to a provider endpoint with client authentication; (success?, JSON body).
@@ -477,18 +440,17 @@ impl Oidc {
         if !ok {
             return Err(AuthError::Denied(oauth_error(&v)));
         }
-        let s = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
-        let device_code = s("device_code").ok_or_else(|| AuthError::Provider("no device_code in the answer".into()))?;
-        let expires_in = v.get("expires_in").and_then(serde_json::Value::as_u64).unwrap_or(600);
+        let answer = DeviceAnswer::parse(&v)?;
         let id = random_id();
+        let device_code = answer.device_code;
+        let expires_in = answer.expires_in;
         let start = DeviceStart {
             id: id.clone(),
-            user_code: s("user_code").ok_or_else(|| AuthError::Provider("no user_code in the answer".into()))?,
-            verification_uri: s("verification_uri")
-                .ok_or_else(|| AuthError::Provider("no verification_uri in the answer".into()))?,
-            verification_uri_complete: s("verification_uri_complete"),
+            user_code: answer.user_code,
+            verification_uri: answer.verification_uri,
+            verification_uri_complete: answer.verification_uri_complete,
             expires_in,
-            interval: v.get("interval").and_then(serde_json::Value::as_u64).unwrap_or(5),
+            interval: answer.interval,
         };
         let mut d = self
             .devices
@@ -538,26 +500,113 @@ impl Oidc {
                 ],
             )
             .await?;
-        if !ok {
-            let err = v.get("error").and_then(|e| e.as_str()).unwrap_or_default();
-            if matches!(err, "authorization_pending" | "slow_down") {
-                return Err(AuthError::Pending);
-            }
-            if let Ok(mut d) = self.devices.lock() {
-                d.remove(id);
-            }
-            return Err(AuthError::Denied(oauth_error(&v)));
-        }
-        if let Ok(mut d) = self.devices.lock() {
+        let answer = poll_answer(ok, &v);
+        if !matches!(answer, Err(AuthError::Pending))
+            && let Ok(mut d) = self.devices.lock()
+        {
             d.remove(id);
         }
-        let id_token = v
-            .get("id_token")
-            .and_then(|x| x.as_str())
-            .ok_or_else(|| AuthError::InvalidToken("the provider sent no ID token".into()))?;
+        let id_token = answer?;
         let tok = IdTok::from_str(id_token).map_err(|_| AuthError::InvalidToken("not a JWT".into()))?;
         self.verify(&tok, None).await
     }
+}
+
+/// Who a verified ID token names: the configured identity claim (an `email` only when the provider
+/// verified it, unless allowed) and the groups claim (a list of strings or one string).
+pub fn identity(cfg: &OidcConfig, c: &IdTokenClaims<ExtraClaims, CoreGenderClaim>) -> Result<Identity, AuthError> {
+    let extra = &c.additional_claims().0;
+    let name = match cfg.identity_claim.as_str() {
+        "email" => {
+            let email = c.email().map(|e| e.as_str().to_string()).ok_or_else(|| {
+                AuthError::InvalidToken("the ID token has no email (ask for the `email` scope)".into())
+            })?;
+            if c.email_verified() != Some(true) && !cfg.allow_unverified_email {
+                return Err(AuthError::InvalidToken(format!(
+                    "the provider has not verified the email {email} (operators: [oidc] allow_unverified_email)"
+                )));
+            }
+            email
+        }
+        "sub" => c.subject().as_str().to_string(),
+        "preferred_username" => c
+            .preferred_username()
+            .map(|u| u.as_str().to_string())
+            .ok_or_else(|| AuthError::InvalidToken("the ID token has no preferred_username".into()))?,
+        other => extra
+            .get(other)
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+            .ok_or_else(|| AuthError::InvalidToken(format!("the ID token has no `{other}` claim")))?,
+    };
+    let groups = match extra.get(&cfg.groups_claim) {
+        Some(serde_json::Value::Array(a)) => a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
+        Some(serde_json::Value::String(s)) => vec![s.clone()],
+        _ => Vec::new(),
+    };
+    Ok(Identity {
+        name,
+        groups,
+        subject: c.subject().as_str().to_string(),
+    })
+}
+
+/// The longest a device login may wait for the user, whatever the provider says (RFC 8628 gives
+/// no upper bound; a huge `expires_in` would keep the attempt, and overflow the clock).
+pub const MAX_DEVICE_WAIT: u64 = 1800;
+
+/// The fields of a device authorization answer (RFC 8628 section 3.2) the gateway uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceAnswer {
+    /// The code the gateway polls with (never shown to the user).
+    pub device_code: String,
+    /// The code the user types.
+    pub user_code: String,
+    /// Where they type it.
+    pub verification_uri: String,
+    /// A URL with the code filled in.
+    pub verification_uri_complete: Option<String>,
+    /// Seconds the codes live: the provider's value, 600 when absent, within 1..=MAX_DEVICE_WAIT.
+    pub expires_in: u64,
+    /// Seconds between polls: the provider's value, 5 when absent, within 1..=60.
+    pub interval: u64,
+}
+
+impl DeviceAnswer {
+    /// Read a provider's answer; a missing or non-string required field is a provider error.
+    pub fn parse(v: &serde_json::Value) -> Result<Self, AuthError> {
+        let s = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
+        let need = |k: &str| s(k).ok_or_else(|| AuthError::Provider(format!("no {k} in the device answer")));
+        let num = |k: &str, default: u64, max: u64| {
+            v.get(k)
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(default)
+                .clamp(1, max)
+        };
+        Ok(Self {
+            device_code: need("device_code")?,
+            user_code: need("user_code")?,
+            verification_uri: need("verification_uri")?,
+            verification_uri_complete: s("verification_uri_complete"),
+            expires_in: num("expires_in", 600, MAX_DEVICE_WAIT),
+            interval: num("interval", 5, 60),
+        })
+    }
+}
+
+/// What one poll of the token endpoint said: the ID token, `Pending` while the user has not
+/// answered (RFC 8628 `authorization_pending` / `slow_down`), or why the login failed.
+pub fn poll_answer(ok: bool, v: &serde_json::Value) -> Result<&str, AuthError> {
+    if !ok {
+        let err = v.get("error").and_then(|e| e.as_str()).unwrap_or_default();
+        if matches!(err, "authorization_pending" | "slow_down") {
+            return Err(AuthError::Pending);
+        }
+        return Err(AuthError::Denied(oauth_error(v)));
+    }
+    v.get("id_token")
+        .and_then(|x| x.as_str())
+        .ok_or_else(|| AuthError::InvalidToken("the provider sent no ID token".into()))
 }
 
 fn oauth_error(v: &serde_json::Value) -> String {
@@ -596,6 +645,19 @@ fn claims_error(e: &ClaimsVerificationError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn provider_numbers_are_bounded() {
+        let v = serde_json::json!({"device_code": "d", "user_code": "U", "verification_uri": "https://x",
+            "expires_in": u64::MAX, "interval": 0});
+        let a = DeviceAnswer::parse(&v).unwrap();
+        assert_eq!((a.expires_in, a.interval), (MAX_DEVICE_WAIT, 1));
+        let v = serde_json::json!({"device_code": "d", "user_code": 7, "verification_uri": "https://x"});
+        assert!(matches!(DeviceAnswer::parse(&v), Err(AuthError::Provider(m)) if m.contains("user_code")));
+        let pending = serde_json::json!({"error": "slow_down"});
+        assert_eq!(poll_answer(false, &pending), Err(AuthError::Pending));
+        assert!(matches!(poll_answer(true, &pending), Err(AuthError::InvalidToken(_))));
+    }
 
     #[test]
     fn only_loopback_redirects() {
