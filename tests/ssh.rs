@@ -784,3 +784,204 @@ fn ssh_cert_and_ssh_config_let_plain_ssh_in() {
         );
     }
 }
+
+/// `cmd < file` through `ssh`, its stdout hashed; (sha256 of stdout, seconds). Bounded by `limit`
+/// so a stalled relay is a failure, not a hung suite.
+fn echo_run(mut ssh: Command, file: &Path, limit: Duration) -> (String, f64) {
+    use sha2::Digest;
+    let t = Instant::now();
+    let mut child = ssh
+        .stdin(std::fs::File::open(file).unwrap())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let pid = child.id();
+    let reader = std::thread::spawn(move || {
+        let mut h = sha2::Sha256::new();
+        let mut b = vec![0u8; 1 << 20];
+        loop {
+            match out.read(&mut b) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => h.update(&b[..n]),
+            }
+        }
+        hex::encode(h.finalize())
+    });
+    let done = eventually(limit, || matches!(child.try_wait(), Ok(Some(_))));
+    if !done {
+        let _ = Command::new("kill").arg(pid.to_string()).status();
+        let _ = child.wait();
+        panic!("`cat` echo of {} stalled: no end within {limit:?}", file.display());
+    }
+    (reader.join().unwrap(), t.elapsed().as_secs_f64())
+}
+
+/// Both directions at once on one channel (the remote `cat` echoes while the client still sends),
+/// the shape of rsync, `tar | ssh` with progress and interactive sessions under load: no stall,
+/// byte-identical, and close to the direct time measured in the same run. Size and repetitions:
+/// JITGATE_ECHO_MIB (default 128) and JITGATE_ECHO_RUNS (default 3); the 1 GiB × 20 is
+/// `JITGATE_ECHO_MIB=1024 JITGATE_ECHO_RUNS=20`.
+#[test]
+fn cat_echo_both_directions_on_one_channel_never_stalls() {
+    let (gw, s) = setup(Upstream::Key);
+    grant(&gw, "web-1", "1h");
+    let key = s.client_key();
+    let env = |k: &str, d: usize| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+    let (mib, runs) = (env("JITGATE_ECHO_MIB", 128), env("JITGATE_ECHO_RUNS", 3));
+    let file = gw.dir.path().join("echo.bin");
+    {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&file).unwrap());
+        for i in 0..mib {
+            f.write_all(&noise(1 << 20, i as u64 + 7)).unwrap();
+        }
+    }
+    let want = {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        let mut f = std::fs::File::open(&file).unwrap();
+        std::io::copy(&mut f, &mut h).unwrap();
+        hex::encode(h.finalize())
+    };
+    let limit = Duration::from_secs(30 + mib as u64 / 4);
+    let mut direct_best = f64::MAX;
+    for i in 0..runs {
+        let mut d = s.direct();
+        d.arg("cat");
+        let (h, direct) = echo_run(d, &file, limit);
+        assert_eq!(h, want, "direct run {i}");
+        direct_best = direct_best.min(direct);
+        let mut g = gw.ssh(&key, "web-1");
+        g.arg("cat");
+        let (h, through) = echo_run(g, &file, limit);
+        assert_eq!(h, want, "run {i}: the echo differs");
+        eprintln!(
+            "echo {mib} MiB run {i}: direct {direct:.2}s, gateway {through:.2}s ({:.2}x)",
+            through / direct
+        );
+        assert!(
+            through <= 1.5 * direct.max(direct_best) + 0.5,
+            "run {i}: {through:.2}s through the gateway against {direct:.2}s direct"
+        );
+    }
+}
+
+fn running(s: &Sshd, marker: &str) -> bool {
+    Command::new("pgrep")
+        .args(["-u", &s.user, "-f", marker])
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+/// `ssh gw 'cat /dev/zero'` into a reader that never reads: the session is flooded until the
+/// client's window closes, and the gateway must still end it on time.
+fn stalled_client(gw: &Gateway, key: &Path, marker: &str) -> std::process::Child {
+    gw.ssh(key, "web-1")
+        .arg(format!("cat /dev/zero; : {marker}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// A client that stops reading is disconnected at revocation and at expiry within a second, and
+/// its upstream process is gone: an OpenSSH client whose output nobody reads, and one frozen
+/// with SIGSTOP (it reads nothing from its socket, so the goodbye can never be written).
+/// JITGATE_STALL_RUNS (default 3) expiries in a row, none leaving a process behind.
+#[test]
+fn a_client_that_stops_reading_is_cut_at_revoke_and_expiry_and_its_upstream_process_ends() {
+    let (gw, s) = setup(Upstream::Key);
+    let key = s.client_key();
+    let wait_exit = |c: &mut std::process::Child, within: Duration| {
+        let t = Instant::now();
+        let done = eventually(within, || matches!(c.try_wait(), Ok(Some(_))));
+        (done, t.elapsed())
+    };
+
+    // Revocation, output unread.
+    let id = grant(&gw, "web-1", "1h");
+    let marker = format!("stall-r-{}", uniq());
+    let mut c = stalled_client(&gw, &key, &marker);
+    assert!(eventually(Duration::from_secs(10), || running(&s, &marker)));
+    std::thread::sleep(Duration::from_millis(500)); // windows and buffers full
+    let t = Instant::now();
+    gw.cli(Some("root"), &["revoke", &id.to_string(), "--reason", "stall"])
+        .ok();
+    let (done, _) = wait_exit(&mut c, Duration::from_secs(3));
+    let took = t.elapsed();
+    assert!(
+        done && took < Duration::from_secs(1),
+        "client still connected {took:?} after revoke"
+    );
+    assert!(
+        eventually(Duration::from_secs(1), || !running(&s, &marker)),
+        "upstream cat left running"
+    );
+
+    // Revocation, client frozen: the gateway cuts its side of the connection.
+    let id = grant(&gw, "web-1", "1h");
+    let marker = format!("stall-f-{}", uniq());
+    let mut c = stalled_client(&gw, &key, &marker);
+    assert!(eventually(Duration::from_secs(10), || running(&s, &marker)));
+    let pid = c.id().to_string();
+    Command::new("kill").args(["-STOP", &pid]).status().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let t = Instant::now();
+    gw.cli(Some("root"), &["revoke", &id.to_string(), "--reason", "frozen"])
+        .ok();
+    let ended = eventually(Duration::from_secs(3), || {
+        gw.audit_events().iter().any(|e| {
+            e["kind"] == "session.ended" && e["details"]["outcome"] == "revoked" && e["grant_id"].as_i64() == Some(id)
+        })
+    });
+    let took = t.elapsed();
+    assert!(
+        ended && took < Duration::from_secs(1),
+        "frozen client's session ended {took:?} after revoke"
+    );
+    assert!(
+        eventually(Duration::from_secs(1), || !running(&s, &marker)),
+        "upstream cat left running"
+    );
+    Command::new("kill").args(["-CONT", &pid]).status().unwrap();
+    let (done, _) = wait_exit(&mut c, Duration::from_secs(5));
+    assert!(done, "the thawed client found its connection still open");
+
+    // Expiry, repeatedly.
+    let runs = std::env::var("JITGATE_STALL_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    for i in 0..runs {
+        let id = grant(&gw, "web-1", "2s");
+        let grants = gw.cli(Some("alice"), &["grants", "--json"]).json();
+        let expires: jiff::Timestamp = grants.as_array().unwrap().iter().find(|g| g["id"] == id).unwrap()["expires_at"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let marker = format!("stall-e{i}-{}", uniq());
+        let mut c = stalled_client(&gw, &key, &marker);
+        assert!(eventually(Duration::from_secs(10), || running(&s, &marker)), "run {i}");
+        let (done, took) = wait_exit(&mut c, Duration::from_secs(5));
+        let lag = jiff::Timestamp::now().duration_since(expires).as_secs_f64();
+        assert!(done, "run {i}: still connected {took:?} later");
+        assert!(lag < 1.0, "run {i}: disconnected {lag:.3}s after expiry");
+        assert!(
+            eventually(Duration::from_secs(1), || !running(&s, &marker)),
+            "run {i}: upstream cat left running"
+        );
+    }
+    let ev = gw.audit_events();
+    let ended: Vec<_> = ev.iter().filter(|e| e["kind"] == "session.ended").collect();
+    assert!(
+        ended
+            .iter()
+            .all(|e| e["details"]["upstream_end"] == "exited on SIGTERM"),
+        "{ended:?}"
+    );
+}

@@ -1017,7 +1017,7 @@ impl ControlPlane {
     }
 
     /// Record a session end.
-    pub async fn session_ended(&self, s: &SessionInfo, outcome: &str, reason: &str) {
+    pub async fn session_ended(&self, s: &SessionInfo, outcome: &str, reason: &str, extra: Option<serde_json::Value>) {
         let now = self.now();
         self.metrics
             .sessions_active
@@ -1030,6 +1030,12 @@ impl ControlPlane {
         if let Err(e) = self.store.session_ended(&s.id, now, reason).await {
             tracing::warn!(error = %e, session_id = %s.id, "could not persist session end");
         }
+        let mut details = serde_json::json!({"identity": s.identity, "protocol": s.protocol, "outcome": outcome});
+        if let (Some(serde_json::Value::Object(more)), Some(d)) = (extra, details.as_object_mut()) {
+            for (k, v) in more {
+                d.entry(k).or_insert(v);
+            }
+        }
         let _ = self
             .audit
             .record(
@@ -1039,7 +1045,7 @@ impl ControlPlane {
                     .grant(s.grant_id)
                     .session(&s.id)
                     .reason(Some(reason))
-                    .details(serde_json::json!({"identity": s.identity, "protocol": s.protocol, "outcome": outcome})),
+                    .details(details),
             )
             .await;
     }
@@ -1249,7 +1255,7 @@ impl jitgate_core::Gatekeeper for ControlPlane {
         ControlPlane::session_started(self, s).await
     }
 
-    async fn session_ended(&self, s: &SessionInfo, outcome: &str, reason: &str) {
-        ControlPlane::session_ended(self, s, outcome, reason).await;
+    async fn session_ended(&self, s: &SessionInfo, outcome: &str, reason: &str, extra: Option<serde_json::Value>) {
+        ControlPlane::session_ended(self, s, outcome, reason, extra).await;
     }
 }

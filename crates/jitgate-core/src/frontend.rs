@@ -30,8 +30,15 @@ pub trait Gatekeeper: Send + Sync + 'static {
     /// A session was registered (persist + audit). `Err`: it could not be recorded (audit log
     /// or store unavailable) and the front end must end it with the message (fail closed).
     fn session_started(&self, s: &SessionInfo) -> impl Future<Output = Result<(), SessionRefused>> + Send;
-    /// A session ended (persist + audit).
-    fn session_ended(&self, s: &SessionInfo, outcome: &str, reason: &str) -> impl Future<Output = ()> + Send;
+    /// A session ended (persist + audit). `extra`: more details for the `session.ended` event
+    /// (an object whose fields are added, e.g. how the upstream processes ended).
+    fn session_ended(
+        &self,
+        s: &SessionInfo,
+        outcome: &str,
+        reason: &str,
+        extra: Option<serde_json::Value>,
+    ) -> impl Future<Output = ()> + Send;
 }
 
 /// Why a session could not start although its grant is live.

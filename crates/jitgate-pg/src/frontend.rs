@@ -679,7 +679,7 @@ impl<G: Gatekeeper> PgFrontend<G> {
                 Some("operators: see the gateway log"),
             )
             .await;
-            self.gk.session_ended(&info, "error", &refused.message).await;
+            self.gk.session_ended(&info, "error", &refused.message, None).await;
             return;
         }
         let mut hello = BytesMut::new();
@@ -690,7 +690,7 @@ impl<G: Gatekeeper> PgFrontend<G> {
         protocol::backend_key(&mut hello, our_key.0, our_key.1);
         protocol::ready(&mut hello, b'I');
         if client.write_all(&hello).await.is_err() {
-            self.gk.session_ended(&info, "error", "client went away").await;
+            self.gk.session_ended(&info, "error", "client went away", None).await;
             return;
         }
         self.cancels.insert(
@@ -752,7 +752,7 @@ impl<G: Gatekeeper> PgFrontend<G> {
             tracing::info!(session_id = %info.id, lag_ms = lag * 1000.0, "postgres session killed at grant expiry");
         }
         tracing::info!(session_id = %info.id, outcome = %outcome, reason = %reason, "postgres session ended");
-        self.gk.session_ended(&info, &outcome, &reason).await;
+        self.gk.session_ended(&info, &outcome, &reason, None).await;
     }
 }
 

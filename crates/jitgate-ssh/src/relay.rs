@@ -23,7 +23,7 @@ use jitgate_core::{KillReason, Metrics};
 use russh::{ChannelId, ChannelMsg, ChannelReadHalf, ChannelWriteHalf, Disconnect, Sig, client, server};
 
 use crate::record::{Header, LineAssembler, Recorder};
-use crate::server::{ChannelSlot, Live};
+use crate::server::{ChannelSlot, Live, UpstreamEnd};
 use crate::sftp::SftpWatch;
 
 /// Open client channels of a connection and whether each has a pty (for messages).
@@ -182,19 +182,33 @@ pub(crate) async fn watch(live: Arc<Live>, server: server::Handle) {
             }
         }
     }
+    // A client that stopped reading never takes the goodbye: whatever happens, the connection
+    // is cut CUT_AFTER the kill.
+    let cut = live.cut.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(CUT_AFTER).await;
+        cut.cancel();
+    });
     // Each channel's goodbye is bounded (300 ms + 500 ms for the client's close); disconnecting
     // before they are done could overtake their last words.
-    let _ = tokio::time::timeout(Duration::from_millis(1200), live.channels.emptied()).await;
+    let _ = tokio::time::timeout(Duration::from_millis(800), live.channels.emptied()).await;
     let reason = live.guard.kill_reason().unwrap_or(KillReason::Shutdown);
     let text = reason.message(&live.guard.info.resource);
-    let _ = server
-        .disconnect(Disconnect::ByApplication, format!("jitgate: {text}"), "en".into())
-        .await;
-    let _ = live
-        .upstream
-        .disconnect(Disconnect::ByApplication, "session ended by jitgate", "en")
-        .await;
+    let _ = tokio::join!(
+        tokio::time::timeout(
+            Duration::from_millis(100),
+            server.disconnect(Disconnect::ByApplication, format!("jitgate: {text}"), "en".into())
+        ),
+        tokio::time::timeout(
+            Duration::from_millis(100),
+            live.upstream
+                .disconnect(Disconnect::ByApplication, "session ended by jitgate", "en")
+        ),
+    );
 }
+
+/// From a kill to the connection being dropped, whether or not the client took the goodbye.
+pub(crate) const CUT_AFTER: Duration = Duration::from_millis(900);
 
 /// Reply bookkeeping: `true` = waiting for the upstream's answer, `false` = refused locally.
 #[derive(Default)]
@@ -229,6 +243,31 @@ impl Replies {
     }
 }
 
+/// Sending one message to the upstream on a kill.
+const SEND_LIMIT: Duration = Duration::from_millis(100);
+/// How long a killed channel's upstream process has to exit after SIGTERM.
+pub(crate) const TERM_GRACE: Duration = Duration::from_millis(300);
+/// And after SIGKILL, before the upstream connection is closed.
+pub(crate) const KILL_GRACE: Duration = Duration::from_millis(200);
+
+/// Until the upstream reports the channel's process gone (exit-status, exit-signal, close),
+/// within `limit`. Output still arriving is read and dropped (it also keeps the upstream's
+/// window open, so the process is not stuck writing).
+async fn exited(urd: &mut ChannelReadHalf, limit: Duration) -> bool {
+    tokio::time::timeout(limit, async {
+        while let Some(m) = urd.wait().await {
+            if matches!(
+                m,
+                ChannelMsg::ExitStatus { .. } | ChannelMsg::ExitSignal { .. } | ChannelMsg::Close
+            ) {
+                return;
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
 /// Per-channel recording state.
 struct Rec {
     pty: Option<(String, u32, u32)>,
@@ -240,6 +279,7 @@ struct Rec {
     exit: Option<String>,
     bytes_up: u64,
     bytes_down: u64,
+    upstream_end: Option<UpstreamEnd>,
 }
 
 enum Note {
@@ -268,15 +308,16 @@ pub(crate) async fn session_channel(
         exit: None,
         bytes_up: 0,
         bytes_down: 0,
+        upstream_end: None,
     });
     let kill = ctx.live.guard.kill.clone();
 
+    let (mut c_done, mut u_done) = (false, false);
     let killed = {
         let c2u = client_to_upstream(&ctx, id, &mut crd, &uwr, &replies, &rec);
         let u2c = upstream_to_client(&ctx, id, &mut urd, &cwr, &replies, &rec);
         let mut c2u = pin!(c2u);
         let mut u2c = pin!(u2c);
-        let (mut c_done, mut u_done) = (false, false);
         let mut killed = false;
         loop {
             let grace = tokio::time::sleep(Duration::from_secs(5));
@@ -301,37 +342,72 @@ pub(crate) async fn session_channel(
     };
     if killed {
         let reason = ctx.live.guard.kill_reason().unwrap_or(KillReason::Shutdown);
-        let pty = rec.lock().map(|r| r.pty.is_some()).unwrap_or(false);
+        let (pty, started) = rec
+            .lock()
+            .map(|r| (r.pty.is_some(), r.kind != "session"))
+            .unwrap_or((false, true));
         let text = format!("{} — session closed", reason.message(&ctx.live.guard.info.resource));
-        let goodbye = async {
-            // End the upstream process group first (sshd turns `signal` into killpg), then tell
-            // the user.
-            let _ = uwr.signal(Sig::TERM).await;
-            let _ = uwr.close().await;
-            let b = banner(pty, &text);
-            if pty {
-                let _ = cwr.data_bytes(b).await;
+        // The upstream process group (sshd turns `signal` into killpg): TERM, a short grace,
+        // KILL, another grace, and if no exit is reported still, the upstream connection goes.
+        let upstream = async {
+            let how = if !started || u_done {
+                UpstreamEnd::Nothing
             } else {
-                let _ = cwr.extended_data_bytes(1, b).await;
-            }
-            let _ = ctx
-                .server
-                .exit_signal_request(id, Sig::TERM, false, text.clone(), "en".into())
-                .await;
-            let _ = cwr.eof().await;
-            let _ = cwr.close().await;
-        };
-        let _ = tokio::time::timeout(Duration::from_millis(300), goodbye).await;
-        // Let the client close the channel (it has then printed our message and exits) before
-        // the watcher disconnects: OpenSSH drops unwritten stderr when a disconnect arrives.
-        let _ = tokio::time::timeout(Duration::from_millis(500), async {
-            while let Some(m) = crd.wait().await {
-                if matches!(m, ChannelMsg::Close) {
-                    break;
+                let _ = tokio::time::timeout(SEND_LIMIT, uwr.signal(Sig::TERM)).await;
+                if exited(&mut urd, TERM_GRACE).await {
+                    UpstreamEnd::Term
+                } else {
+                    let _ = tokio::time::timeout(SEND_LIMIT, uwr.signal(Sig::KILL)).await;
+                    if exited(&mut urd, KILL_GRACE).await {
+                        UpstreamEnd::Kill
+                    } else {
+                        let _ = tokio::time::timeout(
+                            SEND_LIMIT,
+                            ctx.live
+                                .upstream
+                                .disconnect(Disconnect::ByApplication, "session ended by jitgate", "en"),
+                        )
+                        .await;
+                        UpstreamEnd::Disconnected
+                    }
                 }
-            }
-        })
-        .await;
+            };
+            let _ = tokio::time::timeout(SEND_LIMIT, uwr.close()).await;
+            how
+        };
+        let client = async {
+            let goodbye = async {
+                let b = banner(pty, &text);
+                if pty {
+                    let _ = cwr.data_bytes(b).await;
+                } else {
+                    let _ = cwr.extended_data_bytes(1, b).await;
+                }
+                let _ = ctx
+                    .server
+                    .exit_signal_request(id, Sig::TERM, false, text.clone(), "en".into())
+                    .await;
+                let _ = cwr.eof().await;
+                let _ = cwr.close().await;
+            };
+            let _ = tokio::time::timeout(Duration::from_millis(300), goodbye).await;
+            // Let the client close the channel (it has then printed our message and exits)
+            // before the watcher disconnects: OpenSSH drops unwritten stderr when a disconnect
+            // arrives. A client that stopped reading never does: the connection is cut.
+            let _ = tokio::time::timeout(Duration::from_millis(500), async {
+                while let Some(m) = crd.wait().await {
+                    if matches!(m, ChannelMsg::Close) {
+                        break;
+                    }
+                }
+            })
+            .await;
+        };
+        let (how, ()) = tokio::join!(upstream, client);
+        ctx.live.upstream_ended(how);
+        if let Ok(mut r) = rec.lock() {
+            r.upstream_end = Some(how);
+        }
     } else {
         let _ = uwr.close().await;
         let _ = cwr.close().await;
@@ -354,6 +430,7 @@ pub(crate) async fn session_channel(
                 "bytes_from_client": r.bytes_up,
                 "bytes_to_client": r.bytes_down,
                 "recording": recording,
+                "upstream_end": r.upstream_end.map(|u| format!("{u:?}").to_lowercase()),
             }),
             ops,
         )

@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -135,18 +136,22 @@ impl<G: Gatekeeper> SshFrontend<G> {
         };
         // The version exchange happens inside `run_stream`: bound it by the login deadline.
         let deadline = tokio::time::Instant::now() + self.cfg.login_timeout;
-        let running =
-            match tokio::time::timeout_at(deadline, server::run_stream(self.server.clone(), tcp, handler)).await {
-                Ok(Ok(r)) => r,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = ?e, "ssh handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    self.login_timed_out(peer);
-                    return;
-                }
-            };
+        let running = match tokio::time::timeout_at(
+            deadline,
+            server::run_stream(self.server.clone(), CutStream::new(tcp, shared.cut.clone()), handler),
+        )
+        .await
+        {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = ?e, "ssh handshake failed");
+                return;
+            }
+            Err(_) => {
+                self.login_timed_out(peer);
+                return;
+            }
+        };
         let handle = running.handle();
         let watchdog = {
             let shared = shared.clone();
@@ -178,6 +183,12 @@ impl<G: Gatekeeper> SshFrontend<G> {
             r = running => r.map_err(|e| format!("{e:?}")),
             () = watchdog => Ok(()),
             () = unauthenticated_at_stop => Err("gateway shutting down".into()),
+            () = shared.cut.cancelled() => {
+                // The client did not take the goodbye in time (it stopped reading): its socket
+                // fails every read and write from now on (CutStream), which ends the session.
+                tracing::info!(%peer, "ssh connection cut: the client did not take the goodbye");
+                Ok(())
+            }
         };
         let live = shared.live.lock().ok().and_then(|mut g| g.take());
         if let Some(live) = live {
@@ -250,6 +261,71 @@ impl<G: Gatekeeper> SshFrontend<G> {
 struct ConnShared {
     authenticated: AtomicBool,
     live: Mutex<Option<Arc<Live>>>,
+    /// Cancelled when the connection must go now (a killed session whose client does not take
+    /// our goodbye): the session task is aborted and the socket dropped.
+    cut: CancellationToken,
+}
+
+/// The client's socket, with a hard stop: once `cut` is cancelled every read and write fails,
+/// also those already waiting (a peer that stopped reading keeps a write pending forever), so
+/// the session ends and the socket is closed.
+struct CutStream {
+    inner: TcpStream,
+    cut: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
+}
+
+impl CutStream {
+    fn new(inner: TcpStream, cut: CancellationToken) -> Self {
+        Self {
+            inner,
+            cut: Box::pin(cut.cancelled_owned()),
+        }
+    }
+
+    fn check(&mut self, cx: &mut std::task::Context<'_>) -> std::io::Result<()> {
+        match self.cut.as_mut().poll(cx) {
+            std::task::Poll::Ready(()) => Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "connection cut by jitgate",
+            )),
+            std::task::Poll::Pending => Ok(()),
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for CutStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.check(cx)?;
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for CutStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.check(cx)?;
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        self.check(cx)?;
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.check(cx)?;
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// A connection that passed the grant check and logged in upstream.
@@ -263,6 +339,35 @@ pub(crate) struct Live {
     pub(crate) recordings: AtomicUsize,
     /// Cancelled when the connection is over (ends the watcher).
     pub(crate) closed: CancellationToken,
+    /// The connection's hard stop (ConnShared::cut).
+    pub(crate) cut: CancellationToken,
+    /// How the upstream processes of killed channels ended, the worst of them (UpstreamEnd).
+    pub(crate) upstream_end: std::sync::atomic::AtomicU8,
+}
+
+/// How a killed channel's upstream process ended, from best to worst.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub(crate) enum UpstreamEnd {
+    /// Nothing was running (or no channel was killed).
+    Nothing = 0,
+    /// It exited on SIGTERM within the grace.
+    Term = 1,
+    /// It ignored SIGTERM and was sent SIGKILL, then exited.
+    Kill = 2,
+    /// No exit was reported after SIGKILL: the upstream connection was closed.
+    Disconnected = 3,
+}
+
+impl UpstreamEnd {
+    fn label(v: u8) -> Option<&'static str> {
+        match v {
+            1 => Some("exited on SIGTERM"),
+            2 => Some("ignored SIGTERM; exited on SIGKILL"),
+            3 => Some("no exit reported after SIGKILL; upstream connection closed"),
+            _ => None,
+        }
+    }
 }
 
 /// One of a connection's `max_channels` places, given back when dropped (whatever way the
@@ -276,6 +381,11 @@ impl Drop for ChannelSlot {
 }
 
 impl Live {
+    /// Note how a killed channel's upstream process ended.
+    pub(crate) fn upstream_ended(&self, how: UpstreamEnd) {
+        self.upstream_end.fetch_max(how as u8, Ordering::AcqRel);
+    }
+
     /// Take a channel place; `None` when `max` are open.
     fn slot(self: &Arc<Self>, max: usize) -> Option<ChannelSlot> {
         let n = self.channel_count.fetch_add(1, Ordering::AcqRel);
@@ -305,8 +415,10 @@ impl Live {
             (None, Ok(())) => ("ok".to_string(), "client disconnected".to_string()),
             (None, Err(e)) => ("error".to_string(), e),
         };
-        tracing::info!(session_id = %info.id, outcome = %outcome, reason = %reason, "ssh session ended");
-        fe.gk.session_ended(info, &outcome, &reason).await;
+        let upstream_end = UpstreamEnd::label(self.upstream_end.load(Ordering::Acquire));
+        tracing::info!(session_id = %info.id, outcome = %outcome, reason = %reason, upstream_end = upstream_end.unwrap_or("-"), "ssh session ended");
+        let extra = upstream_end.map(|u| serde_json::json!({"upstream_end": u}));
+        fe.gk.session_ended(info, &outcome, &reason, extra).await;
     }
 }
 
@@ -428,7 +540,7 @@ impl<G: Gatekeeper> Conn<G> {
             return Err(format!("access grant for {} ended", res.name));
         }
         if let Err(refused) = fe.gk.session_started(&info).await {
-            fe.gk.session_ended(&info, "error", &refused.message).await;
+            fe.gk.session_ended(&info, "error", &refused.message, None).await;
             return Err(refused.message);
         }
         tracing::info!(session_id = %info.id, identity = %info.identity, resource = %info.resource, login = %login, grant_id = info.grant_id, "ssh session started");
@@ -441,6 +553,8 @@ impl<G: Gatekeeper> Conn<G> {
             channel_count: AtomicUsize::new(0),
             recordings: AtomicUsize::new(0),
             closed: CancellationToken::new(),
+            cut: self.shared.cut.clone(),
+            upstream_end: std::sync::atomic::AtomicU8::new(0),
         });
         Ok(live)
     }

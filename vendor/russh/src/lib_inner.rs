@@ -512,6 +512,8 @@ pub(crate) struct ChannelParams {
     pending_data: std::collections::VecDeque<(bytes::Bytes, Option<u32>, usize)>,
     pending_eof: bool,
     pending_close: bool,
+    /// (jitgate patch) Bytes the application has read and the peer has not been granted again.
+    owed: u32,
 }
 
 impl ChannelParams {

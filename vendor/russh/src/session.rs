@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use byteorder::{BigEndian, ByteOrder};
 use bytes::Bytes;
-use log::{debug, trace};
+use log::{debug, trace, warn};
 use ssh_encoding::Encode;
 use tokio::sync::oneshot;
 
@@ -302,33 +302,54 @@ impl Encrypted {
         }
     }
 
-    pub fn adjust_window_size(
+    /// (jitgate patch) Data arrived on `channel`: it uses the peer's window. Data beyond the
+    /// window is a peer ignoring flow control; it is dropped (`false`), as OpenSSH does
+    /// (RFC 4254 section 5.2 lets the recipient ignore it).
+    pub fn record_received_data(&mut self, channel: ChannelId, len: usize) -> bool {
+        let Some(channel) = self.channels.get_mut(&channel) else {
+            return true;
+        };
+        match u32::try_from(len) {
+            Ok(n) if n <= channel.sender_window_size => {
+                channel.sender_window_size -= n;
+                true
+            }
+            _ => {
+                warn!(
+                    "channel {}: the peer sent {} bytes with {} bytes of window; dropped",
+                    channel.sender_channel, len, channel.sender_window_size
+                );
+                false
+            }
+        }
+    }
+
+    /// (jitgate patch) The application read `consumed` bytes of `channel`'s data: grant them back
+    /// to the peer once its window is below half the target. Window grows only as data is read,
+    /// so what the peer can have in flight plus what waits for the application never exceeds
+    /// the target. Returns whether a WINDOW_ADJUST was queued.
+    pub fn grant_consumed(
         &mut self,
         channel: ChannelId,
-        data: &[u8],
+        consumed: u32,
         target: u32,
     ) -> Result<bool, crate::Error> {
         if let Some(channel) = self.channels.get_mut(&channel) {
-            trace!(
-                "adjust_window_size, channel = {}, size = {},",
-                channel.sender_channel, target
-            );
-            // Ignore extra data.
-            // https://tools.ietf.org/html/rfc4254#section-5.2
-            if data.len() as u32 <= channel.sender_window_size {
-                channel.sender_window_size -= data.len() as u32;
-            }
-            if channel.sender_window_size < target / 2 {
-                debug!(
-                    "sender_window_size {:?}, target {:?}",
-                    channel.sender_window_size, target
+            channel.owed = channel.owed.saturating_add(consumed);
+            let room = u32::MAX - channel.sender_window_size;
+            let grant = channel.owed.min(room);
+            if grant > 0 && channel.sender_window_size < target / 2 {
+                trace!(
+                    "grant_consumed, channel = {}, window = {}, grant = {}",
+                    channel.sender_channel, channel.sender_window_size, grant
                 );
                 push_packet!(self.write, {
                     self.write.push(msg::CHANNEL_WINDOW_ADJUST);
                     channel.recipient_channel.encode(&mut self.write)?;
-                    (target - channel.sender_window_size).encode(&mut self.write)?;
+                    grant.encode(&mut self.write)?;
                 });
-                channel.sender_window_size = target;
+                channel.sender_window_size += grant;
+                channel.owed -= grant;
                 return Ok(true);
             }
         }
@@ -783,6 +804,7 @@ impl Encrypted {
                     pending_data: std::collections::VecDeque::new(),
                     pending_eof: false,
                     pending_close: false,
+                    owed: 0,
                 });
                 return ChannelId(self.last_channel_id.0);
             }

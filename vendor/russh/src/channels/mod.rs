@@ -11,6 +11,7 @@ pub mod io;
 
 mod channel_ref;
 pub use channel_ref::ChannelRef;
+pub(crate) use channel_ref::Delivered;
 
 mod channel_stream;
 pub use channel_stream::ChannelStream;
@@ -106,6 +107,13 @@ pub enum ChannelMsg {
     WindowAdjusted {
         new_size: u32,
     },
+    /// (jitgate patch) From a channel's reader to its session: this many bytes of data were
+    /// read by the application and may be granted back to the peer as window. Never delivered
+    /// to applications.
+    #[doc(hidden)]
+    Consumed {
+        bytes: u32,
+    },
     /// (server only)
     Success,
     /// (server only)
@@ -145,6 +153,60 @@ impl WindowSizeRef {
 /// Allows you to read from a channel without borrowing the session
 pub struct ChannelReadHalf {
     pub(crate) receiver: Receiver<ChannelMsg>,
+    /// (jitgate patch) Tells the session what was read, so that window is granted to the peer
+    /// only for data the application consumed.
+    pub(crate) credit: Option<Credit>,
+}
+
+/// (jitgate patch) Consumption reports from a reader to its session loop.
+pub(crate) struct Credit {
+    id: ChannelId,
+    send: CreditFn,
+    owed: u32,
+}
+
+type CreditFn = Arc<
+    dyn Fn(ChannelId, u32) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// Reports are batched up to this many bytes while more messages are queued.
+const CREDIT_BATCH: u32 = 32 * 1024;
+
+impl Credit {
+    pub(crate) fn new<S: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static>(
+        id: ChannelId,
+        sender: Sender<S>,
+    ) -> Self {
+        let send: CreditFn = Arc::new(move |id, bytes| {
+            let sender = sender.clone();
+            Box::pin(async move {
+                let _ = sender
+                    .send(S::from((id, ChannelMsg::Consumed { bytes })))
+                    .await;
+            })
+        });
+        Credit { id, send, owed: 0 }
+    }
+
+    fn count(&mut self, msg: &ChannelMsg) {
+        if let ChannelMsg::Data { data } | ChannelMsg::ExtendedData { data, .. } = msg {
+            self.owed = self.owed.saturating_add(data.len() as u32);
+        }
+    }
+
+    /// What to report now: everything owed once the queue is empty (so the session can also
+    /// move messages it holds back into the queue), or a full batch.
+    fn due(&mut self, queue_empty: bool) -> Option<u32> {
+        if queue_empty || self.owed >= CREDIT_BATCH {
+            let n = self.owed;
+            self.owed = 0;
+            Some(n)
+        } else {
+            None
+        }
+    }
 }
 
 impl std::fmt::Debug for ChannelReadHalf {
@@ -156,11 +218,33 @@ impl std::fmt::Debug for ChannelReadHalf {
 impl ChannelReadHalf {
     /// Awaits an incoming [`ChannelMsg`], this method returns [`None`] if the channel has been closed.
     pub async fn wait(&mut self) -> Option<ChannelMsg> {
-        self.receiver.recv().await
+        let msg = self.receiver.recv().await;
+        if let (Some(m), Some(c)) = (msg.as_ref(), self.credit.as_mut()) {
+            c.count(m);
+            if let Some(n) = c.due(self.receiver.is_empty()) {
+                (c.send)(c.id, n).await;
+            }
+        }
+        msg
     }
 
-    /// Make a reader for the [`Channel`] to receive [`ChannelMsg::Data`]
-    /// through the `AsyncRead` trait.
+    /// Like [`wait`](Self::wait) for poll-based readers: the report is sent without waiting, and
+    /// kept for the next message when the session's queue is full.
+    pub(crate) fn consumed_nowait(&mut self, msg: &ChannelMsg) {
+        if let Some(c) = self.credit.as_mut() {
+            c.count(msg);
+            if let Some(n) = c.due(self.receiver.is_empty()) {
+                let fut = (c.send)(c.id, n);
+                let waker = futures::task::noop_waker();
+                let mut cx = std::task::Context::from_waker(&waker);
+                let mut fut = fut;
+                if std::future::Future::poll(fut.as_mut(), &mut cx).is_pending() {
+                    c.owed = c.owed.saturating_add(n);
+                }
+            }
+        }
+    }
+
     pub fn make_reader(&mut self) -> impl AsyncRead + '_ {
         self.make_reader_ext(None)
     }
@@ -470,7 +554,10 @@ impl<S: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static> Channel<S> {
     ) -> (Self, ChannelRef) {
         let (tx, rx) = tokio::sync::mpsc::channel(channel_buffer_size);
         let window_size = WindowSizeRef::new(window_size);
-        let read_half = ChannelReadHalf { receiver: rx };
+        let read_half = ChannelReadHalf {
+            receiver: rx,
+            credit: Some(Credit::new(id, sender.clone())),
+        };
         let write_half = ChannelWriteHalf {
             id,
             sender,
@@ -486,6 +573,7 @@ impl<S: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static> Channel<S> {
             ChannelRef {
                 sender: tx,
                 window_size,
+                backlog: Default::default(),
             },
         )
     }

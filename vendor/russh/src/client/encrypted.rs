@@ -537,10 +537,18 @@ impl Session {
                 // Forward the close to the channel before removing it, so that
                 // consumers waiting on `Channel::wait()` receive an explicit
                 // `ChannelMsg::Close` instead of just seeing `None`.
-                if let Some(chan) = self.channels.get(&channel_num) {
-                    let _ = chan.send(ChannelMsg::Close).await;
+                // (jitgate patch) A channel whose reader still has held messages stays until
+                // they are delivered (Session::consumed removes it); the Close goes after them.
+                let drained = match self.channels.get_mut(&channel_num) {
+                    Some(chan) => {
+                        chan.deliver(ChannelMsg::Close).await;
+                        chan.is_drained()
+                    }
+                    None => true,
+                };
+                if drained {
+                    self.channels.remove(&channel_num);
                 }
-                self.channels.remove(&channel_num);
                 client.channel_close(channel_num, self).await
             }
             Some((&msg::CHANNEL_EOF, mut r)) => {
@@ -550,8 +558,8 @@ impl Session {
                 if !self.common.is_established_channel(channel_num) {
                     return Ok(());
                 }
-                if let Some(chan) = self.channels.get(&channel_num) {
-                    let _ = chan.send(ChannelMsg::Eof).await;
+                if let Some(chan) = self.channels.get_mut(&channel_num) {
+                    let _ = chan.deliver(ChannelMsg::Eof).await;
                 }
                 client.channel_eof(channel_num, self).await
             }
@@ -595,20 +603,25 @@ impl Session {
                 if !self.common.is_established_channel(channel_num) {
                     return Ok(());
                 }
-                let target = self.common.config.window_size;
-                #[allow(clippy::collapsible_if)]
-                if let Some(ref mut enc) = self.common.encrypted {
-                    if enc.adjust_window_size(channel_num, &data, target)? {
-                        let next_window =
-                            client.adjust_window(channel_num, self.target_window_size);
-                        if next_window > 0 {
-                            self.target_window_size = next_window
-                        }
-                    }
+                // (jitgate patch) The data uses the peer's window now; it is granted back when
+                // the application has read it (ChannelMsg::Consumed), not here.
+                let within = match self.common.encrypted {
+                    Some(ref mut enc) => enc.record_received_data(channel_num, data.len()),
+                    None => true,
+                };
+                if !within {
+                    return Ok(());
                 }
 
-                if let Some(chan) = self.channels.get(&channel_num) {
-                    let _ = chan.send(ChannelMsg::Data { data: data.clone() }).await;
+                let read_by_nobody = match self.channels.get_mut(&channel_num) {
+                    Some(chan) => {
+                        chan.deliver(ChannelMsg::Data { data: data.clone() }).await
+                            == crate::channels::Delivered::Dropped
+                    }
+                    None => true,
+                };
+                if read_by_nobody {
+                    self.consumed(channel_num, data.len() as u32)?;
                 }
 
                 client.data(channel_num, &data, self).await
@@ -622,25 +635,29 @@ impl Session {
                 if !self.common.is_established_channel(channel_num) {
                     return Ok(());
                 }
-                let target = self.common.config.window_size;
-                #[allow(clippy::collapsible_if)]
-                if let Some(ref mut enc) = self.common.encrypted {
-                    if enc.adjust_window_size(channel_num, &data, target)? {
-                        let next_window =
-                            client.adjust_window(channel_num, self.target_window_size);
-                        if next_window > 0 {
-                            self.target_window_size = next_window
-                        }
-                    }
+                // (jitgate patch) The data uses the peer's window now; it is granted back when
+                // the application has read it (ChannelMsg::Consumed), not here.
+                let within = match self.common.encrypted {
+                    Some(ref mut enc) => enc.record_received_data(channel_num, data.len()),
+                    None => true,
+                };
+                if !within {
+                    return Ok(());
                 }
 
-                if let Some(chan) = self.channels.get(&channel_num) {
-                    let _ = chan
-                        .send(ChannelMsg::ExtendedData {
+                let read_by_nobody = match self.channels.get_mut(&channel_num) {
+                    Some(chan) => {
+                        chan.deliver(ChannelMsg::ExtendedData {
                             ext: extended_code,
                             data: data.clone(),
                         })
-                        .await;
+                        .await
+                            == crate::channels::Delivered::Dropped
+                    }
+                    None => true,
+                };
+                if read_by_nobody {
+                    self.consumed(channel_num, data.len() as u32)?;
                 }
 
                 client
@@ -659,8 +676,8 @@ impl Session {
                         map_err!(u8::decode(&mut r))?; // should be 0.
                         let client_can_do = map_err!(u8::decode(&mut r))? != 0;
                         map_err!(ensure_end(&r))?;
-                        if let Some(chan) = self.channels.get(&channel_num) {
-                            let _ = chan.send(ChannelMsg::XonXoff { client_can_do }).await;
+                        if let Some(chan) = self.channels.get_mut(&channel_num) {
+                            let _ = chan.deliver(ChannelMsg::XonXoff { client_can_do }).await;
                         }
                         client.xon_xoff(channel_num, client_can_do, self).await
                     }
@@ -668,8 +685,8 @@ impl Session {
                         map_err!(u8::decode(&mut r))?; // should be 0.
                         let exit_status = map_err!(u32::decode(&mut r))?;
                         map_err!(ensure_end(&r))?;
-                        if let Some(chan) = self.channels.get(&channel_num) {
-                            let _ = chan.send(ChannelMsg::ExitStatus { exit_status }).await;
+                        if let Some(chan) = self.channels.get_mut(&channel_num) {
+                            let _ = chan.deliver(ChannelMsg::ExitStatus { exit_status }).await;
                         }
                         client.exit_status(channel_num, exit_status, self).await
                     }
@@ -681,9 +698,9 @@ impl Session {
                         let error_message = map_err!(String::decode(&mut r))?;
                         let lang_tag = map_err!(String::decode(&mut r))?;
                         map_err!(ensure_end(&r))?;
-                        if let Some(chan) = self.channels.get(&channel_num) {
+                        if let Some(chan) = self.channels.get_mut(&channel_num) {
                             let _ = chan
-                                .send(ChannelMsg::ExitSignal {
+                                .deliver(ChannelMsg::ExitSignal {
                                     signal_name: signal_name.clone(),
                                     core_dumped,
                                     error_message: error_message.to_string(),
@@ -766,7 +783,7 @@ impl Session {
                         is_rekeying,
                     )? as u32;
                 }
-                if let Some(chan) = self.channels.get(&channel_num) {
+                if let Some(chan) = self.channels.get_mut(&channel_num) {
                     chan.window_size().grow(amount).await;
                     // Use try_send to avoid blocking the session loop when channel buffer is full.
                     // WindowAdjusted is informational - the critical side effect (updating
@@ -818,8 +835,8 @@ impl Session {
                 if !self.common.is_established_channel(channel_num) {
                     return Ok(());
                 }
-                if let Some(chan) = self.channels.get(&channel_num) {
-                    let _ = chan.send(ChannelMsg::Success).await;
+                if let Some(chan) = self.channels.get_mut(&channel_num) {
+                    let _ = chan.deliver(ChannelMsg::Success).await;
                 }
                 client.channel_success(channel_num, self).await
             }
@@ -829,8 +846,8 @@ impl Session {
                 if !self.common.is_established_channel(channel_num) {
                     return Ok(());
                 }
-                if let Some(chan) = self.channels.get(&channel_num) {
-                    let _ = chan.send(ChannelMsg::Failure).await;
+                if let Some(chan) = self.channels.get_mut(&channel_num) {
+                    let _ = chan.deliver(ChannelMsg::Failure).await;
                 }
                 client.channel_failure(channel_num, self).await
             }
@@ -855,6 +872,7 @@ impl Session {
                     pending_data: std::collections::VecDeque::new(),
                     pending_eof: false,
                     pending_close: false,
+                    owed: 0,
                 };
 
                 let (channel, channel_ref) = Channel::new(

@@ -92,6 +92,7 @@ pub struct Session {
     receiver: Receiver<Msg>,
     sender: UnboundedSender<Reply>,
     channels: HashMap<ChannelId, ChannelRef>,
+    #[allow(dead_code)] // (jitgate patch) window is granted by consumption, see Session::consumed
     target_window_size: u32,
     pending_reads: Vec<Vec<u8>>,
     pending_len: u32,
@@ -759,7 +760,10 @@ impl<H: Handler> Handle<H> {
                             max_packet_size,
                             window_size: window_size_ref,
                         },
-                        read_half: ChannelReadHalf { receiver },
+                        read_half: ChannelReadHalf {
+                            receiver,
+                            credit: Some(crate::channels::Credit::new(id, self.sender.clone())),
+                        },
                     });
                 }
                 Some(ChannelMsg::OpenFailure(reason)) => {
@@ -1620,6 +1624,25 @@ impl Session {
         Ok(())
     }
 
+    /// (jitgate patch) The application read `bytes` of `id`'s data (or made room in its queue):
+    /// move held messages on, grant window back to the server, and forget a closed channel once
+    /// everything held for it is delivered.
+    pub(crate) fn consumed(&mut self, id: ChannelId, bytes: u32) -> Result<(), crate::Error> {
+        let target = self.common.config.window_size;
+        let mut open = true;
+        if let Some(enc) = self.common.encrypted.as_mut() {
+            open = enc.channels.contains_key(&id);
+            enc.grant_consumed(id, bytes, target)?;
+        }
+        if let Some(chan) = self.channels.get_mut(&id) {
+            chan.drain();
+            if !open && chan.is_drained() {
+                self.channels.remove(&id);
+            }
+        }
+        Ok(())
+    }
+
     fn handle_msg(&mut self, msg: Msg) -> Result<(), crate::Error> {
         match msg {
             Msg::Authenticate { user, method } => {
@@ -1699,6 +1722,7 @@ impl Session {
                 description,
                 language_tag,
             } => self.disconnect(reason, &description, &language_tag)?,
+            Msg::Channel(id, ChannelMsg::Consumed { bytes }) => self.consumed(id, bytes)?,
             Msg::Channel(id, ChannelMsg::Data { data }) => self.data(id, data)?,
             Msg::Channel(id, ChannelMsg::Eof) => {
                 self.eof(id)?;

@@ -1454,10 +1454,18 @@ impl Session {
                 // Forward the close to the channel before removing it, so that
                 // consumers waiting on `Channel::wait()` receive an explicit
                 // `ChannelMsg::Close` instead of just seeing `None`.
-                if let Some(chan) = self.channels.get(&channel_num) {
-                    chan.send(ChannelMsg::Close).await.unwrap_or(())
+                // (jitgate patch) A channel whose reader still has held messages stays until
+                // they are delivered (Session::consumed removes it); the Close goes after them.
+                let drained = match self.channels.get_mut(&channel_num) {
+                    Some(chan) => {
+                        chan.deliver(ChannelMsg::Close).await;
+                        chan.is_drained()
+                    }
+                    None => true,
+                };
+                if drained {
+                    self.channels.remove(&channel_num);
                 }
-                self.channels.remove(&channel_num);
                 debug!("handler.channel_close {channel_num:?}");
                 handler.channel_close(channel_num, self).await
             }
@@ -1467,8 +1475,8 @@ impl Session {
                 if !self.common.is_established_channel(channel_num) {
                     return Ok(());
                 }
-                if let Some(chan) = self.channels.get(&channel_num) {
-                    chan.send(ChannelMsg::Eof).await.unwrap_or(())
+                if let Some(chan) = self.channels.get_mut(&channel_num) {
+                    chan.deliver(ChannelMsg::Eof).await;
                 }
                 debug!("handler.channel_eof {channel_num:?}");
                 handler.channel_eof(channel_num, self).await
@@ -1487,34 +1495,34 @@ impl Session {
                 trace!("handler.data {ext:?} {channel_num:?}");
                 let data = map_err!(Bytes::decode(r))?;
                 map_err!(ensure_end(r))?;
-                let target = self.target_window_size;
-
-                #[allow(clippy::collapsible_if)]
-                if let Some(ref mut enc) = self.common.encrypted {
-                    if enc.adjust_window_size(channel_num, &data, target)? {
-                        let window = handler.adjust_window(channel_num, self.target_window_size);
-                        if window > 0 {
-                            self.target_window_size = window
-                        }
-                    }
+                // (jitgate patch) The data uses the peer's window now; the window is granted
+                // back when the application has read it (ChannelMsg::Consumed), not here, and
+                // the loop never waits on the application's queue.
+                let within = match self.common.encrypted {
+                    Some(ref mut enc) => enc.record_received_data(channel_num, data.len()),
+                    None => true,
+                };
+                if !within {
+                    return Ok(());
+                }
+                let msg = match ext {
+                    Some(ext) => ChannelMsg::ExtendedData {
+                        ext,
+                        data: data.clone(),
+                    },
+                    None => ChannelMsg::Data { data: data.clone() },
+                };
+                let read_by_nobody = match self.channels.get_mut(&channel_num) {
+                    Some(chan) => chan.deliver(msg).await == crate::channels::Delivered::Dropped,
+                    None => true,
+                };
+                if read_by_nobody {
+                    self.consumed(channel_num, data.len() as u32)?;
                 }
                 self.flush()?;
                 if let Some(ext) = ext {
-                    if let Some(chan) = self.channels.get(&channel_num) {
-                        chan.send(ChannelMsg::ExtendedData {
-                            ext,
-                            data: data.clone(),
-                        })
-                        .await
-                        .unwrap_or(())
-                    }
                     handler.extended_data(channel_num, ext, &data, self).await
                 } else {
-                    if let Some(chan) = self.channels.get(&channel_num) {
-                        chan.send(ChannelMsg::Data { data: data.clone() })
-                            .await
-                            .unwrap_or(())
-                    }
                     handler.data(channel_num, &data, self).await
                 }
             }
@@ -1544,7 +1552,7 @@ impl Session {
                         is_rekeying,
                     )? as u32;
                 }
-                if let Some(chan) = self.channels.get(&channel_num) {
+                if let Some(chan) = self.channels.get_mut(&channel_num) {
                     chan.window_size().grow(amount).await;
                     // Use try_send to avoid blocking the session loop when channel buffer is full.
                     // WindowAdjusted is informational - the critical side effect (updating
@@ -1658,14 +1666,14 @@ impl Session {
                         }
                         map_err!(ensure_end(r))?;
 
-                        if let Some(chan) = self.channels.get(&channel_num) {
+                        if let Some(chan) = self.channels.get_mut(&channel_num) {
                             // Only the first `i` entries were decoded from the
                             // request; the rest of `modes` is padding and must
                             // not be passed on as if the client had sent it.
                             #[allow(clippy::indexing_slicing)] // `i <= modes.len()` checked above
                             let terminal_modes = modes[..i].to_vec();
                             let _ = chan
-                                .send(ChannelMsg::RequestPty {
+                                .deliver(ChannelMsg::RequestPty {
                                     want_reply: true,
                                     term: term.clone(),
                                     col_width,
@@ -1699,9 +1707,9 @@ impl Session {
                         let x11_screen_number = map_err!(u32::decode(r))?;
                         map_err!(ensure_end(r))?;
 
-                        if let Some(chan) = self.channels.get(&channel_num) {
+                        if let Some(chan) = self.channels.get_mut(&channel_num) {
                             let _ = chan
-                                .send(ChannelMsg::RequestX11 {
+                                .deliver(ChannelMsg::RequestX11 {
                                     want_reply: true,
                                     single_connection,
                                     x11_authentication_cookie: x11_auth_cookie.clone(),
@@ -1727,9 +1735,9 @@ impl Session {
                         let env_value = map_err!(String::decode(r))?;
                         map_err!(ensure_end(r))?;
 
-                        if let Some(chan) = self.channels.get(&channel_num) {
+                        if let Some(chan) = self.channels.get_mut(&channel_num) {
                             let _ = chan
-                                .send(ChannelMsg::SetEnv {
+                                .deliver(ChannelMsg::SetEnv {
                                     want_reply: true,
                                     variable_name: env_variable.clone(),
                                     variable_value: env_value.clone(),
@@ -1744,9 +1752,9 @@ impl Session {
                     }
                     "shell" => {
                         map_err!(ensure_end(r))?;
-                        if let Some(chan) = self.channels.get(&channel_num) {
+                        if let Some(chan) = self.channels.get_mut(&channel_num) {
                             let _ = chan
-                                .send(ChannelMsg::RequestShell { want_reply: true })
+                                .deliver(ChannelMsg::RequestShell { want_reply: true })
                                 .await;
                         }
                         debug!("handler.shell_request {channel_num:?}");
@@ -1754,9 +1762,9 @@ impl Session {
                     }
                     "auth-agent-req@openssh.com" => {
                         map_err!(ensure_end(r))?;
-                        if let Some(chan) = self.channels.get(&channel_num) {
+                        if let Some(chan) = self.channels.get_mut(&channel_num) {
                             let _ = chan
-                                .send(ChannelMsg::AgentForward { want_reply: true })
+                                .deliver(ChannelMsg::AgentForward { want_reply: true })
                                 .await;
                         }
                         debug!("handler.agent_request {channel_num:?}");
@@ -1772,9 +1780,9 @@ impl Session {
                     "exec" => {
                         let req = map_err!(Bytes::decode(r))?;
                         map_err!(ensure_end(r))?;
-                        if let Some(chan) = self.channels.get(&channel_num) {
+                        if let Some(chan) = self.channels.get_mut(&channel_num) {
                             let _ = chan
-                                .send(ChannelMsg::Exec {
+                                .deliver(ChannelMsg::Exec {
                                     want_reply: true,
                                     command: req.to_vec(),
                                 })
@@ -1787,9 +1795,9 @@ impl Session {
                         let name = map_err!(String::decode(r))?;
                         map_err!(ensure_end(r))?;
 
-                        if let Some(chan) = self.channels.get(&channel_num) {
+                        if let Some(chan) = self.channels.get_mut(&channel_num) {
                             let _ = chan
-                                .send(ChannelMsg::RequestSubsystem {
+                                .deliver(ChannelMsg::RequestSubsystem {
                                     want_reply: true,
                                     name: name.clone(),
                                 })
@@ -1805,9 +1813,9 @@ impl Session {
                         let pix_height = map_err!(u32::decode(r))?;
                         map_err!(ensure_end(r))?;
 
-                        if let Some(chan) = self.channels.get(&channel_num) {
+                        if let Some(chan) = self.channels.get_mut(&channel_num) {
                             let _ = chan
-                                .send(ChannelMsg::WindowChange {
+                                .deliver(ChannelMsg::WindowChange {
                                     col_width,
                                     row_height,
                                     pix_width,
@@ -1831,12 +1839,11 @@ impl Session {
                     "signal" => {
                         let signal = Sig::from_name(&map_err!(String::decode(r))?);
                         map_err!(ensure_end(r))?;
-                        if let Some(chan) = self.channels.get(&channel_num) {
-                            chan.send(ChannelMsg::Signal {
+                        if let Some(chan) = self.channels.get_mut(&channel_num) {
+                            chan.deliver(ChannelMsg::Signal {
                                 signal: signal.clone(),
                             })
-                            .await
-                            .unwrap_or(())
+                            .await;
                         }
                         debug!("handler.signal {channel_num:?} {signal:?}");
                         handler.signal(channel_num, signal, self).await
@@ -2051,6 +2058,7 @@ impl Session {
             pending_data: std::collections::VecDeque::new(),
             pending_eof: false,
             pending_close: false,
+            owed: 0,
         };
 
         let (channel, channel_ref) = Channel::new(

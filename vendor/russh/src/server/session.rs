@@ -414,7 +414,10 @@ impl Handle {
                             max_packet_size,
                             window_size: window_size_ref,
                         },
-                        read_half: ChannelReadHalf { receiver },
+                        read_half: ChannelReadHalf {
+                            receiver,
+                            credit: Some(crate::channels::Credit::new(id, self.sender.clone())),
+                        },
                     });
                 }
                 Some(ChannelMsg::OpenFailure(reason)) => {
@@ -492,11 +495,33 @@ impl Session {
         }
     }
 
+    /// (jitgate patch) The application read `bytes` of `id`'s data (or made room in its queue):
+    /// move held messages on, grant window back to the peer, and forget a closed channel once
+    /// everything held for it is delivered.
+    pub(crate) fn consumed(&mut self, id: ChannelId, bytes: u32) -> Result<(), Error> {
+        let target = self.target_window_size;
+        let mut open = true;
+        if let Some(enc) = self.common.encrypted.as_mut() {
+            open = enc.channels.contains_key(&id);
+            enc.grant_consumed(id, bytes, target)?;
+        }
+        if let Some(chan) = self.channels.get_mut(&id) {
+            chan.drain();
+            if !open && chan.is_drained() {
+                self.channels.remove(&id);
+            }
+        }
+        Ok(())
+    }
+
     /// Dispatch a single message received on the session's internal channel
     /// (sent via [`Handle`]). Shared by the `select!` receiver arm and the
     /// pre-`select!` backlog drain so the two can't drift apart.
     fn dispatch_msg(&mut self, msg: Msg) -> Result<(), Error> {
         match msg {
+            Msg::Channel(id, ChannelMsg::Consumed { bytes }) => {
+                self.consumed(id, bytes)?;
+            }
             Msg::Channel(id, ChannelMsg::Data { data }) => {
                 self.data(id, data)?;
             }
