@@ -331,7 +331,10 @@ fn scp_sftp_and_rsync_move_files_intact_and_sftp_is_audited() {
     std::fs::write(
         &batch,
         format!(
-            "put {} {remote}/c.bin\nget {remote}/c.bin {}\nls {remote}\nrm {remote}/c.bin\n",
+            "put {} {remote}/c.bin\nget {remote}/c.bin {}\nls {remote}\n\
+             rename {remote}/c.bin {remote}/d.bin\nln {remote}/d.bin {remote}/hard.bin\n\
+             ln -s {remote}/d.bin {remote}/soft.bin\nchmod 600 {remote}/d.bin\n\
+             rm {remote}/hard.bin\nrm {remote}/soft.bin\nrename {remote}/d.bin {remote}/c.bin\nrm {remote}/c.bin\n",
             lp("c.bin"),
             lp("c.got")
         ),
@@ -393,6 +396,24 @@ fn scp_sftp_and_rsync_move_files_intact_and_sftp_is_audited() {
     assert!(
         sftp.iter()
             .any(|d| d["op"] == "remove" && d["path"] == format!("{remote}/c.bin"))
+    );
+    // What OpenSSH sends as extended requests (posix-rename, hardlink) and SETSTAT is audited
+    // as the operation, with both paths.
+    let two = |op: &str, a: &str, b: &str| {
+        sftp.iter()
+            .any(|d| d["op"] == op && d["path"] == format!("{remote}/{a}") && d["path2"] == format!("{remote}/{b}"))
+    };
+    assert!(two("rename", "c.bin", "d.bin"), "{sftp:?}");
+    assert!(two("rename", "d.bin", "c.bin"), "{sftp:?}");
+    assert!(two("hardlink", "d.bin", "hard.bin"), "{sftp:?}");
+    assert!(
+        two("symlink", "d.bin", "soft.bin") || two("symlink", "soft.bin", "d.bin"),
+        "{sftp:?}"
+    );
+    assert!(
+        sftp.iter()
+            .any(|d| d["op"] == "setstat" && d["path"] == format!("{remote}/d.bin")),
+        "{sftp:?}"
     );
     // Legacy scp and rsync show as exec commands.
     let execs: Vec<String> = ev

@@ -1,6 +1,8 @@
 //! Watches an SFTP subsystem stream (both directions) and reports file operations for the audit
 //! log: which file was read or written and how many bytes, and path operations (remove, rename,
-//! mkdir, rmdir, setstat, symlink). It only observes: bytes are relayed unchanged whatever it
+//! mkdir, rmdir, setstat, symlink), including those OpenSSH sends as FSETSTAT on an open file or
+//! as extended requests (`posix-rename@openssh.com`, `hardlink@openssh.com`, `fsync@openssh.com`,
+//! `lsetstat@openssh.com`, `copy-data`); an extended request it does not know is audited by name. It only observes: bytes are relayed unchanged whatever it
 //! makes of them, and its memory is bounded (packet heads up to 8 KiB, at most 1,024 open
 //! handles and outstanding requests).
 //!
@@ -14,11 +16,13 @@ const MAX_TRACKED: usize = 1024;
 /// One audited operation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SftpOp {
-    /// `read`, `write`, `open`, `remove`, `rename`, `mkdir`, `rmdir`, `setstat`, `symlink`.
+    /// `read`, `write`, `open`, `remove`, `rename`, `mkdir`, `rmdir`, `setstat`, `symlink`,
+    /// `hardlink`, `fsync`, `copy`, or `extended` (an extended request not known here; `path` is
+    /// its name).
     pub op: &'static str,
     /// Path.
     pub path: String,
-    /// Second path (rename target, symlink target).
+    /// Second path (rename and link targets, the destination of a copy).
     pub path2: Option<String>,
     /// Bytes the client read from the file.
     pub bytes_read: u64,
@@ -84,6 +88,11 @@ impl Cursor<'_> {
         let (a, b) = self.0.split_first_chunk::<4>()?;
         self.0 = b;
         Some(u32::from_be_bytes(*a))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        let (a, b) = self.0.split_first_chunk::<8>()?;
+        self.0 = b;
+        Some(u64::from_be_bytes(*a))
     }
     fn bytes(&mut self) -> Option<&[u8]> {
         let n = self.u32()? as usize;
@@ -180,6 +189,16 @@ impl SftpWatch {
                 }
             }
             9 => ops.extend(path_op("setstat", &mut c)),
+            10 => {
+                if let Some(h) = c.bytes() {
+                    ops.push(self.handle_op("setstat", h));
+                }
+            }
+            200 => {
+                if let Some(name) = c.string() {
+                    ops.extend(self.extended(&name, &mut c));
+                }
+            }
             13 => ops.extend(path_op("remove", &mut c)),
             14 => ops.extend(path_op("mkdir", &mut c)),
             15 => ops.extend(path_op("rmdir", &mut c)),
@@ -195,6 +214,73 @@ impl SftpWatch {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// An operation on an open file: its path, or `<handle …>` for a handle opened before the
+    /// observer saw it (or beyond the tracked ones).
+    fn handle_op(&self, op: &'static str, h: &[u8]) -> SftpOp {
+        let path = match self.handles.get(h) {
+            Some(f) => f.path.clone(),
+            None => format!("<handle {}>", hex(h)),
+        };
+        SftpOp {
+            op,
+            path,
+            path2: None,
+            bytes_read: 0,
+            bytes_written: 0,
+        }
+    }
+
+    /// SSH_FXP_EXTENDED: the operations OpenSSH's sftp sends this way, audited as what they do.
+    fn extended(&self, name: &str, c: &mut Cursor<'_>) -> Option<SftpOp> {
+        let two = |op: &'static str, c: &mut Cursor<'_>| {
+            let (a, b) = (c.string()?, c.string()?);
+            Some(SftpOp {
+                op,
+                path: a,
+                path2: Some(b),
+                bytes_read: 0,
+                bytes_written: 0,
+            })
+        };
+        match name {
+            "posix-rename@openssh.com" => two("rename", c),
+            "hardlink@openssh.com" => two("hardlink", c),
+            "fsync@openssh.com" => c.bytes().map(|h| self.handle_op("fsync", h)),
+            "lsetstat@openssh.com" => c.string().map(|path| SftpOp {
+                op: "setstat",
+                path,
+                path2: None,
+                bytes_read: 0,
+                bytes_written: 0,
+            }),
+            // draft-ietf-secsh-filexfer-extensions-00 section 7: read-handle, read-offset,
+            // read-length (0: to the end), write-handle, write-offset.
+            "copy-data" => {
+                let from = c.bytes()?.to_vec();
+                let (_offset, length) = (c.u64()?, c.u64()?);
+                let to = c.bytes()?;
+                let mut op = self.handle_op("copy", &from);
+                op.path2 = Some(self.handle_op("copy", to).path);
+                op.bytes_read = length;
+                Some(op)
+            }
+            // Questions, not changes: like STAT and REALPATH, not audited.
+            "statvfs@openssh.com"
+            | "fstatvfs@openssh.com"
+            | "limits@openssh.com"
+            | "expand-path@openssh.com"
+            | "home-directory"
+            | "users-groups-by-id@openssh.com" => None,
+            other => Some(SftpOp {
+                op: "extended",
+                path: other.to_string(),
+                path2: None,
+                bytes_read: 0,
+                bytes_written: 0,
+            }),
         }
     }
 
@@ -230,6 +316,10 @@ impl SftpWatch {
             _ => {}
         }
     }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().take(32).map(|x| format!("{x:02x}")).collect()
 }
 
 fn file_op(f: OpenFile) -> SftpOp {
@@ -319,6 +409,62 @@ mod tests {
             ]
         );
         assert!(w.finish().is_empty());
+    }
+
+    #[test]
+    fn extended_requests_and_fsetstat_are_audited_as_what_they_do() {
+        let mut w = SftpWatch::default();
+        let ext = |i: u32, name: &[u8], rest: &[u8]| pkt(200, &[id(i), s(name), rest.to_vec()].concat());
+        let mut ops = w.client(&pkt(3, &[id(1), s(b"/srv/a"), id(0x1a), id(0)].concat()));
+        w.server(&pkt(102, &[id(1), s(b"HA")].concat()));
+        ops.extend(w.client(&pkt(3, &[id(2), s(b"/srv/b"), id(0x1a), id(0)].concat())));
+        w.server(&pkt(102, &[id(2), s(b"HB")].concat()));
+        for p in [
+            ext(3, b"posix-rename@openssh.com", &[s(b"/srv/x"), s(b"/srv/y")].concat()),
+            ext(4, b"hardlink@openssh.com", &[s(b"/srv/y"), s(b"/srv/z")].concat()),
+            ext(5, b"fsync@openssh.com", &s(b"HA")),
+            pkt(10, &[id(6), s(b"HB"), id(4), id(0o600)].concat()),
+            ext(
+                7,
+                b"copy-data",
+                &[
+                    s(b"HA"),
+                    vec![0; 8],
+                    4096u64.to_be_bytes().to_vec(),
+                    s(b"HB"),
+                    vec![0; 8],
+                ]
+                .concat(),
+            ),
+            ext(8, b"statvfs@openssh.com", &s(b"/")),
+            ext(9, b"evil@example.com", &s(b"/etc/shadow")),
+            ext(
+                10,
+                b"lsetstat@openssh.com",
+                &[s(b"/srv/link"), id(4), id(0o644)].concat(),
+            ),
+            pkt(10, &[id(11), s(b"??"), id(0)].concat()),
+        ] {
+            ops.extend(w.client(&p));
+        }
+        let got: Vec<_> = ops
+            .iter()
+            .map(|o| (o.op, o.path.as_str(), o.path2.as_deref()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("rename", "/srv/x", Some("/srv/y")),
+                ("hardlink", "/srv/y", Some("/srv/z")),
+                ("fsync", "/srv/a", None),
+                ("setstat", "/srv/b", None),
+                ("copy", "/srv/a", Some("/srv/b")),
+                ("extended", "evil@example.com", None),
+                ("setstat", "/srv/link", None),
+                ("setstat", "<handle 3f3f>", None),
+            ]
+        );
+        assert_eq!(ops[4].bytes_read, 4096);
     }
 
     #[test]
