@@ -21,9 +21,14 @@ fn setup(mode: Upstream) -> (Gateway, Sshd) {
 }
 
 fn setup_with(mode: Upstream, extra: &str) -> (Gateway, Sshd) {
+    setup_full(mode, "", extra)
+}
+
+/// Like `setup_with`, with more `[ssh]` settings.
+fn setup_full(mode: Upstream, ssh_extra: &str, extra: &str) -> (Gateway, Sshd) {
     let s = sshd();
     let body = format!(
-        "#listen-extra ssh = \"127.0.0.1:0\"\n[ssh]\nlogin_timeout = \"2s\"\nmax_channels = 16\n\n{ids}{r1}{r2}\
+        "#listen-extra ssh = \"127.0.0.1:0\"\n[ssh]\nlogin_timeout = \"2s\"\nmax_channels = 16\n{ssh_extra}\n{ids}{r1}{r2}\
          [[policies]]\nname = \"fwd\"\nresources = [\"web-1\"]\nrequesters = [\"dev\"]\napprovers = [\"dba\"]\nreason_required = false\nallow_port_forwarding = true\n\
          [[policies.auto_approve]]\ngroups = [\"dev\"]\n\n\
          [[policies]]\nname = \"nofwd\"\nresources = [\"web-*\"]\nrequesters = [\"dev\"]\napprovers = [\"dba\"]\nreason_required = false\n\
@@ -640,10 +645,27 @@ fn expiry_and_revocation_close_the_session_within_a_second_and_end_the_upstream_
         text(&out.stderr)
     );
     assert!(eventually(Duration::from_secs(2), || !sleeping(&s, &marker)));
-    let ev = gw.audit_events();
-    let ended: Vec<_> = ev.iter().filter(|e| e["kind"] == "session.ended").collect();
+    // session.ended is written once the upstream processes are gone, and says how they went.
+    let ended = || {
+        gw.audit_events()
+            .into_iter()
+            .filter(|e| e["kind"] == "session.ended")
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        eventually(Duration::from_secs(3), || ended().len() >= 2),
+        "{:?}",
+        ended()
+    );
+    let ended = ended();
     assert!(ended.iter().any(|e| e["details"]["outcome"] == "expired"), "{ended:?}");
     assert!(ended.iter().any(|e| e["details"]["outcome"] == "revoked"), "{ended:?}");
+    assert!(
+        ended
+            .iter()
+            .all(|e| e["details"]["upstream_end"] == "exited on SIGTERM"),
+        "{ended:?}"
+    );
 }
 
 #[test]
@@ -739,7 +761,7 @@ fn ssh_cert_and_ssh_config_let_plain_ssh_in() {
         assert!(out.status.success(), "{}", text(&out.stderr));
         text(&out.stdout)
     };
-    let config = run(&["ssh-config"]);
+    let config = run(&["ssh-config", "--print"]);
     assert!(
         config.contains("Host web-1") && config.contains(&format!("User {}@web-1", s.user)),
         "{config}"
@@ -1004,5 +1026,207 @@ fn a_client_that_stops_reading_is_cut_at_revoke_and_expiry_and_its_upstream_proc
             .iter()
             .all(|e| e["details"]["upstream_end"] == "exited on SIGTERM"),
         "{ended:?}"
+    );
+}
+
+/// A resource like `web-1` with its own host trust lines instead of the plain known_hosts pin.
+fn resource_trusting(s: &Sshd, name: &str, trust: &str) -> String {
+    let plain = format!("known_hosts_file = \"{}\"\n", s.dir.join("known_hosts").display());
+    let r = s.resource(name, Upstream::Key);
+    assert!(r.contains(&plain));
+    r.replace(&plain, &format!("{trust}\n"))
+}
+
+fn keygen(path: &Path) -> String {
+    let ok = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", ""])
+        .arg("-f")
+        .arg(path)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    std::fs::read_to_string(path.with_extension("pub"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// Upstreams that prove themselves with a host certificate: accepted through `@cert-authority`
+/// (plain and hashed host names, as `ssh-keygen -H` writes them) and through `host_ca`; refused
+/// when the CA is `@revoked`, when the CA line is for other hosts, and when the certificate is
+/// signed by a CA nobody trusts.
+#[test]
+fn upstream_host_certificates_are_checked_with_known_hosts_semantics() {
+    let s = sshd();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = std::fs::read_to_string(s.dir.join("host_ca.pub")).unwrap();
+    let ca = ca.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+    let host = format!("[127.0.0.1]:{}", s.port);
+    let kh = |name: &str, body: String| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, body).unwrap();
+        format!("known_hosts_file = \"{}\"", p.display())
+    };
+    let plain = kh(
+        "plain",
+        format!("# fleet CA\n@cert-authority {host},*.example.com {ca}\n"),
+    );
+    // ssh-keygen -H leaves marker lines alone: hash a plain line, then mark it (what an
+    // operator who hashes the CA line's names gets), and keep a hashed plain pin beside it.
+    let hashed_path = dir.path().join("hashed");
+    std::fs::write(&hashed_path, format!("{host} {ca}\n")).unwrap();
+    let out = Command::new("ssh-keygen")
+        .arg("-H")
+        .arg("-f")
+        .arg(&hashed_path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let line = std::fs::read_to_string(&hashed_path).unwrap();
+    assert!(line.starts_with("|1|"), "{line}");
+    std::fs::write(&hashed_path, format!("@cert-authority {line}")).unwrap();
+    let hashed = format!("known_hosts_file = \"{}\"", hashed_path.display());
+    let hashed_key_path = dir.path().join("hashed_key");
+    std::fs::copy(s.dir.join("known_hosts"), &hashed_key_path).unwrap();
+    let out = Command::new("ssh-keygen")
+        .arg("-H")
+        .arg("-f")
+        .arg(&hashed_key_path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(std::fs::read_to_string(&hashed_key_path).unwrap().starts_with("|1|"));
+    let hashed_key = format!("known_hosts_file = \"{}\"", hashed_key_path.display());
+    let revoked = kh("revoked", format!("@cert-authority {host} {ca}\n@revoked * {ca}\n"));
+    let elsewhere = kh("elsewhere", format!("@cert-authority *.example.com,!{host} {ca}\n"));
+    let other_ca = keygen(&dir.path().join("other_ca"));
+    let resources = [
+        resource_trusting(&s, "web-ca", &plain),
+        resource_trusting(&s, "web-hashed", &hashed),
+        resource_trusting(&s, "web-hashedkey", &hashed_key),
+        resource_trusting(&s, "web-hostca", &format!("host_ca = [\"{ca}\"]")),
+        resource_trusting(&s, "web-revoked", &revoked),
+        resource_trusting(&s, "web-elsewhere", &elsewhere),
+        resource_trusting(&s, "web-otherca", &format!("host_ca = [\"{other_ca}\"]")),
+    ]
+    .concat();
+    let gw = Gateway::start(&format!(
+        "#listen-extra ssh = \"127.0.0.1:0\"\n[ssh]\nlogin_timeout = \"2s\"\n\n{ids}{resources}\
+         [[policies]]\nname = \"all\"\nresources = [\"web-*\"]\nrequesters = [\"dev\"]\napprovers = [\"dba\"]\nreason_required = false\n\
+         [[policies.auto_approve]]\ngroups = [\"dev\"]\n",
+        ids = support::ssh::identities(&s),
+    ));
+    let key = s.client_key();
+    for name in ["web-ca", "web-hashed", "web-hashedkey", "web-hostca"] {
+        grant(&gw, name, "1h");
+        let out = gw.ssh(&key, name).arg("echo trusted").output().unwrap();
+        assert_eq!(text(&out.stdout), "trusted\n", "{name}: {}", text(&out.stderr));
+    }
+    // A known_hosts file with nothing for this host (its CA line is for other hosts only):
+    // nothing to trust, so no connection is even tried.
+    grant(&gw, "web-elsewhere", "1h");
+    let out = gw.ssh(&key, "web-elsewhere").arg("echo never").output().unwrap();
+    assert!(
+        text(&out.stderr).contains("gateway configuration problem"),
+        "{}",
+        text(&out.stderr)
+    );
+    for (name, why) in [
+        ("web-revoked", "revoked"),
+        ("web-otherca", "not pinned and not signed by a trusted host CA"),
+    ] {
+        grant(&gw, name, "1h");
+        let out = gw.ssh(&key, name).arg("echo never").output().unwrap();
+        assert!(!text(&out.stdout).contains("never"), "{name}");
+        assert!(
+            text(&out.stderr).contains("host key does not match"),
+            "{name}: {}",
+            text(&out.stderr)
+        );
+        let found = eventually(Duration::from_secs(3), || {
+            gw.audit_events().iter().any(|e| {
+                e["kind"] == "ssh.host_key_mismatch"
+                    && e["resource"] == name
+                    && e["details"]["why"].as_str().is_some_and(|w| w.contains(why))
+            })
+        });
+        assert!(found, "{name}: {:?}", gw.audit_events());
+    }
+}
+
+/// `jitgate ssh-config` once: the gateway's host CA is pinned (`@cert-authority`), its entries
+/// live in a file of their own that the user's ssh config includes with one line (a second run
+/// changes nothing there), and two replicas with different host keys signed by the same CA are
+/// both accepted without a warning; a gateway whose host key another CA signed is refused.
+#[test]
+fn ssh_config_pins_the_host_ca_so_every_replica_is_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("host_ca");
+    keygen(&ca);
+    let shared = format!("host_ca_key_file = \"{}\"\n", ca.display());
+    let (gw1, s) = setup_full(Upstream::Ca, &shared, "");
+    let (gw2, _) = setup_full(Upstream::Ca, &shared, "");
+    let (gw3, _) = setup(Upstream::Ca);
+    for g in [&gw1, &gw2, &gw3] {
+        grant(g, "web-1", "1h");
+    }
+    let k1 = std::fs::read_to_string(gw1.data_dir().join("ssh/host_key.pub")).unwrap();
+    let k2 = std::fs::read_to_string(gw2.data_dir().join("ssh/host_key.pub")).unwrap();
+    assert_ne!(k1, k2, "replicas have host keys of their own");
+
+    let home = dir.path().join("home");
+    let main = home.join(".ssh/config");
+    std::fs::create_dir_all(main.parent().unwrap()).unwrap();
+    std::fs::write(&main, "Host example\n  User someone\n").unwrap();
+    for _ in 0..2 {
+        let out = Command::new(BIN)
+            .args(["ssh-config", "--ssh-config"])
+            .arg(&main)
+            .env("JITGATE_URL", &gw1.url)
+            .env("JITGATE_TOKEN", "alice-token")
+            .env("JITGATE_CONFIG_DIR", &home)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    let cfg = std::fs::read_to_string(&main).unwrap();
+    assert_eq!(cfg.matches("Include ").count(), 1, "{cfg}");
+    assert!(cfg.ends_with("Host example\n  User someone\n"), "{cfg}");
+    let kh = std::fs::read_to_string(home.join("known_hosts")).unwrap();
+    assert!(kh.starts_with("@cert-authority jitgate-"), "{kh}");
+
+    let ssh_to = |g: &Gateway| {
+        Command::new("ssh")
+            .arg("-F")
+            .arg(&main)
+            .args(["-o", "BatchMode=yes", "-p", &g.ssh_port().to_string(), "-i"])
+            .arg(s.client_key())
+            .args(["web-1", "echo replica-ok"])
+            .output()
+            .unwrap()
+    };
+    for (i, g) in [&gw1, &gw2].into_iter().enumerate() {
+        let out = ssh_to(g);
+        assert_eq!(
+            text(&out.stdout),
+            "replica-ok\n",
+            "replica {}: {}",
+            i + 1,
+            text(&out.stderr)
+        );
+        let err = text(&out.stderr).to_lowercase();
+        assert!(
+            !err.contains("warning") && !err.contains("host key"),
+            "replica {}: {err}",
+            i + 1
+        );
+    }
+    let out = ssh_to(&gw3);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("Host key verification failed"),
+        "{}",
+        text(&out.stderr)
     );
 }

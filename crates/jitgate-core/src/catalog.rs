@@ -86,6 +86,8 @@ pub struct Resource {
     pub host_key: Option<String>,
     /// SSH known_hosts file.
     pub known_hosts_file: Option<PathBuf>,
+    /// SSH host CA keys trusted for this resource.
+    pub host_ca: Vec<String>,
     /// SSH key the gateway logs in with.
     pub upstream_key_file: Option<PathBuf>,
     /// SSH: gateway-signed short-lived upstream certificates.

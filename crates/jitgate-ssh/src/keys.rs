@@ -113,20 +113,52 @@ pub struct GatewayKeys {
     pub user_ca: PrivateKey,
     /// Signs upstream login certificates.
     pub upstream_ca: PrivateKey,
+    /// Signs the gateway's host certificate (clients pin it with `@cert-authority`).
+    pub host_ca: PrivateKey,
     /// Folder holding them.
     pub dir: PathBuf,
 }
 
 impl GatewayKeys {
-    /// Load or create `data_dir/ssh/{host_key,user_ca,upstream_ca}`.
-    pub fn load(data_dir: &Path) -> Result<Self, KeyError> {
+    /// Load or create `data_dir/ssh/{host_key,user_ca,upstream_ca,host_ca}`; the host CA comes
+    /// from `host_ca_file` instead when given (it must exist: replicas share it).
+    pub fn load(data_dir: &Path, host_ca_file: Option<&Path>) -> Result<Self, KeyError> {
         let dir = data_dir.join("ssh");
+        let host_ca = match host_ca_file {
+            Some(p) => {
+                let file = |msg: String| KeyError::File {
+                    path: p.to_path_buf(),
+                    msg,
+                };
+                let text = std::fs::read_to_string(p).map_err(|e| file(format!("{e} ([ssh] host_ca_key_file)")))?;
+                PrivateKey::from_openssh(&text).map_err(|e| file(format!("not an OpenSSH private key: {e}")))?
+            }
+            None => load_or_generate(&dir.join("host_ca"), "jitgate host CA")?,
+        };
         Ok(Self {
             host: load_or_generate(&dir.join("host_key"), "jitgate host key")?,
             user_ca: load_or_generate(&dir.join("user_ca"), "jitgate user CA")?,
             upstream_ca: load_or_generate(&dir.join("upstream_ca"), "jitgate upstream CA")?,
+            host_ca,
             dir,
         })
+    }
+
+    /// The gateway's host certificate: its host key signed by the host CA for `names` (empty:
+    /// any name), valid from an hour ago without end (like `ssh-keygen -s` by default; a leaked
+    /// host key is revoked with `@revoked`, a leaked CA by replacing it).
+    pub fn host_certificate(&self, names: &[String]) -> Result<Certificate, KeyError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        sign_host_cert(
+            &self.host_ca,
+            self.host.public_key(),
+            names,
+            now.saturating_sub(3600),
+            u64::MAX,
+        )
     }
 }
 
@@ -151,6 +183,29 @@ pub struct CertRequest<'a> {
     pub groups: Option<String>,
     /// Login token id, carried in the `token-id@jitgate` extension.
     pub token_id: Option<String>,
+}
+
+/// Sign a host certificate for `host` with `ca`, valid from `valid_after` to `valid_before`;
+/// no principals means valid for any host name the CA is trusted for.
+pub fn sign_host_cert(
+    ca: &PrivateKey,
+    host: &PublicKey,
+    principals: &[String],
+    valid_after: u64,
+    valid_before: u64,
+) -> Result<Certificate, KeyError> {
+    let nonce: [u8; 32] = rand::random();
+    let mut b = Builder::new(nonce.to_vec(), host.key_data().clone(), valid_after, valid_before)?;
+    b.serial(rand::random())?;
+    b.cert_type(CertType::Host)?;
+    b.key_id("jitgate gateway host")?;
+    for p in principals {
+        b.valid_principal(p.clone())?;
+    }
+    if principals.is_empty() {
+        b.all_principals_valid()?;
+    }
+    Ok(b.sign(ca)?)
 }
 
 /// Sign a user certificate with `ca`.
@@ -289,8 +344,8 @@ mod tests {
     #[test]
     fn keys_are_generated_once_and_private() {
         let d = tempfile::tempdir().unwrap();
-        let a = GatewayKeys::load(d.path()).unwrap();
-        let b = GatewayKeys::load(d.path()).unwrap();
+        let a = GatewayKeys::load(d.path(), None).unwrap();
+        let b = GatewayKeys::load(d.path(), None).unwrap();
         assert_eq!(a.host.public_key(), b.host.public_key());
         assert_ne!(a.host.public_key(), a.user_ca.public_key());
         #[cfg(unix)]

@@ -47,16 +47,10 @@ impl OpenChannels {
         }
     }
     /// Until no channel is open.
-    async fn emptied(&self) {
+    pub(crate) async fn emptied(&self) {
         while !self.is_empty() {
             self.1.notified().await;
         }
-    }
-    fn list(&self) -> Vec<(ChannelId, bool)> {
-        self.0
-            .lock()
-            .map(|m| m.iter().map(|(k, v)| (*k, *v)).collect())
-            .unwrap_or_default()
     }
     fn is_empty(&self) -> bool {
         self.0.lock().map(|m| m.is_empty()).unwrap_or(true)
@@ -105,18 +99,6 @@ fn banner(pty: bool, text: &str) -> Bytes {
     }
 }
 
-async fn say(server: &server::Handle, id: ChannelId, pty: bool, text: &str) {
-    let b = banner(pty, text);
-    let send = async {
-        if pty {
-            let _ = server.data(id, b).await;
-        } else {
-            let _ = server.extended_data(id, 1, b).await;
-        }
-    };
-    let _ = tokio::time::timeout(Duration::from_millis(200), send).await;
-}
-
 /// A channel opened on a connection that may not proceed (no grant, unknown target, upstream
 /// refused): answer the first requests, print why on stderr, exit 1.
 pub(crate) async fn refuse(channel: russh::Channel<server::Msg>, server: server::Handle, message: String) {
@@ -157,33 +139,19 @@ pub(crate) async fn refuse(channel: russh::Channel<server::Msg>, server: server:
     let _ = tokio::time::timeout(Duration::from_secs(10), work).await;
 }
 
-/// Watches the session's kill switch and expiry warnings; on a kill, lets the channel tasks say
-/// goodbye, then disconnects both legs.
+/// Watches the session's kill switch; on a kill, lets the channel tasks say goodbye, then
+/// disconnects both legs.
 pub(crate) async fn watch(live: Arc<Live>, server: server::Handle) {
-    let mut warnings = live.guard.warnings.clone();
+    // Expiry warnings are written by each channel task on its own channel (through its window,
+    // never around it).
     let kill = live.guard.kill.clone();
-    loop {
-        tokio::select! {
-            () = kill.cancelled() => break,
-            () = live.closed.cancelled() => return,
-            r = warnings.changed() => {
-                if r.is_err() {
-                    tokio::select! {
-                        () = kill.cancelled() => break,
-                        () = live.closed.cancelled() => return,
-                    }
-                }
-                let msg = warnings.borrow_and_update().clone();
-                if let Some(m) = msg {
-                    for (id, pty) in live.channels.list() {
-                        say(&server, id, pty, &m).await;
-                    }
-                }
-            }
-        }
+    tokio::select! {
+        () = kill.cancelled() => {}
+        () = live.closed.cancelled() => return,
     }
     // A client that stopped reading never takes the goodbye: whatever happens, the connection
-    // is cut CUT_AFTER the kill.
+    // is cut CUT_AFTER the kill (its socket then fails every read and write, which ends the
+    // session task; a slow but healthy client may lose the last lines of the goodbye).
     let cut = live.cut.clone();
     tokio::spawn(async move {
         tokio::time::sleep(CUT_AFTER).await;
@@ -256,16 +224,17 @@ pub(crate) const KILL_GRACE: Duration = Duration::from_millis(200);
 async fn exited(urd: &mut ChannelReadHalf, limit: Duration) -> bool {
     tokio::time::timeout(limit, async {
         while let Some(m) = urd.wait().await {
-            if matches!(
-                m,
-                ChannelMsg::ExitStatus { .. } | ChannelMsg::ExitSignal { .. } | ChannelMsg::Close
-            ) {
-                return;
+            match m {
+                ChannelMsg::ExitStatus { .. } | ChannelMsg::ExitSignal { .. } => return true,
+                // Closed without saying how the process ended: not a reported exit.
+                ChannelMsg::Close => return false,
+                _ => {}
             }
         }
+        false
     })
     .await
-    .is_ok()
+    .unwrap_or(false)
 }
 
 /// Per-channel recording state.
@@ -319,6 +288,9 @@ pub(crate) async fn session_channel(
         let mut c2u = pin!(c2u);
         let mut u2c = pin!(u2c);
         let mut killed = false;
+        let mut warnings = ctx.live.guard.warnings.clone();
+        warnings.borrow_and_update();
+        let mut warnings_open = true;
         loop {
             let grace = tokio::time::sleep(Duration::from_secs(5));
             // When one side closes, close the other at once: each peer waits for our CLOSE.
@@ -332,6 +304,25 @@ pub(crate) async fn session_channel(
                     let _ = cwr.close().await;
                 }
                 () = kill.cancelled() => { killed = true; break; }
+                r = warnings.changed(), if warnings_open => {
+                    // An expiry warning, written through the channel's window like its data.
+                    let text = match r {
+                        Ok(()) => warnings.borrow_and_update().clone(),
+                        Err(_) => { warnings_open = false; None }
+                    };
+                    if let Some(text) = text {
+                        let pty = rec.lock().map(|r| r.pty.is_some()).unwrap_or(false);
+                        let b = banner(pty, &text);
+                        let write = async {
+                            if pty {
+                                let _ = cwr.data_bytes(b).await;
+                            } else {
+                                let _ = cwr.extended_data_bytes(1, b).await;
+                            }
+                        };
+                        let _ = tokio::time::timeout(Duration::from_millis(200), write).await;
+                    }
+                }
                 () = grace, if c_done || u_done => break,
             }
             if c_done && u_done {
@@ -631,11 +622,13 @@ async fn client_to_upstream(
 }
 
 fn start_recording(ctx: &ChanCtx, rec: &Mutex<Rec>) {
-    let Some(dir) = &ctx.record_dir else { return };
     let Ok(mut r) = rec.lock() else { return };
+    // A shell whether or not it is recorded (its commands are audited, its process ended on a
+    // kill).
     if r.kind == "session" {
         r.kind = "shell";
     }
+    let Some(dir) = &ctx.record_dir else { return };
     if r.recorder.is_some() {
         return;
     }

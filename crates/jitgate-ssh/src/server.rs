@@ -47,6 +47,8 @@ pub struct SshConfig {
     pub max_text: usize,
     /// Audit sink.
     pub audit: AuditSink,
+    /// Principals of the gateway's host certificate (empty: any name).
+    pub host_names: Vec<String>,
 }
 
 /// The SSH front end.
@@ -65,13 +67,17 @@ type IdentityKeys = (Arc<jitgate_core::Catalog>, Arc<Vec<(PublicKey, Principal)>
 
 impl<G: Gatekeeper> SshFrontend<G> {
     /// Build the front end.
-    pub fn new(gk: Arc<G>, cfg: SshConfig, keys: Arc<GatewayKeys>) -> Arc<Self> {
+    pub fn new(gk: Arc<G>, cfg: SshConfig, keys: Arc<GatewayKeys>) -> Result<Arc<Self>, crate::keys::KeyError> {
+        let certificate = keys.host_certificate(&cfg.host_names)?;
         let mut methods = MethodSet::empty();
         methods.push(MethodKind::PublicKey);
         let server = server::Config {
             server_id: russh::SshId::Standard("SSH-2.0-jitgate".into()),
             methods,
             keys: vec![keys.host.clone()],
+            // The host certificate first: clients that pin the gateway's host CA accept every
+            // replica and every rotated key; clients pinning the key itself still can.
+            certificates: vec![certificate],
             auth_rejection_time: Duration::from_millis(300),
             auth_rejection_time_initial: Some(Duration::from_millis(0)),
             max_auth_attempts: 6,
@@ -84,7 +90,7 @@ impl<G: Gatekeeper> SshFrontend<G> {
             channel_buffer_size: 64,
             ..Default::default()
         };
-        Arc::new(Self {
+        Ok(Arc::new(Self {
             gk,
             slots: Arc::new(tokio::sync::Semaphore::new(cfg.max_connections)),
             cfg,
@@ -92,7 +98,7 @@ impl<G: Gatekeeper> SshFrontend<G> {
             server: Arc::new(server),
             key_files: DashMap::new(),
             identity_keys: Mutex::new(None),
-        })
+        }))
     }
 
     /// Accept connections until `stop`.
@@ -404,11 +410,19 @@ impl Live {
     }
 
     async fn finish<G: Gatekeeper>(&self, fe: &SshFrontend<G>, result: Result<(), String>) {
+        if self.guard.kill_reason().is_some() {
+            // Killed: the channels are ending their upstream processes (TERM, KILL); closing the
+            // upstream connection under them would cut that short, and their outcome goes into
+            // session.ended. Bounded by the channels' own limits.
+            let _ = tokio::time::timeout(Duration::from_millis(1500), self.channels.emptied()).await;
+        }
         self.closed.cancel();
-        let _ = self
-            .upstream
-            .disconnect(Disconnect::ByApplication, "session ended", "en")
-            .await;
+        let _ = tokio::time::timeout(
+            Duration::from_millis(500),
+            self.upstream
+                .disconnect(Disconnect::ByApplication, "session ended", "en"),
+        )
+        .await;
         let info = &self.guard.info;
         let (outcome, reason) = match (self.guard.kill_reason(), result) {
             (Some(k), _) => (k.label().to_string(), k.message(&info.resource)),
@@ -569,15 +583,21 @@ impl<G: Gatekeeper> Conn<G> {
                 .inc();
             e.to_string()
         };
-        let pinned = upstream::pinned_keys(res.host_key.as_deref(), res.known_hosts_file.as_deref(), &res.address)
-            .map_err(|e| {
-                tracing::error!(resource = %res.name, error = %e, "ssh upstream configuration");
-                err("config", &e);
-                format!(
-                    "jitgate cannot log in to {}: gateway configuration problem (operators: see the gateway log)",
-                    res.name
-                )
-            })?;
+        let trust = upstream::host_trust(
+            res.host_key.as_deref(),
+            &res.host_ca,
+            res.known_hosts_file.as_deref(),
+            &res.address,
+        )
+        .map(Arc::new)
+        .map_err(|e| {
+            tracing::error!(resource = %res.name, error = %e, "ssh upstream configuration");
+            err("config", &e);
+            format!(
+                "jitgate cannot log in to {}: gateway configuration problem (operators: see the gateway log)",
+                res.name
+            )
+        })?;
         let cred = if res.upstream_ca {
             Credential::Ca(Arc::new(fe.keys.upstream_ca.clone()))
         } else if let Some(p) = &res.upstream_key_file {
@@ -593,7 +613,7 @@ impl<G: Gatekeeper> Conn<G> {
             return Err(format!("jitgate has no credential for {}", res.name));
         };
         let timeout = Duration::from_secs(res.connect_timeout.secs().max(1));
-        match upstream::connect(&res.address, pinned, login, &cred, identity, timeout).await {
+        match upstream::connect(&res.address, trust, login, &cred, identity, timeout).await {
             Ok(u) => Ok(u),
             Err(e) => {
                 let reason = match &e {
@@ -604,11 +624,13 @@ impl<G: Gatekeeper> Conn<G> {
                 };
                 tracing::error!(resource = %res.name, error = %e, "ssh upstream login failed");
                 let text = err(reason, &e);
-                if let UpstreamError::HostKeyMismatch { presented, .. } = &e {
+                if let UpstreamError::HostKeyMismatch { presented, why, .. } = &e {
                     let ev = Event::new("ssh.host_key_mismatch", jiff::Timestamp::now())
                         .actor(identity)
                         .resource(&res.name)
-                        .details(serde_json::json!({"address": res.address, "presented": presented}));
+                        .details(
+                            serde_json::json!({"address": res.address, "presented": presented, "why": why.to_string()}),
+                        );
                     let _ = fe.cfg.audit.emit(ev).await;
                     return Err(format!(
                         "jitgate refused to connect to {}: its host key does not match the pinned key (possible interception; operators have been alerted)",

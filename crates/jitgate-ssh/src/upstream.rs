@@ -8,8 +8,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use russh::client;
-use russh::keys::{Certificate, PrivateKey, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
+use russh::keys::{
+    Algorithm, Certificate, EcdsaCurve, HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKeyOrCertificate,
+};
 
+use crate::hosttrust::{HostTrust, Refused};
 use crate::keys::{self, CertRequest};
 
 /// How the gateway logs in upstream.
@@ -27,13 +30,15 @@ pub enum UpstreamError {
     /// TCP connect failed or timed out.
     #[error("cannot reach {0}: {1}")]
     Connect(String, String),
-    /// Host key not the pinned one.
-    #[error("the host key of {address} does not match the pinned key (presented {presented})")]
+    /// Host key not trusted (not pinned, not from a trusted CA, revoked, bad certificate).
+    #[error("the host key of {address} was refused: {why} (presented {presented})")]
     HostKeyMismatch {
         /// Upstream address.
         address: String,
-        /// Fingerprint presented.
+        /// What was presented (fingerprint).
         presented: String,
+        /// Why it was refused.
+        why: Refused,
     },
     /// Login refused.
     #[error("{0} refused the gateway's login as {1}")]
@@ -46,60 +51,58 @@ pub enum UpstreamError {
     Config(String),
 }
 
-/// Host keys a resource pins.
-pub fn pinned_keys(
+/// What a resource trusts as its upstream's host key (host_key, host_ca, known_hosts_file).
+pub fn host_trust(
     host_key: Option<&str>,
+    host_ca: &[String],
     known_hosts: Option<&Path>,
     address: &str,
-) -> Result<Vec<PublicKey>, UpstreamError> {
-    let mut out = Vec::new();
-    if let Some(k) = host_key {
-        out.push(keys::parse_public(k).map_err(|e| UpstreamError::Config(format!("host_key: {e}")))?);
-    }
-    if let Some(path) = known_hosts {
-        let (host, port) = split_host_port(address);
-        let found = russh::keys::known_hosts::known_host_keys_path(host, port, path)
-            .map_err(|e| UpstreamError::Config(format!("known_hosts_file {}: {e}", path.display())))?;
-        out.extend(found.into_iter().map(|(_, k)| k));
-    }
-    if out.is_empty() {
-        return Err(UpstreamError::Config(format!(
-            "no pinned host key for {address} (host_key or known_hosts_file)"
-        )));
-    }
-    Ok(out)
-}
-
-fn split_host_port(address: &str) -> (&str, u16) {
-    match address.rsplit_once(':') {
-        Some((h, p)) => (h.trim_start_matches('[').trim_end_matches(']'), p.parse().unwrap_or(22)),
-        None => (address, 22),
-    }
+) -> Result<HostTrust, UpstreamError> {
+    let key = host_key
+        .map(keys::parse_public)
+        .transpose()
+        .map_err(|e| UpstreamError::Config(format!("host_key: {e}")))?;
+    let cas = host_ca
+        .iter()
+        .map(|c| keys::parse_public(c).map_err(|e| UpstreamError::Config(format!("host_ca: {e}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    HostTrust::new(address, key.as_ref(), &cas, known_hosts).map_err(UpstreamError::Config)
 }
 
 /// Client-side callbacks: the host key check.
 pub struct Client {
-    pinned: Vec<PublicKey>,
-    presented: Arc<Mutex<Option<String>>>,
+    trust: Arc<HostTrust>,
+    presented: Arc<Mutex<Option<(String, Refused)>>>,
 }
 
 impl client::Handler for Client {
     type Error = russh::Error;
 
     async fn check_server_key(&mut self, key: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
-        let k = key.public_key();
-        let ok = self.pinned.iter().any(|p| p.key_data() == k.key_data());
-        if !ok && let Ok(mut g) = self.presented.lock() {
-            *g = Some(keys::fingerprint(&k));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        match self.trust.check(key, now) {
+            Ok(()) => Ok(true),
+            Err(why) => {
+                let what = match key {
+                    PublicKeyOrCertificate::Certificate(_) => "host certificate of key",
+                    PublicKeyOrCertificate::PublicKey { .. } => "key",
+                };
+                if let Ok(mut g) = self.presented.lock() {
+                    *g = Some((format!("{what} {}", keys::fingerprint(&key.public_key())), why));
+                }
+                Ok(false)
+            }
         }
-        Ok(ok)
     }
 }
 
 /// A logged-in upstream connection.
 pub type Upstream = client::Handle<Client>;
 
-fn config() -> Arc<client::Config> {
+fn config(certificates: bool) -> Arc<client::Config> {
     let mut c = client::Config {
         inactivity_timeout: None,
         keepalive_interval: Some(Duration::from_secs(30)),
@@ -111,21 +114,35 @@ fn config() -> Arc<client::Config> {
         russh::cipher::AES_256_GCM,
         russh::cipher::CHACHA20_POLY1305,
     ]);
+    if certificates {
+        // Ask for host certificates only where a host CA is trusted: a server with one then
+        // proves itself with it.
+        c.preferred.host_key_certificates = Cow::Borrowed(&[
+            Algorithm::Ed25519,
+            Algorithm::Ecdsa {
+                curve: EcdsaCurve::NistP256,
+            },
+            Algorithm::Rsa {
+                hash: Some(HashAlg::Sha512),
+            },
+        ]);
+    }
     Arc::new(c)
 }
 
 /// Connect and log in as `login`.
 pub async fn connect(
     address: &str,
-    pinned: Vec<PublicKey>,
+    trust: Arc<HostTrust>,
     login: &str,
     cred: &Credential,
     identity: &str,
     timeout: Duration,
 ) -> Result<Upstream, UpstreamError> {
     let presented = Arc::new(Mutex::new(None));
+    let certificates = trust.wants_certificates();
     let handler = Client {
-        pinned,
+        trust,
         presented: presented.clone(),
     };
     let tcp = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(address))
@@ -133,17 +150,18 @@ pub async fn connect(
         .map_err(|_| UpstreamError::Connect(address.into(), format!("timed out after {}s", timeout.as_secs())))?
         .map_err(|e| UpstreamError::Connect(address.into(), e.to_string()))?;
     let _ = tcp.set_nodelay(true);
-    let handshake = tokio::time::timeout(timeout, client::connect_stream(config(), tcp, handler)).await;
+    let handshake = tokio::time::timeout(timeout, client::connect_stream(config(certificates), tcp, handler)).await;
     let mut h = match handshake {
         Err(_) => {
             return Err(UpstreamError::Connect(address.into(), "SSH handshake timed out".into()));
         }
         Ok(Ok(h)) => h,
         Ok(Err(e)) => {
-            if let Some(fp) = presented.lock().ok().and_then(|g| g.clone()) {
+            if let Some((fp, why)) = presented.lock().ok().and_then(|g| g.clone()) {
                 return Err(UpstreamError::HostKeyMismatch {
                     address: address.into(),
                     presented: fp,
+                    why,
                 });
             }
             return Err(UpstreamError::Ssh(address.into(), e.to_string()));
@@ -199,22 +217,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn host_port() {
-        assert_eq!(split_host_port("127.0.0.1:2222"), ("127.0.0.1", 2222));
-        assert_eq!(split_host_port("[::1]:22"), ("::1", 22));
-        assert_eq!(split_host_port("web"), ("web", 22));
-    }
-
-    #[test]
-    fn pins_from_key_and_known_hosts() {
+    fn trust_from_key_known_hosts_and_ca() {
         let k = keys::generate_ed25519("h");
         let line = k.public_key().to_openssh().unwrap();
         let d = tempfile::tempdir().unwrap();
         let kh = d.path().join("known_hosts");
         std::fs::write(&kh, format!("[127.0.0.1]:2200 {line}\nother.host {line}\n")).unwrap();
-        assert_eq!(pinned_keys(None, Some(&kh), "127.0.0.1:2200").unwrap().len(), 1);
-        assert!(pinned_keys(None, Some(&kh), "127.0.0.1:2201").is_err());
-        assert_eq!(pinned_keys(Some(&line), None, "x:1").unwrap().len(), 1);
-        assert!(pinned_keys(Some("ssh-ed25519 garbage"), None, "x:1").is_err());
+        assert!(host_trust(None, &[], Some(&kh), "127.0.0.1:2200").is_ok());
+        assert!(host_trust(None, &[], Some(&kh), "127.0.0.1:2201").is_err());
+        assert!(host_trust(Some(&line), &[], None, "x:1").is_ok());
+        assert!(
+            host_trust(None, std::slice::from_ref(&line), None, "x:1")
+                .unwrap()
+                .wants_certificates()
+        );
+        assert!(host_trust(Some("ssh-ed25519 garbage"), &[], None, "x:1").is_err());
+        assert!(host_trust(None, &["ssh-ed25519 garbage".into()], None, "x:1").is_err());
     }
 }

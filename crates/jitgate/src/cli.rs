@@ -208,11 +208,19 @@ pub enum Cmd {
         #[command(flatten)]
         conn: Conn,
     },
-    /// Print ssh_config `Host` entries for the SSH resources (and refresh the certificate), so `ssh web-1` works.
+    /// Write ssh_config `Host` entries for the SSH resources into ~/.config/jitgate/ssh_config, pin
+    /// the gateway's host CA, include the file from ~/.ssh/config (once), refresh the
+    /// certificate: then `ssh web-1` works, on every replica, across host key rotations.
     SshConfig {
         /// Private key to use (as for ssh-cert).
         #[arg(long)]
         key: Option<PathBuf>,
+        /// Print the entries instead of writing them (for ssh configs managed by hand).
+        #[arg(long)]
+        print: bool,
+        /// The ssh config that gets the `Include` line; default ~/.ssh/config.
+        #[arg(long, value_name = "FILE")]
+        ssh_config: Option<PathBuf>,
         #[command(flatten)]
         conn: Conn,
     },

@@ -441,7 +441,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         } => login_cmd::login(&conn, device, no_browser).await,
         Cmd::Logout { conn } => login_cmd::logout(&conn).await,
         Cmd::SshCert { key, conn } => ssh_cmd::ssh_cert(&conn, key).await,
-        Cmd::SshConfig { key, conn } => ssh_cmd::ssh_config(&conn, key).await,
+        Cmd::SshConfig {
+            key,
+            print,
+            ssh_config,
+            conn,
+        } => ssh_cmd::ssh_config(&conn, key, print, ssh_config).await,
         Cmd::Play {
             session,
             file,

@@ -273,7 +273,14 @@ pub async fn run(config_path: &Path) -> Result<()> {
     }
 
     let mut fe_info = serde_json::json!({});
-    for k in ["postgres", "ssh", "ssh_host_key", "ssh_user_ca", "ssh_upstream_ca"] {
+    for k in [
+        "postgres",
+        "ssh",
+        "ssh_host_key",
+        "ssh_host_ca",
+        "ssh_user_ca",
+        "ssh_upstream_ca",
+    ] {
         if let Some(v) = listen_info.get(k) {
             fe_info[k] = v.clone();
         }
@@ -419,7 +426,7 @@ async fn start_ssh(
 ) -> Result<()> {
     let addr: SocketAddr = addr.parse().context("[listen] ssh")?;
     let keys = Arc::new(
-        jitgate_ssh::GatewayKeys::load(data_dir)
+        jitgate_ssh::GatewayKeys::load(data_dir, loaded.config.ssh.host_ca_key_file.as_deref())
             .with_context(|| format!("loading the SSH keys in {}", data_dir.join("ssh").display()))?,
     );
     let line = jitgate_ssh::keys::public_line;
@@ -433,6 +440,7 @@ async fn start_ssh(
         recordings_dir: data_dir.join("recordings"),
         max_text: loaded.config.audit.max_text_len,
         audit: audit.clone(),
+        host_names: sc.host_names.clone(),
     };
     let l = tokio::net::TcpListener::bind(addr)
         .await
@@ -443,13 +451,15 @@ async fn start_ssh(
     listen_info["ssh_host_key"] = serde_json::Value::String(line(&keys.host));
     listen_info["ssh_user_ca"] = serde_json::Value::String(line(&keys.user_ca));
     listen_info["ssh_upstream_ca"] = serde_json::Value::String(line(&keys.upstream_ca));
+    listen_info["ssh_host_ca"] = serde_json::Value::String(line(&keys.host_ca));
     tracing::info!(ssh = %bound, host_key = %fingerprint, upstream_ca = %keys.dir.join("upstream_ca.pub").display(), "ssh front end listening");
     let ca = keys.user_ca.clone();
     let lifetime = sc.cert_lifetime.secs();
     cp.set_cert_signer(Arc::new(move |who, public_key, token| {
         jitgate_ssh::keys::issue_user_cert(&ca, &who.name, &who.groups, public_key, lifetime, token)
     }));
-    let fe = jitgate_ssh::SshFrontend::new(cp.clone(), cfg, keys);
+    let fe =
+        jitgate_ssh::SshFrontend::new(cp.clone(), cfg, keys).context("signing the gateway's SSH host certificate")?;
     tokio::spawn(fe.serve(l, stop.clone()));
     Ok(())
 }

@@ -110,9 +110,16 @@ pub async fn ssh_cert(conn: &Conn, key: Option<PathBuf>) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `jitgate ssh-config`: writes the gateway's host key to `config_dir/known_hosts`, makes sure
-/// the certificate is fresh, prints `Host` entries for every SSH resource.
-pub async fn ssh_config(conn: &Conn, key: Option<PathBuf>) -> Result<ExitCode> {
+/// `jitgate ssh-config`: pins the gateway's host CA (and current host key) in
+/// `config_dir/known_hosts`, makes sure the certificate is fresh, writes `Host` entries for every
+/// SSH resource to `config_dir/ssh_config` and includes that file from the user's ssh config with
+/// one `Include` line (re-running replaces the file, never adds a second line).
+pub async fn ssh_config(
+    conn: &Conn,
+    key: Option<PathBuf>,
+    print_only: bool,
+    ssh_config: Option<PathBuf>,
+) -> Result<ExitCode> {
     let c = Client::new(conn)?;
     let info: Value = c.get("/v1/info").await?;
     let Some(addr) = info["ssh"].as_str() else {
@@ -135,9 +142,15 @@ pub async fn ssh_config(conn: &Conn, key: Option<PathBuf>) -> Result<ExitCode> {
     // own entries.
     let alias = format!("jitgate-{host}");
     let kh = dir.join("known_hosts");
-    let key_fields: Vec<&str> = host_key.split_whitespace().take(2).collect();
-    std::fs::write(&kh, format!("{alias} {}\n", key_fields.join(" ")))
-        .with_context(|| format!("writing {}", kh.display()))?;
+    let fields = |l: &str| l.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+    // The host CA signs every replica's host key (and the next one after a rotation); the key
+    // itself is pinned too, for a gateway that presents no certificate.
+    let mut pins = String::new();
+    if let Some(ca) = info["ssh_host_ca"].as_str() {
+        pins.push_str(&format!("@cert-authority {alias} {}\n", fields(ca)));
+    }
+    pins.push_str(&format!("{alias} {}\n", fields(host_key)));
+    std::fs::write(&kh, pins).with_context(|| format!("writing {}", kh.display()))?;
     let resources: Vec<Value> = c.get("/v1/resources").await?;
     let fingerprint = jitgate_ssh::keys::parse_public(host_key)
         .map(|k| jitgate_ssh::keys::fingerprint(&k))
@@ -160,8 +173,70 @@ pub async fn ssh_config(conn: &Conn, key: Option<PathBuf>) -> Result<ExitCode> {
             cert.display()
         ));
     }
-    print!("{out}");
+    if print_only {
+        print!("{out}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let entries = dir.join("ssh_config");
+    std::fs::write(&entries, &out).with_context(|| format!("writing {}", entries.display()))?;
+    let main = match ssh_config {
+        Some(p) => p,
+        None => std::env::var_os("HOME")
+            .map(|h| PathBuf::from(h).join(".ssh/config"))
+            .context("HOME is not set: say which ssh config to extend with --ssh-config")?,
+    };
+    // A config that is a symlink (dotfile managers) is updated where it points.
+    let main = std::fs::canonicalize(&main).unwrap_or(main);
+    let added = include(&main, &entries)?;
+    let n = out.matches("\nHost ").count() + usize::from(out.starts_with("Host "));
+    eprintln!(
+        "wrote {n} Host entr{} to {}{}; gateway host CA pinned in {}",
+        if n == 1 { "y" } else { "ies" },
+        entries.display(),
+        if added {
+            format!(" (included from {})", main.display())
+        } else {
+            String::new()
+        },
+        kh.display()
+    );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Make `main` include `file` with one line at its top (an `Include` must come before any `Host`
+/// block to apply everywhere). Returns whether the line was added; present already: untouched.
+fn include(main: &Path, file: &Path) -> Result<bool> {
+    let line = format!("Include {}", file.display());
+    let text = match std::fs::read_to_string(main) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", main.display())),
+    };
+    if text.lines().any(|l| l.trim() == line) {
+        return Ok(false);
+    }
+    if let Some(parent) = main.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            if parent.file_name().is_some_and(|n| n == ".ssh") {
+                let _ = std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o700));
+            }
+        }
+    }
+    let new = format!("# added by `jitgate ssh-config`\n{line}\n\n{text}");
+    // Written beside and renamed: a crash never leaves the user's ssh config half-written.
+    let tmp = main.with_extension("jitgate-tmp");
+    std::fs::write(&tmp, new).with_context(|| format!("writing {}", tmp.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(main).map(|m| m.permissions().mode()).unwrap_or(0o600);
+        let _ = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode & 0o777));
+    }
+    std::fs::rename(&tmp, main).with_context(|| format!("updating {}", main.display()))?;
+    Ok(true)
 }
 
 /// `jitgate play`: replay an asciicast v2 recording in the terminal.

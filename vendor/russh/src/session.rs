@@ -284,6 +284,20 @@ impl Encrypted {
         Ok(())
     }
 
+    /// (jitgate patch) The peer closed `channel`: data still waiting for its window will never
+    /// be sent (the peer grants no more), so it is discarded and our CLOSE goes now. Keeping it
+    /// would hold every other channel's outgoing traffic behind it for the rest of the session.
+    pub fn close_by_peer(&mut self, channel: ChannelId) -> Result<(), crate::Error> {
+        if let Some(c) = self.channels.get_mut(&channel) {
+            c.pending_data.clear();
+            c.pending_eof = false;
+            c.pending_close = false;
+        }
+        self.byte(channel, msg::CHANNEL_CLOSE)?;
+        self.channels.remove(&channel);
+        Ok(())
+    }
+
     pub fn close(&mut self, channel: ChannelId) -> Result<(), crate::Error> {
         if let Some(channel) = self.has_pending_data_mut(channel) {
             channel.pending_close = true;
@@ -310,6 +324,8 @@ impl Encrypted {
             return true;
         };
         match u32::try_from(len) {
+            // Empty packets cost no window and carry nothing: not queued either.
+            Ok(0) => false,
             Ok(n) if n <= channel.sender_window_size => {
                 channel.sender_window_size -= n;
                 true

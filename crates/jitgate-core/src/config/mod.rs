@@ -117,6 +117,9 @@ fn resolve_paths(c: &mut Config, base: &Path) {
             fix(p);
         }
     }
+    if let Some(p) = c.ssh.host_ca_key_file.as_mut() {
+        fix(p);
+    }
     for r in &mut c.resources {
         for cr in r.credentials.values_mut() {
             if let Some(p) = cr.password_file.as_mut() {
@@ -414,7 +417,11 @@ fn validate(c: &Config, d: &mut Diags<'_>) -> Catalog {
                         },
                     );
                 }
-                if !r.logins.is_empty() || r.host_key.is_some() || r.upstream_key_file.is_some() {
+                if !r.logins.is_empty()
+                    || r.host_key.is_some()
+                    || r.upstream_key_file.is_some()
+                    || !r.host_ca.is_empty()
+                {
                     d.error(
                         span(&r.name),
                         format!(
@@ -444,12 +451,27 @@ fn validate(c: &Config, d: &mut Diags<'_>) -> Catalog {
                         Some("use `ssh-keyscan -t ed25519 HOST` and paste `ssh-ed25519 AAAA...`".into()),
                     );
                 }
-                if r.host_key.is_none() && r.known_hosts_file.is_none() {
+                for (i, ca) in r.host_ca.iter().enumerate() {
+                    if let Err(e) = check_ssh_public_key(ca) {
+                        d.error(
+                            span(&r.name),
+                            format!(
+                                "ssh resource `{name}`: host_ca entry {} is not an OpenSSH public key: {e}",
+                                i + 1
+                            ),
+                            Some(
+                                "paste the CA's public key line (`ssh-ed25519 AAAA...`, the host CA's .pub file)"
+                                    .into(),
+                            ),
+                        );
+                    }
+                }
+                if r.host_key.is_none() && r.known_hosts_file.is_none() && r.host_ca.is_empty() {
                     d.error(
                         span(&r.name),
                         format!("ssh resource `{name}` has no pinned host key"),
                         Some(
-                            "add `host_key = \"ssh-ed25519 AAAA...\"` (ssh-keyscan prints it) or `known_hosts_file`"
+                            "add `host_key = \"ssh-ed25519 AAAA...\"` (ssh-keyscan prints it), `known_hosts_file` or `host_ca`"
                                 .into(),
                         ),
                     );
@@ -485,6 +507,7 @@ fn validate(c: &Config, d: &mut Diags<'_>) -> Catalog {
                 tls: r.tls.as_ref().map(|t| (t.mode, t.ca_file.clone())),
                 host_key: r.host_key.clone(),
                 known_hosts_file: r.known_hosts_file.clone(),
+                host_ca: r.host_ca.clone(),
                 upstream_key_file: r.upstream_key_file.clone(),
                 upstream_ca: r.upstream_ca,
                 connect_timeout: r.connect_timeout.unwrap_or(HumanDuration(10)),

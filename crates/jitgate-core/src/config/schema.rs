@@ -233,6 +233,14 @@ pub struct SshSection {
     /// Lifetime of user certificates the gateway signs (`jitgate ssh-cert`, `jitgate login`).
     #[serde(default = "default_ssh_cert_lifetime")]
     pub cert_lifetime: HumanDuration,
+    /// Private key of the host CA that signs the gateway's host certificate (OpenSSH format).
+    /// Replicas given the same file are all trusted by one `@cert-authority` line; default:
+    /// `data_dir/ssh/host_ca`, generated.
+    pub host_ca_key_file: Option<std::path::PathBuf>,
+    /// Host names the gateway's host certificate is valid for (its principals); empty: any name
+    /// the CA is trusted for (the CA is the gateway's own).
+    #[serde(default)]
+    pub host_names: Vec<String>,
 }
 
 impl Default for SshSection {
@@ -244,6 +252,8 @@ impl Default for SshSection {
             env_allow: default_ssh_env_allow(),
             record: true,
             cert_lifetime: default_ssh_cert_lifetime(),
+            host_ca_key_file: None,
+            host_names: Vec::new(),
         }
     }
 }
@@ -448,8 +458,13 @@ pub struct ResourceConfig {
     pub credentials: BTreeMap<String, CredentialConfig>,
     /// SSH: pinned upstream host key (`ssh-ed25519 AAAA...`).
     pub host_key: Option<String>,
-    /// SSH: known_hosts file with the upstream's key.
+    /// SSH: known_hosts file with the upstream's key, with OpenSSH's semantics (host patterns,
+    /// hashed names, ports, `@cert-authority`, `@revoked`).
     pub known_hosts_file: Option<PathBuf>,
+    /// SSH: host CA public keys (`ssh-ed25519 AAAA...`) whose host certificates are accepted for
+    /// this resource (principals must name its host, or be empty).
+    #[serde(default)]
+    pub host_ca: Vec<String>,
     /// SSH: login names offered (the first is the default).
     #[serde(default)]
     pub logins: Vec<String>,

@@ -158,18 +158,17 @@ pub struct ChannelReadHalf {
     pub(crate) credit: Option<Credit>,
 }
 
-/// (jitgate patch) Consumption reports from a reader to its session loop.
+/// (jitgate patch) Consumption reports from a reader to its session loop. They go through the
+/// session's unbounded priority queue: never waiting (so `wait` stays cancel-safe and a reader can
+/// never wait on a loop that waits on it), and read by the loop even while it holds back
+/// outgoing data for a peer's window.
 pub(crate) struct Credit {
     id: ChannelId,
     send: CreditFn,
     owed: u32,
 }
 
-type CreditFn = Arc<
-    dyn Fn(ChannelId, u32) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
-        + Send
-        + Sync,
->;
+type CreditFn = Box<dyn Fn(ChannelId, u32) + Send + Sync>;
 
 /// Reports are batched up to this many bytes while more messages are queued.
 const CREDIT_BATCH: u32 = 32 * 1024;
@@ -177,34 +176,23 @@ const CREDIT_BATCH: u32 = 32 * 1024;
 impl Credit {
     pub(crate) fn new<S: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static>(
         id: ChannelId,
-        sender: Sender<S>,
+        sender: tokio::sync::mpsc::UnboundedSender<S>,
     ) -> Self {
-        let send: CreditFn = Arc::new(move |id, bytes| {
-            let sender = sender.clone();
-            Box::pin(async move {
-                let _ = sender
-                    .send(S::from((id, ChannelMsg::Consumed { bytes })))
-                    .await;
-            })
+        let send: CreditFn = Box::new(move |id, bytes| {
+            let _ = sender.send(S::from((id, ChannelMsg::Consumed { bytes })));
         });
         Credit { id, send, owed: 0 }
     }
 
-    fn count(&mut self, msg: &ChannelMsg) {
+    /// Count a message taken off the queue; report once the queue is empty (so the session can
+    /// also move messages it holds back into the queue) or a batch is full.
+    fn took(&mut self, msg: &ChannelMsg, queue_empty: bool) {
         if let ChannelMsg::Data { data } | ChannelMsg::ExtendedData { data, .. } = msg {
             self.owed = self.owed.saturating_add(data.len() as u32);
         }
-    }
-
-    /// What to report now: everything owed once the queue is empty (so the session can also
-    /// move messages it holds back into the queue), or a full batch.
-    fn due(&mut self, queue_empty: bool) -> Option<u32> {
         if queue_empty || self.owed >= CREDIT_BATCH {
-            let n = self.owed;
+            (self.send)(self.id, self.owed);
             self.owed = 0;
-            Some(n)
-        } else {
-            None
         }
     }
 }
@@ -219,29 +207,17 @@ impl ChannelReadHalf {
     /// Awaits an incoming [`ChannelMsg`], this method returns [`None`] if the channel has been closed.
     pub async fn wait(&mut self) -> Option<ChannelMsg> {
         let msg = self.receiver.recv().await;
-        if let (Some(m), Some(c)) = (msg.as_ref(), self.credit.as_mut()) {
-            c.count(m);
-            if let Some(n) = c.due(self.receiver.is_empty()) {
-                (c.send)(c.id, n).await;
-            }
+        if let Some(m) = msg.as_ref() {
+            self.consumed(m);
         }
         msg
     }
 
-    /// Like [`wait`](Self::wait) for poll-based readers: the report is sent without waiting, and
-    /// kept for the next message when the session's queue is full.
-    pub(crate) fn consumed_nowait(&mut self, msg: &ChannelMsg) {
+    /// (jitgate patch) Report a message taken off the queue (window credit).
+    pub(crate) fn consumed(&mut self, msg: &ChannelMsg) {
+        let empty = self.receiver.is_empty();
         if let Some(c) = self.credit.as_mut() {
-            c.count(msg);
-            if let Some(n) = c.due(self.receiver.is_empty()) {
-                let fut = (c.send)(c.id, n);
-                let waker = futures::task::noop_waker();
-                let mut cx = std::task::Context::from_waker(&waker);
-                let mut fut = fut;
-                if std::future::Future::poll(fut.as_mut(), &mut cx).is_pending() {
-                    c.owed = c.owed.saturating_add(n);
-                }
-            }
+            c.took(msg, empty);
         }
     }
 
@@ -548,6 +524,7 @@ impl<S: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static> Channel<S> {
     pub(crate) fn new(
         id: ChannelId,
         sender: Sender<S>,
+        credit_to: tokio::sync::mpsc::UnboundedSender<S>,
         max_packet_size: u32,
         window_size: u32,
         channel_buffer_size: usize,
@@ -556,7 +533,7 @@ impl<S: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static> Channel<S> {
         let window_size = WindowSizeRef::new(window_size);
         let read_half = ChannelReadHalf {
             receiver: rx,
-            credit: Some(Credit::new(id, sender.clone())),
+            credit: Some(Credit::new(id, credit_to)),
         };
         let write_half = ChannelWriteHalf {
             id,
@@ -574,6 +551,7 @@ impl<S: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static> Channel<S> {
                 sender: tx,
                 window_size,
                 backlog: Default::default(),
+                held_other: 0,
             },
         )
     }

@@ -527,12 +527,20 @@ impl Session {
                 let channel_num = map_err!(ChannelId::decode(&mut r))?;
                 map_err!(ensure_end(&r))?;
                 if !self.common.is_established_channel(channel_num) {
+                    // (jitgate patch) We closed first: the reader still gets the Close, and the
+                    // channel is forgotten once nothing is held for it.
+                    if let Some(chan) = self.channels.get_mut(&channel_num) {
+                        chan.deliver(ChannelMsg::Close).await;
+                        if chan.is_drained() {
+                            self.channels.remove(&channel_num);
+                        }
+                    }
                     return Ok(());
                 }
                 if let Some(ref mut enc) = self.common.encrypted {
                     // The CHANNEL_CLOSE message must be sent to the server at this point or the session
                     // will not be released.
-                    enc.close(channel_num)?;
+                    enc.close_by_peer(channel_num)?;
                 }
                 // Forward the close to the channel before removing it, so that
                 // consumers waiting on `Channel::wait()` receive an explicit
@@ -613,15 +621,15 @@ impl Session {
                     return Ok(());
                 }
 
-                let read_by_nobody = match self.channels.get_mut(&channel_num) {
-                    Some(chan) => {
-                        chan.deliver(ChannelMsg::Data { data: data.clone() }).await
-                            == crate::channels::Delivered::Dropped
-                    }
-                    None => true,
+                let dropped = match self.channels.get_mut(&channel_num) {
+                    Some(chan) => match chan.deliver(ChannelMsg::Data { data: data.clone() }).await {
+                        crate::channels::Delivered::Queued => 0,
+                        crate::channels::Delivered::Dropped(n) => n,
+                    },
+                    None => data.len() as u32,
                 };
-                if read_by_nobody {
-                    self.consumed(channel_num, data.len() as u32)?;
+                if dropped > 0 {
+                    self.consumed(channel_num, dropped)?;
                 }
 
                 client.data(channel_num, &data, self).await
@@ -645,19 +653,21 @@ impl Session {
                     return Ok(());
                 }
 
-                let read_by_nobody = match self.channels.get_mut(&channel_num) {
-                    Some(chan) => {
-                        chan.deliver(ChannelMsg::ExtendedData {
+                let dropped = match self.channels.get_mut(&channel_num) {
+                    Some(chan) => match chan
+                        .deliver(ChannelMsg::ExtendedData {
                             ext: extended_code,
                             data: data.clone(),
                         })
                         .await
-                            == crate::channels::Delivered::Dropped
-                    }
-                    None => true,
+                    {
+                        crate::channels::Delivered::Queued => 0,
+                        crate::channels::Delivered::Dropped(n) => n,
+                    },
+                    None => data.len() as u32,
                 };
-                if read_by_nobody {
-                    self.consumed(channel_num, data.len() as u32)?;
+                if dropped > 0 {
+                    self.consumed(channel_num, dropped)?;
                 }
 
                 client
@@ -878,6 +888,7 @@ impl Session {
                 let (channel, channel_ref) = Channel::new(
                     id,
                     self.inbound_channel_sender.clone(),
+                    self.priority_sender.clone(),
                     channel_params.recipient_maximum_packet_size,
                     channel_params.recipient_window_size,
                     self.common.config.channel_buffer_size,

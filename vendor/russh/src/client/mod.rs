@@ -316,6 +316,8 @@ pub enum DisconnectReason<E: From<crate::Error> + Send> {
 /// the request/response cycle.
 pub struct Handle<H: Handler> {
     sender: Sender<Msg>,
+    /// (jitgate patch) The session's priority queue, for readers' consumption reports.
+    priority_sender: UnboundedSender<Msg>,
     receiver: UnboundedReceiver<Reply>,
     join: russh_util::runtime::JoinHandle<Result<(), H::Error>>,
     channel_buffer_size: usize,
@@ -762,7 +764,7 @@ impl<H: Handler> Handle<H> {
                         },
                         read_half: ChannelReadHalf {
                             receiver,
-                            credit: Some(crate::channels::Credit::new(id, self.sender.clone())),
+                            credit: Some(crate::channels::Credit::new(id, self.priority_sender.clone())),
                         },
                     });
                 }
@@ -1261,6 +1263,7 @@ where
         session_sender,
     );
     session.begin_rekey()?;
+    let priority_sender = session.priority_sender.clone();
     let (kex_done_signal, kex_done_signal_rx) = oneshot::channel();
     let join = russh_util::runtime::spawn(session.run(stream, handler, Some(kex_done_signal)));
 
@@ -1277,6 +1280,7 @@ where
 
     Ok(Handle {
         sender: handle_sender,
+        priority_sender,
         receiver: handle_receiver,
         join,
         channel_buffer_size,
@@ -1629,16 +1633,18 @@ impl Session {
     /// everything held for it is delivered.
     pub(crate) fn consumed(&mut self, id: ChannelId, bytes: u32) -> Result<(), crate::Error> {
         let target = self.common.config.window_size;
-        let mut open = true;
-        if let Some(enc) = self.common.encrypted.as_mut() {
-            open = enc.channels.contains_key(&id);
-            enc.grant_consumed(id, bytes, target)?;
-        }
+        // Held messages first (data thrown away for a reader that is gone counts as read).
+        let mut bytes = bytes;
+        let mut gone = false;
         if let Some(chan) = self.channels.get_mut(&id) {
-            chan.drain();
-            if !open && chan.is_drained() {
+            bytes = bytes.saturating_add(chan.drain());
+            gone = chan.is_drained();
+        }
+        if let Some(enc) = self.common.encrypted.as_mut() {
+            if !enc.channels.contains_key(&id) && gone {
                 self.channels.remove(&id);
             }
+            enc.grant_consumed(id, bytes, target)?;
         }
         Ok(())
     }

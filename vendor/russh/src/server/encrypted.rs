@@ -1445,11 +1445,19 @@ impl Session {
                 let channel_num = map_err!(ChannelId::decode(r))?;
                 map_err!(ensure_end(r))?;
                 if !self.common.is_established_channel(channel_num) {
+                    // (jitgate patch) We closed first: the reader still gets the Close, and the
+                    // channel is forgotten once nothing is held for it.
+                    if let Some(chan) = self.channels.get_mut(&channel_num) {
+                        chan.deliver(ChannelMsg::Close).await;
+                        if chan.is_drained() {
+                            self.channels.remove(&channel_num);
+                        }
+                    }
                     return Ok(());
                 }
                 if let Some(ref mut enc) = self.common.encrypted {
                     // Reply with CHANNEL_CLOSE per RFC 4254 Section 5.3.
-                    enc.close(channel_num)?;
+                    enc.close_by_peer(channel_num)?;
                 }
                 // Forward the close to the channel before removing it, so that
                 // consumers waiting on `Channel::wait()` receive an explicit
@@ -1512,12 +1520,15 @@ impl Session {
                     },
                     None => ChannelMsg::Data { data: data.clone() },
                 };
-                let read_by_nobody = match self.channels.get_mut(&channel_num) {
-                    Some(chan) => chan.deliver(msg).await == crate::channels::Delivered::Dropped,
-                    None => true,
+                let dropped = match self.channels.get_mut(&channel_num) {
+                    Some(chan) => match chan.deliver(msg).await {
+                        crate::channels::Delivered::Queued => 0,
+                        crate::channels::Delivered::Dropped(n) => n,
+                    },
+                    None => data.len() as u32,
                 };
-                if read_by_nobody {
-                    self.consumed(channel_num, data.len() as u32)?;
+                if dropped > 0 {
+                    self.consumed(channel_num, dropped)?;
                 }
                 self.flush()?;
                 if let Some(ext) = ext {
@@ -2064,6 +2075,7 @@ impl Session {
         let (channel, channel_ref) = Channel::new(
             sender_channel,
             self.sender.sender.clone(),
+            self.sender.priority_sender.clone(),
             channel_params.recipient_maximum_packet_size,
             channel_params.recipient_window_size,
             self.common.config.channel_buffer_size,

@@ -416,7 +416,7 @@ impl Handle {
                         },
                         read_half: ChannelReadHalf {
                             receiver,
-                            credit: Some(crate::channels::Credit::new(id, self.sender.clone())),
+                            credit: Some(crate::channels::Credit::new(id, self.priority_sender.clone())),
                         },
                     });
                 }
@@ -500,16 +500,18 @@ impl Session {
     /// everything held for it is delivered.
     pub(crate) fn consumed(&mut self, id: ChannelId, bytes: u32) -> Result<(), Error> {
         let target = self.target_window_size;
-        let mut open = true;
-        if let Some(enc) = self.common.encrypted.as_mut() {
-            open = enc.channels.contains_key(&id);
-            enc.grant_consumed(id, bytes, target)?;
-        }
+        // Held messages first (data thrown away for a reader that is gone counts as read).
+        let mut bytes = bytes;
+        let mut gone = false;
         if let Some(chan) = self.channels.get_mut(&id) {
-            chan.drain();
-            if !open && chan.is_drained() {
+            bytes = bytes.saturating_add(chan.drain());
+            gone = chan.is_drained();
+        }
+        if let Some(enc) = self.common.encrypted.as_mut() {
+            if !enc.channels.contains_key(&id) && gone {
                 self.channels.remove(&id);
             }
+            enc.grant_consumed(id, bytes, target)?;
         }
         Ok(())
     }

@@ -39,7 +39,7 @@ where
             None => match ready!(self.channel.borrow_mut().receiver.poll_recv(cx)) {
                 Some(msg) => {
                     // (jitgate patch) Report what was taken off the queue (window credit).
-                    self.channel.borrow_mut().consumed_nowait(&msg);
+                    self.channel.borrow_mut().consumed(&msg);
                     (msg, 0)
                 }
                 None => return Poll::Ready(Ok(())),
