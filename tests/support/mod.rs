@@ -194,7 +194,10 @@ impl Gateway {
             .append(true)
             .open(self.log_path())
             .unwrap();
-        let child = Command::new(BIN)
+        // JITGATE_TEST_GATEWAY_BIN: serve with another build (e.g. target/release/jitgate, to
+        // measure throughput ratios against direct runs); default: this test build's binary.
+        let bin = std::env::var("JITGATE_TEST_GATEWAY_BIN").unwrap_or_else(|_| BIN.to_string());
+        let child = Command::new(bin)
             .args(["serve", "--config"])
             .arg(self.config_path())
             .env("RUST_LOG", "info")

@@ -1,10 +1,12 @@
 //! Channel relay between the client and the upstream, one task per channel with both directions
 //! running concurrently.
 //!
-//! Backpressure: russh hands each channel's messages to a bounded queue (64 messages of at most
-//! one SSH packet) and writes wait for the peer's SSH window, so a slow reader on either side
-//! stops the relay, which stops reading the other side: memory per channel is bounded by the
-//! queues and windows, never by the transfer.
+//! Flow control: each direction is its own pump (`client_to_upstream`, `upstream_to_client`),
+//! waiting only for the SSH window of the side it writes to. The patched russh (vendor/README.md)
+//! grants a sender window only for data its pump has read and never blocks its session loop on
+//! a pump, so per channel and direction, window still usable + data waiting ≤ the target window
+//! (2 MiB): memory is bounded by the window, never by the transfer, and neither direction waits
+//! on the other (no deadlock with traffic both ways on one channel).
 //!
 //! Requests that want a reply (pty-req, exec, shell, subsystem, env) are forwarded upstream with
 //! the same `want_reply`, and the upstream's success/failure is relayed back in order; requests
