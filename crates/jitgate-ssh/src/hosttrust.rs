@@ -73,10 +73,28 @@ impl HostTrust {
     }
 
     /// Add the lines of a known_hosts text that match `host`/`port`.
-    pub fn add_known_hosts(&mut self, text: &str, host: &str, port: u16) -> Result<(), String> {
-        let name = lookup_name(host, port);
-        for (i, entry) in KnownHosts::new(text).enumerate() {
-            let entry = entry.map_err(|e| format!("entry {}: {e}", i + 1))?;
+    /// Lines that do not parse are skipped (with a warning), as OpenSSH does; the number of
+    /// lines skipped is returned.
+    pub fn add_known_hosts(&mut self, text: &str, host: &str, port: u16) -> Result<usize, String> {
+        // OpenSSH lowercases the host name before matching and hashing (ssh-keygen -H hashes
+        // lowercase names).
+        let name = lookup_name(&host.to_ascii_lowercase(), port);
+        let mut skipped = 0;
+        for (n, raw) in text.lines().enumerate() {
+            // The parser wants single spaces; OpenSSH accepts any blanks.
+            let line = raw.split_whitespace().collect::<Vec<_>>().join(" ");
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let entry = match KnownHosts::new(&line).next() {
+                Some(Ok(e)) => e,
+                Some(Err(e)) => {
+                    skipped += 1;
+                    tracing::warn!(line = n + 1, error = %e, "known_hosts line skipped (not understood)");
+                    continue;
+                }
+                None => continue,
+            };
             if !host_matches(entry.host_patterns(), &name) {
                 continue;
             }
@@ -87,7 +105,7 @@ impl HostTrust {
                 Some(Marker::Revoked) => self.revoked.push(key),
             }
         }
-        Ok(())
+        Ok(skipped)
     }
 
     /// Whether anything here is a CA (then the gateway asks upstreams for certificates).
@@ -124,6 +142,16 @@ impl HostTrust {
             // Not from a trusted CA: perhaps its key is pinned (OpenSSH falls back likewise).
             return self.check_key(key);
         }
+        let checked = self.check_trusted_cert(cert, now);
+        // As OpenSSH: a certificate that fails its checks is retried as its plain key.
+        match checked {
+            Err(Refused::BadCertificate(_)) if self.check_key(key).is_ok() => Ok(()),
+            other => other,
+        }
+    }
+
+    fn check_trusted_cert(&self, cert: &Certificate, now: u64) -> Result<(), Refused> {
+        let ca = cert.signature_key();
         let bad = |s: &str| Refused::BadCertificate(s.to_string());
         if cert.cert_type() != CertType::Host {
             return Err(bad("it is a user certificate"));
@@ -265,6 +293,56 @@ mod tests {
         assert!(!host_matches(&hashed, "[127.0.0.1]:2201"));
         assert_eq!(split_host_port("[::1]:2222"), ("::1", 2222));
         assert_eq!(split_host_port("db.example.com"), ("db.example.com", 22));
+    }
+
+    #[test]
+    fn case_blanks_and_bad_lines_as_openssh() {
+        let k = generate_ed25519("k");
+        let other = generate_ed25519("o");
+        // A hashed line for the lowercase name matches a host configured in capitals.
+        let salt = [3u8; 20];
+        let mut mac = hmac::Hmac::<sha1::Sha1>::new_from_slice(&salt).unwrap();
+        mac.update(b"web-1.example.com");
+        let hash: [u8; 20] = mac.finalize().into_bytes().into();
+        let b64 = base64_encode;
+        let kh = format!(
+            "@revoked |1|{}|{} {}\nweb-1.example.com\t{}\n@bogus-marker * {}\nnot a line at all\n",
+            b64(&salt),
+            b64(&hash),
+            line(other.public_key()),
+            line(k.public_key()),
+            line(other.public_key())
+        );
+        let mut t = HostTrust {
+            host: "Web-1.example.com".into(),
+            ..Default::default()
+        };
+        let skipped = t.add_known_hosts(&kh, "Web-1.Example.com", 22).unwrap();
+        assert_eq!(skipped, 2);
+        let bare = |k: &PublicKey| PublicKeyOrCertificate::PublicKey {
+            key: k.clone(),
+            hash_alg: None,
+        };
+        assert_eq!(t.check(&bare(k.public_key()), 0), Ok(()));
+        assert_eq!(t.check(&bare(other.public_key()), 0), Err(Refused::Revoked));
+    }
+
+    fn base64_encode(b: &[u8]) -> String {
+        const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut out = String::new();
+        for c in b.chunks(3) {
+            let n = (u32::from(c[0]) << 16)
+                | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+                | u32::from(*c.get(2).unwrap_or(&0));
+            for i in 0..4 {
+                if i <= c.len() {
+                    out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+                } else {
+                    out.push('=');
+                }
+            }
+        }
+        out
     }
 
     #[test]

@@ -147,7 +147,11 @@ impl GatewayKeys {
     /// The gateway's host certificate: its host key signed by the host CA for `names` (empty:
     /// any name), valid from an hour ago without end (like `ssh-keygen -s` by default; a leaked
     /// host key is revoked with `@revoked`, a leaked CA by replacing it).
+    /// Each name also goes in as `jitgate-NAME`: the `HostKeyAlias` `jitgate ssh-config` writes,
+    /// which is the name OpenSSH checks principals against.
     pub fn host_certificate(&self, names: &[String]) -> Result<Certificate, KeyError> {
+        let names: Vec<String> = names.iter().flat_map(|n| [n.clone(), format!("jitgate-{n}")]).collect();
+        let names = names.as_slice();
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())

@@ -215,7 +215,9 @@ pub enum Cmd {
         /// Private key to use (as for ssh-cert).
         #[arg(long)]
         key: Option<PathBuf>,
-        /// Print the entries instead of writing them (for ssh configs managed by hand).
+        /// Print the entries instead of writing them to their file and including it from your
+        /// ssh config (for ssh configs managed by hand; the pins and certificate are still
+        /// refreshed, the entries point at them).
         #[arg(long)]
         print: bool,
         /// The ssh config that gets the `Include` line; default ~/.ssh/config.

@@ -122,7 +122,13 @@ async fn open_store(loaded: &Loaded, data_dir: &Path, metrics: &Metrics) -> Resu
 }
 
 /// Files every replica on a shared store must hold identically.
-const SHARED_KEY_FILES: &[&str] = &["auth/token_keys.json", "ssh/host_key", "ssh/user_ca", "ssh/upstream_ca"];
+const SHARED_KEY_FILES: &[&str] = &[
+    "auth/token_keys.json",
+    "ssh/host_key",
+    "ssh/host_ca",
+    "ssh/user_ca",
+    "ssh/upstream_ca",
+];
 
 /// Publish fingerprints of the keys replicas must share and compare them with the other
 /// replicas': a token minted on one replica must verify on all, and users pin one SSH host key.

@@ -140,6 +140,12 @@ pub async fn ssh_config(
     let (cert, vb) = fetch_cert(&c, &key).await?;
     // Pinned through the API (TLS-verified), under an alias so it cannot clash with the host's
     // own entries.
+    if !safe_word(&host, true) {
+        bail!("the gateway's host name {host:?} cannot go into an ssh config (letters, digits, . - : only)");
+    }
+    for p in [&dir, &key] {
+        safe_path(p)?;
+    }
     let alias = format!("jitgate-{host}");
     let kh = dir.join("known_hosts");
     let fields = |l: &str| l.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
@@ -150,7 +156,14 @@ pub async fn ssh_config(
         pins.push_str(&format!("@cert-authority {alias} {}\n", fields(ca)));
     }
     pins.push_str(&format!("{alias} {}\n", fields(host_key)));
-    std::fs::write(&kh, pins).with_context(|| format!("writing {}", kh.display()))?;
+    // Revocations the user added stay (a leaked gateway key is revoked with `@revoked`).
+    if let Ok(old) = std::fs::read_to_string(&kh) {
+        for l in old.lines().filter(|l| l.trim_start().starts_with("@revoked")) {
+            pins.push_str(l);
+            pins.push('\n');
+        }
+    }
+    write_private(&kh, &pins)?;
     let resources: Vec<Value> = c.get("/v1/resources").await?;
     let fingerprint = jitgate_ssh::keys::parse_public(host_key)
         .map(|k| jitgate_ssh::keys::fingerprint(&k))
@@ -166,8 +179,13 @@ pub async fn ssh_config(
         let Some(login) = r["access"].as_array().and_then(|a| a.first()).and_then(Value::as_str) else {
             continue;
         };
+        // What the gateway sends goes into a file ssh reads: nothing but plain names.
+        if !safe_word(name, false) || !safe_word(login, false) || !port.bytes().all(|b| b.is_ascii_digit()) {
+            eprintln!("jitgate: skipping resource {name:?} (login {login:?}): not a plain name for an ssh config");
+            continue;
+        }
         out.push_str(&format!(
-            "Host {name}\n  HostName {host}\n  Port {port}\n  User {login}@{name}\n  HostKeyAlias {alias}\n  UserKnownHostsFile {}\n  StrictHostKeyChecking yes\n  IdentityFile {}\n  CertificateFile {}\n  IdentitiesOnly yes\n",
+            "Host {name}\n  HostName {host}\n  Port {port}\n  User {login}@{name}\n  HostKeyAlias {alias}\n  UserKnownHostsFile \"{}\"\n  GlobalKnownHostsFile none\n  StrictHostKeyChecking yes\n  IdentityFile \"{}\"\n  CertificateFile \"{}\"\n  IdentitiesOnly yes\n",
             kh.display(),
             key.display(),
             cert.display()
@@ -178,7 +196,8 @@ pub async fn ssh_config(
         return Ok(ExitCode::SUCCESS);
     }
     let entries = dir.join("ssh_config");
-    std::fs::write(&entries, &out).with_context(|| format!("writing {}", entries.display()))?;
+    // ssh refuses an included file others may write ("Bad owner or permissions").
+    write_private(&entries, &out)?;
     let main = match ssh_config {
         Some(p) => p,
         None => std::env::var_os("HOME")
@@ -203,10 +222,54 @@ pub async fn ssh_config(
     Ok(ExitCode::SUCCESS)
 }
 
+/// A name that can stand unquoted in an ssh config: letters, digits, `.`, `_`, `-` (and `:` in a
+/// host, for IPv6).
+fn safe_word(s: &str, host: bool) -> bool {
+    !s.is_empty()
+        && !s.starts_with('-')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-') || (host && b == b':'))
+}
+
+/// A path that can stand double-quoted in an ssh config (no quote, `%` token or line break).
+fn safe_path(p: &Path) -> Result<()> {
+    let s = p.to_string_lossy();
+    if s.contains(['"', '%', '\n', '\r']) {
+        bail!(
+            "{} cannot go into an ssh config (contains a quote, % or line break); set JITGATE_CONFIG_DIR / --key elsewhere",
+            p.display()
+        );
+    }
+    Ok(())
+}
+
+/// Write a file only its owner may read or write (replaced whole: written beside, renamed).
+fn write_private(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("jitgate-tmp");
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(0o600);
+    }
+    let mut f = o.open(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(text.as_bytes())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600));
+    }
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
 /// Make `main` include `file` with one line at its top (an `Include` must come before any `Host`
 /// block to apply everywhere). Returns whether the line was added; present already: untouched.
 fn include(main: &Path, file: &Path) -> Result<bool> {
-    let line = format!("Include {}", file.display());
+    let line = format!("Include \"{}\"", file.display());
     let text = match std::fs::read_to_string(main) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
