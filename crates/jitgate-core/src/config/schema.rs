@@ -236,7 +236,7 @@ pub struct SshSection {
     /// Private key of the host CA that signs the gateway's host certificate (OpenSSH format).
     /// Replicas given the same file are all trusted by one `@cert-authority` line; default:
     /// `data_dir/ssh/host_ca`, generated.
-    pub host_ca_key_file: Option<std::path::PathBuf>,
+    pub host_ca_key_file: Option<PathBuf>,
     /// Host names the gateway's host certificate is valid for (its principals); empty: any name
     /// the CA is trusted for (the CA is the gateway's own).
     #[serde(default)]
