@@ -225,32 +225,10 @@ fn host_matches(p: &HostPatterns, name: &str) -> bool {
     }
 }
 
-/// OpenSSH `match_pattern`: `*` any run of characters, `?` one character.
+/// OpenSSH `match_pattern`: `*` any run of characters, `?` one character (the same matcher as
+/// policy resource globs).
 fn glob(p: &str, s: &str) -> bool {
-    let (p, s): (Vec<char>, Vec<char>) = (p.chars().collect(), s.chars().collect());
-    let (mut pi, mut si) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while si < s.len() {
-        match p.get(pi) {
-            Some('*') => {
-                star = Some((pi, si));
-                pi += 1;
-            }
-            Some(&c) if c == '?' || c == s[si] => {
-                pi += 1;
-                si += 1;
-            }
-            _ => match star {
-                Some((sp, ss)) => {
-                    pi = sp + 1;
-                    si = ss + 1;
-                    star = Some((sp, ss + 1));
-                }
-                None => return false,
-            },
-        }
-    }
-    p[pi..].iter().all(|&c| c == '*')
+    jitgate_core::glob::matches(p, s)
 }
 
 #[cfg(test)]
