@@ -346,6 +346,27 @@ mod tests {
     }
 
     #[test]
+    fn host_certificate_names_the_alias_and_verifies_against_the_host_ca() {
+        let d = tempfile::tempdir().unwrap();
+        let k = GatewayKeys::load(d.path(), None).unwrap();
+        let c = k.host_certificate(&["gw.example.com".into()]).unwrap();
+        assert_eq!(c.cert_type(), CertType::Host);
+        assert_eq!(c.valid_principals(), ["gw.example.com", "jitgate-gw.example.com"]);
+        let fp = k.host_ca.public_key().fingerprint(HashAlg::Sha256);
+        c.validate_at(now(), [&fp]).unwrap();
+        assert_eq!(c.public_key(), k.host.public_key().key_data());
+        // No names: valid for any.
+        assert!(k.host_certificate(&[]).unwrap().valid_principals().is_empty());
+        // An operator's CA file that is missing or not a key is a clear error, not a new CA.
+        let missing = d.path().join("nope");
+        let e = GatewayKeys::load(d.path(), Some(&missing)).err().unwrap().to_string();
+        assert!(e.contains("nope") && e.contains("host_ca_key_file"), "{e}");
+        std::fs::write(&missing, "junk").unwrap();
+        let e = GatewayKeys::load(d.path(), Some(&missing)).err().unwrap().to_string();
+        assert!(e.contains("not an OpenSSH private key"), "{e}");
+    }
+
+    #[test]
     fn keys_are_generated_once_and_private() {
         let d = tempfile::tempdir().unwrap();
         let a = GatewayKeys::load(d.path(), None).unwrap();
