@@ -188,16 +188,22 @@ impl TokenKeys {
             return Err(TokenError::Malformed);
         }
         let sig = B64.decode(sig).map_err(|_| TokenError::Malformed)?;
-        let claims: Claims = serde_json::from_slice(&B64.decode(body).map_err(|_| TokenError::Malformed)?)
-            .map_err(|_| TokenError::Malformed)?;
+        // The MAC is checked before anything of the body is decoded or parsed: bytes nobody
+        // holding a key wrote never reach the JSON parser. The key id is inside the body, so
+        // each live key is tried (there are one or two: the current and, after a rotation, the
+        // previous), each in constant time.
+        let signed = token.get(..PREFIX.len() + body.len()).unwrap_or_default().as_bytes();
         let keys = self.keys.read().map_err(|_| TokenError::Malformed)?;
         let key = keys
             .iter()
-            .find(|k| k.kid == claims.kid)
+            .rev()
+            .find(|k| mac(k, signed).is_some_and(|m| m.verify_slice(&sig).is_ok()))
             .ok_or(TokenError::BadSignature)?;
-        let signed_len = PREFIX.len() + body.len();
-        let m = mac(key, token.get(..signed_len).unwrap_or_default().as_bytes()).ok_or(TokenError::BadSignature)?;
-        m.verify_slice(&sig).map_err(|_| TokenError::BadSignature)?;
+        let claims: Claims = serde_json::from_slice(&B64.decode(body).map_err(|_| TokenError::Malformed)?)
+            .map_err(|_| TokenError::Malformed)?;
+        if claims.kid != key.kid {
+            return Err(TokenError::BadSignature);
+        }
         if now >= claims.exp {
             return Err(TokenError::Expired);
         }
@@ -241,14 +247,17 @@ mod tests {
         assert!(is_gateway_token(&t));
         assert_eq!(k.verify(&t, 1001).unwrap(), c);
         assert_eq!(k.verify(&t, 4600), Err(TokenError::Expired));
-        // Flip one character of the claims: the MAC no longer matches (or it stops parsing).
+        // Flip one character of the claims: the MAC no longer matches, and that is what is
+        // reported: the body is never decoded before its MAC checks out.
         let mut bytes = t.clone().into_bytes();
         bytes[10] = if bytes[10] == b'A' { b'B' } else { b'A' };
         let tampered = String::from_utf8(bytes).unwrap();
-        assert!(matches!(
-            k.verify(&tampered, 1001),
-            Err(TokenError::BadSignature | TokenError::Malformed)
-        ));
+        assert_eq!(k.verify(&tampered, 1001), Err(TokenError::BadSignature));
+        let (_, sig0) = t.rsplit_once('.').unwrap();
+        assert_eq!(
+            k.verify(&format!("jg1.{{not json, not base64!}}.{sig0}"), 1001),
+            Err(TokenError::BadSignature)
+        );
         // Claims re-encoded with more groups, old signature: refused.
         let (_, rest) = t.split_once('.').unwrap();
         let (_, sig) = rest.split_once('.').unwrap();
