@@ -1,4 +1,4 @@
-//! Gateway tokens (`jg1.` strings) as clients present them: verify never panics, and only a
+//! Gateway tokens (`jg2.` and `jg1.` strings) as clients present them: verify never panics, and only a
 //! token this key minted verifies.
 #![no_main]
 

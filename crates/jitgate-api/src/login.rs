@@ -94,7 +94,7 @@ impl ControlPlane {
         })
     }
 
-    /// Check a gateway token (`jg1.`): signature, expiry, revocation.
+    /// Check a gateway token (`jg2.`, or `jg1.` from before): authenticity, expiry, revocation.
     pub(crate) fn verify_gateway_token(&self, token: &str) -> ApiResult<Principal> {
         let login = self
             .login_services()

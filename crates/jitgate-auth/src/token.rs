@@ -1,8 +1,19 @@
-//! Gateway tokens: what a person holds after logging in. `jg1.<claims>.<mac>` where `<claims>`
-//! is base64url JSON (identity, groups, issued, expires, token id, key id) and `<mac>` is
-//! HMAC-SHA256 over `jg1.<claims>` with the gateway's token key.
+//! Gateway tokens: what a person holds after logging in.
 //!
-//! Only the gateway verifies these tokens, so a MAC is enough (no public key to publish). Keys live
+//! `jg2.<kid>.<sealed>` (minted since session 7): `<sealed>` is base64url of a 12-byte nonce and
+//! the AES-256-GCM encryption of the claims (JSON: identity, groups, issued, expires, token id,
+//! key id) under a key derived from the token key `<kid>` (HMAC-SHA256(secret, "jitgate token
+//! sealing v2")), with `jg2.<kid>` as associated data. The key id travels outside, so the right
+//! key is found without reading anything else; decryption authenticates before any byte of the
+//! claims is parsed; and whoever sees a token (in `PGPASSWORD`, a shell history, a proxy log)
+//! learns nothing from it but the key id, not whose it is, their groups or its expiry.
+//!
+//! `jg1.<claims>.<mac>` (minted before): base64url JSON claims and HMAC-SHA256 over
+//! `jg1.<claims>`. Still accepted until they expire; their MAC is checked against every live key
+//! before the claims are decoded.
+//!
+//! Only the gateway verifies these tokens, so a symmetric key is enough (no public key to
+//! publish). Keys live
 //! in `data_dir/auth/token_keys.json` (0600): the newest signs, every listed key verifies, so
 //! `rotate` never logs anyone out; keys older than the longest token lifetime can be dropped.
 //! Revocation (logout, an admin cutting off a stolen token) is by token id, checked by the caller.
@@ -17,6 +28,9 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 const PREFIX: &str = "jg1.";
+const PREFIX2: &str = "jg2.";
+/// Bytes of a token body accepted at all (a real one is a few hundred).
+const MAX_BODY: usize = 16 * 1024;
 
 /// What a gateway token says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,7 +52,7 @@ pub struct Claims {
 /// Why a token is refused. `Display` is safe to show (it never contains the token).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
-    /// Not `jg1.x.y`, bad base64 or JSON.
+    /// Not `jg2.kid.sealed` / `jg1.x.y`, bad base64 or JSON.
     #[error("not a jitgate token")]
     Malformed,
     /// Signed by no key we hold (or altered).
@@ -76,6 +90,13 @@ fn new_key(now: i64) -> Key {
         secret: hex::encode(secret),
         created: now,
     }
+}
+
+/// The AES-256-GCM key a token key seals `jg2.` tokens with.
+fn sealer(key: &Key) -> Option<aes_gcm::Aes256Gcm> {
+    use aes_gcm::aead::KeyInit;
+    let k: [u8; 32] = mac(key, b"jitgate token sealing v2")?.finalize().into_bytes().into();
+    Some(aes_gcm::Aes256Gcm::new(&k.into()))
 }
 
 fn mac(key: &Key, msg: &[u8]) -> Option<Hmac<Sha256>> {
@@ -171,20 +192,63 @@ impl TokenKeys {
             jti: hex::encode(jti),
             kid: key.kid.clone(),
         };
-        let body = B64.encode(serde_json::to_vec(&claims).map_err(|_| TokenError::Malformed)?);
-        let signed = format!("{PREFIX}{body}");
-        let sig = mac(key, signed.as_bytes())
-            .ok_or(TokenError::Malformed)?
-            .finalize()
-            .into_bytes();
-        Ok((format!("{signed}.{}", B64.encode(sig)), claims))
+        let json = serde_json::to_vec(&claims).map_err(|_| TokenError::Malformed)?;
+        let aad = format!("{PREFIX2}{}", key.kid);
+        let nonce: [u8; 12] = rand::random();
+        let sealed = {
+            use aes_gcm::aead::{Aead, Payload};
+            sealer(key)
+                .ok_or(TokenError::Malformed)?
+                .encrypt(&nonce.into(), Payload { msg: &json, aad: aad.as_bytes() })
+                .map_err(|_| TokenError::Malformed)?
+        };
+        let mut body = nonce.to_vec();
+        body.extend_from_slice(&sealed);
+        Ok((format!("{aad}.{}", B64.encode(body)), claims))
     }
 
     /// Check signature and expiry (`now`, unix seconds).
     pub fn verify(&self, token: &str, now: i64) -> Result<Claims, TokenError> {
+        let claims = if token.starts_with(PREFIX2) {
+            self.open_v2(token)?
+        } else {
+            self.open_v1(token)?
+        };
+        if now >= claims.exp {
+            return Err(TokenError::Expired);
+        }
+        Ok(claims)
+    }
+
+    /// `jg2.<kid>.<nonce+ciphertext>`: find the key by id, decrypt (authenticates), then parse.
+    fn open_v2(&self, token: &str) -> Result<Claims, TokenError> {
+        use aes_gcm::aead::{Aead, Payload};
+        let rest = token.strip_prefix(PREFIX2).ok_or(TokenError::Malformed)?;
+        let (kid, body) = rest.split_once('.').ok_or(TokenError::Malformed)?;
+        if body.len() > MAX_BODY || kid.len() > 64 {
+            return Err(TokenError::Malformed);
+        }
+        let raw = B64.decode(body).map_err(|_| TokenError::Malformed)?;
+        let (nonce, sealed) = raw.split_first_chunk::<12>().ok_or(TokenError::Malformed)?;
+        let keys = self.keys.read().map_err(|_| TokenError::Malformed)?;
+        let key = keys.iter().find(|k| k.kid == kid).ok_or(TokenError::BadSignature)?;
+        let aad = &token[..PREFIX2.len() + kid.len()];
+        let json = sealer(key)
+            .ok_or(TokenError::BadSignature)?
+            .decrypt(&(*nonce).into(), Payload { msg: sealed, aad: aad.as_bytes() })
+            .map_err(|_| TokenError::BadSignature)?;
+        let claims: Claims = serde_json::from_slice(&json).map_err(|_| TokenError::Malformed)?;
+        if claims.kid != key.kid {
+            return Err(TokenError::BadSignature);
+        }
+        Ok(claims)
+    }
+
+    /// `jg1.<claims>.<mac>` (tokens minted before `jg2.`).
+    fn open_v1(&self, token: &str) -> Result<Claims, TokenError> {
         let rest = token.strip_prefix(PREFIX).ok_or(TokenError::Malformed)?;
         let (body, sig) = rest.split_once('.').ok_or(TokenError::Malformed)?;
-        if body.len() > 16 * 1024 {
+        if body.len() > MAX_BODY {
             return Err(TokenError::Malformed);
         }
         let sig = B64.decode(sig).map_err(|_| TokenError::Malformed)?;
@@ -204,10 +268,17 @@ impl TokenKeys {
         if claims.kid != key.kid {
             return Err(TokenError::BadSignature);
         }
-        if now >= claims.exp {
-            return Err(TokenError::Expired);
-        }
         Ok(claims)
+    }
+
+    /// A `jg1.` token as minted before `jg2.` (tests of the transition).
+    #[cfg(test)]
+    fn mint_v1(&self, claims: &Claims) -> String {
+        let keys = self.keys.read().unwrap();
+        let key = keys.iter().find(|k| k.kid == claims.kid).unwrap();
+        let signed = format!("{PREFIX}{}", B64.encode(serde_json::to_vec(claims).unwrap()));
+        let sig = mac(key, signed.as_bytes()).unwrap().finalize().into_bytes();
+        format!("{signed}.{}", B64.encode(sig))
     }
 }
 
@@ -232,7 +303,7 @@ fn save(path: &Path, keys: &[Key]) -> std::io::Result<()> {
 
 /// True when `token` looks like a gateway token (cheap prefix test).
 pub fn is_gateway_token(token: &str) -> bool {
-    token.starts_with(PREFIX)
+    token.starts_with(PREFIX2) || token.starts_with(PREFIX)
 }
 
 #[cfg(test)]
@@ -247,25 +318,38 @@ mod tests {
         assert!(is_gateway_token(&t));
         assert_eq!(k.verify(&t, 1001).unwrap(), c);
         assert_eq!(k.verify(&t, 4600), Err(TokenError::Expired));
-        // Flip one character of the claims: the MAC no longer matches, and that is what is
-        // reported: the body is never decoded before its MAC checks out.
+        // Sealed: nothing of the claims shows, only the key id.
+        assert!(t.starts_with(&format!("jg2.{}.", c.kid)), "{t}");
+        let raw = B64.decode(t.rsplit_once('.').unwrap().1).unwrap();
+        assert!(!raw.windows(5).any(|w| w == b"alice") && !raw.windows(3).any(|w| w == b"dev"));
+        // Flip one character of the sealed part: refused as altered, never parsed.
         let mut bytes = t.clone().into_bytes();
-        bytes[10] = if bytes[10] == b'A' { b'B' } else { b'A' };
+        let i = bytes.len() - 5;
+        bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
         let tampered = String::from_utf8(bytes).unwrap();
         assert_eq!(k.verify(&tampered, 1001), Err(TokenError::BadSignature));
-        let (_, sig0) = t.rsplit_once('.').unwrap();
+        let sealed = t.rsplit_once('.').unwrap().1;
+        assert_eq!(k.verify(&format!("jg2.ffffffff.{sealed}"), 1001), Err(TokenError::BadSignature));
+        assert_eq!(k.verify("jg2.x", 0), Err(TokenError::Malformed));
+        assert_eq!(k.verify(&format!("jg2.{}.AAAA", c.kid), 0), Err(TokenError::Malformed));
+
+        // jg1 tokens minted before jg2 still verify until they expire; the MAC is checked before
+        // the body is decoded or parsed.
+        let t1 = k.mint_v1(&c);
+        assert!(is_gateway_token(&t1));
+        assert_eq!(k.verify(&t1, 1001).unwrap(), c);
+        assert_eq!(k.verify(&t1, 4600), Err(TokenError::Expired));
+        let (_, sig0) = t1.rsplit_once('.').unwrap();
         assert_eq!(
             k.verify(&format!("jg1.{{not json, not base64!}}.{sig0}"), 1001),
             Err(TokenError::BadSignature)
         );
         // Claims re-encoded with more groups, old signature: refused.
-        let (_, rest) = t.split_once('.').unwrap();
-        let (_, sig) = rest.split_once('.').unwrap();
         let mut forged = c.clone();
         forged.groups = vec!["jitgate-admins".into()];
         let body = B64.encode(serde_json::to_vec(&forged).unwrap());
         assert_eq!(
-            k.verify(&format!("jg1.{body}.{sig}"), 1001),
+            k.verify(&format!("jg1.{body}.{sig0}"), 1001),
             Err(TokenError::BadSignature)
         );
         assert_eq!(k.verify("jg1.x", 0), Err(TokenError::Malformed));
