@@ -199,7 +199,13 @@ impl TokenKeys {
             use aes_gcm::aead::{Aead, Payload};
             sealer(key)
                 .ok_or(TokenError::Malformed)?
-                .encrypt(&nonce.into(), Payload { msg: &json, aad: aad.as_bytes() })
+                .encrypt(
+                    &nonce.into(),
+                    Payload {
+                        msg: &json,
+                        aad: aad.as_bytes(),
+                    },
+                )
                 .map_err(|_| TokenError::Malformed)?
         };
         let mut body = nonce.to_vec();
@@ -232,10 +238,16 @@ impl TokenKeys {
         let (nonce, sealed) = raw.split_first_chunk::<12>().ok_or(TokenError::Malformed)?;
         let keys = self.keys.read().map_err(|_| TokenError::Malformed)?;
         let key = keys.iter().find(|k| k.kid == kid).ok_or(TokenError::BadSignature)?;
-        let aad = &token[..PREFIX2.len() + kid.len()];
+        let aad = format!("{PREFIX2}{kid}");
         let json = sealer(key)
             .ok_or(TokenError::BadSignature)?
-            .decrypt(&(*nonce).into(), Payload { msg: sealed, aad: aad.as_bytes() })
+            .decrypt(
+                &(*nonce).into(),
+                Payload {
+                    msg: sealed,
+                    aad: aad.as_bytes(),
+                },
+            )
             .map_err(|_| TokenError::BadSignature)?;
         let claims: Claims = serde_json::from_slice(&json).map_err(|_| TokenError::Malformed)?;
         if claims.kid != key.kid {
@@ -329,7 +341,10 @@ mod tests {
         let tampered = String::from_utf8(bytes).unwrap();
         assert_eq!(k.verify(&tampered, 1001), Err(TokenError::BadSignature));
         let sealed = t.rsplit_once('.').unwrap().1;
-        assert_eq!(k.verify(&format!("jg2.ffffffff.{sealed}"), 1001), Err(TokenError::BadSignature));
+        assert_eq!(
+            k.verify(&format!("jg2.ffffffff.{sealed}"), 1001),
+            Err(TokenError::BadSignature)
+        );
         assert_eq!(k.verify("jg2.x", 0), Err(TokenError::Malformed));
         assert_eq!(k.verify(&format!("jg2.{}.AAAA", c.kid), 0), Err(TokenError::Malformed));
 
