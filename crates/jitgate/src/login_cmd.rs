@@ -67,7 +67,9 @@ pub async fn login(conn: &Conn, device: bool, no_browser: bool) -> Result<ExitCo
     Ok(ExitCode::SUCCESS)
 }
 
-fn write_private(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+/// Write a file only its owner may read or write, replaced whole (written beside, renamed);
+/// its folder is created 0700.
+pub(crate) fn write_private(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
     if let Some(d) = path.parent() {
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
         #[cfg(unix)]

@@ -163,7 +163,7 @@ pub async fn ssh_config(
             pins.push('\n');
         }
     }
-    write_private(&kh, &pins)?;
+    crate::login_cmd::write_private(&kh, pins.as_bytes())?;
     let resources: Vec<Value> = c.get("/v1/resources").await?;
     let fingerprint = jitgate_ssh::keys::parse_public(host_key)
         .map(|k| jitgate_ssh::keys::fingerprint(&k))
@@ -197,7 +197,7 @@ pub async fn ssh_config(
     }
     let entries = dir.join("ssh_config");
     // ssh refuses an included file others may write ("Bad owner or permissions").
-    write_private(&entries, &out)?;
+    crate::login_cmd::write_private(&entries, out.as_bytes())?;
     let main = match ssh_config {
         Some(p) => p,
         None => std::env::var_os("HOME")
@@ -240,29 +240,6 @@ fn safe_path(p: &Path) -> Result<()> {
             p.display()
         );
     }
-    Ok(())
-}
-
-/// Write a file only its owner may read or write (replaced whole: written beside, renamed).
-fn write_private(path: &Path, text: &str) -> Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("jitgate-tmp");
-    let mut o = std::fs::OpenOptions::new();
-    o.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        o.mode(0o600);
-    }
-    let mut f = o.open(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
-    f.write_all(text.as_bytes())
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600));
-    }
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
 
