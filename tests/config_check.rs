@@ -193,3 +193,33 @@ fn a_store_url_with_a_password_is_refused_and_bad_store_settings_are_named() {
     ));
     assert_eq!(code, 0, "{err}");
 }
+
+#[test]
+fn tls_settings_that_cannot_work_are_refused_with_the_fix() {
+    let (code, _, err) = check(&format!("[tls]\ncert_file = \"/x.crt\"\n\n{BASE}"));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("cert_file and key_file go together"), "{err}");
+    let (code, _, err) = check(&format!(
+        "[tls]\ncert_file = \"/x.crt\"\nkey_file = \"/x.key\"\nnames = [\"gw.example.com\"]\n\n{BASE}"
+    ));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("gateway.toml:4:") && err.contains("names applies to the generated certificate"),
+        "{err}"
+    );
+    let (code, _, err) = check(&format!("[tls]\nnames = [\"https://gw.example.com:8443\"]\n\n{BASE}"));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("is not a DNS name or an IP address") && err.contains("without scheme or port"),
+        "{err}"
+    );
+    let (code, _, err) = check(&format!("[tls]\nca_file = \"/ca.crt\"\n\n{BASE}"));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("ca_file is for a configured certificate"), "{err}");
+    let (code, _, err) = check(&format!(
+        "[tls]\nnames = [\"gw.example.com\", \"*.gw.example.com\", \"10.0.0.5\", \"fd00::1\"]\n\n[postgres]\nmax_scram_iterations = 0\n\n{BASE}"
+    ));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("max_scram_iterations = 0 is out of range"), "{err}");
+    assert!(!err.contains("not a DNS name"), "valid names accepted: {err}");
+}

@@ -508,7 +508,7 @@ fn the_api_serves_tls_when_asked_and_the_cli_trusts_it_only_with_the_ca() {
     assert!(gw.url.starts_with("https://"), "{}", gw.url);
     let e = gw.cli(Some("alice"), &["whoami"]).refused();
     assert!(e.contains("not trusted") && e.contains("--ca-file"), "{e}");
-    let ca = gw.data_dir().join("tls/tls.crt");
+    let ca = gw.data_dir().join("tls/ca.crt");
     let who = gw
         .cli(Some("alice"), &["whoami", "--json", "--ca-file", path_str(&ca)])
         .json();

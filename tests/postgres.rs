@@ -381,7 +381,9 @@ fn plaintext_clients_are_told_to_use_tls_by_default() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success());
     assert!(
-        err.contains("jitgate requires TLS") && err.contains("sslmode=require"),
+        err.contains("jitgate requires TLS")
+            && err.contains("sslmode=verify-full")
+            && err.contains("jitgate pg-service"),
         "{err}"
     );
     // And a no-grant refusal over TLS names the request command.
@@ -900,7 +902,7 @@ fn jitgate_connect_runs_psql_with_everything_filled_in() {
     );
     assert_eq!(o.stdout(), "app_ro|100\n", "{}", o.stderr());
     assert!(
-        o.stderr().contains("sslmode=require") && !o.stderr().contains(&token("alice")),
+        o.stderr().contains("sslmode=verify-full sslrootcert=") && !o.stderr().contains(&token("alice")),
         "{}",
         o.stderr()
     );

@@ -63,6 +63,7 @@ pub fn router(cp: Arc<ControlPlane>) -> Router {
         .route("/v1/whoami", get(whoami))
         .route("/v1/resources", get(resources))
         .route("/v1/info", get(info))
+        .route("/v1/tls/ca", get(tls_ca))
         .route("/v1/requests", get(list_requests).post(create_request))
         .route("/v1/requests/{id}", get(get_request))
         .route("/v1/requests/{id}/approve", post(approve))
@@ -113,6 +114,25 @@ async fn info(State(cp): Cp, Caller(_who): Caller) -> impl IntoResponse {
     let mut v = cp.frontends();
     v["version"] = serde_json::Value::String(env!("CARGO_PKG_VERSION").to_string());
     Json(v)
+}
+
+/// The CA the front ends' certificate chains to, for clients to pin (public: a CA certificate
+/// is no secret, and a client that fetched it unverified checks it against a fingerprint it was
+/// given before trusting it). 404 when the certificate is publicly trusted.
+async fn tls_ca(State(cp): Cp) -> axum::response::Response {
+    let v = cp.frontends();
+    match v["tls_ca"].as_str() {
+        Some(pem) => Json(serde_json::json!({
+            "pem": pem,
+            "sha256": v["tls_ca_sha256"],
+            "names": v["tls_names"],
+        }))
+        .into_response(),
+        None => ApiError::not_found(
+            "this gateway presents a publicly trusted certificate (no CA to pin): clients use the system roots",
+        )
+        .into_response(),
+    }
 }
 
 async fn resources(State(cp): Cp, Caller(who): Caller) -> impl IntoResponse {

@@ -44,6 +44,8 @@ pub struct PgConfig {
     pub audit: AuditSink,
     /// `[audit] statements`.
     pub audit_statements: bool,
+    /// `[postgres] max_scram_iterations`.
+    pub max_scram_iterations: u32,
 }
 
 #[derive(Clone)]
@@ -53,6 +55,10 @@ struct CancelTarget {
     key: i32,
 }
 
+/// The cancel key the gateway gives a client: its own process id and secret, 4 bytes for
+/// protocol 3.0 and 32 for 3.2 (PostgreSQL 18's length), mapped to the upstream's key.
+type CancelKey = (i32, Vec<u8>);
+
 /// The Postgres front end.
 pub struct PgFrontend<G: Gatekeeper> {
     gk: Arc<G>,
@@ -60,7 +66,7 @@ pub struct PgFrontend<G: Gatekeeper> {
     acceptor: TlsAcceptor,
     classifier: Arc<Classifier>,
     salts: SaltCache,
-    cancels: DashMap<(i32, i32), CancelTarget>,
+    cancels: DashMap<CancelKey, CancelTarget>,
     upstream_tls: DashMap<String, Arc<rustls::ClientConfig>>,
     slots: Arc<tokio::sync::Semaphore>,
     /// Upstream cancels after kills in flight at once.
@@ -92,7 +98,7 @@ struct Ready {
     info: SessionInfo,
     read_only: bool,
     target: Target,
-    our_key: (i32, i32),
+    our_key: CancelKey,
     /// Bytes the client pipelined after its PasswordMessage.
     client_leftover: BytesMut,
     /// The upstream role the session runs as.
@@ -122,12 +128,13 @@ impl<G: Gatekeeper> PgFrontend<G> {
     /// Build the front end.
     pub fn new(gk: Arc<G>, cfg: PgConfig) -> Arc<Self> {
         let slots = Arc::new(tokio::sync::Semaphore::new(cfg.max_connections));
+        let salts = SaltCache::with_max_iterations(cfg.max_scram_iterations);
         Arc::new(Self {
             gk,
             acceptor: TlsAcceptor::from(cfg.tls.clone()),
             cfg,
             classifier: Arc::new(Classifier::new()),
-            salts: SaltCache::default(),
+            salts,
             cancels: DashMap::new(),
             upstream_tls: DashMap::new(),
             slots,
@@ -306,7 +313,7 @@ impl<G: Gatekeeper> PgFrontend<G> {
             return Err(Ok(refuse(
                 "0A000",
                 format!(
-                    "unsupported frontend protocol {}.{}: jitgate speaks 3.0",
+                    "unsupported frontend protocol {}.{}: jitgate speaks 3.0 to 3.2",
                     version >> 16,
                     version & 0xffff
                 ),
@@ -314,11 +321,24 @@ impl<G: Gatekeeper> PgFrontend<G> {
                 "protocol",
             )));
         }
+        // Protocol options (`_pq_.name`) are for the protocol layer, here the gateway's: none is
+        // supported, so they are named back in NegotiateProtocolVersion (never sent upstream),
+        // as is a newer minor version than 3.2. The client then speaks what is answered.
+        let (pq, params): (Vec<_>, Vec<_>) = params.into_iter().partition(|(k, _)| k.starts_with("_pq_."));
+        let spoken = version.min(protocol::PROTOCOL_LATEST);
+        let mut out = BytesMut::new();
+        if version > protocol::PROTOCOL_LATEST || !pq.is_empty() {
+            let names: Vec<String> = pq.into_iter().map(|(k, _)| k).collect();
+            protocol::negotiate_protocol_version(&mut out, spoken, &names);
+        }
         if !tls && !self.cfg.allow_plaintext {
             return Err(Ok(refuse(
                 "08P01",
                 "jitgate requires TLS: the password is an access token",
-                Some("connect with sslmode=require (psql \"host=... sslmode=require\")".into()),
+                Some(
+                    "connect over TLS that checks it is the gateway: sslmode=verify-full with the gateway's CA as sslrootcert; `jitgate pg-service` writes such entries (then psql service=NAME), `jitgate connect NAME` runs psql with them"
+                        .into(),
+                ),
                 "plaintext",
             )));
         }
@@ -345,8 +365,7 @@ impl<G: Gatekeeper> PgFrontend<G> {
         };
 
         // Password = gateway token.
-        let mut out = BytesMut::new();
-        protocol::auth(&mut out, 3, &[]);
+        protocol::auth_cleartext(&mut out);
         client.write_all(&out).await.map_err(Err)?;
         let mut buf = BytesMut::new();
         let (tag, body) = read_message(client, &mut buf, MAX_STARTUP)
@@ -545,7 +564,12 @@ impl<G: Gatekeeper> PgFrontend<G> {
             salts: self.salts.clone(),
             left: crate::fastpath::PER_SESSION.into(),
         });
-        let our_key = (rand::random::<i32>() & 0x7fff_ffff, rand::random::<i32>());
+        let secret: Vec<u8> = if spoken >= protocol::PROTOCOL_3_2 {
+            rand::random::<[u8; 32]>().to_vec()
+        } else {
+            rand::random::<[u8; 4]>().to_vec()
+        };
+        let our_key = (rand::random::<i32>() & 0x7fff_ffff, secret);
         let info = SessionInfo {
             id: new_session_id(),
             protocol: "postgres".into(),
@@ -637,7 +661,7 @@ impl<G: Gatekeeper> PgFrontend<G> {
         })
     }
 
-    async fn cancel(&self, pid: i32, key: i32) {
+    async fn cancel(&self, pid: i32, key: Vec<u8>) {
         let Some(t) = self.cancels.get(&(pid, key)).map(|c| c.clone()) else {
             tracing::debug!("cancel request with an unknown key ignored");
             return;
@@ -683,18 +707,18 @@ impl<G: Gatekeeper> PgFrontend<G> {
             return;
         }
         let mut hello = BytesMut::new();
-        protocol::auth(&mut hello, 0, &[]);
+        protocol::auth_ok(&mut hello);
         for (k, v) in &upstream.params {
             protocol::parameter_status(&mut hello, k, v);
         }
-        protocol::backend_key(&mut hello, our_key.0, our_key.1);
+        protocol::backend_key(&mut hello, our_key.0, &our_key.1);
         protocol::ready(&mut hello, b'I');
         if client.write_all(&hello).await.is_err() {
             self.gk.session_ended(&info, "error", "client went away", None).await;
             return;
         }
         self.cancels.insert(
-            our_key,
+            our_key.clone(),
             CancelTarget {
                 target: target.clone(),
                 pid: upstream.pid,

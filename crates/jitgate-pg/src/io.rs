@@ -187,13 +187,23 @@ pub async fn read_message<R: AsyncRead + Unpin + ?Sized>(
     buf: &mut BytesMut,
     max: usize,
 ) -> Result<(u8, BytesMut), ReadError> {
+    let mut frame = read_frame(r, buf, max).await?;
+    let tag = frame[0];
+    Ok((tag, frame.split_off(5)))
+}
+
+/// Read one whole tagged frame (type byte, length, body) into `buf`, bounded by `max` body
+/// bytes: what a message parser that wants the frame (postgres-protocol's) is given.
+pub async fn read_frame<R: AsyncRead + Unpin + ?Sized>(
+    r: &mut R,
+    buf: &mut BytesMut,
+    max: usize,
+) -> Result<BytesMut, ReadError> {
     loop {
         if let Some(h) = protocol::header(buf, max)? {
             let total = 5 + h.body_len;
             if buf.len() >= total {
-                let mut frame = buf.split_to(total);
-                let body = frame.split_off(5);
-                return Ok((h.tag, body));
+                return Ok(buf.split_to(total));
             }
             buf.reserve(total - buf.len());
         }

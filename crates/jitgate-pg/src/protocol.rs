@@ -1,10 +1,17 @@
-//! Postgres wire protocol v3: the few messages the gateway builds or reads, and frame parsing.
+//! Postgres wire protocol v3: frame parsing, the startup packets, and the messages the gateway
+//! itself sends to clients.
 //!
 //! The relay never decodes a message it does not need to: a frame is a type byte and a 4-byte
-//! big-endian length that includes itself. Everything here works on byte slices and refuses
-//! malformed input with an error, never a panic.
+//! big-endian length that includes itself, walked here on byte slices (refusing malformed input
+//! with an error, never a panic). The messages the gateway originates (ErrorResponse,
+//! NoticeResponse, Authentication, ParameterStatus, BackendKeyData, ReadyForQuery,
+//! NegotiateProtocolVersion) are `pgwire`'s message types; the upstream leg's frontend messages
+//! are `postgres-protocol`'s (see `upstream.rs`). docs/architecture.md ("Decisions") says why
+//! the frame walker stays our own.
 
 use bytes::{BufMut, BytesMut};
+use pgwire::messages::response::{ErrorResponse, NoticeResponse, ReadyForQuery, TransactionStatus};
+use pgwire::messages::startup::{Authentication, BackendKeyData, NegotiateProtocolVersion, ParameterStatus, SecretKey};
 
 /// SSLRequest code.
 pub const SSL_REQUEST: i32 = 80_877_103;
@@ -14,6 +21,10 @@ pub const GSSENC_REQUEST: i32 = 80_877_104;
 pub const CANCEL_REQUEST: i32 = 80_877_102;
 /// Protocol 3.0.
 pub const PROTOCOL_3: i32 = 196_608;
+/// Protocol 3.2 (PostgreSQL 18: cancel keys of up to 256 bytes).
+pub const PROTOCOL_3_2: i32 = 196_610;
+/// The newest protocol the gateway speaks to clients.
+pub const PROTOCOL_LATEST: i32 = PROTOCOL_3_2;
 /// Largest startup packet accepted (same bound as PostgreSQL).
 pub const MAX_STARTUP: usize = 10_000;
 
@@ -63,8 +74,8 @@ pub enum Startup {
     Cancel {
         /// Process id from BackendKeyData.
         pid: i32,
-        /// Secret key.
-        key: i32,
+        /// Secret key: 4 bytes (protocol 3.0), up to 256 (3.2).
+        key: Vec<u8>,
     },
     /// Starts a session.
     Start {
@@ -85,12 +96,13 @@ pub fn parse_startup(body: &[u8]) -> Result<Startup, ProtoError> {
         SSL_REQUEST => Ok(Startup::Ssl),
         GSSENC_REQUEST => Ok(Startup::GssEnc),
         CANCEL_REQUEST => {
-            if body.len() != 12 {
+            // Protocol 3.2 lets the key be 4 to 256 bytes long.
+            if !(12..=8 + 256).contains(&body.len()) {
                 return Err(ProtoError::Malformed("CancelRequest"));
             }
             Ok(Startup::Cancel {
                 pid: i32::from_be_bytes([body[4], body[5], body[6], body[7]]),
-                key: i32::from_be_bytes([body[8], body[9], body[10], body[11]]),
+                key: body[8..].to_vec(),
             })
         }
         v => {
@@ -153,79 +165,85 @@ impl Severity {
     }
 }
 
+/// Encode a pgwire message whole or not at all (its encoder may fail after writing the type
+/// byte, which would corrupt the stream).
+fn put<M: pgwire::messages::Message>(out: &mut BytesMut, m: &M) {
+    let mut one = BytesMut::with_capacity(m.message_length() + 1);
+    match m.encode(&mut one) {
+        Ok(()) => out.extend_from_slice(&one),
+        Err(e) => tracing::error!(error = %e, "a protocol message could not be encoded; not sent"),
+    }
+}
+
+/// A protocol string: NULs cannot appear in one, so they are dropped rather than corrupt the
+/// frame.
+fn text(s: &str) -> String {
+    if s.contains('\0') {
+        s.replace('\0', "")
+    } else {
+        s.to_string()
+    }
+}
+
 /// Append an ErrorResponse (or NoticeResponse for Notice/Warning).
 pub fn error_response(out: &mut BytesMut, sev: Severity, code: &str, message: &str, hint: Option<&str>) {
-    let tag = if matches!(sev, Severity::Notice | Severity::Warning) {
-        b'N'
-    } else {
-        b'E'
-    };
-    let at = begin(out, tag);
-    for (f, v) in [
-        (b'S', sev.as_str()),
-        (b'V', sev.as_str()),
-        (b'C', code),
-        (b'M', message),
-    ] {
-        out.put_u8(f);
-        put_cstr(out, v);
-    }
+    let mut fields = vec![
+        (b'S', sev.as_str().to_string()),
+        (b'V', sev.as_str().to_string()),
+        (b'C', text(code)),
+        (b'M', text(message)),
+    ];
     if let Some(h) = hint {
-        out.put_u8(b'H');
-        put_cstr(out, h);
+        fields.push((b'H', text(h)));
     }
-    out.put_u8(0);
-    finish(out, at);
+    if matches!(sev, Severity::Notice | Severity::Warning) {
+        put(out, &NoticeResponse::new(fields));
+    } else {
+        put(out, &ErrorResponse::new(fields));
+    }
 }
 
-fn put_cstr(out: &mut BytesMut, s: &str) {
-    // NULs cannot appear in protocol strings; drop them rather than corrupt the frame.
-    out.extend(s.bytes().filter(|b| *b != 0));
-    out.put_u8(0);
+/// AuthenticationOk.
+pub fn auth_ok(out: &mut BytesMut) {
+    put(out, &Authentication::Ok);
 }
 
-/// AuthenticationRequest with a code and optional payload.
-pub fn auth(out: &mut BytesMut, code: i32, payload: &[u8]) {
-    let at = begin(out, b'R');
-    out.put_i32(code);
-    out.extend_from_slice(payload);
-    finish(out, at);
+/// AuthenticationCleartextPassword (the client's password is its gateway token).
+pub fn auth_cleartext(out: &mut BytesMut) {
+    put(out, &Authentication::CleartextPassword);
 }
 
 /// ParameterStatus.
 pub fn parameter_status(out: &mut BytesMut, k: &str, v: &str) {
-    let at = begin(out, b'S');
-    put_cstr(out, k);
-    put_cstr(out, v);
-    finish(out, at);
+    put(out, &ParameterStatus::new(text(k), text(v)));
 }
 
-/// BackendKeyData.
-pub fn backend_key(out: &mut BytesMut, pid: i32, key: i32) {
-    let at = begin(out, b'K');
-    out.put_i32(pid);
-    out.put_i32(key);
-    finish(out, at);
+/// BackendKeyData: a 4-byte key for protocol 3.0, longer for 3.2.
+pub fn backend_key(out: &mut BytesMut, pid: i32, key: &[u8]) {
+    let secret = match <[u8; 4]>::try_from(key) {
+        Ok(k) => SecretKey::I32(i32::from_be_bytes(k)),
+        Err(_) => SecretKey::Bytes(bytes::Bytes::copy_from_slice(key)),
+    };
+    put(out, &BackendKeyData::new(pid, secret));
 }
 
-/// ReadyForQuery.
+/// ReadyForQuery with a transaction status (`I`, `T` or `E`).
 pub fn ready(out: &mut BytesMut, status: u8) {
-    let at = begin(out, b'Z');
-    out.put_u8(status);
-    finish(out, at);
+    let status = match status {
+        b'T' => TransactionStatus::Transaction,
+        b'E' => TransactionStatus::Error,
+        _ => TransactionStatus::Idle,
+    };
+    put(out, &ReadyForQuery::new(status));
 }
 
-/// A startup message (frontend, no tag).
-pub fn startup_message(out: &mut BytesMut, params: &[(&str, &str)]) {
-    let at = out.len();
-    out.put_i32(0);
-    out.put_i32(PROTOCOL_3);
-    for (k, v) in params {
-        put_cstr(out, k);
-        put_cstr(out, v);
-    }
-    out.put_u8(0);
-    finish(out, at);
+/// NegotiateProtocolVersion: the newest version the gateway speaks (a full version number, as
+/// PostgreSQL sends it) and the `_pq_.` options it does not support.
+pub fn negotiate_protocol_version(out: &mut BytesMut, version: i32, unsupported: &[String]) {
+    put(
+        out,
+        &NegotiateProtocolVersion::new(version, unsupported.iter().map(|o| text(o)).collect()),
+    );
 }
 
 /// A frontend message with a tag and raw body.
@@ -233,16 +251,6 @@ pub fn message(out: &mut BytesMut, tag: u8, body: &[u8]) {
     let at = begin(out, tag);
     out.extend_from_slice(body);
     finish(out, at);
-}
-
-/// A CancelRequest packet.
-pub fn cancel_request(pid: i32, key: i32) -> [u8; 16] {
-    let mut b = [0u8; 16];
-    b[..4].copy_from_slice(&16i32.to_be_bytes());
-    b[4..8].copy_from_slice(&CANCEL_REQUEST.to_be_bytes());
-    b[8..12].copy_from_slice(&pid.to_be_bytes());
-    b[12..].copy_from_slice(&key.to_be_bytes());
-    b
 }
 
 /// Fields of an ErrorResponse/NoticeResponse body: (SQLSTATE, message).
@@ -291,8 +299,9 @@ mod tests {
 
     #[test]
     fn startup_parsing() {
+        use postgres_protocol::message::frontend;
         let mut b = BytesMut::new();
-        startup_message(&mut b, &[("user", "alice"), ("database", "prod-db")]);
+        frontend::startup_message([("user", "alice"), ("database", "prod-db")], &mut b).unwrap();
         let s = parse_startup(&b[4..]);
         assert_eq!(
             s,
@@ -304,8 +313,74 @@ mod tests {
         assert_eq!(parse_startup(&80_877_103i32.to_be_bytes()), Ok(Startup::Ssl));
         assert!(parse_startup(&[0, 3, 0, 0, b'u', b's']).is_err(), "unterminated");
         assert!(parse_startup(&[1, 2]).is_err());
-        let c = cancel_request(7, 9);
-        assert_eq!(parse_startup(&c[4..]), Ok(Startup::Cancel { pid: 7, key: 9 }));
+        let mut c = BytesMut::new();
+        frontend::cancel_request(7, 9, &mut c);
+        assert_eq!(
+            parse_startup(&c[4..]),
+            Ok(Startup::Cancel {
+                pid: 7,
+                key: 9i32.to_be_bytes().to_vec()
+            })
+        );
+        // Protocol 3.2: keys of 4..=256 bytes; longer or shorter is malformed.
+        let cancel = |n: usize| {
+            let mut v = CANCEL_REQUEST.to_be_bytes().to_vec();
+            v.extend_from_slice(&7i32.to_be_bytes());
+            v.extend(std::iter::repeat_n(0xab, n));
+            parse_startup(&v)
+        };
+        assert_eq!(
+            cancel(32),
+            Ok(Startup::Cancel {
+                pid: 7,
+                key: vec![0xab; 32]
+            })
+        );
+        assert!(cancel(256).is_ok());
+        assert!(cancel(257).is_err());
+        assert!(cancel(3).is_err());
+    }
+
+    #[test]
+    fn messages_the_gateway_sends_parse_with_postgres_protocol() {
+        use postgres_protocol::message::backend::Message;
+        let mut b = BytesMut::new();
+        auth_cleartext(&mut b);
+        auth_ok(&mut b);
+        parameter_status(&mut b, "server_version", "15.1\0x");
+        backend_key(&mut b, 42, &7i32.to_be_bytes());
+        ready(&mut b, b'T');
+        error_response(&mut b, Severity::Warning, "01000", "with\0nul", Some("h"));
+        assert!(matches!(
+            Message::parse(&mut b),
+            Ok(Some(Message::AuthenticationCleartextPassword))
+        ));
+        assert!(matches!(Message::parse(&mut b), Ok(Some(Message::AuthenticationOk))));
+        match Message::parse(&mut b) {
+            Ok(Some(Message::ParameterStatus(p))) => {
+                assert_eq!(p.name().unwrap(), "server_version");
+                assert_eq!(p.value().unwrap(), "15.1x", "NUL dropped, frame intact");
+            }
+            _ => panic!("ParameterStatus"),
+        }
+        match Message::parse(&mut b) {
+            Ok(Some(Message::BackendKeyData(k))) => assert_eq!((k.process_id(), k.secret_key()), (42, 7)),
+            _ => panic!("BackendKeyData"),
+        }
+        assert!(matches!(Message::parse(&mut b), Ok(Some(Message::ReadyForQuery(r))) if r.status() == b'T'));
+        assert!(matches!(Message::parse(&mut b), Ok(Some(Message::NoticeResponse(_)))));
+        assert!(b.is_empty());
+        // 3.2: a 32-byte key; NegotiateProtocolVersion carries the full version number.
+        let mut k = BytesMut::new();
+        backend_key(&mut k, 1, &[9u8; 32]);
+        assert_eq!(&k[..9], b"K\0\0\0\x28\0\0\0\x01");
+        let mut n = BytesMut::new();
+        negotiate_protocol_version(&mut n, PROTOCOL_3_2, &["_pq_.x".to_string()]);
+        let mut want = b"v\0\0\0\x13".to_vec();
+        want.extend_from_slice(&PROTOCOL_3_2.to_be_bytes());
+        want.extend_from_slice(&1i32.to_be_bytes());
+        want.extend_from_slice(b"_pq_.x\0");
+        assert_eq!(&n[..], &want[..]);
     }
 
     #[test]

@@ -1,9 +1,14 @@
-//! Client side of upstream password authentication: SCRAM-SHA-256 (RFC 5802/7677, no channel
-//! binding) and PostgreSQL's md5.
+//! Client side of upstream SCRAM-SHA-256 (RFC 5802/7677, no channel binding); md5 and the
+//! messages come from postgres-protocol (`upstream.rs`).
 //!
-//! PBKDF2 with 4096 iterations dominates a SCRAM login. The salted password depends only on
-//! (password, salt, iterations), which are stable per upstream role, so it is cached: a new
-//! connection then costs a few HMACs instead of 8192.
+//! Why not postgres-protocol's `ScramSha256` as well: it computes PBKDF2 inside `update()` for
+//! whatever iteration count the server names, with no cap and nothing to cache. PBKDF2 with
+//! 4096 iterations dominates a SCRAM login; the salted password depends only on (password,
+//! salt, iterations), which are stable per upstream role, so it is cached here: a new
+//! connection then costs a few HMACs instead of 8192 (connection rate 1.5x direct). And a
+//! hostile or spoofed server naming 10,000,000 iterations is refused before any is computed.
+//! The password is normalized with SASLprep (RFC 4013) as PostgreSQL does (`pg_saslprep`):
+//! a password that is not valid UTF-8 or that SASLprep refuses is used as it is.
 
 use std::sync::{Arc, Mutex};
 
@@ -29,13 +34,13 @@ pub enum ScramError {
     /// The server asks for more PBKDF2 iterations than the gateway will spend on one login (a
     /// hostile or spoofed server could otherwise burn the gateway's CPU).
     #[error(
-        "the server asks for {0} SCRAM iterations; jitgate accepts at most {MAX_ITERATIONS} (PostgreSQL's default is 4096)"
+        "the server asks for {0} SCRAM iterations; jitgate accepts at most {1} (PostgreSQL's default is 4096; [postgres] max_scram_iterations raises the limit)"
     )]
-    Iterations(u32),
+    Iterations(u32, u32),
 }
 
-/// Most PBKDF2 iterations the gateway computes for one upstream login (about 0.1 s here; the
-/// result is cached per password, salt and count).
+/// Default most PBKDF2 iterations the gateway computes for one upstream login (about 0.1 s
+/// here; the result is cached per password, salt and count): `[postgres] max_scram_iterations`.
 pub const MAX_ITERATIONS: u32 = 100_000;
 
 fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
@@ -66,13 +71,29 @@ pub fn pbkdf2(password: &[u8], salt: &[u8], iterations: u32) -> [u8; 32] {
 /// (sha256(password), salt, iterations, salted password).
 type SaltEntry = ([u8; 32], Vec<u8>, u32, [u8; 32]);
 
-/// Cache of salted passwords keyed by (sha256(password), salt, iterations).
-#[derive(Debug, Default, Clone)]
+/// Cache of salted passwords keyed by (sha256(password), salt, iterations), and the most
+/// iterations a server may ask for.
+#[derive(Debug, Clone)]
 pub struct SaltCache {
     inner: Arc<Mutex<Vec<SaltEntry>>>,
+    max_iterations: u32,
+}
+
+impl Default for SaltCache {
+    fn default() -> Self {
+        Self::with_max_iterations(MAX_ITERATIONS)
+    }
 }
 
 impl SaltCache {
+    /// A cache that refuses servers asking for more than `max` iterations.
+    pub fn with_max_iterations(max: u32) -> Self {
+        Self {
+            inner: Arc::default(),
+            max_iterations: max,
+        }
+    }
+
     fn get(&self, password: &str, salt: &[u8], iterations: u32) -> [u8; 32] {
         let pw_key: [u8; 32] = Sha256::digest(password.as_bytes()).into();
         {
@@ -146,10 +167,10 @@ impl ScramClient {
         if iterations == 0 {
             return Err(ScramError::Malformed);
         }
-        if iterations > MAX_ITERATIONS {
-            return Err(ScramError::Iterations(iterations));
+        if iterations > cache.max_iterations {
+            return Err(ScramError::Iterations(iterations, cache.max_iterations));
         }
-        let salted = cache.get(password, &salt, iterations);
+        let salted = cache.get(&saslprep(password), &salt, iterations);
         let client_key = hmac(&salted, b"Client Key");
         let stored_key: [u8; 32] = Sha256::digest(client_key).into();
         let without_proof = format!("c=biws,r={r}");
@@ -173,14 +194,11 @@ impl ScramClient {
     }
 }
 
-/// PostgreSQL md5: `"md5" + md5(md5(password + user) + salt)`.
-pub fn md5_password(user: &str, password: &str, salt: &[u8; 4]) -> String {
-    use md5::Md5;
-    let inner = hex::encode(Md5::digest(format!("{password}{user}").as_bytes()));
-    let mut h = Md5::new();
-    h.update(inner.as_bytes());
-    h.update(salt);
-    format!("md5{}", hex::encode(h.finalize()))
+/// SASLprep (RFC 4013) of a password, with PostgreSQL's fallback: what SASLprep refuses
+/// (prohibited or unassigned code points, bidi violations) is used unchanged, as the server
+/// did when it stored the verifier.
+pub fn saslprep(password: &str) -> std::borrow::Cow<'_, str> {
+    stringprep::saslprep(password).unwrap_or(std::borrow::Cow::Borrowed(password))
 }
 
 #[cfg(test)]
@@ -226,14 +244,53 @@ mod tests {
         // the pg_upstream_login fuzz target keeps it covered); now refused at once.
         assert_eq!(
             c.respond("r=rOprNGfwEbeRWgbNEkqOx,s=AA==,i=10000000", "pencil", &cache),
-            Err(ScramError::Iterations(10_000_000))
+            Err(ScramError::Iterations(10_000_000, MAX_ITERATIONS))
+        );
+        // The limit is the operator's.
+        assert_eq!(
+            c.respond(
+                "r=rOprNGfwEbeRWgbNEkqOx,s=AA==,i=5000",
+                "pencil",
+                &SaltCache::with_max_iterations(4096)
+            ),
+            Err(ScramError::Iterations(5000, 4096))
         );
     }
 
     #[test]
-    fn md5_known_value() {
-        // md5(md5("secret"+"bob") + salt) for salt 01020304.
-        let v = md5_password("bob", "secret", &[1, 2, 3, 4]);
-        assert!(v.starts_with("md5") && v.len() == 35);
+    fn saslprep_maps_like_postgresql() {
+        // RFC 4013 §3 examples: soft hyphen mapped to nothing, NFKC (U+2168 ROMAN NUMERAL NINE
+        // -> "IX", U+00AA -> "a"), a non-ASCII space to a space; prohibited (U+0007) and bidi-
+        // violating input is kept as it is (PostgreSQL's fallback).
+        assert_eq!(saslprep("I\u{00AD}X"), "IX");
+        assert_eq!(saslprep("\u{2168}"), "IX");
+        assert_eq!(saslprep("\u{00AA}"), "a");
+        assert_eq!(saslprep("a\u{00A0}b"), "a b");
+        assert_eq!(saslprep("\u{0007}"), "\u{0007}");
+        assert_eq!(saslprep("\u{0627}1"), "\u{0627}1");
+        assert_eq!(saslprep("pencil"), "pencil");
+    }
+
+    #[test]
+    fn agrees_with_postgres_protocol_scram() {
+        // Differential: our (cached, capped) client and postgres-protocol's ScramSha256 answer a
+        // server-first message with the same proof for the same nonce, also for a password that
+        // needs SASLprep.
+        use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+        for pw in ["pencil", "\u{2168}x\u{00AD}", "p\u{00A0}w"] {
+            let mut theirs = ScramSha256::new(pw.as_bytes(), ChannelBinding::unsupported());
+            let first = std::str::from_utf8(theirs.message()).unwrap().to_string();
+            let nonce = first.rsplit("r=").next().unwrap().to_string();
+            let mut ours = ScramClient {
+                nonce: nonce.clone(),
+                client_first_bare: format!("n=,r={nonce}"),
+                auth_message: String::new(),
+                server_key: [0; 32],
+            };
+            let sf = format!("r={nonce}srv,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096");
+            theirs.update(sf.as_bytes()).unwrap();
+            let mine = ours.respond(&sf, pw, &SaltCache::default()).unwrap();
+            assert_eq!(std::str::from_utf8(theirs.message()).unwrap(), mine, "password {pw:?}");
+        }
     }
 }

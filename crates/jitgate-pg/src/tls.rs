@@ -39,25 +39,171 @@ fn file_err(path: &Path, why: impl std::fmt::Display) -> TlsError {
     }
 }
 
-/// Make sure `dir/tls.crt` and `dir/tls.key` exist, generating a self-signed pair for
-/// `localhost`/`127.0.0.1` and `extra_names` the first time. Returns (cert, key) paths.
-pub fn ensure_self_signed(
-    dir: &Path,
-    extra_names: &[String],
-) -> Result<(std::path::PathBuf, std::path::PathBuf), TlsError> {
-    let cert = dir.join("tls.crt");
-    let key = dir.join("tls.key");
-    if cert.exists() && key.exists() {
-        return Ok((cert, key));
-    }
+/// The gateway's own certificate authority and the certificate it issued the front ends.
+#[derive(Debug, Clone)]
+pub struct Generated {
+    /// Leaf certificate (PEM; signed by the CA).
+    pub cert: std::path::PathBuf,
+    /// Leaf key.
+    pub key: std::path::PathBuf,
+    /// CA certificate (PEM): what clients pin.
+    pub ca_cert: std::path::PathBuf,
+    /// `sha256:<hex>` of the CA certificate's DER (what `jitgate login --ca-pin` takes).
+    pub ca_sha256: String,
+    /// Names the leaf is valid for.
+    pub names: Vec<String>,
+    /// Whether this start issued a new leaf (first start, names changed, near expiry).
+    pub issued: bool,
+}
+
+/// Distinguished name of the gateway CA (rebuilt identically to sign with a stored CA key).
+fn ca_params() -> rcgen::CertificateParams {
+    let mut p = rcgen::CertificateParams::default();
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+    p.distinguished_name = rcgen::DistinguishedName::new();
+    p.distinguished_name
+        .push(rcgen::DnType::CommonName, "jitgate gateway CA");
+    p.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    p
+}
+
+/// Days a generated leaf certificate is valid, and how close to its end a start re-issues it.
+const LEAF_DAYS: i64 = 730;
+const LEAF_RENEW_DAYS: i64 = 60;
+
+/// `sha256:<hex>` of a DER certificate.
+pub fn fingerprint(der: &[u8]) -> String {
+    use sha2::Digest;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(der)))
+}
+
+/// First certificate of a PEM file.
+pub fn first_cert(path: &Path) -> Result<CertificateDer<'static>, TlsError> {
+    CertificateDer::pem_file_iter(path)
+        .map_err(|e| file_err(path, e))?
+        .next()
+        .ok_or_else(|| file_err(path, "no certificate in the file (expected PEM)"))?
+        .map_err(|e| file_err(path, e))
+}
+
+/// Make sure `dir` holds the gateway's CA (`ca.crt`, `ca.key`, generated once and kept: clients
+/// pin it) and a leaf (`tls.crt`, `tls.key`) that the CA signed for exactly `localhost`,
+/// `127.0.0.1`, `::1` and `names`, with at least 60 days left; otherwise issue a new leaf.
+/// A leaf from before the CA existed (a self-signed one) is replaced too.
+pub fn ensure_generated(dir: &Path, names: &[String]) -> Result<Generated, TlsError> {
     std::fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
-    let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
-    names.extend(extra_names.iter().cloned());
-    let ck = rcgen::generate_simple_self_signed(names).map_err(|e| TlsError::Config(e.to_string()))?;
-    std::fs::write(&cert, ck.cert.pem()).map_err(|e| file_err(&cert, e))?;
-    write_private(&key, ck.signing_key.serialize_pem().as_bytes()).map_err(|e| file_err(&key, e))?;
-    tracing::info!(cert = %cert.display(), "generated a self-signed TLS certificate (configure [tls] for a real one)");
-    Ok((cert, key))
+    let (ca_crt, ca_key) = (dir.join("ca.crt"), dir.join("ca.key"));
+    let (crt, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+    let meta = dir.join("tls.json");
+    let mut all = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    for n in names {
+        let n = n.trim().to_ascii_lowercase();
+        if !n.is_empty() && !all.contains(&n) {
+            all.push(n);
+        }
+    }
+    let ca_kp = if ca_crt.exists() && ca_key.exists() {
+        let pem = std::fs::read_to_string(&ca_key).map_err(|e| file_err(&ca_key, e))?;
+        rcgen::KeyPair::from_pem(&pem).map_err(|e| file_err(&ca_key, format!("not a usable CA key: {e}")))?
+    } else {
+        let kp = rcgen::KeyPair::generate().map_err(|e| TlsError::Config(e.to_string()))?;
+        let cert = ca_params()
+            .self_signed(&kp)
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+        write_private(&ca_key, kp.serialize_pem().as_bytes()).map_err(|e| file_err(&ca_key, e))?;
+        std::fs::write(&ca_crt, cert.pem()).map_err(|e| file_err(&ca_crt, e))?;
+        // A new CA makes every old leaf useless.
+        let _ = std::fs::remove_file(&meta);
+        tracing::info!(ca = %ca_crt.display(), "generated the gateway's TLS certificate authority (clients pin it at `jitgate login`)");
+        kp
+    };
+    let ca_der = first_cert(&ca_crt)?;
+    let now = jiff::Timestamp::now().as_second();
+    let current = std::fs::read(&meta)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .filter(|m| {
+            let same_names = m["names"].as_array().is_some_and(|v| {
+                v.iter()
+                    .filter_map(serde_json::Value::as_str)
+                    .eq(all.iter().map(String::as_str))
+            });
+            let fresh = m["not_after"]
+                .as_i64()
+                .is_some_and(|t| t - now > LEAF_RENEW_DAYS * 86_400);
+            same_names && fresh && m["ca_sha256"].as_str() == Some(fingerprint(&ca_der).as_str())
+        })
+        .is_some()
+        && crt.exists()
+        && key.exists()
+        && leaf_verifies(&crt, &ca_der, "localhost");
+    if !current {
+        let mut p = rcgen::CertificateParams::new(all.clone()).map_err(|e| TlsError::Config(e.to_string()))?;
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        p.distinguished_name.push(rcgen::DnType::CommonName, "jitgate gateway");
+        p.use_authority_key_identifier_extension = true;
+        p.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+        p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let not_after = now + LEAF_DAYS * 86_400;
+        let (y, m, d) = ymd(now - 86_400);
+        p.not_before = rcgen::date_time_ymd(y, m, d);
+        let (y, m, d) = ymd(not_after);
+        p.not_after = rcgen::date_time_ymd(y, m, d);
+        let leaf_kp = rcgen::KeyPair::generate().map_err(|e| TlsError::Config(e.to_string()))?;
+        let issuer = rcgen::Issuer::new(ca_params(), ca_kp);
+        let cert = p
+            .signed_by(&leaf_kp, &issuer)
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+        write_private(&key, leaf_kp.serialize_pem().as_bytes()).map_err(|e| file_err(&key, e))?;
+        // The chain: leaf, then the CA (clients that pin the CA need only the leaf, but tools
+        // that print the chain show where it comes from).
+        let ca_pem = std::fs::read_to_string(&ca_crt).map_err(|e| file_err(&ca_crt, e))?;
+        std::fs::write(&crt, format!("{}{ca_pem}", cert.pem())).map_err(|e| file_err(&crt, e))?;
+        let m = serde_json::json!({"names": all, "not_after": not_after, "ca_sha256": fingerprint(&ca_der)});
+        std::fs::write(&meta, m.to_string()).map_err(|e| file_err(&meta, e))?;
+        tracing::info!(cert = %crt.display(), names = %all.join(", "), "issued the gateway's TLS certificate from its own CA");
+    }
+    Ok(Generated {
+        cert: crt,
+        key,
+        ca_cert: ca_crt,
+        ca_sha256: fingerprint(&ca_der),
+        names: all,
+        issued: !current,
+    })
+}
+
+/// The UTC calendar day of a Unix time.
+fn ymd(unix: i64) -> (i32, u8, u8) {
+    let d = jiff::Timestamp::from_second(unix)
+        .unwrap_or(jiff::Timestamp::UNIX_EPOCH)
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .date();
+    (
+        i32::from(d.year()),
+        u8::try_from(d.month()).unwrap_or(1),
+        u8::try_from(d.day()).unwrap_or(1),
+    )
+}
+
+/// Whether the first certificate of `leaf` chains to `ca` for `name` now.
+fn leaf_verifies(leaf: &Path, ca: &CertificateDer<'_>, name: &str) -> bool {
+    let Ok(leaf) = first_cert(leaf) else { return false };
+    let mut roots = RootCertStore::empty();
+    if roots.add(ca.clone().into_owned()).is_err() {
+        return false;
+    }
+    let Ok(v) = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider()).build() else {
+        return false;
+    };
+    let Ok(sn) = ServerName::try_from(name.to_string()) else {
+        return false;
+    };
+    v.verify_server_cert(&leaf, &[], &sn, &[], UnixTime::now()).is_ok()
 }
 
 fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {

@@ -12,9 +12,14 @@ use rustls::ClientConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::io::{ReadError, Stream, read_message};
-use crate::protocol::{self, error_fields};
-use crate::scram::{SaltCache, ScramClient, md5_password};
+use fallible_iterator::FallibleIterator;
+use postgres_protocol::authentication::md5_hash;
+use postgres_protocol::authentication::sasl::SCRAM_SHA_256;
+use postgres_protocol::message::backend::{DataRowBody, ErrorResponseBody, Message};
+use postgres_protocol::message::frontend;
+
+use crate::io::{ReadError, Stream, read_frame};
+use crate::scram::{SaltCache, ScramClient};
 
 /// Where and how to reach an upstream.
 #[derive(Clone)]
@@ -93,7 +98,9 @@ pub async fn open(t: &Target) -> Result<Stream, UpstreamError> {
         return Ok(tcp.into());
     }
     let mut tcp = tcp;
-    tcp.write_all(&ssl_request()).await?;
+    let mut req = BytesMut::new();
+    frontend::ssl_request(&mut req);
+    tcp.write_all(&req).await?;
     let mut b = [0u8; 1];
     tcp.read_exact(&mut b).await?;
     if b[0] != b'S' {
@@ -112,13 +119,6 @@ pub async fn open(t: &Target) -> Result<Stream, UpstreamError> {
     Ok(tls.into())
 }
 
-fn ssl_request() -> [u8; 8] {
-    let mut b = [0u8; 8];
-    b[..4].copy_from_slice(&8i32.to_be_bytes());
-    b[4..].copy_from_slice(&protocol::SSL_REQUEST.to_be_bytes());
-    b
-}
-
 /// Connect and log in.
 pub async fn connect(
     t: &Target,
@@ -132,9 +132,41 @@ pub async fn connect(
     login(io, user, password, database, extra, salts).await
 }
 
+/// Largest message the upstream may send during login and `query_row`.
+const MAX_LOGIN_MESSAGE: usize = 1 << 20;
+
+fn proto(e: std::io::Error) -> UpstreamError {
+    UpstreamError::Protocol(e.to_string())
+}
+
+/// The next backend message, framed with the gateway's bounded reader and parsed by
+/// postgres-protocol.
+async fn next(io: &mut Stream, buf: &mut BytesMut) -> Result<Message, UpstreamError> {
+    let mut frame = read_frame(io, buf, MAX_LOGIN_MESSAGE).await?;
+    match Message::parse(&mut frame).map_err(proto)? {
+        Some(m) => Ok(m),
+        None => Err(UpstreamError::Protocol("truncated message".into())),
+    }
+}
+
+/// (SQLSTATE, message) of an ErrorResponse.
+fn error_fields(body: &ErrorResponseBody) -> (String, String) {
+    let (mut code, mut msg) = (String::new(), String::new());
+    let mut fields = body.fields();
+    while let Ok(Some(f)) = fields.next() {
+        match f.type_() {
+            b'C' => code = String::from_utf8_lossy(f.value_bytes()).into_owned(),
+            b'M' => msg = String::from_utf8_lossy(f.value_bytes()).into_owned(),
+            _ => {}
+        }
+    }
+    (code, msg)
+}
+
 /// Log in on an open stream: the startup message, then whatever authentication the server asks
-/// for (cleartext, md5, SCRAM-SHA-256), up to ReadyForQuery. Every server message is bounded
-/// (1 MiB) and anything unexpected is an error, never a panic.
+/// for (cleartext, md5, SCRAM-SHA-256), up to ReadyForQuery. Messages are built and parsed by
+/// postgres-protocol; each is bounded (1 MiB) and anything unexpected is an error, never a
+/// panic.
 pub async fn login(
     mut io: Stream,
     user: &str,
@@ -151,7 +183,7 @@ pub async fn login(
     for (k, v) in extra {
         params.push((k, v));
     }
-    protocol::startup_message(&mut out, &params);
+    frontend::startup_message(params.iter().copied(), &mut out).map_err(proto)?;
     io.write_all(&out).await?;
     let mut buf = BytesMut::with_capacity(8192);
     let mut scram: Option<ScramClient> = None;
@@ -161,85 +193,69 @@ pub async fn login(
     let mut got_params = Vec::new();
     let (mut pid, mut key) = (0, 0);
     loop {
-        let (tag, body) = read_message(&mut io, &mut buf, 1 << 20).await?;
-        match tag {
-            b'R' => {
-                let code = body
-                    .get(..4)
-                    .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-                    .ok_or_else(|| UpstreamError::Protocol("short auth message".into()))?;
-                let mut reply = BytesMut::new();
-                match code {
-                    0 => continue,
-                    3 => {
-                        let mut p = pw()?.as_bytes().to_vec();
-                        p.push(0);
-                        protocol::message(&mut reply, b'p', &p);
-                    }
-                    5 => {
-                        let salt: [u8; 4] = body
-                            .get(4..8)
-                            .and_then(|s| s.try_into().ok())
-                            .ok_or_else(|| UpstreamError::Protocol("short md5 salt".into()))?;
-                        let mut p = md5_password(user, pw()?, &salt).into_bytes();
-                        p.push(0);
-                        protocol::message(&mut reply, b'p', &p);
-                    }
-                    10 => {
-                        let mechs = String::from_utf8_lossy(&body[4..]);
-                        if !mechs.split('\0').any(|m| m == "SCRAM-SHA-256") {
-                            return Err(UpstreamError::Auth(format!("unsupported SASL mechanisms: {mechs}")));
-                        }
-                        pw()?;
-                        let (c, first) = ScramClient::start();
-                        scram = Some(c);
-                        let mut p = b"SCRAM-SHA-256\0".to_vec();
-                        p.extend_from_slice(&i32::try_from(first.len()).unwrap_or(0).to_be_bytes());
-                        p.extend_from_slice(first.as_bytes());
-                        protocol::message(&mut reply, b'p', &p);
-                    }
-                    11 => {
-                        let c = scram
-                            .as_mut()
-                            .ok_or_else(|| UpstreamError::Protocol("SASL continue without start".into()))?;
-                        let server_first = std::str::from_utf8(&body[4..])
-                            .map_err(|_| UpstreamError::Protocol("non-UTF-8 SCRAM".into()))?;
-                        let fin = c
-                            .respond(server_first, pw()?, salts)
-                            .map_err(|e| UpstreamError::Auth(e.to_string()))?;
-                        protocol::message(&mut reply, b'p', fin.as_bytes());
-                    }
-                    12 => {
-                        let c = scram
-                            .as_ref()
-                            .ok_or_else(|| UpstreamError::Protocol("SASL final without start".into()))?;
-                        let server_final = std::str::from_utf8(&body[4..])
-                            .map_err(|_| UpstreamError::Protocol("non-UTF-8 SCRAM".into()))?;
-                        c.verify(server_final).map_err(|e| UpstreamError::Auth(e.to_string()))?;
-                        continue;
-                    }
-                    other => {
-                        return Err(UpstreamError::Auth(format!(
-                            "unsupported authentication method {other}"
-                        )));
-                    }
-                }
-                io.write_all(&reply).await?;
+        let mut reply = BytesMut::new();
+        match next(&mut io, &mut buf).await? {
+            Message::AuthenticationOk => continue,
+            Message::AuthenticationCleartextPassword => {
+                frontend::password_message(pw()?.as_bytes(), &mut reply).map_err(proto)?;
             }
-            b'S' => {
-                if let Some((k, rest)) = protocol::cstr(&body)
-                    && let Some((v, _)) = protocol::cstr(rest)
-                {
+            Message::AuthenticationMd5Password(b) => {
+                let hash = md5_hash(user.as_bytes(), pw()?.as_bytes(), b.salt());
+                frontend::password_message(hash.as_bytes(), &mut reply).map_err(proto)?;
+            }
+            Message::AuthenticationSasl(b) => {
+                let mechs: Vec<&str> = b.mechanisms().collect().map_err(proto)?;
+                if !mechs.contains(&SCRAM_SHA_256) {
+                    return Err(UpstreamError::Auth(format!(
+                        "unsupported SASL mechanisms: {}",
+                        mechs.join(", ")
+                    )));
+                }
+                pw()?;
+                let (c, first) = ScramClient::start();
+                scram = Some(c);
+                frontend::sasl_initial_response(SCRAM_SHA_256, first.as_bytes(), &mut reply).map_err(proto)?;
+            }
+            Message::AuthenticationSaslContinue(b) => {
+                let c = scram
+                    .as_mut()
+                    .ok_or_else(|| UpstreamError::Protocol("SASL continue without start".into()))?;
+                let server_first =
+                    std::str::from_utf8(b.data()).map_err(|_| UpstreamError::Protocol("non-UTF-8 SCRAM".into()))?;
+                let fin = c
+                    .respond(server_first, pw()?, salts)
+                    .map_err(|e| UpstreamError::Auth(e.to_string()))?;
+                frontend::sasl_response(fin.as_bytes(), &mut reply).map_err(proto)?;
+            }
+            Message::AuthenticationSaslFinal(b) => {
+                let c = scram
+                    .as_ref()
+                    .ok_or_else(|| UpstreamError::Protocol("SASL final without start".into()))?;
+                let server_final =
+                    std::str::from_utf8(b.data()).map_err(|_| UpstreamError::Protocol("non-UTF-8 SCRAM".into()))?;
+                c.verify(server_final).map_err(|e| UpstreamError::Auth(e.to_string()))?;
+                continue;
+            }
+            Message::AuthenticationGss
+            | Message::AuthenticationGssContinue(_)
+            | Message::AuthenticationKerberosV5
+            | Message::AuthenticationScmCredential
+            | Message::AuthenticationSspi => {
+                return Err(UpstreamError::Auth(
+                    "the database asks for GSSAPI/SSPI/Kerberos authentication, which jitgate does not do upstream; use scram-sha-256 for the gateway's role".into(),
+                ));
+            }
+            Message::ParameterStatus(b) => {
+                if let (Ok(k), Ok(v)) = (b.name(), b.value()) {
                     got_params.push((k.to_string(), v.to_string()));
                 }
+                continue;
             }
-            b'K' => {
-                if body.len() >= 8 {
-                    pid = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
-                    key = i32::from_be_bytes([body[4], body[5], body[6], body[7]]);
-                }
+            Message::BackendKeyData(b) => {
+                (pid, key) = (b.process_id(), b.secret_key());
+                continue;
             }
-            b'Z' => {
+            Message::ReadyForQuery(_) => {
                 return Ok(Upstream {
                     io,
                     params: got_params,
@@ -248,21 +264,19 @@ pub async fn login(
                     leftover: buf,
                 });
             }
-            b'E' => {
-                let (code, msg) = error_fields(&body);
+            Message::ErrorResponse(b) => {
+                let (code, msg) = error_fields(&b);
                 if code.starts_with("28") {
                     return Err(UpstreamError::Auth(format!("{code}: {msg}")));
                 }
                 return Err(UpstreamError::Server(code, msg));
             }
-            b'N' => {}
-            other => {
-                return Err(UpstreamError::Protocol(format!(
-                    "unexpected message {:?} during startup",
-                    char::from(other)
-                )));
+            Message::NoticeResponse(_) => continue,
+            _ => {
+                return Err(UpstreamError::Protocol("unexpected message during startup".into()));
             }
         }
+        io.write_all(&reply).await?;
     }
 }
 
@@ -270,40 +284,19 @@ pub async fn login(
 /// first row as text columns (`None` for NULL); the connection is left at ReadyForQuery.
 pub async fn query_row(up: &mut Upstream, sql: &str) -> Result<Vec<Option<String>>, UpstreamError> {
     let mut out = BytesMut::new();
-    let mut q = sql.as_bytes().to_vec();
-    q.push(0);
-    protocol::message(&mut out, b'Q', &q);
+    frontend::query(sql, &mut out).map_err(proto)?;
     up.io.write_all(&out).await?;
     let mut buf = std::mem::take(&mut up.leftover);
     let mut row: Option<Vec<Option<String>>> = None;
     let mut error: Option<String> = None;
     loop {
-        let (tag, body) = read_message(&mut up.io, &mut buf, 1 << 20).await?;
-        match tag {
-            b'D' if row.is_none() => {
-                let mut cols = Vec::new();
-                let n = body.get(..2).map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
-                let mut rest = body.get(2..).unwrap_or(&[]);
-                for _ in 0..n {
-                    let Some(l) = rest.get(..4) else { break };
-                    let len = i32::from_be_bytes([l[0], l[1], l[2], l[3]]);
-                    rest = &rest[4..];
-                    match usize::try_from(len) {
-                        Ok(len) if len <= rest.len() => {
-                            cols.push(Some(String::from_utf8_lossy(&rest[..len]).into_owned()));
-                            rest = &rest[len..];
-                        }
-                        Ok(_) => break,
-                        Err(_) => cols.push(None),
-                    }
-                }
-                row = Some(cols);
-            }
-            b'E' => {
-                let (code, msg) = error_fields(&body);
+        match next(&mut up.io, &mut buf).await? {
+            Message::DataRow(body) if row.is_none() => row = Some(text_columns(&body)?),
+            Message::ErrorResponse(b) => {
+                let (code, msg) = error_fields(&b);
                 error = Some(format!("{code}: {msg}"));
             }
-            b'Z' => break,
+            Message::ReadyForQuery(_) => break,
             _ => {}
         }
     }
@@ -314,10 +307,26 @@ pub async fn query_row(up: &mut Upstream, sql: &str) -> Result<Vec<Option<String
     row.ok_or_else(|| UpstreamError::Protocol("the query returned no row".into()))
 }
 
+/// A DataRow's columns as text (`None` for NULL).
+fn text_columns(body: &DataRowBody) -> Result<Vec<Option<String>>, UpstreamError> {
+    let buf = body.buffer();
+    let mut cols = Vec::new();
+    let mut ranges = body.ranges();
+    while let Some(r) = ranges.next().map_err(proto)? {
+        cols.push(
+            r.and_then(|r| buf.get(r))
+                .map(|b| String::from_utf8_lossy(b).into_owned()),
+        );
+    }
+    Ok(cols)
+}
+
 /// Send a CancelRequest for (pid, key) to the upstream.
 pub async fn cancel(t: &Target, pid: i32, key: i32) -> Result<(), UpstreamError> {
     let mut io = open(t).await?;
-    io.write_all(&protocol::cancel_request(pid, key)).await?;
+    let mut req = BytesMut::new();
+    frontend::cancel_request(pid, key, &mut req);
+    io.write_all(&req).await?;
     io.flush().await?;
     // The server closes the connection without answering.
     let mut b = [0u8; 1];

@@ -22,7 +22,8 @@ pub struct Conn {
     /// Print JSON instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
-    /// Trust this CA (PEM) for the gateway's certificate, e.g. its self-signed data_dir/tls/tls.crt.
+    /// Trust this CA (PEM) for the gateway's certificate (API and Postgres clients), instead of
+    /// the CA pinned at `jitgate login`.
     #[arg(long, global = true, env = "JITGATE_CA_FILE")]
     pub ca_file: Option<std::path::PathBuf>,
 }
@@ -169,6 +170,11 @@ pub enum Cmd {
         /// Print the URL instead of opening a browser.
         #[arg(long)]
         no_browser: bool,
+        /// First contact with a gateway whose certificate comes from its own CA: the CA's
+        /// fingerprint (`sha256:...`, from the operator; `jitgate serve` logs it as ca_sha256).
+        /// The CA is pinned only if it matches, and the login is verified against it.
+        #[arg(long, value_name = "SHA256")]
+        ca_pin: Option<String>,
         #[command(flatten)]
         conn: Conn,
     },
@@ -192,6 +198,27 @@ pub enum Cmd {
         /// Extra arguments for the client (after `--`).
         #[arg(last = true)]
         args: Vec<String>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Write a pg_service.conf entry per postgres resource (verify-full against the pinned
+    /// gateway CA, the token from a private passfile): then `psql service=NAME`.
+    PgService {
+        /// Print the entries instead of writing them.
+        #[arg(long)]
+        print: bool,
+        /// Service file to write (default: $PGSERVICEFILE, else ~/.pg_service.conf); only
+        /// jitgate's own block in it is replaced.
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Print `export PG...=` lines for a postgres resource (verify-full; for libpq, psycopg,
+    /// node-postgres): `eval "$(jitgate pg-env prod-db)"`.
+    PgEnv {
+        /// Resource name.
+        resource: String,
         #[command(flatten)]
         conn: Conn,
     },

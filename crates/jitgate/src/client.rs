@@ -133,7 +133,7 @@ impl Client {
         let resp = rb.send().await.map_err(|e| {
             let chain = format!("{:?}", e);
             let hint = if chain.contains("certificate") || chain.contains("UnknownIssuer") {
-                "the gateway's TLS certificate is not trusted: pass --ca-file (or JITGATE_CA_FILE) with its CA, e.g. data_dir/tls/tls.crt"
+                "the gateway's TLS certificate is not trusted: on first contact run `jitgate login --ca-pin sha256:...` with the CA fingerprint from the gateway's operator (`jitgate serve` logs it as ca_sha256), or pass --ca-file (JITGATE_CA_FILE) with the CA, e.g. data_dir/tls/ca.crt"
             } else {
                 "is `jitgate serve` running? set --url or JITGATE_URL"
             };

@@ -22,7 +22,15 @@ const PAGE_OK: &str =
     "<!doctype html><title>jitgate</title><h1>Logged in</h1><p>You can close this tab and return to the terminal.</p>";
 
 /// `jitgate login`.
-pub async fn login(conn: &Conn, device: bool, no_browser: bool) -> Result<ExitCode> {
+pub async fn login(conn: &Conn, device: bool, no_browser: bool, ca_pin: Option<&str>) -> Result<ExitCode> {
+    // With a fingerprint: pin the gateway's CA first, so the login itself is verified.
+    let mut conn = conn.clone();
+    if let Some(pin) = ca_pin {
+        let path = crate::pg_cmd::pin_by_fingerprint(&conn, pin).await?;
+        println!("pinned the gateway's CA ({}) in {}", pin.trim(), path.display());
+        conn.ca_file = Some(path);
+    }
+    let conn = &conn;
     // Log in without an old token in the way.
     let c = Client::new_anonymous(conn)?;
     let result: Value = if device {
@@ -37,14 +45,26 @@ pub async fn login(conn: &Conn, device: bool, no_browser: bool) -> Result<ExitCo
     let identity = result["identity"].as_str().unwrap_or_default().to_string();
     let expires = result["expires_at"].as_str().unwrap_or_default().to_string();
     let path = login_path().context("cannot find a config folder: set HOME or JITGATE_CONFIG_DIR")?;
+    // Pin the gateway's CA (fetched over this verified, or loopback, connection) for the API
+    // and for Postgres clients (`connect`, `pg-service`, `pg-env`: sslmode=verify-full).
+    let authed = Client::with_token(conn, &token)?;
+    let ca_file = match crate::pg_cmd::pg_root(conn, &authed).await {
+        Ok(crate::pg_cmd::PgRoot::File(f)) => Some(f),
+        Ok(crate::pg_cmd::PgRoot::System) => None,
+        Err(e) => {
+            eprintln!("warning: the gateway's CA is not pinned: {e:#}");
+            conn.ca_file.clone()
+        }
+    };
     let file = LoginFile {
         url: Some(c.base().to_string()),
         token: Some(token.clone()),
         identity: Some(identity.clone()),
         expires_at: Some(expires.clone()),
-        ca_file: conn.ca_file.clone(),
+        ca_file,
     };
     write_private(&path, &serde_json::to_vec_pretty(&file)?)?;
+    crate::pg_cmd::refresh_pgpass(&authed).await;
     let groups: Vec<&str> = result["groups"]
         .as_array()
         .into_iter()
@@ -53,7 +73,6 @@ pub async fn login(conn: &Conn, device: bool, no_browser: bool) -> Result<ExitCo
         .collect();
     println!("logged in as {identity} [{}] until {expires}", groups.join(", "));
     // SSH certificate, when the gateway has an SSH front end.
-    let authed = Client::with_token(conn, &token)?;
     let info: Value = authed.get("/v1/info").await.unwrap_or(Value::Null);
     if info.get("ssh").is_some() {
         match crate::ssh_cmd::refresh_cert(&authed, None).await {

@@ -9,6 +9,7 @@ mod cli;
 mod client;
 mod http_server;
 mod login_cmd;
+mod pg_cmd;
 mod serve;
 mod ssh_cmd;
 mod table;
@@ -407,7 +408,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             dbname,
             args,
             conn,
-        } => connect(&resource, dbname, &args, &conn).await,
+        } => pg_cmd::connect(&resource, dbname, &args, &conn).await,
+        Cmd::PgService { print, file, conn } => pg_cmd::pg_service(&conn, print, file).await,
+        Cmd::PgEnv { resource, conn } => pg_cmd::pg_env(&resource, &conn).await,
         Cmd::Resources { conn } => {
             let rs: Vec<Value> = Client::new(&conn)?.get("/v1/resources").await?;
             if conn.json {
@@ -437,8 +440,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Login {
             device,
             no_browser,
+            ca_pin,
             conn,
-        } => login_cmd::login(&conn, device, no_browser).await,
+        } => login_cmd::login(&conn, device, no_browser, ca_pin.as_deref()).await,
         Cmd::Logout { conn } => login_cmd::logout(&conn).await,
         Cmd::SshCert { key, conn } => ssh_cmd::ssh_cert(&conn, key).await,
         Cmd::SshConfig {
@@ -509,7 +513,7 @@ fn event_detail(e: &Value) -> String {
 }
 
 /// Host part of a URL (`https://gw.example.com:8443/x` → `gw.example.com`).
-fn url_host(u: &str) -> Option<String> {
+pub(crate) fn url_host(u: &str) -> Option<String> {
     let rest = u.split_once("://").map_or(u, |x| x.1);
     let authority = rest.split('/').next()?;
     let host = match authority.strip_prefix('[') {
@@ -517,50 +521,6 @@ fn url_host(u: &str) -> Option<String> {
         None => authority.rsplit_once(':').map_or(authority, |x| x.0).to_string(),
     };
     (!host.is_empty()).then_some(host)
-}
-
-async fn connect(resource: &str, dbname: Option<String>, args: &[String], conn: &Conn) -> Result<ExitCode> {
-    let c = Client::new(conn)?;
-    let who: Value = c.get("/v1/whoami").await?;
-    let resources: Vec<Value> = c.get("/v1/resources").await?;
-    let Some(r) = resources.iter().find(|r| r["name"] == resource) else {
-        bail!("unknown resource `{resource}`; `jitgate resources` lists them");
-    };
-    if r["kind"] != "postgres" {
-        bail!(
-            "`jitgate connect` supports postgres resources; `{resource}` is {}",
-            r["kind"]
-        );
-    }
-    let info: Value = c.get("/v1/info").await?;
-    let Some(addr) = info["postgres"].as_str() else {
-        bail!("the gateway has no Postgres front end ([listen] postgres is not set)");
-    };
-    let port = addr.rsplit_once(':').map(|x| x.1).unwrap_or("15432");
-    let listen_host = addr.rsplit_once(':').map_or(addr, |x| x.0);
-    let host = info["public_url"]
-        .as_str()
-        .and_then(url_host)
-        .or_else(|| (listen_host != "0.0.0.0" && listen_host != "[::]").then(|| listen_host.to_string()))
-        .or_else(|| url_host(c.base()))
-        .unwrap_or_else(|| "127.0.0.1".into());
-    let db = match dbname {
-        Some(d) => format!("{resource}/{d}"),
-        None => resource.to_string(),
-    };
-    let user = who["name"].as_str().unwrap_or_default();
-    let conninfo = format!("host={host} port={port} user={user} dbname={db} sslmode=require");
-    let token = c
-        .token()
-        .ok_or_else(|| anyhow::anyhow!("no token: set JITGATE_TOKEN or run `jitgate login`"))?;
-    eprintln!("psql \"{conninfo}\"");
-    let status = std::process::Command::new("psql")
-        .arg(&conninfo)
-        .args(args)
-        .env("PGPASSWORD", token)
-        .status()
-        .context("running psql (is the PostgreSQL client installed?)")?;
-    Ok(ExitCode::from(u8::try_from(status.code().unwrap_or(1)).unwrap_or(1)))
 }
 
 /// approve / deny / cancel: POST, then print the request.
@@ -612,10 +572,10 @@ fn config_check(path: &std::path::Path) -> Result<ExitCode> {
     );
     println!(
         "  tls           {}",
-        if c.tls.is_some() {
+        if c.tls.as_ref().is_some_and(|t| t.cert_file.is_some()) {
             "configured certificate"
         } else {
-            "self-signed, generated into data_dir"
+            "issued by the gateway's own CA (data_dir/tls/ca.crt; users pin it at login)"
         }
     );
     println!(

@@ -128,6 +128,7 @@ const SHARED_KEY_FILES: &[&str] = &[
     "ssh/host_ca",
     "ssh/user_ca",
     "ssh/upstream_ca",
+    "tls/ca.key",
 ];
 
 /// Publish fingerprints of the keys replicas must share and compare them with the other
@@ -231,13 +232,24 @@ pub async fn run(config_path: &Path) -> Result<()> {
         "url": format!("{}://{bound}", if http_tls { "https" } else { "http" }),
         "pid": std::process::id(),
     });
-    let tls_files = || -> Result<(PathBuf, PathBuf)> {
-        Ok(match &loaded.config.tls {
-            Some(t) => (t.cert_file.clone(), t.key_file.clone()),
-            None => jitgate_pg::tls::ensure_self_signed(&data_dir.join("tls"), &[])
-                .context("generating the self-signed TLS certificate")?,
-        })
+    let gateway_tls = if loaded.config.listen.postgres.is_some() || http_tls {
+        Some(gateway_tls(&loaded, &data_dir, bound)?)
+    } else {
+        None
     };
+    let tls_files = || -> Result<(PathBuf, PathBuf)> {
+        gateway_tls
+            .as_ref()
+            .map(|t| (t.cert.clone(), t.key.clone()))
+            .ok_or_else(|| anyhow!("no TLS certificate was set up"))
+    };
+    if let Some(t) = &gateway_tls {
+        if let Some((pem, sha)) = &t.ca {
+            listen_info["tls_ca"] = serde_json::Value::String(pem.clone());
+            listen_info["tls_ca_sha256"] = serde_json::Value::String(sha.clone());
+        }
+        listen_info["tls_names"] = serde_json::json!(t.names);
+    }
 
     if let Some(pg) = &loaded.config.listen.postgres {
         let addr: SocketAddr = pg.get_ref().parse().context("[listen] postgres")?;
@@ -258,6 +270,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
             max_text: loaded.config.audit.max_text_len,
             audit: audit.clone(),
             audit_statements: loaded.config.audit.statements,
+            max_scram_iterations: pgc.max_scram_iterations,
         };
         let l = tokio::net::TcpListener::bind(addr)
             .await
@@ -286,6 +299,9 @@ pub async fn run(config_path: &Path) -> Result<()> {
         "ssh_host_ca",
         "ssh_user_ca",
         "ssh_upstream_ca",
+        "tls_ca",
+        "tls_ca_sha256",
+        "tls_names",
     ] {
         if let Some(v) = listen_info.get(k) {
             fe_info[k] = v.clone();
@@ -370,6 +386,86 @@ pub async fn run(config_path: &Path) -> Result<()> {
         )
         .await;
     Ok(())
+}
+
+/// The certificate the TLS front ends present, and what clients should pin.
+struct GatewayTls {
+    cert: PathBuf,
+    key: PathBuf,
+    /// (PEM, `sha256:…`) of the CA clients pin; `None` for a publicly trusted certificate.
+    ca: Option<(String, String)>,
+    /// Names the generated certificate covers (empty for a configured one).
+    names: Vec<String>,
+}
+
+/// `[tls]` cert_file/key_file (and ca_file), or the gateway's own CA and a certificate it
+/// issues for `[tls] names`, the host of `public_url` and the specific addresses the front ends
+/// listen on. Warns when a generated certificate faces the network.
+fn gateway_tls(loaded: &Loaded, data_dir: &Path, http: SocketAddr) -> Result<GatewayTls> {
+    let t = loaded.config.tls.clone().unwrap_or_default();
+    if let (Some(cert), Some(key)) = (&t.cert_file, &t.key_file) {
+        let ca = match &t.ca_file {
+            Some(f) => {
+                let pem =
+                    std::fs::read_to_string(f).with_context(|| format!("reading [tls] ca_file {}", f.display()))?;
+                let der = jitgate_pg::tls::first_cert(f).context("[tls] ca_file")?;
+                Some((pem, jitgate_pg::tls::fingerprint(&der)))
+            }
+            None => None,
+        };
+        return Ok(GatewayTls {
+            cert: cert.clone(),
+            key: key.clone(),
+            ca,
+            names: Vec::new(),
+        });
+    }
+    let mut names: Vec<String> = t.names.iter().map(|n| n.get_ref().clone()).collect();
+    if let Some(h) = loaded.config.gateway.public_url.as_deref().and_then(crate::url_host) {
+        names.push(h);
+    }
+    let mut addrs: Vec<SocketAddr> = vec![http];
+    if let Some(pg) = &loaded.config.listen.postgres
+        && let Ok(a) = pg.get_ref().parse::<SocketAddr>()
+    {
+        addrs.push(a);
+    }
+    for a in &addrs {
+        if !a.ip().is_unspecified() && !a.ip().is_loopback() {
+            names.push(a.ip().to_string());
+        }
+    }
+    let g = jitgate_pg::tls::ensure_generated(&data_dir.join("tls"), &names)
+        .context("setting up the gateway's generated TLS certificate (data_dir/tls)")?;
+    let pem = std::fs::read_to_string(&g.ca_cert).with_context(|| format!("reading {}", g.ca_cert.display()))?;
+    tracing::info!(
+        ca = %g.ca_cert.display(),
+        ca_sha256 = %g.ca_sha256,
+        names = %g.names.join(", "),
+        "the TLS front ends present a certificate from the gateway's own CA; users pin it at `jitgate login` (first contact over an untrusted network: `jitgate login --ca-pin <ca_sha256>`)"
+    );
+    let exposed = addrs.iter().any(|a| !a.ip().is_loopback())
+        && (loaded.config.listen.postgres.is_some() || loaded.config.listen.http_uses_tls());
+    if exposed {
+        tracing::warn!(
+            ca = %g.ca_cert.display(),
+            ca_sha256 = %g.ca_sha256,
+            names = %g.names.join(", "),
+            "the front ends face the network with a certificate from the gateway's own CA: clients verify it once they pin that CA (`jitgate login` pins it over a verified connection; first contact: `jitgate login --ca-pin {}`); to use your own CA, set [tls] cert_file/key_file/ca_file",
+            g.ca_sha256
+        );
+        if g.names.len() <= 3 {
+            tracing::warn!(
+                "[tls] names is empty and [gateway] public_url is unset: the generated certificate is valid only for localhost, 127.0.0.1 and ::1, so clients on other hosts fail verification (sslmode=verify-full); add the DNS names clients use to [tls] names"
+            );
+        }
+    }
+    Ok(GatewayTls {
+        cert: g.cert,
+        key: g.key,
+        ca: Some((pem, g.ca_sha256)),
+        names: g.names,
+    })
 }
 
 /// Gateway token keys (data_dir/auth) and the OIDC relying party when `[oidc]` is set.

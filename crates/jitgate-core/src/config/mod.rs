@@ -104,8 +104,12 @@ fn resolve_paths(c: &mut Config, base: &Path) {
     };
     fix(&mut c.gateway.data_dir);
     if let Some(t) = c.tls.as_mut() {
-        fix(&mut t.cert_file);
-        fix(&mut t.key_file);
+        for p in [&mut t.cert_file, &mut t.key_file, &mut t.ca_file]
+            .into_iter()
+            .flatten()
+        {
+            fix(p);
+        }
     }
     for i in &mut c.identities {
         if let Some(p) = i.token_file.as_mut() {
@@ -194,6 +198,53 @@ fn valid_name(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
+fn check_tls(t: &schema::TlsSection, d: &mut Diags<'_>) {
+    let first_name = t.names.first().and_then(span);
+    match (&t.cert_file, &t.key_file) {
+        (Some(_), None) | (None, Some(_)) => d.error(
+            None,
+            "[tls]: cert_file and key_file go together",
+            Some("set both (a certificate and its key), or neither for the generated certificate".into()),
+        ),
+        (Some(_), Some(_)) if !t.names.is_empty() => d.error(
+            first_name,
+            "[tls] names applies to the generated certificate, but cert_file is set",
+            Some(
+                "remove names (the configured certificate's own subjectAltNames apply) or remove cert_file/key_file"
+                    .into(),
+            ),
+        ),
+        (None, None) if t.ca_file.is_some() => d.error(
+            None,
+            "[tls] ca_file is for a configured certificate (cert_file), but none is set",
+            Some(
+                "remove ca_file: the generated certificate's CA (data_dir/tls/ca.crt) is handed to clients by itself"
+                    .into(),
+            ),
+        ),
+        _ => {}
+    }
+    for n in &t.names {
+        let v = n.get_ref();
+        let ok = !v.is_empty()
+            && v.len() <= 253
+            && (v.parse::<std::net::IpAddr>().is_ok()
+                || v.split('.').enumerate().all(|(i, label)| {
+                    (!label.is_empty()
+                        && label.len() <= 63
+                        && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+                        || (i == 0 && label == "*")
+                }));
+        if !ok {
+            d.error(
+                span(n),
+                format!("[tls] names: `{v}` is not a DNS name or an IP address"),
+                Some("write the host name clients connect to (`gw.example.com`, `*.gw.example.com`) or an IP address, without scheme or port".into()),
+            );
+        }
+    }
+}
+
 fn validate(c: &Config, d: &mut Diags<'_>) -> Catalog {
     let allow_inline = c.gateway.allow_inline_secrets;
 
@@ -216,6 +267,22 @@ fn validate(c: &Config, d: &mut Diags<'_>) -> Catalog {
         if let Some(v) = v {
             check_addr(d, what, v);
         }
+    }
+
+    if !(1..=10_000_000).contains(&c.postgres.max_scram_iterations) {
+        d.error(
+            None,
+            format!(
+                "[postgres] max_scram_iterations = {} is out of range",
+                c.postgres.max_scram_iterations
+            ),
+            Some("use 1..=10000000 (default 100000; PostgreSQL's own default is 4096)".into()),
+        );
+    }
+
+    // [tls]
+    if let Some(t) = &c.tls {
+        check_tls(t, d);
     }
 
     // [store]

@@ -188,6 +188,12 @@ pub struct PostgresSection {
     /// Largest protocol message accepted from a client, in bytes.
     #[serde(default = "default_max_message")]
     pub max_message_size: usize,
+    /// Most SCRAM-SHA-256 iterations an upstream may ask the gateway to compute for one login
+    /// (PostgreSQL's default is 4096; 100,000 take about 0.1 s here, and the result is cached).
+    /// A server asking for more is refused at once: a hostile or spoofed upstream cannot make
+    /// the gateway burn CPU.
+    #[serde(default = "default_max_scram_iterations")]
+    pub max_scram_iterations: u32,
 }
 
 impl Default for PostgresSection {
@@ -197,8 +203,13 @@ impl Default for PostgresSection {
             startup_timeout: default_startup_timeout(),
             max_connections: default_max_connections(),
             max_message_size: default_max_message(),
+            max_scram_iterations: default_max_scram_iterations(),
         }
     }
+}
+
+fn default_max_scram_iterations() -> u32 {
+    100_000
 }
 
 fn default_startup_timeout() -> HumanDuration {
@@ -278,13 +289,24 @@ fn default_ssh_cert_lifetime() -> HumanDuration {
 }
 
 /// `[tls]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsSection {
-    /// PEM certificate chain.
-    pub cert_file: PathBuf,
-    /// PEM private key.
-    pub key_file: PathBuf,
+    /// PEM certificate chain of the front ends (Postgres and API). Without it the gateway runs
+    /// its own CA (`data_dir/tls/ca.crt`) and issues itself a certificate for `names`; clients
+    /// pin that CA at `jitgate login`.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert_file`.
+    pub key_file: Option<PathBuf>,
+    /// With `cert_file` from a private CA: that CA's certificate (PEM), handed to `jitgate login`
+    /// so clients verify the gateway against it. Leave unset for a publicly trusted certificate
+    /// (clients then use the system roots).
+    pub ca_file: Option<PathBuf>,
+    /// Without `cert_file`: the DNS names and IP addresses clients reach the gateway by, for the
+    /// generated certificate (always valid for `localhost`, `127.0.0.1` and `::1`, and for the
+    /// host of `[gateway] public_url`). Clients verify the name (`sslmode=verify-full`).
+    #[serde(default)]
+    pub names: Vec<Spanned<String>>,
 }
 
 /// `[store]`
