@@ -611,6 +611,12 @@ fn protocol_3_2_clients_get_negotiation_and_long_cancel_keys() {
 /// A fake upstream that asks for SCRAM with `iterations` and records when it got the client's
 /// first message. Returns its address.
 fn scram_upstream(iterations: u32) -> SocketAddr {
+    fake_upstream(Some(iterations))
+}
+
+/// A fake upstream offering SCRAM; `None`: after the client's first message it claims success
+/// (AuthenticationOk, ReadyForQuery) without ever proving it knows the password.
+fn fake_upstream(iterations: Option<u32>) -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
     std::thread::spawn(move || {
@@ -630,6 +636,14 @@ fn scram_upstream(iterations: u32) -> SocketAddr {
                 body.extend_from_slice(b"SCRAM-SHA-256\0\0");
                 s.write_all(&frame(b'R', &body)).ok();
                 let (_, first) = read_msg(&mut s);
+                let Some(iterations) = iterations else {
+                    let mut b = frame(b'R', &0i32.to_be_bytes());
+                    b.extend_from_slice(&frame(b'Z', b"I"));
+                    s.write_all(&b).ok();
+                    let mut rest = [0u8; 1024];
+                    let _ = s.read(&mut rest);
+                    return;
+                };
                 let first = text(&first);
                 let nonce = first.rsplit("r=").next().unwrap_or("").to_string();
                 let mut body = 11i32.to_be_bytes().to_vec();
@@ -671,6 +685,24 @@ fn a_hostile_upstream_asking_for_ten_million_scram_iterations_is_refused_at_once
         log.contains("asks for 10000000 SCRAM iterations; jitgate accepts at most 100000"),
         "{log}"
     );
+}
+
+#[test]
+fn an_upstream_that_skips_the_scram_server_proof_is_refused() {
+    let fake = fake_upstream(None);
+    let gw = granted_gateway(&resource_config(&fake.to_string(), "x", "app_rw", false), "rw-secret");
+    let (h, p) = gw.pg_host_port();
+    let o = clean(Command::new("psql"))
+        .args(["-X", "-c", "SELECT 1"])
+        .arg(format!(
+            "host={h} port={p} user=alice@example.com dbname=prod-db sslmode=disable"
+        ))
+        .env("PGPASSWORD", token("alice"))
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "{}", text(&o.stdout));
+    let log = gw.wait_log("without proving", Duration::from_secs(5));
+    assert!(log.contains("possible impostor"), "{log}");
 }
 
 #[test]

@@ -106,6 +106,12 @@ pub fn ensure_generated(dir: &Path, names: &[String]) -> Result<Generated, TlsEr
             all.push(n);
         }
     }
+    if ca_crt.exists() != ca_key.exists() {
+        return Err(file_err(
+            if ca_crt.exists() { &ca_key } else { &ca_crt },
+            "missing while its pair exists: restore it (from a backup or another replica) rather than let a new CA replace the one clients pinned, or remove both to start a new CA",
+        ));
+    }
     let ca_kp = if ca_crt.exists() && ca_key.exists() {
         let pem = std::fs::read_to_string(&ca_key).map_err(|e| file_err(&ca_key, e))?;
         rcgen::KeyPair::from_pem(&pem).map_err(|e| file_err(&ca_key, format!("not a usable CA key: {e}")))?
@@ -163,6 +169,12 @@ pub fn ensure_generated(dir: &Path, names: &[String]) -> Result<Generated, TlsEr
         // that print the chain show where it comes from).
         let ca_pem = std::fs::read_to_string(&ca_crt).map_err(|e| file_err(&ca_crt, e))?;
         std::fs::write(&crt, format!("{}{ca_pem}", cert.pem())).map_err(|e| file_err(&crt, e))?;
+        if !leaf_verifies(&crt, &ca_der, "localhost") {
+            return Err(file_err(
+                &ca_key,
+                "this key does not belong to ca.crt (the certificate it signs does not verify): copy ca.crt and ca.key together",
+            ));
+        }
         let m = serde_json::json!({"names": all, "not_after": not_after, "ca_sha256": fingerprint(&ca_der)});
         std::fs::write(&meta, m.to_string()).map_err(|e| file_err(&meta, e))?;
         tracing::info!(cert = %crt.display(), names = %all.join(", "), "issued the gateway's TLS certificate from its own CA");

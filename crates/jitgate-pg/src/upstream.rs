@@ -134,6 +134,8 @@ pub async fn connect(
 
 /// Largest message the upstream may send during login and `query_row`.
 const MAX_LOGIN_MESSAGE: usize = 1 << 20;
+/// Most ParameterStatus messages kept from a login (PostgreSQL sends about 15).
+const MAX_PARAMS: usize = 256;
 
 fn proto(e: std::io::Error) -> UpstreamError {
     UpstreamError::Protocol(e.to_string())
@@ -187,6 +189,9 @@ pub async fn login(
     io.write_all(&out).await?;
     let mut buf = BytesMut::with_capacity(8192);
     let mut scram: Option<ScramClient> = None;
+    // SCRAM must run in order and end with the server's proof checked: an impostor that says
+    // AuthenticationOk (or SASLFinal) early is refused, not believed.
+    let (mut responded, mut verified) = (false, false);
     let pw = || {
         password.ok_or_else(|| UpstreamError::Auth("the database asks for a password but none is configured".into()))
     };
@@ -195,7 +200,14 @@ pub async fn login(
     loop {
         let mut reply = BytesMut::new();
         match next(&mut io, &mut buf).await? {
-            Message::AuthenticationOk => continue,
+            Message::AuthenticationOk => {
+                if scram.is_some() && !verified {
+                    return Err(UpstreamError::Auth(
+                        "the database ended SCRAM without proving it knows the password (possible impostor)".into(),
+                    ));
+                }
+                continue;
+            }
             Message::AuthenticationCleartextPassword => {
                 frontend::password_message(pw()?.as_bytes(), &mut reply).map_err(proto)?;
             }
@@ -226,14 +238,19 @@ pub async fn login(
                     .respond(server_first, pw()?, salts)
                     .map_err(|e| UpstreamError::Auth(e.to_string()))?;
                 frontend::sasl_response(fin.as_bytes(), &mut reply).map_err(proto)?;
+                responded = true;
             }
             Message::AuthenticationSaslFinal(b) => {
                 let c = scram
                     .as_ref()
                     .ok_or_else(|| UpstreamError::Protocol("SASL final without start".into()))?;
+                if !responded || verified {
+                    return Err(UpstreamError::Protocol("SASL final out of order".into()));
+                }
                 let server_final =
                     std::str::from_utf8(b.data()).map_err(|_| UpstreamError::Protocol("non-UTF-8 SCRAM".into()))?;
                 c.verify(server_final).map_err(|e| UpstreamError::Auth(e.to_string()))?;
+                verified = true;
                 continue;
             }
             Message::AuthenticationGss
@@ -246,6 +263,11 @@ pub async fn login(
                 ));
             }
             Message::ParameterStatus(b) => {
+                if got_params.len() >= MAX_PARAMS {
+                    return Err(UpstreamError::Protocol(format!(
+                        "more than {MAX_PARAMS} ParameterStatus messages during startup"
+                    )));
+                }
                 if let (Ok(k), Ok(v)) = (b.name(), b.value()) {
                     got_params.push((k.to_string(), v.to_string()));
                 }

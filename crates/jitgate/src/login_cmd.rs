@@ -89,7 +89,11 @@ pub async fn login(conn: &Conn, device: bool, no_browser: bool, ca_pin: Option<&
 /// Write a file only its owner may read or write, replaced whole (written beside, renamed);
 /// its folder is created 0700.
 pub(crate) fn write_private(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
-    if let Some(d) = path.parent() {
+    if let Some(d) = path.parent()
+        && !d.as_os_str().is_empty()
+        && !d.exists()
+    {
+        // Only a folder made here is narrowed to 0700 (never $HOME or a system folder).
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
         #[cfg(unix)]
         {

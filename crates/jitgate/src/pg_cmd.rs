@@ -71,14 +71,30 @@ fn normalize_pin(pin: &str) -> Result<String> {
     Ok(format!("sha256:{hexpart}"))
 }
 
-fn pem_fingerprint(pem: &str) -> Result<String> {
+/// The one certificate of a CA answer: its fingerprint and a PEM of exactly the DER that was
+/// hashed (what gets pinned). More than one certificate is refused: pinning a file whose first
+/// certificate matched would trust whatever else rides along.
+fn single_ca(pem: &str) -> Result<(String, String)> {
+    use base64::Engine;
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
-    let der = CertificateDer::pem_slice_iter(pem.as_bytes())
-        .next()
-        .context("the gateway's CA answer holds no certificate")?
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<_, _>>()
         .map_err(|e| anyhow!("the gateway's CA answer is not a PEM certificate: {e}"))?;
-    Ok(jitgate_pg::tls::fingerprint(&der))
+    let [der] = certs.as_slice() else {
+        bail!(
+            "the gateway's CA answer holds {} certificates, not exactly one: refused (someone may be adding their own)",
+            certs.len()
+        );
+    };
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
+    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(line));
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    Ok((jitgate_pg::tls::fingerprint(der), out))
 }
 
 /// `jitgate login --ca-pin`: fetch the gateway's CA without trusting the connection, accept it
@@ -86,6 +102,11 @@ fn pem_fingerprint(pem: &str) -> Result<String> {
 pub async fn pin_by_fingerprint(conn: &Conn, pin: &str) -> Result<PathBuf> {
     let want = normalize_pin(pin)?;
     let base = Client::new_anonymous(conn)?.base().to_string();
+    if is_remote_plain_http(&base) {
+        bail!(
+            "{base} is plain HTTP to another host: the login and the token would cross the network in clear, whatever CA is pinned\nhint: use the gateway's https:// URL"
+        );
+    }
     // Unverified on purpose: what it returns is trusted only if it hashes to the pin, and
     // everything after (the login itself) is verified against it.
     let http = reqwest::Client::builder()
@@ -105,8 +126,7 @@ pub async fn pin_by_fingerprint(conn: &Conn, pin: &str) -> Result<PathBuf> {
         );
     }
     let v: Value = resp.json().await.context("unexpected answer from /v1/tls/ca")?;
-    let pem = v["pem"].as_str().context("the gateway sent no CA certificate")?;
-    let got = pem_fingerprint(pem)?;
+    let (got, pem) = single_ca(v["pem"].as_str().context("the gateway sent no CA certificate")?)?;
     if got != want {
         bail!(
             "the gateway at {base} presents CA {got}, not the pinned {want}: someone may be intercepting the connection; nothing was sent. Check the fingerprint with the gateway's operator"
@@ -117,10 +137,24 @@ pub async fn pin_by_fingerprint(conn: &Conn, pin: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// Scheme (lower case) and host of an API URL, as the HTTP client will use them.
+fn scheme_host(base: &str) -> Option<(String, String)> {
+    let u = reqwest::Url::parse(base).ok()?;
+    Some((
+        u.scheme().to_ascii_lowercase(),
+        u.host_str()?.trim_matches(['[', ']']).to_string(),
+    ))
+}
+
 /// Whether an API URL reaches this host only (plain HTTP there is as private as the host).
 fn is_loopback_url(base: &str) -> bool {
-    crate::url_host(base)
-        .is_some_and(|h| h == "localhost" || h.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback()))
+    scheme_host(base)
+        .is_some_and(|(_, h)| h == "localhost" || h.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback()))
+}
+
+/// Plain HTTP to another host: nothing fetched over it can be trusted, no token may cross it.
+fn is_remote_plain_http(base: &str) -> bool {
+    scheme_host(base).is_none_or(|(scheme, _)| scheme != "https") && !is_loopback_url(base)
 }
 
 /// The root Postgres clients should verify the gateway against: the user's `--ca-file`, else
@@ -131,7 +165,7 @@ pub async fn pg_root(conn: &Conn, c: &Client) -> Result<PgRoot> {
         return Ok(PgRoot::File(f.clone()));
     }
     let base = c.base().to_string();
-    if base.starts_with("http://") && !is_loopback_url(&base) {
+    if is_remote_plain_http(&base) {
         let pinned = pinned_ca_path()?;
         if pinned.exists() {
             return Ok(PgRoot::File(pinned));
@@ -142,8 +176,8 @@ pub async fn pg_root(conn: &Conn, c: &Client) -> Result<PgRoot> {
     }
     match c.get::<Value>("/v1/tls/ca").await {
         Ok(v) => {
-            let pem = v["pem"].as_str().context("the gateway sent no CA certificate")?;
-            pem_fingerprint(pem)?;
+            let (_, pem) = single_ca(v["pem"].as_str().context("the gateway sent no CA certificate")?)?;
+            let pem = pem.as_str();
             let path = pinned_ca_path()?;
             let same = std::fs::read_to_string(&path).is_ok_and(|old| old == pem);
             if !same {
@@ -184,11 +218,23 @@ pub async fn endpoint(c: &Client) -> Result<Endpoint> {
         .or_else(|| (listen_host != "0.0.0.0" && listen_host != "::").then(|| listen_host.to_string()))
         .or_else(|| crate::url_host(c.base()))
         .unwrap_or_else(|| "127.0.0.1".into());
-    Ok(Endpoint {
-        host,
-        port,
-        user: who["name"].as_str().unwrap_or_default().to_string(),
-    })
+    let user = who["name"].as_str().unwrap_or_default().to_string();
+    for (what, v) in [("host", &host), ("port", &port), ("user", &user)] {
+        if v.is_empty() || v.chars().any(|c| c.is_control()) {
+            bail!("the gateway sent an unusable {what} ({v:?}): refusing to write it into connection settings");
+        }
+    }
+    Ok(Endpoint { host, port, user })
+}
+
+/// A file's text, empty when it does not exist; an error (never an empty string) when it cannot
+/// be read, so a file that is not UTF-8 or not readable is not overwritten with only our lines.
+fn read_existing(path: &std::path::Path) -> Result<String> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => Ok(t),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+        Err(e) => Err(anyhow!("cannot read {} ({e}); not rewriting it", path.display())),
+    }
 }
 
 /// The postgres resources this user sees.
@@ -249,7 +295,7 @@ const PASS_END: &str = "# <<< jitgate";
 /// stay. Returns the file.
 fn write_default_pgpass(ep: &Endpoint, token: &str) -> Result<PathBuf> {
     let path = default_pgpass()?;
-    let old = std::fs::read_to_string(&path).unwrap_or_default();
+    let old = read_existing(&path)?;
     let block = format!("{PASS_BEGIN}\n{}{PASS_END}\n", pgpass_line(ep, token));
     let rest = replace_block_with(&old, "", PASS_BEGIN, PASS_END);
     write_private(&path, format!("{block}{rest}").as_bytes())?;
@@ -449,7 +495,7 @@ pub async fn pg_service(conn: &Conn, print: bool, file: Option<PathBuf>) -> Resu
         Some(f) => f,
         None => default_service_file()?,
     };
-    let old = std::fs::read_to_string(&path).unwrap_or_default();
+    let old = read_existing(&path)?;
     let taken = foreign_sections(&old);
     let mut block = format!("{BEGIN}\n# gateway: {}\n\n", c.base());
     let mut written = Vec::new();
@@ -569,6 +615,23 @@ mod tests {
         assert!(normalize_pin(&format!("sha256:{}", colons.join(":"))).is_ok());
         assert!(normalize_pin("sha256:abc").is_err());
         assert!(normalize_pin(&"zz".repeat(32)).is_err());
+    }
+
+    #[test]
+    fn only_one_certificate_is_pinned_and_urls_are_parsed_as_the_client_does() {
+        let one = "-----BEGIN CERTIFICATE-----\nMAA=\n-----END CERTIFICATE-----\n";
+        let (fp, pem) = single_ca(one).unwrap();
+        assert!(fp.starts_with("sha256:") && pem == one, "{pem}");
+        assert!(
+            single_ca(&format!("{one}{one}")).is_err(),
+            "a second certificate rides along"
+        );
+        assert!(single_ca("").is_err());
+        assert!(is_remote_plain_http("HTTP://gw.example.com:8080"));
+        assert!(is_remote_plain_http("http://127.0.0.1:1@evil.example/"));
+        assert!(!is_remote_plain_http("http://127.0.0.1:8080"));
+        assert!(!is_remote_plain_http("HTTPS://gw.example.com"));
+        assert!(is_remote_plain_http("ftp://gw"));
     }
 
     #[test]

@@ -128,6 +128,7 @@ const SHARED_KEY_FILES: &[&str] = &[
     "ssh/host_ca",
     "ssh/user_ca",
     "ssh/upstream_ca",
+    "tls/ca.crt",
     "tls/ca.key",
 ];
 
