@@ -446,3 +446,113 @@ fn a_replica_that_cannot_use_its_store_says_why() {
     assert!(e.contains("cannot connect to the store"), "{e}");
     assert!(!e.contains("s3cret"), "{e}");
 }
+
+/// A TCP relay in front of the store that can hold back what the store sends on the change-feed
+/// connection (the one whose startup names `jitgate-feed/`): a feed that is late but not broken.
+struct LateFeed {
+    addr: std::net::SocketAddr,
+    hold: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl LateFeed {
+    fn start(store_port: u16) -> Self {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hold = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let held = hold.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(mut client) = client else { return };
+                let Ok(mut server) = std::net::TcpStream::connect(("127.0.0.1", store_port)) else {
+                    continue;
+                };
+                let is_feed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let feed = is_feed.clone();
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 16384];
+                    let mut seen = Vec::new();
+                    while let Ok(n) = c2.read(&mut buf) {
+                        if n == 0 || s2.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        if !feed.load(Ordering::SeqCst) && seen.len() < 4096 {
+                            seen.extend_from_slice(&buf[..n]);
+                            if seen.windows(13).any(|w| w == b"jitgate-feed/") {
+                                feed.store(true, Ordering::SeqCst);
+                            }
+                        }
+                    }
+                    let _ = s2.shutdown(std::net::Shutdown::Both);
+                });
+                let held = held.clone();
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 16384];
+                    while let Ok(n) = server.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        while is_feed.load(Ordering::SeqCst) && held.load(Ordering::SeqCst) {
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
+                        if client.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = client.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        Self { addr, hold }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_approved_elsewhere_lets_the_user_in_before_the_feed_announces_it() {
+    use std::sync::atomic::Ordering;
+    let pg = cluster();
+    let db = pg.fresh_db();
+    let store = pg.store_db();
+    let late = LateFeed::start(pg.port);
+    let a = Gateway::start_replica(&body(&pg, &db), &store);
+    std::fs::write(a.dir.path().join("ro.pw"), "ro-secret\n").unwrap();
+    let via_relay = store.replacen(&format!("127.0.0.1:{}", pg.port), &late.addr.to_string(), 1);
+    assert_ne!(via_relay, store);
+    let b = Gateway::start_replica(&body(&pg, &db), &via_relay);
+    std::fs::write(b.dir.path().join("ro.pw"), "ro-secret\n").unwrap();
+
+    // B's feed falls silent (its heartbeat allows 3 s before it calls the feed lost).
+    late.hold.store(true, Ordering::SeqCst);
+    let g = a.granted(&["prod-db", "--for", "1h", "--reason", "late feed"]);
+    let gid = g["grant_id"].as_i64().unwrap();
+    let t = Instant::now();
+    let s = connect(&b, "alice")
+        .await
+        .expect("B reads a grant its feed has not announced yet");
+    println!("connected on B {:?} after approval on A, feed held", t.elapsed());
+    let row = s.simple_query("SELECT count(*) FROM accounts").await.unwrap();
+    assert!(!row.is_empty());
+    let (_, m) = b.http_get("/metrics", None);
+    assert!(m.contains("jitgate_store_grant_reads_total{result=\"found\"} 1"), "{m}");
+    assert!(
+        log_has(&b, "grant read from the store ahead of its change notice"),
+        "{}",
+        b.log()
+    );
+
+    // A user with no grant is still refused, and the read-through does not invent one.
+    let e = connect(&b, "carol").await.unwrap_err();
+    assert_eq!(code(&e), "28000", "{e:?}");
+
+    // The late notice is harmless once it arrives, and a revoke on A still reaches B.
+    late.hold.store(false, Ordering::SeqCst);
+    let q = sleeper(s);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.cli(Some("bob"), &["revoke", &gid.to_string(), "--reason", "done"])
+        .ok();
+    let (e, _) = q.await.unwrap();
+    assert_eq!(code(&e), "57P01", "{e:?}");
+    assert!(db_message(&e).contains("revoked by bob@example.com"), "{e:?}");
+}

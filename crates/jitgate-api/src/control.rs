@@ -485,6 +485,48 @@ impl ControlPlane {
         tracing::info!(grant_id = g.id, state = %g.state.as_str(), sessions = n, "grant ended on another replica; its sessions here are closed");
     }
 
+    /// Read one holder's live grants on one resource from a shared store into the cache (the
+    /// front ends call this on a cache miss, before refusing). A single-process store has no
+    /// other writer, so its cache is already complete.
+    pub async fn refresh_grants(&self, identity: &str, resource: &str) {
+        if !self.store.shared() {
+            return;
+        }
+        let now = self.now();
+        let filter = GrantFilter {
+            state: Some(GrantState::Active),
+            identity: Some(identity.to_string()),
+            resource: Some(resource.to_string()),
+            live_at: Some(now),
+            limit: Some(100),
+        };
+        match tokio::time::timeout(std::time::Duration::from_secs(2), self.store.list_grants(&filter)).await {
+            Ok(Ok(grants)) => {
+                for g in &grants {
+                    self.apply_grant(g);
+                }
+                let result = if grants.is_empty() { "none" } else { "found" };
+                self.metrics.store_grant_reads_total.with_label_values(&[result]).inc();
+                if !grants.is_empty() {
+                    tracing::info!(
+                        identity,
+                        resource,
+                        grants = grants.len(),
+                        "grant read from the store ahead of its change notice"
+                    );
+                }
+            }
+            Ok(Err(e)) => {
+                self.metrics.store_grant_reads_total.with_label_values(&["error"]).inc();
+                tracing::warn!(error = %e, identity, resource, "could not read grants from the store; refusing");
+            }
+            Err(_) => {
+                self.metrics.store_grant_reads_total.with_label_values(&["error"]).inc();
+                tracing::warn!(identity, resource, "reading grants from the store timed out; refusing");
+            }
+        }
+    }
+
     /// Re-read everything that gates access: live grants, grants this replica still caches,
     /// kills asked of this replica, token revocations; close sessions the store still shows
     /// open here although they ended while it was unreachable.
@@ -1237,6 +1279,10 @@ impl jitgate_core::Gatekeeper for ControlPlane {
 
     fn token_revoked(&self, token_id: &str) -> bool {
         self.login.get().is_some_and(|l| l.tokens.is_revoked(token_id))
+    }
+
+    async fn refresh_grants(&self, identity: &str, resource: &str) {
+        ControlPlane::refresh_grants(self, identity, resource).await;
     }
 
     fn catalog(&self) -> Arc<Catalog> {

@@ -21,6 +21,15 @@ pub trait Gatekeeper: Send + Sync + 'static {
         let _ = token_id;
         false
     }
+    /// The grant cache has nothing live for `identity` on `resource`: read that pair's grants
+    /// from the store and bring the cache in line before the front end refuses. A grant
+    /// approved on another replica a moment ago may not have reached this one's feed yet; the
+    /// user who was just told "approved" must not be refused. Errors leave the cache as it is
+    /// (the front end then refuses: fail closed).
+    fn refresh_grants(&self, identity: &str, resource: &str) -> impl Future<Output = ()> + Send {
+        let _ = (identity, resource);
+        async {}
+    }
     /// The current configuration.
     fn catalog(&self) -> Arc<Catalog>;
     /// Grant cache and session registry.

@@ -60,6 +60,8 @@ pub struct Metrics {
     pub store_resyncs_total: IntCounterVec,
     /// Shared store: the store's clock minus this host's.
     pub store_clock_skew_seconds: prometheus::Gauge,
+    /// Shared store: grant-cache misses read through to the store, by result.
+    pub store_grant_reads_total: IntCounterVec,
 }
 
 fn reg<M: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: M) -> prometheus::Result<M> {
@@ -262,6 +264,16 @@ impl Metrics {
                     "The store's clock minus this host's (0 for the embedded store).",
                 )?,
             )?,
+            store_grant_reads_total: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "jitgate_store_grant_reads_total",
+                        "Shared store: connections that found no grant in the cache and read the store (found: a grant not yet announced by the feed; none; error: refused, fail closed).",
+                    ),
+                    &["result"],
+                )?,
+            )?,
             registry: r,
         };
         #[cfg(target_os = "linux")]
@@ -287,6 +299,9 @@ impl Metrics {
         }
         for r in ["reconnect", "periodic", "lagged"] {
             m.store_resyncs_total.with_label_values(&[r]);
+        }
+        for r in ["found", "none", "error"] {
+            m.store_grant_reads_total.with_label_values(&[r]);
         }
         m.store_up.set(1);
         for r in ["host_key_mismatch", "login_refused", "unreachable"] {

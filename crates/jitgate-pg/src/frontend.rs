@@ -407,8 +407,13 @@ impl<G: Gatekeeper> PgFrontend<G> {
                 "unknown_resource",
             )));
         };
-        let now = jiff::Timestamp::now();
-        let grants = self.gk.enforcer().grants.for_resource(&principal.name, &res.name, now);
+        let mut now = jiff::Timestamp::now();
+        let mut grants = self.gk.enforcer().grants.for_resource(&principal.name, &res.name, now);
+        if grants.is_empty() {
+            self.gk.refresh_grants(&principal.name, &res.name).await;
+            now = jiff::Timestamp::now();
+            grants = self.gk.enforcer().grants.for_resource(&principal.name, &res.name, now);
+        }
         let grant = grants
             .iter()
             .filter(|g| g.access == READ_WRITE)

@@ -519,8 +519,13 @@ impl<G: Gatekeeper> Conn<G> {
                 res.access_levels.join(", ")
             ));
         }
-        let now = jiff::Timestamp::now();
-        let grant = fe.gk.enforcer().grants.check(&principal.name, &res.name, &login, now);
+        let mut now = jiff::Timestamp::now();
+        let mut grant = fe.gk.enforcer().grants.check(&principal.name, &res.name, &login, now);
+        if grant.is_none() {
+            fe.gk.refresh_grants(&principal.name, &res.name).await;
+            now = jiff::Timestamp::now();
+            grant = fe.gk.enforcer().grants.check(&principal.name, &res.name, &login, now);
+        }
         let Some(grant) = grant else {
             fe.gk
                 .metrics()
