@@ -223,3 +223,22 @@ fn tls_settings_that_cannot_work_are_refused_with_the_fix() {
     assert!(err.contains("max_scram_iterations = 0 is out of range"), "{err}");
     assert!(!err.contains("not a DNS name"), "valid names accepted: {err}");
 }
+
+#[test]
+fn webhook_event_kinds_are_checked_against_the_audit_vocabulary() {
+    let hook = |events: &str| format!("{BASE}\n[[notify.webhooks]]\nurl_env = \"HOOK_URL\"\nevents = [{events}]\n");
+    // Every kind the gateway writes may be listed, dotted or not.
+    let (code, out, err) = check(&hook(
+        "\"login\", \"logout\", \"gateway.stopped\", \"ssh.host_key_mismatch\"",
+    ));
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, _, err) = check(&hook("\"request.aproved\""));
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("`request.aproved` is not an audit event kind; did you mean `request.approved`?"),
+        "{err}"
+    );
+    let (code, _, err) = check(&hook("\"pg.statement\""));
+    assert_eq!(code, 1);
+    assert!(err.contains("is not delivered to webhooks"), "{err}");
+}

@@ -796,3 +796,54 @@ fn the_audit_log_rotates_and_verify_and_export_walk_every_file() {
     let e = gw.cli(None, &["audit", "verify", "--config", &cfg]).refused();
     assert!(e.contains("audit-") && e.contains("altered or damaged"), "{e}");
 }
+
+#[test]
+fn webhooks_receive_every_kind_whoever_writes_it_including_gateway_stopped() {
+    let hooks = Receiver::start(0);
+    let dir = tempfile::tempdir().unwrap();
+    let section = hooks.webhook(
+        dir.path(),
+        &["gateway.started", "gateway.stopped", "auth.failed", "request.created"],
+    );
+    let mut gw = Gateway::start_pg(&format!("{}{section}", policy_config("")));
+    assert!(
+        hooks.got_kind("gateway.started", Duration::from_secs(5)),
+        "{:?}",
+        hooks.events()
+    );
+    // A wrong token at the Postgres front end: written by the front end, not the control plane.
+    let (h, p) = gw.pg_host_port();
+    let out = std::process::Command::new("psql")
+        .args(["-X", "-c", "SELECT 1"])
+        .arg(format!(
+            "host={h} port={p} user=alice@example.com dbname=prod-db sslmode=require"
+        ))
+        .env("PGPASSWORD", "forged")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        hooks.got_kind("auth.failed", Duration::from_secs(5)),
+        "{:?}",
+        hooks.events()
+    );
+    let (_, body) = hooks
+        .events()
+        .into_iter()
+        .find(|(_, b)| b["event"] == "auth.failed")
+        .unwrap();
+    assert_eq!(body["details"]["protocol"], "postgres", "{body}");
+    assert!(
+        !body.to_string().contains("forged"),
+        "the password reached a webhook: {body}"
+    );
+    // Stopped: the notification leaves before the process does.
+    gw.stop();
+    assert!(
+        hooks.got_kind("gateway.stopped", Duration::from_secs(1)),
+        "{:?}",
+        hooks.events()
+    );
+    let kinds: Vec<String> = hooks.events().iter().map(|(_, b)| b["event"].to_string()).collect();
+    assert!(!kinds.iter().any(|k| k.contains("request.created")), "{kinds:?}");
+}

@@ -340,7 +340,15 @@ fn rogue_jwt(kid: &str, payload: &serde_json::Value) -> String {
 #[test]
 fn forged_foreign_expired_tampered_and_revoked_tokens_are_refused() {
     let p = idp("main", None);
-    let gw = gateway(&p, "accept_id_tokens = true\ntoken_lifetime = \"3s\"\n", false, "");
+    // Events written outside the request lifecycle reach webhooks too.
+    let hooks = Receiver::start(0);
+    let hook_dir = tempfile::tempdir().unwrap();
+    let gw = gateway(
+        &p,
+        "accept_id_tokens = true\ntoken_lifetime = \"3s\"\n",
+        false,
+        &hooks.webhook(hook_dir.path(), &["login", "login.failed", "logout", "token.revoked"]),
+    );
 
     // Wrong password at the provider: its form says no and nothing reaches the gateway; giving up
     // sends the CLI an error it reports.
@@ -457,6 +465,13 @@ fn forged_foreign_expired_tampered_and_revoked_tokens_are_refused() {
             .any(|e| e["kind"] == "logout" && e["actor"] == "alice@example.com")
     );
     assert!(ev.iter().filter(|e| e["kind"] == "login.failed").count() >= 3);
+    for kind in ["login", "login.failed", "logout", "token.revoked"] {
+        assert!(
+            hooks.got_kind(kind, Duration::from_secs(5)),
+            "webhook never got {kind}: {:?}",
+            hooks.events()
+        );
+    }
     let (_, m) = gw.http_get("/metrics", None);
     assert!(
         m.contains("jitgate_auth_failures_total{protocol=\"oidc\",reason=\"invalid_id_token\"}"),

@@ -360,6 +360,11 @@ async fn refusals_carry_the_right_sqlstate_and_a_hint() {
         metrics.contains("jitgate_auth_failures_total{protocol=\"postgres\",reason=\"bad_token\"} 2"),
         "{metrics}"
     );
+    // Counted once, under postgres: a failed psql login is not an HTTP failure too.
+    assert!(
+        metrics.contains("jitgate_auth_failures_total{protocol=\"http\",reason=\"invalid_token\"} 0"),
+        "{metrics}"
+    );
     assert!(
         metrics.contains("jitgate_auth_failures_total{protocol=\"postgres\",reason=\"no_grant\"} 1"),
         "{metrics}"

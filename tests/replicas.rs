@@ -275,6 +275,12 @@ async fn a_store_outage_fails_closed_keeps_expiry_and_recovers() {
     let store = private.pg.store_db();
     let gws = replicas(2, &pg, &db, &store);
     let (a, b) = (&gws[0], &gws[1]);
+    let bot = a
+        .cli(Some("root"), &["token", "create", "ci-bot", "--group", "dev", "--json"])
+        .json()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
     a.granted(&["prod-db", "--for", "6s", "--reason", "x"]);
     let granted = Instant::now();
     let live = connect(b, "alice").await.unwrap();
@@ -290,6 +296,46 @@ async fn a_store_outage_fails_closed_keeps_expiry_and_recovers() {
         assert_eq!(code(&e), "57P03", "{e:?}");
         assert!(db_message(&e).contains("cannot reach its store"), "{e:?}");
     }
+    // A machine token cannot be checked without the store: said so, not "wrong password",
+    // and audited and counted as an outage, not as a failed login.
+    let (h, p) = a.pg_host_port();
+    let conn = format!("host={h} port={p} user=ci-bot password={bot} dbname=prod-db sslmode=disable connect_timeout=5");
+    let e = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(code(&e), "57P03", "{e:?}");
+    assert!(
+        db_message(&e).contains("cannot reach its store to check this token"),
+        "{e:?}"
+    );
+    let out = Command::new(BIN)
+        .args(["whoami"])
+        .env("JITGATE_URL", &a.url)
+        .env("JITGATE_TOKEN", &bot)
+        .env("HOME", a.dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("cannot reach its store"), "{err}");
+    let (_, m) = a.http_get("/metrics", None);
+    assert!(
+        m.contains("jitgate_auth_failures_total{protocol=\"postgres\",reason=\"unavailable\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("jitgate_auth_failures_total{protocol=\"http\",reason=\"unavailable\"} 1"),
+        "{m}"
+    );
+    assert!(!m.contains("reason=\"bad_token\"} 1"), "{m}");
+    assert!(
+        eventually(Duration::from_secs(3), || a
+            .audit_kinds()
+            .contains(&"auth.unavailable".to_string())),
+        "{:?}",
+        a.audit_kinds()
+    );
+    assert!(!a.audit_kinds().contains(&"auth.failed".to_string()));
     // New requests too.
     let err = a
         .cli(Some("alice"), &["request", "prod-db", "--for", "1h", "--reason", "y"])

@@ -503,14 +503,16 @@ fn refusals_say_why_and_upstream_host_key_mismatch_is_refused_and_alerted() {
             .success()
     );
     let other_pub = std::fs::read_to_string(other.path().join("k.pub")).unwrap();
+    let hooks = Receiver::start(0);
     let (gw, _) = setup_with(
         Upstream::Key,
         &format!(
-            "[[resources]]\nname = \"web-bad\"\nkind = \"ssh\"\naddress = \"{}\"\nhost_key = \"{}\"\nlogins = [\"{}\"]\nupstream_key_file = \"{}\"\n",
+            "[[resources]]\nname = \"web-bad\"\nkind = \"ssh\"\naddress = \"{}\"\nhost_key = \"{}\"\nlogins = [\"{}\"]\nupstream_key_file = \"{}\"\n{}",
             s.address(),
             other_pub.trim(),
             s.user,
-            s.dir.join("gateway_key").display()
+            s.dir.join("gateway_key").display(),
+            hooks.webhook(other.path(), &["ssh.host_key_mismatch", "auth.failed"])
         ),
     );
     let key = s.client_key();
@@ -573,6 +575,13 @@ fn refusals_say_why_and_upstream_host_key_mismatch_is_refused_and_alerted() {
         ev.iter()
             .any(|e| e["kind"] == "auth.failed" && e["details"]["protocol"] == "ssh")
     );
+    for kind in ["ssh.host_key_mismatch", "auth.failed"] {
+        assert!(
+            hooks.got_kind(kind, Duration::from_secs(5)),
+            "webhook never got {kind}: {:?}",
+            hooks.events()
+        );
+    }
     let (_, m) = gw.http_get("/metrics", None);
     assert!(
         m.contains("jitgate_upstream_errors_total{protocol=\"ssh\",reason=\"host_key_mismatch\"} 1"),

@@ -2,23 +2,13 @@
 //! and no text of a user's becomes Slack markup (a mention, a link, a quote).
 #![no_main]
 
-use jitgate_audit::Event;
+use jitgate_audit::{Event, Kind};
 use jitgate_fuzz::Bytes;
 use libfuzzer_sys::fuzz_target;
 
-const KINDS: &[&str] = &[
-    "request.created",
-    "request.approved",
-    "request.denied",
-    "grant.expiring",
-    "grant.revoked",
-    "session.killed",
-    "pg.statement",
-];
-
 fuzz_target!(|data: &[u8]| {
     let mut b = Bytes(data);
-    let kind = KINDS[usize::from(b.byte()) % KINDS.len()];
+    let kind = Kind::ALL[usize::from(b.byte()) % Kind::ALL.len()];
     let mut s = || String::from_utf8_lossy(b.part()).into_owned();
     let (actor, resource, reason, identity, access, duration, session) = (s(), s(), s(), s(), s(), s(), s());
     let ev = Event::new(kind, jiff::Timestamp::UNIX_EPOCH)
@@ -35,7 +25,7 @@ fuzz_target!(|data: &[u8]| {
     let p = jitgate_api::notify::slack_payload(&ev);
     let text = p["text"].as_str().unwrap();
     assert!(!text.contains('<'), "user text became markup: {text:?}");
-    let quotes = usize::from(kind == "request.created");
+    let quotes = usize::from(kind == Kind::RequestCreated);
     assert_eq!(text.matches('>').count(), quotes, "user text became a quote: {text:?}");
     serde_json::from_str::<serde_json::Value>(&serde_json::to_string(&p).unwrap()).unwrap();
 });

@@ -460,6 +460,24 @@ impl Receiver {
     }
 
     /// Bodies received so far, parsed as JSON, with their headers.
+    /// A `[[notify.webhooks]]` section (JSON format) posting `events` here; the URL goes into a
+    /// file under `dir` (webhook URLs are secrets).
+    pub fn webhook(&self, dir: &std::path::Path, events: &[&str]) -> String {
+        let url = dir.join(format!("hook-{}.url", self.port));
+        std::fs::write(&url, format!("http://127.0.0.1:{}/hook\n", self.port)).unwrap();
+        let events: Vec<String> = events.iter().map(|e| format!("\"{e}\"")).collect();
+        format!(
+            "\n[[notify.webhooks]]\nurl_file = \"{}\"\nformat = \"json\"\nevents = [{}]\n",
+            url.display(),
+            events.join(", ")
+        )
+    }
+
+    /// Whether an event of `kind` arrived within `limit`.
+    pub fn got_kind(&self, kind: &str, limit: Duration) -> bool {
+        eventually(limit, || self.events().iter().any(|(_, b)| b["event"] == kind))
+    }
+
     pub fn events(&self) -> Vec<(std::collections::HashMap<String, String>, serde_json::Value)> {
         self.got
             .lock()

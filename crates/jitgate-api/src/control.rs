@@ -9,11 +9,11 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use jiff::Timestamp;
-use jitgate_audit::{AuditSink, Event, Query};
+use jitgate_audit::{AuditSink, Event, Kind, Query};
 use jitgate_core::engine::{self, NewRequest, Refusal};
 use jitgate_core::{
-    Catalog, Enforcer, Grant, GrantState, HumanDuration, KillReason, LiveEvent, LiveGrant, Metrics, Principal, Request,
-    RequestState, SessionInfo, SharedClock,
+    AuthFailure, Catalog, Enforcer, Grant, GrantState, HumanDuration, KillReason, LiveEvent, LiveGrant, Metrics,
+    Principal, Request, RequestState, SessionInfo, SharedClock,
 };
 use jitgate_store::{GrantFilter, MachineToken, RequestFilter, Store};
 use serde::Serialize;
@@ -44,7 +44,6 @@ pub struct ControlPlane {
     clock: SharedClock,
     request_lock: Mutex<()>,
     frontends: std::sync::RwLock<serde_json::Value>,
-    notifier: std::sync::OnceLock<crate::notify::Notifier>,
     cert_signer: std::sync::OnceLock<CertSigner>,
     pub(crate) login: std::sync::OnceLock<crate::login::Login>,
 }
@@ -118,7 +117,6 @@ impl ControlPlane {
             clock,
             request_lock: Mutex::new(()),
             frontends: std::sync::RwLock::new(serde_json::json!({})),
-            notifier: std::sync::OnceLock::new(),
             cert_signer: std::sync::OnceLock::new(),
             login: std::sync::OnceLock::new(),
         })
@@ -185,27 +183,16 @@ impl ControlPlane {
             signer(who, public_key, token.as_ref().map(|(j, e)| (j.as_str(), *e))).map_err(|e| {
                 ApiError::bad_request(e, Some("send an OpenSSH public key line (ssh-ed25519 AAAA...)".into()))
             })?;
-        let ev = Event::new("ssh.cert.issued", jiff::Timestamp::now())
+        let ev = Event::new(Kind::SshCertIssued, jiff::Timestamp::now())
             .actor(&who.name)
             .details(serde_json::json!({"valid_before": valid_before, "key": public_key.split_whitespace().take(2).collect::<Vec<_>>().join(" ")}));
         self.record(ev).await?;
         Ok((cert, valid_before))
     }
 
-    /// Attach the webhook notifier (once, at start-up).
-    pub fn set_notifier(&self, n: crate::notify::Notifier) {
-        let _ = self.notifier.set(n);
-    }
-
-    /// Write an audit event durably, then hand it to the webhooks (which never block).
+    /// Write `ev` durably (webhooks receive it from the audit sink once it is in the file).
     async fn record(&self, ev: Event) -> Result<u64, jitgate_audit::AuditError> {
-        let notify = self.notifier.get().map(|n| (n, self.audit.redacted(ev.clone())));
-        let seq = self.audit.record(ev).await?;
-        if let Some((n, mut ev)) = notify {
-            ev.seq = seq;
-            n.send(&ev);
-        }
-        Ok(seq)
+        self.audit.record(ev).await
     }
 
     /// Record where the protocol front ends listen (for `GET /v1/info` and `jitgate connect`).
@@ -269,7 +256,7 @@ impl ControlPlane {
                 g.ended_by = Some("gateway".into());
                 self.store.update_grant(&g).await?;
                 self.record(
-                    Event::new("grant.expired", now)
+                    Event::new(Kind::GrantExpired, now)
                         .actor("gateway")
                         .resource(&g.resource)
                         .grant(g.id)
@@ -294,7 +281,7 @@ impl ControlPlane {
         self.catalog.store(Arc::new(catalog));
         self.metrics.config_reloads_total.with_label_values(&["ok"]).inc();
         self.record(
-            Event::new("config.reloaded", self.now())
+            Event::new(Kind::ConfigReloaded, self.now())
                 .actor("gateway")
                 .details(summary),
         )
@@ -308,7 +295,7 @@ impl ControlPlane {
         let _ = self
             .audit
             .record(
-                Event::new("config.reload_failed", self.now())
+                Event::new(Kind::ConfigReloadFailed, self.now())
                     .actor("gateway")
                     .reason(Some(why)),
             )
@@ -356,13 +343,13 @@ impl ControlPlane {
                 }
                 tracing::info!(grant_id = grant.id, identity = %grant.identity, resource = %grant.resource, sessions, "grant expired");
                 self
-                    .record(Event::new("grant.expired", now).actor("gateway").resource(&grant.resource).grant(grant.id)
+                    .record(Event::new(Kind::GrantExpired, now).actor("gateway").resource(&grant.resource).grant(grant.id)
                         .details(serde_json::json!({"identity": grant.identity, "access": grant.access, "expires_at": grant.expires_at, "sessions_killed": sessions})))
                     .await?;
             }
             LiveEvent::Expiring { grant } => {
                 self.record(
-                    Event::new("grant.expiring", now)
+                    Event::new(Kind::GrantExpiring, now)
                         .actor("gateway")
                         .resource(&grant.resource)
                         .grant(grant.id)
@@ -634,7 +621,7 @@ impl ControlPlane {
                     continue;
                 };
                 self.count(RequestState::Expired);
-                self.record(self.request_event("request.expired", &r, "gateway", now))
+                self.record(self.request_event(Kind::RequestExpired, &r, "gateway", now))
                     .await?;
             } else if !r.escalated && engine::escalation_due(&r, policy, now) {
                 let mut r = r.clone();
@@ -643,7 +630,7 @@ impl ControlPlane {
                     continue;
                 };
                 self.record(
-                    self.request_event("request.escalated", &r, "gateway", now)
+                    self.request_event(Kind::RequestEscalated, &r, "gateway", now)
                         .details(serde_json::json!({"escalate_to": policy.escalate_to})),
                 )
                 .await?;
@@ -654,8 +641,9 @@ impl ControlPlane {
 
     // ---------------------------------------------------------------- authentication
 
-    /// Resolve a bearer token to a principal.
-    pub async fn authenticate(&self, token: &str) -> ApiResult<Principal> {
+    /// Resolve a bearer token to a principal. Failures are not counted here: each edge (HTTP,
+    /// Postgres) counts its own under its protocol label.
+    pub async fn authenticate(&self, token: &str) -> Result<Principal, AuthFailure> {
         if jitgate_auth::is_gateway_token(token) {
             return self.verify_gateway_token(token);
         }
@@ -666,22 +654,27 @@ impl ControlPlane {
                 groups: i.groups.clone(),
             });
         }
-        if let Some(t) = self.store.token_by_hash(&h).await? {
-            return Ok(Principal {
+        match self.store.token_by_hash(&h).await {
+            Ok(Some(t)) => Ok(Principal {
                 name: t.name,
                 groups: t.groups,
-            });
+            }),
+            Ok(None) => Err(AuthFailure::Refused {
+                reason: "invalid_token",
+                message: "invalid or expired token".into(),
+            }),
+            Err(e) => {
+                tracing::error!(error = %e, "checking a machine token: the store did not answer");
+                Err(AuthFailure::Unavailable(
+                    "jitgate cannot reach its store to check this token; try again shortly".into(),
+                ))
+            }
         }
-        self.metrics
-            .auth_failures_total
-            .with_label_values(&["http", "invalid_token"])
-            .inc();
-        Err(ApiError::unauthorized("invalid or expired token"))
     }
 
     // ---------------------------------------------------------------- requests
 
-    fn request_event(&self, kind: &str, r: &Request, actor: &str, now: Timestamp) -> Event {
+    fn request_event(&self, kind: Kind, r: &Request, actor: &str, now: Timestamp) -> Event {
         Event::new(kind, now)
             .actor(actor)
             .resource(&r.resource)
@@ -729,7 +722,7 @@ impl ControlPlane {
         pending.decision_reason = None;
         let r = self.store.create_request(&pending).await?;
         self.count(RequestState::Pending);
-        self.record(self.request_event("request.created", &r, &who.name, now))
+        self.record(self.request_event(Kind::RequestCreated, &r, &who.name, now))
             .await?;
         tracing::info!(request_id = r.id, identity = %who.name, resource = %r.resource, access = %r.access, auto, "request created");
         if !auto {
@@ -817,12 +810,16 @@ impl ControlPlane {
         self.metrics
             .approval_latency_seconds
             .observe(now.duration_since(r.created_at).as_secs_f64().max(0.0));
-        let mut ev = self.request_event("request.approved", r, actor, now);
+        let mut ev = self.request_event(Kind::RequestApproved, r, actor, now);
         if let Some(rule) = &r.decision_reason {
             ev.details["auto_approved_by"] = serde_json::Value::String(rule.clone());
         }
         self.record(ev.grant(g.id)).await?;
-        let kind = if extended { "grant.extended" } else { "grant.activated" };
+        let kind = if extended {
+            Kind::GrantExtended
+        } else {
+            Kind::GrantActivated
+        };
         self
             .record(Event::new(kind, now).actor(actor).resource(&g.resource).request(r.id).grant(g.id)
                 .details(serde_json::json!({"identity": g.identity, "access": g.access, "starts_at": g.starts_at, "expires_at": g.expires_at, "policy": g.policy})))
@@ -850,7 +847,7 @@ impl ControlPlane {
         }
         let r = self.store.update_request(&r).await?;
         self
-            .record(self.request_event("request.approval_added", &r, &who.name, now).details(serde_json::json!({
+            .record(self.request_event(Kind::RequestApprovalAdded, &r, &who.name, now).details(serde_json::json!({
                 "identity": r.requester, "approvals": r.approvals.len(), "next_step": policy.steps.get(r.step).map(|s| s.name.clone()), "comment": reason,
             })))
             .await?;
@@ -873,7 +870,7 @@ impl ControlPlane {
         engine::deny(&mut r, policy, who, cat.is_admin(&who.groups), reason.clone(), now)?;
         let r = self.store.update_request(&r).await?;
         self.count(RequestState::Denied);
-        let mut ev = self.request_event("request.denied", &r, &who.name, now);
+        let mut ev = self.request_event(Kind::RequestDenied, &r, &who.name, now);
         ev.details["denial_reason"] = serde_json::Value::String(reason);
         self.record(ev).await?;
         Ok(r)
@@ -887,7 +884,7 @@ impl ControlPlane {
         engine::cancel(&mut r, who, self.catalog().is_admin(&who.groups), now)?;
         let r = self.store.update_request(&r).await?;
         self.count(RequestState::Cancelled);
-        self.record(self.request_event("request.cancelled", &r, &who.name, now))
+        self.record(self.request_event(Kind::RequestCancelled, &r, &who.name, now))
             .await?;
         Ok(r)
     }
@@ -991,9 +988,9 @@ impl ControlPlane {
         };
         let (_, n) = self.enforcer.end(g.id, &kill);
         let kind = if state == GrantState::Revoked {
-            "grant.revoked"
+            Kind::GrantRevoked
         } else {
-            "grant.released"
+            Kind::GrantReleased
         };
         self.record(
             Event::new(kind, now)
@@ -1045,7 +1042,7 @@ impl ControlPlane {
         }
         let audited = self
             .audit
-            .record(Event::new("session.started", s.started_at).actor(&s.identity).resource(&s.resource).grant(s.grant_id).session(&s.id)
+            .record(Event::new(Kind::SessionStarted, s.started_at).actor(&s.identity).resource(&s.resource).grant(s.grant_id).session(&s.id)
                 .details(serde_json::json!({"identity": s.identity, "protocol": s.protocol, "access": s.access, "client": s.client_addr})))
             .await;
         if let Err(e) = &audited {
@@ -1081,7 +1078,7 @@ impl ControlPlane {
         let _ = self
             .audit
             .record(
-                Event::new("session.ended", now)
+                Event::new(Kind::SessionEnded, now)
                     .actor(&s.identity)
                     .resource(&s.resource)
                     .grant(s.grant_id)
@@ -1168,7 +1165,7 @@ impl ControlPlane {
             return Err(ApiError::not_found(format!("no live session {id}")));
         }
         self.record(
-            Event::new("session.killed", self.now())
+            Event::new(Kind::SessionKilled, self.now())
                 .actor(&who.name)
                 .resource(&s.resource)
                 .grant(s.grant_id)
@@ -1259,7 +1256,7 @@ impl ControlPlane {
             })
             .await?;
         self.record(
-            Event::new("token.created", now)
+            Event::new(Kind::TokenCreated, now)
                 .actor(&who.name)
                 .details(serde_json::json!({"identity": name, "groups": groups})),
         )
@@ -1273,8 +1270,8 @@ impl ControlPlane {
 }
 
 impl jitgate_core::Gatekeeper for ControlPlane {
-    async fn authenticate(&self, token: &str) -> Option<Principal> {
-        ControlPlane::authenticate(self, token).await.ok()
+    async fn authenticate(&self, token: &str) -> Result<Principal, AuthFailure> {
+        ControlPlane::authenticate(self, token).await
     }
 
     fn token_revoked(&self, token_id: &str) -> bool {

@@ -9,8 +9,9 @@ use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
-use jitgate_audit::Event;
+use jitgate_audit::{Event, Kind};
 use jitgate_auth::{AuthError, DeviceStart, Identity, Oidc, Refused, Tokens};
+use jitgate_core::AuthFailure;
 use jitgate_core::Principal;
 use serde::{Deserialize, Serialize};
 
@@ -95,10 +96,11 @@ impl ControlPlane {
     }
 
     /// Check a gateway token (`jg2.`, or `jg1.` from before): authenticity, expiry, revocation.
-    pub(crate) fn verify_gateway_token(&self, token: &str) -> ApiResult<Principal> {
+    pub(crate) fn verify_gateway_token(&self, token: &str) -> Result<Principal, AuthFailure> {
+        let refused = |reason, message: String| AuthFailure::Refused { reason, message };
         let login = self
             .login_services()
-            .map_err(|_| ApiError::unauthorized("invalid or expired token"))?;
+            .map_err(|_| refused("invalid_token", "invalid or expired token".into()))?;
         match login.tokens.verify(token, now_secs()) {
             Ok(c) => Ok(Principal {
                 name: c.sub,
@@ -110,11 +112,7 @@ impl ControlPlane {
                     Refused::Token(jitgate_auth::TokenError::Expired) => "expired_token",
                     Refused::Token(_) => "invalid_token",
                 };
-                self.metrics()
-                    .auth_failures_total
-                    .with_label_values(&["http", label])
-                    .inc();
-                Err(ApiError::unauthorized(e.to_string()))
+                Err(refused(label, e.to_string()))
             }
         }
     }
@@ -137,7 +135,7 @@ impl ControlPlane {
             .with_label_values(&["oidc", reason_label(e)])
             .inc();
         tracing::info!(method, error = %e, "login failed");
-        let ev = Event::new("login.failed", jiff::Timestamp::now())
+        let ev = Event::new(Kind::LoginFailed, jiff::Timestamp::now())
             .details(serde_json::json!({"method": method, "error": e.to_string()}));
         let _ = self.audit().emit(ev).await;
     }
@@ -150,7 +148,7 @@ impl ControlPlane {
             .mint(&id.name, &id.groups, now_secs())
             .map_err(ApiError::internal)?;
         let expires_at = jiff::Timestamp::from_second(c.exp).map_err(ApiError::internal)?;
-        let ev = Event::new("login", jiff::Timestamp::now())
+        let ev = Event::new(Kind::Login, jiff::Timestamp::now())
             .actor(&id.name)
             .details(serde_json::json!({
                 "method": method,
@@ -181,7 +179,7 @@ impl ControlPlane {
         Ok(list.len())
     }
 
-    async fn revoke_jti(&self, actor: &str, jti: &str, exp: i64, kind: &str) -> ApiResult<()> {
+    async fn revoke_jti(&self, actor: &str, jti: &str, exp: i64, kind: Kind) -> ApiResult<()> {
         let login = self.login_services()?;
         self.store().revoke_token(jti, exp).await?;
         login.tokens.revoke(jti, exp, now_secs());
@@ -303,7 +301,7 @@ pub(crate) async fn logout(
         .keys
         .verify(token, now_secs())
         .map_err(|e| ApiError::unauthorized(e.to_string()))?;
-    cp.revoke_jti(&who.name, &c.jti, c.exp, "logout").await?;
+    cp.revoke_jti(&who.name, &c.jti, c.exp, Kind::Logout).await?;
     Ok(Json(serde_json::json!({"revoked": c.jti})))
 }
 
@@ -334,6 +332,6 @@ pub(crate) async fn revoke(
         ));
     }
     let exp = now_secs() + cp.login_services()?.tokens.lifetime;
-    cp.revoke_jti(&who.name, &b.token_id, exp, "token.revoked").await?;
+    cp.revoke_jti(&who.name, &b.token_id, exp, Kind::TokenRevoked).await?;
     Ok(Json(serde_json::json!({"revoked": b.token_id})))
 }

@@ -10,6 +10,7 @@
 //! freshness.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -79,6 +80,17 @@ pub struct Notifier {
     hooks: Arc<ArcSwap<Vec<Hook>>>,
     tx: mpsc::Sender<Event>,
     metric: prometheus::IntCounterVec,
+    /// Events queued or being delivered (for `drain` at shutdown).
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// Counts one event as delivered (or given up) when the last delivery of it drops this.
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl std::fmt::Debug for Notifier {
@@ -92,13 +104,33 @@ impl Notifier {
     pub fn start(hooks: Vec<Hook>, metric: prometheus::IntCounterVec) -> Self {
         let (tx, rx) = mpsc::channel(1024);
         let hooks = Arc::new(ArcSwap::from_pointee(hooks));
+        let in_flight = Arc::new(AtomicUsize::new(0));
         let n = Self {
             hooks: hooks.clone(),
             tx,
             metric: metric.clone(),
+            in_flight: in_flight.clone(),
         };
-        tokio::spawn(deliver(rx, hooks, metric));
+        tokio::spawn(deliver(rx, hooks, metric, in_flight));
         n
+    }
+
+    /// Wait until every queued notification is delivered or given up, at most `limit` (at
+    /// shutdown, so `gateway.stopped` leaves before the process does). Returns whether the
+    /// queue emptied.
+    pub async fn drain(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.in_flight.load(Ordering::Acquire) > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    queued = self.in_flight.load(Ordering::Acquire),
+                    "shutting down with notifications undelivered (the audit log has the events)"
+                );
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
     }
 
     /// Replace the hooks (config reload).
@@ -111,14 +143,21 @@ impl Notifier {
         if !self.hooks.load().iter().any(|h| h.wants(&ev.kind)) {
             return;
         }
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
         if self.tx.try_send(ev.clone()).is_err() {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
             self.metric.with_label_values(&["dropped"]).inc();
             tracing::error!(kind = %ev.kind, "notification queue full; notification dropped (the audit log has the event)");
         }
     }
 }
 
-async fn deliver(mut rx: mpsc::Receiver<Event>, hooks: Arc<ArcSwap<Vec<Hook>>>, metric: prometheus::IntCounterVec) {
+async fn deliver(
+    mut rx: mpsc::Receiver<Event>,
+    hooks: Arc<ArcSwap<Vec<Hook>>>,
+    metric: prometheus::IntCounterVec,
+    in_flight: Arc<AtomicUsize>,
+) {
     let client = match reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(5))
@@ -131,12 +170,15 @@ async fn deliver(mut rx: mpsc::Receiver<Event>, hooks: Arc<ArcSwap<Vec<Hook>>>, 
         }
     };
     while let Some(ev) = rx.recv().await {
+        let done = Arc::new(InFlight(in_flight.clone()));
         for hook in hooks.load().iter().filter(|h| h.wants(&ev.kind)) {
             let (client, hook, ev, metric) = (client.clone(), hook.clone(), ev.clone(), metric.clone());
+            let done = done.clone();
             // Each delivery retries on its own, so a dead receiver never delays the others.
             tokio::spawn(async move {
                 let ok = post_with_retries(&client, &hook, &ev).await;
                 metric.with_label_values(&[if ok { "sent" } else { "failed" }]).inc();
+                drop(done);
             });
         }
     }
@@ -290,10 +332,11 @@ pub fn slack_payload(ev: &Event) -> Value {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use jitgate_audit::Kind;
 
     #[test]
     fn slack_text_from_users_cannot_mention_link_or_quote() {
-        let ev = Event::new("request.created", jiff::Timestamp::UNIX_EPOCH)
+        let ev = Event::new(Kind::RequestCreated, jiff::Timestamp::UNIX_EPOCH)
             .actor("mallory <!channel>")
             .resource("db<@U1>")
             .request(7)

@@ -17,6 +17,7 @@ use serde::Deserialize;
 
 use crate::control::ControlPlane;
 use crate::error::{ApiError, ApiResult};
+use jitgate_core::AuthFailure;
 
 type Cp = State<Arc<ControlPlane>>;
 
@@ -38,14 +39,23 @@ impl FromRequestParts<Arc<ControlPlane>> for Caller {
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or_else(|| ApiError::unauthorized("the Authorization header must be `Bearer <token>`"))?;
-        let r = cp.authenticate(token).await.map(Caller);
-        if r.is_err() {
-            cp.metrics()
-                .auth_failures_total
-                .with_label_values(&["http", "invalid_token"])
-                .inc();
+        match cp.authenticate(token).await {
+            Ok(p) => Ok(Caller(p)),
+            Err(f) => {
+                cp.metrics()
+                    .auth_failures_total
+                    .with_label_values(&["http", f.reason()])
+                    .inc();
+                Err(match f {
+                    AuthFailure::Refused { message, .. } => ApiError::unauthorized(message),
+                    AuthFailure::Unavailable(message) => ApiError::new(
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        message,
+                        Some("nothing was changed; operators: check the store".into()),
+                    ),
+                })
+            }
         }
-        r
     }
 }
 

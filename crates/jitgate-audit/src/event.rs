@@ -6,6 +6,8 @@ use std::sync::Arc;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+use crate::kind::Kind;
+
 /// One audit event. `seq` and `prev` are assigned by the sink when the event is written.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
@@ -45,11 +47,11 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 
 impl Event {
     /// A new event of `kind` happening at `time`.
-    pub fn new(kind: impl Into<String>, time: Timestamp) -> Self {
+    pub fn new(kind: Kind, time: Timestamp) -> Self {
         Self {
             seq: 0,
             time,
-            kind: kind.into(),
+            kind: kind.as_str().to_string(),
             actor: None,
             resource: None,
             request_id: None,
@@ -141,7 +143,7 @@ pub struct Statement {
 }
 
 /// The kind of [`Statement`] events.
-pub const STATEMENT_KIND: &str = "pg.statement";
+pub const STATEMENT_KIND: &str = Kind::PgStatement.as_str();
 
 #[derive(Serialize)]
 struct StatementLine<'a> {
@@ -333,7 +335,7 @@ mod tests {
             d["sqlstate"] = serde_json::Value::String(e.0.clone());
             d["error"] = serde_json::Value::String(e.1.clone());
         }
-        Event::new(STATEMENT_KIND, s.time)
+        Event::new(Kind::PgStatement, s.time)
             .actor(&*s.identity)
             .resource(&*s.resource)
             .grant(s.grant_id)

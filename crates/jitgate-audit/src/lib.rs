@@ -8,11 +8,13 @@
 
 pub mod chain;
 pub mod event;
+pub mod kind;
 pub mod redact;
 pub mod sink;
 
 pub use chain::{Broken, Verified, VerifiedChain, rotated_files, verify_chain, verify_file};
 pub use event::{Event, GENESIS, Head, Query, STATEMENT_KIND, Statement};
+pub use kind::{Kind, UnknownKind};
 pub use redact::{BadPattern, Redactor};
 pub use sink::{AuditError, AuditIndex, AuditSink, Indexed};
 
@@ -28,7 +30,7 @@ mod tests {
         let sink = AuditSink::open(&path, None, None).unwrap();
         for i in 0..5 {
             let seq = sink
-                .record(Event::new("request.created", Timestamp::now()).request(i))
+                .record(Event::new(Kind::RequestCreated, Timestamp::now()).request(i))
                 .await
                 .unwrap();
             assert_eq!(seq, u64::try_from(i).unwrap() + 1);
@@ -38,7 +40,12 @@ mod tests {
         let v = verify_file(&path).unwrap();
         assert_eq!(v.lines, 5);
         let sink = AuditSink::open(&path, None, None).unwrap();
-        assert_eq!(sink.record(Event::new("x", Timestamp::now())).await.unwrap(), 6);
+        assert_eq!(
+            sink.record(Event::new(Kind::GatewayStarted, Timestamp::now()))
+                .await
+                .unwrap(),
+            6
+        );
         assert_eq!(verify_file(&path).unwrap().lines, 6);
     }
 
@@ -48,7 +55,7 @@ mod tests {
         let path = dir.path().join("audit.jsonl");
         let sink = AuditSink::open(&path, None, None).unwrap();
         for who in ["alice", "bob", "carol"] {
-            sink.record(Event::new("request.approved", Timestamp::now()).actor(who))
+            sink.record(Event::new(Kind::RequestApproved, Timestamp::now()).actor(who))
                 .await
                 .unwrap();
         }
@@ -63,14 +70,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
         let sink = AuditSink::open(&path, None, None).unwrap();
-        sink.record(Event::new("a", Timestamp::now())).await.unwrap();
+        sink.record(Event::new(Kind::GatewayStarted, Timestamp::now()))
+            .await
+            .unwrap();
         drop(sink);
         let mut text = std::fs::read_to_string(&path).unwrap();
         text.push_str("{\"seq\":2,\"ti");
         std::fs::write(&path, &text).unwrap();
         assert!(verify_file(&path).is_err());
         let sink = AuditSink::open(&path, None, None).unwrap();
-        assert_eq!(sink.record(Event::new("b", Timestamp::now())).await.unwrap(), 2);
+        assert_eq!(
+            sink.record(Event::new(Kind::GatewayStarted, Timestamp::now()))
+                .await
+                .unwrap(),
+            2
+        );
         assert_eq!(verify_file(&path).unwrap().lines, 2);
     }
 
@@ -80,11 +94,13 @@ mod tests {
         let path = dir.path().join("audit.jsonl");
         let sink = AuditSink::open(&path, None, None).unwrap();
         for i in 0..20_000 {
-            sink.emit(Event::new("pg.statement", Timestamp::now()).request(i))
+            sink.emit(Event::new(Kind::PgStatement, Timestamp::now()).request(i))
                 .await
                 .unwrap();
         }
-        sink.record(Event::new("end", Timestamp::now())).await.unwrap();
+        sink.record(Event::new(Kind::GatewayStarted, Timestamp::now()))
+            .await
+            .unwrap();
         let v = verify_file(&path).unwrap();
         assert_eq!(v.lines, 20_001);
     }
@@ -96,7 +112,7 @@ mod tests {
         let sink = AuditSink::open_with(&path, None, None, Some(2_000)).unwrap();
         for i in 0..60 {
             sink.record(
-                Event::new("pg.statement", Timestamp::now())
+                Event::new(Kind::PgStatement, Timestamp::now())
                     .request(i)
                     .reason(Some("x".repeat(100))),
             )
@@ -111,7 +127,9 @@ mod tests {
         assert_eq!(v.files, rotated.len() + 1);
         // Reopening continues the same chain.
         let sink = AuditSink::open_with(&path, None, None, Some(2_000)).unwrap();
-        sink.record(Event::new("after", Timestamp::now())).await.unwrap();
+        sink.record(Event::new(Kind::GatewayStarted, Timestamp::now()))
+            .await
+            .unwrap();
         drop(sink);
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         verify_chain(&path).unwrap();
@@ -130,7 +148,7 @@ mod tests {
         let sink = AuditSink::open_with(&path, None, None, Some(1_500)).unwrap();
         for i in 0..40 {
             sink.record(
-                Event::new("x", Timestamp::now())
+                Event::new(Kind::GatewayStarted, Timestamp::now())
                     .request(i)
                     .reason(Some("y".repeat(100))),
             )

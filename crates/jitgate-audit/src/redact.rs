@@ -245,7 +245,7 @@ mod tests {
     #[test]
     fn event_details_and_reason_are_walked() {
         let red = r(&["s3cr3t"]);
-        let mut e = Event::new("ssh.exec", jiff::Timestamp::UNIX_EPOCH)
+        let mut e = Event::new(crate::Kind::SshExec, jiff::Timestamp::UNIX_EPOCH)
             .reason(Some("why s3cr3t"))
             .details(serde_json::json!({"command": "mysql -ps3cr3t", "argv": ["s3cr3t", 1], "s3cr3t": "key kept"}));
         red.event(&mut e);

@@ -81,10 +81,16 @@ pub struct AuditSink {
     tx: mpsc::Sender<Msg>,
     path: Arc<PathBuf>,
     redactor: SharedRedactor,
+    subscriber: SharedSubscriber,
 }
 
 /// The redaction patterns in force, read by the writer thread once per batch.
 type SharedRedactor = Arc<std::sync::RwLock<Option<Arc<Redactor>>>>;
+
+/// Called by the writer thread with every event (not statement lines) once it is in the file,
+/// as the file holds it: redacted, with its `seq`. It must not block (webhooks queue and return).
+pub type Subscriber = Arc<dyn Fn(&Event) + Send + Sync>;
+type SharedSubscriber = Arc<std::sync::RwLock<Option<Subscriber>>>;
 
 impl AuditSink {
     /// Events waiting for the writer thread.
@@ -161,6 +167,8 @@ impl AuditSink {
         let path_buf = path.to_path_buf();
         let redactor: SharedRedactor = Arc::default();
         let writer_redactor = redactor.clone();
+        let subscriber: SharedSubscriber = Arc::default();
+        let writer_subscriber = subscriber.clone();
         std::thread::Builder::new()
             .name("jitgate-audit".into())
             .spawn(move || {
@@ -175,6 +183,7 @@ impl AuditSink {
                         on_write,
                         rotate_bytes,
                         redactor: writer_redactor,
+                        subscriber: writer_subscriber,
                     },
                 )
             })
@@ -183,7 +192,18 @@ impl AuditSink {
             tx,
             path: Arc::new(path.to_path_buf()),
             redactor,
+            subscriber,
         })
+    }
+
+    /// Hand every event written from now on, whoever wrote it, to `f` after it is in the file
+    /// (the notifier: so every kind can be delivered, and only what the log holds leaves).
+    pub fn subscribe(&self, f: Subscriber) {
+        let mut g = match self.subscriber.write() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *g = Some(f);
     }
 
     /// `ev` as the log will hold it (the operator's redaction applied): for copies of an event
@@ -310,7 +330,7 @@ fn catch_up_blocking(ix: &dyn AuditIndex, path: &Path, log_seq: u64) {
 /// The first line of a file that continues the chain of `previous` (last seq `seq`, last line
 /// hash `prev`), with its trailing newline.
 fn continued_line(seq: u64, prev: &str, previous: &Path) -> (Vec<u8>, Event) {
-    let mut e = Event::new("chain.continued", jiff::Timestamp::now())
+    let mut e = Event::new(crate::Kind::ChainContinued, jiff::Timestamp::now())
         .actor("gateway")
         .details(serde_json::json!({
             "previous_file": previous.file_name().map(|n| n.to_string_lossy().into_owned()),
@@ -411,6 +431,7 @@ struct WriterSetup {
     on_write: Option<Arc<dyn Fn(u64) + Send + Sync>>,
     rotate_bytes: Option<u64>,
     redactor: SharedRedactor,
+    subscriber: SharedSubscriber,
 }
 
 fn writer(file: std::fs::File, mut seq: u64, mut prev: String, mut rx: mpsc::Receiver<Msg>, setup: WriterSetup) {
@@ -420,6 +441,7 @@ fn writer(file: std::fs::File, mut seq: u64, mut prev: String, mut rx: mpsc::Rec
         on_write,
         rotate_bytes,
         redactor,
+        subscriber,
     } = setup;
     // Length of the file up to the last line known to be written; a failed batch is cut back to
     // it so a partial line never stays in the log.
@@ -535,6 +557,17 @@ fn writer(file: std::fs::File, mut seq: u64, mut prev: String, mut rx: mpsc::Rec
             });
         } else {
             good_len += batch_len;
+            let sub = match subscriber.read() {
+                Ok(g) => g.clone(),
+                Err(poisoned) => poisoned.into_inner().clone(),
+            };
+            if let Some(f) = sub {
+                for m in &batch {
+                    if let Payload::Event(e) = &m.payload {
+                        f(e);
+                    }
+                }
+            }
         }
         if let Some(f) = &on_write {
             f(u64::try_from(written.len()).unwrap_or(0));

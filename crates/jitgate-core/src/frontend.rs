@@ -14,8 +14,9 @@ use crate::sessions::SessionInfo;
 /// The control plane as seen from a connection.
 pub trait Gatekeeper: Send + Sync + 'static {
     /// Resolve a bearer token (gateway token, machine token, static identity) to a principal.
-    /// `None` for an unknown, expired or revoked token.
-    fn authenticate(&self, token: &str) -> impl Future<Output = Option<Principal>> + Send;
+    /// The error says why: a token that is not valid, or a gateway that could not check it.
+    /// Nothing is counted here: the caller counts the failure under its own protocol.
+    fn authenticate(&self, token: &str) -> impl Future<Output = Result<Principal, AuthFailure>> + Send;
     /// Is this login token id (carried in SSH certificates) revoked.
     fn token_revoked(&self, token_id: &str) -> bool {
         let _ = token_id;
@@ -48,6 +49,32 @@ pub trait Gatekeeper: Send + Sync + 'static {
         reason: &str,
         extra: Option<serde_json::Value>,
     ) -> impl Future<Output = ()> + Send;
+}
+
+/// Why a bearer token did not authenticate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// Unknown, malformed, expired or revoked. `reason` is the `jitgate_auth_failures_total`
+    /// label (`invalid_token`, `expired_token`, `revoked_token`); `message` is for the caller.
+    Refused {
+        /// Metric label.
+        reason: &'static str,
+        /// What the caller is told.
+        message: String,
+    },
+    /// The token could not be checked (the store did not answer): not the caller's fault, and
+    /// not audited as a wrong token.
+    Unavailable(String),
+}
+
+impl AuthFailure {
+    /// The `jitgate_auth_failures_total` reason label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Refused { reason, .. } => reason,
+            Self::Unavailable(_) => "unavailable",
+        }
+    }
 }
 
 /// Why a session could not start although its grant is live.

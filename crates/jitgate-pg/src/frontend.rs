@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use dashmap::DashMap;
-use jitgate_audit::{AuditSink, Event};
+use jitgate_audit::{AuditSink, Event, Kind};
 use jitgate_core::catalog::{READ_ONLY, READ_WRITE, Resource};
 use jitgate_core::config::schema::{ResourceKind, UpstreamTlsMode};
 use jitgate_core::sessions::new_session_id;
-use jitgate_core::{Gatekeeper, KillReason, SessionInfo};
+use jitgate_core::{AuthFailure, Gatekeeper, KillReason, SessionInfo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
@@ -378,9 +378,19 @@ impl<G: Gatekeeper> PgFrontend<G> {
         // Whatever the client pipelined after its password is its first traffic: kept.
         let client_leftover = buf;
         let principal = match self.gk.authenticate(token).await {
-            Some(p) if p.name == user => p,
+            Ok(p) if p.name == user => p,
+            Err(AuthFailure::Unavailable(message)) => {
+                let _ = self.cfg.audit.emit(Event::new(Kind::AuthUnavailable, jiff::Timestamp::now()).actor(&user).resource(&resource_name)
+                    .details(serde_json::json!({"protocol": "postgres", "client": peer.to_string(), "reason": message}))).await;
+                return Err(Ok(refuse(
+                    "57P03",
+                    message,
+                    Some("the gateway could not check your token; this is not a wrong password".into()),
+                    "unavailable",
+                )));
+            }
             _ => {
-                let _ = self.cfg.audit.emit(Event::new("auth.failed", jiff::Timestamp::now()).actor(&user).resource(&resource_name)
+                let _ = self.cfg.audit.emit(Event::new(Kind::AuthFailed, jiff::Timestamp::now()).actor(&user).resource(&resource_name)
                     .details(serde_json::json!({"protocol": "postgres", "client": peer.to_string(), "reason": "invalid token for this user"}))).await;
                 return Err(Ok(refuse(
                     "28P01",

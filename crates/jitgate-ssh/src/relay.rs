@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use jitgate_audit::{AuditSink, Event};
+use jitgate_audit::{AuditSink, Event, Kind};
 use jitgate_core::{KillReason, Metrics};
 use russh::{ChannelId, ChannelMsg, ChannelReadHalf, ChannelWriteHalf, Disconnect, Sig, client, server};
 
@@ -73,7 +73,7 @@ pub(crate) struct ChanCtx {
 }
 
 impl ChanCtx {
-    fn event(&self, kind: &str) -> Event {
+    fn event(&self, kind: Kind) -> Event {
         self.live.event(kind)
     }
 
@@ -429,12 +429,12 @@ pub(crate) async fn session_channel(
         )
     };
     emit_sftp(&ctx, ops).await;
-    ctx.emit(ctx.event("ssh.channel.closed").details(summary)).await;
+    ctx.emit(ctx.event(Kind::SshChannelClosed).details(summary)).await;
 }
 
 async fn emit_sftp(ctx: &ChanCtx, ops: Vec<crate::sftp::SftpOp>) {
     for op in ops {
-        ctx.emit(ctx.event("ssh.sftp").details(serde_json::json!({
+        ctx.emit(ctx.event(Kind::SshSftp).details(serde_json::json!({
             "op": op.op,
             "path": ctx.clip(&op.path),
             "path2": op.path2.as_deref().map(|p| ctx.clip(p)),
@@ -484,7 +484,7 @@ async fn client_to_upstream(
                     Some(Note::Lines(lines)) => {
                         for l in lines {
                             ctx.emit(
-                                ctx.event("ssh.command")
+                                ctx.event(Kind::SshCommand)
                                     .details(serde_json::json!({"line": ctx.clip(&l), "login": ctx.live.login})),
                             )
                             .await;
@@ -529,7 +529,7 @@ async fn client_to_upstream(
             ChannelMsg::RequestShell { want_reply } => {
                 start_recording(ctx, rec);
                 ctx.emit(
-                    ctx.event("ssh.shell")
+                    ctx.event(Kind::SshShell)
                         .details(serde_json::json!({"login": ctx.live.login})),
                 )
                 .await;
@@ -551,7 +551,7 @@ async fn client_to_upstream(
                     start_recording(ctx, rec);
                 }
                 ctx.emit(
-                    ctx.event("ssh.exec")
+                    ctx.event(Kind::SshExec)
                         .details(serde_json::json!({"command": ctx.clip(&text), "login": ctx.live.login, "pty": pty})),
                 )
                 .await;
@@ -569,7 +569,7 @@ async fn client_to_upstream(
                     }
                 }
                 ctx.emit(
-                    ctx.event("ssh.subsystem")
+                    ctx.event(Kind::SshSubsystem)
                         .details(serde_json::json!({"name": ctx.clip(&name), "login": ctx.live.login})),
                 )
                 .await;
@@ -789,7 +789,7 @@ pub(crate) async fn forward_channel(
     }
     ctx.metrics.bytes_total.with_label_values(&["ssh", "in"]).inc_by(up);
     ctx.metrics.bytes_total.with_label_values(&["ssh", "out"]).inc_by(down);
-    ctx.emit(ctx.event("ssh.channel.closed").details(serde_json::json!({
+    ctx.emit(ctx.event(Kind::SshChannelClosed).details(serde_json::json!({
         "channel": "direct-tcpip",
         "bytes_from_client": up,
         "bytes_to_client": down,

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dashmap::DashMap;
-use jitgate_audit::{AuditSink, Event};
+use jitgate_audit::{AuditSink, Event, Kind};
 use jitgate_core::catalog::Resource;
 use jitgate_core::config::schema::ResourceKind;
 use jitgate_core::model::Principal;
@@ -400,7 +400,7 @@ impl Live {
     }
 
     /// An audit event of this session (who, what, grant, session).
-    pub(crate) fn event(&self, kind: &str) -> Event {
+    pub(crate) fn event(&self, kind: Kind) -> Event {
         let info = &self.guard.info;
         Event::new(kind, jiff::Timestamp::now())
             .actor(&info.identity)
@@ -464,7 +464,7 @@ impl<G: Gatekeeper> Conn<G> {
         if self.failures.is_empty() {
             // One audit event per connection is enough: a client offering five keys is one
             // failed login, not five.
-            let ev = Event::new("auth.failed", jiff::Timestamp::now())
+            let ev = Event::new(Kind::AuthFailed, jiff::Timestamp::now())
                 .actor(user)
                 .details(serde_json::json!({"protocol": "ssh", "client": self.peer.to_string(), "reason": reason}));
             let audit = self.fe.cfg.audit.clone();
@@ -630,7 +630,7 @@ impl<G: Gatekeeper> Conn<G> {
                 tracing::error!(resource = %res.name, error = %e, "ssh upstream login failed");
                 let text = err(reason, &e);
                 if let UpstreamError::HostKeyMismatch { presented, why, .. } = &e {
-                    let ev = Event::new("ssh.host_key_mismatch", jiff::Timestamp::now())
+                    let ev = Event::new(Kind::SshHostKeyMismatch, jiff::Timestamp::now())
                         .actor(identity)
                         .resource(&res.name)
                         .details(
@@ -784,7 +784,7 @@ impl<G: Gatekeeper> server::Handler for Conn<G> {
                 .fe
                 .cfg
                 .audit
-                .emit(live.event("ssh.forward.denied").details(details))
+                .emit(live.event(Kind::SshForwardDenied).details(details))
                 .await;
             reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
             return Ok(());
@@ -799,7 +799,12 @@ impl<G: Gatekeeper> server::Handler for Conn<G> {
             .await
         {
             Ok(up) => {
-                let _ = self.fe.cfg.audit.emit(live.event("ssh.forward").details(details)).await;
+                let _ = self
+                    .fe
+                    .cfg
+                    .audit
+                    .emit(live.event(Kind::SshForward).details(details))
+                    .await;
                 reply.accept().await;
                 let ctx = self.ctx(&live, slot, session);
                 tokio::spawn(relay::forward_channel(ctx, channel, up));

@@ -229,6 +229,7 @@ pub trait Store: AuditIndex + Send + Sync + 'static {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use jitgate_audit::Kind;
     use jitgate_core::engine::grant_for;
 
     fn request() -> Request {
@@ -326,7 +327,7 @@ mod tests {
         let sink = AuditSink::open_with(&log, Some(store.clone()), None, Some(4000)).unwrap();
         for i in 0..60 {
             sink.emit(
-                Event::new("pg.statement", Timestamp::now())
+                Event::new(Kind::PgStatement, Timestamp::now())
                     .session("s-1")
                     .details(serde_json::json!({"sql": format!("SELECT {i}"), "rows": i})),
             )
@@ -334,7 +335,7 @@ mod tests {
             .unwrap();
             if i % 20 == 19 {
                 // A durable event flushes the hot-path backlog into the index.
-                sink.record(Event::new("session.started", Timestamp::now()).session("s-1"))
+                sink.record(Event::new(Kind::SessionStarted, Timestamp::now()).session("s-1"))
                     .await
                     .unwrap();
             }
@@ -405,12 +406,12 @@ mod tests {
             sink.emit_statement(st("alice", "s-1", i)).await.unwrap();
             sink.emit_statement(st("bob", "s-2", i)).await.unwrap();
             if i % 10 == 9 {
-                sink.record(Event::new("grant.activated", Timestamp::now()).grant(1))
+                sink.record(Event::new(Kind::GrantActivated, Timestamp::now()).grant(1))
                     .await
                     .unwrap();
             }
         }
-        sink.record(Event::new("session.ended", Timestamp::now()).session("s-1"))
+        sink.record(Event::new(Kind::SessionEnded, Timestamp::now()).session("s-1"))
             .await
             .unwrap();
         let all = find(Query {
@@ -473,7 +474,7 @@ mod tests {
         let log = dir.path().join("audit.jsonl");
         let sink = AuditSink::open(&log, Some(store.clone()), None).unwrap();
         for i in 0..5 {
-            sink.record(Event::new("grant.activated", Timestamp::now()).grant(i))
+            sink.record(Event::new(Kind::GrantActivated, Timestamp::now()).grant(i))
                 .await
                 .unwrap();
         }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow, bail};
 use jitgate_api::ControlPlane;
-use jitgate_audit::AuditSink;
+use jitgate_audit::{AuditSink, Kind};
 use jitgate_core::config::{self, Diag, Loaded, schema::LogFormat};
 use jitgate_core::{Enforcer, KillReason, Metrics, SystemClock};
 use jitgate_store::{SqliteStore, Store};
@@ -194,6 +194,17 @@ pub async fn run(config_path: &Path) -> Result<()> {
     )
     .with_context(|| format!("opening the audit log {}", audit_path.display()))?;
     audit.set_redactor(redactor(&loaded.config)?);
+    // Webhooks take every event from the audit sink once it is in the file, whoever wrote it.
+    let hooks = |c: &config::schema::Config| -> Vec<jitgate_api::notify::Hook> {
+        c.notify
+            .webhooks
+            .iter()
+            .filter_map(jitgate_api::notify::Hook::from_config)
+            .collect()
+    };
+    let notifier = jitgate_api::notify::Notifier::start(hooks(&loaded.config), metrics.notifications_total.clone());
+    let subscriber = notifier.clone();
+    audit.subscribe(Arc::new(move |ev| subscriber.send(ev)));
     let enforcer = Enforcer::new(
         Arc::new(SystemClock),
         metrics.clone(),
@@ -211,17 +222,6 @@ pub async fn run(config_path: &Path) -> Result<()> {
 
     let stop = CancellationToken::new();
     cp.spawn_tasks(stop.clone());
-    let hooks = |c: &config::schema::Config| -> Vec<jitgate_api::notify::Hook> {
-        c.notify
-            .webhooks
-            .iter()
-            .filter_map(jitgate_api::notify::Hook::from_config)
-            .collect()
-    };
-    let notifier =
-        jitgate_api::notify::Notifier::start(hooks(&loaded.config), cp.metrics().notifications_total.clone());
-    cp.set_notifier(notifier.clone());
-
     let http: SocketAddr = loaded.config.listen.http.get_ref().parse().context("[listen] http")?;
     let listener = tokio::net::TcpListener::bind(http)
         .await
@@ -328,7 +328,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
     let _ = cp
         .audit()
         .record(
-            jitgate_audit::Event::new("gateway.started", jiff::Timestamp::now())
+            jitgate_audit::Event::new(Kind::GatewayStarted, jiff::Timestamp::now())
                 .actor("gateway")
                 .details(serde_json::json!({"version": env!("CARGO_PKG_VERSION"), "http": bound.to_string()})),
         )
@@ -338,6 +338,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
     let reload_audit = audit.clone();
     let reload_path = config_path.to_path_buf();
     let reload_stop = stop.clone();
+    let reload_notifier = notifier.clone();
     let running = loaded.config.clone();
     tokio::spawn(async move {
         loop {
@@ -346,7 +347,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
                 () = reload_stop.cancelled() => return,
             }
             if let Some(new_hooks) = reload(&reload_cp, &reload_audit, &reload_path, &running).await {
-                notifier.set_hooks(new_hooks);
+                reload_notifier.set_hooks(new_hooks);
             }
         }
     });
@@ -381,11 +382,13 @@ pub async fn run(config_path: &Path) -> Result<()> {
     let _ = cp
         .audit()
         .record(
-            jitgate_audit::Event::new("gateway.stopped", jiff::Timestamp::now())
+            jitgate_audit::Event::new(Kind::GatewayStopped, jiff::Timestamp::now())
                 .actor("gateway")
                 .details(serde_json::json!({"sessions_killed": killed})),
         )
         .await;
+    // Let webhooks take gateway.stopped (and whatever is still queued) before the process ends.
+    notifier.drain(std::time::Duration::from_secs(5)).await;
     Ok(())
 }
 

@@ -782,12 +782,24 @@ fn validate(c: &Config, d: &mut Diags<'_>) -> Catalog {
             );
         }
         for e in &w.events {
-            if !e.contains('.') {
-                d.error(
+            match e.parse::<jitgate_audit::Kind>() {
+                Ok(jitgate_audit::Kind::PgStatement | jitgate_audit::Kind::ChainContinued) => d.error(
                     None,
-                    format!("[[notify.webhooks]] event `{e}` is not an event kind"),
-                    Some("use kinds like request.created, request.approved, grant.expiring".into()),
-                );
+                    format!("[[notify.webhooks]] event `{e}` is not delivered to webhooks"),
+                    Some(
+                        "statements and chain links stay in the audit log; ship it (jitgate audit export) or search it (jitgate audit search)"
+                            .into(),
+                    ),
+                ),
+                Ok(_) => {}
+                Err(unknown) => d.error(
+                    None,
+                    format!("[[notify.webhooks]] {unknown}"),
+                    Some(
+                        "docs/notifications.md lists every kind (request.created, grant.expiring, session.killed, login, ...)"
+                            .into(),
+                    ),
+                ),
             }
         }
     }
