@@ -1026,11 +1026,10 @@ impl ControlPlane {
             .sessions_active
             .with_label_values(&[&s.protocol, &s.resource])
             .inc();
-        let store_down = |why: &str| jitgate_core::SessionRefused {
-            sqlstate: "57P03",
-            message: format!(
+        let store_down = |why: &str| {
+            jitgate_core::SessionRefused::StoreUnavailable(format!(
                 "jitgate cannot reach its store ({why}); new sessions are refused until it is back — live sessions are not affected"
-            ),
+            ))
         };
         if !self.store.feed_connected() {
             tracing::warn!(session_id = %s.id, "refusing a session: the store's change feed is disconnected");
@@ -1047,10 +1046,9 @@ impl ControlPlane {
             .await;
         if let Err(e) = &audited {
             tracing::error!(error = %e, session_id = %s.id, "session start could not be audited; refusing the session");
-            return Err(jitgate_core::SessionRefused {
-                sqlstate: "58030",
-                message: "jitgate cannot write its audit log; no session without an audit trail".into(),
-            });
+            return Err(jitgate_core::SessionRefused::AuditUnavailable(
+                "jitgate cannot write its audit log; no session without an audit trail".into(),
+            ));
         }
         Ok(())
     }

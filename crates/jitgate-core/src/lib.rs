@@ -24,7 +24,7 @@ pub use catalog::Catalog;
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use duration::HumanDuration;
 pub use enforcer::{Enforcer, LiveEvent};
-pub use frontend::{AuthFailure, Gatekeeper, SessionRefused};
+pub use frontend::{Admission, AuthFailure, Gatekeeper, SessionRefused, Want};
 pub use grants::{GrantCache, LiveGrant};
 pub use metrics::Metrics;
 pub use model::{Approval, Grant, GrantState, Principal, Request, RequestState};

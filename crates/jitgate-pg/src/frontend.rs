@@ -12,7 +12,7 @@ use jitgate_audit::{AuditSink, Event, Kind};
 use jitgate_core::catalog::{READ_ONLY, READ_WRITE, Resource};
 use jitgate_core::config::schema::{ResourceKind, UpstreamTlsMode};
 use jitgate_core::sessions::new_session_id;
-use jitgate_core::{AuthFailure, Gatekeeper, KillReason, SessionInfo};
+use jitgate_core::{Admission, AuthFailure, Gatekeeper, KillReason, SessionInfo, SessionRefused, Want};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
@@ -417,24 +417,11 @@ impl<G: Gatekeeper> PgFrontend<G> {
                 "unknown_resource",
             )));
         };
-        let mut now = jiff::Timestamp::now();
-        let mut grants = self.gk.enforcer().grants.for_resource(&principal.name, &res.name, now);
-        if grants.is_empty() {
-            self.gk.refresh_grants(&principal.name, &res.name).await;
-            now = jiff::Timestamp::now();
-            grants = self.gk.enforcer().grants.for_resource(&principal.name, &res.name, now);
-        }
-        let grant = grants
-            .iter()
-            .filter(|g| g.access == READ_WRITE)
-            .max_by_key(|g| g.expires_at)
-            .or_else(|| {
-                grants
-                    .iter()
-                    .filter(|g| g.access == READ_ONLY)
-                    .max_by_key(|g| g.expires_at)
-            })
-            .cloned();
+        // Read-write when the holder has it, else read-only.
+        let grant = self
+            .gk
+            .find_grant(&principal.name, &res.name, Want::FirstOf(&[READ_WRITE, READ_ONLY]))
+            .await;
         let Some(grant) = grant else {
             return Err(Ok(refuse(
                 "28000",
@@ -593,7 +580,7 @@ impl<G: Gatekeeper> PgFrontend<G> {
             access: grant.access.clone(),
             grant_id: grant.id,
             client_addr: peer.to_string(),
-            started_at: now,
+            started_at: jiff::Timestamp::now(),
         };
         Ok(Ready {
             upstream: up,
@@ -697,30 +684,19 @@ impl<G: Gatekeeper> PgFrontend<G> {
             upstream_user,
             functions,
         } = r;
-        // Re-check: the grant may have ended during the upstream login.
-        let guard = self.gk.enforcer().sessions.register(info.clone());
-        if self.gk.enforcer().grants.get(info.grant_id).is_none() {
-            send_error(
-                &mut client,
-                "57P01",
-                &format!("access grant for {} ended", info.resource),
-                None,
-            )
-            .await;
-            return;
-        }
-        // Recorded before the client is told it is in: no session without a record.
-        if let Err(refused) = self.gk.session_started(&info).await {
-            send_error(
-                &mut client,
-                refused.sqlstate,
-                &refused.message,
-                Some("operators: see the gateway log"),
-            )
-            .await;
-            self.gk.session_ended(&info, "error", &refused.message, None).await;
-            return;
-        }
+        // Admitted (registered, re-checked, recorded) before the client is told it is in.
+        let guard = match self.gk.open_session(info.clone()).await {
+            Ok(g) => g,
+            Err(refused) => {
+                let (code, hint) = match &refused {
+                    SessionRefused::GrantEnded(_) => ("57P01", None),
+                    SessionRefused::StoreUnavailable(_) => ("57P03", Some("operators: see the gateway log")),
+                    SessionRefused::AuditUnavailable(_) => ("58030", Some("operators: see the gateway log")),
+                };
+                send_error(&mut client, code, &refused.message(), hint).await;
+                return;
+            }
+        };
         let mut hello = BytesMut::new();
         protocol::auth_ok(&mut hello);
         for (k, v) in &upstream.params {

@@ -16,7 +16,7 @@ use jitgate_core::catalog::Resource;
 use jitgate_core::config::schema::ResourceKind;
 use jitgate_core::model::Principal;
 use jitgate_core::sessions::new_session_id;
-use jitgate_core::{Gatekeeper, SessionGuard, SessionInfo};
+use jitgate_core::{Admission, Gatekeeper, SessionGuard, SessionInfo, Want};
 use russh::keys::{Certificate, PrivateKey, PublicKey};
 use russh::server::{self, Auth, ChannelOpenHandle, Msg, Session};
 use russh::{Channel, ChannelOpenFailure, Disconnect, MethodKind, MethodSet};
@@ -519,13 +519,10 @@ impl<G: Gatekeeper> Conn<G> {
                 res.access_levels.join(", ")
             ));
         }
-        let mut now = jiff::Timestamp::now();
-        let mut grant = fe.gk.enforcer().grants.check(&principal.name, &res.name, &login, now);
-        if grant.is_none() {
-            fe.gk.refresh_grants(&principal.name, &res.name).await;
-            now = jiff::Timestamp::now();
-            grant = fe.gk.enforcer().grants.check(&principal.name, &res.name, &login, now);
-        }
+        let grant = fe
+            .gk
+            .find_grant(&principal.name, &res.name, Want::Exactly(&login))
+            .await;
         let Some(grant) = grant else {
             fe.gk
                 .metrics()
@@ -551,17 +548,9 @@ impl<G: Gatekeeper> Conn<G> {
             access: login.clone(),
             grant_id: grant.id,
             client_addr: self.peer.to_string(),
-            started_at: now,
+            started_at: jiff::Timestamp::now(),
         };
-        let guard = fe.gk.enforcer().sessions.register(info.clone());
-        // The grant may have ended during the upstream login.
-        if fe.gk.enforcer().grants.get(info.grant_id).is_none() {
-            return Err(format!("access grant for {} ended", res.name));
-        }
-        if let Err(refused) = fe.gk.session_started(&info).await {
-            fe.gk.session_ended(&info, "error", &refused.message, None).await;
-            return Err(refused.message);
-        }
+        let guard = fe.gk.open_session(info.clone()).await.map_err(|r| r.message())?;
         tracing::info!(session_id = %info.id, identity = %info.identity, resource = %info.resource, login = %login, grant_id = info.grant_id, "ssh session started");
         let live = Arc::new(Live {
             guard,
