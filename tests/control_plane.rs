@@ -847,3 +847,37 @@ fn webhooks_receive_every_kind_whoever_writes_it_including_gateway_stopped() {
     let kinds: Vec<String> = hooks.events().iter().map(|(_, b)| b["event"].to_string()).collect();
     assert!(!kinds.iter().any(|k| k.contains("request.created")), "{kinds:?}");
 }
+
+#[test]
+fn the_pending_gauges_count_pending_requests_and_age_the_oldest() {
+    let gw = Gateway::start(&policy_config(""));
+    let ids: Vec<String> = (0..3)
+        .map(|i| {
+            let r = gw
+                .cli(
+                    Some("alice"),
+                    &["request", "prod-db", "--reason", &format!("pending {i}"), "--json"],
+                )
+                .json();
+            r["id"].as_i64().unwrap().to_string()
+        })
+        .collect();
+    // The oldest is decided: the gauge ages the next one.
+    gw.cli(Some("bob"), &["approve", &ids[0]]).ok();
+    std::thread::sleep(Duration::from_millis(1100));
+    let (_, m) = gw.http_get("/metrics", None);
+    assert!(m.contains("jitgate_requests_pending 2"), "{m}");
+    let age: f64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("jitgate_requests_pending_oldest_seconds "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1.0..30.0).contains(&age), "{age}");
+    for id in &ids[1..] {
+        gw.cli(Some("bob"), &["deny", id, "--reason", "no"]).ok();
+    }
+    let (_, m) = gw.http_get("/metrics", None);
+    assert!(m.contains("jitgate_requests_pending 0"), "{m}");
+    assert!(m.contains("jitgate_requests_pending_oldest_seconds 0"), "{m}");
+}

@@ -128,22 +128,10 @@ impl ControlPlane {
         m.store_up.set(i64::from(self.store.health().await.is_ok()));
         m.audit_queue_depth
             .set(i64::try_from(self.audit().queue_len()).unwrap_or(i64::MAX));
-        if let Ok(pending) = self
-            .store()
-            .list_requests(&RequestFilter {
-                state: Some(jitgate_core::RequestState::Pending),
-                limit: Some(100_000),
-                ..Default::default()
-            })
-            .await
-        {
-            m.requests_pending.set(i64::try_from(pending.len()).unwrap_or(i64::MAX));
-            let now = jiff::Timestamp::now();
-            let oldest = pending
-                .iter()
-                .map(|r| now.duration_since(r.created_at).as_secs_f64())
-                .fold(0.0_f64, f64::max);
-            m.requests_pending_oldest_seconds.set(oldest);
+        if let Ok((count, oldest)) = self.store().pending_requests().await {
+            m.requests_pending.set(i64::try_from(count).unwrap_or(i64::MAX));
+            let age = oldest.map_or(0.0, |r| self.now().duration_since(r.created_at).as_secs_f64().max(0.0));
+            m.requests_pending_oldest_seconds.set(age);
         }
     }
 

@@ -157,6 +157,9 @@ pub trait Store: AuditIndex + Send + Sync + 'static {
     async fn get_request(&self, id: i64) -> Result<Option<Request>>;
     /// Requests, newest first.
     async fn list_requests(&self, f: &RequestFilter) -> Result<Vec<Request>>;
+    /// How many requests are pending, and the oldest of them (for the gauges read at every
+    /// scrape: two indexed lookups, never the bodies of every pending request).
+    async fn pending_requests(&self) -> Result<(u64, Option<Request>)>;
     /// Atomically save the approved request and create its grant (`g.id == 0`) or save the
     /// extended grant (`g.id != 0`). Returns both as stored.
     async fn approve_with_grant(&self, r: &Request, g: &Grant) -> Result<(Request, Grant)>;

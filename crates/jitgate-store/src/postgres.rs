@@ -691,6 +691,26 @@ impl Store for PgStore {
         .await
     }
 
+    async fn pending_requests(&self) -> Result<(u64, Option<Request>)> {
+        self.with("pending_requests", async |c| {
+            let n: i64 = c
+                .query_one("SELECT count(*) FROM jitgate_requests WHERE state = 'pending'", &[])
+                .await
+                .map_err(backend)?
+                .get(0);
+            let rows = c
+                .query(
+                    "SELECT body FROM jitgate_requests WHERE state = 'pending' ORDER BY id LIMIT 1",
+                    &[],
+                )
+                .await
+                .map_err(backend)?;
+            let oldest: Vec<Request> = bodies(&rows)?;
+            Ok((u64::try_from(n).unwrap_or(0), oldest.into_iter().next()))
+        })
+        .await
+    }
+
     async fn approve_with_grant(&self, r: &Request, g: &Grant) -> Result<(Request, Grant)> {
         self.write("approve_with_grant", async |tx| {
             let mut g = g.clone();

@@ -333,6 +333,26 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn pending_requests(&self) -> Result<(u64, Option<Request>)> {
+        self.with("pending_requests", move |c| {
+            let n: i64 = c
+                .query_row("SELECT count(*) FROM requests WHERE state = 'pending'", [], |r| {
+                    r.get(0)
+                })
+                .map_err(backend)?;
+            let oldest = c
+                .query_row(
+                    "SELECT body FROM requests WHERE state = 'pending' ORDER BY id LIMIT 1",
+                    [],
+                    |r| from_json(&r.get::<_, String>(0)?),
+                )
+                .optional()
+                .map_err(backend)?;
+            Ok((u64::try_from(n).unwrap_or(0), oldest))
+        })
+        .await
+    }
+
     async fn approve_with_grant(&self, r: &Request, g: &Grant) -> Result<(Request, Grant)> {
         let (r, g) = (r.clone(), g.clone());
         self.with("approve_with_grant", move |c| {
