@@ -320,6 +320,16 @@ impl ControlPlane {
         });
     }
 
+    /// Do at once what the background tasks do on their own: end and warn the grants due at
+    /// the clock's instant, then expire or escalate undecided requests. With a manual clock this
+    /// drives the whole lifecycle without sleeping (the in-process tests).
+    pub async fn tick(&self) -> ApiResult<()> {
+        for ev in self.enforcer.due(self.now()) {
+            self.on_live_event(ev).await?;
+        }
+        self.sweep_pending().await
+    }
+
     async fn on_live_event(&self, ev: LiveEvent) -> ApiResult<()> {
         let now = self.now();
         match ev {
@@ -1288,3 +1298,7 @@ impl jitgate_core::Gatekeeper for ControlPlane {
         ControlPlane::session_ended(self, s, outcome, reason, extra).await;
     }
 }
+
+#[cfg(test)]
+#[path = "lifecycle_tests.rs"]
+mod lifecycle_tests;
