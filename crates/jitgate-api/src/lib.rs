@@ -6,10 +6,9 @@
 
 pub mod control;
 pub mod error;
-pub mod login;
+pub mod http;
 pub mod notify;
-pub mod routes;
 
-pub use control::ControlPlane;
+pub use control::{ControlPlane, Login};
 pub use error::{ApiError, ApiResult};
-pub use routes::router;
+pub use http::router;

@@ -473,14 +473,14 @@ fn gateway_tls(loaded: &Loaded, data_dir: &Path, http: SocketAddr) -> Result<Gat
 }
 
 /// Gateway token keys (data_dir/auth) and the OIDC relying party when `[oidc]` is set.
-fn login_services(loaded: &Loaded, data_dir: &Path) -> Result<jitgate_api::login::Login> {
+fn login_services(loaded: &Loaded, data_dir: &Path) -> Result<jitgate_api::Login> {
     let dir = data_dir.join("auth");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     restrict_dir(&dir);
     let keys =
         jitgate_auth::TokenKeys::load(&dir).with_context(|| format!("loading the token keys in {}", dir.display()))?;
     let Some(o) = &loaded.config.oidc else {
-        return Ok(jitgate_api::login::Login {
+        return Ok(jitgate_api::Login {
             tokens: jitgate_auth::Tokens::new(
                 keys,
                 i64::try_from(jitgate_core::HumanDuration::hours(12).secs()).unwrap_or(43_200),
@@ -513,7 +513,7 @@ fn login_services(loaded: &Loaded, data_dir: &Path) -> Result<jitgate_api::login
     })
     .map_err(|e| anyhow!("{e}"))?;
     tracing::info!(issuer = %o.issuer, client_id = %o.client_id, "OpenID Connect login enabled");
-    Ok(jitgate_api::login::Login {
+    Ok(jitgate_api::Login {
         tokens: jitgate_auth::Tokens::new(keys, i64::try_from(o.token_lifetime.secs()).unwrap_or(43_200).max(1)),
         oidc: Some(oidc),
         accept_id_tokens: o.accept_id_tokens,

@@ -15,6 +15,8 @@ use jitgate_core::engine::NewRequest;
 use jitgate_core::{HumanDuration, Principal, RequestState};
 use serde::Deserialize;
 
+mod login;
+
 use crate::control::ControlPlane;
 use crate::error::{ApiError, ApiResult};
 use jitgate_core::AuthFailure;
@@ -88,13 +90,13 @@ pub fn router(cp: Arc<ControlPlane>) -> Router {
         .route("/v1/audit", get(audit))
         .route("/v1/tokens", post(create_token))
         .route("/v1/ssh/cert", post(ssh_cert))
-        .route("/v1/login/start", post(crate::login::start))
-        .route("/v1/login/finish", post(crate::login::finish))
-        .route("/v1/login/device", post(crate::login::device_start))
-        .route("/v1/login/device/poll", post(crate::login::device_poll))
-        .route("/v1/login/id_token", post(crate::login::id_token))
-        .route("/v1/logout", post(crate::login::logout))
-        .route("/v1/tokens/revoke", post(crate::login::revoke))
+        .route("/v1/login/start", post(login::start))
+        .route("/v1/login/finish", post(login::finish))
+        .route("/v1/login/device", post(login::device_start))
+        .route("/v1/login/device/poll", post(login::device_poll))
+        .route("/v1/login/id_token", post(login::id_token))
+        .route("/v1/logout", post(login::logout))
+        .route("/v1/tokens/revoke", post(login::revoke))
         .fallback(|| async { ApiError::not_found("no such endpoint; the API lives under /v1/") })
         .with_state(cp)
 }

@@ -1,0 +1,292 @@
+//! Who the caller is: bearer tokens, gateway tokens and OIDC logins, machine tokens, SSH
+//! user certificates.
+
+use super::*;
+use axum::http::StatusCode;
+use jitgate_auth::{AuthError, Identity, Oidc, Refused, Tokens};
+
+/// Identity services attached at start-up.
+pub struct Login {
+    /// Gateway tokens and the revocation list.
+    pub tokens: Tokens,
+    /// The relying party, when `[oidc]` is configured.
+    pub oidc: Option<Oidc>,
+    /// `[oidc] accept_id_tokens`.
+    pub accept_id_tokens: bool,
+}
+
+/// What a successful login returns.
+#[derive(Debug, Serialize)]
+pub struct LoginResult {
+    /// The gateway token (the API bearer and the Postgres password).
+    pub token: String,
+    /// Identity.
+    pub identity: String,
+    /// Groups.
+    pub groups: Vec<String>,
+    /// Expiry (RFC 3339).
+    pub expires_at: String,
+    /// Token id (for revocation).
+    pub token_id: String,
+}
+
+pub(crate) fn now_secs() -> i64 {
+    jiff::Timestamp::now().as_second()
+}
+
+pub(crate) fn auth_error(e: &AuthError) -> ApiError {
+    let (status, hint) = match e {
+        AuthError::Provider(_) => (
+            StatusCode::BAD_GATEWAY,
+            Some("operators: check [oidc] issuer and the provider".to_string()),
+        ),
+        AuthError::Denied(_) | AuthError::InvalidToken(_) => (
+            StatusCode::UNAUTHORIZED,
+            Some("log in again with `jitgate login`".to_string()),
+        ),
+        AuthError::UnknownAttempt => (StatusCode::BAD_REQUEST, None),
+        AuthError::Pending => (StatusCode::ACCEPTED, None),
+        AuthError::BadRequest(_) => (StatusCode::BAD_REQUEST, None),
+    };
+    ApiError::new(status, e.to_string(), hint)
+}
+
+pub(crate) fn reason_label(e: &AuthError) -> &'static str {
+    match e {
+        AuthError::Provider(_) => "provider",
+        AuthError::Denied(_) => "denied",
+        AuthError::InvalidToken(_) => "invalid_id_token",
+        AuthError::UnknownAttempt => "unknown_attempt",
+        AuthError::Pending => "pending",
+        AuthError::BadRequest(_) => "bad_request",
+    }
+}
+
+impl ControlPlane {
+    pub(crate) fn login_services(&self) -> ApiResult<&Login> {
+        self.login
+            .get()
+            .ok_or_else(|| ApiError::bad_request("login is not configured on this gateway", None))
+    }
+
+    pub(crate) fn oidc(&self) -> ApiResult<&Oidc> {
+        self.login_services()?.oidc.as_ref().ok_or_else(|| {
+            ApiError::bad_request(
+                "this gateway has no OpenID Connect provider configured",
+                Some(
+                    "operators: add an [oidc] section to gateway.toml; machines use tokens from `jitgate token create`"
+                        .into(),
+                ),
+            )
+        })
+    }
+
+    /// Check a gateway token (`jg2.`, or `jg1.` from before): authenticity, expiry, revocation.
+    pub(crate) fn verify_gateway_token(&self, token: &str) -> Result<Principal, AuthFailure> {
+        let refused = |reason, message: String| AuthFailure::Refused { reason, message };
+        let login = self
+            .login_services()
+            .map_err(|_| refused("invalid_token", "invalid or expired token".into()))?;
+        match login.tokens.verify(token, now_secs()) {
+            Ok(c) => Ok(Principal {
+                name: c.sub,
+                groups: c.groups,
+            }),
+            Err(e) => {
+                let label = match &e {
+                    Refused::Revoked => "revoked_token",
+                    Refused::Token(jitgate_auth::TokenError::Expired) => "expired_token",
+                    Refused::Token(_) => "invalid_token",
+                };
+                Err(refused(label, e.to_string()))
+            }
+        }
+    }
+
+    /// The outcome of a provider step: failures are counted, logged and audited, then turned
+    /// into the API error.
+    pub(crate) async fn attempt<T>(&self, method: &str, r: Result<T, AuthError>) -> ApiResult<T> {
+        match r {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                self.login_failed(method, &e).await;
+                Err(auth_error(&e))
+            }
+        }
+    }
+
+    pub(crate) async fn login_failed(&self, method: &str, e: &AuthError) {
+        self.metrics()
+            .auth_failures_total
+            .with_label_values(&["oidc", reason_label(e)])
+            .inc();
+        tracing::info!(method, error = %e, "login failed");
+        let ev = Event::new(Kind::LoginFailed, jiff::Timestamp::now())
+            .details(serde_json::json!({"method": method, "error": e.to_string()}));
+        let _ = self.audit().emit(ev).await;
+    }
+
+    /// Mint a gateway token for a verified identity and audit it (no audit, no token).
+    pub(crate) async fn logged_in(&self, method: &str, id: &Identity) -> ApiResult<LoginResult> {
+        let login = self.login_services()?;
+        let (token, c) = login
+            .tokens
+            .mint(&id.name, &id.groups, now_secs())
+            .map_err(ApiError::internal)?;
+        let expires_at = jiff::Timestamp::from_second(c.exp).map_err(ApiError::internal)?;
+        let ev = Event::new(Kind::Login, jiff::Timestamp::now())
+            .actor(&id.name)
+            .details(serde_json::json!({
+                "method": method,
+                "groups": id.groups,
+                "subject": id.subject,
+                "token_id": c.jti,
+                "expires_at": expires_at.to_string(),
+            }));
+        self.audit().record(ev).await?;
+        tracing::info!(identity = %id.name, method, token_id = %c.jti, "login");
+        Ok(LoginResult {
+            token,
+            identity: id.name.clone(),
+            groups: id.groups.clone(),
+            expires_at: expires_at.to_string(),
+            token_id: c.jti,
+        })
+    }
+
+    /// Load the revocation list from the store (at start).
+    pub async fn restore_revocations(&self) -> ApiResult<usize> {
+        let Some(login) = self.login.get() else { return Ok(0) };
+        let now = now_secs();
+        let list = self.store().revoked_tokens(now).await?;
+        for (jti, exp) in &list {
+            login.tokens.revoke(jti, *exp, now);
+        }
+        Ok(list.len())
+    }
+
+    pub(crate) async fn revoke_jti(&self, actor: &str, jti: &str, exp: i64, kind: Kind) -> ApiResult<()> {
+        let login = self.login_services()?;
+        self.store().revoke_token(jti, exp).await?;
+        login.tokens.revoke(jti, exp, now_secs());
+        let ev = Event::new(kind, jiff::Timestamp::now())
+            .actor(actor)
+            .details(serde_json::json!({"token_id": jti}));
+        self.audit().record(ev).await?;
+        Ok(())
+    }
+}
+
+/// A newly minted machine token (shown once).
+#[derive(Debug, Serialize)]
+pub struct MintedToken {
+    /// Identity name.
+    pub name: String,
+    /// The bearer token.
+    pub token: String,
+    /// Its hash, for `token_sha256` in gateway.toml.
+    pub sha256: String,
+}
+
+impl ControlPlane {
+    /// Sign an SSH user certificate for `who` and audit it.
+    pub async fn sign_ssh_cert(
+        &self,
+        who: &Principal,
+        public_key: &str,
+        bearer: Option<&str>,
+    ) -> Result<(String, u64), ApiError> {
+        let token = match (bearer, self.login.get()) {
+            (Some(t), Some(l)) if jitgate_auth::is_gateway_token(t) => l
+                .tokens
+                .keys
+                .verify(t, jiff::Timestamp::now().as_second())
+                .ok()
+                .map(|c| (c.jti, c.exp)),
+            _ => None,
+        };
+        let Some(signer) = self.cert_signer.get() else {
+            return Err(ApiError::bad_request(
+                "this gateway has no SSH front end",
+                Some("operators: set [listen] ssh in gateway.toml".into()),
+            ));
+        };
+        let (cert, valid_before) =
+            signer(who, public_key, token.as_ref().map(|(j, e)| (j.as_str(), *e))).map_err(|e| {
+                ApiError::bad_request(e, Some("send an OpenSSH public key line (ssh-ed25519 AAAA...)".into()))
+            })?;
+        let ev = Event::new(Kind::SshCertIssued, jiff::Timestamp::now())
+            .actor(&who.name)
+            .details(serde_json::json!({"valid_before": valid_before, "key": public_key.split_whitespace().take(2).collect::<Vec<_>>().join(" ")}));
+        self.record(ev).await?;
+        Ok((cert, valid_before))
+    }
+
+    /// Resolve a bearer token to a principal. Failures are not counted here: each edge (HTTP,
+    /// Postgres) counts its own under its protocol label.
+    pub async fn authenticate(&self, token: &str) -> Result<Principal, AuthFailure> {
+        if jitgate_auth::is_gateway_token(token) {
+            return self.verify_gateway_token(token);
+        }
+        let h = jitgate_core::token_hash(token);
+        if let Some(i) = self.catalog().identity_by_token_hash(&h) {
+            return Ok(Principal {
+                name: i.name.clone(),
+                groups: i.groups.clone(),
+            });
+        }
+        match self.store.token_by_hash(&h).await {
+            Ok(Some(t)) => Ok(Principal {
+                name: t.name,
+                groups: t.groups,
+            }),
+            Ok(None) => Err(AuthFailure::Refused {
+                reason: "invalid_token",
+                message: "invalid or expired token".into(),
+            }),
+            Err(e) => {
+                tracing::error!(error = %e, "checking a machine token: the store did not answer");
+                Err(AuthFailure::Unavailable(
+                    "jitgate cannot reach its store to check this token; try again shortly".into(),
+                ))
+            }
+        }
+    }
+
+    /// Mint a machine token (admins).
+    pub async fn create_token(&self, who: &Principal, name: &str, groups: Vec<String>) -> ApiResult<MintedToken> {
+        if !self.catalog().is_admin(&who.groups) {
+            return Err(ApiError::forbidden("only admins may create machine tokens", None));
+        }
+        if name.is_empty() || name.len() > 128 || name.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(ApiError::bad_request(
+                "invalid token name",
+                Some("use a short name without spaces, e.g. ci-bot".into()),
+            ));
+        }
+        let raw: [u8; 32] = rand::random();
+        let token = format!("jgm_{}", hex::encode(raw));
+        let sha256 = jitgate_core::token_hash(&token);
+        let now = self.now();
+        self.store
+            .create_token(&MachineToken {
+                name: name.to_string(),
+                sha256: sha256.clone(),
+                groups: groups.clone(),
+                created_at: now,
+                created_by: who.name.clone(),
+            })
+            .await?;
+        self.record(
+            Event::new(Kind::TokenCreated, now)
+                .actor(&who.name)
+                .details(serde_json::json!({"identity": name, "groups": groups})),
+        )
+        .await?;
+        Ok(MintedToken {
+            name: name.to_string(),
+            token,
+            sha256,
+        })
+    }
+}

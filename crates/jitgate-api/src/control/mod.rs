@@ -1,0 +1,201 @@
+//! The control plane: the one place where lifecycle decisions become durable facts.
+//!
+//! Every mutation follows the same order: decide with the pure engine → persist in the store →
+//! change the live state (grant cache, kill switches) → write the audit event durably → answer.
+//! Mutations of requests are serialised in-process by a mutex and across replicas by the
+//! store's version check.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use jiff::Timestamp;
+use jitgate_audit::{AuditSink, Event, Kind, Query};
+use jitgate_core::engine::{self, NewRequest, Refusal};
+use jitgate_core::{
+    AuthFailure, Catalog, Enforcer, Grant, GrantState, HumanDuration, KillReason, LiveEvent, LiveGrant, Metrics,
+    Principal, Request, RequestState, SessionInfo, SharedClock,
+};
+use jitgate_store::{GrantFilter, MachineToken, RequestFilter, Store};
+use serde::Serialize;
+use tokio::sync::{Mutex, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{ApiError, ApiResult};
+
+/// `Ok(None)` for a version conflict (someone else changed the record first).
+fn ignore_conflict<T>(r: jitgate_store::Result<T>) -> ApiResult<Option<T>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(jitgate_store::StoreError::Conflict) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The control plane service shared by the API and the protocol front ends.
+pub struct ControlPlane {
+    catalog: ArcSwap<Catalog>,
+    store: Arc<dyn Store>,
+    audit: AuditSink,
+    enforcer: Arc<Enforcer>,
+    metrics: Metrics,
+    clock: SharedClock,
+    request_lock: Mutex<()>,
+    frontends: std::sync::RwLock<serde_json::Value>,
+    cert_signer: std::sync::OnceLock<CertSigner>,
+    pub(crate) login: std::sync::OnceLock<Login>,
+}
+
+/// Signs an OpenSSH user certificate for a principal's public key (the SSH front end's user CA):
+/// returns the certificate line and its `valid_before` (unix seconds), or a message for the caller.
+/// The last argument binds the certificate to a login token (its id and expiry): the certificate
+/// expires with the token and dies with it on logout.
+pub type CertSigner = Arc<dyn Fn(&Principal, &str, Option<(&str, i64)>) -> Result<(String, u64), String> + Send + Sync>;
+
+impl std::fmt::Debug for ControlPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ControlPlane")
+    }
+}
+
+mod feed;
+pub(crate) mod identity;
+mod requests;
+mod sessions;
+mod tasks;
+mod views;
+
+pub use identity::{Login, LoginResult, MintedToken};
+pub use views::{ResourceView, WhoAmI};
+
+impl ControlPlane {
+    /// Assemble the control plane.
+    pub fn new(
+        catalog: Catalog,
+        store: Arc<dyn Store>,
+        audit: AuditSink,
+        enforcer: Arc<Enforcer>,
+        metrics: Metrics,
+    ) -> Arc<Self> {
+        let clock = enforcer.clock().clone();
+        Arc::new(Self {
+            catalog: ArcSwap::from_pointee(catalog),
+            store,
+            audit,
+            enforcer,
+            metrics,
+            clock,
+            request_lock: Mutex::new(()),
+            frontends: std::sync::RwLock::new(serde_json::json!({})),
+            cert_signer: std::sync::OnceLock::new(),
+            login: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// Gauges computed at scrape time: audit queue depth, pending requests and the oldest one.
+    pub async fn refresh_gauges(&self) {
+        let m = self.metrics();
+        m.store_up.set(i64::from(self.store.health().await.is_ok()));
+        m.audit_queue_depth
+            .set(i64::try_from(self.audit().queue_len()).unwrap_or(i64::MAX));
+        if let Ok((count, oldest)) = self.store().pending_requests().await {
+            m.requests_pending.set(i64::try_from(count).unwrap_or(i64::MAX));
+            let age = oldest.map_or(0.0, |r| self.now().duration_since(r.created_at).as_secs_f64().max(0.0));
+            m.requests_pending_oldest_seconds.set(age);
+        }
+    }
+
+    /// Attach gateway tokens and the OIDC relying party (once, at start-up).
+    pub fn set_login(&self, l: Login) {
+        let _ = self.login.set(l);
+    }
+
+    /// Attach the SSH user certificate signer (once, at start-up, when SSH is enabled).
+    pub fn set_cert_signer(&self, s: CertSigner) {
+        let _ = self.cert_signer.set(s);
+    }
+
+    /// Write `ev` durably (webhooks receive it from the audit sink once it is in the file).
+    async fn record(&self, ev: Event) -> Result<u64, jitgate_audit::AuditError> {
+        self.audit.record(ev).await
+    }
+
+    /// Record where the protocol front ends listen (for `GET /v1/info` and `jitgate connect`).
+    pub fn set_frontends(&self, v: serde_json::Value) {
+        *self.frontends.write().unwrap_or_else(|e| e.into_inner()) = v;
+    }
+
+    /// Where the protocol front ends listen.
+    pub fn frontends(&self) -> serde_json::Value {
+        self.frontends.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The current catalog.
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.catalog.load_full()
+    }
+
+    /// The enforcer (grant cache + sessions).
+    pub fn enforcer(&self) -> &Arc<Enforcer> {
+        &self.enforcer
+    }
+
+    /// The audit sink.
+    pub fn audit(&self) -> &AuditSink {
+        &self.audit
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    fn count(&self, s: RequestState) {
+        self.metrics.requests_total.with_label_values(&[s.as_str()]).inc();
+    }
+}
+
+impl jitgate_core::Gatekeeper for ControlPlane {
+    async fn authenticate(&self, token: &str) -> Result<Principal, AuthFailure> {
+        ControlPlane::authenticate(self, token).await
+    }
+
+    fn token_revoked(&self, token_id: &str) -> bool {
+        self.login.get().is_some_and(|l| l.tokens.is_revoked(token_id))
+    }
+
+    async fn refresh_grants(&self, identity: &str, resource: &str) {
+        ControlPlane::refresh_grants(self, identity, resource).await;
+    }
+
+    fn catalog(&self) -> Arc<Catalog> {
+        ControlPlane::catalog(self)
+    }
+
+    fn enforcer(&self) -> &Arc<Enforcer> {
+        ControlPlane::enforcer(self)
+    }
+
+    fn metrics(&self) -> &Metrics {
+        ControlPlane::metrics(self)
+    }
+
+    async fn session_started(&self, s: &SessionInfo) -> Result<(), jitgate_core::SessionRefused> {
+        ControlPlane::session_started(self, s).await
+    }
+
+    async fn session_ended(&self, s: &SessionInfo, outcome: &str, reason: &str, extra: Option<serde_json::Value>) {
+        ControlPlane::session_ended(self, s, outcome, reason, extra).await;
+    }
+}
+
+#[cfg(test)]
+mod lifecycle_tests;

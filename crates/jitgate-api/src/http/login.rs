@@ -1,0 +1,165 @@
+//! The login endpoints: OIDC flows through the gateway (the client secret stays here), gateway
+//! tokens minted from verified identities, logout and admin revocation. Every success and
+//! failure is audited by the control plane (identity, method, token id — never a token, code or
+//! secret).
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::extract::rejection::JsonRejection;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::IntoResponse;
+use jitgate_audit::Kind;
+use jitgate_auth::{AuthError, DeviceStart};
+use serde::Deserialize;
+
+use super::Caller;
+use crate::control::ControlPlane;
+use crate::control::identity::now_secs;
+use crate::error::{ApiError, ApiResult};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StartBody {
+    redirect_uri: String,
+}
+
+pub(crate) async fn start(
+    State(cp): State<Arc<ControlPlane>>,
+    b: Result<Json<StartBody>, JsonRejection>,
+) -> ApiResult<impl IntoResponse> {
+    let b = super::body(b)?;
+    let oidc = cp.oidc()?;
+    let (url, state) = cp.attempt("code", oidc.start_login(&b.redirect_uri).await).await?;
+    Ok(Json(serde_json::json!({"auth_url": url, "state": state})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FinishBody {
+    state: String,
+    code: String,
+}
+
+pub(crate) async fn finish(
+    State(cp): State<Arc<ControlPlane>>,
+    b: Result<Json<FinishBody>, JsonRejection>,
+) -> ApiResult<impl IntoResponse> {
+    let b = super::body(b)?;
+    let oidc = cp.oidc()?;
+    let id = cp.attempt("code", oidc.finish_login(&b.state, &b.code).await).await?;
+    Ok(Json(cp.logged_in("code", &id).await?))
+}
+
+pub(crate) async fn device_start(State(cp): State<Arc<ControlPlane>>) -> ApiResult<Json<DeviceStart>> {
+    let oidc = cp.oidc()?;
+    Ok(Json(cp.attempt("device", oidc.start_device().await).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PollBody {
+    id: String,
+}
+
+pub(crate) async fn device_poll(
+    State(cp): State<Arc<ControlPlane>>,
+    b: Result<Json<PollBody>, JsonRejection>,
+) -> ApiResult<axum::response::Response> {
+    let b = super::body(b)?;
+    let oidc = cp.oidc()?;
+    let id = match oidc.poll_device(&b.id).await {
+        Err(AuthError::Pending) => {
+            return Ok((StatusCode::ACCEPTED, Json(serde_json::json!({"pending": true}))).into_response());
+        }
+        r => cp.attempt("device", r).await?,
+    };
+    Ok(Json(cp.logged_in("device", &id).await?).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct IdTokenBody {
+    id_token: String,
+}
+
+pub(crate) async fn id_token(
+    State(cp): State<Arc<ControlPlane>>,
+    b: Result<Json<IdTokenBody>, JsonRejection>,
+) -> ApiResult<impl IntoResponse> {
+    let b = super::body(b)?;
+    let oidc = cp.oidc()?;
+    if !cp.login_services()?.accept_id_tokens {
+        return Err(ApiError::forbidden(
+            "this gateway does not accept ID tokens directly",
+            Some("log in with `jitgate login`; operators may set [oidc] accept_id_tokens = true".into()),
+        ));
+    }
+    let id = cp
+        .attempt("id_token", oidc.exchange_id_token(&b.id_token).await)
+        .await?;
+    Ok(Json(cp.logged_in("id_token", &id).await?))
+}
+
+fn bearer(h: &HeaderMap) -> Option<&str> {
+    h.get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+/// `POST /v1/logout`: revoke the caller's own gateway token.
+pub(crate) async fn logout(
+    State(cp): State<Arc<ControlPlane>>,
+    Caller(who): Caller,
+    headers: HeaderMap,
+) -> ApiResult<impl IntoResponse> {
+    let token = bearer(&headers).unwrap_or_default();
+    if !jitgate_auth::is_gateway_token(token) {
+        return Err(ApiError::bad_request(
+            "only login tokens can be logged out; machine tokens are removed from gateway.toml or the store",
+            None,
+        ));
+    }
+    let c = cp
+        .login_services()?
+        .tokens
+        .keys
+        .verify(token, now_secs())
+        .map_err(|e| ApiError::unauthorized(e.to_string()))?;
+    cp.revoke_jti(&who.name, &c.jti, c.exp, Kind::Logout).await?;
+    Ok(Json(serde_json::json!({"revoked": c.jti})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RevokeBody {
+    token_id: String,
+}
+
+/// `POST /v1/tokens/revoke`: admins cut off a (stolen) login token by its id (from the `login`
+/// audit event). Kept on the list for the longest token lifetime.
+pub(crate) async fn revoke(
+    State(cp): State<Arc<ControlPlane>>,
+    Caller(who): Caller,
+    b: Result<Json<RevokeBody>, JsonRejection>,
+) -> ApiResult<impl IntoResponse> {
+    let b = super::body(b)?;
+    if !cp.catalog().is_admin(&who.groups) {
+        return Err(ApiError::forbidden(
+            "only admins may revoke other people's tokens",
+            None,
+        ));
+    }
+    if b.token_id.len() != 24 || !b.token_id.bytes().all(|c| c.is_ascii_hexdigit()) {
+        return Err(ApiError::bad_request(
+            "token_id is 24 hex characters (see the `login` audit event)",
+            None,
+        ));
+    }
+    let exp = now_secs() + cp.login_services()?.tokens.lifetime;
+    cp.revoke_jti(&who.name, &b.token_id, exp, Kind::TokenRevoked).await?;
+    Ok(Json(serde_json::json!({"revoked": b.token_id})))
+}
