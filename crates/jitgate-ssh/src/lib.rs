@@ -4,6 +4,7 @@
 //! backpressure, records interactive sessions as asciicast v2 and closes everything when the grant
 //! ends.
 
+mod conn;
 pub mod hosttrust;
 pub mod keys;
 pub mod record;

@@ -13,7 +13,7 @@
 //! the gateway refuses itself (X11) are answered in their place in that order. Agent forwarding
 //! is refused by russh (the handler's default); env requests never get a reply (see below).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::pin::pin;
 use std::sync::{Arc, Mutex};
@@ -24,40 +24,9 @@ use jitgate_audit::{AuditSink, Event, Kind};
 use jitgate_core::{KillReason, Metrics};
 use russh::{ChannelId, ChannelMsg, ChannelReadHalf, ChannelWriteHalf, Disconnect, Sig, client, server};
 
+use crate::conn::{ChannelSlot, Live, UpstreamEnd};
 use crate::record::{Header, LineAssembler, Recorder};
-use crate::server::{ChannelSlot, Live, UpstreamEnd};
 use crate::sftp::SftpWatch;
-
-/// Open client channels of a connection and whether each has a pty (for messages).
-#[derive(Default)]
-pub(crate) struct OpenChannels(Mutex<HashMap<ChannelId, bool>>, tokio::sync::Notify);
-
-impl OpenChannels {
-    fn set(&self, id: ChannelId, pty: bool) {
-        if let Ok(mut m) = self.0.lock() {
-            m.insert(id, pty);
-        }
-    }
-    fn remove(&self, id: ChannelId) {
-        if let Ok(mut m) = self.0.lock() {
-            m.remove(&id);
-            if m.is_empty() {
-                // Wakes the watcher waiting to disconnect (notify_one keeps a permit if it is
-                // not waiting yet).
-                self.1.notify_one();
-            }
-        }
-    }
-    /// Until no channel is open.
-    pub(crate) async fn emptied(&self) {
-        while !self.is_empty() {
-            self.1.notified().await;
-        }
-    }
-    fn is_empty(&self) -> bool {
-        self.0.lock().map(|m| m.is_empty()).unwrap_or(true)
-    }
-}
 
 /// What a channel task needs.
 pub(crate) struct ChanCtx {
@@ -140,45 +109,6 @@ pub(crate) async fn refuse(channel: russh::Channel<server::Msg>, server: server:
     };
     let _ = tokio::time::timeout(Duration::from_secs(10), work).await;
 }
-
-/// Watches the session's kill switch; on a kill, lets the channel tasks say goodbye, then
-/// disconnects both legs.
-pub(crate) async fn watch(live: Arc<Live>, server: server::Handle) {
-    // Expiry warnings are written by each channel task on its own channel (through its window,
-    // never around it).
-    let kill = live.guard.kill.clone();
-    tokio::select! {
-        () = kill.cancelled() => {}
-        () = live.closed.cancelled() => return,
-    }
-    // A client that stopped reading never takes the goodbye: whatever happens, the connection
-    // is cut CUT_AFTER the kill (its socket then fails every read and write, which ends the
-    // session task; a slow but healthy client may lose the last lines of the goodbye).
-    let cut = live.cut.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(CUT_AFTER).await;
-        cut.cancel();
-    });
-    // Each channel's goodbye is bounded (300 ms + 500 ms for the client's close); disconnecting
-    // before they are done could overtake their last words.
-    let _ = tokio::time::timeout(Duration::from_millis(800), live.channels.emptied()).await;
-    let reason = live.guard.kill_reason().unwrap_or(KillReason::Shutdown);
-    let text = reason.message(&live.guard.info.resource);
-    let _ = tokio::join!(
-        tokio::time::timeout(
-            Duration::from_millis(100),
-            server.disconnect(Disconnect::ByApplication, format!("jitgate: {text}"), "en".into())
-        ),
-        tokio::time::timeout(
-            Duration::from_millis(100),
-            live.upstream
-                .disconnect(Disconnect::ByApplication, "session ended by jitgate", "en")
-        ),
-    );
-}
-
-/// From a kill to the connection being dropped, whether or not the client took the goodbye.
-pub(crate) const CUT_AFTER: Duration = Duration::from_millis(900);
 
 /// Reply bookkeeping: `true` = waiting for the upstream's answer, `false` = refused locally.
 #[derive(Default)]

@@ -16,15 +16,16 @@ use jitgate_core::catalog::Resource;
 use jitgate_core::config::schema::ResourceKind;
 use jitgate_core::model::Principal;
 use jitgate_core::sessions::new_session_id;
-use jitgate_core::{Admission, Gatekeeper, SessionGuard, SessionInfo, Want};
+use jitgate_core::{Admission, Gatekeeper, SessionInfo, Want};
 use russh::keys::{Certificate, PrivateKey, PublicKey};
 use russh::server::{self, Auth, ChannelOpenHandle, Msg, Session};
 use russh::{Channel, ChannelOpenFailure, Disconnect, MethodKind, MethodSet};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+use crate::conn::{self, ChannelSlot, Live, OpenChannels, UpstreamEnd};
 use crate::keys::{self, GatewayKeys};
-use crate::relay::{self, ChanCtx, OpenChannels};
+use crate::relay::{self, ChanCtx};
 use crate::target::{self, TargetName};
 use crate::upstream::{self, Credential, Upstream, UpstreamError};
 
@@ -334,81 +335,8 @@ impl tokio::io::AsyncWrite for CutStream {
     }
 }
 
-/// A connection that passed the grant check and logged in upstream.
-pub(crate) struct Live {
-    pub(crate) guard: SessionGuard,
-    pub(crate) upstream: Upstream,
-    pub(crate) login: String,
-    pub(crate) allow_forwarding: bool,
-    pub(crate) channels: OpenChannels,
-    pub(crate) channel_count: AtomicUsize,
-    pub(crate) recordings: AtomicUsize,
-    /// Cancelled when the connection is over (ends the watcher).
-    pub(crate) closed: CancellationToken,
-    /// The connection's hard stop (ConnShared::cut).
-    pub(crate) cut: CancellationToken,
-    /// How the upstream processes of killed channels ended, the worst of them (UpstreamEnd).
-    pub(crate) upstream_end: std::sync::atomic::AtomicU8,
-}
-
-/// How a killed channel's upstream process ended, from best to worst.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-#[repr(u8)]
-pub(crate) enum UpstreamEnd {
-    /// Nothing was running (or no channel was killed).
-    Nothing = 0,
-    /// It exited on SIGTERM within the grace.
-    Term = 1,
-    /// It ignored SIGTERM and was sent SIGKILL, then exited.
-    Kill = 2,
-    /// No exit was reported after SIGKILL: the upstream connection was closed.
-    Disconnected = 3,
-}
-
-impl UpstreamEnd {
-    fn label(v: u8) -> Option<&'static str> {
-        match v {
-            1 => Some("exited on SIGTERM"),
-            2 => Some("ignored SIGTERM; exited on SIGKILL"),
-            3 => Some("no exit reported after SIGKILL; upstream connection closed"),
-            _ => None,
-        }
-    }
-}
-
-/// One of a connection's `max_channels` places, given back when dropped (whatever way the
-/// channel ends).
-pub(crate) struct ChannelSlot(Arc<Live>);
-
-impl Drop for ChannelSlot {
-    fn drop(&mut self) {
-        self.0.channel_count.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 impl Live {
-    /// Note how a killed channel's upstream process ended.
-    pub(crate) fn upstream_ended(&self, how: UpstreamEnd) {
-        self.upstream_end.fetch_max(how as u8, Ordering::AcqRel);
-    }
-
-    /// Take a channel place; `None` when `max` are open.
-    fn slot(self: &Arc<Self>, max: usize) -> Option<ChannelSlot> {
-        let n = self.channel_count.fetch_add(1, Ordering::AcqRel);
-        let slot = ChannelSlot(self.clone());
-        (n < max).then_some(slot)
-    }
-
-    /// An audit event of this session (who, what, grant, session).
-    pub(crate) fn event(&self, kind: Kind) -> Event {
-        let info = &self.guard.info;
-        Event::new(kind, jiff::Timestamp::now())
-            .actor(&info.identity)
-            .resource(&info.resource)
-            .grant(info.grant_id)
-            .session(&info.id)
-    }
-
+    /// End the session: let killed channels finish, close the upstream, record the end.
     async fn finish<G: Gatekeeper>(&self, fe: &SshFrontend<G>, result: Result<(), String>) {
         if self.guard.kill_reason().is_some() {
             // Killed: the channels are ending their upstream processes (TERM, KILL); closing the
@@ -488,7 +416,7 @@ impl<G: Gatekeeper> Conn<G> {
                 if let Ok(mut g) = self.shared.live.lock() {
                     *g = Some(live.clone());
                 }
-                tokio::spawn(relay::watch(live.clone(), server));
+                tokio::spawn(conn::watch(live.clone(), server));
                 Ready::Live(live)
             }
             Err(msg) => Ready::Refused(msg),
