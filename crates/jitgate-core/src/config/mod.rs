@@ -247,8 +247,26 @@ fn check_tls(t: &schema::TlsSection, d: &mut Diags<'_>) {
 
 fn validate(c: &Config, d: &mut Diags<'_>) -> Catalog {
     let allow_inline = c.gateway.allow_inline_secrets;
+    check_listeners(c, d);
+    check_store(c, d, allow_inline);
+    check_oidc(c, d, allow_inline);
+    let identities = identities(c, d, allow_inline);
+    let resources = resources(c, d, allow_inline);
+    let policies = policies(c, d, &resources);
+    check_redact(c, d);
+    check_webhooks(c, d, allow_inline);
+    Catalog {
+        resources,
+        policies,
+        identities,
+        admin_groups: c.gateway.admin_groups.clone(),
+        auditor_groups: c.gateway.auditor_groups.clone(),
+        expiry_warning: c.gateway.expiry_warning,
+    }
+}
 
-    // [listen]
+/// `[listen]`, `[postgres]` and `[tls]`.
+fn check_listeners(c: &Config, d: &mut Diags<'_>) {
     check_addr(d, "[listen] http", &c.listen.http);
     if let Ok(a) = c.listen.http.get_ref().parse::<SocketAddr>()
         && !a.ip().is_loopback()
@@ -284,8 +302,10 @@ fn validate(c: &Config, d: &mut Diags<'_>) -> Catalog {
     if let Some(t) = &c.tls {
         check_tls(t, d);
     }
+}
 
-    // [store]
+/// `[store]`.
+fn check_store(c: &Config, d: &mut Diags<'_>, allow_inline: bool) {
     let st = &c.store;
     let sources =
         usize::from(st.url.is_some()) + usize::from(st.url_env.is_some()) + usize::from(st.url_file.is_some());
@@ -335,8 +355,10 @@ fn validate(c: &Config, d: &mut Diags<'_>) -> Catalog {
             Some("use 1-64 letters, digits, '-', '_' or '.', unique per replica (e.g. gw-1)".into()),
         );
     }
+}
 
-    // [oidc]
+/// `[oidc]`.
+fn check_oidc(c: &Config, d: &mut Diags<'_>, allow_inline: bool) {
     if let Some(o) = &c.oidc {
         secret(
             d,
@@ -357,8 +379,10 @@ fn validate(c: &Config, d: &mut Diags<'_>) -> Catalog {
             );
         }
     }
+}
 
-    // [[identities]]
+/// `[[identities]]`: each checked, duplicates refused.
+fn identities(c: &Config, d: &mut Diags<'_>, allow_inline: bool) -> Vec<StaticIdentity> {
     let mut identities = Vec::new();
     let mut seen_ids: BTreeMap<String, usize> = BTreeMap::new();
     for i in &c.identities {
@@ -418,8 +442,11 @@ fn validate(c: &Config, d: &mut Diags<'_>) -> Catalog {
             ssh_keys: i.ssh_keys.clone(),
         });
     }
+    identities
+}
 
-    // [[resources]]
+/// `[[resources]]`: each checked and resolved (credentials, keys, TLS).
+fn resources(c: &Config, d: &mut Diags<'_>, allow_inline: bool) -> BTreeMap<String, Resource> {
     let mut resources = BTreeMap::new();
     let mut first_res: BTreeMap<String, usize> = BTreeMap::new();
     for r in &c.resources {
@@ -581,8 +608,12 @@ fn validate(c: &Config, d: &mut Diags<'_>) -> Catalog {
             },
         );
     }
+    resources
+}
 
-    // [[policies]]
+/// `[[policies]]`, checked against the resources and identities; a resource no policy covers
+/// is a warning.
+fn policies(c: &Config, d: &mut Diags<'_>, resources: &BTreeMap<String, Resource>) -> Vec<Policy> {
     let mut policies = Vec::new();
     let mut seen_pol = BTreeSet::new();
     for p in &c.policies {
@@ -752,8 +783,11 @@ fn validate(c: &Config, d: &mut Diags<'_>) -> Catalog {
             );
         }
     }
+    policies
+}
 
-    // [audit] redact
+/// `[audit] redact` patterns.
+fn check_redact(c: &Config, d: &mut Diags<'_>) {
     for p in &c.audit.redact {
         if let Err(e) = jitgate_audit::Redactor::new(&[p.get_ref()]) {
             d.error(
@@ -763,8 +797,10 @@ fn validate(c: &Config, d: &mut Diags<'_>) -> Catalog {
             );
         }
     }
+}
 
-    // [[notify.webhooks]]
+/// `[[notify.webhooks]]`.
+fn check_webhooks(c: &Config, d: &mut Diags<'_>, allow_inline: bool) {
     for w in &c.notify.webhooks {
         let src = secret(d, "url", &w.url_env, &w.url_file, &w.url, allow_inline);
         if src.is_none() {
@@ -802,15 +838,6 @@ fn validate(c: &Config, d: &mut Diags<'_>) -> Catalog {
                 ),
             }
         }
-    }
-
-    Catalog {
-        resources,
-        policies,
-        identities,
-        admin_groups: c.gateway.admin_groups.clone(),
-        auditor_groups: c.gateway.auditor_groups.clone(),
-        expiry_warning: c.gateway.expiry_warning,
     }
 }
 
