@@ -6,7 +6,7 @@
 //! with an error, never a panic). The messages the gateway originates (ErrorResponse,
 //! NoticeResponse, Authentication, ParameterStatus, BackendKeyData, ReadyForQuery,
 //! NegotiateProtocolVersion) are `pgwire`'s message types; the upstream leg's frontend messages
-//! are `postgres-protocol`'s (see `upstream.rs`). docs/architecture.md ("Decisions") says why
+//! are `postgres-protocol`'s (see `upstream.rs`). docs/decisions.md says why
 //! the frame walker stays our own.
 
 use bytes::{BufMut, BytesMut};
