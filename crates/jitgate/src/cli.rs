@@ -44,30 +44,7 @@ pub enum Cmd {
         cmd: ConfigCmd,
     },
     /// Ask for access to a resource.
-    Request {
-        /// Resource name.
-        resource: String,
-        /// Access level (read-only, read-write, or an SSH login).
-        #[arg(long)]
-        access: Option<String>,
-        /// How long (e.g. 30m, 1h); default: the policy's.
-        #[arg(long = "for", value_name = "DURATION")]
-        duration: Option<String>,
-        /// Why you need it.
-        #[arg(long)]
-        reason: Option<String>,
-        /// Ticket id.
-        #[arg(long)]
-        ticket: Option<String>,
-        /// Wait until the request is decided.
-        #[arg(long)]
-        wait: bool,
-        /// Give up waiting after this long.
-        #[arg(long, default_value = "1h", requires = "wait")]
-        timeout: String,
-        #[command(flatten)]
-        conn: Conn,
-    },
+    Request(RequestArgs),
     /// List requests you can see.
     Requests {
         /// Only this state.
@@ -296,37 +273,7 @@ pub enum ConfigCmd {
 #[derive(Debug, Subcommand)]
 pub enum AuditCmd {
     /// Search audit events.
-    Search {
-        /// Actor or subject identity.
-        #[arg(long)]
-        user: Option<String>,
-        /// Resource.
-        #[arg(long)]
-        resource: Option<String>,
-        /// Event kind, or a prefix ending in `.` (e.g. `grant.`).
-        #[arg(long)]
-        kind: Option<String>,
-        /// Grant id.
-        #[arg(long)]
-        grant: Option<i64>,
-        /// Session id.
-        #[arg(long)]
-        session: Option<String>,
-        /// Request id.
-        #[arg(long)]
-        request: Option<i64>,
-        /// Since (7d, 2h, or an RFC 3339 time).
-        #[arg(long)]
-        since: Option<String>,
-        /// Until.
-        #[arg(long)]
-        until: Option<String>,
-        /// Most events.
-        #[arg(long)]
-        limit: Option<usize>,
-        #[command(flatten)]
-        conn: Conn,
-    },
+    Search(SearchArgs),
     /// Print the whole audit log (all rotated files, oldest first) as JSONL, for a SIEM.
     Export {
         /// Output format (only jsonl).
@@ -367,4 +314,65 @@ pub enum TokenCmd {
         #[command(flatten)]
         conn: Conn,
     },
+}
+
+/// `jitgate request`.
+#[derive(Debug, Args)]
+pub struct RequestArgs {
+    /// Resource name.
+    pub resource: String,
+    /// Access level (read-only, read-write, or an SSH login).
+    #[arg(long)]
+    pub access: Option<String>,
+    /// How long (e.g. 30m, 1h); default: the policy's.
+    #[arg(long = "for", value_name = "DURATION")]
+    pub duration: Option<String>,
+    /// Why you need it.
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Ticket id.
+    #[arg(long)]
+    pub ticket: Option<String>,
+    /// Wait until the request is decided.
+    #[arg(long)]
+    pub wait: bool,
+    /// Give up waiting after this long.
+    #[arg(long, default_value = "1h", requires = "wait")]
+    pub timeout: String,
+    #[command(flatten)]
+    pub conn: Conn,
+}
+
+/// `jitgate audit search`.
+#[derive(Debug, Args)]
+pub struct SearchArgs {
+    /// Actor or subject identity.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Resource.
+    #[arg(long)]
+    pub resource: Option<String>,
+    /// Event kind, or a prefix ending in `.` (e.g. `grant.`).
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// Grant id.
+    #[arg(long)]
+    pub grant: Option<i64>,
+    /// Session id.
+    #[arg(long)]
+    pub session: Option<String>,
+    /// Request id.
+    #[arg(long)]
+    pub request: Option<i64>,
+    /// Since (7d, 2h, or an RFC 3339 time).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Until.
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Most events.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    #[command(flatten)]
+    pub conn: Conn,
 }

@@ -5,6 +5,8 @@
 //! `audit verify`). Errors print as `error: ...` (and `hint: ...`) on stderr with exit code 1;
 //! usage errors exit 2.
 
+mod access_cmd;
+mod admin_cmd;
 mod cli;
 mod client;
 mod http_server;
@@ -18,13 +20,13 @@ mod tls_listener;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::Parser;
-use jitgate_core::{Grant, Request, RequestState, SessionInfo};
+use jitgate_core::{Request, RequestState};
 use serde_json::{Value, json};
 
 use crate::cli::{AuditCmd, Cli, Cmd, ConfigCmd, Conn, TokenCmd};
-use crate::client::{Client, enc};
+use crate::client::Client;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -130,279 +132,32 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Config {
             cmd: ConfigCmd::Check { file, config },
         } => config_check(&file.unwrap_or(config)),
-        Cmd::Request {
-            resource,
-            access,
-            duration,
-            reason,
-            ticket,
-            wait,
-            timeout,
-            conn,
-        } => {
-            let c = Client::new(&conn)?;
-            let r: Request = c.post("/v1/requests", &json!({"resource": resource, "access": access, "duration": duration, "reason": reason, "ticket": ticket})).await?;
-            if !wait || r.state != RequestState::Pending {
-                return finish_request(&conn, &r);
-            }
-            let limit = jitgate_core::HumanDuration::parse(&timeout).map_err(anyhow::Error::msg)?;
-            eprintln!(
-                "{}; waiting (Ctrl-C to stop waiting; the request stays open)...",
-                describe(&r)
-            );
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(limit.secs());
-            loop {
-                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-                let now: Request = c.get(&format!("/v1/requests/{}", r.id)).await?;
-                if now.state != RequestState::Pending {
-                    return finish_request(&conn, &now);
-                }
-                if std::time::Instant::now() >= deadline {
-                    bail!("request {} is still pending after {timeout}", r.id);
-                }
-            }
-        }
-        Cmd::Requests { state, mine, conn } => {
-            let c = Client::new(&conn)?;
-            let mut q = format!("/v1/requests?mine={mine}");
-            if let Some(s) = state {
-                q.push_str(&format!("&state={}", enc(&s)));
-            }
-            let rs: Vec<Request> = c.get(&q).await?;
-            if conn.json {
-                print_json(&rs)?
-            } else {
-                requests_table(&rs)
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Cmd::Request(a) => access_cmd::request(a).await,
+        Cmd::Requests { state, mine, conn } => access_cmd::requests(&conn, state, mine).await,
         Cmd::Approve { id, reason, conn } => request_action(&conn, id, "approve", json!({"reason": reason})).await,
         Cmd::Deny { id, reason, conn } => request_action(&conn, id, "deny", json!({"reason": reason})).await,
         Cmd::Cancel { id, conn } => request_action(&conn, id, "cancel", json!({})).await,
-        Cmd::Grants { all, conn } => {
-            let gs: Vec<Grant> = Client::new(&conn)?.get(&format!("/v1/grants?all={all}")).await?;
-            if conn.json {
-                print_json(&gs)?;
-            } else {
-                let rows: Vec<Vec<String>> = gs
-                    .iter()
-                    .map(|g| {
-                        vec![
-                            g.id.to_string(),
-                            g.identity.clone(),
-                            g.resource.clone(),
-                            g.access.clone(),
-                            ts(&g.expires_at),
-                            left(&g.expires_at),
-                            g.request_id.to_string(),
-                        ]
-                    })
-                    .collect();
-                table::print(
-                    &["GRANT", "IDENTITY", "RESOURCE", "ACCESS", "EXPIRES", "LEFT", "REQUEST"],
-                    &rows,
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Cmd::Revoke { grant_id, reason, conn } => {
-            let g: Grant = Client::new(&conn)?
-                .post(&format!("/v1/grants/{grant_id}/revoke"), &json!({"reason": reason}))
-                .await?;
-            if conn.json {
-                print_json(&g)?
-            } else {
-                println!(
-                    "grant {} ({} on {}) revoked; its sessions were killed",
-                    g.id, g.identity, g.resource
-                )
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Cmd::Release { target, conn } => {
-            let c = Client::new(&conn)?;
-            let ids: Vec<i64> = match target.parse::<i64>() {
-                Ok(id) => vec![id],
-                Err(_) => {
-                    let gs: Vec<Grant> = c.get("/v1/grants").await?;
-                    let ids: Vec<i64> = gs.iter().filter(|g| g.resource == target).map(|g| g.id).collect();
-                    if ids.is_empty() {
-                        bail!("you hold no live grant on `{target}`");
-                    }
-                    ids
-                }
-            };
-            for id in ids {
-                let g: Grant = c.post(&format!("/v1/grants/{id}/release"), &json!({})).await?;
-                if conn.json {
-                    print_json(&g)?
-                } else {
-                    println!("grant {} on {} released", g.id, g.resource)
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Cmd::Grants { all, conn } => access_cmd::grants(&conn, all).await,
+        Cmd::Revoke { grant_id, reason, conn } => access_cmd::revoke(&conn, grant_id, reason).await,
+        Cmd::Release { target, conn } => access_cmd::release(&conn, &target).await,
         Cmd::Extend {
             grant_id,
             duration,
             reason,
             conn,
-        } => {
-            let r: Request = Client::new(&conn)?
-                .post(
-                    &format!("/v1/grants/{grant_id}/extend"),
-                    &json!({"duration": duration, "reason": reason}),
-                )
-                .await?;
-            finish_request(&conn, &r)
-        }
-        Cmd::Sessions { conn } => {
-            let ss: Vec<SessionInfo> = Client::new(&conn)?.get("/v1/sessions").await?;
-            if conn.json {
-                print_json(&ss)?;
-            } else {
-                let rows: Vec<Vec<String>> = ss
-                    .iter()
-                    .map(|s| {
-                        vec![
-                            s.id.clone(),
-                            s.protocol.clone(),
-                            s.identity.clone(),
-                            s.resource.clone(),
-                            s.access.clone(),
-                            s.grant_id.to_string(),
-                            ts(&s.started_at),
-                            s.client_addr.clone(),
-                        ]
-                    })
-                    .collect();
-                table::print(
-                    &[
-                        "SESSION", "PROTOCOL", "IDENTITY", "RESOURCE", "ACCESS", "GRANT", "STARTED", "CLIENT",
-                    ],
-                    &rows,
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Cmd::Kill { session_id, conn } => {
-            let s: SessionInfo = Client::new(&conn)?
-                .post(&format!("/v1/sessions/{}/kill", enc(&session_id)), &json!({}))
-                .await?;
-            if conn.json {
-                print_json(&s)?
-            } else {
-                println!("session {} ({} on {}) killed", s.id, s.identity, s.resource)
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        } => access_cmd::extend(&conn, grant_id, duration, reason).await,
+        Cmd::Sessions { conn } => admin_cmd::sessions(&conn).await,
+        Cmd::Kill { session_id, conn } => admin_cmd::kill(&conn, &session_id).await,
         Cmd::Audit {
-            cmd:
-                AuditCmd::Search {
-                    user,
-                    resource,
-                    kind,
-                    grant,
-                    session,
-                    request,
-                    since,
-                    until,
-                    limit,
-                    conn,
-                },
-        } => {
-            let mut q = Vec::new();
-            let mut add = |k: &str, v: Option<String>| {
-                if let Some(v) = v {
-                    q.push(format!("{k}={}", enc(&v)));
-                }
-            };
-            add("user", user);
-            add("resource", resource);
-            add("kind", kind);
-            add("grant", grant.map(|g| g.to_string()));
-            add("session", session);
-            add("request", request.map(|g| g.to_string()));
-            add("since", since);
-            add("until", until);
-            add("limit", limit.map(|g| g.to_string()));
-            let evs: Vec<Value> = Client::new(&conn)?.get(&format!("/v1/audit?{}", q.join("&"))).await?;
-            if conn.json {
-                for e in &evs {
-                    println!("{}", serde_json::to_string(e)?);
-                }
-            } else {
-                let s = |e: &Value, k: &str| {
-                    e.get(k)
-                        .map(|v| {
-                            v.as_str()
-                                .map(str::to_string)
-                                .unwrap_or_else(|| if v.is_null() { String::new() } else { v.to_string() })
-                        })
-                        .unwrap_or_default()
-                };
-                let rows: Vec<Vec<String>> = evs
-                    .iter()
-                    .map(|e| {
-                        vec![
-                            s(e, "seq"),
-                            s(e, "time"),
-                            s(e, "kind"),
-                            s(e, "actor"),
-                            s(e, "resource"),
-                            s(e, "request_id"),
-                            s(e, "grant_id"),
-                            s(e, "session_id"),
-                            event_detail(e),
-                        ]
-                    })
-                    .collect();
-                table::print(
-                    &[
-                        "SEQ", "TIME", "KIND", "ACTOR", "RESOURCE", "REQ", "GRANT", "SESSION", "DETAIL",
-                    ],
-                    &rows,
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+            cmd: AuditCmd::Search(a),
+        } => admin_cmd::audit_search(a).await,
         Cmd::Audit {
             cmd: AuditCmd::Verify { file, config },
         } => audit_verify(file, &config),
         Cmd::Audit {
             cmd: AuditCmd::Export { format: _, config },
         } => audit_export(&config),
-        Cmd::Whoami { conn } => {
-            let w: Value = Client::new(&conn)?.get("/v1/whoami").await?;
-            if conn.json {
-                print_json(&w)?;
-            } else {
-                let groups: Vec<String> = w["groups"]
-                    .as_array()
-                    .map(|a| a.iter().filter_map(|g| g.as_str().map(str::to_string)).collect())
-                    .unwrap_or_default();
-                println!(
-                    "{} [{}]{}",
-                    w["name"].as_str().unwrap_or("?"),
-                    groups.join(", "),
-                    if w["admin"].as_bool() == Some(true) {
-                        " (admin)"
-                    } else {
-                        ""
-                    }
-                );
-                for g in w["grants"].as_array().into_iter().flatten() {
-                    println!(
-                        "  grant {} on {} ({}) until {}",
-                        g["id"],
-                        g["resource"].as_str().unwrap_or(""),
-                        g["access"].as_str().unwrap_or(""),
-                        g["expires_at"].as_str().unwrap_or("")
-                    );
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Cmd::Whoami { conn } => admin_cmd::whoami(&conn).await,
         Cmd::Connect {
             resource,
             dbname,
@@ -411,32 +166,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         } => pg_cmd::connect(&resource, dbname, &args, &conn).await,
         Cmd::PgService { print, file, conn } => pg_cmd::pg_service(&conn, print, file).await,
         Cmd::PgEnv { resource, conn } => pg_cmd::pg_env(&resource, &conn).await,
-        Cmd::Resources { conn } => {
-            let rs: Vec<Value> = Client::new(&conn)?.get("/v1/resources").await?;
-            if conn.json {
-                print_json(&rs)?;
-            } else {
-                let rows: Vec<Vec<String>> = rs
-                    .iter()
-                    .map(|r| {
-                        let access: Vec<&str> = r["access"]
-                            .as_array()
-                            .into_iter()
-                            .flatten()
-                            .filter_map(Value::as_str)
-                            .collect();
-                        vec![
-                            r["name"].as_str().unwrap_or("").into(),
-                            r["kind"].as_str().unwrap_or("").into(),
-                            access.join(", "),
-                            r["policy"].as_str().unwrap_or("-").into(),
-                        ]
-                    })
-                    .collect();
-                table::print(&["RESOURCE", "KIND", "YOU MAY REQUEST", "POLICY"], &rows);
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Cmd::Resources { conn } => admin_cmd::resources(&conn).await,
         Cmd::Login {
             device,
             no_browser,
@@ -460,35 +190,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         } => ssh_cmd::play(&session, file, &config, speed, idle_limit),
         Cmd::Token {
             cmd: TokenCmd::Create { name, groups, conn },
-        } => {
-            let t: Value = Client::new(&conn)?
-                .post("/v1/tokens", &json!({"name": name, "groups": groups}))
-                .await?;
-            if conn.json {
-                print_json(&t)?;
-            } else {
-                println!(
-                    "token for {} (shown once; store it in a secret manager):\n\n  {}\n",
-                    name,
-                    t["token"].as_str().unwrap_or("")
-                );
-                println!(
-                    "It works now. To declare it in gateway.toml instead:\n\n  [[identities]]\n  name = \"{name}\"\n  groups = {:?}\n  token_sha256 = \"{}\"",
-                    groups,
-                    t["sha256"].as_str().unwrap_or("")
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        } => admin_cmd::token_create(&conn, &name, &groups).await,
         Cmd::Token {
             cmd: TokenCmd::Revoke { token_id, conn },
-        } => {
-            let v: Value = Client::new(&conn)?
-                .post("/v1/tokens/revoke", &json!({"token_id": token_id}))
-                .await?;
-            println!("token {} revoked", v["revoked"].as_str().unwrap_or(&token_id));
-            Ok(ExitCode::SUCCESS)
-        }
+        } => admin_cmd::token_revoke(&conn, &token_id).await,
     }
 }
 

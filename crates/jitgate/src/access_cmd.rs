@@ -1,0 +1,148 @@
+//! `request`, `requests`, `approve`/`deny`/`cancel` (in main.rs), `grants`, `revoke`,
+//! `release`, `extend`: the access lifecycle as the CLI drives it over the API.
+
+use std::process::ExitCode;
+
+use anyhow::{Result, bail};
+use jitgate_core::{Grant, Request, RequestState};
+use serde_json::json;
+
+use crate::cli::{Conn, RequestArgs};
+use crate::client::{Client, enc};
+use crate::{describe, finish_request, left, print_json, requests_table, table, ts};
+
+/// `jitgate request`: ask, and with `--wait` wait for the decision.
+pub(crate) async fn request(a: RequestArgs) -> Result<ExitCode> {
+    let RequestArgs {
+        resource,
+        access,
+        duration,
+        reason,
+        ticket,
+        wait,
+        timeout,
+        conn,
+    } = a;
+    let c = Client::new(&conn)?;
+    let r: Request = c
+        .post(
+            "/v1/requests",
+            &json!({"resource": resource, "access": access, "duration": duration, "reason": reason, "ticket": ticket}),
+        )
+        .await?;
+    if !wait || r.state != RequestState::Pending {
+        return finish_request(&conn, &r);
+    }
+    let limit = jitgate_core::HumanDuration::parse(&timeout).map_err(anyhow::Error::msg)?;
+    eprintln!(
+        "{}; waiting (Ctrl-C to stop waiting; the request stays open)...",
+        describe(&r)
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(limit.secs());
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let now: Request = c.get(&format!("/v1/requests/{}", r.id)).await?;
+        if now.state != RequestState::Pending {
+            return finish_request(&conn, &now);
+        }
+        if std::time::Instant::now() >= deadline {
+            bail!("request {} is still pending after {timeout}", r.id);
+        }
+    }
+}
+
+/// `jitgate requests`.
+pub(crate) async fn requests(conn: &Conn, state: Option<String>, mine: bool) -> Result<ExitCode> {
+    let c = Client::new(conn)?;
+    let mut q = format!("/v1/requests?mine={mine}");
+    if let Some(s) = state {
+        q.push_str(&format!("&state={}", enc(&s)));
+    }
+    let rs: Vec<Request> = c.get(&q).await?;
+    if conn.json {
+        print_json(&rs)?
+    } else {
+        requests_table(&rs)
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `jitgate grants`.
+pub(crate) async fn grants(conn: &Conn, all: bool) -> Result<ExitCode> {
+    let gs: Vec<Grant> = Client::new(conn)?.get(&format!("/v1/grants?all={all}")).await?;
+    if conn.json {
+        print_json(&gs)?;
+    } else {
+        let rows: Vec<Vec<String>> = gs
+            .iter()
+            .map(|g| {
+                vec![
+                    g.id.to_string(),
+                    g.identity.clone(),
+                    g.resource.clone(),
+                    g.access.clone(),
+                    ts(&g.expires_at),
+                    left(&g.expires_at),
+                    g.request_id.to_string(),
+                ]
+            })
+            .collect();
+        table::print(
+            &["GRANT", "IDENTITY", "RESOURCE", "ACCESS", "EXPIRES", "LEFT", "REQUEST"],
+            &rows,
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `jitgate revoke`.
+pub(crate) async fn revoke(conn: &Conn, grant_id: i64, reason: Option<String>) -> Result<ExitCode> {
+    let g: Grant = Client::new(conn)?
+        .post(&format!("/v1/grants/{grant_id}/revoke"), &json!({"reason": reason}))
+        .await?;
+    if conn.json {
+        print_json(&g)?
+    } else {
+        println!(
+            "grant {} ({} on {}) revoked; its sessions were killed",
+            g.id, g.identity, g.resource
+        )
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `jitgate release GRANT|RESOURCE`.
+pub(crate) async fn release(conn: &Conn, target: &str) -> Result<ExitCode> {
+    let c = Client::new(conn)?;
+    let ids: Vec<i64> = match target.parse::<i64>() {
+        Ok(id) => vec![id],
+        Err(_) => {
+            let gs: Vec<Grant> = c.get("/v1/grants").await?;
+            let ids: Vec<i64> = gs.iter().filter(|g| g.resource == target).map(|g| g.id).collect();
+            if ids.is_empty() {
+                bail!("you hold no live grant on `{target}`");
+            }
+            ids
+        }
+    };
+    for id in ids {
+        let g: Grant = c.post(&format!("/v1/grants/{id}/release"), &json!({})).await?;
+        if conn.json {
+            print_json(&g)?
+        } else {
+            println!("grant {} on {} released", g.id, g.resource)
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `jitgate extend`.
+pub(crate) async fn extend(conn: &Conn, grant_id: i64, duration: String, reason: Option<String>) -> Result<ExitCode> {
+    let r: Request = Client::new(conn)?
+        .post(
+            &format!("/v1/grants/{grant_id}/extend"),
+            &json!({"duration": duration, "reason": reason}),
+        )
+        .await?;
+    finish_request(conn, &r)
+}
