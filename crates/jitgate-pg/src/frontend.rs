@@ -115,6 +115,79 @@ struct Refuse {
     metric: &'static str,
 }
 
+/// The protocol version spoken, the startup parameters left, and what to send before asking
+/// for the password (NegotiateProtocolVersion, when needed).
+type Negotiated = (i32, Vec<(String, String)>, BytesMut);
+
+/// Why a login did not produce a session: the client is told (a refusal, as an ErrorResponse),
+/// or the connection broke (nothing to tell).
+enum LoginError {
+    Refused(Refuse),
+    Io(std::io::Error),
+}
+
+impl From<Refuse> for LoginError {
+    fn from(r: Refuse) -> Self {
+        Self::Refused(r)
+    }
+}
+
+impl From<std::io::Error> for LoginError {
+    fn from(e: std::io::Error) -> Self {
+        Self::Io(e)
+    }
+}
+
+/// Step 2: who (`user`) and what (`database` = `RESOURCE` or `RESOURCE/DBNAME`).
+fn names(params: &[(String, String)]) -> Result<(String, String, Option<String>), LoginError> {
+    let get = |k: &str| params.iter().find(|(a, _)| a == k).map(|(_, v)| v.clone());
+    let Some(user) = get("user").filter(|u| !u.is_empty()) else {
+        return Err(LoginError::Refused(refuse(
+            "28000",
+            "no user name given",
+            Some("set user to your identity, e.g. user=alice@example.com".into()),
+            "no_user",
+        )));
+    };
+    let Some(db) = get("database").filter(|d| !d.is_empty()) else {
+        return Err(LoginError::Refused(refuse(
+            "3D000",
+            "no database given: name the resource as the database",
+            Some("e.g. dbname=prod-db (or prod-db/otherdb)".into()),
+            "no_database",
+        )));
+    };
+    let (resource_name, dbname) = match db.split_once('/') {
+        Some((r, d)) => (r.to_string(), Some(d.to_string())),
+        None => (db.clone(), None),
+    };
+    Ok((user, resource_name, dbname))
+}
+
+/// Step 3a: ask for the password (the gateway token) and read it; whatever the client pipelined
+/// after it is its first traffic, returned to be replayed.
+async fn read_password(client: &mut Stream, mut out: BytesMut) -> Result<(String, BytesMut), LoginError> {
+    // Password = gateway token.
+    protocol::auth_cleartext(&mut out);
+    client.write_all(&out).await?;
+    let mut buf = BytesMut::new();
+    let (tag, body) = read_message(client, &mut buf, MAX_STARTUP)
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    if tag != b'p' {
+        return Err(LoginError::Refused(refuse(
+            "08P01",
+            "expected a password message",
+            None,
+            "protocol",
+        )));
+    }
+    let token = protocol::cstr(&body).map_or("", |x| x.0);
+    // Whatever the client pipelined after its password is its first traffic: kept.
+    let client_leftover = buf;
+    Ok((token.to_string(), client_leftover))
+}
+
 fn refuse(code: &'static str, message: impl Into<String>, hint: Option<String>, metric: &'static str) -> Refuse {
     Refuse {
         code,
@@ -288,7 +361,7 @@ impl<G: Gatekeeper> PgFrontend<G> {
     ) -> std::io::Result<Option<Ready>> {
         match self.login_inner(client, version, params, tls, peer).await {
             Ok(r) => Ok(Some(r)),
-            Err(Ok(r)) => {
+            Err(LoginError::Refused(r)) => {
                 self.gk
                     .metrics()
                     .auth_failures_total
@@ -297,20 +370,15 @@ impl<G: Gatekeeper> PgFrontend<G> {
                 send_error(client, r.code, &r.message, r.hint.as_deref()).await;
                 Ok(None)
             }
-            Err(Err(e)) => Err(e),
+            Err(LoginError::Io(e)) => Err(e),
         }
     }
 
-    async fn login_inner(
-        &self,
-        client: &mut Stream,
-        version: i32,
-        params: Vec<(String, String)>,
-        tls: bool,
-        peer: SocketAddr,
-    ) -> Result<Ready, Result<Refuse, std::io::Error>> {
+    /// Step 1: the protocol version, `_pq_.` options (answered with NegotiateProtocolVersion in
+    /// `out`) and TLS. Returns the version spoken and the startup parameters left.
+    fn negotiate(&self, version: i32, params: Vec<(String, String)>, tls: bool) -> Result<Negotiated, LoginError> {
         if version >> 16 != 3 {
-            return Err(Ok(refuse(
+            return Err(LoginError::Refused(refuse(
                 "0A000",
                 format!(
                     "unsupported frontend protocol {}.{}: jitgate speaks 3.0 to 3.2",
@@ -332,7 +400,7 @@ impl<G: Gatekeeper> PgFrontend<G> {
             protocol::negotiate_protocol_version(&mut out, spoken, &names);
         }
         if !tls && !self.cfg.allow_plaintext {
-            return Err(Ok(refuse(
+            return Err(LoginError::Refused(refuse(
                 "08P01",
                 "jitgate requires TLS: the password is an access token",
                 Some(
@@ -342,57 +410,34 @@ impl<G: Gatekeeper> PgFrontend<G> {
                 "plaintext",
             )));
         }
-        let get = |k: &str| params.iter().find(|(a, _)| a == k).map(|(_, v)| v.clone());
-        let Some(user) = get("user").filter(|u| !u.is_empty()) else {
-            return Err(Ok(refuse(
-                "28000",
-                "no user name given",
-                Some("set user to your identity, e.g. user=alice@example.com".into()),
-                "no_user",
-            )));
-        };
-        let Some(db) = get("database").filter(|d| !d.is_empty()) else {
-            return Err(Ok(refuse(
-                "3D000",
-                "no database given: name the resource as the database",
-                Some("e.g. dbname=prod-db (or prod-db/otherdb)".into()),
-                "no_database",
-            )));
-        };
-        let (resource_name, dbname) = match db.split_once('/') {
-            Some((r, d)) => (r.to_string(), Some(d.to_string())),
-            None => (db.clone(), None),
-        };
+        Ok((spoken, params, out))
+    }
 
-        // Password = gateway token.
-        protocol::auth_cleartext(&mut out);
-        client.write_all(&out).await.map_err(Err)?;
-        let mut buf = BytesMut::new();
-        let (tag, body) = read_message(client, &mut buf, MAX_STARTUP)
-            .await
-            .map_err(|e| Err(std::io::Error::other(e.to_string())))?;
-        if tag != b'p' {
-            return Err(Ok(refuse("08P01", "expected a password message", None, "protocol")));
-        }
-        let token = protocol::cstr(&body).map_or("", |x| x.0);
-        // Whatever the client pipelined after its password is its first traffic: kept.
-        let client_leftover = buf;
-        let principal = match self.gk.authenticate(token).await {
-            Ok(p) if p.name == user => p,
+    /// Step 3: the token names the user it claims to be. A store that cannot check it is said
+    /// so (57P03, audited as `auth.unavailable`), never called a wrong password.
+    async fn authenticated_as(
+        &self,
+        token: &str,
+        user: &str,
+        resource_name: &str,
+        peer: SocketAddr,
+    ) -> Result<jitgate_core::model::Principal, LoginError> {
+        match self.gk.authenticate(token).await {
+            Ok(p) if p.name == user => Ok(p),
             Err(AuthFailure::Unavailable(message)) => {
-                let _ = self.cfg.audit.emit(Event::new(Kind::AuthUnavailable, jiff::Timestamp::now()).actor(&user).resource(&resource_name)
+                let _ = self.cfg.audit.emit(Event::new(Kind::AuthUnavailable, jiff::Timestamp::now()).actor(user).resource(resource_name)
                     .details(serde_json::json!({"protocol": "postgres", "client": peer.to_string(), "reason": message}))).await;
-                return Err(Ok(refuse(
+                Err(LoginError::Refused(refuse(
                     "57P03",
                     message,
                     Some("the gateway could not check your token; this is not a wrong password".into()),
                     "unavailable",
-                )));
+                )))
             }
             _ => {
-                let _ = self.cfg.audit.emit(Event::new(Kind::AuthFailed, jiff::Timestamp::now()).actor(&user).resource(&resource_name)
+                let _ = self.cfg.audit.emit(Event::new(Kind::AuthFailed, jiff::Timestamp::now()).actor(user).resource(resource_name)
                     .details(serde_json::json!({"protocol": "postgres", "client": peer.to_string(), "reason": "invalid token for this user"}))).await;
-                return Err(Ok(refuse(
+                Err(LoginError::Refused(refuse(
                     "28P01",
                     format!("password authentication failed for user \"{user}\""),
                     Some(
@@ -400,9 +445,23 @@ impl<G: Gatekeeper> PgFrontend<G> {
                             .into(),
                     ),
                     "bad_token",
-                )));
+                )))
             }
-        };
+        }
+    }
+
+    async fn login_inner(
+        &self,
+        client: &mut Stream,
+        version: i32,
+        params: Vec<(String, String)>,
+        tls: bool,
+        peer: SocketAddr,
+    ) -> Result<Ready, LoginError> {
+        let (spoken, params, out) = self.negotiate(version, params, tls)?;
+        let (user, resource_name, dbname) = names(&params)?;
+        let (token, client_leftover) = read_password(client, out).await?;
+        let principal = self.authenticated_as(&token, &user, &resource_name, peer).await?;
 
         let cat = self.gk.catalog();
         let Some(res) = cat
@@ -410,7 +469,7 @@ impl<G: Gatekeeper> PgFrontend<G> {
             .get(&resource_name)
             .filter(|r| r.kind == ResourceKind::Postgres)
         else {
-            return Err(Ok(refuse(
+            return Err(LoginError::Refused(refuse(
                 "3D000",
                 format!("resource \"{resource_name}\" does not exist or is not a Postgres resource"),
                 Some("`jitgate resources` lists what you can request".into()),
@@ -423,7 +482,7 @@ impl<G: Gatekeeper> PgFrontend<G> {
             .find_grant(&principal.name, &res.name, Want::FirstOf(&[READ_WRITE, READ_ONLY]))
             .await;
         let Some(grant) = grant else {
-            return Err(Ok(refuse(
+            return Err(LoginError::Refused(refuse(
                 "28000",
                 format!("no active access grant for {} on {}", principal.name, res.name),
                 Some(format!(
@@ -434,7 +493,7 @@ impl<G: Gatekeeper> PgFrontend<G> {
             )));
         };
         let Some(cred) = res.credentials.get(&grant.access) else {
-            return Err(Ok(refuse(
+            return Err(LoginError::Refused(refuse(
                 "28000",
                 format!("{} offers no {} credentials", res.name, grant.access),
                 None,
@@ -445,7 +504,7 @@ impl<G: Gatekeeper> PgFrontend<G> {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!(resource = %res.name, error = %e, "upstream password unavailable");
-                return Err(Ok(refuse(
+                return Err(LoginError::Refused(refuse(
                     "08006",
                     format!(
                         "jitgate cannot log in to {}: its credentials are not available on the gateway",
@@ -458,7 +517,7 @@ impl<G: Gatekeeper> PgFrontend<G> {
         };
         let target = self.target(res).map_err(|e| {
             tracing::error!(resource = %res.name, error = %e, "upstream TLS configuration");
-            Ok(refuse(
+            LoginError::Refused(refuse(
                 "08006",
                 format!("jitgate cannot reach {}: TLS misconfiguration", res.name),
                 Some("operators: see the gateway log".into()),
@@ -496,7 +555,7 @@ impl<G: Gatekeeper> PgFrontend<G> {
             && res.database.as_deref() != Some(d.as_str())
             && !res.databases.iter().any(|x| x == d)
         {
-            return Err(Ok(refuse(
+            return Err(LoginError::Refused(refuse(
                 "3D000",
                 format!("database \"{d}\" is not offered by resource {}", res.name),
                 Some(format!(
@@ -520,7 +579,7 @@ impl<G: Gatekeeper> PgFrontend<G> {
         {
             Ok(u) => u,
             Err(UpstreamError::Server(code, msg)) => {
-                return Err(Ok(Refuse {
+                return Err(LoginError::Refused(Refuse {
                     code: leak(code),
                     message: msg,
                     hint: None,
@@ -536,7 +595,7 @@ impl<G: Gatekeeper> PgFrontend<G> {
                     ),
                     other => format!("jitgate could not reach {}: {other}", res.name),
                 };
-                return Err(Ok(refuse(
+                return Err(LoginError::Refused(refuse(
                     "08006",
                     msg,
                     Some("this is a gateway configuration problem; operators: see the gateway log".into()),
@@ -546,7 +605,7 @@ impl<G: Gatekeeper> PgFrontend<G> {
         };
         if read_only && let Err(why) = self.check_read_only_role(&mut up, res, &cred.user).await {
             tracing::error!(resource = %res.name, user = %cred.user, why = %why, "read-only credential refused");
-            return Err(Ok(refuse(
+            return Err(LoginError::Refused(refuse(
                 "28000",
                 format!("jitgate will not open a read-only session on {}: {why}", res.name),
                 Some(format!(
