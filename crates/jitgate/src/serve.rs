@@ -210,8 +210,24 @@ pub async fn run(config_path: &Path) -> Result<()> {
         metrics.clone(),
         loaded.catalog.expiry_warning.secs(),
     );
-    let cp = ControlPlane::new(loaded.catalog.clone(), store, audit.clone(), enforcer.clone(), metrics);
-    cp.set_login(login_services(&loaded, &data_dir)?);
+    // The SSH keys come first: the control plane signs user certificates with them.
+    let ssh_keys = match &loaded.config.listen.ssh {
+        Some(_) => Some(Arc::new(
+            jitgate_ssh::GatewayKeys::load(&data_dir, loaded.config.ssh.host_ca_key_file.as_deref())
+                .with_context(|| format!("loading the SSH keys in {}", data_dir.join("ssh").display()))?,
+        )),
+        None => None,
+    };
+    let mut builder = ControlPlane::builder(loaded.catalog.clone(), store, audit.clone(), enforcer.clone(), metrics)
+        .login(login_services(&loaded, &data_dir)?);
+    if let Some(keys) = &ssh_keys {
+        let ca = keys.user_ca.clone();
+        let lifetime = loaded.config.ssh.cert_lifetime.secs();
+        builder = builder.cert_signer(Arc::new(move |who, public_key, token| {
+            jitgate_ssh::keys::issue_user_cert(&ca, &who.name, &who.groups, public_key, lifetime, token)
+        }));
+    }
+    let cp = builder.build();
     let restored = cp
         .restore()
         .await
@@ -284,8 +300,8 @@ pub async fn run(config_path: &Path) -> Result<()> {
         tokio::spawn(fe.serve(l, stop.clone()));
     }
 
-    if let Some(ssh) = &loaded.config.listen.ssh {
-        start_ssh(ssh.get_ref(), &loaded, &data_dir, &cp, &audit, &stop, &mut listen_info).await?;
+    if let (Some(ssh), Some(keys)) = (&loaded.config.listen.ssh, ssh_keys) {
+        start_ssh(ssh.get_ref(), keys, &loaded, &data_dir, &cp, &stop, &mut listen_info).await?;
     }
 
     if cp.store().shared() {
@@ -523,18 +539,14 @@ fn login_services(loaded: &Loaded, data_dir: &Path) -> Result<jitgate_api::Login
 /// Keys, listener and front end for SSH; the user-certificate signer for the API.
 async fn start_ssh(
     addr: &str,
+    keys: Arc<jitgate_ssh::GatewayKeys>,
     loaded: &Loaded,
     data_dir: &Path,
     cp: &Arc<ControlPlane>,
-    audit: &AuditSink,
     stop: &CancellationToken,
     listen_info: &mut serde_json::Value,
 ) -> Result<()> {
     let addr: SocketAddr = addr.parse().context("[listen] ssh")?;
-    let keys = Arc::new(
-        jitgate_ssh::GatewayKeys::load(data_dir, loaded.config.ssh.host_ca_key_file.as_deref())
-            .with_context(|| format!("loading the SSH keys in {}", data_dir.join("ssh").display()))?,
-    );
     let line = jitgate_ssh::keys::public_line;
     let sc = &loaded.config.ssh;
     let cfg = jitgate_ssh::SshConfig {
@@ -545,7 +557,7 @@ async fn start_ssh(
         record: sc.record,
         recordings_dir: data_dir.join("recordings"),
         max_text: loaded.config.audit.max_text_len,
-        audit: audit.clone(),
+        audit: cp.audit().clone(),
         host_names: sc.host_names.clone(),
     };
     let l = tokio::net::TcpListener::bind(addr)
@@ -559,11 +571,6 @@ async fn start_ssh(
     listen_info["ssh_upstream_ca"] = serde_json::Value::String(line(&keys.upstream_ca));
     listen_info["ssh_host_ca"] = serde_json::Value::String(line(&keys.host_ca));
     tracing::info!(ssh = %bound, host_key = %fingerprint, upstream_ca = %keys.dir.join("upstream_ca.pub").display(), "ssh front end listening");
-    let ca = keys.user_ca.clone();
-    let lifetime = sc.cert_lifetime.secs();
-    cp.set_cert_signer(Arc::new(move |who, public_key, token| {
-        jitgate_ssh::keys::issue_user_cert(&ca, &who.name, &who.groups, public_key, lifetime, token)
-    }));
     let fe =
         jitgate_ssh::SshFrontend::new(cp.clone(), cfg, keys).context("signing the gateway's SSH host certificate")?;
     tokio::spawn(fe.serve(l, stop.clone()));

@@ -82,7 +82,7 @@ impl ControlPlane {
                 }
             }
             Change::TokenRevoked { jti, expires_at } => {
-                if let Some(l) = self.login.get() {
+                if let Some(l) = self.login.as_ref() {
                     l.tokens.revoke(&jti, expires_at, Timestamp::now().as_second());
                 }
             }
@@ -193,7 +193,7 @@ impl ControlPlane {
         self.store
             .end_open_sessions(now, "ended while the store was unreachable", &live, settled)
             .await?;
-        if let Some(l) = self.login.get() {
+        if let Some(l) = self.login.as_ref() {
             let secs = now.as_second();
             for (jti, exp) in self.store.revoked_tokens(secs).await? {
                 l.tokens.revoke(&jti, exp, secs);

@@ -65,7 +65,7 @@ pub(crate) fn reason_label(e: &AuthError) -> &'static str {
 impl ControlPlane {
     pub(crate) fn login_services(&self) -> ApiResult<&Login> {
         self.login
-            .get()
+            .as_ref()
             .ok_or_else(|| ApiError::bad_request("login is not configured on this gateway", None))
     }
 
@@ -156,7 +156,7 @@ impl ControlPlane {
 
     /// Load the revocation list from the store (at start).
     pub async fn restore_revocations(&self) -> ApiResult<usize> {
-        let Some(login) = self.login.get() else { return Ok(0) };
+        let Some(login) = self.login.as_ref() else { return Ok(0) };
         let now = now_secs();
         let list = self.store().revoked_tokens(now).await?;
         for (jti, exp) in &list {
@@ -196,7 +196,7 @@ impl ControlPlane {
         public_key: &str,
         bearer: Option<&str>,
     ) -> Result<(String, u64), ApiError> {
-        let token = match (bearer, self.login.get()) {
+        let token = match (bearer, self.login.as_ref()) {
             (Some(t), Some(l)) if jitgate_auth::is_gateway_token(t) => l
                 .tokens
                 .keys
@@ -205,7 +205,7 @@ impl ControlPlane {
                 .map(|c| (c.jti, c.exp)),
             _ => None,
         };
-        let Some(signer) = self.cert_signer.get() else {
+        let Some(signer) = self.cert_signer.as_ref() else {
             return Err(ApiError::bad_request(
                 "this gateway has no SSH front end",
                 Some("operators: set [listen] ssh in gateway.toml".into()),

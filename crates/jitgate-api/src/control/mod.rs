@@ -41,8 +41,50 @@ pub struct ControlPlane {
     clock: SharedClock,
     request_lock: Mutex<()>,
     frontends: std::sync::RwLock<serde_json::Value>,
-    cert_signer: std::sync::OnceLock<CertSigner>,
-    pub(crate) login: std::sync::OnceLock<Login>,
+    cert_signer: Option<CertSigner>,
+    pub(crate) login: Option<Login>,
+}
+
+/// The control plane's parts, gathered before it starts.
+pub struct Builder {
+    catalog: Catalog,
+    store: Arc<dyn Store>,
+    audit: AuditSink,
+    enforcer: Arc<Enforcer>,
+    metrics: Metrics,
+    login: Option<Login>,
+    cert_signer: Option<CertSigner>,
+}
+
+impl Builder {
+    /// Gateway tokens and the OIDC relying party.
+    pub fn login(mut self, l: Login) -> Self {
+        self.login = Some(l);
+        self
+    }
+
+    /// The SSH user certificate signer (when the SSH front end runs).
+    pub fn cert_signer(mut self, s: CertSigner) -> Self {
+        self.cert_signer = Some(s);
+        self
+    }
+
+    /// The control plane.
+    pub fn build(self) -> Arc<ControlPlane> {
+        let clock = self.enforcer.clock().clone();
+        Arc::new(ControlPlane {
+            catalog: ArcSwap::from_pointee(self.catalog),
+            store: self.store,
+            audit: self.audit,
+            enforcer: self.enforcer,
+            metrics: self.metrics,
+            clock,
+            request_lock: Mutex::new(()),
+            frontends: std::sync::RwLock::new(serde_json::json!({})),
+            cert_signer: self.cert_signer,
+            login: self.login,
+        })
+    }
 }
 
 /// Signs an OpenSSH user certificate for a principal's public key (the SSH front end's user CA):
@@ -68,7 +110,8 @@ pub use identity::{Login, LoginResult, MintedToken};
 pub use views::{ResourceView, WhoAmI};
 
 impl ControlPlane {
-    /// Assemble the control plane.
+    /// The control plane with no login services and no SSH signer (tests, tools); the gateway
+    /// uses [`ControlPlane::builder`].
     pub fn new(
         catalog: Catalog,
         store: Arc<dyn Store>,
@@ -76,19 +119,27 @@ impl ControlPlane {
         enforcer: Arc<Enforcer>,
         metrics: Metrics,
     ) -> Arc<Self> {
-        let clock = enforcer.clock().clone();
-        Arc::new(Self {
-            catalog: ArcSwap::from_pointee(catalog),
+        Self::builder(catalog, store, audit, enforcer, metrics).build()
+    }
+
+    /// Start assembling the control plane from its required parts; optional ones are added
+    /// before [`Builder::build`], never after (nothing is attached to a running control plane).
+    pub fn builder(
+        catalog: Catalog,
+        store: Arc<dyn Store>,
+        audit: AuditSink,
+        enforcer: Arc<Enforcer>,
+        metrics: Metrics,
+    ) -> Builder {
+        Builder {
+            catalog,
             store,
             audit,
             enforcer,
             metrics,
-            clock,
-            request_lock: Mutex::new(()),
-            frontends: std::sync::RwLock::new(serde_json::json!({})),
-            cert_signer: std::sync::OnceLock::new(),
-            login: std::sync::OnceLock::new(),
-        })
+            login: None,
+            cert_signer: None,
+        }
     }
 
     /// Gauges computed at scrape time: audit queue depth, pending requests and the oldest one.
@@ -102,16 +153,6 @@ impl ControlPlane {
             let age = oldest.map_or(0.0, |r| self.now().duration_since(r.created_at).as_secs_f64().max(0.0));
             m.requests_pending_oldest_seconds.set(age);
         }
-    }
-
-    /// Attach gateway tokens and the OIDC relying party (once, at start-up).
-    pub fn set_login(&self, l: Login) {
-        let _ = self.login.set(l);
-    }
-
-    /// Attach the SSH user certificate signer (once, at start-up, when SSH is enabled).
-    pub fn set_cert_signer(&self, s: CertSigner) {
-        let _ = self.cert_signer.set(s);
     }
 
     /// Write `ev` durably (webhooks receive it from the audit sink once it is in the file).
@@ -169,7 +210,7 @@ impl jitgate_core::Gatekeeper for ControlPlane {
     }
 
     fn token_revoked(&self, token_id: &str) -> bool {
-        self.login.get().is_some_and(|l| l.tokens.is_revoked(token_id))
+        self.login.as_ref().is_some_and(|l| l.tokens.is_revoked(token_id))
     }
 
     async fn refresh_grants(&self, identity: &str, resource: &str) {
