@@ -9,6 +9,6 @@ pub mod error;
 pub mod http;
 pub mod notify;
 
-pub use control::{ControlPlane, Login};
+pub use control::{ControlError, ControlPlane, ControlResult, Login};
 pub use error::{ApiError, ApiResult};
 pub use http::router;

@@ -228,13 +228,10 @@ pub async fn run(config_path: &Path) -> Result<()> {
         }));
     }
     let cp = builder.build();
-    let restored = cp
-        .restore()
-        .await
-        .map_err(|e| anyhow!("restoring grants: {}", e.error))?;
+    let restored = cp.restore().await.map_err(|e| anyhow!("restoring grants: {}", e))?;
     cp.restore_revocations()
         .await
-        .map_err(|e| anyhow!("loading the token revocation list: {}", e.error))?;
+        .map_err(|e| anyhow!("loading the token revocation list: {}", e))?;
 
     let stop = CancellationToken::new();
     cp.spawn_tasks(stop.clone());
@@ -614,7 +611,7 @@ async fn reload(
             let n = (l.catalog.resources.len(), l.catalog.policies.len());
             match cp.reload(l.catalog).await {
                 Ok(()) => tracing::info!(resources = n.0, policies = n.1, "configuration reloaded"),
-                Err(e) => tracing::error!(error = %e.error, "reload not audited"),
+                Err(e) => tracing::error!(error = %e, "reload not audited"),
             }
             Some(hooks)
         }

@@ -44,12 +44,12 @@ impl ControlPlane {
             }
             if let Err(e) = self.apply_change(feed.change, &feed.origin).await {
                 // The state may now be stale: re-read it as soon as the store answers.
-                tracing::warn!(error = %e.error, "could not apply a change from another replica; resynchronising");
+                tracing::warn!(error = %e, "could not apply a change from another replica; resynchronising");
                 let mut delay = std::time::Duration::from_millis(200);
                 loop {
                     match self.resync("retry").await {
                         Ok(()) => break,
-                        Err(e) => tracing::warn!(error = %e.error, "resync failed; retrying"),
+                        Err(e) => tracing::warn!(error = %e, "resync failed; retrying"),
                     }
                     tokio::select! {
                         () = stop.cancelled() => return,
@@ -61,7 +61,7 @@ impl ControlPlane {
         }
     }
 
-    pub(super) async fn apply_change(&self, change: jitgate_store::Change, origin: &str) -> ApiResult<()> {
+    pub(super) async fn apply_change(&self, change: jitgate_store::Change, origin: &str) -> ControlResult<()> {
         use jitgate_store::Change;
         match change {
             Change::Grant { id } => {
@@ -161,7 +161,7 @@ impl ControlPlane {
     /// Re-read everything that gates access: live grants, grants this replica still caches,
     /// kills asked of this replica, token revocations; close sessions the store still shows
     /// open here although they ended while it was unreachable.
-    pub async fn resync(&self, reason: &str) -> ApiResult<()> {
+    pub async fn resync(&self, reason: &str) -> ControlResult<()> {
         let started = std::time::Instant::now();
         let now = self.now();
         let active = self.active_grants().await?;
@@ -171,7 +171,7 @@ impl ControlPlane {
             if g.is_live(now) {
                 self.apply_grant(g);
             } else if let Err(e) = self.mark_expired(g.id, now).await {
-                tracing::warn!(error = %e.error, grant_id = g.id, "could not mark a past grant expired");
+                tracing::warn!(error = %e, grant_id = g.id, "could not mark a past grant expired");
             }
         }
         for cached in self.enforcer.grants.all() {

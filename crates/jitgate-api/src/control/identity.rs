@@ -2,7 +2,6 @@
 //! user certificates.
 
 use super::*;
-use axum::http::StatusCode;
 use jitgate_auth::{AuthError, Identity, Oidc, Refused, Tokens};
 
 /// Identity services attached at start-up.
@@ -34,23 +33,6 @@ pub(crate) fn now_secs() -> i64 {
     jiff::Timestamp::now().as_second()
 }
 
-pub(crate) fn auth_error(e: &AuthError) -> ApiError {
-    let (status, hint) = match e {
-        AuthError::Provider(_) => (
-            StatusCode::BAD_GATEWAY,
-            Some("operators: check [oidc] issuer and the provider".to_string()),
-        ),
-        AuthError::Denied(_) | AuthError::InvalidToken(_) => (
-            StatusCode::UNAUTHORIZED,
-            Some("log in again with `jitgate login`".to_string()),
-        ),
-        AuthError::UnknownAttempt => (StatusCode::BAD_REQUEST, None),
-        AuthError::Pending => (StatusCode::ACCEPTED, None),
-        AuthError::BadRequest(_) => (StatusCode::BAD_REQUEST, None),
-    };
-    ApiError::new(status, e.to_string(), hint)
-}
-
 pub(crate) fn reason_label(e: &AuthError) -> &'static str {
     match e {
         AuthError::Provider(_) => "provider",
@@ -63,15 +45,15 @@ pub(crate) fn reason_label(e: &AuthError) -> &'static str {
 }
 
 impl ControlPlane {
-    pub(crate) fn login_services(&self) -> ApiResult<&Login> {
+    pub(crate) fn login_services(&self) -> ControlResult<&Login> {
         self.login
             .as_ref()
-            .ok_or_else(|| ApiError::bad_request("login is not configured on this gateway", None))
+            .ok_or_else(|| ControlError::bad_request("login is not configured on this gateway", None))
     }
 
-    pub(crate) fn oidc(&self) -> ApiResult<&Oidc> {
+    pub(crate) fn oidc(&self) -> ControlResult<&Oidc> {
         self.login_services()?.oidc.as_ref().ok_or_else(|| {
-            ApiError::bad_request(
+            ControlError::bad_request(
                 "this gateway has no OpenID Connect provider configured",
                 Some(
                     "operators: add an [oidc] section to gateway.toml; machines use tokens from `jitgate token create`"
@@ -105,12 +87,12 @@ impl ControlPlane {
 
     /// The outcome of a provider step: failures are counted, logged and audited, then turned
     /// into the API error.
-    pub(crate) async fn attempt<T>(&self, method: &str, r: Result<T, AuthError>) -> ApiResult<T> {
+    pub(crate) async fn attempt<T>(&self, method: &str, r: Result<T, AuthError>) -> ControlResult<T> {
         match r {
             Ok(v) => Ok(v),
             Err(e) => {
                 self.login_failed(method, &e).await;
-                Err(auth_error(&e))
+                Err(ControlError::Login(e))
             }
         }
     }
@@ -127,13 +109,13 @@ impl ControlPlane {
     }
 
     /// Mint a gateway token for a verified identity and audit it (no audit, no token).
-    pub(crate) async fn logged_in(&self, method: &str, id: &Identity) -> ApiResult<LoginResult> {
+    pub(crate) async fn logged_in(&self, method: &str, id: &Identity) -> ControlResult<LoginResult> {
         let login = self.login_services()?;
         let (token, c) = login
             .tokens
             .mint(&id.name, &id.groups, now_secs())
-            .map_err(ApiError::internal)?;
-        let expires_at = jiff::Timestamp::from_second(c.exp).map_err(ApiError::internal)?;
+            .map_err(ControlError::internal)?;
+        let expires_at = jiff::Timestamp::from_second(c.exp).map_err(ControlError::internal)?;
         let ev = Event::new(Kind::Login, jiff::Timestamp::now())
             .actor(&id.name)
             .details(serde_json::json!({
@@ -155,7 +137,7 @@ impl ControlPlane {
     }
 
     /// Load the revocation list from the store (at start).
-    pub async fn restore_revocations(&self) -> ApiResult<usize> {
+    pub async fn restore_revocations(&self) -> ControlResult<usize> {
         let Some(login) = self.login.as_ref() else { return Ok(0) };
         let now = now_secs();
         let list = self.store().revoked_tokens(now).await?;
@@ -165,7 +147,7 @@ impl ControlPlane {
         Ok(list.len())
     }
 
-    pub(crate) async fn revoke_jti(&self, actor: &str, jti: &str, exp: i64, kind: Kind) -> ApiResult<()> {
+    pub(crate) async fn revoke_jti(&self, actor: &str, jti: &str, exp: i64, kind: Kind) -> ControlResult<()> {
         let login = self.login_services()?;
         self.store().revoke_token(jti, exp).await?;
         login.tokens.revoke(jti, exp, now_secs());
@@ -195,7 +177,7 @@ impl ControlPlane {
         who: &Principal,
         public_key: &str,
         bearer: Option<&str>,
-    ) -> Result<(String, u64), ApiError> {
+    ) -> ControlResult<(String, u64)> {
         let token = match (bearer, self.login.as_ref()) {
             (Some(t), Some(l)) if jitgate_auth::is_gateway_token(t) => l
                 .tokens
@@ -206,14 +188,14 @@ impl ControlPlane {
             _ => None,
         };
         let Some(signer) = self.cert_signer.as_ref() else {
-            return Err(ApiError::bad_request(
+            return Err(ControlError::bad_request(
                 "this gateway has no SSH front end",
                 Some("operators: set [listen] ssh in gateway.toml".into()),
             ));
         };
         let (cert, valid_before) =
             signer(who, public_key, token.as_ref().map(|(j, e)| (j.as_str(), *e))).map_err(|e| {
-                ApiError::bad_request(e, Some("send an OpenSSH public key line (ssh-ed25519 AAAA...)".into()))
+                ControlError::bad_request(e, Some("send an OpenSSH public key line (ssh-ed25519 AAAA...)".into()))
             })?;
         let ev = Event::new(Kind::SshCertIssued, jiff::Timestamp::now())
             .actor(&who.name)
@@ -254,12 +236,12 @@ impl ControlPlane {
     }
 
     /// Mint a machine token (admins).
-    pub async fn create_token(&self, who: &Principal, name: &str, groups: Vec<String>) -> ApiResult<MintedToken> {
+    pub async fn create_token(&self, who: &Principal, name: &str, groups: Vec<String>) -> ControlResult<MintedToken> {
         if !self.catalog().is_admin(&who.groups) {
-            return Err(ApiError::forbidden("only admins may create machine tokens", None));
+            return Err(ControlError::forbidden("only admins may create machine tokens", None));
         }
         if name.is_empty() || name.len() > 128 || name.chars().any(|c| c.is_control() || c.is_whitespace()) {
-            return Err(ApiError::bad_request(
+            return Err(ControlError::bad_request(
                 "invalid token name",
                 Some("use a short name without spaces, e.g. ci-bot".into()),
             ));

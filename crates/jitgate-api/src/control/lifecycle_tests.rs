@@ -192,7 +192,7 @@ async fn an_undecided_request_escalates_then_times_out() {
         RequestState::Expired
     );
     let e = w.cp.approve(&bob(), id, None).await.unwrap_err();
-    assert!(e.error.contains("expired"), "{e:?}");
+    assert!(e.to_string().contains("expired"), "{e:?}");
 }
 
 #[tokio::test]

@@ -20,10 +20,10 @@ use serde::Serialize;
 use tokio::sync::{Mutex, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::error::{ApiError, ApiResult};
+pub use error::{ControlError, ControlResult};
 
 /// `Ok(None)` for a version conflict (someone else changed the record first).
-fn ignore_conflict<T>(r: jitgate_store::Result<T>) -> ApiResult<Option<T>> {
+fn ignore_conflict<T>(r: jitgate_store::Result<T>) -> ControlResult<Option<T>> {
     match r {
         Ok(v) => Ok(Some(v)),
         Err(jitgate_store::StoreError::Conflict) => Ok(None),
@@ -99,6 +99,7 @@ impl std::fmt::Debug for ControlPlane {
     }
 }
 
+mod error;
 mod feed;
 pub(crate) mod identity;
 mod requests;

@@ -17,7 +17,7 @@ impl ControlPlane {
     }
 
     /// Create a request (or an extension request) and auto-approve it if a rule admits it.
-    pub async fn create_request(&self, who: &Principal, new: NewRequest) -> ApiResult<Request> {
+    pub async fn create_request(&self, who: &Principal, new: NewRequest) -> ControlResult<Request> {
         let now = self.now();
         let cat = self.catalog();
         let planned = engine::plan_request(&cat, who, &new, now)?;
@@ -31,18 +31,18 @@ impl ControlPlane {
         grant_id: i64,
         duration: HumanDuration,
         reason: Option<String>,
-    ) -> ApiResult<Request> {
+    ) -> ControlResult<Request> {
         let now = self.now();
         let g = self
             .store
             .get_grant(grant_id)
             .await?
-            .ok_or_else(|| ApiError::not_found(format!("no grant {grant_id}")))?;
+            .ok_or_else(|| ControlError::not_found(format!("no grant {grant_id}")))?;
         let planned = engine::plan_extension(&self.catalog(), who, &g, duration, reason, now)?;
         self.submit(who, planned, now).await
     }
 
-    pub(super) async fn submit(&self, who: &Principal, planned: Request, now: Timestamp) -> ApiResult<Request> {
+    pub(super) async fn submit(&self, who: &Principal, planned: Request, now: Timestamp) -> ControlResult<Request> {
         let _guard = self.request_lock.lock().await;
         let auto = planned.state == RequestState::Approved;
         let mut pending = planned.clone();
@@ -66,7 +66,7 @@ impl ControlPlane {
         self.finish_approval(approved, now).await
     }
 
-    pub(super) async fn finish_approval(&self, r: Request, now: Timestamp) -> ApiResult<Request> {
+    pub(super) async fn finish_approval(&self, r: Request, now: Timestamp) -> ControlResult<Request> {
         let actor = r.decided_by.clone().unwrap_or_default();
         let (r, g, previous) = match r.extends_grant {
             Some(gid) => {
@@ -74,7 +74,7 @@ impl ControlPlane {
                     .store
                     .get_grant(gid)
                     .await?
-                    .ok_or_else(|| ApiError::not_found(format!("no grant {gid}")))?;
+                    .ok_or_else(|| ControlError::not_found(format!("no grant {gid}")))?;
                 let before = g.clone();
                 engine::extend_grant(&mut g, &r, now)?;
                 let (r, g) = self.store.approve_with_grant(&r, &g).await?;
@@ -135,7 +135,7 @@ impl ControlPlane {
         actor: &str,
         extended: bool,
         now: Timestamp,
-    ) -> ApiResult<()> {
+    ) -> ControlResult<()> {
         self.count(RequestState::Approved);
         self.metrics
             .approval_latency_seconds
@@ -157,15 +157,15 @@ impl ControlPlane {
         Ok(())
     }
 
-    pub(super) async fn load_request(&self, id: i64) -> ApiResult<Request> {
+    pub(super) async fn load_request(&self, id: i64) -> ControlResult<Request> {
         self.store
             .get_request(id)
             .await?
-            .ok_or_else(|| ApiError::not_found(format!("no request {id}")))
+            .ok_or_else(|| ControlError::not_found(format!("no request {id}")))
     }
 
     /// Approve (one approval; the last one needed opens or extends the grant).
-    pub async fn approve(&self, who: &Principal, id: i64, reason: Option<String>) -> ApiResult<Request> {
+    pub async fn approve(&self, who: &Principal, id: i64, reason: Option<String>) -> ControlResult<Request> {
         let _guard = self.request_lock.lock().await;
         let now = self.now();
         let mut r = self.load_request(id).await?;
@@ -185,9 +185,9 @@ impl ControlPlane {
     }
 
     /// Deny.
-    pub async fn deny(&self, who: &Principal, id: i64, reason: String) -> ApiResult<Request> {
+    pub async fn deny(&self, who: &Principal, id: i64, reason: String) -> ControlResult<Request> {
         if reason.trim().is_empty() {
-            return Err(ApiError::bad_request(
+            return Err(ControlError::bad_request(
                 "a denial needs a reason",
                 Some("add --reason \"why\"".into()),
             ));
@@ -207,7 +207,7 @@ impl ControlPlane {
     }
 
     /// Cancel (requester or admin).
-    pub async fn cancel(&self, who: &Principal, id: i64) -> ApiResult<Request> {
+    pub async fn cancel(&self, who: &Principal, id: i64) -> ControlResult<Request> {
         let _guard = self.request_lock.lock().await;
         let now = self.now();
         let mut r = self.load_request(id).await?;
@@ -227,12 +227,12 @@ impl ControlPlane {
     }
 
     /// One request, if the caller may see it.
-    pub async fn get_request(&self, who: &Principal, id: i64) -> ApiResult<Request> {
+    pub async fn get_request(&self, who: &Principal, id: i64) -> ControlResult<Request> {
         let r = self.load_request(id).await?;
         if self.may_see_request(&self.catalog(), who, &r) {
             Ok(r)
         } else {
-            Err(ApiError::not_found(format!("no request {id}")))
+            Err(ControlError::not_found(format!("no request {id}")))
         }
     }
 
@@ -242,7 +242,7 @@ impl ControlPlane {
         who: &Principal,
         state: Option<RequestState>,
         mine: bool,
-    ) -> ApiResult<Vec<Request>> {
+    ) -> ControlResult<Vec<Request>> {
         let f = RequestFilter {
             state,
             requester: mine.then(|| who.name.clone()),
@@ -259,7 +259,7 @@ impl ControlPlane {
     }
 
     /// Live grants: the caller's, or (`all`) every one the caller may see.
-    pub async fn list_grants(&self, who: &Principal, all: bool) -> ApiResult<Vec<Grant>> {
+    pub async fn list_grants(&self, who: &Principal, all: bool) -> ControlResult<Vec<Grant>> {
         let cat = self.catalog();
         let f = GrantFilter {
             live_at: Some(self.now()),
@@ -286,13 +286,13 @@ impl ControlPlane {
         grant_id: i64,
         state: GrantState,
         reason: Option<String>,
-    ) -> ApiResult<Grant> {
+    ) -> ControlResult<Grant> {
         let now = self.now();
         let mut g = self
             .store
             .get_grant(grant_id)
             .await?
-            .ok_or_else(|| ApiError::not_found(format!("no grant {grant_id}")))?;
+            .ok_or_else(|| ControlError::not_found(format!("no grant {grant_id}")))?;
         let cat = self.catalog();
         match state {
             GrantState::Released if g.identity != who.name && !cat.is_admin(&who.groups) => {
@@ -335,12 +335,12 @@ impl ControlPlane {
     }
 
     /// Revoke (approvers of the grant's policy, admins).
-    pub async fn revoke(&self, who: &Principal, grant_id: i64, reason: Option<String>) -> ApiResult<Grant> {
+    pub async fn revoke(&self, who: &Principal, grant_id: i64, reason: Option<String>) -> ControlResult<Grant> {
         self.end_grant(who, grant_id, GrantState::Revoked, reason).await
     }
 
     /// Release (the holder).
-    pub async fn release(&self, who: &Principal, grant_id: i64) -> ApiResult<Grant> {
+    pub async fn release(&self, who: &Principal, grant_id: i64) -> ControlResult<Grant> {
         self.end_grant(who, grant_id, GrantState::Released, None).await
     }
 }

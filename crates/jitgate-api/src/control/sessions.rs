@@ -73,7 +73,7 @@ impl ControlPlane {
     }
 
     /// Live sessions the caller may see: this gateway's, or every replica's on a shared store.
-    pub async fn list_sessions(&self, who: &Principal) -> ApiResult<Vec<SessionInfo>> {
+    pub async fn list_sessions(&self, who: &Principal) -> ControlResult<Vec<SessionInfo>> {
         let cat = self.catalog();
         let elevated = cat.is_admin(&who.groups) || cat.is_auditor(&who.groups);
         let all = if self.store.shared() {
@@ -114,7 +114,7 @@ impl ControlPlane {
 
     /// Kill one session (admins, approvers of its grant's policy). On a shared store a session
     /// hosted by another replica is killed through the change feed.
-    pub async fn kill_session(&self, who: &Principal, id: &str) -> ApiResult<SessionInfo> {
+    pub async fn kill_session(&self, who: &Principal, id: &str) -> ControlResult<SessionInfo> {
         let cat = self.catalog();
         let local = self.enforcer.sessions.get(id);
         let s = match &local {
@@ -125,8 +125,8 @@ impl ControlPlane {
                 .await?
                 .filter(|r| r.ended_at.is_none())
                 .map(|r| r.info)
-                .ok_or_else(|| ApiError::not_found(format!("no live session {id}")))?,
-            None => return Err(ApiError::not_found(format!("no live session {id}"))),
+                .ok_or_else(|| ControlError::not_found(format!("no live session {id}")))?,
+            None => return Err(ControlError::not_found(format!("no live session {id}"))),
         };
         let allowed = cat.is_admin(&who.groups)
             || self
@@ -134,7 +134,7 @@ impl ControlPlane {
                 .await
                 .is_some_and(|p| cat.is_approver_of(&p, &who.groups));
         if !allowed {
-            return Err(ApiError::forbidden(
+            return Err(ControlError::forbidden(
                 format!("{} may not kill session {id}", who.name),
                 Some("admins and approvers of the grant's policy may".into()),
             ));
@@ -145,7 +145,7 @@ impl ControlPlane {
                 .kill(id, &KillReason::Killed { by: who.name.clone() });
             self.metrics.sessions_killed_total.with_label_values(&["killed"]).inc();
         } else if !self.store.request_kill(id, &who.name).await? {
-            return Err(ApiError::not_found(format!("no live session {id}")));
+            return Err(ControlError::not_found(format!("no live session {id}")));
         }
         self.record(
             Event::new(Kind::SessionKilled, self.now())

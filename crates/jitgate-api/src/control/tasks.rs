@@ -7,7 +7,7 @@ use super::*;
 impl ControlPlane {
     /// Load live grants from the store into the cache; close what ended while the gateway was
     /// down (expired grants are marked expired and audited, never resurrected).
-    pub async fn restore(&self) -> ApiResult<usize> {
+    pub async fn restore(&self) -> ControlResult<usize> {
         let now = self.now();
         let active = self.active_grants().await?;
         let mut live = 0;
@@ -40,7 +40,7 @@ impl ControlPlane {
     }
 
     /// Swap in a new catalog (SIGHUP).
-    pub async fn reload(&self, catalog: Catalog) -> ApiResult<()> {
+    pub async fn reload(&self, catalog: Catalog) -> ControlResult<()> {
         let summary = serde_json::json!({"resources": catalog.resources.len(), "policies": catalog.policies.len(), "identities": catalog.identities.len()});
         self.enforcer.set_warning_lead(catalog.expiry_warning.secs());
         self.catalog.store(Arc::new(catalog));
@@ -75,7 +75,7 @@ impl ControlPlane {
         tokio::spawn(async move {
             while let Some(ev) = rx.recv().await {
                 if let Err(e) = me.on_live_event(ev).await {
-                    tracing::error!(error = %e.error, "could not persist an expiry");
+                    tracing::error!(error = %e, "could not persist an expiry");
                 }
             }
         });
@@ -91,7 +91,7 @@ impl ControlPlane {
                     () = stop.cancelled() => return,
                 }
                 if let Err(e) = me.sweep_pending().await {
-                    tracing::warn!(error = %e.error, "pending-request sweep failed");
+                    tracing::warn!(error = %e, "pending-request sweep failed");
                 }
             }
         });
@@ -100,21 +100,21 @@ impl ControlPlane {
     /// Do at once what the background tasks do on their own: end and warn the grants due at
     /// the clock's instant, then expire or escalate undecided requests. With a manual clock this
     /// drives the whole lifecycle without sleeping (the in-process tests).
-    pub async fn tick(&self) -> ApiResult<()> {
+    pub async fn tick(&self) -> ControlResult<()> {
         for ev in self.enforcer.due(self.now()) {
             self.on_live_event(ev).await?;
         }
         self.sweep_pending().await
     }
 
-    pub(super) async fn on_live_event(&self, ev: LiveEvent) -> ApiResult<()> {
+    pub(super) async fn on_live_event(&self, ev: LiveEvent) -> ControlResult<()> {
         let now = self.now();
         match ev {
             LiveEvent::Expired { grant, sessions } => {
                 // The kill already happened (the scheduler runs from the cache). A store outage
                 // only delays marking the grant expired there: the next resync does it.
                 if let Err(e) = self.mark_expired(grant.id, now).await {
-                    tracing::warn!(error = %e.error, grant_id = grant.id, "could not mark the grant expired in the store; the next resync will");
+                    tracing::warn!(error = %e, grant_id = grant.id, "could not mark the grant expired in the store; the next resync will");
                 }
                 tracing::info!(grant_id = grant.id, identity = %grant.identity, resource = %grant.resource, sessions, "grant expired");
                 self
@@ -137,7 +137,7 @@ impl ControlPlane {
     }
 
     /// Every grant the store holds as active (live or past its end).
-    pub(super) async fn active_grants(&self) -> ApiResult<Vec<Grant>> {
+    pub(super) async fn active_grants(&self) -> ControlResult<Vec<Grant>> {
         Ok(self
             .store
             .list_grants(&GrantFilter {
@@ -148,7 +148,7 @@ impl ControlPlane {
             .await?)
     }
 
-    pub(super) async fn mark_expired(&self, id: i64, now: Timestamp) -> ApiResult<()> {
+    pub(super) async fn mark_expired(&self, id: i64, now: Timestamp) -> ControlResult<()> {
         if let Some(mut g) = self.store.get_grant(id).await?
             && g.state == GrantState::Active
             && g.expires_at <= now
@@ -161,7 +161,7 @@ impl ControlPlane {
         Ok(())
     }
 
-    pub(super) async fn sweep_pending(&self) -> ApiResult<()> {
+    pub(super) async fn sweep_pending(&self) -> ControlResult<()> {
         let pending = self
             .store
             .list_requests(&RequestFilter {

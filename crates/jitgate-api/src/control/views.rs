@@ -31,12 +31,12 @@ pub struct ResourceView {
 
 impl ControlPlane {
     /// Search the audit log. Non-auditors only see events about themselves.
-    pub async fn audit_search(&self, who: &Principal, mut q: Query) -> ApiResult<Vec<Event>> {
+    pub async fn audit_search(&self, who: &Principal, mut q: Query) -> ControlResult<Vec<Event>> {
         let cat = self.catalog();
         if !cat.is_auditor(&who.groups) {
             match &q.user {
                 Some(u) if u != &who.name => {
-                    return Err(ApiError::forbidden(
+                    return Err(ControlError::forbidden(
                         "only auditors and admins may search other users' events",
                         Some("drop --user, or ask an auditor".into()),
                     ));
@@ -44,7 +44,7 @@ impl ControlPlane {
                 _ => q.user = Some(who.name.clone()),
             }
         }
-        self.store.search(&q).await.map_err(ApiError::internal)
+        self.store.search(&q).await.map_err(ControlError::internal)
     }
 
     /// Who is calling, and what they hold.
