@@ -10,7 +10,7 @@
 //! freshness.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -82,6 +82,8 @@ pub struct Notifier {
     metric: prometheus::IntCounterVec,
     /// Events queued or being delivered (for `drain` at shutdown).
     in_flight: Arc<AtomicUsize>,
+    /// Unix second of the last "queue full" log line.
+    last_drop_log: Arc<AtomicI64>,
 }
 
 /// Counts one event as delivered (or given up) when the last delivery of it drops this.
@@ -110,6 +112,7 @@ impl Notifier {
             tx,
             metric: metric.clone(),
             in_flight: in_flight.clone(),
+            last_drop_log: Arc::new(AtomicI64::new(0)),
         };
         tokio::spawn(deliver(rx, hooks, metric, in_flight));
         n
@@ -147,7 +150,18 @@ impl Notifier {
         if self.tx.try_send(ev.clone()).is_err() {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
             self.metric.with_label_values(&["dropped"]).inc();
-            tracing::error!(kind = %ev.kind, "notification queue full; notification dropped (the audit log has the event)");
+            // This runs on the audit writer's thread: a flood of drops is one line per 10 s,
+            // the metric counts each.
+            let now = jiff::Timestamp::now().as_second();
+            let last = self.last_drop_log.load(Ordering::Relaxed);
+            if now - last >= 10
+                && self
+                    .last_drop_log
+                    .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+            {
+                tracing::error!(kind = %ev.kind, "notification queue full; notifications dropped (the audit log has the events; jitgate_notifications_total{{result=\"dropped\"}} counts them)");
+            }
         }
     }
 }
@@ -166,6 +180,11 @@ async fn deliver(
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "notifications disabled: cannot build an HTTP client");
+            // Keep taking events, so nothing waits for them (shutdown's drain included).
+            while rx.recv().await.is_some() {
+                metric.with_label_values(&["failed"]).inc();
+                in_flight.fetch_sub(1, Ordering::AcqRel);
+            }
             return;
         }
     };

@@ -564,7 +564,11 @@ fn writer(file: std::fs::File, mut seq: u64, mut prev: String, mut rx: mpsc::Rec
             if let Some(f) = sub {
                 for m in &batch {
                     if let Payload::Event(e) = &m.payload {
-                        f(e);
+                        // A subscriber's bug must not stop the audit log.
+                        let delivered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(e)));
+                        if delivered.is_err() {
+                            tracing::error!(kind = %e.kind, seq = e.seq, "the audit subscriber panicked; the event is in the log");
+                        }
                     }
                 }
             }

@@ -8,7 +8,7 @@
 //! never needs to unschedule anything.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -60,7 +60,16 @@ pub struct Enforcer {
     queue: Mutex<BinaryHeap<Slot>>,
     wake: Notify,
     warning_lead_secs: AtomicU64,
+    /// Grants revoked or released here (ids → when), so that a snapshot read before the end
+    /// (a store read racing the revocation, a resync) cannot bring them back. Those ends are
+    /// final; expiry is not recorded (an extension approved just before it may arrive after).
+    /// Held across the check and the insert in `activate`, and across the remove in `end`.
+    final_ends: Mutex<HashMap<i64, Timestamp>>,
 }
+
+/// How long a final end is remembered: far longer than any snapshot can be old (store reads
+/// time out after seconds).
+const FINAL_END_MEMORY: jiff::SignedDuration = jiff::SignedDuration::from_mins(10);
 
 impl Enforcer {
     /// A new enforcer.
@@ -73,6 +82,7 @@ impl Enforcer {
             queue: Mutex::new(BinaryHeap::new()),
             wake: Notify::new(),
             warning_lead_secs: AtomicU64::new(warning_lead_secs),
+            final_ends: Mutex::new(HashMap::new()),
         })
     }
 
@@ -94,10 +104,20 @@ impl Enforcer {
     }
 
     /// Put a live grant in the cache (or move its end) and schedule its warning and expiry.
-    pub fn activate(&self, g: LiveGrant) {
+    /// Returns `false` when it was not activated: already past its end, or revoked or
+    /// released here before (a stale snapshot of it).
+    pub fn activate(&self, g: LiveGrant) -> bool {
         let now = self.clock.now();
         if g.expires_at <= now {
-            return;
+            return false;
+        }
+        let ended = self.final_ends.lock().unwrap_or_else(|e| e.into_inner());
+        if ended.contains_key(&g.id) {
+            tracing::debug!(
+                grant_id = g.id,
+                "not re-activating a grant that was revoked or released"
+            );
+            return false;
         }
         let lead =
             jiff::SignedDuration::from_secs(i64::try_from(self.warning_lead_secs.load(Ordering::Relaxed)).unwrap_or(0));
@@ -109,15 +129,27 @@ impl Enforcer {
         }
         self.push(g.expires_at, Due::Expire, g.id, g.expires_at);
         self.grants.insert(g);
+        drop(ended);
         self.metrics
             .grants_active
             .set(i64::try_from(self.grants.len()).unwrap_or(i64::MAX));
         self.wake.notify_one();
+        true
     }
 
     /// End a grant now (revoke, release): remove it and kill its sessions.
     pub fn end(&self, grant_id: i64, reason: &KillReason) -> (Option<LiveGrant>, usize) {
-        let g = self.grants.remove(grant_id);
+        let g = if matches!(reason, KillReason::Revoked { .. } | KillReason::Released) {
+            let now = self.clock.now();
+            let mut ended = self.final_ends.lock().unwrap_or_else(|e| e.into_inner());
+            if ended.len() >= 1024 {
+                ended.retain(|_, at| now.duration_since(*at) < FINAL_END_MEMORY);
+            }
+            ended.insert(grant_id, now);
+            self.grants.remove(grant_id)
+        } else {
+            self.grants.remove(grant_id)
+        };
         self.metrics
             .grants_active
             .set(i64::try_from(self.grants.len()).unwrap_or(i64::MAX));
@@ -323,5 +355,25 @@ mod tests {
         assert!(matches!(ev, Ok(Some(LiveEvent::Expired { .. }))), "{ev:?}");
         assert!(lag < SignedDuration::from_millis(100), "lag {lag:?}");
         stop.cancel();
+    }
+
+    #[test]
+    fn a_revoked_or_released_grant_is_never_brought_back_by_a_stale_snapshot() {
+        let (clock, e) = setup();
+        let end = clock.now() + SignedDuration::from_mins(60);
+        assert!(e.activate(live(1, end)));
+        e.end(1, &KillReason::Revoked { by: "bob".into() });
+        // A store read taken before the revocation arrives after it.
+        assert!(!e.activate(live(1, end)));
+        assert!(e.grants.get(1).is_none());
+        // Ended here without ever being cached (the feed's notice came first): still final.
+        e.end(2, &KillReason::Released);
+        assert!(!e.activate(live(2, end)));
+        // Expiry is not final: an extension approved just before it may arrive just after.
+        assert!(e.activate(live(3, clock.now() + SignedDuration::from_secs(1))));
+        clock.advance(SignedDuration::from_secs(2));
+        let _ = e.due(clock.now());
+        assert!(e.grants.get(3).is_none());
+        assert!(e.activate(live(3, clock.now() + SignedDuration::from_mins(30))));
     }
 }

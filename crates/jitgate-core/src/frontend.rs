@@ -29,9 +29,9 @@ pub trait Gatekeeper: Send + Sync + 'static {
     /// approved on another replica a moment ago may not have reached this one's feed yet; the
     /// user who was just told "approved" must not be refused. Errors leave the cache as it is
     /// (the front end then refuses: fail closed).
-    fn refresh_grants(&self, identity: &str, resource: &str) -> impl Future<Output = ()> + Send {
+    fn refresh_grants(&self, identity: &str, resource: &str) -> impl Future<Output = Result<(), String>> + Send {
         let _ = (identity, resource);
-        async {}
+        async { Ok(()) }
     }
     /// The current configuration.
     fn catalog(&self) -> Arc<Catalog>;
@@ -130,21 +130,24 @@ fn pick(
 /// one place where a grant is checked and one where a session is admitted.
 pub trait Admission: Gatekeeper {
     /// The live grant `identity` holds on `resource` for `want`, or `None`. On a miss the store
-    /// is read (a grant approved on another replica a moment ago), then the cache asked again.
+    /// is read (a grant approved on another replica a moment ago), then the cache asked again;
+    /// `Err` when that read failed (the store is unavailable: refuse, and say so).
     fn find_grant(
         &self,
         identity: &str,
         resource: &str,
         want: Want<'_>,
-    ) -> impl Future<Output = Option<LiveGrant>> + Send {
+    ) -> impl Future<Output = Result<Option<LiveGrant>, SessionRefused>> + Send {
         async move {
             let grants = &self.enforcer().grants;
             let now = self.enforcer().clock().now();
             if let Some(g) = pick(grants, identity, resource, want, now) {
-                return Some(g);
+                return Ok(Some(g));
             }
-            self.refresh_grants(identity, resource).await;
-            pick(grants, identity, resource, want, self.enforcer().clock().now())
+            self.refresh_grants(identity, resource)
+                .await
+                .map_err(SessionRefused::StoreUnavailable)?;
+            Ok(pick(grants, identity, resource, want, self.enforcer().clock().now()))
         }
     }
 
@@ -189,10 +192,11 @@ mod tests {
         async fn authenticate(&self, _token: &str) -> Result<Principal, AuthFailure> {
             Err(AuthFailure::Unavailable("not used".into()))
         }
-        async fn refresh_grants(&self, _identity: &str, _resource: &str) {
+        async fn refresh_grants(&self, _identity: &str, _resource: &str) -> Result<(), String> {
             if let Some(g) = self.in_store.lock().unwrap().take() {
                 self.enforcer.activate(g);
             }
+            Ok(())
         }
         fn catalog(&self) -> Arc<Catalog> {
             Arc::new(Catalog::default())
@@ -260,23 +264,27 @@ mod tests {
         p.enforcer.activate(grant(1, "read-only", 60));
         p.enforcer.activate(grant(2, "read-write", 10));
         let both = Want::FirstOf(&["read-write", "read-only"]);
-        assert_eq!(p.find_grant("alice", "db", both).await.map(|g| g.id), Some(2));
+        assert_eq!(p.find_grant("alice", "db", both).await.unwrap().map(|g| g.id), Some(2));
         assert_eq!(
             p.find_grant("alice", "db", Want::Exactly("read-only"))
                 .await
+                .unwrap()
                 .map(|g| g.id),
             Some(1)
         );
-        assert_eq!(p.find_grant("alice", "db", Want::Exactly("admin")).await, None);
+        assert_eq!(p.find_grant("alice", "db", Want::Exactly("admin")).await, Ok(None));
         // Approved elsewhere, not yet announced: found through the store.
         *p.in_store.lock().unwrap() = Some(grant(3, "admin", 5));
         assert_eq!(
-            p.find_grant("alice", "db", Want::Exactly("admin")).await.map(|g| g.id),
+            p.find_grant("alice", "db", Want::Exactly("admin"))
+                .await
+                .unwrap()
+                .map(|g| g.id),
             Some(3)
         );
         // A grant past its end is never found, even before the scheduler removes it.
         p.enforcer.activate(grant(4, "ops", -1));
-        assert_eq!(p.find_grant("alice", "db", Want::Exactly("ops")).await, None);
+        assert_eq!(p.find_grant("alice", "db", Want::Exactly("ops")).await, Ok(None));
     }
 
     #[tokio::test]

@@ -309,7 +309,9 @@ impl Metrics {
         }
         for (p, r) in [
             ("http", "invalid_token"),
+            ("http", "unavailable"),
             ("postgres", "bad_token"),
+            ("postgres", "unavailable"),
             ("ssh", "unknown_key"),
             ("oidc", "denied"),
         ] {

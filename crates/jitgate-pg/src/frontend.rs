@@ -480,7 +480,15 @@ impl<G: Gatekeeper> PgFrontend<G> {
         let grant = self
             .gk
             .find_grant(&principal.name, &res.name, Want::FirstOf(&[READ_WRITE, READ_ONLY]))
-            .await;
+            .await
+            .map_err(|r| {
+                refuse(
+                    "57P03",
+                    r.message(),
+                    Some("operators: see the gateway log".into()),
+                    "unavailable",
+                )
+            })?;
         let Some(grant) = grant else {
             return Err(LoginError::Refused(refuse(
                 "28000",

@@ -450,7 +450,8 @@ impl<G: Gatekeeper> Conn<G> {
         let grant = fe
             .gk
             .find_grant(&principal.name, &res.name, Want::Exactly(&login))
-            .await;
+            .await
+            .map_err(|r| r.message())?;
         let Some(grant) = grant else {
             fe.gk
                 .metrics()

@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// A holder's grants on one resource are read from the store at most this often on misses.
+const GRANT_READ_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// How often a replica on a shared store re-reads the live state even when the feed is quiet.
 const RESYNC_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -92,17 +95,17 @@ impl ControlPlane {
         Ok(())
     }
 
-    /// Bring one grant's live state in line with the store's record.
+    /// Bring one grant's live state in line with the store's record. An end only moves later
+    /// (extensions); a snapshot with an earlier end is older than what the cache holds. A grant
+    /// revoked or released is ended here even when it is not cached, so a stale snapshot read
+    /// meanwhile cannot activate it afterwards (`Enforcer::activate` refuses it).
     pub(super) fn apply_grant(&self, g: &Grant) {
         let now = self.now();
         if g.is_live(now) {
             let cached = self.enforcer.grants.get(g.id);
-            if cached.is_none_or(|c| c.expires_at != g.expires_at) {
+            if cached.is_none_or(|c| g.expires_at > c.expires_at) {
                 self.enforcer.activate(LiveGrant::from(g));
             }
-            return;
-        }
-        if self.enforcer.grants.get(g.id).is_none() {
             return;
         }
         let reason = match g.state {
@@ -112,17 +115,43 @@ impl ControlPlane {
             GrantState::Released => KillReason::Released,
             _ => KillReason::Expired { at: g.expires_at },
         };
-        let (_, n) = self.enforcer.end(g.id, &reason);
-        tracing::info!(grant_id = g.id, state = %g.state.as_str(), sessions = n, "grant ended on another replica; its sessions here are closed");
+        let (was, n) = self.enforcer.end(g.id, &reason);
+        if was.is_some() {
+            tracing::info!(grant_id = g.id, state = %g.state.as_str(), sessions = n, "grant ended on another replica; its sessions here are closed");
+        }
     }
 
     /// Read one holder's live grants on one resource from a shared store into the cache (the
-    /// front ends call this on a cache miss, before refusing). A single-process store has no
-    /// other writer, so its cache is already complete.
-    pub async fn refresh_grants(&self, identity: &str, resource: &str) {
+    /// front ends call this on a cache miss, before refusing). Only grants the cache lacks are
+    /// added; one it holds is the feed's to change. At most one read per (identity, resource)
+    /// per second and two at a time, so refused connections cannot flood the store. A
+    /// single-process store has no other writer: its cache is complete. `Err`: the store did
+    /// not answer (the front end says so and refuses).
+    pub async fn refresh_grants(&self, identity: &str, resource: &str) -> Result<(), String> {
         if !self.store.shared() {
-            return;
+            return Ok(());
         }
+        {
+            let mut recent = self.grant_reads.lock().unwrap_or_else(|e| e.into_inner());
+            let now = std::time::Instant::now();
+            if recent.len() > 10_000 {
+                recent.retain(|_, at| now.duration_since(*at) < GRANT_READ_EVERY);
+            }
+            let key = (identity.to_string(), resource.to_string());
+            if recent
+                .get(&key)
+                .is_some_and(|at| now.duration_since(*at) < GRANT_READ_EVERY)
+            {
+                return Ok(());
+            }
+            recent.insert(key, now);
+        }
+        let unavailable = |why: &str| format!("jitgate cannot reach its store ({why}); try again shortly");
+        let limit = std::time::Duration::from_secs(2);
+        let Ok(Ok(_permit)) = tokio::time::timeout(limit, self.grant_read_permits.acquire()).await else {
+            self.metrics.store_grant_reads_total.with_label_values(&["error"]).inc();
+            return Err(unavailable("too many grant reads at once"));
+        };
         let now = self.now();
         let filter = GrantFilter {
             state: Some(GrantState::Active),
@@ -131,29 +160,35 @@ impl ControlPlane {
             live_at: Some(now),
             limit: Some(100),
         };
-        match tokio::time::timeout(std::time::Duration::from_secs(2), self.store.list_grants(&filter)).await {
+        match tokio::time::timeout(limit, self.store.list_grants(&filter)).await {
             Ok(Ok(grants)) => {
+                let mut added = 0;
                 for g in &grants {
-                    self.apply_grant(g);
+                    if self.enforcer.grants.get(g.id).is_none() && self.enforcer.activate(LiveGrant::from(g)) {
+                        added += 1;
+                    }
                 }
-                let result = if grants.is_empty() { "none" } else { "found" };
+                let result = if added == 0 { "none" } else { "found" };
                 self.metrics.store_grant_reads_total.with_label_values(&[result]).inc();
-                if !grants.is_empty() {
+                if added > 0 {
                     tracing::info!(
                         identity,
                         resource,
-                        grants = grants.len(),
+                        grants = added,
                         "grant read from the store ahead of its change notice"
                     );
                 }
+                Ok(())
             }
             Ok(Err(e)) => {
                 self.metrics.store_grant_reads_total.with_label_values(&["error"]).inc();
                 tracing::warn!(error = %e, identity, resource, "could not read grants from the store; refusing");
+                Err(unavailable("read failed"))
             }
             Err(_) => {
                 self.metrics.store_grant_reads_total.with_label_values(&["error"]).inc();
                 tracing::warn!(identity, resource, "reading grants from the store timed out; refusing");
+                Err(unavailable("read timed out"))
             }
         }
     }

@@ -43,6 +43,10 @@ pub struct ControlPlane {
     frontends: std::sync::RwLock<serde_json::Value>,
     cert_signer: Option<CertSigner>,
     pub(crate) login: Option<Login>,
+    /// When each (identity, resource) was last read from the store on a cache miss.
+    grant_reads: std::sync::Mutex<std::collections::HashMap<(String, String), std::time::Instant>>,
+    /// Store reads on cache misses running at once.
+    grant_read_permits: tokio::sync::Semaphore,
 }
 
 /// The control plane's parts, gathered before it starts.
@@ -83,6 +87,8 @@ impl Builder {
             frontends: std::sync::RwLock::new(serde_json::json!({})),
             cert_signer: self.cert_signer,
             login: self.login,
+            grant_reads: std::sync::Mutex::default(),
+            grant_read_permits: tokio::sync::Semaphore::new(2),
         })
     }
 }
@@ -214,8 +220,8 @@ impl jitgate_core::Gatekeeper for ControlPlane {
         self.login.as_ref().is_some_and(|l| l.tokens.is_revoked(token_id))
     }
 
-    async fn refresh_grants(&self, identity: &str, resource: &str) {
-        ControlPlane::refresh_grants(self, identity, resource).await;
+    async fn refresh_grants(&self, identity: &str, resource: &str) -> Result<(), String> {
+        ControlPlane::refresh_grants(self, identity, resource).await
     }
 
     fn catalog(&self) -> Arc<Catalog> {
