@@ -1,0 +1,600 @@
+//! Section by section: every rule a `gateway.toml` must keep, each finding with its line and
+//! the fix; the compiled [`Catalog`] when there is none.
+
+use super::*;
+
+pub(super) fn validate(c: &Config, d: &mut Diags<'_>) -> Catalog {
+    let allow_inline = c.gateway.allow_inline_secrets;
+    check_listeners(c, d);
+    check_store(c, d, allow_inline);
+    check_oidc(c, d, allow_inline);
+    let identities = identities(c, d, allow_inline);
+    let resources = resources(c, d, allow_inline);
+    let policies = policies(c, d, &resources);
+    check_redact(c, d);
+    check_webhooks(c, d, allow_inline);
+    Catalog {
+        resources,
+        policies,
+        identities,
+        admin_groups: c.gateway.admin_groups.clone(),
+        auditor_groups: c.gateway.auditor_groups.clone(),
+        expiry_warning: c.gateway.expiry_warning,
+    }
+}
+
+/// `[listen]`, `[postgres]` and `[tls]`.
+fn check_listeners(c: &Config, d: &mut Diags<'_>) {
+    check_addr(d, "[listen] http", &c.listen.http);
+    if let Ok(a) = c.listen.http.get_ref().parse::<SocketAddr>()
+        && !a.ip().is_loopback()
+        && !c.listen.http_uses_tls()
+    {
+        d.warning(
+            c.listen.http_tls.as_ref().and_then(span),
+            "http_tls = false on a non-loopback address: bearer tokens would cross the network in clear",
+            Some("remove http_tls (TLS is automatic beyond loopback) or put a TLS-terminating proxy in front".into()),
+        );
+    }
+    for (what, v) in [
+        ("[listen] postgres", &c.listen.postgres),
+        ("[listen] ssh", &c.listen.ssh),
+    ] {
+        if let Some(v) = v {
+            check_addr(d, what, v);
+        }
+    }
+
+    if !(1..=10_000_000).contains(&c.postgres.max_scram_iterations) {
+        d.error(
+            None,
+            format!(
+                "[postgres] max_scram_iterations = {} is out of range",
+                c.postgres.max_scram_iterations
+            ),
+            Some("use 1..=10000000 (default 100000; PostgreSQL's own default is 4096)".into()),
+        );
+    }
+
+    // [tls]
+    if let Some(t) = &c.tls {
+        check_tls(t, d);
+    }
+}
+
+/// `[store]`.
+fn check_store(c: &Config, d: &mut Diags<'_>, allow_inline: bool) {
+    let st = &c.store;
+    let sources =
+        usize::from(st.url.is_some()) + usize::from(st.url_env.is_some()) + usize::from(st.url_file.is_some());
+    if sources > 1 {
+        d.error(
+            st.url.as_ref().and_then(span),
+            "[store]: more than one of url, url_env, url_file given",
+            Some("keep exactly one".into()),
+        );
+    }
+    if let Some(u) = &st.url {
+        let s = u.get_ref();
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            let has_password = s
+                .split_once("://")
+                .and_then(|(_, rest)| rest.split(['/', '?']).next())
+                .and_then(|auth| auth.rsplit_once('@'))
+                .is_some_and(|(cred, _)| cred.contains(':'));
+            if has_password && !allow_inline {
+                d.error(
+                    span(u),
+                    "inline secret refused: the store URL carries a password",
+                    Some("put the URL in `url_env = \"VAR\"` or `url_file = \"/path\"`, or set allow_inline_secrets = true in [gateway] for a throw-away setup".into()),
+                );
+            }
+        } else if !s.starts_with("sqlite://") {
+            d.error(
+                span(u),
+                format!("unsupported store URL `{s}`"),
+                Some("write `postgres://user@host:5432/jitgate` (shared by replicas) or `sqlite:///path/to/jitgate.db`, or omit [store] for SQLite in data_dir".into()),
+            );
+        }
+    }
+    if st.pool_size == 0 || st.pool_size > 256 {
+        d.error(
+            None,
+            format!("[store] pool_size = {} is out of range", st.pool_size),
+            Some("use 1..=256 (default 8)".into()),
+        );
+    }
+    if let Some(n) = &st.node
+        && (n.is_empty() || n.len() > 64 || !n.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)))
+    {
+        d.error(
+            None,
+            format!("[store] node = {n:?} is not a valid node name"),
+            Some("use 1-64 letters, digits, '-', '_' or '.', unique per replica (e.g. gw-1)".into()),
+        );
+    }
+}
+
+/// `[oidc]`.
+fn check_oidc(c: &Config, d: &mut Diags<'_>, allow_inline: bool) {
+    if let Some(o) = &c.oidc {
+        secret(
+            d,
+            "client_secret",
+            &o.client_secret_env,
+            &o.client_secret_file,
+            &o.client_secret,
+            allow_inline,
+        );
+        if !(o.issuer.starts_with("https://")
+            || o.issuer.starts_with("http://127.0.0.1")
+            || o.issuer.starts_with("http://localhost"))
+        {
+            d.error(
+                None,
+                format!("[oidc] issuer `{}` must be an https URL", o.issuer),
+                Some("use the provider's https issuer URL".into()),
+            );
+        }
+    }
+}
+
+/// `[[identities]]`: each checked, duplicates refused.
+fn identities(c: &Config, d: &mut Diags<'_>, allow_inline: bool) -> Vec<StaticIdentity> {
+    let mut identities = Vec::new();
+    let mut seen_ids: BTreeMap<String, usize> = BTreeMap::new();
+    for i in &c.identities {
+        let name = i.name.get_ref();
+        if let Some(first) = seen_ids.get(name) {
+            let (l, _) = d.line_col(*first);
+            d.error(
+                span(&i.name),
+                format!("duplicate identity `{name}` (first defined on line {l})"),
+                Some("give each identity a unique name".into()),
+            );
+        }
+        seen_ids.insert(name.clone(), i.name.span().start);
+        let mut token_sha256 = None;
+        if let Some(h) = &i.token_sha256 {
+            let v = h.get_ref().to_ascii_lowercase();
+            if v.len() != 64 || !v.chars().all(|c| c.is_ascii_hexdigit()) {
+                d.error(
+                    span(h),
+                    "token_sha256 must be 64 hex characters",
+                    Some("paste the line `jitgate token create NAME` printed".into()),
+                );
+            }
+            token_sha256 = Some(v);
+        }
+        let src = secret(d, "token", &i.token_env, &i.token_file, &i.token, allow_inline);
+        if token_sha256.is_some() && src.is_some() {
+            d.error(
+                span(&i.name),
+                format!("identity `{name}`: both token_sha256 and a token source"),
+                Some("keep one".into()),
+            );
+        }
+        if let Some(src) = src {
+            match src.resolve() {
+                Ok(tok) => token_sha256 = Some(hex::encode(Sha256::digest(tok.as_bytes()))),
+                Err(e) => d.warning(
+                    span(&i.name),
+                    format!("identity `{name}`: {e}; it cannot log in until it is"),
+                    None,
+                ),
+            }
+        }
+        for k in &i.ssh_keys {
+            if let Err(e) = check_ssh_public_key(k) {
+                d.error(
+                    span(&i.name),
+                    format!("identity `{name}`: ssh_keys entry is not an OpenSSH public key: {e}"),
+                    Some("paste the line of the .pub file: `ssh-ed25519 AAAA... comment`".into()),
+                );
+            }
+        }
+        identities.push(StaticIdentity {
+            name: name.clone(),
+            groups: i.groups.clone(),
+            token_sha256,
+            ssh_keys: i.ssh_keys.clone(),
+        });
+    }
+    identities
+}
+
+/// `[[resources]]`: each checked and resolved (credentials, keys, TLS).
+fn resources(c: &Config, d: &mut Diags<'_>, allow_inline: bool) -> BTreeMap<String, Resource> {
+    let mut resources = BTreeMap::new();
+    let mut first_res: BTreeMap<String, usize> = BTreeMap::new();
+    for r in &c.resources {
+        let name = r.name.get_ref();
+        if !valid_name(name) {
+            d.error(
+                span(&r.name),
+                format!("resource name `{name}` is not allowed"),
+                Some("use letters, digits, `-`, `_` and `.` (at most 64)".into()),
+            );
+        }
+        if let Some(first) = first_res.get(name) {
+            let (l, _) = d.line_col(*first);
+            d.error(
+                span(&r.name),
+                format!("duplicate resource `{name}` (first defined on line {l})"),
+                Some("give each resource a unique name".into()),
+            );
+            continue;
+        }
+        first_res.insert(name.clone(), r.name.span().start);
+        let addr = r.address.get_ref();
+        match addr.rsplit_once(':') {
+            Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok() => {}
+            _ => d.error(
+                span(&r.address),
+                format!("address `{addr}` needs a host and a port"),
+                Some("write \"host:port\", e.g. \"db.internal:5432\"".into()),
+            ),
+        }
+        let mut credentials = BTreeMap::new();
+        let access_levels: Vec<String> = match r.kind {
+            ResourceKind::Postgres => {
+                if r.credentials.is_empty() {
+                    d.error(
+                        span(&r.name),
+                        format!("postgres resource `{name}` has no credentials"),
+                        Some("add `credentials.read-only = { user = \"app_ro\", password_env = \"VAR\" }`".into()),
+                    );
+                }
+                for (level, cr) in &r.credentials {
+                    if level != READ_ONLY && level != READ_WRITE {
+                        d.error(
+                            span(&r.name),
+                            format!("resource `{name}`: unknown access level `{level}` in credentials"),
+                            Some("use `read-only` or `read-write`".into()),
+                        );
+                    }
+                    let pw = secret(
+                        d,
+                        "password",
+                        &cr.password_env,
+                        &cr.password_file,
+                        &cr.password,
+                        allow_inline,
+                    );
+                    credentials.insert(
+                        level.clone(),
+                        Credential {
+                            user: cr.user.clone(),
+                            password: pw,
+                        },
+                    );
+                }
+                if !r.logins.is_empty()
+                    || r.host_key.is_some()
+                    || r.upstream_key_file.is_some()
+                    || !r.host_ca.is_empty()
+                {
+                    d.error(
+                        span(&r.name),
+                        format!(
+                            "resource `{name}` is kind postgres but has SSH keys (logins/host_key/upstream_key_file)"
+                        ),
+                        Some("remove them or set kind = \"ssh\"".into()),
+                    );
+                }
+                [READ_ONLY, READ_WRITE]
+                    .iter()
+                    .filter(|l| credentials.contains_key(**l))
+                    .map(|s| s.to_string())
+                    .collect()
+            }
+            ResourceKind::Ssh => {
+                if r.logins.is_empty() {
+                    d.error(
+                        span(&r.name),
+                        format!("ssh resource `{name}` has no logins"),
+                        Some("add `logins = [\"ubuntu\"]`".into()),
+                    );
+                }
+                if let Some(Err(e)) = r.host_key.as_deref().map(check_ssh_public_key) {
+                    d.error(
+                        span(&r.name),
+                        format!("ssh resource `{name}`: host_key is not an OpenSSH public key: {e}"),
+                        Some("use `ssh-keyscan -t ed25519 HOST` and paste `ssh-ed25519 AAAA...`".into()),
+                    );
+                }
+                for (i, ca) in r.host_ca.iter().enumerate() {
+                    if let Err(e) = check_ssh_public_key(ca) {
+                        d.error(
+                            span(&r.name),
+                            format!(
+                                "ssh resource `{name}`: host_ca entry {} is not an OpenSSH public key: {e}",
+                                i + 1
+                            ),
+                            Some(
+                                "paste the CA's public key line (`ssh-ed25519 AAAA...`, the host CA's .pub file)"
+                                    .into(),
+                            ),
+                        );
+                    }
+                }
+                if r.host_key.is_none() && r.known_hosts_file.is_none() && r.host_ca.is_empty() {
+                    d.error(
+                        span(&r.name),
+                        format!("ssh resource `{name}` has no pinned host key"),
+                        Some(
+                            "add `host_key = \"ssh-ed25519 AAAA...\"` (ssh-keyscan prints it), `known_hosts_file` or `host_ca`"
+                                .into(),
+                        ),
+                    );
+                }
+                if r.upstream_key_file.is_none() && !r.upstream_ca {
+                    d.error(
+                        span(&r.name),
+                        format!("ssh resource `{name}` has no upstream credential"),
+                        Some("add `upstream_ca = true` (preferred) or `upstream_key_file = \"/path\"`".into()),
+                    );
+                }
+                if !r.credentials.is_empty() {
+                    d.error(
+                        span(&r.name),
+                        format!("ssh resource `{name}` has postgres credentials"),
+                        Some("remove them or set kind = \"postgres\"".into()),
+                    );
+                }
+                r.logins.clone()
+            }
+        };
+        resources.insert(
+            name.clone(),
+            Resource {
+                name: name.clone(),
+                kind: r.kind,
+                address: addr.clone(),
+                database: r.database.clone(),
+                databases: r.databases.clone(),
+                labels: r.labels.clone(),
+                access_levels,
+                credentials,
+                tls: r.tls.as_ref().map(|t| (t.mode, t.ca_file.clone())),
+                host_key: r.host_key.clone(),
+                known_hosts_file: r.known_hosts_file.clone(),
+                host_ca: r.host_ca.clone(),
+                upstream_key_file: r.upstream_key_file.clone(),
+                upstream_ca: r.upstream_ca,
+                connect_timeout: r.connect_timeout.unwrap_or(HumanDuration(10)),
+            },
+        );
+    }
+    resources
+}
+
+/// `[[policies]]`, checked against the resources and identities; a resource no policy covers
+/// is a warning.
+fn policies(c: &Config, d: &mut Diags<'_>, resources: &BTreeMap<String, Resource>) -> Vec<Policy> {
+    let mut policies = Vec::new();
+    let mut seen_pol = BTreeSet::new();
+    for p in &c.policies {
+        let pname = p.name.get_ref();
+        if !seen_pol.insert(pname.clone()) {
+            d.error(
+                span(&p.name),
+                format!("duplicate policy name `{pname}`"),
+                Some("give each policy a unique name".into()),
+            );
+        }
+        if p.resources.is_empty() && p.match_labels.is_empty() {
+            d.error(
+                span(&p.name),
+                format!("policy `{pname}` covers no resource"),
+                Some("add `resources = [\"prod-*\"]` or `match_labels = { env = \"prod\" }`".into()),
+            );
+        }
+        let names: Vec<&str> = resources.keys().map(String::as_str).collect();
+        for g in &p.resources {
+            if !names.iter().any(|n| crate::glob::matches(g.get_ref(), n)) {
+                let help = match diag::did_you_mean(g.get_ref(), names.iter().copied()) {
+                    Some(s) => format!("did you mean `{s}`?"),
+                    None if names.is_empty() => "declare the resource in a [[resources]] table".to_string(),
+                    None => format!("the resources are: {}", names.join(", ")),
+                };
+                d.error(
+                    span(g),
+                    format!("policy `{pname}`: `{}` matches no resource", g.get_ref()),
+                    Some(help),
+                );
+            }
+        }
+        if p.requesters.is_empty() {
+            d.error(
+                span(&p.name),
+                format!("policy `{pname}` has no requesters: nobody could request"),
+                Some("add `requesters = [\"dev\"]` (groups)".into()),
+            );
+        }
+        let steps: Vec<Step> = if p.steps.is_empty() {
+            if p.approvers.is_empty() && p.auto_approve.is_empty() {
+                d.error(span(&p.name), format!("policy `{pname}` has neither approvers nor auto_approve rules: requests could never be approved"), Some("add `approvers = [\"dba\"]`".into()));
+            }
+            vec![Step {
+                name: "approval".into(),
+                approvers: p.approvers.clone(),
+                approvals: p.approvals,
+            }]
+        } else {
+            if !p.approvers.is_empty() {
+                d.error(
+                    span(&p.name),
+                    format!("policy `{pname}`: both `approvers` and `steps`"),
+                    Some("move the approvers into a step".into()),
+                );
+            }
+            p.steps
+                .iter()
+                .map(|s| Step {
+                    name: s.name.clone(),
+                    approvers: s.approvers.clone(),
+                    approvals: s.approvals,
+                })
+                .collect()
+        };
+        for s in &steps {
+            if s.approvals == 0 {
+                d.error(
+                    span(&p.name),
+                    format!("policy `{pname}` step `{}`: approvals must be at least 1", s.name),
+                    Some("use auto_approve rules for requests that need no approver".into()),
+                );
+            }
+            if s.approvers.is_empty() && !p.steps.is_empty() {
+                d.error(
+                    span(&p.name),
+                    format!("policy `{pname}` step `{}` has no approvers", s.name),
+                    None,
+                );
+            }
+        }
+        if p.escalate_after.is_some() == p.escalate_to.is_empty() {
+            d.error(
+                span(&p.name),
+                format!("policy `{pname}`: escalate_after and escalate_to go together"),
+                Some("set both, or neither".into()),
+            );
+        }
+        let (dd, md) = (*p.default_duration.get_ref(), *p.max_duration.get_ref());
+        if md.secs() == 0 {
+            d.error(span(&p.max_duration), "max_duration must be longer than 0s", None);
+        }
+        if dd > md {
+            d.error(
+                span(&p.default_duration),
+                format!("policy `{pname}`: default_duration {dd} is longer than max_duration {md}"),
+                Some(format!("lower default_duration to {md} or less")),
+            );
+        }
+        // Access levels must exist on at least one covered resource.
+        let covered: Vec<&Resource> = resources
+            .values()
+            .filter(|r| {
+                p.resources.iter().any(|g| crate::glob::matches(g.get_ref(), &r.name))
+                    || (!p.match_labels.is_empty() && p.match_labels.iter().all(|(k, v)| r.labels.get(k) == Some(v)))
+            })
+            .collect();
+        for a in &p.access {
+            if !covered.is_empty() && !covered.iter().any(|r| r.access_levels.contains(a.get_ref())) {
+                d.error(span(a), format!("policy `{pname}`: no covered resource offers access `{}`", a.get_ref()), Some("postgres resources offer `read-only`/`read-write` (per credentials); ssh resources their `logins`".into()));
+            }
+        }
+        let mut auto = Vec::new();
+        for (i, a) in p.auto_approve.iter().enumerate() {
+            if let Some(m) = a.max_duration
+                && m > md
+            {
+                d.warning(span(&p.name), format!("policy `{pname}` auto_approve #{}: max_duration {m} exceeds the policy's max_duration {md}; the policy's limit applies", i + 1), None);
+            }
+            if a.groups.is_empty()
+                && a.access.is_empty()
+                && a.window.is_none()
+                && a.max_duration.is_none()
+                && a.match_labels.is_empty()
+            {
+                d.warning(
+                    span(&p.name),
+                    format!(
+                        "policy `{pname}` auto_approve #{} has no condition: every request is approved at once",
+                        i + 1
+                    ),
+                    Some("add at least `groups` or `max_duration`".into()),
+                );
+            }
+            auto.push(AutoApprove {
+                groups: a.groups.clone(),
+                access: a.access.clone(),
+                max_duration: a.max_duration,
+                window: a.window.clone(),
+                match_labels: a.match_labels.clone(),
+            });
+        }
+        policies.push(Policy {
+            name: pname.clone(),
+            resources: p.resources.iter().map(|g| g.get_ref().clone()).collect(),
+            match_labels: p.match_labels.clone(),
+            requesters: p.requesters.clone(),
+            access: p.access.iter().map(|a| a.get_ref().clone()).collect(),
+            steps,
+            escalate_after: p.escalate_after,
+            escalate_to: p.escalate_to.clone(),
+            default_duration: dd,
+            max_duration: md,
+            reason_required: p.reason_required,
+            pending_timeout: p.pending_timeout.unwrap_or(c.gateway.pending_timeout),
+            allow_port_forwarding: p.allow_port_forwarding,
+            auto_approve: auto,
+        });
+    }
+    for r in resources.values() {
+        if !policies.iter().any(|p| p.covers(r)) {
+            d.warning(
+                None,
+                format!("resource `{}` is covered by no policy: nobody can request it", r.name),
+                Some("add a [[policies]] entry whose `resources` matches it".into()),
+            );
+        }
+    }
+    policies
+}
+
+/// `[audit] redact` patterns.
+fn check_redact(c: &Config, d: &mut Diags<'_>) {
+    for p in &c.audit.redact {
+        if let Err(e) = jitgate_audit::Redactor::new(&[p.get_ref()]) {
+            d.error(
+                span(p),
+                format!("[audit] redact pattern is not usable: {}", e.message),
+                Some("write a Rust regular expression (https://docs.rs/regex/#syntax) that matches only the secret, e.g. 'AKIA[0-9A-Z]{16}' or '(?i)token=(?P<secret>\\S+)'".into()),
+            );
+        }
+    }
+}
+
+/// `[[notify.webhooks]]`.
+fn check_webhooks(c: &Config, d: &mut Diags<'_>, allow_inline: bool) {
+    for w in &c.notify.webhooks {
+        let src = secret(d, "url", &w.url_env, &w.url_file, &w.url, allow_inline);
+        if src.is_none() {
+            d.error(
+                None,
+                "a [[notify.webhooks]] entry has no URL",
+                Some("add `url_env = \"SLACK_WEBHOOK_URL\"`".into()),
+            );
+        }
+        if w.secret_env.is_some() && w.secret_file.is_some() {
+            d.error(
+                None,
+                "a [[notify.webhooks]] entry has both secret_env and secret_file",
+                Some("keep one".into()),
+            );
+        }
+        for e in &w.events {
+            match e.parse::<jitgate_audit::Kind>() {
+                Ok(jitgate_audit::Kind::PgStatement | jitgate_audit::Kind::ChainContinued) => d.error(
+                    None,
+                    format!("[[notify.webhooks]] event `{e}` is not delivered to webhooks"),
+                    Some(
+                        "statements and chain links stay in the audit log; ship it (jitgate audit export) or search it (jitgate audit search)"
+                            .into(),
+                    ),
+                ),
+                Ok(_) => {}
+                Err(unknown) => d.error(
+                    None,
+                    format!("[[notify.webhooks]] {unknown}"),
+                    Some(
+                        "docs/notifications.md lists every kind (request.created, grant.expiring, session.killed, login, ...)"
+                            .into(),
+                    ),
+                ),
+            }
+        }
+    }
+}
