@@ -5,6 +5,7 @@
 //! ends.
 
 mod conn;
+mod cut;
 pub mod hosttrust;
 pub mod keys;
 pub mod record;
