@@ -172,6 +172,28 @@ pub trait Admission: Gatekeeper {
 
 impl<G: Gatekeeper> Admission for G {}
 
+/// The next connection on a front end's listener, or `None` once `stop` is cancelled. A failed
+/// accept (out of file descriptors, a connection reset before it was taken) is logged and
+/// retried after 50 ms, so a burst of them never spins a core.
+pub async fn accept(
+    listener: &tokio::net::TcpListener,
+    stop: &tokio_util::sync::CancellationToken,
+    protocol: &str,
+) -> Option<(tokio::net::TcpStream, std::net::SocketAddr)> {
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => return Some(x),
+                Err(e) => {
+                    tracing::warn!(error = %e, protocol, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+            () = stop.cancelled() => return None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

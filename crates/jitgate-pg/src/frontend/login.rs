@@ -81,23 +81,32 @@ impl From<std::io::Error> for LoginError {
 
 /// Step 2: who (`user`) and what (`database` = `RESOURCE` or `RESOURCE/DBNAME`).
 fn names(params: &[(String, String)]) -> Result<(String, String, Option<String>), LoginError> {
-    let get = |k: &str| params.iter().find(|(a, _)| a == k).map(|(_, v)| v.clone());
-    let Some(user) = get("user").filter(|u| !u.is_empty()) else {
-        return Err(LoginError::Refused(refuse(
+    let need = |k: &str, refusal: Refuse| {
+        params
+            .iter()
+            .find(|(a, _)| a == k)
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(_, v)| v.clone())
+            .ok_or(LoginError::Refused(refusal))
+    };
+    let user = need(
+        "user",
+        refuse(
             "28000",
             "no user name given",
             Some("set user to your identity, e.g. user=alice@example.com".into()),
             "no_user",
-        )));
-    };
-    let Some(db) = get("database").filter(|d| !d.is_empty()) else {
-        return Err(LoginError::Refused(refuse(
+        ),
+    )?;
+    let db = need(
+        "database",
+        refuse(
             "3D000",
             "no database given: name the resource as the database",
             Some("e.g. dbname=prod-db (or prod-db/otherdb)".into()),
             "no_database",
-        )));
-    };
+        ),
+    )?;
     let (resource_name, dbname) = match db.split_once('/') {
         Some((r, d)) => (r.to_string(), Some(d.to_string())),
         None => (db.clone(), None),

@@ -102,18 +102,7 @@ impl<G: Gatekeeper> SshFrontend<G> {
 
     /// Accept connections until `stop`.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, stop: CancellationToken) {
-        loop {
-            let (tcp, peer) = tokio::select! {
-                r = listener.accept() => match r {
-                    Ok(x) => x,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "ssh accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                () = stop.cancelled() => return,
-            };
+        while let Some((tcp, peer)) = jitgate_core::frontend::accept(&listener, &stop, "ssh").await {
             let Ok(permit) = self.slots.clone().try_acquire_owned() else {
                 tracing::warn!(%peer, "ssh connection refused: max_connections reached");
                 drop(tcp);
