@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use crate::config::schema::{ResourceKind, UpstreamTlsMode};
+use serde::{Deserialize, Serialize};
+
 use crate::duration::HumanDuration;
 use crate::window::Window;
 
@@ -235,4 +236,36 @@ impl Catalog {
             .iter()
             .find(|i| i.token_sha256.as_deref() == Some(sha256_hex))
     }
+}
+
+/// Kind of resource.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ResourceKind {
+    /// A PostgreSQL server.
+    Postgres,
+    /// An SSH server.
+    Ssh,
+}
+
+impl ResourceKind {
+    /// `postgres` / `ssh`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Postgres => "postgres",
+            Self::Ssh => "ssh",
+        }
+    }
+}
+
+/// Upstream TLS mode.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpstreamTlsMode {
+    /// Plain TCP.
+    Disable,
+    /// TLS, certificate not verified (encryption only).
+    Require,
+    /// TLS, certificate and host name verified.
+    VerifyFull,
 }

@@ -64,9 +64,36 @@ pub struct Metrics {
     pub store_grant_reads_total: IntCounterVec,
 }
 
-fn reg<M: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: M) -> prometheus::Result<M> {
-    r.register(Box::new(m.clone()))?;
-    Ok(m)
+/// Registers each family as it is made.
+struct Reg(Registry);
+
+impl Reg {
+    fn register<M: prometheus::core::Collector + Clone + 'static>(&self, m: M) -> prometheus::Result<M> {
+        self.0.register(Box::new(m.clone()))?;
+        Ok(m)
+    }
+
+    fn counter(&self, name: &str, help: &str) -> prometheus::Result<IntCounter> {
+        self.register(IntCounter::new(name, help)?)
+    }
+
+    fn counters(&self, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
+        self.register(IntCounterVec::new(Opts::new(name, help), labels)?)
+    }
+
+    fn gauge(&self, name: &str, help: &str) -> prometheus::Result<IntGauge> {
+        self.register(IntGauge::new(name, help)?)
+    }
+
+    fn gauges(&self, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntGaugeVec> {
+        self.register(IntGaugeVec::new(Opts::new(name, help), labels)?)
+    }
+
+    fn histogram(&self, name: &str, help: &str, buckets: &[f64]) -> prometheus::Result<Histogram> {
+        self.register(Histogram::with_opts(
+            HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        )?)
+    }
 }
 
 impl Default for Metrics {
@@ -86,200 +113,120 @@ impl Metrics {
 
     /// Like [`Metrics::new`], reporting a definition error instead of panicking.
     pub fn try_new() -> prometheus::Result<Self> {
-        let r = Registry::new();
-        let lat = vec![0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0];
-        let h = |name: &str, help: &str, b: Vec<f64>| Histogram::with_opts(HistogramOpts::new(name, help).buckets(b));
+        let r = Reg(Registry::new());
+        let lat = [0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0];
         let m = Self {
-            sessions_active: reg(
-                &r,
-                IntGaugeVec::new(
-                    Opts::new("jitgate_sessions_active", "Open client sessions."),
-                    &["protocol", "resource"],
-                )?,
+            sessions_active: r.gauges("jitgate_sessions_active", "Open client sessions.", &["protocol", "resource"])?,
+            sessions_total: r.counters(
+                "jitgate_sessions_total",
+                "Client sessions ended, by outcome.",
+                &["protocol", "resource", "outcome"],
             )?,
-            sessions_total: reg(
-                &r,
-                IntCounterVec::new(
-                    Opts::new("jitgate_sessions_total", "Client sessions ended, by outcome."),
-                    &["protocol", "resource", "outcome"],
-                )?,
+            sessions_killed_total: r.counters(
+                "jitgate_sessions_killed_total",
+                "Sessions ended by the gateway, by reason.",
+                &["reason"],
             )?,
-            sessions_killed_total: reg(
-                &r,
-                IntCounterVec::new(
-                    Opts::new(
-                        "jitgate_sessions_killed_total",
-                        "Sessions ended by the gateway, by reason.",
-                    ),
-                    &["reason"],
-                )?,
+            queries_total: r.counters(
+                "jitgate_queries_total",
+                "SQL statements relayed, by class.",
+                &["resource", "class"],
             )?,
-            queries_total: reg(
-                &r,
-                IntCounterVec::new(
-                    Opts::new("jitgate_queries_total", "SQL statements relayed, by class."),
-                    &["resource", "class"],
-                )?,
+            statements_denied_total: r.counter(
+                "jitgate_statements_denied_total",
+                "Statements refused under read-only grants.",
             )?,
-            statements_denied_total: reg(
-                &r,
-                IntCounter::new(
-                    "jitgate_statements_denied_total",
-                    "Statements refused under read-only grants.",
-                )?,
+            query_duration_seconds: r.histogram(
+                "jitgate_query_duration_seconds",
+                "Statement duration seen at the gateway.",
+                &lat,
             )?,
-            query_duration_seconds: reg(
-                &r,
-                h(
-                    "jitgate_query_duration_seconds",
-                    "Statement duration seen at the gateway.",
-                    lat.clone(),
-                )?,
+            bytes_total: r.counters("jitgate_bytes_total", "Bytes relayed.", &["protocol", "direction"])?,
+            upstream_errors_total: r.counters(
+                "jitgate_upstream_errors_total",
+                "Failures connecting or logging in upstream, by protocol and reason (host_key_mismatch alerts).",
+                &["protocol", "reason"],
             )?,
-            bytes_total: reg(
-                &r,
-                IntCounterVec::new(
-                    Opts::new("jitgate_bytes_total", "Bytes relayed."),
-                    &["protocol", "direction"],
-                )?,
+            auth_failures_total: r.counters(
+                "jitgate_auth_failures_total",
+                "Authentication failures.",
+                &["protocol", "reason"],
             )?,
-            upstream_errors_total: reg(
-                &r,
-                IntCounterVec::new(
-                    Opts::new(
-                        "jitgate_upstream_errors_total",
-                        "Failures connecting or logging in upstream, by protocol and reason (host_key_mismatch alerts).",
-                    ),
-                    &["protocol", "reason"],
-                )?,
+            grants_active: r.gauge("jitgate_grants_active", "Live grants in the grant cache.")?,
+            requests_total: r.counters(
+                "jitgate_requests_total",
+                "Access requests entering each state.",
+                &["state"],
             )?,
-            auth_failures_total: reg(
-                &r,
-                IntCounterVec::new(
-                    Opts::new("jitgate_auth_failures_total", "Authentication failures."),
-                    &["protocol", "reason"],
-                )?,
+            approval_latency_seconds: r.histogram(
+                "jitgate_approval_latency_seconds",
+                "Time from request to final approval.",
+                &[1.0, 10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 14400.0],
             )?,
-            grants_active: reg(
-                &r,
-                IntGauge::new("jitgate_grants_active", "Live grants in the grant cache.")?,
+            expiry_kill_lag_seconds: r.histogram(
+                "jitgate_expiry_kill_lag_seconds",
+                "Time from a grant's end to its sessions being killed.",
+                &[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0],
             )?,
-            requests_total: reg(
-                &r,
-                IntCounterVec::new(
-                    Opts::new("jitgate_requests_total", "Access requests entering each state."),
-                    &["state"],
-                )?,
+            store_operation_seconds: r.register(HistogramVec::new(
+                HistogramOpts::new("jitgate_store_operation_seconds", "Store operation duration.").buckets(lat.to_vec()),
+                &["op"],
+            )?)?,
+            config_reloads_total: r.counters(
+                "jitgate_config_reloads_total",
+                "Configuration reloads, by result.",
+                &["result"],
             )?,
-            approval_latency_seconds: reg(
-                &r,
-                h(
-                    "jitgate_approval_latency_seconds",
-                    "Time from request to final approval.",
-                    vec![1.0, 10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 14400.0],
-                )?,
+            audit_queue_depth: r.gauge(
+                "jitgate_audit_queue_depth",
+                "Audit events queued for the writer (capacity 8192; at capacity, sessions wait).",
             )?,
-            expiry_kill_lag_seconds: reg(
-                &r,
-                h(
-                    "jitgate_expiry_kill_lag_seconds",
-                    "Time from a grant's end to its sessions being killed.",
-                    vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0],
-                )?,
+            requests_pending: r.gauge("jitgate_requests_pending", "Requests waiting for approval.")?,
+            requests_pending_oldest_seconds: r.register(prometheus::Gauge::new(
+                "jitgate_requests_pending_oldest_seconds",
+                "Age of the oldest request waiting for approval (0 when none).",
+            )?)?,
+            audit_events_total: r.counter("jitgate_audit_events_total", "Audit events written.")?,
+            notifications_total: r.counters(
+                "jitgate_notifications_total",
+                "Webhook notifications, by result.",
+                &["result"],
             )?,
-            store_operation_seconds: reg(
-                &r,
-                HistogramVec::new(
-                    HistogramOpts::new("jitgate_store_operation_seconds", "Store operation duration.").buckets(lat),
-                    &["op"],
-                )?,
+            store_up: r.gauge(
+                "jitgate_store_up",
+                "1 while the store answers (and, when shared, its change feed is connected).",
             )?,
-            config_reloads_total: reg(
-                &r,
-                IntCounterVec::new(
-                    Opts::new("jitgate_config_reloads_total", "Configuration reloads, by result."),
-                    &["result"],
-                )?,
+            store_feed_lag_seconds: r.histogram(
+                "jitgate_store_feed_lag_seconds",
+                "Shared store: time from a change's commit on one replica to its arrival on this one.",
+                &[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0],
             )?,
-            audit_queue_depth: reg(
-                &r,
-                IntGauge::new(
-                    "jitgate_audit_queue_depth",
-                    "Audit events queued for the writer (capacity 8192; at capacity, sessions wait).",
-                )?,
+            store_resyncs_total: r.counters(
+                "jitgate_store_resyncs_total",
+                "Shared store: full re-reads of the live state, by reason (reconnect, periodic, lagged).",
+                &["reason"],
             )?,
-            requests_pending: reg(
-                &r,
-                IntGauge::new("jitgate_requests_pending", "Requests waiting for approval.")?,
+            store_clock_skew_seconds: r.register(prometheus::Gauge::new(
+                "jitgate_store_clock_skew_seconds",
+                "The store's clock minus this host's (0 for the embedded store).",
+            )?)?,
+            store_grant_reads_total: r.counters(
+                "jitgate_store_grant_reads_total",
+                "Shared store: connections that found no grant in the cache and read the store (found: a grant not yet announced by the feed; none; error: refused, fail closed).",
+                &["result"],
             )?,
-            requests_pending_oldest_seconds: reg(
-                &r,
-                prometheus::Gauge::new(
-                    "jitgate_requests_pending_oldest_seconds",
-                    "Age of the oldest request waiting for approval (0 when none).",
-                )?,
-            )?,
-            audit_events_total: reg(
-                &r,
-                IntCounter::new("jitgate_audit_events_total", "Audit events written.")?,
-            )?,
-            notifications_total: reg(
-                &r,
-                IntCounterVec::new(
-                    Opts::new("jitgate_notifications_total", "Webhook notifications, by result."),
-                    &["result"],
-                )?,
-            )?,
-            store_up: reg(
-                &r,
-                IntGauge::new(
-                    "jitgate_store_up",
-                    "1 while the store answers (and, when shared, its change feed is connected).",
-                )?,
-            )?,
-            store_feed_lag_seconds: reg(
-                &r,
-                Histogram::with_opts(
-                    HistogramOpts::new(
-                        "jitgate_store_feed_lag_seconds",
-                        "Shared store: time from a change's commit on one replica to its arrival on this one.",
-                    )
-                    .buckets(vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
-                )?,
-            )?,
-            store_resyncs_total: reg(
-                &r,
-                IntCounterVec::new(
-                    Opts::new(
-                        "jitgate_store_resyncs_total",
-                        "Shared store: full re-reads of the live state, by reason (reconnect, periodic, lagged).",
-                    ),
-                    &["reason"],
-                )?,
-            )?,
-            store_clock_skew_seconds: reg(
-                &r,
-                prometheus::Gauge::new(
-                    "jitgate_store_clock_skew_seconds",
-                    "The store's clock minus this host's (0 for the embedded store).",
-                )?,
-            )?,
-            store_grant_reads_total: reg(
-                &r,
-                IntCounterVec::new(
-                    Opts::new(
-                        "jitgate_store_grant_reads_total",
-                        "Shared store: connections that found no grant in the cache and read the store (found: a grant not yet announced by the feed; none; error: refused, fail closed).",
-                    ),
-                    &["result"],
-                )?,
-            )?,
-            registry: r,
+            registry: r.0,
         };
         #[cfg(target_os = "linux")]
         m.registry
             .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
-        // Pre-create the label sets operators alert on, so they read 0 rather than absent.
+        m.precreate();
+        Ok(m)
+    }
+
+    /// Pre-create the label sets operators alert on, so they read 0 rather than absent.
+    fn precreate(&self) {
+        let m = self;
         for s in crate::model::RequestState::ALL {
             m.requests_total.with_label_values(&[s.as_str()]);
         }
@@ -317,7 +264,6 @@ impl Metrics {
         ] {
             m.auth_failures_total.with_label_values(&[p, r]);
         }
-        Ok(m)
     }
 
     /// Render the text exposition format.

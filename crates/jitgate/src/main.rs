@@ -9,6 +9,7 @@ mod access_cmd;
 mod admin_cmd;
 mod cli;
 mod client;
+mod files;
 mod http_server;
 mod login_cmd;
 mod pg_cmd;

@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use crate::cli::Conn;
 use crate::client::{Client, config_base};
-use crate::login_cmd::write_private;
+use crate::files::write_private;
 
 /// What Postgres clients verify the gateway's certificate against.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -163,7 +163,7 @@ pub async fn ssh_config(
             pins.push('\n');
         }
     }
-    crate::login_cmd::write_private(&kh, pins.as_bytes())?;
+    crate::files::write_private(&kh, pins.as_bytes())?;
     let resources: Vec<Value> = c.get("/v1/resources").await?;
     let fingerprint = jitgate_ssh::keys::parse_public(host_key)
         .map(|k| jitgate_ssh::keys::fingerprint(&k))
@@ -197,7 +197,7 @@ pub async fn ssh_config(
     }
     let entries = dir.join("ssh_config");
     // ssh refuses an included file others may write ("Bad owner or permissions").
-    crate::login_cmd::write_private(&entries, out.as_bytes())?;
+    crate::files::write_private(&entries, out.as_bytes())?;
     let main = match ssh_config {
         Some(p) => p,
         None => std::env::var_os("HOME")

@@ -7,6 +7,7 @@
 //! once so an operator fixes a file in one pass.
 
 pub mod diag;
+mod policies;
 pub mod schema;
 mod validate;
 

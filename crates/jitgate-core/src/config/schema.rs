@@ -7,6 +7,8 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+pub use crate::catalog::{ResourceKind, UpstreamTlsMode};
+
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
@@ -434,26 +436,6 @@ pub struct IdentityConfig {
     pub ssh_keys: Vec<String>,
 }
 
-/// Kind of resource.
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum ResourceKind {
-    /// A PostgreSQL server.
-    Postgres,
-    /// An SSH server.
-    Ssh,
-}
-
-impl ResourceKind {
-    /// `postgres` / `ssh`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Postgres => "postgres",
-            Self::Ssh => "ssh",
-        }
-    }
-}
-
 /// `[[resources]]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -507,18 +489,6 @@ pub struct UpstreamTls {
     pub mode: UpstreamTlsMode,
     /// CA bundle for `verify-full`.
     pub ca_file: Option<PathBuf>,
-}
-
-/// Upstream TLS mode.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum UpstreamTlsMode {
-    /// Plain TCP.
-    Disable,
-    /// TLS, certificate not verified (encryption only).
-    Require,
-    /// TLS, certificate and host name verified.
-    VerifyFull,
 }
 
 /// An upstream login.

@@ -10,7 +10,7 @@ pub(super) fn validate(c: &Config, d: &mut Diags<'_>) -> Catalog {
     check_oidc(c, d, allow_inline);
     let identities = identities(c, d, allow_inline);
     let resources = resources(c, d, allow_inline);
-    let policies = policies(c, d, &resources);
+    let policies = super::policies::policies(c, d, &resources);
     check_redact(c, d);
     check_webhooks(c, d, allow_inline);
     Catalog {
@@ -235,115 +235,9 @@ fn resources(c: &Config, d: &mut Diags<'_>, allow_inline: bool) -> BTreeMap<Stri
                 Some("write \"host:port\", e.g. \"db.internal:5432\"".into()),
             ),
         }
-        let mut credentials = BTreeMap::new();
-        let access_levels: Vec<String> = match r.kind {
-            ResourceKind::Postgres => {
-                if r.credentials.is_empty() {
-                    d.error(
-                        span(&r.name),
-                        format!("postgres resource `{name}` has no credentials"),
-                        Some("add `credentials.read-only = { user = \"app_ro\", password_env = \"VAR\" }`".into()),
-                    );
-                }
-                for (level, cr) in &r.credentials {
-                    if level != READ_ONLY && level != READ_WRITE {
-                        d.error(
-                            span(&r.name),
-                            format!("resource `{name}`: unknown access level `{level}` in credentials"),
-                            Some("use `read-only` or `read-write`".into()),
-                        );
-                    }
-                    let pw = secret(
-                        d,
-                        "password",
-                        &cr.password_env,
-                        &cr.password_file,
-                        &cr.password,
-                        allow_inline,
-                    );
-                    credentials.insert(
-                        level.clone(),
-                        Credential {
-                            user: cr.user.clone(),
-                            password: pw,
-                        },
-                    );
-                }
-                if !r.logins.is_empty()
-                    || r.host_key.is_some()
-                    || r.upstream_key_file.is_some()
-                    || !r.host_ca.is_empty()
-                {
-                    d.error(
-                        span(&r.name),
-                        format!(
-                            "resource `{name}` is kind postgres but has SSH keys (logins/host_key/upstream_key_file)"
-                        ),
-                        Some("remove them or set kind = \"ssh\"".into()),
-                    );
-                }
-                [READ_ONLY, READ_WRITE]
-                    .iter()
-                    .filter(|l| credentials.contains_key(**l))
-                    .map(|s| s.to_string())
-                    .collect()
-            }
-            ResourceKind::Ssh => {
-                if r.logins.is_empty() {
-                    d.error(
-                        span(&r.name),
-                        format!("ssh resource `{name}` has no logins"),
-                        Some("add `logins = [\"ubuntu\"]`".into()),
-                    );
-                }
-                if let Some(Err(e)) = r.host_key.as_deref().map(check_ssh_public_key) {
-                    d.error(
-                        span(&r.name),
-                        format!("ssh resource `{name}`: host_key is not an OpenSSH public key: {e}"),
-                        Some("use `ssh-keyscan -t ed25519 HOST` and paste `ssh-ed25519 AAAA...`".into()),
-                    );
-                }
-                for (i, ca) in r.host_ca.iter().enumerate() {
-                    if let Err(e) = check_ssh_public_key(ca) {
-                        d.error(
-                            span(&r.name),
-                            format!(
-                                "ssh resource `{name}`: host_ca entry {} is not an OpenSSH public key: {e}",
-                                i + 1
-                            ),
-                            Some(
-                                "paste the CA's public key line (`ssh-ed25519 AAAA...`, the host CA's .pub file)"
-                                    .into(),
-                            ),
-                        );
-                    }
-                }
-                if r.host_key.is_none() && r.known_hosts_file.is_none() && r.host_ca.is_empty() {
-                    d.error(
-                        span(&r.name),
-                        format!("ssh resource `{name}` has no pinned host key"),
-                        Some(
-                            "add `host_key = \"ssh-ed25519 AAAA...\"` (ssh-keyscan prints it), `known_hosts_file` or `host_ca`"
-                                .into(),
-                        ),
-                    );
-                }
-                if r.upstream_key_file.is_none() && !r.upstream_ca {
-                    d.error(
-                        span(&r.name),
-                        format!("ssh resource `{name}` has no upstream credential"),
-                        Some("add `upstream_ca = true` (preferred) or `upstream_key_file = \"/path\"`".into()),
-                    );
-                }
-                if !r.credentials.is_empty() {
-                    d.error(
-                        span(&r.name),
-                        format!("ssh resource `{name}` has postgres credentials"),
-                        Some("remove them or set kind = \"postgres\"".into()),
-                    );
-                }
-                r.logins.clone()
-            }
+        let (credentials, access_levels) = match r.kind {
+            ResourceKind::Postgres => postgres_resource(r, name, d, allow_inline),
+            ResourceKind::Ssh => (BTreeMap::new(), ssh_resource(r, name, d)),
         };
         resources.insert(
             name.clone(),
@@ -369,179 +263,115 @@ fn resources(c: &Config, d: &mut Diags<'_>, allow_inline: bool) -> BTreeMap<Stri
     resources
 }
 
-/// `[[policies]]`, checked against the resources and identities; a resource no policy covers
-/// is a warning.
-fn policies(c: &Config, d: &mut Diags<'_>, resources: &BTreeMap<String, Resource>) -> Vec<Policy> {
-    let mut policies = Vec::new();
-    let mut seen_pol = BTreeSet::new();
-    for p in &c.policies {
-        let pname = p.name.get_ref();
-        if !seen_pol.insert(pname.clone()) {
-            d.error(
-                span(&p.name),
-                format!("duplicate policy name `{pname}`"),
-                Some("give each policy a unique name".into()),
-            );
-        }
-        if p.resources.is_empty() && p.match_labels.is_empty() {
-            d.error(
-                span(&p.name),
-                format!("policy `{pname}` covers no resource"),
-                Some("add `resources = [\"prod-*\"]` or `match_labels = { env = \"prod\" }`".into()),
-            );
-        }
-        let names: Vec<&str> = resources.keys().map(String::as_str).collect();
-        for g in &p.resources {
-            if !names.iter().any(|n| crate::glob::matches(g.get_ref(), n)) {
-                let help = match diag::did_you_mean(g.get_ref(), names.iter().copied()) {
-                    Some(s) => format!("did you mean `{s}`?"),
-                    None if names.is_empty() => "declare the resource in a [[resources]] table".to_string(),
-                    None => format!("the resources are: {}", names.join(", ")),
-                };
-                d.error(
-                    span(g),
-                    format!("policy `{pname}`: `{}` matches no resource", g.get_ref()),
-                    Some(help),
-                );
-            }
-        }
-        if p.requesters.is_empty() {
-            d.error(
-                span(&p.name),
-                format!("policy `{pname}` has no requesters: nobody could request"),
-                Some("add `requesters = [\"dev\"]` (groups)".into()),
-            );
-        }
-        let steps: Vec<Step> = if p.steps.is_empty() {
-            if p.approvers.is_empty() && p.auto_approve.is_empty() {
-                d.error(span(&p.name), format!("policy `{pname}` has neither approvers nor auto_approve rules: requests could never be approved"), Some("add `approvers = [\"dba\"]`".into()));
-            }
-            vec![Step {
-                name: "approval".into(),
-                approvers: p.approvers.clone(),
-                approvals: p.approvals,
-            }]
-        } else {
-            if !p.approvers.is_empty() {
-                d.error(
-                    span(&p.name),
-                    format!("policy `{pname}`: both `approvers` and `steps`"),
-                    Some("move the approvers into a step".into()),
-                );
-            }
-            p.steps
-                .iter()
-                .map(|s| Step {
-                    name: s.name.clone(),
-                    approvers: s.approvers.clone(),
-                    approvals: s.approvals,
-                })
-                .collect()
-        };
-        for s in &steps {
-            if s.approvals == 0 {
-                d.error(
-                    span(&p.name),
-                    format!("policy `{pname}` step `{}`: approvals must be at least 1", s.name),
-                    Some("use auto_approve rules for requests that need no approver".into()),
-                );
-            }
-            if s.approvers.is_empty() && !p.steps.is_empty() {
-                d.error(
-                    span(&p.name),
-                    format!("policy `{pname}` step `{}` has no approvers", s.name),
-                    None,
-                );
-            }
-        }
-        if p.escalate_after.is_some() == p.escalate_to.is_empty() {
-            d.error(
-                span(&p.name),
-                format!("policy `{pname}`: escalate_after and escalate_to go together"),
-                Some("set both, or neither".into()),
-            );
-        }
-        let (dd, md) = (*p.default_duration.get_ref(), *p.max_duration.get_ref());
-        if md.secs() == 0 {
-            d.error(span(&p.max_duration), "max_duration must be longer than 0s", None);
-        }
-        if dd > md {
-            d.error(
-                span(&p.default_duration),
-                format!("policy `{pname}`: default_duration {dd} is longer than max_duration {md}"),
-                Some(format!("lower default_duration to {md} or less")),
-            );
-        }
-        // Access levels must exist on at least one covered resource.
-        let covered: Vec<&Resource> = resources
-            .values()
-            .filter(|r| {
-                p.resources.iter().any(|g| crate::glob::matches(g.get_ref(), &r.name))
-                    || (!p.match_labels.is_empty() && p.match_labels.iter().all(|(k, v)| r.labels.get(k) == Some(v)))
-            })
-            .collect();
-        for a in &p.access {
-            if !covered.is_empty() && !covered.iter().any(|r| r.access_levels.contains(a.get_ref())) {
-                d.error(span(a), format!("policy `{pname}`: no covered resource offers access `{}`", a.get_ref()), Some("postgres resources offer `read-only`/`read-write` (per credentials); ssh resources their `logins`".into()));
-            }
-        }
-        let mut auto = Vec::new();
-        for (i, a) in p.auto_approve.iter().enumerate() {
-            if let Some(m) = a.max_duration
-                && m > md
-            {
-                d.warning(span(&p.name), format!("policy `{pname}` auto_approve #{}: max_duration {m} exceeds the policy's max_duration {md}; the policy's limit applies", i + 1), None);
-            }
-            if a.groups.is_empty()
-                && a.access.is_empty()
-                && a.window.is_none()
-                && a.max_duration.is_none()
-                && a.match_labels.is_empty()
-            {
-                d.warning(
-                    span(&p.name),
-                    format!(
-                        "policy `{pname}` auto_approve #{} has no condition: every request is approved at once",
-                        i + 1
-                    ),
-                    Some("add at least `groups` or `max_duration`".into()),
-                );
-            }
-            auto.push(AutoApprove {
-                groups: a.groups.clone(),
-                access: a.access.clone(),
-                max_duration: a.max_duration,
-                window: a.window.clone(),
-                match_labels: a.match_labels.clone(),
-            });
-        }
-        policies.push(Policy {
-            name: pname.clone(),
-            resources: p.resources.iter().map(|g| g.get_ref().clone()).collect(),
-            match_labels: p.match_labels.clone(),
-            requesters: p.requesters.clone(),
-            access: p.access.iter().map(|a| a.get_ref().clone()).collect(),
-            steps,
-            escalate_after: p.escalate_after,
-            escalate_to: p.escalate_to.clone(),
-            default_duration: dd,
-            max_duration: md,
-            reason_required: p.reason_required,
-            pending_timeout: p.pending_timeout.unwrap_or(c.gateway.pending_timeout),
-            allow_port_forwarding: p.allow_port_forwarding,
-            auto_approve: auto,
-        });
+/// A postgres resource: its credentials (passwords resolved) and the access levels they offer;
+/// SSH settings on it are an error.
+fn postgres_resource(
+    r: &schema::ResourceConfig,
+    name: &str,
+    d: &mut Diags<'_>,
+    allow_inline: bool,
+) -> (BTreeMap<String, Credential>, Vec<String>) {
+    let mut credentials = BTreeMap::new();
+    if r.credentials.is_empty() {
+        d.error(
+            span(&r.name),
+            format!("postgres resource `{name}` has no credentials"),
+            Some("add `credentials.read-only = { user = \"app_ro\", password_env = \"VAR\" }`".into()),
+        );
     }
-    for r in resources.values() {
-        if !policies.iter().any(|p| p.covers(r)) {
-            d.warning(
-                None,
-                format!("resource `{}` is covered by no policy: nobody can request it", r.name),
-                Some("add a [[policies]] entry whose `resources` matches it".into()),
+    for (level, cr) in &r.credentials {
+        if level != READ_ONLY && level != READ_WRITE {
+            d.error(
+                span(&r.name),
+                format!("resource `{name}`: unknown access level `{level}` in credentials"),
+                Some("use `read-only` or `read-write`".into()),
+            );
+        }
+        let pw = secret(
+            d,
+            "password",
+            &cr.password_env,
+            &cr.password_file,
+            &cr.password,
+            allow_inline,
+        );
+        credentials.insert(
+            level.clone(),
+            Credential {
+                user: cr.user.clone(),
+                password: pw,
+            },
+        );
+    }
+    if !r.logins.is_empty() || r.host_key.is_some() || r.upstream_key_file.is_some() || !r.host_ca.is_empty() {
+        d.error(
+            span(&r.name),
+            format!("resource `{name}` is kind postgres but has SSH keys (logins/host_key/upstream_key_file)"),
+            Some("remove them or set kind = \"ssh\"".into()),
+        );
+    }
+    let levels = [READ_ONLY, READ_WRITE]
+        .iter()
+        .filter(|l| credentials.contains_key(**l))
+        .map(|s| s.to_string())
+        .collect();
+    (credentials, levels)
+}
+
+/// An ssh resource: its logins (the access levels), with a pinned host key and an upstream
+/// credential required; postgres credentials on it are an error.
+fn ssh_resource(r: &schema::ResourceConfig, name: &str, d: &mut Diags<'_>) -> Vec<String> {
+    if r.logins.is_empty() {
+        d.error(
+            span(&r.name),
+            format!("ssh resource `{name}` has no logins"),
+            Some("add `logins = [\"ubuntu\"]`".into()),
+        );
+    }
+    if let Some(Err(e)) = r.host_key.as_deref().map(check_ssh_public_key) {
+        d.error(
+            span(&r.name),
+            format!("ssh resource `{name}`: host_key is not an OpenSSH public key: {e}"),
+            Some("use `ssh-keyscan -t ed25519 HOST` and paste `ssh-ed25519 AAAA...`".into()),
+        );
+    }
+    for (i, ca) in r.host_ca.iter().enumerate() {
+        if let Err(e) = check_ssh_public_key(ca) {
+            d.error(
+                span(&r.name),
+                format!(
+                    "ssh resource `{name}`: host_ca entry {} is not an OpenSSH public key: {e}",
+                    i + 1
+                ),
+                Some("paste the CA's public key line (`ssh-ed25519 AAAA...`, the host CA's .pub file)".into()),
             );
         }
     }
-    policies
+    if r.host_key.is_none() && r.known_hosts_file.is_none() && r.host_ca.is_empty() {
+        d.error(
+            span(&r.name),
+            format!("ssh resource `{name}` has no pinned host key"),
+            Some(
+                "add `host_key = \"ssh-ed25519 AAAA...\"` (ssh-keyscan prints it), `known_hosts_file` or `host_ca`"
+                    .into(),
+            ),
+        );
+    }
+    if r.upstream_key_file.is_none() && !r.upstream_ca {
+        d.error(
+            span(&r.name),
+            format!("ssh resource `{name}` has no upstream credential"),
+            Some("add `upstream_ca = true` (preferred) or `upstream_key_file = \"/path\"`".into()),
+        );
+    }
+    if !r.credentials.is_empty() {
+        d.error(
+            span(&r.name),
+            format!("ssh resource `{name}` has postgres credentials"),
+            Some("remove them or set kind = \"postgres\"".into()),
+        );
+    }
+    r.logins.clone()
 }
 
 /// `[audit] redact` patterns.

@@ -1,0 +1,208 @@
+//! `[[policies]]` validation: each policy checked against the resources, compiled to the
+//! catalog's [`Policy`].
+
+use super::*;
+
+/// Every `resources` glob of a policy must match a resource (with a did-you-mean).
+fn check_resource_globs(
+    p: &schema::PolicyConfig,
+    pname: &str,
+    d: &mut Diags<'_>,
+    resources: &BTreeMap<String, Resource>,
+) {
+    let names: Vec<&str> = resources.keys().map(String::as_str).collect();
+    for g in &p.resources {
+        if !names.iter().any(|n| crate::glob::matches(g.get_ref(), n)) {
+            let help = match diag::did_you_mean(g.get_ref(), names.iter().copied()) {
+                Some(s) => format!("did you mean `{s}`?"),
+                None if names.is_empty() => "declare the resource in a [[resources]] table".to_string(),
+                None => format!("the resources are: {}", names.join(", ")),
+            };
+            d.error(
+                span(g),
+                format!("policy `{pname}`: `{}` matches no resource", g.get_ref()),
+                Some(help),
+            );
+        }
+    }
+}
+
+/// A policy's approval steps (`approvers` is one step named `approval`), each checked.
+fn steps(p: &schema::PolicyConfig, pname: &str, d: &mut Diags<'_>) -> Vec<Step> {
+    let steps: Vec<Step> = if p.steps.is_empty() {
+        if p.approvers.is_empty() && p.auto_approve.is_empty() {
+            d.error(
+                span(&p.name),
+                format!(
+                    "policy `{pname}` has neither approvers nor auto_approve rules: requests could never be approved"
+                ),
+                Some("add `approvers = [\"dba\"]`".into()),
+            );
+        }
+        vec![Step {
+            name: "approval".into(),
+            approvers: p.approvers.clone(),
+            approvals: p.approvals,
+        }]
+    } else {
+        if !p.approvers.is_empty() {
+            d.error(
+                span(&p.name),
+                format!("policy `{pname}`: both `approvers` and `steps`"),
+                Some("move the approvers into a step".into()),
+            );
+        }
+        p.steps
+            .iter()
+            .map(|s| Step {
+                name: s.name.clone(),
+                approvers: s.approvers.clone(),
+                approvals: s.approvals,
+            })
+            .collect()
+    };
+    for s in &steps {
+        if s.approvals == 0 {
+            d.error(
+                span(&p.name),
+                format!("policy `{pname}` step `{}`: approvals must be at least 1", s.name),
+                Some("use auto_approve rules for requests that need no approver".into()),
+            );
+        }
+        if s.approvers.is_empty() && !p.steps.is_empty() {
+            d.error(
+                span(&p.name),
+                format!("policy `{pname}` step `{}` has no approvers", s.name),
+                None,
+            );
+        }
+    }
+    steps
+}
+
+/// A policy's auto_approve rules; one without a condition, or longer than the policy allows, is
+/// a warning.
+fn auto_approve(p: &schema::PolicyConfig, pname: &str, d: &mut Diags<'_>, md: HumanDuration) -> Vec<AutoApprove> {
+    let mut auto = Vec::new();
+    for (i, a) in p.auto_approve.iter().enumerate() {
+        if let Some(m) = a.max_duration
+            && m > md
+        {
+            d.warning(span(&p.name), format!("policy `{pname}` auto_approve #{}: max_duration {m} exceeds the policy's max_duration {md}; the policy's limit applies", i + 1), None);
+        }
+        if a.groups.is_empty()
+            && a.access.is_empty()
+            && a.window.is_none()
+            && a.max_duration.is_none()
+            && a.match_labels.is_empty()
+        {
+            d.warning(
+                span(&p.name),
+                format!(
+                    "policy `{pname}` auto_approve #{} has no condition: every request is approved at once",
+                    i + 1
+                ),
+                Some("add at least `groups` or `max_duration`".into()),
+            );
+        }
+        auto.push(AutoApprove {
+            groups: a.groups.clone(),
+            access: a.access.clone(),
+            max_duration: a.max_duration,
+            window: a.window.clone(),
+            match_labels: a.match_labels.clone(),
+        });
+    }
+    auto
+}
+
+/// `[[policies]]`, checked against the resources and identities; a resource no policy covers
+/// is a warning.
+pub(super) fn policies(c: &Config, d: &mut Diags<'_>, resources: &BTreeMap<String, Resource>) -> Vec<Policy> {
+    let mut policies = Vec::new();
+    let mut seen_pol = BTreeSet::new();
+    for p in &c.policies {
+        let pname = p.name.get_ref();
+        if !seen_pol.insert(pname.clone()) {
+            d.error(
+                span(&p.name),
+                format!("duplicate policy name `{pname}`"),
+                Some("give each policy a unique name".into()),
+            );
+        }
+        if p.resources.is_empty() && p.match_labels.is_empty() {
+            d.error(
+                span(&p.name),
+                format!("policy `{pname}` covers no resource"),
+                Some("add `resources = [\"prod-*\"]` or `match_labels = { env = \"prod\" }`".into()),
+            );
+        }
+        check_resource_globs(p, pname, d, resources);
+        if p.requesters.is_empty() {
+            d.error(
+                span(&p.name),
+                format!("policy `{pname}` has no requesters: nobody could request"),
+                Some("add `requesters = [\"dev\"]` (groups)".into()),
+            );
+        }
+        let steps = steps(p, pname, d);
+        if p.escalate_after.is_some() == p.escalate_to.is_empty() {
+            d.error(
+                span(&p.name),
+                format!("policy `{pname}`: escalate_after and escalate_to go together"),
+                Some("set both, or neither".into()),
+            );
+        }
+        let (dd, md) = (*p.default_duration.get_ref(), *p.max_duration.get_ref());
+        if md.secs() == 0 {
+            d.error(span(&p.max_duration), "max_duration must be longer than 0s", None);
+        }
+        if dd > md {
+            d.error(
+                span(&p.default_duration),
+                format!("policy `{pname}`: default_duration {dd} is longer than max_duration {md}"),
+                Some(format!("lower default_duration to {md} or less")),
+            );
+        }
+        // Access levels must exist on at least one covered resource.
+        let covered: Vec<&Resource> = resources
+            .values()
+            .filter(|r| {
+                p.resources.iter().any(|g| crate::glob::matches(g.get_ref(), &r.name))
+                    || (!p.match_labels.is_empty() && p.match_labels.iter().all(|(k, v)| r.labels.get(k) == Some(v)))
+            })
+            .collect();
+        for a in &p.access {
+            if !covered.is_empty() && !covered.iter().any(|r| r.access_levels.contains(a.get_ref())) {
+                d.error(span(a), format!("policy `{pname}`: no covered resource offers access `{}`", a.get_ref()), Some("postgres resources offer `read-only`/`read-write` (per credentials); ssh resources their `logins`".into()));
+            }
+        }
+        let auto = auto_approve(p, pname, d, md);
+        policies.push(Policy {
+            name: pname.clone(),
+            resources: p.resources.iter().map(|g| g.get_ref().clone()).collect(),
+            match_labels: p.match_labels.clone(),
+            requesters: p.requesters.clone(),
+            access: p.access.iter().map(|a| a.get_ref().clone()).collect(),
+            steps,
+            escalate_after: p.escalate_after,
+            escalate_to: p.escalate_to.clone(),
+            default_duration: dd,
+            max_duration: md,
+            reason_required: p.reason_required,
+            pending_timeout: p.pending_timeout.unwrap_or(c.gateway.pending_timeout),
+            allow_port_forwarding: p.allow_port_forwarding,
+            auto_approve: auto,
+        });
+    }
+    for r in resources.values() {
+        if !policies.iter().any(|p| p.covers(r)) {
+            d.warning(
+                None,
+                format!("resource `{}` is covered by no policy: nobody can request it", r.name),
+                Some("add a [[policies]] entry whose `resources` matches it".into()),
+            );
+        }
+    }
+    policies
+}
