@@ -756,6 +756,60 @@ async fn malformed_input_silence_and_wrong_passwords_do_not_hurt_others() {
     );
 }
 
+/// What the gateway answers a startup packet with these parameters (read until it closes).
+async fn answer_to_startup(gw: &Gateway, params: &[(&str, &str)]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(&gw.pg_addr).await.unwrap();
+    let mut startup = vec![0u8; 4];
+    startup.extend_from_slice(&196_608i32.to_be_bytes());
+    for (k, v) in params {
+        startup.extend_from_slice(k.as_bytes());
+        startup.push(0);
+        startup.extend_from_slice(v.as_bytes());
+        startup.push(0);
+    }
+    startup.push(0);
+    let len = (startup.len() as i32).to_be_bytes();
+    startup[..4].copy_from_slice(&len);
+    s.write_all(&startup).await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut got))
+        .await
+        .expect("the gateway answers and closes")
+        .unwrap();
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_startup_without_a_user_or_a_database_is_told_what_to_set() {
+    let (gw, _pg, _db) = setup(true, "");
+    // No user, and an empty one: 28000 naming the parameter, before any password is asked.
+    for params in [
+        &[("database", "prod-db")][..],
+        &[("user", ""), ("database", "prod-db")][..],
+    ] {
+        let e = answer_to_startup(&gw, params).await;
+        assert!(e.starts_with('E'), "{e:?}");
+        assert!(e.contains("C28000") && e.contains("no user name given"), "{e:?}");
+        assert!(e.contains("set user to your identity"), "{e:?}");
+    }
+    // No database: 3D000 saying the resource is named as the database.
+    let e = answer_to_startup(&gw, &[("user", "alice@example.com")]).await;
+    assert!(
+        e.contains("C3D000") && e.contains("name the resource as the database"),
+        "{e:?}"
+    );
+    let (_, metrics) = gw.http_get("/metrics", None);
+    assert!(
+        metrics.contains("jitgate_auth_failures_total{protocol=\"postgres\",reason=\"no_user\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("jitgate_auth_failures_total{protocol=\"postgres\",reason=\"no_database\"} 1"),
+        "{metrics}"
+    );
+}
+
 /// Log in over plain TCP by hand (startup, password), up to the first ReadyForQuery.
 async fn raw_login(gw: &Gateway) -> tokio::net::TcpStream {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

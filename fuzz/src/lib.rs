@@ -193,7 +193,7 @@ pub mod relay {
             };
             let all = async {
                 tokio::join!(
-                    relay::run(ctx, c_gw.into(), s_gw.into(), BytesMut::new(), BytesMut::new()),
+                    relay::run(&ctx, c_gw.into(), s_gw.into(), BytesMut::new(), BytesMut::new()),
                     client_writes,
                     server_writes,
                     drain(c_read),

@@ -74,7 +74,7 @@ impl<G: Gatekeeper> PgFrontend<G> {
                 info.resource
             ),
         };
-        let end = relay::run(ctx, client, upstream.io, upstream.leftover, client_leftover).await;
+        let end = relay::run(&ctx, client, upstream.io, upstream.leftover, client_leftover).await;
         self.cancels.remove(&our_key);
         let (outcome, reason) = self.ended(&end, &info, &target, upstream.pid, upstream.key);
         if let End::Killed(KillReason::Expired { at }) = &end {
@@ -83,6 +83,8 @@ impl<G: Gatekeeper> PgFrontend<G> {
         }
         tracing::info!(session_id = %info.id, outcome = %outcome, reason = %reason, "postgres session ended");
         self.gk.session_ended(&info, &outcome, &reason, None).await;
+        // Only now does the session leave the registry (see `relay::run`).
+        drop(ctx);
     }
 
     /// What a session's end is called in the registry and audit. A session the gateway ended

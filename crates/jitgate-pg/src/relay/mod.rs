@@ -106,10 +106,11 @@ pub enum End {
     Error(String),
 }
 
-/// Relay until the session ends. The session deregisters when this returns (its guard is
-/// dropped with the context).
+/// Relay until the session ends. The caller keeps the context (and with it the session's
+/// guard) until the end is recorded, so the session leaves the registry only after its
+/// `session.ended`: shutdown waits for an empty registry before it writes `gateway.stopped`.
 pub async fn run(
-    ctx: RelayCtx,
+    ctx: &RelayCtx,
     client: Stream,
     server: Stream,
     server_leftover: BytesMut,
@@ -127,8 +128,8 @@ pub async fn run(
     let kill = ctx.guard.kill.clone();
     let mut client_alive = true;
     let end = {
-        let c2s = client::client_to_server(&ctx, &sh, &mut cr, &mut sw, client_leftover);
-        let s2c = server::server_to_client(&ctx, &sh, &mut sr, &mut cw, server_leftover, &mut client_alive);
+        let c2s = client::client_to_server(ctx, &sh, &mut cr, &mut sw, client_leftover);
+        let s2c = server::server_to_client(ctx, &sh, &mut sr, &mut cw, server_leftover, &mut client_alive);
         tokio::pin!(c2s, s2c);
         let mut client_end: Option<End> = None;
         loop {
@@ -158,7 +159,7 @@ pub async fn run(
         }
     };
     // Both directions are dropped here, whatever they were blocked on.
-    if let Some((code, msg, hint)) = goodbye(&ctx, &end) {
+    if let Some((code, msg, hint)) = goodbye(ctx, &end) {
         let mut e = BytesMut::new();
         protocol::error_response(&mut e, Severity::Fatal, code, &msg, Some(hint));
         if client_alive {
@@ -181,7 +182,7 @@ pub async fn run(
     for op in left {
         if let Op::Execute(p) | Op::Query(p, None) | Op::Function(p, None) = op {
             let took = p.started.elapsed();
-            if let Some(ev) = audit::finish(&ctx, &sh, p, "interrupted", took) {
+            if let Some(ev) = audit::finish(ctx, &sh, p, "interrupted", took) {
                 let _ = ctx.audit.emit_statement(ev).await;
             }
         }
