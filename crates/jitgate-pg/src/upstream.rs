@@ -166,9 +166,9 @@ fn error_fields(body: &ErrorResponseBody) -> (String, String) {
 }
 
 /// Log in on an open stream: the startup message, then whatever authentication the server asks
-/// for (cleartext, md5, SCRAM-SHA-256), up to ReadyForQuery. Messages are built and parsed by
-/// postgres-protocol; each is bounded (1 MiB) and anything unexpected is an error, never a
-/// panic.
+/// for (cleartext, md5, SCRAM-SHA-256, answered by [`Authenticator`]), up to ReadyForQuery.
+/// Messages are built and parsed by postgres-protocol; each is bounded (1 MiB) and anything
+/// unexpected is an error, never a panic.
 pub async fn login(
     mut io: Stream,
     user: &str,
@@ -188,80 +188,18 @@ pub async fn login(
     frontend::startup_message(params.iter().copied(), &mut out).map_err(proto)?;
     io.write_all(&out).await?;
     let mut buf = BytesMut::with_capacity(8192);
-    let mut scram: Option<ScramClient> = None;
-    // SCRAM must run in order and end with the server's proof checked: an impostor that says
-    // AuthenticationOk (or SASLFinal) early is refused, not believed.
-    let (mut responded, mut verified) = (false, false);
-    let pw = || {
-        password.ok_or_else(|| UpstreamError::Auth("the database asks for a password but none is configured".into()))
+    let mut auth = Authenticator {
+        user,
+        password,
+        salts,
+        scram: None,
+        responded: false,
+        verified: false,
     };
     let mut got_params = Vec::new();
     let (mut pid, mut key) = (0, 0);
     loop {
-        let mut reply = BytesMut::new();
         match next(&mut io, &mut buf).await? {
-            Message::AuthenticationOk => {
-                if scram.is_some() && !verified {
-                    return Err(UpstreamError::Auth(
-                        "the database ended SCRAM without proving it knows the password (possible impostor)".into(),
-                    ));
-                }
-                continue;
-            }
-            Message::AuthenticationCleartextPassword => {
-                frontend::password_message(pw()?.as_bytes(), &mut reply).map_err(proto)?;
-            }
-            Message::AuthenticationMd5Password(b) => {
-                let hash = md5_hash(user.as_bytes(), pw()?.as_bytes(), b.salt());
-                frontend::password_message(hash.as_bytes(), &mut reply).map_err(proto)?;
-            }
-            Message::AuthenticationSasl(b) => {
-                let mechs: Vec<&str> = b.mechanisms().collect().map_err(proto)?;
-                if !mechs.contains(&SCRAM_SHA_256) {
-                    return Err(UpstreamError::Auth(format!(
-                        "unsupported SASL mechanisms: {}",
-                        mechs.join(", ")
-                    )));
-                }
-                pw()?;
-                let (c, first) = ScramClient::start();
-                scram = Some(c);
-                frontend::sasl_initial_response(SCRAM_SHA_256, first.as_bytes(), &mut reply).map_err(proto)?;
-            }
-            Message::AuthenticationSaslContinue(b) => {
-                let c = scram
-                    .as_mut()
-                    .ok_or_else(|| UpstreamError::Protocol("SASL continue without start".into()))?;
-                let server_first =
-                    std::str::from_utf8(b.data()).map_err(|_| UpstreamError::Protocol("non-UTF-8 SCRAM".into()))?;
-                let fin = c
-                    .respond(server_first, pw()?, salts)
-                    .map_err(|e| UpstreamError::Auth(e.to_string()))?;
-                frontend::sasl_response(fin.as_bytes(), &mut reply).map_err(proto)?;
-                responded = true;
-            }
-            Message::AuthenticationSaslFinal(b) => {
-                let c = scram
-                    .as_ref()
-                    .ok_or_else(|| UpstreamError::Protocol("SASL final without start".into()))?;
-                if !responded || verified {
-                    return Err(UpstreamError::Protocol("SASL final out of order".into()));
-                }
-                let server_final =
-                    std::str::from_utf8(b.data()).map_err(|_| UpstreamError::Protocol("non-UTF-8 SCRAM".into()))?;
-                c.verify(server_final).map_err(|e| UpstreamError::Auth(e.to_string()))?;
-                verified = true;
-                continue;
-            }
-            Message::AuthenticationGss
-            | Message::AuthenticationGssContinue(_)
-            | Message::AuthenticationKerberosV5
-            | Message::AuthenticationScmCredential
-            | Message::AuthenticationSspi => {
-                return Err(UpstreamError::Auth(
-                    "the database asks for GSSAPI/SSPI/Kerberos authentication, which jitgate does not do upstream; use scram-sha-256 for the gateway's role".into(),
-                ));
-            }
             Message::ParameterStatus(b) => {
                 if got_params.len() >= MAX_PARAMS {
                     return Err(UpstreamError::Protocol(format!(
@@ -271,12 +209,8 @@ pub async fn login(
                 if let (Ok(k), Ok(v)) = (b.name(), b.value()) {
                     got_params.push((k.to_string(), v.to_string()));
                 }
-                continue;
             }
-            Message::BackendKeyData(b) => {
-                (pid, key) = (b.process_id(), b.secret_key());
-                continue;
-            }
+            Message::BackendKeyData(b) => (pid, key) = (b.process_id(), b.secret_key()),
             Message::ReadyForQuery(_) => {
                 return Ok(Upstream {
                     io,
@@ -293,12 +227,110 @@ pub async fn login(
                 }
                 return Err(UpstreamError::Server(code, msg));
             }
-            Message::NoticeResponse(_) => continue,
-            _ => {
-                return Err(UpstreamError::Protocol("unexpected message during startup".into()));
+            Message::NoticeResponse(_) => {}
+            m => {
+                let mut reply = BytesMut::new();
+                if auth.answer(m, &mut reply)? {
+                    io.write_all(&reply).await?;
+                }
             }
         }
-        io.write_all(&reply).await?;
+    }
+}
+
+/// The client side of the authentication exchange. SCRAM must run in order and end with the
+/// server's proof checked: an impostor that says AuthenticationOk (or SASLFinal) early is
+/// refused, not believed.
+struct Authenticator<'a> {
+    user: &'a str,
+    password: Option<&'a str>,
+    salts: &'a SaltCache,
+    scram: Option<ScramClient>,
+    /// The client-final message was sent.
+    responded: bool,
+    /// The server's signature was checked.
+    verified: bool,
+}
+
+impl<'a> Authenticator<'a> {
+    fn password(&self) -> Result<&'a str, UpstreamError> {
+        self.password
+            .ok_or_else(|| UpstreamError::Auth("the database asks for a password but none is configured".into()))
+    }
+
+    /// Answer one authentication message into `reply`; whether there is a reply to send.
+    fn answer(&mut self, m: Message, reply: &mut BytesMut) -> Result<bool, UpstreamError> {
+        match m {
+            Message::AuthenticationOk => {
+                if self.scram.is_some() && !self.verified {
+                    return Err(UpstreamError::Auth(
+                        "the database ended SCRAM without proving it knows the password (possible impostor)".into(),
+                    ));
+                }
+                Ok(false)
+            }
+            Message::AuthenticationCleartextPassword => {
+                frontend::password_message(self.password()?.as_bytes(), reply).map_err(proto)?;
+                Ok(true)
+            }
+            Message::AuthenticationMd5Password(b) => {
+                let hash = md5_hash(self.user.as_bytes(), self.password()?.as_bytes(), b.salt());
+                frontend::password_message(hash.as_bytes(), reply).map_err(proto)?;
+                Ok(true)
+            }
+            Message::AuthenticationSasl(b) => {
+                let mechs: Vec<&str> = b.mechanisms().collect().map_err(proto)?;
+                if !mechs.contains(&SCRAM_SHA_256) {
+                    return Err(UpstreamError::Auth(format!(
+                        "unsupported SASL mechanisms: {}",
+                        mechs.join(", ")
+                    )));
+                }
+                self.password()?;
+                let (c, first) = ScramClient::start();
+                self.scram = Some(c);
+                frontend::sasl_initial_response(SCRAM_SHA_256, first.as_bytes(), reply).map_err(proto)?;
+                Ok(true)
+            }
+            Message::AuthenticationSaslContinue(b) => {
+                // Checked after the state, as the server sent it: the order of the errors matters.
+                let (pw, salts) = (self.password(), self.salts);
+                let c = self
+                    .scram
+                    .as_mut()
+                    .ok_or_else(|| UpstreamError::Protocol("SASL continue without start".into()))?;
+                let server_first =
+                    std::str::from_utf8(b.data()).map_err(|_| UpstreamError::Protocol("non-UTF-8 SCRAM".into()))?;
+                let fin = c
+                    .respond(server_first, pw?, salts)
+                    .map_err(|e| UpstreamError::Auth(e.to_string()))?;
+                frontend::sasl_response(fin.as_bytes(), reply).map_err(proto)?;
+                self.responded = true;
+                Ok(true)
+            }
+            Message::AuthenticationSaslFinal(b) => {
+                let c = self
+                    .scram
+                    .as_ref()
+                    .ok_or_else(|| UpstreamError::Protocol("SASL final without start".into()))?;
+                if !self.responded || self.verified {
+                    return Err(UpstreamError::Protocol("SASL final out of order".into()));
+                }
+                let server_final =
+                    std::str::from_utf8(b.data()).map_err(|_| UpstreamError::Protocol("non-UTF-8 SCRAM".into()))?;
+                c.verify(server_final).map_err(|e| UpstreamError::Auth(e.to_string()))?;
+                self.verified = true;
+                Ok(false)
+            }
+            Message::AuthenticationGss
+            | Message::AuthenticationGssContinue(_)
+            | Message::AuthenticationKerberosV5
+            | Message::AuthenticationScmCredential
+            | Message::AuthenticationSspi => Err(UpstreamError::Auth(
+                "the database asks for GSSAPI/SSPI/Kerberos authentication, which jitgate does not do upstream; use scram-sha-256 for the gateway's role".into(),
+            )),
+            _ => Err(UpstreamError::Protocol("unexpected message during startup".into())),
+        }
     }
 }
 

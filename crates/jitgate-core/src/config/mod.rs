@@ -6,6 +6,7 @@
 //! that contradict each other) run after the syntax is accepted, and all of them are reported at
 //! once so an operator fixes a file in one pass.
 
+mod catalog_schema;
 pub mod diag;
 mod policies;
 pub mod schema;

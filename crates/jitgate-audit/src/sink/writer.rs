@@ -1,0 +1,352 @@
+//! The writer thread: the only owner of the log file and of the chain state (`seq`, `prev`).
+//!
+//! Each turn takes one batch off the channel (group commit: a hot-path event lingers
+//! [`LINGER`] once so one write serves everything that came meanwhile; a durable `record` is
+//! written at once), writes it, and either commits it (flush, `fdatasync` when a caller waits,
+//! hand events to the subscriber, index, acknowledge) or rolls it back: on a failed write the
+//! chain state returns to the batch's start and the file is cut back to its last complete line,
+//! so the log stays verifiable and nothing unwritten is acknowledged. Then it rotates if the
+//! file is over its size.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use super::{AuditIndex, Indexed, LINGER, Msg, Payload, SharedRedactor, SharedSubscriber, continued_line};
+use crate::chain::line_hash;
+use crate::event::{Event, Head};
+
+/// Hot-path events indexed per transaction at most.
+const INDEX_BATCH: usize = 8192;
+/// Longest a hot-path event waits to be indexed (search sees it after this).
+const INDEX_DELAY: std::time::Duration = std::time::Duration::from_millis(200);
+/// Messages taken off the channel per batch at most.
+const MAX_BATCH: usize = 4096;
+
+type Out = std::io::BufWriter<std::fs::File>;
+
+fn buffered(file: std::fs::File) -> Out {
+    std::io::BufWriter::with_capacity(256 * 1024, file)
+}
+
+/// What the writer thread needs besides the file and the chain state.
+pub(super) struct WriterSetup {
+    pub path: PathBuf,
+    pub index: Option<Arc<dyn AuditIndex>>,
+    pub on_write: Option<Arc<dyn Fn(u64) + Send + Sync>>,
+    pub rotate_bytes: Option<u64>,
+    pub redactor: SharedRedactor,
+    pub subscriber: SharedSubscriber,
+}
+
+/// The writer's state between batches.
+struct Writer {
+    setup: WriterSetup,
+    /// The last written line's sequence number and hash (the chain's head).
+    seq: u64,
+    prev: String,
+    /// Length of the file up to the last line known to be written; a failed batch is cut back
+    /// to it so a partial line never stays in the log.
+    good_len: u64,
+    /// `None` once the file could not be cut back after a failed write: every event is refused.
+    out: Option<Out>,
+    /// For the index's async calls and the backlog timer.
+    rt: Option<tokio::runtime::Runtime>,
+    /// Hot-path events written but not yet indexed: indexed together, in one transaction, when
+    /// INDEX_BATCH have gathered, INDEX_DELAY after the first, or right before a durable event
+    /// is indexed — so the index is always a prefix of the log (the catch-up at the next start
+    /// relies on it) and a `record`ed event is searchable when `record` returns.
+    backlog: Vec<Indexed>,
+    backlog_since: std::time::Instant,
+}
+
+/// What writing one batch did.
+struct Written {
+    lines: Vec<Indexed>,
+    bytes: u64,
+    result: Result<(), String>,
+}
+
+/// Run the writer until every sender is gone.
+pub(super) fn writer(file: std::fs::File, seq: u64, prev: String, mut rx: mpsc::Receiver<Msg>, setup: WriterSetup) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build();
+    if let Err(e) = &rt {
+        tracing::error!(error = %e, "the audit writer has no runtime for its index; search will miss new events");
+    }
+    let mut w = Writer {
+        setup,
+        seq,
+        prev,
+        good_len: file.metadata().map(|m| m.len()).unwrap_or(0),
+        out: Some(buffered(file)),
+        rt: rt.ok(),
+        backlog: Vec::new(),
+        backlog_since: std::time::Instant::now(),
+    };
+    let mut batch: Vec<Msg> = Vec::with_capacity(256);
+    while let Some(first) = w.receive(&mut rx) {
+        let durable = gather(first, &mut rx, &mut batch);
+        w.turn(&mut batch, durable);
+    }
+    w.finish();
+}
+
+/// Take `first` and whatever else is queued (after a linger for hot-path events) into `batch`.
+/// Returns whether any of them waits for an acknowledgement.
+fn gather(first: Msg, rx: &mut mpsc::Receiver<Msg>, batch: &mut Vec<Msg>) -> bool {
+    let mut durable = first.ack.is_some();
+    batch.push(first);
+    if !durable && rx.len() < MAX_BATCH {
+        std::thread::sleep(LINGER);
+    }
+    while batch.len() < MAX_BATCH {
+        let Ok(m) = rx.try_recv() else { break };
+        durable |= m.ack.is_some();
+        batch.push(m);
+    }
+    durable
+}
+
+impl Writer {
+    /// The next message, indexing the backlog when it has waited INDEX_DELAY; `None` once every
+    /// sender is gone.
+    fn receive(&mut self, rx: &mut mpsc::Receiver<Msg>) -> Option<Msg> {
+        loop {
+            let Some(rt) = self.rt.as_ref().filter(|_| !self.backlog.is_empty()) else {
+                return rx.blocking_recv();
+            };
+            let left = INDEX_DELAY.saturating_sub(self.backlog_since.elapsed());
+            // The timer must be created inside the runtime.
+            match rt.block_on(async { tokio::time::timeout(left, rx.recv()).await }) {
+                Ok(m) => return m,
+                Err(_) => self.flush_index(),
+            }
+        }
+    }
+
+    /// Write, commit or roll back, index, acknowledge and maybe rotate one batch.
+    fn turn(&mut self, batch: &mut Vec<Msg>, durable: bool) {
+        let (seq0, prev0) = (self.seq, self.prev.clone());
+        let Some(mut written) = self.write(batch, durable) else {
+            for m in batch.drain(..) {
+                if let Some(ack) = m.ack {
+                    let _ = ack.send(Err("the audit log is unusable after a failed recovery".into()));
+                }
+            }
+            return;
+        };
+        if let Err(e) = &written.result {
+            tracing::error!(path = %self.setup.path.display(), error = %e, "audit write failed");
+            self.roll_back(seq0, prev0);
+            written.lines.clear();
+        } else {
+            self.good_len += written.bytes;
+            self.deliver(batch);
+        }
+        if let Some(f) = &self.setup.on_write {
+            f(u64::try_from(written.lines.len()).unwrap_or(0));
+        }
+        let seqs: Vec<u64> = batch
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.ack.is_some())
+            .map(|(i, _)| written.lines.get(i).map_or(0, |x| x.head.seq))
+            .collect();
+        if self.backlog.is_empty() {
+            self.backlog_since = std::time::Instant::now();
+        }
+        self.backlog.append(&mut written.lines);
+        // Index before acknowledging: once `record` returns, the event is searchable.
+        if durable || self.backlog.len() >= INDEX_BATCH || self.backlog_since.elapsed() >= INDEX_DELAY {
+            self.flush_index();
+        }
+        let mut seqs = seqs.into_iter();
+        for m in batch.drain(..) {
+            if let Some(ack) = m.ack {
+                let seq = seqs.next().unwrap_or(0);
+                let _ = ack.send(written.result.clone().map(|()| seq));
+            }
+        }
+        self.rotate_if_full();
+    }
+
+    /// Redact, chain and write every message of the batch, then flush (and sync when a caller
+    /// waits). `None` when the log is unusable. On an error the lines written so far are
+    /// returned with it; the caller rolls back.
+    fn write(&mut self, batch: &mut [Msg], durable: bool) -> Option<Written> {
+        let w = self.out.as_mut()?;
+        let red = match self.setup.redactor.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        let mut done = Written {
+            lines: Vec::with_capacity(batch.len()),
+            bytes: 0,
+            result: Ok(()),
+        };
+        for m in batch.iter_mut() {
+            self.seq += 1;
+            if let Some(r) = &red {
+                match &mut m.payload {
+                    Payload::Event(e) => r.event(e),
+                    Payload::Statement(st) => r.statement(st),
+                }
+            }
+            let line = match &mut m.payload {
+                Payload::Event(e) => {
+                    e.seq = self.seq;
+                    e.prev = std::mem::take(&mut self.prev);
+                    serde_json::to_string(&**e).map(|l| (l, Head::from(&**e)))
+                }
+                Payload::Statement(st) => st.line(self.seq, &self.prev).map(|l| (l, st.head(self.seq))),
+            };
+            let (line, head) = match line {
+                Ok(l) => l,
+                Err(err) => {
+                    done.result = Err(err.to_string());
+                    return Some(done);
+                }
+            };
+            self.prev = line_hash(line.as_bytes());
+            if let Err(err) = w.write_all(line.as_bytes()).and_then(|()| w.write_all(b"\n")) {
+                done.result = Err(err.to_string());
+                return Some(done);
+            }
+            let offset = self.good_len + done.bytes;
+            done.bytes += u64::try_from(line.len() + 1).unwrap_or(0);
+            done.lines.push(Indexed { head, line, offset });
+        }
+        done.result = w.flush().map_err(|e| e.to_string());
+        if done.result.is_ok() && durable {
+            done.result = w.get_ref().sync_data().map_err(|e| e.to_string());
+        }
+        Some(done)
+    }
+
+    /// Nothing of the failed batch is acknowledged: the chain state goes back to its start and
+    /// the file is cut back to the last complete line, so the log stays verifiable. A file that
+    /// cannot be cut back makes the log unusable (every later event is refused).
+    fn roll_back(&mut self, seq0: u64, prev0: String) {
+        self.seq = seq0;
+        self.prev = prev0;
+        let good_len = self.good_len;
+        self.out = self.out.take().and_then(|w| {
+            let (file, _unwritten) = w.into_parts();
+            match file.set_len(good_len) {
+                Ok(()) => Some(buffered(file)),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot cut the audit log back after a failed write; refusing further events");
+                    None
+                }
+            }
+        });
+    }
+
+    /// Hand the batch's events (as written) to the subscriber; its panic does not stop the log.
+    fn deliver(&self, batch: &[Msg]) {
+        let sub = match self.setup.subscriber.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        let Some(f) = sub else { return };
+        for m in batch {
+            if let Payload::Event(e) = &m.payload {
+                let delivered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(e)));
+                if delivered.is_err() {
+                    tracing::error!(kind = %e.kind, seq = e.seq, "the audit subscriber panicked; the event is in the log");
+                }
+            }
+        }
+    }
+
+    /// Rotate once the file reaches `rotate_bytes`; on failure keep writing the same file.
+    fn rotate_if_full(&mut self) {
+        let Some(limit) = self.setup.rotate_bytes.filter(|l| *l > 0 && self.good_len >= *l) else {
+            return;
+        };
+        let Some(w) = self.out.take() else { return };
+        let path = self.setup.path.clone();
+        match rotate(&path, w, self.seq, &self.prev) {
+            Ok((w, e, len)) => {
+                self.seq = e.seq;
+                self.prev = std::fs::read(&path)
+                    .ok()
+                    .and_then(|b| b.strip_suffix(b"\n").map(line_hash))
+                    .unwrap_or_default();
+                self.good_len = len;
+                self.out = Some(w);
+                let line = serde_json::to_string(&e).unwrap_or_default();
+                self.backlog.push(Indexed {
+                    head: Head::from(&e),
+                    line,
+                    offset: 0,
+                });
+                self.flush_index();
+            }
+            Err(err) => {
+                tracing::error!(path = %path.display(), error = %err, limit, "audit log rotation failed; continuing in the same file");
+                self.out = std::fs::OpenOptions::new().append(true).open(&path).ok().map(buffered);
+            }
+        }
+    }
+
+    /// Index the backlog in one transaction. A failure (or a writer without a runtime) is
+    /// logged and the backlog dropped: the file stays complete, and the catch-up at the next
+    /// start re-indexes what the index missed.
+    fn flush_index(&mut self) {
+        if self.backlog.is_empty() {
+            return;
+        }
+        if let (Some(rt), Some(ix)) = (&self.rt, self.setup.index.as_deref())
+            && let Err(e) = rt.block_on(ix.index(&self.backlog))
+        {
+            tracing::error!(error = %e, events = self.backlog.len(), "audit index write failed; the log file is complete, search may miss these events");
+        }
+        self.backlog.clear();
+    }
+
+    fn finish(mut self) {
+        if let Some(w) = self.out.as_mut() {
+            let _ = w.flush();
+        }
+        self.flush_index();
+    }
+}
+
+/// Rename the full file away and start a new one continuing the chain. Returns the new writer,
+/// the continued event and its line length.
+fn rotate(
+    path: &Path,
+    w: std::io::BufWriter<std::fs::File>,
+    seq: u64,
+    prev: &str,
+) -> std::io::Result<(std::io::BufWriter<std::fs::File>, Event, u64)> {
+    let mut w = w;
+    w.flush()?;
+    let file = w.into_inner().map_err(|e| e.into_error())?;
+    file.sync_data()?;
+    drop(file);
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "audit".into());
+    let rotated = path.with_file_name(format!("{stem}-{seq:012}.jsonl"));
+    std::fs::rename(path, &rotated)?;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .read(true)
+        .append(true)
+        .open(path)?;
+    let (line, e) = continued_line(seq, prev, &rotated);
+    file.write_all(&line)?;
+    file.sync_data()?;
+    if let Some(dir) = path.parent()
+        && let Ok(d) = std::fs::File::open(dir)
+    {
+        let _ = d.sync_all();
+    }
+    tracing::info!(rotated = %rotated.display(), "audit log rotated");
+    Ok((buffered(file), e, u64::try_from(line.len()).unwrap_or(0)))
+}

@@ -1,0 +1,200 @@
+//! The catalog half of `gateway.toml`'s schema: `[[identities]]`, `[[resources]]` (with their
+//! upstream TLS and credentials) and `[[policies]]` (with approval steps and auto-approval).
+//! Re-exported by [`super::schema`], so paths stay `config::schema::*`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::schema::{ResourceKind, UpstreamTlsMode};
+use crate::duration::HumanDuration;
+use crate::window::Window;
+
+/// `[[identities]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// The identity name (what `user=` and approvals show).
+    pub name: Spanned<String>,
+    /// Groups it belongs to.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Hex SHA-256 of its bearer token (what `jitgate token create` prints).
+    pub token_sha256: Option<Spanned<String>>,
+    /// The token itself from the environment.
+    pub token_env: Option<String>,
+    /// The token itself from a file.
+    pub token_file: Option<PathBuf>,
+    /// Inline token (refused unless `allow_inline_secrets`).
+    pub token: Option<Spanned<String>>,
+    /// OpenSSH public keys that authenticate it on the SSH front end.
+    #[serde(default)]
+    pub ssh_keys: Vec<String>,
+}
+
+/// `[[resources]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceConfig {
+    /// Unique name (`prod-db`, `web-1`).
+    pub name: Spanned<String>,
+    /// `postgres` or `ssh`.
+    pub kind: ResourceKind,
+    /// `host:port` of the upstream.
+    pub address: Spanned<String>,
+    /// Postgres: default database.
+    pub database: Option<String>,
+    /// Postgres: further databases a client may name as `resource/dbname` (default: none; the
+    /// default database is always allowed).
+    #[serde(default)]
+    pub databases: Vec<String>,
+    /// Free labels policies can match on.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Postgres: upstream TLS.
+    pub tls: Option<UpstreamTls>,
+    /// Postgres: credentials per access level (`read-only`, `read-write`).
+    #[serde(default)]
+    pub credentials: BTreeMap<String, CredentialConfig>,
+    /// SSH: pinned upstream host key (`ssh-ed25519 AAAA...`).
+    pub host_key: Option<String>,
+    /// SSH: known_hosts file with the upstream's key, with OpenSSH's semantics (host patterns,
+    /// hashed names, ports, `@cert-authority`, `@revoked`).
+    pub known_hosts_file: Option<PathBuf>,
+    /// SSH: host CA public keys (`ssh-ed25519 AAAA...`) whose host certificates are accepted for
+    /// this resource (principals must name its host, or be empty).
+    #[serde(default)]
+    pub host_ca: Vec<String>,
+    /// SSH: login names offered (the first is the default).
+    #[serde(default)]
+    pub logins: Vec<String>,
+    /// SSH: private key the gateway logs in upstream with.
+    pub upstream_key_file: Option<PathBuf>,
+    /// SSH: log in upstream with short-lived certificates signed by the gateway.
+    #[serde(default)]
+    pub upstream_ca: bool,
+    /// Connect timeout to the upstream.
+    pub connect_timeout: Option<HumanDuration>,
+}
+
+/// Upstream TLS for a Postgres resource.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    /// `disable`, `require` or `verify-full`.
+    pub mode: UpstreamTlsMode,
+    /// CA bundle for `verify-full`.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// An upstream login.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialConfig {
+    /// Upstream user name.
+    pub user: String,
+    /// Password from the environment.
+    pub password_env: Option<String>,
+    /// Password from a file.
+    pub password_file: Option<PathBuf>,
+    /// Inline password (refused unless `allow_inline_secrets`).
+    pub password: Option<Spanned<String>>,
+}
+
+/// `[[policies]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Name shown in requests and audit.
+    pub name: Spanned<String>,
+    /// Resource name globs.
+    #[serde(default)]
+    pub resources: Vec<Spanned<String>>,
+    /// Resource labels that must all match.
+    #[serde(default)]
+    pub match_labels: BTreeMap<String, String>,
+    /// Groups that may request.
+    #[serde(default)]
+    pub requesters: Vec<String>,
+    /// Access levels (`read-only`, `read-write`, or SSH logins); omitted: all the resource offers.
+    #[serde(default)]
+    pub access: Vec<Spanned<String>>,
+    /// Groups that may approve (single-step approval).
+    #[serde(default)]
+    pub approvers: Vec<String>,
+    /// Distinct approvals needed (single-step approval).
+    #[serde(default = "one")]
+    pub approvals: u32,
+    /// Ordered approval steps; replaces `approvers`/`approvals`.
+    #[serde(default)]
+    pub steps: Vec<StepConfig>,
+    /// After this long pending, `escalate_to` groups may approve too.
+    pub escalate_after: Option<HumanDuration>,
+    /// Groups that may approve after escalation.
+    #[serde(default)]
+    pub escalate_to: Vec<String>,
+    /// Duration when the request names none.
+    #[serde(default = "default_duration")]
+    pub default_duration: Spanned<HumanDuration>,
+    /// Longest grant a request may ask for.
+    #[serde(default = "default_max_duration")]
+    pub max_duration: Spanned<HumanDuration>,
+    /// Requests must carry a reason.
+    #[serde(default = "yes")]
+    pub reason_required: bool,
+    /// How long a request may wait (default: `[gateway] pending_timeout`).
+    pub pending_timeout: Option<HumanDuration>,
+    /// SSH: allow `direct-tcpip` (`ssh -L`).
+    #[serde(default)]
+    pub allow_port_forwarding: bool,
+    /// Auto-approval rules.
+    #[serde(default)]
+    pub auto_approve: Vec<AutoApproveConfig>,
+}
+
+fn one() -> u32 {
+    1
+}
+fn yes() -> bool {
+    true
+}
+fn default_duration() -> Spanned<HumanDuration> {
+    Spanned::new(0..0, HumanDuration::hours(1))
+}
+fn default_max_duration() -> Spanned<HumanDuration> {
+    Spanned::new(0..0, HumanDuration::hours(4))
+}
+
+/// One approval step.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepConfig {
+    /// Step name (`team-lead`, `security`).
+    pub name: String,
+    /// Groups that may approve this step.
+    pub approvers: Vec<String>,
+    /// Distinct approvals this step needs.
+    #[serde(default = "one")]
+    pub approvals: u32,
+}
+
+/// `[[policies.auto_approve]]`: every condition given must hold.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AutoApproveConfig {
+    /// The requester is in one of these groups (empty: any requester).
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// The access level is one of these (empty: any).
+    #[serde(default)]
+    pub access: Vec<String>,
+    /// The duration is at most this.
+    pub max_duration: Option<HumanDuration>,
+    /// Now is inside this window.
+    pub window: Option<Window>,
+    /// The resource carries all these labels.
+    #[serde(default)]
+    pub match_labels: BTreeMap<String, String>,
+}
