@@ -4,12 +4,12 @@
 
 use dashmap::DashMap;
 use jiff::Timestamp;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::model::Grant;
 
 /// What the hot path needs to know about a live grant.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LiveGrant {
     /// Grant id.
     pub id: i64,

@@ -187,15 +187,6 @@ pub trait Store: AuditIndex + Send + Sync + 'static {
         keep: &[String],
         started_before: Timestamp,
     ) -> Result<usize>;
-    /// Ask the replica hosting the open session `id` to kill it (shared stores). `Ok(false)`:
-    /// no such open session, or this store serves one process.
-    async fn request_kill(&self, _id: &str, _by: &str) -> Result<bool> {
-        Ok(false)
-    }
-    /// Open sessions of this gateway that another replica asked to kill: `(id, by)`.
-    async fn kills_requested(&self) -> Result<Vec<(String, String)>> {
-        Ok(Vec::new())
-    }
     /// Store a machine token.
     async fn create_token(&self, t: &MachineToken) -> Result<()>;
     /// The machine token with this hash.
@@ -206,27 +197,39 @@ pub trait Store: AuditIndex + Send + Sync + 'static {
     async fn revoked_tokens(&self, now: i64) -> Result<Vec<(String, i64)>>;
     /// Cheap liveness check (for `/readyz`).
     async fn health(&self) -> Result<()>;
-    /// Changes made by other replicas (`None`: this store serves one process).
-    fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<Feed>> {
+    /// What the store adds for several replicas, when it is shared (`None`: this store serves
+    /// one process, and has nothing to stub).
+    fn replication(&self) -> Option<&dyn Replication> {
         None
-    }
-    /// Record this replica's key fingerprints (JSON) and return the other replicas' that
-    /// started in the last 30 days: `(node, keys)`. Empty for a store that serves one process.
-    async fn register_node(&self, _keys: &str) -> Result<Vec<(String, String)>> {
-        Ok(Vec::new())
     }
     /// Whether several gateways share this store.
     fn shared(&self) -> bool {
-        false
+        self.replication().is_some()
     }
     /// Whether the change feed is connected (a store without a feed: always).
     fn feed_connected(&self) -> bool {
-        true
+        self.replication().is_none_or(Replication::feed_connected)
     }
-    /// The store's clock minus this host's, in milliseconds (0 for an embedded store).
-    async fn clock_skew_ms(&self) -> Result<i64> {
-        Ok(0)
-    }
+}
+
+/// The calls only a store shared by several replicas has (PostgreSQL): the change feed, kills
+/// of sessions hosted elsewhere, the node registry, and the clock the replicas compare against.
+#[async_trait]
+pub trait Replication: Send + Sync {
+    /// Changes made by other replicas, as they arrive.
+    fn changes(&self) -> tokio::sync::broadcast::Receiver<Feed>;
+    /// Whether the change feed is connected now.
+    fn feed_connected(&self) -> bool;
+    /// Ask the replica hosting the open session `id` to kill it. `Ok(false)`: no such open
+    /// session.
+    async fn request_kill(&self, id: &str, by: &str) -> Result<bool>;
+    /// Open sessions of this gateway that another replica asked to kill: `(id, by)`.
+    async fn kills_requested(&self) -> Result<Vec<(String, String)>>;
+    /// Record this replica's key fingerprints (JSON) and return the other replicas' that
+    /// started in the last 30 days: `(node, keys)`.
+    async fn register_node(&self, keys: &str) -> Result<Vec<(String, String)>>;
+    /// The store's clock minus this host's, in milliseconds.
+    async fn clock_skew_ms(&self) -> Result<i64>;
 }
 
 #[cfg(test)]

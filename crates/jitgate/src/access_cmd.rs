@@ -4,11 +4,11 @@
 use std::process::ExitCode;
 
 use anyhow::{Result, bail};
-use jitgate_core::{Grant, Request, RequestState};
-use serde_json::json;
+use jitgate_api::wire;
+use jitgate_core::RequestState;
 
 use crate::cli::{Conn, RequestArgs};
-use crate::client::{Client, enc};
+use crate::client::Client;
 use crate::{describe, finish_request, left, print_json, requests_table, table, ts};
 
 /// `jitgate request`: ask, and with `--wait` wait for the decision.
@@ -24,11 +24,14 @@ pub(crate) async fn request(a: RequestArgs) -> Result<ExitCode> {
         conn,
     } = a;
     let c = Client::new(&conn)?;
-    let r: Request = c
-        .post(
-            "/v1/requests",
-            &json!({"resource": resource, "access": access, "duration": duration, "reason": reason, "ticket": ticket}),
-        )
+    let r = c
+        .create_request(&wire::CreateRequest {
+            resource,
+            access,
+            duration,
+            reason,
+            ticket,
+        })
         .await?;
     if !wait || r.state != RequestState::Pending {
         return finish_request(&conn, &r);
@@ -41,7 +44,7 @@ pub(crate) async fn request(a: RequestArgs) -> Result<ExitCode> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(limit.secs());
     loop {
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        let now: Request = c.get(&format!("/v1/requests/{}", r.id)).await?;
+        let now = c.request(r.id).await?;
         if now.state != RequestState::Pending {
             return finish_request(&conn, &now);
         }
@@ -54,11 +57,7 @@ pub(crate) async fn request(a: RequestArgs) -> Result<ExitCode> {
 /// `jitgate requests`.
 pub(crate) async fn requests(conn: &Conn, state: Option<String>, mine: bool) -> Result<ExitCode> {
     let c = Client::new(conn)?;
-    let mut q = format!("/v1/requests?mine={mine}");
-    if let Some(s) = state {
-        q.push_str(&format!("&state={}", enc(&s)));
-    }
-    let rs: Vec<Request> = c.get(&q).await?;
+    let rs = c.requests(&wire::ListRequests { state, mine }).await?;
     if conn.json {
         print_json(&rs)?
     } else {
@@ -69,7 +68,7 @@ pub(crate) async fn requests(conn: &Conn, state: Option<String>, mine: bool) -> 
 
 /// `jitgate grants`.
 pub(crate) async fn grants(conn: &Conn, all: bool) -> Result<ExitCode> {
-    let gs: Vec<Grant> = Client::new(conn)?.get(&format!("/v1/grants?all={all}")).await?;
+    let gs = Client::new(conn)?.grants(all).await?;
     if conn.json {
         print_json(&gs)?;
     } else {
@@ -97,9 +96,7 @@ pub(crate) async fn grants(conn: &Conn, all: bool) -> Result<ExitCode> {
 
 /// `jitgate revoke`.
 pub(crate) async fn revoke(conn: &Conn, grant_id: i64, reason: Option<String>) -> Result<ExitCode> {
-    let g: Grant = Client::new(conn)?
-        .post(&format!("/v1/grants/{grant_id}/revoke"), &json!({"reason": reason}))
-        .await?;
+    let g = Client::new(conn)?.revoke(grant_id, reason).await?;
     if conn.json {
         print_json(&g)?
     } else {
@@ -117,7 +114,7 @@ pub(crate) async fn release(conn: &Conn, target: &str) -> Result<ExitCode> {
     let ids: Vec<i64> = match target.parse::<i64>() {
         Ok(id) => vec![id],
         Err(_) => {
-            let gs: Vec<Grant> = c.get("/v1/grants").await?;
+            let gs = c.grants(false).await?;
             let ids: Vec<i64> = gs.iter().filter(|g| g.resource == target).map(|g| g.id).collect();
             if ids.is_empty() {
                 bail!("you hold no live grant on `{target}`");
@@ -126,7 +123,7 @@ pub(crate) async fn release(conn: &Conn, target: &str) -> Result<ExitCode> {
         }
     };
     for id in ids {
-        let g: Grant = c.post(&format!("/v1/grants/{id}/release"), &json!({})).await?;
+        let g = c.release(id).await?;
         if conn.json {
             print_json(&g)?
         } else {
@@ -138,11 +135,8 @@ pub(crate) async fn release(conn: &Conn, target: &str) -> Result<ExitCode> {
 
 /// `jitgate extend`.
 pub(crate) async fn extend(conn: &Conn, grant_id: i64, duration: String, reason: Option<String>) -> Result<ExitCode> {
-    let r: Request = Client::new(conn)?
-        .post(
-            &format!("/v1/grants/{grant_id}/extend"),
-            &json!({"duration": duration, "reason": reason}),
-        )
+    let r = Client::new(conn)?
+        .extend(grant_id, &wire::Extend { duration, reason })
         .await?;
     finish_request(conn, &r)
 }

@@ -3,16 +3,16 @@
 use std::process::ExitCode;
 
 use anyhow::Result;
-use jitgate_core::SessionInfo;
-use serde_json::{Value, json};
+use jitgate_api::wire;
+use serde_json::Value;
 
 use crate::cli::{Conn, SearchArgs};
-use crate::client::{Client, enc};
+use crate::client::Client;
 use crate::{event_detail, print_json, table, ts};
 
 /// `jitgate sessions`.
 pub(crate) async fn sessions(conn: &Conn) -> Result<ExitCode> {
-    let ss: Vec<SessionInfo> = Client::new(conn)?.get("/v1/sessions").await?;
+    let ss = Client::new(conn)?.sessions().await?;
     if conn.json {
         print_json(&ss)?;
     } else {
@@ -43,9 +43,7 @@ pub(crate) async fn sessions(conn: &Conn) -> Result<ExitCode> {
 
 /// `jitgate kill`.
 pub(crate) async fn kill(conn: &Conn, session_id: &str) -> Result<ExitCode> {
-    let s: SessionInfo = Client::new(conn)?
-        .post(&format!("/v1/sessions/{}/kill", enc(session_id)), &json!({}))
-        .await?;
+    let s = Client::new(conn)?.kill(session_id).await?;
     if conn.json {
         print_json(&s)?
     } else {
@@ -68,22 +66,18 @@ pub(crate) async fn audit_search(a: SearchArgs) -> Result<ExitCode> {
         limit,
         conn,
     } = a;
-    let mut q = Vec::new();
-    let mut add = |k: &str, v: Option<String>| {
-        if let Some(v) = v {
-            q.push(format!("{k}={}", enc(&v)));
-        }
+    let q = wire::AuditQuery {
+        user,
+        resource,
+        kind,
+        grant,
+        session,
+        request,
+        since,
+        until,
+        limit,
     };
-    add("user", user);
-    add("resource", resource);
-    add("kind", kind);
-    add("grant", grant.map(|g| g.to_string()));
-    add("session", session);
-    add("request", request.map(|g| g.to_string()));
-    add("since", since);
-    add("until", until);
-    add("limit", limit.map(|g| g.to_string()));
-    let evs: Vec<Value> = Client::new(&conn)?.get(&format!("/v1/audit?{}", q.join("&"))).await?;
+    let evs = Client::new(&conn)?.audit(&q).await?;
     if conn.json {
         for e in &evs {
             println!("{}", serde_json::to_string(e)?);
@@ -126,31 +120,20 @@ pub(crate) async fn audit_search(a: SearchArgs) -> Result<ExitCode> {
 
 /// `jitgate whoami`.
 pub(crate) async fn whoami(conn: &Conn) -> Result<ExitCode> {
-    let w: Value = Client::new(conn)?.get("/v1/whoami").await?;
+    let w = Client::new(conn)?.whoami().await?;
     if conn.json {
         print_json(&w)?;
     } else {
-        let groups: Vec<String> = w["groups"]
-            .as_array()
-            .map(|a| a.iter().filter_map(|g| g.as_str().map(str::to_string)).collect())
-            .unwrap_or_default();
         println!(
             "{} [{}]{}",
-            w["name"].as_str().unwrap_or("?"),
-            groups.join(", "),
-            if w["admin"].as_bool() == Some(true) {
-                " (admin)"
-            } else {
-                ""
-            }
+            w.principal.name,
+            w.principal.groups.join(", "),
+            if w.admin { " (admin)" } else { "" }
         );
-        for g in w["grants"].as_array().into_iter().flatten() {
+        for g in &w.grants {
             println!(
                 "  grant {} on {} ({}) until {}",
-                g["id"],
-                g["resource"].as_str().unwrap_or(""),
-                g["access"].as_str().unwrap_or(""),
-                g["expires_at"].as_str().unwrap_or("")
+                g.id, g.resource, g.access, g.expires_at
             );
         }
     }
@@ -159,24 +142,18 @@ pub(crate) async fn whoami(conn: &Conn) -> Result<ExitCode> {
 
 /// `jitgate resources`.
 pub(crate) async fn resources(conn: &Conn) -> Result<ExitCode> {
-    let rs: Vec<Value> = Client::new(conn)?.get("/v1/resources").await?;
+    let rs = Client::new(conn)?.resources().await?;
     if conn.json {
         print_json(&rs)?;
     } else {
         let rows: Vec<Vec<String>> = rs
             .iter()
             .map(|r| {
-                let access: Vec<&str> = r["access"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(Value::as_str)
-                    .collect();
                 vec![
-                    r["name"].as_str().unwrap_or("").into(),
-                    r["kind"].as_str().unwrap_or("").into(),
-                    access.join(", "),
-                    r["policy"].as_str().unwrap_or("-").into(),
+                    r.name.clone(),
+                    r.kind.clone(),
+                    r.access.join(", "),
+                    r.policy.clone().unwrap_or_else(|| "-".into()),
                 ]
             })
             .collect();
@@ -187,21 +164,22 @@ pub(crate) async fn resources(conn: &Conn) -> Result<ExitCode> {
 
 /// `jitgate token create`.
 pub(crate) async fn token_create(conn: &Conn, name: &str, groups: &[String]) -> Result<ExitCode> {
-    let t: Value = Client::new(conn)?
-        .post("/v1/tokens", &json!({"name": name, "groups": groups}))
+    let t = Client::new(conn)?
+        .create_token(&wire::CreateToken {
+            name: name.to_string(),
+            groups: groups.to_vec(),
+        })
         .await?;
     if conn.json {
         print_json(&t)?;
     } else {
         println!(
             "token for {} (shown once; store it in a secret manager):\n\n  {}\n",
-            name,
-            t["token"].as_str().unwrap_or("")
+            name, t.token
         );
         println!(
             "It works now. To declare it in gateway.toml instead:\n\n  [[identities]]\n  name = \"{name}\"\n  groups = {:?}\n  token_sha256 = \"{}\"",
-            groups,
-            t["sha256"].as_str().unwrap_or("")
+            groups, t.sha256
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -209,9 +187,7 @@ pub(crate) async fn token_create(conn: &Conn, name: &str, groups: &[String]) -> 
 
 /// `jitgate token revoke`.
 pub(crate) async fn token_revoke(conn: &Conn, token_id: &str) -> Result<ExitCode> {
-    let v: Value = Client::new(conn)?
-        .post("/v1/tokens/revoke", &json!({"token_id": token_id}))
-        .await?;
-    println!("token {} revoked", v["revoked"].as_str().unwrap_or(token_id));
+    let v = Client::new(conn)?.revoke_token(token_id).await?;
+    println!("token {} revoked", v.revoked);
     Ok(ExitCode::SUCCESS)
 }

@@ -12,7 +12,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use serde_json::{Value, json};
+use jitgate_api::wire;
+use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::cli::Conn;
@@ -34,17 +35,18 @@ pub async fn login(conn: &Conn, device: bool, no_browser: bool, ca_pin: Option<&
     let conn = &conn;
     // Log in without an old token in the way.
     let c = Client::new_anonymous(conn)?;
-    let result: Value = if device {
+    let result = if device {
         device_flow(&c).await?
     } else {
         code_flow(&c, no_browser).await?
     };
-    let token = result["token"]
-        .as_str()
-        .context("the gateway sent no token")?
-        .to_string();
-    let identity = result["identity"].as_str().unwrap_or_default().to_string();
-    let expires = result["expires_at"].as_str().unwrap_or_default().to_string();
+    let wire::LoginResult {
+        token,
+        identity,
+        groups,
+        expires_at: expires,
+        ..
+    } = result;
     let path = login_path().context("cannot find a config folder: set HOME or JITGATE_CONFIG_DIR")?;
     // Pin the gateway's CA (fetched over this verified, or loopback, connection) for the API
     // and for Postgres clients (`connect`, `pg-service`, `pg-env`: sslmode=verify-full).
@@ -66,15 +68,9 @@ pub async fn login(conn: &Conn, device: bool, no_browser: bool, ca_pin: Option<&
     };
     write_private(&path, &serde_json::to_vec_pretty(&file)?)?;
     crate::pg_cmd::refresh_pgpass(&authed).await;
-    let groups: Vec<&str> = result["groups"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .collect();
     println!("logged in as {identity} [{}] until {expires}", groups.join(", "));
     // SSH certificate, when the gateway has an SSH front end.
-    let info: Value = authed.get("/v1/info").await.unwrap_or(Value::Null);
+    let info = authed.info().await.unwrap_or(Value::Null);
     if info.get("ssh").is_some() {
         match crate::ssh_cmd::refresh_cert(&authed, None).await {
             Ok((cert, _)) => println!(
@@ -87,20 +83,14 @@ pub async fn login(conn: &Conn, device: bool, no_browser: bool, ca_pin: Option<&
     Ok(ExitCode::SUCCESS)
 }
 
-async fn code_flow(c: &Client, no_browser: bool) -> Result<Value> {
+async fn code_flow(c: &Client, no_browser: bool) -> Result<wire::LoginResult> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .context("cannot listen on a loopback port for the login redirect")?;
     let port = listener.local_addr()?.port();
     let redirect = format!("http://127.0.0.1:{port}/callback");
-    let start: Value = c.post("/v1/login/start", &json!({"redirect_uri": redirect})).await?;
-    let url = start["auth_url"]
-        .as_str()
-        .context("the gateway sent no authorization URL")?;
-    let state = start["state"]
-        .as_str()
-        .context("the gateway sent no state")?
-        .to_string();
+    let wire::LoginStarted { auth_url: url, state } = c.login_start(&redirect).await?;
+    let url = url.as_str();
     println!("To log in, open this URL in a browser:\n\n  {url}\n");
     if !no_browser {
         let _ = std::process::Command::new("xdg-open")
@@ -115,7 +105,7 @@ async fn code_flow(c: &Client, no_browser: bool) -> Result<Value> {
     if got_state != state {
         bail!("the login redirect carried another state (a stale or forged redirect); run `jitgate login` again");
     }
-    c.post("/v1/login/finish", &json!({"state": state, "code": code})).await
+    c.login_finish(&wire::LoginFinish { state, code }).await
 }
 
 /// Serve the loopback redirect until it carries a code (or an error).
@@ -177,25 +167,21 @@ fn html_escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
-async fn device_flow(c: &Client) -> Result<Value> {
-    let d: Value = c.post("/v1/login/device", &json!({})).await?;
-    let id = d["id"]
-        .as_str()
-        .context("the gateway sent no device login id")?
-        .to_string();
-    let uri = d["verification_uri"].as_str().unwrap_or_default();
-    let code = d["user_code"].as_str().unwrap_or_default();
-    println!("To log in, visit {uri} and enter the code {code}");
-    if let Some(full) = d["verification_uri_complete"].as_str() {
+async fn device_flow(c: &Client) -> Result<wire::LoginResult> {
+    let d = c.device_start().await?;
+    println!(
+        "To log in, visit {} and enter the code {}",
+        d.verification_uri, d.user_code
+    );
+    if let Some(full) = &d.verification_uri_complete {
         println!("(or open {full})");
     }
-    let interval = Duration::from_secs(d["interval"].as_u64().unwrap_or(5).clamp(1, 30));
-    let deadline = std::time::Instant::now() + Duration::from_secs(d["expires_in"].as_u64().unwrap_or(600));
+    let interval = Duration::from_secs(d.interval.clamp(1, 30));
+    let deadline = std::time::Instant::now() + Duration::from_secs(d.expires_in);
     loop {
         tokio::time::sleep(interval).await;
-        let v: Value = c.post("/v1/login/device/poll", &json!({"id": id})).await?;
-        if v.get("token").is_some() {
-            return Ok(v);
+        if let Some(done) = c.device_poll(&d.id).await? {
+            return Ok(done);
         }
         if std::time::Instant::now() > deadline {
             bail!("the device code expired before the login was approved; run `jitgate login --device` again");
@@ -207,7 +193,7 @@ async fn device_flow(c: &Client) -> Result<Value> {
 pub async fn logout(conn: &Conn) -> Result<ExitCode> {
     let path = login_path().context("no config folder")?;
     let c = Client::new(conn)?;
-    let result: Result<Value> = c.post("/v1/logout", &json!({})).await;
+    let result = c.logout().await;
     let _ = std::fs::remove_file(&path);
     let cert = crate::ssh_cmd::default_cert_path();
     if let Some(cert) = cert {
@@ -215,7 +201,7 @@ pub async fn logout(conn: &Conn) -> Result<ExitCode> {
     }
     match result {
         Ok(v) => {
-            println!("logged out (token {} revoked)", v["revoked"].as_str().unwrap_or("?"));
+            println!("logged out (token {} revoked)", v.revoked);
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {

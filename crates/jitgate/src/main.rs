@@ -24,10 +24,10 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Parser;
 use jitgate_core::{Request, RequestState};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::cli::{AuditCmd, Cli, Cmd, ConfigCmd, Conn, TokenCmd};
-use crate::client::Client;
+use crate::client::{Client, Decision};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -135,9 +135,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         } => config_check(&file.unwrap_or(config)),
         Cmd::Request(a) => access_cmd::request(a).await,
         Cmd::Requests { state, mine, conn } => access_cmd::requests(&conn, state, mine).await,
-        Cmd::Approve { id, reason, conn } => request_action(&conn, id, "approve", json!({"reason": reason})).await,
-        Cmd::Deny { id, reason, conn } => request_action(&conn, id, "deny", json!({"reason": reason})).await,
-        Cmd::Cancel { id, conn } => request_action(&conn, id, "cancel", json!({})).await,
+        Cmd::Approve { id, reason, conn } => request_action(&conn, id, Decision::Approve, reason).await,
+        Cmd::Deny { id, reason, conn } => request_action(&conn, id, Decision::Deny, Some(reason)).await,
+        Cmd::Cancel { id, conn } => request_action(&conn, id, Decision::Cancel, None).await,
         Cmd::Grants { all, conn } => access_cmd::grants(&conn, all).await,
         Cmd::Revoke { grant_id, reason, conn } => access_cmd::revoke(&conn, grant_id, reason).await,
         Cmd::Release { target, conn } => access_cmd::release(&conn, &target).await,
@@ -230,10 +230,8 @@ pub(crate) fn url_host(u: &str) -> Option<String> {
 }
 
 /// approve / deny / cancel: POST, then print the request.
-async fn request_action(conn: &Conn, id: i64, action: &str, body: Value) -> Result<ExitCode> {
-    let r: Request = Client::new(conn)?
-        .post(&format!("/v1/requests/{id}/{action}"), &body)
-        .await?;
+async fn request_action(conn: &Conn, id: i64, d: Decision, reason: Option<String>) -> Result<ExitCode> {
+    let r = Client::new(conn)?.decide(id, d, reason).await?;
     if conn.json {
         print_json(&r)?;
     } else {

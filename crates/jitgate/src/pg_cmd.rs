@@ -13,7 +13,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, anyhow, bail};
-use serde_json::Value;
 
 use crate::cli::Conn;
 use crate::client::{Client, config_base};
@@ -116,7 +115,7 @@ pub async fn pin_by_fingerprint(conn: &Conn, pin: &str) -> Result<PathBuf> {
         .build()
         .context("cannot build the HTTP client")?;
     let resp = http
-        .get(format!("{base}/v1/tls/ca"))
+        .get(format!("{base}{}", jitgate_api::wire::paths::TLS_CA))
         .send()
         .await
         .map_err(|e| anyhow!("cannot reach the gateway at {base}: {}", e.without_url()))?;
@@ -125,8 +124,8 @@ pub async fn pin_by_fingerprint(conn: &Conn, pin: &str) -> Result<PathBuf> {
             "the gateway at {base} has no CA to pin (its certificate is meant to be publicly trusted); log in without --ca-pin"
         );
     }
-    let v: Value = resp.json().await.context("unexpected answer from /v1/tls/ca")?;
-    let (got, pem) = single_ca(v["pem"].as_str().context("the gateway sent no CA certificate")?)?;
+    let v: jitgate_api::wire::TlsCa = resp.json().await.context("unexpected answer from /v1/tls/ca")?;
+    let (got, pem) = single_ca(&v.pem)?;
     if got != want {
         bail!(
             "the gateway at {base} presents CA {got}, not the pinned {want}: someone may be intercepting the connection; nothing was sent. Check the fingerprint with the gateway's operator"
@@ -174,9 +173,9 @@ pub async fn pg_root(conn: &Conn, c: &Client) -> Result<PgRoot> {
             "the gateway's API at {base} is plain HTTP beyond this host, so the CA it hands out cannot be trusted\nhint: run `jitgate login --ca-pin sha256:...` with the fingerprint from the operator, or pass --ca-file"
         );
     }
-    match c.get::<Value>("/v1/tls/ca").await {
+    match c.tls_ca().await {
         Ok(v) => {
-            let (_, pem) = single_ca(v["pem"].as_str().context("the gateway sent no CA certificate")?)?;
+            let (_, pem) = single_ca(&v.pem)?;
             let pem = pem.as_str();
             let path = pinned_ca_path()?;
             let same = std::fs::read_to_string(&path).is_ok_and(|old| old == pem);
@@ -204,8 +203,8 @@ pub struct Endpoint {
 /// Host and port from `/v1/info` (public_url's host, else the listen address when specific,
 /// else the API's host), user from `/v1/whoami`.
 pub async fn endpoint(c: &Client) -> Result<Endpoint> {
-    let who: Value = c.get("/v1/whoami").await?;
-    let info: Value = c.get("/v1/info").await?;
+    let who = c.whoami().await?;
+    let info = c.info().await?;
     let Some(addr) = info["postgres"].as_str() else {
         bail!("the gateway has no Postgres front end ([listen] postgres is not set)");
     };
@@ -218,7 +217,7 @@ pub async fn endpoint(c: &Client) -> Result<Endpoint> {
         .or_else(|| (listen_host != "0.0.0.0" && listen_host != "::").then(|| listen_host.to_string()))
         .or_else(|| crate::url_host(c.base()))
         .unwrap_or_else(|| "127.0.0.1".into());
-    let user = who["name"].as_str().unwrap_or_default().to_string();
+    let user = who.principal.name;
     for (what, v) in [("host", &host), ("port", &port), ("user", &user)] {
         if v.is_empty() || v.chars().any(|c| c.is_control()) {
             bail!("the gateway sent an unusable {what} ({v:?}): refusing to write it into connection settings");
@@ -239,11 +238,11 @@ fn read_existing(path: &std::path::Path) -> Result<String> {
 
 /// The postgres resources this user sees.
 async fn pg_resources(c: &Client) -> Result<Vec<String>> {
-    let resources: Vec<Value> = c.get("/v1/resources").await?;
+    let resources = c.resources().await?;
     Ok(resources
-        .iter()
-        .filter(|r| r["kind"] == "postgres")
-        .filter_map(|r| r["name"].as_str().map(str::to_string))
+        .into_iter()
+        .filter(|r| r.kind == "postgres")
+        .map(|r| r.name)
         .collect())
 }
 
@@ -350,14 +349,14 @@ fn system_roots_need_16(root: &PgRoot) -> Result<()> {
 /// `jitgate connect RESOURCE`: psql, verified (`sslmode=verify-full`), the token as password.
 pub async fn connect(resource: &str, dbname: Option<String>, args: &[String], conn: &Conn) -> Result<ExitCode> {
     let c = Client::new(conn)?;
-    let resources: Vec<Value> = c.get("/v1/resources").await?;
-    let Some(r) = resources.iter().find(|r| r["name"] == resource) else {
+    let resources = c.resources().await?;
+    let Some(r) = resources.iter().find(|r| r.name == resource) else {
         bail!("unknown resource `{resource}`; `jitgate resources` lists them");
     };
-    if r["kind"] != "postgres" {
+    if r.kind != "postgres" {
         bail!(
             "`jitgate connect` supports postgres resources; `{resource}` is {}",
-            r["kind"]
+            r.kind
         );
     }
     let ep = endpoint(&c).await?;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, anyhow, bail};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::cli::Conn;
 use crate::client::Client;
@@ -69,11 +69,10 @@ fn cert_path(k: &Path) -> PathBuf {
 async fn fetch_cert(c: &Client, key: &Path) -> Result<(PathBuf, u64)> {
     let public =
         std::fs::read_to_string(pub_path(key)).with_context(|| format!("reading {}", pub_path(key).display()))?;
-    let v: Value = c.post("/v1/ssh/cert", &json!({"public_key": public.trim()})).await?;
-    let cert = v["certificate"].as_str().context("the gateway sent no certificate")?;
+    let v = c.ssh_cert(public.trim()).await?;
     let out = cert_path(key);
-    std::fs::write(&out, format!("{cert}\n")).with_context(|| format!("writing {}", out.display()))?;
-    Ok((out, v["valid_before"].as_u64().unwrap_or(0)))
+    std::fs::write(&out, format!("{}\n", v.certificate)).with_context(|| format!("writing {}", out.display()))?;
+    Ok((out, v.valid_before))
 }
 
 fn until(valid_before: u64) -> String {
@@ -121,7 +120,7 @@ pub async fn ssh_config(
     ssh_config: Option<PathBuf>,
 ) -> Result<ExitCode> {
     let c = Client::new(conn)?;
-    let info: Value = c.get("/v1/info").await?;
+    let info = c.info().await?;
     let Some(addr) = info["ssh"].as_str() else {
         bail!("the gateway has no SSH front end ([listen] ssh is not set)");
     };
@@ -164,7 +163,7 @@ pub async fn ssh_config(
         }
     }
     crate::files::write_private(&kh, pins.as_bytes())?;
-    let resources: Vec<Value> = c.get("/v1/resources").await?;
+    let resources = c.resources().await?;
     let fingerprint = jitgate_ssh::keys::parse_public(host_key)
         .map(|k| jitgate_ssh::keys::fingerprint(&k))
         .unwrap_or_default();
@@ -173,10 +172,10 @@ pub async fn ssh_config(
         until(vb),
         kh.display()
     );
-    for r in resources.iter().filter(|r| r["kind"] == "ssh") {
-        let name = r["name"].as_str().unwrap_or_default();
+    for r in resources.iter().filter(|r| r.kind == "ssh") {
+        let name = r.name.as_str();
         // Resources no policy lets you request are left out.
-        let Some(login) = r["access"].as_array().and_then(|a| a.first()).and_then(Value::as_str) else {
+        let Some(login) = r.access.first().map(String::as_str) else {
             continue;
         };
         // What the gateway sends goes into a file ssh reads: nothing but plain names.

@@ -14,7 +14,9 @@ impl ControlPlane {
     /// when notices may have been missed (feed reconnected, receiver lagged) and every
     /// [`RESYNC_EVERY`] as a safety net.
     pub(super) async fn follow_changes(self: Arc<Self>, stop: CancellationToken) {
-        let Some(mut rx) = self.store.changes() else { return };
+        let Some(mut rx) = self.store.replication().map(|r| r.changes()) else {
+            return;
+        };
         let mut periodic = tokio::time::interval(RESYNC_EVERY);
         periodic.tick().await;
         loop {
@@ -216,7 +218,12 @@ impl ControlPlane {
                 self.apply_grant(&g);
             }
         }
-        for (id, by) in self.store.kills_requested().await? {
+        let replication = self.store.replication();
+        let kills = match replication {
+            Some(r) => r.kills_requested().await?,
+            None => Vec::new(),
+        };
+        for (id, by) in kills {
             if self.enforcer.sessions.kill(&id, &KillReason::Killed { by }).is_some() {
                 self.metrics.sessions_killed_total.with_label_values(&["killed"]).inc();
             }
@@ -234,7 +241,10 @@ impl ControlPlane {
                 l.tokens.revoke(&jti, exp, secs);
             }
         }
-        let skew = self.store.clock_skew_ms().await?;
+        let skew = match replication {
+            Some(r) => r.clock_skew_ms().await?,
+            None => 0,
+        };
         self.metrics.store_clock_skew_seconds.set(skew as f64 / 1000.0);
         self.metrics.store_resyncs_total.with_label_values(&[reason]).inc();
         self.metrics.store_up.set(i64::from(self.store.feed_connected()));

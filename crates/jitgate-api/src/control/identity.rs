@@ -14,21 +14,6 @@ pub struct Login {
     pub accept_id_tokens: bool,
 }
 
-/// What a successful login returns.
-#[derive(Debug, Serialize)]
-pub struct LoginResult {
-    /// The gateway token (the API bearer and the Postgres password).
-    pub token: String,
-    /// Identity.
-    pub identity: String,
-    /// Groups.
-    pub groups: Vec<String>,
-    /// Expiry (RFC 3339).
-    pub expires_at: String,
-    /// Token id (for revocation).
-    pub token_id: String,
-}
-
 pub(crate) fn now_secs() -> i64 {
     jiff::Timestamp::now().as_second()
 }
@@ -157,17 +142,6 @@ impl ControlPlane {
         self.audit().record(ev).await?;
         Ok(())
     }
-}
-
-/// A newly minted machine token (shown once).
-#[derive(Debug, Serialize)]
-pub struct MintedToken {
-    /// Identity name.
-    pub name: String,
-    /// The bearer token.
-    pub token: String,
-    /// Its hash, for `token_sha256` in gateway.toml.
-    pub sha256: String,
 }
 
 impl ControlPlane {

@@ -16,7 +16,6 @@ use jitgate_core::{
     Principal, Request, RequestState, SessionInfo, SharedClock,
 };
 use jitgate_store::{GrantFilter, MachineToken, RequestFilter, Store};
-use serde::Serialize;
 use tokio::sync::{Mutex, mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -113,8 +112,8 @@ mod sessions;
 mod tasks;
 mod views;
 
-pub use identity::{Login, LoginResult, MintedToken};
-pub use views::{ResourceView, WhoAmI};
+pub use crate::wire::{LoginResult, MintedToken, ResourceView, WhoAmI};
+pub use identity::Login;
 
 impl ControlPlane {
     /// The control plane with no login services and no SSH signer (tests, tools); the gateway

@@ -144,7 +144,10 @@ impl ControlPlane {
                 .sessions
                 .kill(id, &KillReason::Killed { by: who.name.clone() });
             self.metrics.sessions_killed_total.with_label_values(&["killed"]).inc();
-        } else if !self.store.request_kill(id, &who.name).await? {
+        } else if !match self.store.replication() {
+            Some(r) => r.request_kill(id, &who.name).await?,
+            None => false,
+        } {
             return Err(ControlError::not_found(format!("no live session {id}")));
         }
         self.record(

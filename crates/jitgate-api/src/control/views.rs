@@ -2,33 +2,6 @@
 
 use super::*;
 
-/// What `whoami` returns.
-#[derive(Debug, Serialize)]
-pub struct WhoAmI {
-    /// The caller.
-    #[serde(flatten)]
-    pub principal: Principal,
-    /// Admin?
-    pub admin: bool,
-    /// Live grants held.
-    pub grants: Vec<LiveGrant>,
-}
-
-/// A resource as listed to users.
-#[derive(Debug, Serialize)]
-pub struct ResourceView {
-    /// Name.
-    pub name: String,
-    /// Kind.
-    pub kind: String,
-    /// Access levels the caller may request.
-    pub access: Vec<String>,
-    /// The policy that covers the caller.
-    pub policy: Option<String>,
-    /// Labels.
-    pub labels: std::collections::BTreeMap<String, String>,
-}
-
 impl ControlPlane {
     /// Search the audit log. Non-auditors only see events about themselves.
     pub async fn audit_search(&self, who: &Principal, mut q: Query) -> ControlResult<Vec<Event>> {

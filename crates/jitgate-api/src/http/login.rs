@@ -8,43 +8,30 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use jitgate_audit::Kind;
 use jitgate_auth::{AuthError, DeviceStart};
-use serde::Deserialize;
 
-use super::Caller;
+use super::{Caller, bearer};
 use crate::control::ControlPlane;
 use crate::control::identity::now_secs;
 use crate::error::{ApiError, ApiResult};
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct StartBody {
-    redirect_uri: String,
-}
+use crate::wire;
 
 pub(crate) async fn start(
     State(cp): State<Arc<ControlPlane>>,
-    b: Result<Json<StartBody>, JsonRejection>,
+    b: Result<Json<wire::LoginStart>, JsonRejection>,
 ) -> ApiResult<impl IntoResponse> {
     let b = super::body(b)?;
     let oidc = cp.oidc()?;
     let (url, state) = cp.attempt("code", oidc.start_login(&b.redirect_uri).await).await?;
-    Ok(Json(serde_json::json!({"auth_url": url, "state": state})))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct FinishBody {
-    state: String,
-    code: String,
+    Ok(Json(wire::LoginStarted { auth_url: url, state }))
 }
 
 pub(crate) async fn finish(
     State(cp): State<Arc<ControlPlane>>,
-    b: Result<Json<FinishBody>, JsonRejection>,
+    b: Result<Json<wire::LoginFinish>, JsonRejection>,
 ) -> ApiResult<impl IntoResponse> {
     let b = super::body(b)?;
     let oidc = cp.oidc()?;
@@ -57,36 +44,24 @@ pub(crate) async fn device_start(State(cp): State<Arc<ControlPlane>>) -> ApiResu
     Ok(Json(cp.attempt("device", oidc.start_device().await).await?))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct PollBody {
-    id: String,
-}
-
 pub(crate) async fn device_poll(
     State(cp): State<Arc<ControlPlane>>,
-    b: Result<Json<PollBody>, JsonRejection>,
+    b: Result<Json<wire::DevicePoll>, JsonRejection>,
 ) -> ApiResult<axum::response::Response> {
     let b = super::body(b)?;
     let oidc = cp.oidc()?;
     let id = match oidc.poll_device(&b.id).await {
         Err(AuthError::Pending) => {
-            return Ok((StatusCode::ACCEPTED, Json(serde_json::json!({"pending": true}))).into_response());
+            return Ok((StatusCode::ACCEPTED, Json(wire::Pending { pending: true })).into_response());
         }
         r => cp.attempt("device", r).await?,
     };
     Ok(Json(cp.logged_in("device", &id).await?).into_response())
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct IdTokenBody {
-    id_token: String,
-}
-
 pub(crate) async fn id_token(
     State(cp): State<Arc<ControlPlane>>,
-    b: Result<Json<IdTokenBody>, JsonRejection>,
+    b: Result<Json<wire::IdTokenLogin>, JsonRejection>,
 ) -> ApiResult<impl IntoResponse> {
     let b = super::body(b)?;
     let oidc = cp.oidc()?;
@@ -100,14 +75,6 @@ pub(crate) async fn id_token(
         .attempt("id_token", oidc.exchange_id_token(&b.id_token).await)
         .await?;
     Ok(Json(cp.logged_in("id_token", &id).await?))
-}
-
-fn bearer(h: &HeaderMap) -> Option<&str> {
-    h.get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
 }
 
 /// `POST /v1/logout`: revoke the caller's own gateway token.
@@ -130,13 +97,7 @@ pub(crate) async fn logout(
         .verify(token, now_secs())
         .map_err(|e| ApiError::unauthorized(e.to_string()))?;
     cp.revoke_jti(&who.name, &c.jti, c.exp, Kind::Logout).await?;
-    Ok(Json(serde_json::json!({"revoked": c.jti})))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RevokeBody {
-    token_id: String,
+    Ok(Json(wire::Revoked { revoked: c.jti }))
 }
 
 /// `POST /v1/tokens/revoke`: admins cut off a (stolen) login token by its id (from the `login`
@@ -144,7 +105,7 @@ pub(crate) struct RevokeBody {
 pub(crate) async fn revoke(
     State(cp): State<Arc<ControlPlane>>,
     Caller(who): Caller,
-    b: Result<Json<RevokeBody>, JsonRejection>,
+    b: Result<Json<wire::RevokeToken>, JsonRejection>,
 ) -> ApiResult<impl IntoResponse> {
     let b = super::body(b)?;
     if !cp.catalog().is_admin(&who.groups) {
@@ -161,5 +122,5 @@ pub(crate) async fn revoke(
     }
     let exp = now_secs() + cp.login_services()?.tokens.lifetime;
     cp.revoke_jti(&who.name, &b.token_id, exp, Kind::TokenRevoked).await?;
-    Ok(Json(serde_json::json!({"revoked": b.token_id})))
+    Ok(Json(wire::Revoked { revoked: b.token_id }))
 }

@@ -1,25 +1,29 @@
-//! The HTTP routes: `/v1/...` JSON API, `/metrics`, `/healthz`, `/readyz`.
+//! The HTTP edge: the router, the bearer-token extractor, and one module per resource
+//! (`meta`, `requests`, `grants`, `sessions`, `audit`, `tokens`, `login`). Handlers decode the
+//! [`crate::wire`] types, call the control plane, and map its `ControlError` to a status code
+//! here and nowhere else.
 
 use std::sync::Arc;
 
+use axum::Router;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequestParts, Path, Query as QueryParams, State};
+use axum::extract::{FromRequestParts, Json, State};
+use axum::http::header;
 use axum::http::request::Parts;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
 use axum::routing::{get, post};
-use axum::{Json, Router};
-use jiff::Timestamp;
-use jitgate_audit::Query;
-use jitgate_core::engine::NewRequest;
-use jitgate_core::{HumanDuration, Principal, RequestState};
-use serde::Deserialize;
+use jitgate_core::{AuthFailure, HumanDuration, Principal};
 
+mod audit;
+mod grants;
 mod login;
+mod meta;
+mod requests;
+mod sessions;
+mod tokens;
 
 use crate::control::ControlPlane;
 use crate::error::{ApiError, ApiResult};
-use jitgate_core::AuthFailure;
+use crate::wire::paths;
 
 type Cp = State<Arc<ControlPlane>>;
 
@@ -34,16 +38,13 @@ impl FromRequestParts<Arc<ControlPlane>> for Caller {
             .headers
             .get(header::AUTHORIZATION)
             .ok_or_else(|| ApiError::unauthorized("missing bearer token"))?;
-        let token = h
-            .to_str()
-            .ok()
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
+        let token = bearer_value(h)
             .ok_or_else(|| ApiError::unauthorized("the Authorization header must be `Bearer <token>`"))?;
         match cp.authenticate(token).await {
             Ok(p) => Ok(Caller(p)),
             Err(f) => {
+                // Counted here, where the HTTP failure is observed (the Postgres and SSH front
+                // ends count their own).
                 cp.metrics()
                     .auth_failures_total
                     .with_label_values(&["http", f.reason()])
@@ -61,104 +62,24 @@ impl FromRequestParts<Arc<ControlPlane>> for Caller {
     }
 }
 
+/// The token of an `Authorization: Bearer <token>` header (either case of `Bearer`).
+fn bearer_value(h: &axum::http::HeaderValue) -> Option<&str> {
+    h.to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// The caller's bearer token, for handlers that need the token itself (logout, SSH certs).
+fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers.get(header::AUTHORIZATION).and_then(bearer_value)
+}
+
+/// A JSON body, or 400 saying what is wrong with it.
 pub(crate) fn body<T>(b: Result<Json<T>, JsonRejection>) -> ApiResult<T> {
     b.map(|Json(v)| v)
         .map_err(|e| ApiError::bad_request(format!("invalid request body: {}", e.body_text()), None))
-}
-
-/// Build the router.
-pub fn router(cp: Arc<ControlPlane>) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/v1/whoami", get(whoami))
-        .route("/v1/resources", get(resources))
-        .route("/v1/info", get(info))
-        .route("/v1/tls/ca", get(tls_ca))
-        .route("/v1/requests", get(list_requests).post(create_request))
-        .route("/v1/requests/{id}", get(get_request))
-        .route("/v1/requests/{id}/approve", post(approve))
-        .route("/v1/requests/{id}/deny", post(deny))
-        .route("/v1/requests/{id}/cancel", post(cancel))
-        .route("/v1/grants", get(list_grants))
-        .route("/v1/grants/{id}/revoke", post(revoke))
-        .route("/v1/grants/{id}/release", post(release))
-        .route("/v1/grants/{id}/extend", post(extend))
-        .route("/v1/sessions", get(list_sessions))
-        .route("/v1/sessions/{id}/kill", post(kill))
-        .route("/v1/audit", get(audit))
-        .route("/v1/tokens", post(create_token))
-        .route("/v1/ssh/cert", post(ssh_cert))
-        .route("/v1/login/start", post(login::start))
-        .route("/v1/login/finish", post(login::finish))
-        .route("/v1/login/device", post(login::device_start))
-        .route("/v1/login/device/poll", post(login::device_poll))
-        .route("/v1/login/id_token", post(login::id_token))
-        .route("/v1/logout", post(login::logout))
-        .route("/v1/tokens/revoke", post(login::revoke))
-        .fallback(|| async { ApiError::not_found("no such endpoint; the API lives under /v1/") })
-        .with_state(cp)
-}
-
-async fn readyz(State(cp): Cp) -> impl IntoResponse {
-    let health = cp.store().health().await;
-    cp.metrics().store_up.set(i64::from(health.is_ok()));
-    match health {
-        Ok(()) => (StatusCode::OK, "ready\n".to_string()),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("store unavailable: {e}\n")),
-    }
-}
-
-async fn metrics(State(cp): Cp) -> impl IntoResponse {
-    cp.refresh_gauges().await;
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        cp.metrics().render(),
-    )
-}
-
-async fn whoami(State(cp): Cp, Caller(who): Caller) -> impl IntoResponse {
-    Json(cp.whoami(&who))
-}
-
-async fn info(State(cp): Cp, Caller(_who): Caller) -> impl IntoResponse {
-    let mut v = cp.frontends();
-    v["version"] = serde_json::Value::String(env!("CARGO_PKG_VERSION").to_string());
-    Json(v)
-}
-
-/// The CA the front ends' certificate chains to, for clients to pin (public: a CA certificate
-/// is no secret, and a client that fetched it unverified checks it against a fingerprint it was
-/// given before trusting it). 404 when the certificate is publicly trusted.
-async fn tls_ca(State(cp): Cp) -> axum::response::Response {
-    let v = cp.frontends();
-    match v["tls_ca"].as_str() {
-        Some(pem) => Json(serde_json::json!({
-            "pem": pem,
-            "sha256": v["tls_ca_sha256"],
-            "names": v["tls_names"],
-        }))
-        .into_response(),
-        None => ApiError::not_found(
-            "this gateway presents a publicly trusted certificate (no CA to pin): clients use the system roots",
-        )
-        .into_response(),
-    }
-}
-
-async fn resources(State(cp): Cp, Caller(who): Caller) -> impl IntoResponse {
-    Json(cp.resources(&who))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateRequest {
-    resource: String,
-    access: Option<String>,
-    duration: Option<String>,
-    reason: Option<String>,
-    ticket: Option<String>,
 }
 
 fn parse_duration(s: Option<&str>) -> ApiResult<Option<HumanDuration>> {
@@ -166,219 +87,37 @@ fn parse_duration(s: Option<&str>) -> ApiResult<Option<HumanDuration>> {
         .transpose()
 }
 
-async fn create_request(
-    State(cp): Cp,
-    Caller(who): Caller,
-    b: Result<Json<CreateRequest>, JsonRejection>,
-) -> ApiResult<impl IntoResponse> {
-    let b = body(b)?;
-    let new = NewRequest {
-        resource: b.resource,
-        access: b.access,
-        duration: parse_duration(b.duration.as_deref())?,
-        reason: b.reason,
-        ticket: b.ticket,
-    };
-    Ok((StatusCode::CREATED, Json(cp.create_request(&who, new).await?)))
-}
-
-#[derive(Deserialize)]
-struct ListRequests {
-    state: Option<String>,
-    #[serde(default)]
-    mine: bool,
-}
-
-async fn list_requests(
-    State(cp): Cp,
-    Caller(who): Caller,
-    QueryParams(q): QueryParams<ListRequests>,
-) -> ApiResult<impl IntoResponse> {
-    let state = q
-        .state
-        .as_deref()
-        .map(str::parse::<RequestState>)
-        .transpose()
-        .map_err(|e| ApiError::bad_request(e, None))?;
-    Ok(Json(cp.list_requests(&who, state, q.mine).await?))
-}
-
-async fn get_request(State(cp): Cp, Caller(who): Caller, Path(id): Path<i64>) -> ApiResult<impl IntoResponse> {
-    Ok(Json(cp.get_request(&who, id).await?))
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct Reason {
-    reason: Option<String>,
-}
-
-async fn approve(
-    State(cp): Cp,
-    Caller(who): Caller,
-    Path(id): Path<i64>,
-    b: Result<Json<Reason>, JsonRejection>,
-) -> ApiResult<impl IntoResponse> {
-    let b = body(b).unwrap_or_default();
-    Ok(Json(cp.approve(&who, id, b.reason).await?))
-}
-
-async fn deny(
-    State(cp): Cp,
-    Caller(who): Caller,
-    Path(id): Path<i64>,
-    b: Result<Json<Reason>, JsonRejection>,
-) -> ApiResult<impl IntoResponse> {
-    let b = body(b)?;
-    Ok(Json(cp.deny(&who, id, b.reason.unwrap_or_default()).await?))
-}
-
-async fn cancel(State(cp): Cp, Caller(who): Caller, Path(id): Path<i64>) -> ApiResult<impl IntoResponse> {
-    Ok(Json(cp.cancel(&who, id).await?))
-}
-
-#[derive(Deserialize)]
-struct ListGrants {
-    #[serde(default)]
-    all: bool,
-}
-
-async fn list_grants(
-    State(cp): Cp,
-    Caller(who): Caller,
-    QueryParams(q): QueryParams<ListGrants>,
-) -> ApiResult<impl IntoResponse> {
-    Ok(Json(cp.list_grants(&who, q.all).await?))
-}
-
-async fn revoke(
-    State(cp): Cp,
-    Caller(who): Caller,
-    Path(id): Path<i64>,
-    b: Result<Json<Reason>, JsonRejection>,
-) -> ApiResult<impl IntoResponse> {
-    let b = body(b).unwrap_or_default();
-    Ok(Json(cp.revoke(&who, id, b.reason).await?))
-}
-
-async fn release(State(cp): Cp, Caller(who): Caller, Path(id): Path<i64>) -> ApiResult<impl IntoResponse> {
-    Ok(Json(cp.release(&who, id).await?))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Extend {
-    duration: String,
-    reason: Option<String>,
-}
-
-async fn extend(
-    State(cp): Cp,
-    Caller(who): Caller,
-    Path(id): Path<i64>,
-    b: Result<Json<Extend>, JsonRejection>,
-) -> ApiResult<impl IntoResponse> {
-    let b = body(b)?;
-    let d = parse_duration(Some(&b.duration))?.unwrap_or_default();
-    Ok((StatusCode::CREATED, Json(cp.extend(&who, id, d, b.reason).await?)))
-}
-
-async fn list_sessions(State(cp): Cp, Caller(who): Caller) -> ApiResult<impl IntoResponse> {
-    Ok(Json(cp.list_sessions(&who).await?))
-}
-
-async fn kill(State(cp): Cp, Caller(who): Caller, Path(id): Path<String>) -> ApiResult<impl IntoResponse> {
-    Ok(Json(cp.kill_session(&who, &id).await?))
-}
-
-#[derive(Deserialize)]
-struct AuditParams {
-    user: Option<String>,
-    resource: Option<String>,
-    kind: Option<String>,
-    grant: Option<i64>,
-    session: Option<String>,
-    request: Option<i64>,
-    since: Option<String>,
-    until: Option<String>,
-    limit: Option<usize>,
-}
-
-/// `7d`/`1h` (ago) or an RFC 3339 instant.
-fn parse_instant(s: &str, now: Timestamp) -> ApiResult<Timestamp> {
-    if let Ok(t) = s.parse::<Timestamp>() {
-        return Ok(t);
-    }
-    let d = HumanDuration::parse(s).map_err(|_| {
-        ApiError::bad_request(
-            format!("`{s}` is neither a duration (7d, 2h) nor an RFC 3339 time"),
-            None,
-        )
-    })?;
-    Ok(now.checked_sub(d.as_signed()).unwrap_or(Timestamp::MIN))
-}
-
-async fn audit(
-    State(cp): Cp,
-    Caller(who): Caller,
-    QueryParams(p): QueryParams<AuditParams>,
-) -> ApiResult<impl IntoResponse> {
-    let now = Timestamp::now();
-    let q = Query {
-        user: p.user,
-        resource: p.resource,
-        kind: p.kind,
-        grant: p.grant,
-        session: p.session,
-        request: p.request,
-        since: p.since.as_deref().map(|s| parse_instant(s, now)).transpose()?,
-        until: p.until.as_deref().map(|s| parse_instant(s, now)).transpose()?,
-        limit: p.limit,
-    };
-    Ok(Json(cp.audit_search(&who, q).await?))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateToken {
-    name: String,
-    #[serde(default)]
-    groups: Vec<String>,
-}
-
-#[derive(Deserialize)]
-struct SshCertBody {
-    public_key: String,
-}
-
-async fn ssh_cert(
-    State(cp): Cp,
-    Caller(who): Caller,
-    headers: axum::http::HeaderMap,
-    b: Result<Json<SshCertBody>, JsonRejection>,
-) -> ApiResult<impl IntoResponse> {
-    let b = body(b)?;
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let (certificate, valid_before) = cp.sign_ssh_cert(&who, &b.public_key, bearer).await?;
-    Ok(Json(serde_json::json!({
-        "certificate": certificate,
-        "principal": who.name,
-        "valid_before": valid_before,
-    })))
-}
-
-async fn create_token(
-    State(cp): Cp,
-    Caller(who): Caller,
-    b: Result<Json<CreateToken>, JsonRejection>,
-) -> ApiResult<impl IntoResponse> {
-    let b = body(b)?;
-    Ok((
-        StatusCode::CREATED,
-        Json(cp.create_token(&who, &b.name, b.groups).await?),
-    ))
+/// Build the router.
+pub fn router(cp: Arc<ControlPlane>) -> Router {
+    Router::new()
+        .route(paths::HEALTHZ, get(|| async { "ok\n" }))
+        .route(paths::READYZ, get(meta::readyz))
+        .route(paths::METRICS, get(meta::metrics))
+        .route(paths::WHOAMI, get(meta::whoami))
+        .route(paths::RESOURCES, get(meta::resources))
+        .route(paths::INFO, get(meta::info))
+        .route(paths::TLS_CA, get(meta::tls_ca))
+        .route(paths::REQUESTS, get(requests::list).post(requests::create))
+        .route(paths::REQUEST, get(requests::get_one))
+        .route(paths::REQUEST_APPROVE, post(requests::approve))
+        .route(paths::REQUEST_DENY, post(requests::deny))
+        .route(paths::REQUEST_CANCEL, post(requests::cancel))
+        .route(paths::GRANTS, get(grants::list))
+        .route(paths::GRANT_REVOKE, post(grants::revoke))
+        .route(paths::GRANT_RELEASE, post(grants::release))
+        .route(paths::GRANT_EXTEND, post(grants::extend))
+        .route(paths::SESSIONS, get(sessions::list))
+        .route(paths::SESSION_KILL, post(sessions::kill))
+        .route(paths::AUDIT, get(audit::search))
+        .route(paths::TOKENS, post(tokens::create))
+        .route(paths::TOKENS_REVOKE, post(login::revoke))
+        .route(paths::SSH_CERT, post(tokens::ssh_cert))
+        .route(paths::LOGIN_START, post(login::start))
+        .route(paths::LOGIN_FINISH, post(login::finish))
+        .route(paths::LOGIN_DEVICE, post(login::device_start))
+        .route(paths::LOGIN_DEVICE_POLL, post(login::device_poll))
+        .route(paths::LOGIN_ID_TOKEN, post(login::id_token))
+        .route(paths::LOGOUT, post(login::logout))
+        .fallback(|| async { ApiError::not_found("no such endpoint; the API lives under /v1/") })
+        .with_state(cp)
 }

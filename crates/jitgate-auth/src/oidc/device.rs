@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use std::str::FromStr;
 
@@ -15,7 +15,7 @@ pub(super) struct DeviceLogin {
 }
 
 /// What a device login needs the user to do.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeviceStart {
     /// Handle for polling (not the device code).
     pub id: String,

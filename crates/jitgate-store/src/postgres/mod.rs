@@ -319,7 +319,7 @@ impl PgStore {
             inner,
             rt: tokio::runtime::Handle::current(),
         };
-        let skew = me.clock_skew_ms().await?;
+        let skew = crate::Replication::clock_skew_ms(&me).await?;
         let limit_ms = i64::try_from(opts.max_clock_skew.as_millis()).unwrap_or(i64::MAX);
         if skew.abs() > limit_ms {
             return Err(StoreError::Backend(format!(

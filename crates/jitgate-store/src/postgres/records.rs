@@ -2,6 +2,7 @@
 //! transaction that also publishes its change.
 
 use super::*;
+use crate::Replication;
 
 pub(super) fn session_record(r: &Row) -> Result<SessionRecord> {
     let info: SessionInfo = from_json(&r.try_get::<_, String>(0).map_err(backend)?)?;
@@ -257,39 +258,6 @@ impl Store for PgStore {
         .await
     }
 
-    async fn request_kill(&self, id: &str, by: &str) -> Result<bool> {
-        self.write("request_kill", async |tx| {
-            let n = tx
-                .execute(
-                    "UPDATE jitgate_sessions SET kill_by = $1 WHERE id = $2 AND ended_at IS NULL",
-                    &[&by, &id],
-                )
-                .await
-                .map_err(backend)?;
-            let change = Change::KillSession {
-                id: id.to_string(),
-                by: by.to_string(),
-            };
-            Ok((n > 0, (n > 0).then_some(change)))
-        })
-        .await
-    }
-
-    async fn kills_requested(&self) -> Result<Vec<(String, String)>> {
-        let node = self.inner.node.clone();
-        self.with("kills_requested", async |c| {
-            let rows = c
-                .query(
-                    "SELECT id, kill_by FROM jitgate_sessions WHERE node = $1 AND ended_at IS NULL AND kill_by IS NOT NULL",
-                    &[&node],
-                )
-                .await
-                .map_err(backend)?;
-            pairs(&rows)
-        })
-        .await
-    }
-
     async fn create_token(&self, t: &MachineToken) -> Result<()> {
         self.with("create_token", async |c| {
             c.execute(
@@ -345,7 +313,7 @@ impl Store for PgStore {
     }
 
     async fn health(&self) -> Result<()> {
-        if !self.feed_connected() {
+        if !Replication::feed_connected(self) {
             return Err(StoreError::Backend("the change feed (LISTEN) is disconnected".into()));
         }
         self.with("health", async |c| {
@@ -355,8 +323,52 @@ impl Store for PgStore {
         .await
     }
 
-    fn changes(&self) -> Option<broadcast::Receiver<Feed>> {
-        Some(self.inner.feed.subscribe())
+    fn replication(&self) -> Option<&dyn Replication> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl Replication for PgStore {
+    fn changes(&self) -> broadcast::Receiver<Feed> {
+        self.inner.feed.subscribe()
+    }
+
+    fn feed_connected(&self) -> bool {
+        self.inner.feed_up.load(Ordering::SeqCst)
+    }
+
+    async fn request_kill(&self, id: &str, by: &str) -> Result<bool> {
+        self.write("request_kill", async |tx| {
+            let n = tx
+                .execute(
+                    "UPDATE jitgate_sessions SET kill_by = $1 WHERE id = $2 AND ended_at IS NULL",
+                    &[&by, &id],
+                )
+                .await
+                .map_err(backend)?;
+            let change = Change::KillSession {
+                id: id.to_string(),
+                by: by.to_string(),
+            };
+            Ok((n > 0, (n > 0).then_some(change)))
+        })
+        .await
+    }
+
+    async fn kills_requested(&self) -> Result<Vec<(String, String)>> {
+        let node = self.inner.node.clone();
+        self.with("kills_requested", async |c| {
+            let rows = c
+                .query(
+                    "SELECT id, kill_by FROM jitgate_sessions WHERE node = $1 AND ended_at IS NULL AND kill_by IS NOT NULL",
+                    &[&node],
+                )
+                .await
+                .map_err(backend)?;
+            pairs(&rows)
+        })
+        .await
     }
 
     async fn register_node(&self, keys: &str) -> Result<Vec<(String, String)>> {
@@ -380,14 +392,6 @@ impl Store for PgStore {
             pairs(&rows)
         })
         .await
-    }
-
-    fn shared(&self) -> bool {
-        true
-    }
-
-    fn feed_connected(&self) -> bool {
-        self.inner.feed_up.load(Ordering::SeqCst)
     }
 
     async fn clock_skew_ms(&self) -> Result<i64> {

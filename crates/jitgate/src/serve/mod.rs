@@ -116,8 +116,8 @@ pub async fn run(config_path: &Path) -> Result<()> {
     if let (Some(ssh), Some(keys)) = (&loaded.config.listen.ssh, ssh_keys) {
         frontends::start_ssh(ssh.get_ref(), keys, &loaded, &data_dir, &cp, &stop, &mut listen_info).await?;
     }
-    if cp.store().shared() {
-        store::check_shared_keys(&cp, &data_dir).await?;
+    if let Some(replication) = cp.store().replication() {
+        store::check_shared_keys(replication, &data_dir).await?;
     }
     announce(&cp, &loaded, &data_dir, &listen_info, restored).await?;
 

@@ -5,7 +5,6 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow};
-use jitgate_api::ControlPlane;
 use jitgate_core::Metrics;
 use jitgate_core::config::Loaded;
 use jitgate_store::{SqliteStore, Store};
@@ -95,7 +94,7 @@ const SHARED_KEY_FILES: &[&str] = &[
 /// replicas': a token minted on one replica must verify on all, and users pin one SSH host key.
 /// A difference is logged as an error with what to copy (not fatal: a rolling key copy passes
 /// through it).
-pub(super) async fn check_shared_keys(cp: &ControlPlane, data_dir: &Path) -> Result<()> {
+pub(super) async fn check_shared_keys(replication: &dyn jitgate_store::Replication, data_dir: &Path) -> Result<()> {
     use sha2::Digest;
     let mut mine = serde_json::Map::new();
     for f in SHARED_KEY_FILES {
@@ -104,8 +103,7 @@ pub(super) async fn check_shared_keys(cp: &ControlPlane, data_dir: &Path) -> Res
             mine.insert((*f).to_string(), serde_json::Value::String(h[..16].to_string()));
         }
     }
-    let others = cp
-        .store()
+    let others = replication
         .register_node(&serde_json::Value::Object(mine.clone()).to_string())
         .await
         .map_err(|e| anyhow!("registering this replica in the store: {e}"))?;

@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::cli::Conn;
 
+mod api;
+pub use api::Decision;
+
 /// The login file written by `jitgate login` (0600).
 #[derive(Debug, Default, Deserialize, Serialize)]
 pub struct LoginFile {
@@ -171,27 +174,20 @@ impl Client {
         &self.base
     }
 
-    /// GET.
-    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+    /// GET `path` (a [`jitgate_api::wire::paths`] route).
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         self.send(self.http.get(format!("{}{path}", self.base))).await
     }
 
-    /// POST JSON.
-    pub async fn post<T: DeserializeOwned>(&self, path: &str, body: &serde_json::Value) -> Result<T> {
+    /// GET `path` with `query` as its query string.
+    async fn get_query<T: DeserializeOwned>(&self, path: &str, query: &impl Serialize) -> Result<T> {
+        self.send(self.http.get(format!("{}{path}", self.base)).query(query))
+            .await
+    }
+
+    /// POST `body` as JSON to `path` (a [`jitgate_api::wire::paths`] route).
+    async fn post<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> Result<T> {
         self.send(self.http.post(format!("{}{path}", self.base)).json(body))
             .await
     }
-}
-
-/// Percent-encode a query value.
-pub fn enc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }

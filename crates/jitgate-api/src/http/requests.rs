@@ -1,0 +1,72 @@
+//! `/v1/requests`: ask, list, look at one, approve, deny, cancel.
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use jitgate_core::RequestState;
+use jitgate_core::engine::NewRequest;
+
+use super::{Caller, Cp, body, parse_duration};
+use crate::error::{ApiError, ApiResult};
+use crate::wire;
+
+pub(super) async fn create(
+    State(cp): Cp,
+    Caller(who): Caller,
+    b: Result<Json<wire::CreateRequest>, JsonRejection>,
+) -> ApiResult<impl IntoResponse> {
+    let b = body(b)?;
+    let new = NewRequest {
+        resource: b.resource,
+        access: b.access,
+        duration: parse_duration(b.duration.as_deref())?,
+        reason: b.reason,
+        ticket: b.ticket,
+    };
+    Ok((StatusCode::CREATED, Json(cp.create_request(&who, new).await?)))
+}
+
+pub(super) async fn list(
+    State(cp): Cp,
+    Caller(who): Caller,
+    Query(q): Query<wire::ListRequests>,
+) -> ApiResult<impl IntoResponse> {
+    let state = q
+        .state
+        .as_deref()
+        .map(str::parse::<RequestState>)
+        .transpose()
+        .map_err(|e| ApiError::bad_request(e, None))?;
+    Ok(Json(cp.list_requests(&who, state, q.mine).await?))
+}
+
+pub(super) async fn get_one(State(cp): Cp, Caller(who): Caller, Path(id): Path<i64>) -> ApiResult<impl IntoResponse> {
+    Ok(Json(cp.get_request(&who, id).await?))
+}
+
+/// The reason is optional, and so is the body.
+pub(super) async fn approve(
+    State(cp): Cp,
+    Caller(who): Caller,
+    Path(id): Path<i64>,
+    b: Result<Json<wire::Reason>, JsonRejection>,
+) -> ApiResult<impl IntoResponse> {
+    let b = body(b).unwrap_or_default();
+    Ok(Json(cp.approve(&who, id, b.reason).await?))
+}
+
+pub(super) async fn deny(
+    State(cp): Cp,
+    Caller(who): Caller,
+    Path(id): Path<i64>,
+    b: Result<Json<wire::Reason>, JsonRejection>,
+) -> ApiResult<impl IntoResponse> {
+    let b = body(b)?;
+    Ok(Json(cp.deny(&who, id, b.reason.unwrap_or_default()).await?))
+}
+
+pub(super) async fn cancel(State(cp): Cp, Caller(who): Caller, Path(id): Path<i64>) -> ApiResult<impl IntoResponse> {
+    Ok(Json(cp.cancel(&who, id).await?))
+}
