@@ -99,9 +99,17 @@ impl Event {
         self
     }
 
-    /// Set the details.
+    /// Set the details from JSON built elsewhere (a summary assembled at run time).
     pub fn details(mut self, d: serde_json::Value) -> Self {
         self.details = d;
+        self
+    }
+
+    /// Set the details from one of the [`crate::details`] structs.
+    pub fn detail(mut self, d: impl serde::Serialize) -> Self {
+        // Structs of plain fields always serialize; a failure would leave the details empty,
+        // never lose the event.
+        self.details = serde_json::to_value(d).unwrap_or_default();
         self
     }
 }
@@ -118,11 +126,11 @@ pub struct Statement {
     pub identity: Arc<str>,
     /// Access level of the grant (`read-only`, `read-write`, ...).
     pub access: Arc<str>,
-    /// Resource.
+    /// The resource the statement ran on.
     pub resource: Arc<str>,
-    /// Grant.
+    /// The grant it ran under.
     pub grant_id: i64,
-    /// Session.
+    /// The session it ran in.
     pub session_id: Arc<str>,
     /// SQL text as sent.
     pub sql: Arc<str>,
@@ -241,15 +249,15 @@ pub struct Head {
     pub seq: u64,
     /// When it happened.
     pub time: Timestamp,
-    /// Kind.
+    /// The event kind's dotted name.
     pub kind: Cow<'static, str>,
-    /// Actor.
+    /// Who acted.
     pub actor: Option<Arc<str>>,
-    /// Resource.
+    /// The resource concerned.
     pub resource: Option<Arc<str>>,
-    /// Grant.
+    /// The grant concerned.
     pub grant_id: Option<i64>,
-    /// Session.
+    /// The session concerned.
     pub session_id: Option<Arc<str>>,
 }
 
@@ -272,7 +280,7 @@ impl From<&Event> for Head {
 pub struct Query {
     /// Actor or subject identity.
     pub user: Option<String>,
-    /// Resource.
+    /// Only events about this resource.
     pub resource: Option<String>,
     /// Kind, or a prefix ending in `.` (`grant.`).
     pub kind: Option<String>,

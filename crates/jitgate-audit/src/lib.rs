@@ -7,6 +7,7 @@
 //! searchable.
 
 pub mod chain;
+pub mod details;
 pub mod event;
 pub mod kind;
 pub mod redact;

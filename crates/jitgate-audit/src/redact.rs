@@ -37,7 +37,7 @@ struct Pattern {
 pub struct BadPattern {
     /// Position in the list, from 0.
     pub index: usize,
-    /// Why.
+    /// What is wrong with the pattern (the regex engine's message).
     pub message: String,
 }
 

@@ -136,7 +136,7 @@ pub struct AutoApprove {
 /// A compiled policy.
 #[derive(Debug, Clone)]
 pub struct Policy {
-    /// Name.
+    /// Unique among policies; requests and grants record it, so it names them in the audit log.
     pub name: String,
     /// Resource globs.
     pub resources: Vec<String>,
@@ -179,9 +179,9 @@ impl Policy {
 /// A machine or break-glass identity from `[[identities]]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StaticIdentity {
-    /// Name.
+    /// The identity name the token authenticates as (the Postgres user name, the SSH login's owner).
     pub name: String,
-    /// Groups.
+    /// Groups, matched against policies' `requesters`, approval steps and admin/auditor groups.
     pub groups: Vec<String>,
     /// Lower-case hex SHA-256 of its bearer token, when one resolved.
     pub token_sha256: Option<String>,

@@ -20,7 +20,7 @@ pub struct NewRequest {
     pub access: Option<String>,
     /// Duration; default: the policy's.
     pub duration: Option<HumanDuration>,
-    /// Why.
+    /// The requester's reason (required when the policy says `reason_required`).
     pub reason: Option<String>,
     /// Ticket id.
     pub ticket: Option<String>,
@@ -43,9 +43,9 @@ pub enum Refusal {
     /// The caller is not a requester.
     #[error("{who} may not request `{resource}`: policy `{policy}` allows requests from groups [{groups}] only")]
     NotRequester {
-        /// Caller.
+        /// The identity that asked.
         who: String,
-        /// Resource.
+        /// The resource asked for.
         resource: String,
         /// Policy name.
         policy: String,
@@ -57,7 +57,7 @@ pub enum Refusal {
     AccessNotAllowed {
         /// Asked level.
         access: String,
-        /// Resource.
+        /// The resource asked for.
         resource: String,
         /// Allowed levels.
         allowed: String,
@@ -68,11 +68,11 @@ pub enum Refusal {
     /// Too long.
     #[error("duration {asked} exceeds the maximum of {max} set by policy `{policy}`")]
     DurationTooLong {
-        /// Asked.
+        /// The duration asked for.
         asked: HumanDuration,
-        /// Maximum.
+        /// The policy's `max_duration`.
         max: HumanDuration,
-        /// Policy.
+        /// The policy that sets the maximum.
         policy: String,
     },
     /// Zero duration.
@@ -84,7 +84,7 @@ pub enum Refusal {
     /// The approver is not eligible for the current step.
     #[error("{who} may not approve request {id}: step `{step}` needs an approver from groups [{groups}]")]
     NotApprover {
-        /// Caller.
+        /// The identity that tried to approve.
         who: String,
         /// Request id.
         id: i64,
@@ -118,7 +118,7 @@ pub enum Refusal {
     GrantNotLive {
         /// Grant id.
         id: i64,
-        /// State.
+        /// The grant's state, which is not `active`.
         state: &'static str,
     },
 }

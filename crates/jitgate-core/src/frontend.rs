@@ -37,19 +37,19 @@ pub trait Gatekeeper: Send + Sync + 'static {
     fn catalog(&self) -> Arc<Catalog>;
     /// Grant cache and session registry.
     fn enforcer(&self) -> &Arc<Enforcer>;
-    /// Metrics.
+    /// The gateway's metrics, for the front end's own counters (bytes, statements, auth failures).
     fn metrics(&self) -> &Metrics;
     /// A session was registered (persist + audit). `Err`: it could not be recorded (audit log
     /// or store unavailable) and the front end must end it with the message (fail closed).
     fn session_started(&self, s: &SessionInfo) -> impl Future<Output = Result<(), SessionRefused>> + Send;
-    /// A session ended (persist + audit). `extra`: more details for the `session.ended` event
-    /// (an object whose fields are added, e.g. how the upstream processes ended).
+    /// A session ended (persist + audit). `upstream_end`: how the upstream side ended, when
+    /// the front end knows (SSH: `exited on SIGTERM`, ...).
     fn session_ended(
         &self,
         s: &SessionInfo,
         outcome: &str,
         reason: &str,
-        extra: Option<serde_json::Value>,
+        upstream_end: Option<&str>,
     ) -> impl Future<Output = ()> + Send;
 }
 
@@ -236,7 +236,7 @@ mod tests {
                 Ok(())
             }
         }
-        async fn session_ended(&self, s: &SessionInfo, outcome: &str, _r: &str, _e: Option<serde_json::Value>) {
+        async fn session_ended(&self, s: &SessionInfo, outcome: &str, _r: &str, _e: Option<&str>) {
             self.ended.lock().unwrap().push(format!("{}:{outcome}", s.id));
         }
     }

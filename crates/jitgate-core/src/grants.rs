@@ -13,15 +13,15 @@ use crate::model::Grant;
 pub struct LiveGrant {
     /// Grant id.
     pub id: i64,
-    /// Holder.
+    /// The identity holding the grant.
     pub identity: String,
-    /// Resource.
+    /// The resource it opens.
     pub resource: String,
     /// Access level.
     pub access: String,
-    /// End.
+    /// When it ends: sessions on it are killed at this instant.
     pub expires_at: Timestamp,
-    /// Policy.
+    /// The policy it was granted under (whose approvers may see and kill its sessions).
     pub policy: String,
 }
 

@@ -82,7 +82,7 @@ impl std::str::FromStr for RequestState {
 pub struct Approval {
     /// Who approved.
     pub approver: String,
-    /// When.
+    /// When the approval was given.
     pub at: Timestamp,
     /// The step it counted for (0-based).
     pub step: usize,
@@ -105,15 +105,15 @@ pub struct Request {
     pub access: String,
     /// Requested duration in seconds.
     pub duration_secs: u64,
-    /// Why.
+    /// The requester's reason.
     pub reason: Option<String>,
     /// Ticket id.
     pub ticket: Option<String>,
     /// The policy that decided.
     pub policy: String,
-    /// State.
+    /// Where the request is in its life; only `pending` requests change.
     pub state: RequestState,
-    /// Created.
+    /// When it was asked (pending timeouts and escalation count from here).
     pub created_at: Timestamp,
     /// Decided (approved/denied/cancelled/expired).
     pub decided_at: Option<Timestamp>,
@@ -181,7 +181,7 @@ pub struct Grant {
     pub id: i64,
     /// The request that opened it.
     pub request_id: i64,
-    /// Holder.
+    /// The identity holding the grant.
     pub identity: String,
     /// Resource name.
     pub resource: String,
@@ -189,9 +189,9 @@ pub struct Grant {
     pub access: String,
     /// Policy that allowed it.
     pub policy: String,
-    /// State.
+    /// Scheduled, active, or how it ended.
     pub state: GrantState,
-    /// Start.
+    /// When access begins (a window may delay it).
     pub starts_at: Timestamp,
     /// End (moved by extensions).
     pub expires_at: Timestamp,
@@ -199,7 +199,7 @@ pub struct Grant {
     pub ended_at: Option<Timestamp>,
     /// Who ended it.
     pub ended_by: Option<String>,
-    /// Why.
+    /// Why it ended early (the revoker's or releaser's reason).
     pub end_reason: Option<String>,
 }
 

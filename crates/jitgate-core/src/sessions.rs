@@ -19,19 +19,19 @@ use tokio_util::sync::CancellationToken;
 pub enum KillReason {
     /// The grant reached its end.
     Expired {
-        /// When.
+        /// The grant's `expires_at`.
         at: Timestamp,
     },
     /// An approver or admin revoked the grant.
     Revoked {
-        /// Who.
+        /// Who revoked the grant.
         by: String,
     },
     /// The holder released the grant.
     Released,
     /// An admin killed this session.
     Killed {
-        /// Who.
+        /// The admin or approver who killed the session.
         by: String,
     },
     /// The gateway is shutting down.
@@ -69,17 +69,17 @@ pub struct SessionInfo {
     pub id: String,
     /// `postgres` or `ssh`.
     pub protocol: String,
-    /// Who.
+    /// The identity the session runs as.
     pub identity: String,
-    /// Resource.
+    /// The resource it reaches.
     pub resource: String,
     /// Access level / login.
     pub access: String,
-    /// Grant.
+    /// The grant it runs on: ending the grant kills the session.
     pub grant_id: i64,
     /// Client address.
     pub client_addr: String,
-    /// Start.
+    /// When it was admitted.
     pub started_at: Timestamp,
 }
 
@@ -226,7 +226,7 @@ impl SessionRegistry {
         self.sessions.get(id).map(|e| e.info.clone())
     }
 
-    /// Count.
+    /// How many sessions are registered.
     pub fn len(&self) -> usize {
         self.sessions.len()
     }

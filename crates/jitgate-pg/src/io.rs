@@ -128,7 +128,7 @@ impl Stream {
 pub enum ReadHalf {
     /// Plain TCP.
     Plain(OwnedReadHalf),
-    /// TLS.
+    /// Split through a lock: TLS streams cannot be split into owned halves.
     Locked(tokio::io::ReadHalf<Stream>),
 }
 
@@ -136,7 +136,7 @@ pub enum ReadHalf {
 pub enum WriteHalf {
     /// Plain TCP.
     Plain(OwnedWriteHalf),
-    /// TLS.
+    /// Split through a lock: TLS streams cannot be split into owned halves.
     Locked(tokio::io::WriteHalf<Stream>),
 }
 

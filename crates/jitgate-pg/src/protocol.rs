@@ -148,7 +148,7 @@ pub enum Severity {
     Error,
     /// Session ends.
     Fatal,
-    /// Informational.
+    /// NOTICE: informational, the session goes on.
     Notice,
     /// Warning notice.
     Warning,
@@ -203,7 +203,7 @@ pub fn error_response(out: &mut BytesMut, sev: Severity, code: &str, message: &s
     }
 }
 
-/// AuthenticationOk.
+/// Append AuthenticationOk (the client is in).
 pub fn auth_ok(out: &mut BytesMut) {
     put(out, &Authentication::Ok);
 }
@@ -213,7 +213,7 @@ pub fn auth_cleartext(out: &mut BytesMut) {
     put(out, &Authentication::CleartextPassword);
 }
 
-/// ParameterStatus.
+/// Append a ParameterStatus (`k` = `v`), as the upstream reported it.
 pub fn parameter_status(out: &mut BytesMut, k: &str, v: &str) {
     put(out, &ParameterStatus::new(text(k), text(v)));
 }

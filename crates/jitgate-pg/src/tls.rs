@@ -18,7 +18,7 @@ pub enum TlsError {
     /// A file could not be read or parsed.
     #[error("{path}: {why}")]
     File {
-        /// File.
+        /// The certificate or key file.
         path: String,
         /// What went wrong.
         why: String,

@@ -25,9 +25,9 @@ pub struct Recorder {
 
 /// Header fields.
 pub struct Header<'a> {
-    /// Columns.
+    /// Terminal width in columns.
     pub width: u32,
-    /// Rows.
+    /// Terminal height in rows.
     pub height: u32,
     /// `TERM`.
     pub term: &'a str,

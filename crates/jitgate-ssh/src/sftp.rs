@@ -20,7 +20,7 @@ pub struct SftpOp {
     /// `hardlink`, `fsync`, `copy`, or `extended` (an extended request not known here; `path` is
     /// its name).
     pub op: &'static str,
-    /// Path.
+    /// The path as the client sent it (for renames and links, the first one).
     pub path: String,
     /// Second path (rename and link targets, the destination of a copy).
     pub path2: Option<String>,

@@ -74,7 +74,7 @@ pub struct SessionRecord {
     pub info: SessionInfo,
     /// When it ended.
     pub ended_at: Option<Timestamp>,
-    /// Why.
+    /// Why the session ended.
     pub end_reason: Option<String>,
     /// The gateway (node name) that hosts it; `None` for a store that serves one process.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -88,9 +88,9 @@ pub struct MachineToken {
     pub name: String,
     /// Hex SHA-256 of the token (the token itself is never stored).
     pub sha256: String,
-    /// Groups.
+    /// The token identity's groups.
     pub groups: Vec<String>,
-    /// Minted.
+    /// When it was minted.
     pub created_at: Timestamp,
     /// By whom.
     pub created_by: String,

@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "jitgate", version, about, propagate_version = true)]
 pub struct Cli {
-    /// Command.
+    /// What to do.
     #[command(subcommand)]
     pub cmd: Cmd,
 }
@@ -28,7 +28,7 @@ pub struct Conn {
     pub ca_file: Option<std::path::PathBuf>,
 }
 
-/// Subcommands.
+/// The commands, grouped in `--help` as a user meets them.
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
     /// Run the gateway.
@@ -60,7 +60,7 @@ pub enum Cmd {
     Approve {
         /// Request id.
         id: i64,
-        /// Comment.
+        /// A comment recorded with the approval (shown to the requester and in the audit log).
         #[arg(long)]
         reason: Option<String>,
         #[command(flatten)]
@@ -95,7 +95,7 @@ pub enum Cmd {
     Revoke {
         /// Grant id.
         grant_id: i64,
-        /// Why.
+        /// Why it is revoked (recorded in the audit log).
         #[arg(long)]
         reason: Option<String>,
         #[command(flatten)]
@@ -115,7 +115,7 @@ pub enum Cmd {
         /// How much more.
         #[arg(long = "for", value_name = "DURATION")]
         duration: String,
-        /// Why.
+        /// Why more time is needed (approvers see it).
         #[arg(long)]
         reason: Option<String>,
         #[command(flatten)]
@@ -349,7 +349,7 @@ pub struct SearchArgs {
     /// Actor or subject identity.
     #[arg(long)]
     pub user: Option<String>,
-    /// Resource.
+    /// Only events about this resource.
     #[arg(long)]
     pub resource: Option<String>,
     /// Event kind, or a prefix ending in `.` (e.g. `grant.`).
@@ -367,7 +367,7 @@ pub struct SearchArgs {
     /// Since (7d, 2h, or an RFC 3339 time).
     #[arg(long)]
     pub since: Option<String>,
-    /// Until.
+    /// Only events up to this time (RFC 3339, or a duration ago such as 1h).
     #[arg(long)]
     pub until: Option<String>,
     /// Most events.

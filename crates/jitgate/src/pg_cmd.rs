@@ -194,7 +194,7 @@ pub async fn pg_root(conn: &Conn, c: &Client) -> Result<PgRoot> {
 pub struct Endpoint {
     /// Host name or address (what the certificate must name).
     pub host: String,
-    /// Port.
+    /// The Postgres front end's port.
     pub port: String,
     /// The user's identity (the Postgres user name).
     pub user: String,

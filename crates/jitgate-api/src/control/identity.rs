@@ -88,8 +88,10 @@ impl ControlPlane {
             .with_label_values(&["oidc", reason_label(e)])
             .inc();
         tracing::info!(method, error = %e, "login failed");
-        let ev = Event::new(Kind::LoginFailed, jiff::Timestamp::now())
-            .details(serde_json::json!({"method": method, "error": e.to_string()}));
+        let ev = Event::new(Kind::LoginFailed, jiff::Timestamp::now()).detail(jitgate_audit::details::LoginFailed {
+            method,
+            error: e.to_string(),
+        });
         let _ = self.audit().emit(ev).await;
     }
 
@@ -101,15 +103,16 @@ impl ControlPlane {
             .mint(&id.name, &id.groups, now_secs())
             .map_err(ControlError::internal)?;
         let expires_at = jiff::Timestamp::from_second(c.exp).map_err(ControlError::internal)?;
-        let ev = Event::new(Kind::Login, jiff::Timestamp::now())
-            .actor(&id.name)
-            .details(serde_json::json!({
-                "method": method,
-                "groups": id.groups,
-                "subject": id.subject,
-                "token_id": c.jti,
-                "expires_at": expires_at.to_string(),
-            }));
+        let ev =
+            Event::new(Kind::Login, jiff::Timestamp::now())
+                .actor(&id.name)
+                .detail(jitgate_audit::details::Login {
+                    method,
+                    groups: &id.groups,
+                    subject: &id.subject,
+                    token_id: &c.jti,
+                    expires_at: expires_at.to_string(),
+                });
         self.audit().record(ev).await?;
         tracing::info!(identity = %id.name, method, token_id = %c.jti, "login");
         Ok(LoginResult {
@@ -138,7 +141,7 @@ impl ControlPlane {
         login.tokens.revoke(jti, exp, now_secs());
         let ev = Event::new(kind, jiff::Timestamp::now())
             .actor(actor)
-            .details(serde_json::json!({"token_id": jti}));
+            .detail(jitgate_audit::details::TokenRevoked { token_id: jti });
         self.audit().record(ev).await?;
         Ok(())
     }
@@ -173,7 +176,10 @@ impl ControlPlane {
             })?;
         let ev = Event::new(Kind::SshCertIssued, jiff::Timestamp::now())
             .actor(&who.name)
-            .details(serde_json::json!({"valid_before": valid_before, "key": public_key.split_whitespace().take(2).collect::<Vec<_>>().join(" ")}));
+            .detail(jitgate_audit::details::SshCertIssued {
+                valid_before,
+                key: public_key.split_whitespace().take(2).collect::<Vec<_>>().join(" "),
+            });
         self.record(ev).await?;
         Ok((cert, valid_before))
     }
@@ -233,11 +239,12 @@ impl ControlPlane {
                 created_by: who.name.clone(),
             })
             .await?;
-        self.record(
-            Event::new(Kind::TokenCreated, now)
-                .actor(&who.name)
-                .details(serde_json::json!({"identity": name, "groups": groups})),
-        )
+        self.record(Event::new(Kind::TokenCreated, now).actor(&who.name).detail(
+            jitgate_audit::details::TokenCreated {
+                identity: name,
+                groups: &groups,
+            },
+        ))
         .await?;
         Ok(MintedToken {
             name: name.to_string(),

@@ -239,8 +239,8 @@ impl jitgate_core::Gatekeeper for ControlPlane {
         ControlPlane::session_started(self, s).await
     }
 
-    async fn session_ended(&self, s: &SessionInfo, outcome: &str, reason: &str, extra: Option<serde_json::Value>) {
-        ControlPlane::session_ended(self, s, outcome, reason, extra).await;
+    async fn session_ended(&self, s: &SessionInfo, outcome: &str, reason: &str, upstream_end: Option<&str>) {
+        ControlPlane::session_ended(self, s, outcome, reason, upstream_end).await;
     }
 }
 

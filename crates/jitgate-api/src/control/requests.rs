@@ -10,10 +10,16 @@ impl ControlPlane {
             .resource(&r.resource)
             .request(r.id)
             .reason(r.reason.clone())
-            .details(serde_json::json!({
-                "identity": r.requester, "access": r.access, "duration": HumanDuration(r.duration_secs).to_string(),
-                "policy": r.policy, "ticket": r.ticket, "state": r.state, "step": r.step, "extends_grant": r.extends_grant,
-            }))
+            .detail(jitgate_audit::details::Request {
+                identity: &r.requester,
+                access: &r.access,
+                duration: HumanDuration(r.duration_secs).to_string(),
+                policy: &r.policy,
+                ticket: r.ticket.as_deref(),
+                state: r.state.as_str(),
+                step: r.step,
+                extends_grant: r.extends_grant,
+            })
     }
 
     /// Create a request (or an extension request) and auto-approve it if a rule admits it.
@@ -150,10 +156,21 @@ impl ControlPlane {
         } else {
             Kind::GrantActivated
         };
-        self
-            .record(Event::new(kind, now).actor(actor).resource(&g.resource).request(r.id).grant(g.id)
-                .details(serde_json::json!({"identity": g.identity, "access": g.access, "starts_at": g.starts_at, "expires_at": g.expires_at, "policy": g.policy})))
-            .await?;
+        self.record(
+            Event::new(kind, now)
+                .actor(actor)
+                .resource(&g.resource)
+                .request(r.id)
+                .grant(g.id)
+                .detail(jitgate_audit::details::GrantActivated {
+                    identity: &g.identity,
+                    access: &g.access,
+                    starts_at: g.starts_at,
+                    expires_at: g.expires_at,
+                    policy: &g.policy,
+                }),
+        )
+        .await?;
         Ok(())
     }
 
@@ -176,15 +193,20 @@ impl ControlPlane {
             return self.finish_approval(r, now).await;
         }
         let r = self.store.update_request(&r).await?;
-        self
-            .record(self.request_event(Kind::RequestApprovalAdded, &r, &who.name, now).details(serde_json::json!({
-                "identity": r.requester, "approvals": r.approvals.len(), "next_step": policy.steps.get(r.step).map(|s| s.name.clone()), "comment": reason,
-            })))
-            .await?;
+        self.record(
+            self.request_event(Kind::RequestApprovalAdded, &r, &who.name, now)
+                .detail(jitgate_audit::details::ApprovalAdded {
+                    identity: &r.requester,
+                    approvals: r.approvals.len(),
+                    next_step: policy.steps.get(r.step).map(|s| s.name.as_str()),
+                    comment: reason.as_deref(),
+                }),
+        )
+        .await?;
         Ok(r)
     }
 
-    /// Deny.
+    /// Deny a pending request; a reason is required, so the requester learns why.
     pub async fn deny(&self, who: &Principal, id: i64, reason: String) -> ControlResult<Request> {
         if reason.trim().is_empty() {
             return Err(ControlError::bad_request(
@@ -327,7 +349,11 @@ impl ControlPlane {
                 .grant(g.id)
                 .request(g.request_id)
                 .reason(reason)
-                .details(serde_json::json!({"identity": g.identity, "access": g.access, "sessions_killed": n})),
+                .detail(jitgate_audit::details::GrantEnded {
+                    identity: &g.identity,
+                    access: &g.access,
+                    sessions_killed: n,
+                }),
         )
         .await?;
         tracing::info!(grant_id = g.id, by = %who.name, sessions = n, "{kind}");

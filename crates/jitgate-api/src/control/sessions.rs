@@ -26,8 +26,19 @@ impl ControlPlane {
         }
         let audited = self
             .audit
-            .record(Event::new(Kind::SessionStarted, s.started_at).actor(&s.identity).resource(&s.resource).grant(s.grant_id).session(&s.id)
-                .details(serde_json::json!({"identity": s.identity, "protocol": s.protocol, "access": s.access, "client": s.client_addr})))
+            .record(
+                Event::new(Kind::SessionStarted, s.started_at)
+                    .actor(&s.identity)
+                    .resource(&s.resource)
+                    .grant(s.grant_id)
+                    .session(&s.id)
+                    .detail(jitgate_audit::details::SessionStarted {
+                        identity: &s.identity,
+                        protocol: &s.protocol,
+                        access: &s.access,
+                        client: &s.client_addr,
+                    }),
+            )
             .await;
         if let Err(e) = &audited {
             tracing::error!(error = %e, session_id = %s.id, "session start could not be audited; refusing the session");
@@ -39,7 +50,7 @@ impl ControlPlane {
     }
 
     /// Record a session end.
-    pub async fn session_ended(&self, s: &SessionInfo, outcome: &str, reason: &str, extra: Option<serde_json::Value>) {
+    pub async fn session_ended(&self, s: &SessionInfo, outcome: &str, reason: &str, upstream_end: Option<&str>) {
         let now = self.now();
         self.metrics
             .sessions_active
@@ -52,12 +63,6 @@ impl ControlPlane {
         if let Err(e) = self.store.session_ended(&s.id, now, reason).await {
             tracing::warn!(error = %e, session_id = %s.id, "could not persist session end");
         }
-        let mut details = serde_json::json!({"identity": s.identity, "protocol": s.protocol, "outcome": outcome});
-        if let (Some(serde_json::Value::Object(more)), Some(d)) = (extra, details.as_object_mut()) {
-            for (k, v) in more {
-                d.entry(k).or_insert(v);
-            }
-        }
         let _ = self
             .audit
             .record(
@@ -67,7 +72,12 @@ impl ControlPlane {
                     .grant(s.grant_id)
                     .session(&s.id)
                     .reason(Some(reason))
-                    .details(details),
+                    .detail(jitgate_audit::details::SessionEnded {
+                        identity: &s.identity,
+                        protocol: &s.protocol,
+                        outcome,
+                        upstream_end,
+                    }),
             )
             .await;
     }
@@ -156,7 +166,7 @@ impl ControlPlane {
                 .resource(&s.resource)
                 .grant(s.grant_id)
                 .session(id)
-                .details(serde_json::json!({"identity": s.identity})),
+                .detail(jitgate_audit::details::SessionKilled { identity: &s.identity }),
         )
         .await?;
         Ok(s)

@@ -26,9 +26,13 @@ impl ControlPlane {
                         .resource(&g.resource)
                         .grant(g.id)
                         .request(g.request_id)
-                        .details(
-                            serde_json::json!({"identity": g.identity, "expires_at": g.expires_at, "while_down": true}),
-                        ),
+                        .detail(jitgate_audit::details::GrantExpired {
+                            identity: &g.identity,
+                            access: None,
+                            expires_at: g.expires_at,
+                            sessions_killed: None,
+                            while_down: true,
+                        }),
                 )
                 .await?;
             }
@@ -41,14 +45,18 @@ impl ControlPlane {
 
     /// Swap in a new catalog (SIGHUP).
     pub async fn reload(&self, catalog: Catalog) -> ControlResult<()> {
-        let summary = serde_json::json!({"resources": catalog.resources.len(), "policies": catalog.policies.len(), "identities": catalog.identities.len()});
+        let summary = jitgate_audit::details::Reloaded {
+            resources: catalog.resources.len(),
+            policies: catalog.policies.len(),
+            identities: catalog.identities.len(),
+        };
         self.enforcer.set_warning_lead(catalog.expiry_warning.secs());
         self.catalog.store(Arc::new(catalog));
         self.metrics.config_reloads_total.with_label_values(&["ok"]).inc();
         self.record(
             Event::new(Kind::ConfigReloaded, self.now())
                 .actor("gateway")
-                .details(summary),
+                .detail(summary),
         )
         .await?;
         Ok(())
@@ -117,10 +125,20 @@ impl ControlPlane {
                     tracing::warn!(error = %e, grant_id = grant.id, "could not mark the grant expired in the store; the next resync will");
                 }
                 tracing::info!(grant_id = grant.id, identity = %grant.identity, resource = %grant.resource, sessions, "grant expired");
-                self
-                    .record(Event::new(Kind::GrantExpired, now).actor("gateway").resource(&grant.resource).grant(grant.id)
-                        .details(serde_json::json!({"identity": grant.identity, "access": grant.access, "expires_at": grant.expires_at, "sessions_killed": sessions})))
-                    .await?;
+                self.record(
+                    Event::new(Kind::GrantExpired, now)
+                        .actor("gateway")
+                        .resource(&grant.resource)
+                        .grant(grant.id)
+                        .detail(jitgate_audit::details::GrantExpired {
+                            identity: &grant.identity,
+                            access: Some(&grant.access),
+                            expires_at: grant.expires_at,
+                            sessions_killed: Some(sessions),
+                            while_down: false,
+                        }),
+                )
+                .await?;
             }
             LiveEvent::Expiring { grant } => {
                 self.record(
@@ -128,7 +146,10 @@ impl ControlPlane {
                         .actor("gateway")
                         .resource(&grant.resource)
                         .grant(grant.id)
-                        .details(serde_json::json!({"identity": grant.identity, "expires_at": grant.expires_at})),
+                        .detail(jitgate_audit::details::GrantExpiring {
+                            identity: &grant.identity,
+                            expires_at: grant.expires_at,
+                        }),
                 )
                 .await?;
             }
@@ -195,10 +216,11 @@ impl ControlPlane {
                 let Some(r) = ignore_conflict(self.store.update_request(&r).await)? else {
                     continue;
                 };
-                self.record(
-                    self.request_event(Kind::RequestEscalated, &r, "gateway", now)
-                        .details(serde_json::json!({"escalate_to": policy.escalate_to})),
-                )
+                self.record(self.request_event(Kind::RequestEscalated, &r, "gateway", now).detail(
+                    jitgate_audit::details::Escalated {
+                        escalate_to: &policy.escalate_to,
+                    },
+                ))
                 .await?;
             }
         }

@@ -53,9 +53,9 @@ pub enum AuditError {
     /// File trouble.
     #[error("audit log {path}: {source}")]
     Io {
-        /// File.
+        /// The audit log file.
         path: PathBuf,
-        /// Cause.
+        /// The I/O error.
         source: std::io::Error,
     },
     /// The writer task is gone.
@@ -335,9 +335,9 @@ fn catch_up_blocking(ix: &dyn AuditIndex, path: &Path, log_seq: u64) {
 fn continued_line(seq: u64, prev: &str, previous: &Path) -> (Vec<u8>, Event) {
     let mut e = Event::new(crate::Kind::ChainContinued, jiff::Timestamp::now())
         .actor("gateway")
-        .details(serde_json::json!({
-            "previous_file": previous.file_name().map(|n| n.to_string_lossy().into_owned()),
-        }));
+        .detail(crate::details::ChainContinued {
+            previous_file: previous.file_name().map(|n| n.to_string_lossy().into_owned()),
+        });
     e.seq = seq + 1;
     e.prev = prev.to_string();
     let mut line = serde_json::to_vec(&e).unwrap_or_default();

@@ -223,8 +223,8 @@ impl<G: Gatekeeper> PgFrontend<G> {
         match self.gk.authenticate(token).await {
             Ok(p) if p.name == user => Ok(p),
             Err(AuthFailure::Unavailable(message)) => {
-                let _ = self.cfg.audit.emit(Event::new(Kind::AuthUnavailable, jiff::Timestamp::now()).actor(user).resource(resource_name)
-                    .details(serde_json::json!({"protocol": "postgres", "client": peer.to_string(), "reason": message}))).await;
+                self.audit_auth(Kind::AuthUnavailable, user, resource_name, peer, &message)
+                    .await;
                 Err(LoginError::Refused(refuse(
                     "57P03",
                     message,
@@ -233,8 +233,8 @@ impl<G: Gatekeeper> PgFrontend<G> {
                 )))
             }
             _ => {
-                let _ = self.cfg.audit.emit(Event::new(Kind::AuthFailed, jiff::Timestamp::now()).actor(user).resource(resource_name)
-                    .details(serde_json::json!({"protocol": "postgres", "client": peer.to_string(), "reason": "invalid token for this user"}))).await;
+                self.audit_auth(Kind::AuthFailed, user, resource_name, peer, "invalid token for this user")
+                    .await;
                 Err(LoginError::Refused(refuse(
                     "28P01",
                     format!("password authentication failed for user \"{user}\""),
@@ -246,6 +246,19 @@ impl<G: Gatekeeper> PgFrontend<G> {
                 )))
             }
         }
+    }
+
+    /// Audit a failed or impossible token check (`auth.failed`, `auth.unavailable`).
+    async fn audit_auth(&self, kind: Kind, user: &str, resource: &str, peer: SocketAddr, reason: &str) {
+        let ev = Event::new(kind, jiff::Timestamp::now())
+            .actor(user)
+            .resource(resource)
+            .detail(jitgate_audit::details::AuthFailed {
+                protocol: "postgres",
+                client: &peer.to_string(),
+                reason,
+            });
+        let _ = self.cfg.audit.emit(ev).await;
     }
 
     /// The steps of a login, in order; each refuses with its own SQLSTATE and hint.

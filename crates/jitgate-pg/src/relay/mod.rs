@@ -70,9 +70,9 @@ pub struct RelayCtx {
     pub read_only: bool,
     /// Shared verdict cache.
     pub classifier: Arc<Classifier>,
-    /// Audit.
+    /// Where statement events go.
     pub audit: AuditSink,
-    /// Metrics.
+    /// Statement, refusal and byte counters.
     pub metrics: Metrics,
     /// SQL text longer than this is cut in audit events.
     pub max_text: usize,

@@ -68,7 +68,7 @@ pub(super) async fn client_to_upstream(
                 start_recording(ctx, rec);
                 ctx.emit(
                     ctx.event(Kind::SshShell)
-                        .details(serde_json::json!({"login": ctx.live.login})),
+                        .detail(jitgate_audit::details::Shell { login: &ctx.live.login }),
                 )
                 .await;
                 if want_reply {
@@ -156,10 +156,10 @@ async fn observe_input(ctx: &ChanCtx, rec: &Mutex<Rec>, data: &Bytes) {
     match note {
         Some(Note::Lines(lines)) => {
             for l in lines {
-                ctx.emit(
-                    ctx.event(Kind::SshCommand)
-                        .details(serde_json::json!({"line": ctx.clip(&l), "login": ctx.live.login})),
-                )
+                ctx.emit(ctx.event(Kind::SshCommand).detail(jitgate_audit::details::ShellLine {
+                    line: ctx.clip(&l),
+                    login: &ctx.live.login,
+                }))
                 .await;
             }
         }
@@ -181,10 +181,11 @@ async fn exec(ctx: &ChanCtx, rec: &Mutex<Rec>, command: &[u8]) {
     if pty {
         start_recording(ctx, rec);
     }
-    ctx.emit(
-        ctx.event(Kind::SshExec)
-            .details(serde_json::json!({"command": ctx.clip(&text), "login": ctx.live.login, "pty": pty})),
-    )
+    ctx.emit(ctx.event(Kind::SshExec).detail(jitgate_audit::details::Exec {
+        command: ctx.clip(&text),
+        login: &ctx.live.login,
+        pty,
+    }))
     .await;
 }
 
@@ -197,22 +198,22 @@ async fn subsystem(ctx: &ChanCtx, rec: &Mutex<Rec>, name: &str) {
             r.sftp = Some(SftpWatch::default());
         }
     }
-    ctx.emit(
-        ctx.event(Kind::SshSubsystem)
-            .details(serde_json::json!({"name": ctx.clip(name), "login": ctx.live.login})),
-    )
+    ctx.emit(ctx.event(Kind::SshSubsystem).detail(jitgate_audit::details::Subsystem {
+        name: ctx.clip(name),
+        login: &ctx.live.login,
+    }))
     .await;
 }
 
 pub(super) async fn emit_sftp(ctx: &ChanCtx, ops: Vec<crate::sftp::SftpOp>) {
     for op in ops {
-        ctx.emit(ctx.event(Kind::SshSftp).details(serde_json::json!({
-            "op": op.op,
-            "path": ctx.clip(&op.path),
-            "path2": op.path2.as_deref().map(|p| ctx.clip(p)),
-            "bytes_read": op.bytes_read,
-            "bytes_written": op.bytes_written,
-        })))
+        ctx.emit(ctx.event(Kind::SshSftp).detail(jitgate_audit::details::Sftp {
+            op: op.op,
+            path: ctx.clip(&op.path),
+            path2: op.path2.as_deref().map(|p| ctx.clip(p)),
+            bytes_read: op.bytes_read,
+            bytes_written: op.bytes_written,
+        }))
         .await;
     }
 }

@@ -376,20 +376,20 @@ async fn wrap_up(ctx: &ChanCtx, rec: &Mutex<Rec>) {
             p
         });
         (
-            serde_json::json!({
-                "channel": r.kind,
-                "command": r.command,
-                "exit": r.exit,
-                "bytes_from_client": r.bytes_up,
-                "bytes_to_client": r.bytes_down,
-                "recording": recording,
-                "upstream_end": r.upstream_end.map(|u| format!("{u:?}").to_lowercase()),
-            }),
+            jitgate_audit::details::ChannelClosed {
+                channel: r.kind,
+                command: r.command.clone(),
+                exit: r.exit.clone(),
+                bytes_from_client: r.bytes_up,
+                bytes_to_client: r.bytes_down,
+                recording,
+                upstream_end: r.upstream_end.map(|u| format!("{u:?}").to_lowercase()),
+            },
             ops,
         )
     };
     inbound::emit_sftp(ctx, ops).await;
-    ctx.emit(ctx.event(Kind::SshChannelClosed).details(summary)).await;
+    ctx.emit(ctx.event(Kind::SshChannelClosed).detail(summary)).await;
 }
 
 /// Relay a `direct-tcpip` channel (`ssh -L`): bytes both ways, EOF and close.
@@ -445,11 +445,14 @@ pub(crate) async fn forward_channel(
     }
     ctx.metrics.bytes_total.with_label_values(&["ssh", "in"]).inc_by(up);
     ctx.metrics.bytes_total.with_label_values(&["ssh", "out"]).inc_by(down);
-    ctx.emit(ctx.event(Kind::SshChannelClosed).details(serde_json::json!({
-        "channel": "direct-tcpip",
-        "bytes_from_client": up,
-        "bytes_to_client": down,
-    })))
+    ctx.emit(
+        ctx.event(Kind::SshChannelClosed)
+            .detail(jitgate_audit::details::ForwardClosed {
+                channel: "direct-tcpip",
+                bytes_from_client: up,
+                bytes_to_client: down,
+            }),
+    )
     .await;
 }
 

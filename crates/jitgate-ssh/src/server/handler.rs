@@ -49,8 +49,7 @@ impl Live {
         };
         let upstream_end = UpstreamEnd::label(self.upstream_end.load(Ordering::Acquire));
         tracing::info!(session_id = %info.id, outcome = %outcome, reason = %reason, upstream_end = upstream_end.unwrap_or("-"), "ssh session ended");
-        let extra = upstream_end.map(|u| serde_json::json!({"upstream_end": u}));
-        fe.gk.session_ended(info, &outcome, &reason, extra).await;
+        fe.gk.session_ended(info, &outcome, &reason, upstream_end).await;
     }
 }
 
@@ -93,9 +92,13 @@ impl<G: Gatekeeper> Conn<G> {
         if self.failures.is_empty() {
             // One audit event per connection is enough: a client offering five keys is one
             // failed login, not five.
-            let ev = Event::new(Kind::AuthFailed, jiff::Timestamp::now())
-                .actor(user)
-                .details(serde_json::json!({"protocol": "ssh", "client": self.peer.to_string(), "reason": reason}));
+            let ev = Event::new(Kind::AuthFailed, jiff::Timestamp::now()).actor(user).detail(
+                jitgate_audit::details::AuthFailed {
+                    protocol: "ssh",
+                    client: &self.peer.to_string(),
+                    reason,
+                },
+            );
             let audit = self.fe.cfg.audit.clone();
             tokio::spawn(async move {
                 let _ = audit.emit(ev).await;
@@ -252,9 +255,11 @@ impl<G: Gatekeeper> Conn<G> {
                     let ev = Event::new(Kind::SshHostKeyMismatch, jiff::Timestamp::now())
                         .actor(identity)
                         .resource(&res.name)
-                        .details(
-                            serde_json::json!({"address": res.address, "presented": presented, "why": why.to_string()}),
-                        );
+                        .detail(jitgate_audit::details::HostKeyMismatch {
+                            address: &res.address,
+                            presented,
+                            why: why.to_string(),
+                        });
                     let _ = fe.cfg.audit.emit(ev).await;
                     return Err(format!(
                         "jitgate refused to connect to {}: its host key does not match the pinned key (possible interception; operators have been alerted)",
@@ -397,13 +402,13 @@ impl<G: Gatekeeper> server::Handler for Conn<G> {
             reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
             return Ok(());
         };
-        let details = serde_json::json!({"host": host, "port": port});
+        let details = jitgate_audit::details::Forward { host, port };
         if !live.allow_forwarding {
             let _ = self
                 .fe
                 .cfg
                 .audit
-                .emit(live.event(Kind::SshForwardDenied).details(details))
+                .emit(live.event(Kind::SshForwardDenied).detail(&details))
                 .await;
             reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
             return Ok(());
@@ -422,7 +427,7 @@ impl<G: Gatekeeper> server::Handler for Conn<G> {
                     .fe
                     .cfg
                     .audit
-                    .emit(live.event(Kind::SshForward).details(details))
+                    .emit(live.event(Kind::SshForward).detail(&details))
                     .await;
                 reply.accept().await;
                 let ctx = self.ctx(&live, slot, session);

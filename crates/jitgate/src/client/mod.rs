@@ -19,7 +19,7 @@ pub struct LoginFile {
     pub url: Option<String>,
     /// Gateway token.
     pub token: Option<String>,
-    /// Who.
+    /// The identity the token names.
     #[serde(default)]
     pub identity: Option<String>,
     /// Token expiry.
@@ -57,7 +57,7 @@ fn read_login() -> LoginFile {
 /// A failed API call, shown to the user as `error: ...` and `hint: ...`.
 #[derive(Debug)]
 pub struct ApiFailure {
-    /// Message.
+    /// What went wrong, as the gateway said it.
     pub error: String,
     /// What to do.
     pub hint: Option<String>,

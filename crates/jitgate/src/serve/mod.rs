@@ -253,7 +253,10 @@ async fn announce(
         .record(
             jitgate_audit::Event::new(Kind::GatewayStarted, jiff::Timestamp::now())
                 .actor("gateway")
-                .details(serde_json::json!({"version": env!("CARGO_PKG_VERSION"), "http": http})),
+                .detail(jitgate_audit::details::Started {
+                    version: env!("CARGO_PKG_VERSION"),
+                    http: &http,
+                }),
         )
         .await;
     Ok(())
@@ -273,7 +276,9 @@ async fn shutdown(cp: &ControlPlane, notifier: &jitgate_api::notify::Notifier) {
         .record(
             jitgate_audit::Event::new(Kind::GatewayStopped, jiff::Timestamp::now())
                 .actor("gateway")
-                .details(serde_json::json!({"sessions_killed": killed})),
+                .detail(jitgate_audit::details::Stopped {
+                    sessions_killed: killed,
+                }),
         )
         .await;
     // Let webhooks take gateway.stopped (and whatever is still queued) before the process ends.
