@@ -233,8 +233,14 @@ impl<G: Gatekeeper> PgFrontend<G> {
                 )))
             }
             _ => {
-                self.audit_auth(Kind::AuthFailed, user, resource_name, peer, "invalid token for this user")
-                    .await;
+                self.audit_auth(
+                    Kind::AuthFailed,
+                    user,
+                    resource_name,
+                    peer,
+                    "invalid token for this user",
+                )
+                .await;
                 Err(LoginError::Refused(refuse(
                     "28P01",
                     format!("password authentication failed for user \"{user}\""),
