@@ -756,10 +756,8 @@ async fn malformed_input_silence_and_wrong_passwords_do_not_hurt_others() {
     );
 }
 
-/// What the gateway answers a startup packet with these parameters (read until it closes).
-async fn answer_to_startup(gw: &Gateway, params: &[(&str, &str)]) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(&gw.pg_addr).await.unwrap();
+/// A protocol 3.0 StartupMessage with these parameters.
+fn startup_packet(params: &[(&str, &str)]) -> Vec<u8> {
     let mut startup = vec![0u8; 4];
     startup.extend_from_slice(&196_608i32.to_be_bytes());
     for (k, v) in params {
@@ -771,7 +769,14 @@ async fn answer_to_startup(gw: &Gateway, params: &[(&str, &str)]) -> String {
     startup.push(0);
     let len = (startup.len() as i32).to_be_bytes();
     startup[..4].copy_from_slice(&len);
-    s.write_all(&startup).await.unwrap();
+    startup
+}
+
+/// What the gateway answers a startup packet with these parameters (read until it closes).
+async fn answer_to_startup(gw: &Gateway, params: &[(&str, &str)]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(&gw.pg_addr).await.unwrap();
+    s.write_all(&startup_packet(params)).await.unwrap();
     let mut got = Vec::new();
     tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut got))
         .await
@@ -814,19 +819,12 @@ async fn a_startup_without_a_user_or_a_database_is_told_what_to_set() {
 async fn raw_login(gw: &Gateway) -> tokio::net::TcpStream {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(&gw.pg_addr).await.unwrap();
-    let mut startup = Vec::new();
-    startup.extend_from_slice(&0i32.to_be_bytes());
-    startup.extend_from_slice(&196_608i32.to_be_bytes());
-    for (k, v) in [("user", "alice@example.com"), ("database", "prod-db")] {
-        startup.extend_from_slice(k.as_bytes());
-        startup.push(0);
-        startup.extend_from_slice(v.as_bytes());
-        startup.push(0);
-    }
-    startup.push(0);
-    let len = (startup.len() as i32).to_be_bytes();
-    startup[..4].copy_from_slice(&len);
-    s.write_all(&startup).await.unwrap();
+    s.write_all(&startup_packet(&[
+        ("user", "alice@example.com"),
+        ("database", "prod-db"),
+    ]))
+    .await
+    .unwrap();
     let mut b = [0u8; 9];
     s.read_exact(&mut b).await.unwrap();
     assert_eq!(b[0], b'R');

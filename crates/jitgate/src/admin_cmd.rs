@@ -54,29 +54,19 @@ pub(crate) async fn kill(conn: &Conn, session_id: &str) -> Result<ExitCode> {
 
 /// `jitgate audit search`.
 pub(crate) async fn audit_search(a: SearchArgs) -> Result<ExitCode> {
-    let SearchArgs {
-        user,
-        resource,
-        kind,
-        grant,
-        session,
-        request,
-        since,
-        until,
-        limit,
-        conn,
-    } = a;
+    // The command's flags are the query's fields, one for one.
     let q = wire::AuditQuery {
-        user,
-        resource,
-        kind,
-        grant,
-        session,
-        request,
-        since,
-        until,
-        limit,
+        user: a.user,
+        resource: a.resource,
+        kind: a.kind,
+        grant: a.grant,
+        session: a.session,
+        request: a.request,
+        since: a.since,
+        until: a.until,
+        limit: a.limit,
     };
+    let conn = a.conn;
     let evs = Client::new(&conn)?.audit(&q).await?;
     if conn.json {
         for e in &evs {

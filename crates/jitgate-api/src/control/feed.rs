@@ -44,6 +44,7 @@ impl ControlPlane {
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             };
             if feed.sent_ms > 0 {
+                // Wall clock on purpose: `sent_ms` is the sending replica's wall clock.
                 let lag = (Timestamp::now().as_millisecond() - feed.sent_ms).max(0);
                 self.metrics.store_feed_lag_seconds.observe(lag as f64 / 1000.0);
             }
@@ -88,7 +89,7 @@ impl ControlPlane {
             }
             Change::TokenRevoked { jti, expires_at } => {
                 if let Some(l) = self.login.as_ref() {
-                    l.tokens.revoke(&jti, expires_at, Timestamp::now().as_second());
+                    l.tokens.revoke(&jti, expires_at, self.now().as_second());
                 }
             }
             Change::Request { .. } => {}

@@ -14,9 +14,6 @@ pub struct Login {
     pub accept_id_tokens: bool,
 }
 
-pub(crate) fn now_secs() -> i64 {
-    jiff::Timestamp::now().as_second()
-}
 
 pub(crate) fn reason_label(e: &AuthError) -> &'static str {
     match e {
@@ -54,7 +51,7 @@ impl ControlPlane {
         let login = self
             .login_services()
             .map_err(|_| refused("invalid_token", "invalid or expired token".into()))?;
-        match login.tokens.verify(token, now_secs()) {
+        match login.tokens.verify(token, self.now().as_second()) {
             Ok(c) => Ok(Principal {
                 name: c.sub,
                 groups: c.groups,
@@ -88,7 +85,7 @@ impl ControlPlane {
             .with_label_values(&["oidc", reason_label(e)])
             .inc();
         tracing::info!(method, error = %e, "login failed");
-        let ev = Event::new(Kind::LoginFailed, jiff::Timestamp::now()).detail(jitgate_audit::details::LoginFailed {
+        let ev = Event::new(Kind::LoginFailed, self.now()).detail(jitgate_audit::details::LoginFailed {
             method,
             error: e.to_string(),
         });
@@ -100,11 +97,11 @@ impl ControlPlane {
         let login = self.login_services()?;
         let (token, c) = login
             .tokens
-            .mint(&id.name, &id.groups, now_secs())
+            .mint(&id.name, &id.groups, self.now().as_second())
             .map_err(ControlError::internal)?;
         let expires_at = jiff::Timestamp::from_second(c.exp).map_err(ControlError::internal)?;
         let ev =
-            Event::new(Kind::Login, jiff::Timestamp::now())
+            Event::new(Kind::Login, self.now())
                 .actor(&id.name)
                 .detail(jitgate_audit::details::Login {
                     method,
@@ -127,7 +124,7 @@ impl ControlPlane {
     /// Load the revocation list from the store (at start).
     pub async fn restore_revocations(&self) -> ControlResult<usize> {
         let Some(login) = self.login.as_ref() else { return Ok(0) };
-        let now = now_secs();
+        let now = self.now().as_second();
         let list = self.store().revoked_tokens(now).await?;
         for (jti, exp) in &list {
             login.tokens.revoke(jti, *exp, now);
@@ -138,8 +135,8 @@ impl ControlPlane {
     pub(crate) async fn revoke_jti(&self, actor: &str, jti: &str, exp: i64, kind: Kind) -> ControlResult<()> {
         let login = self.login_services()?;
         self.store().revoke_token(jti, exp).await?;
-        login.tokens.revoke(jti, exp, now_secs());
-        let ev = Event::new(kind, jiff::Timestamp::now())
+        login.tokens.revoke(jti, exp, self.now().as_second());
+        let ev = Event::new(kind, self.now())
             .actor(actor)
             .detail(jitgate_audit::details::TokenRevoked { token_id: jti });
         self.audit().record(ev).await?;
@@ -159,7 +156,7 @@ impl ControlPlane {
             (Some(t), Some(l)) if jitgate_auth::is_gateway_token(t) => l
                 .tokens
                 .keys
-                .verify(t, jiff::Timestamp::now().as_second())
+                .verify(t, self.now().as_second())
                 .ok()
                 .map(|c| (c.jti, c.exp)),
             _ => None,
@@ -174,7 +171,7 @@ impl ControlPlane {
             signer(who, public_key, token.as_ref().map(|(j, e)| (j.as_str(), *e))).map_err(|e| {
                 ControlError::bad_request(e, Some("send an OpenSSH public key line (ssh-ed25519 AAAA...)".into()))
             })?;
-        let ev = Event::new(Kind::SshCertIssued, jiff::Timestamp::now())
+        let ev = Event::new(Kind::SshCertIssued, self.now())
             .actor(&who.name)
             .detail(jitgate_audit::details::SshCertIssued {
                 valid_before,

@@ -201,7 +201,9 @@ impl ControlPlane {
         &self.store
     }
 
-    fn now(&self) -> Timestamp {
+    /// Now, by the injected clock: every lifecycle decision reads time here (tests use
+    /// `ManualClock`).
+    pub fn now(&self) -> Timestamp {
         self.clock.now()
     }
 

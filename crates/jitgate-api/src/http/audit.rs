@@ -29,7 +29,7 @@ pub(super) async fn search(
     Caller(who): Caller,
     Query(p): Query<wire::AuditQuery>,
 ) -> ApiResult<impl IntoResponse> {
-    let now = Timestamp::now();
+    let now = cp.now();
     let q = jitgate_audit::Query {
         user: p.user,
         resource: p.resource,

@@ -6,7 +6,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 
-use super::{Caller, Cp, body, parse_duration};
+use super::{Caller, Cp, OptionalReason, body, parse_duration};
 use crate::error::ApiResult;
 use crate::wire;
 
@@ -18,15 +18,13 @@ pub(super) async fn list(
     Ok(Json(cp.list_grants(&who, q.all).await?))
 }
 
-/// The reason is optional, and so is the body.
 pub(super) async fn revoke(
     State(cp): Cp,
     Caller(who): Caller,
     Path(id): Path<i64>,
-    b: Result<Json<wire::Reason>, JsonRejection>,
+    OptionalReason(reason): OptionalReason,
 ) -> ApiResult<impl IntoResponse> {
-    let b = body(b).unwrap_or_default();
-    Ok(Json(cp.revoke(&who, id, b.reason).await?))
+    Ok(Json(cp.revoke(&who, id, reason).await?))
 }
 
 pub(super) async fn release(State(cp): Cp, Caller(who): Caller, Path(id): Path<i64>) -> ApiResult<impl IntoResponse> {

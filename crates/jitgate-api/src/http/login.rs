@@ -15,7 +15,6 @@ use jitgate_auth::{AuthError, DeviceStart};
 
 use super::{Caller, bearer};
 use crate::control::ControlPlane;
-use crate::control::identity::now_secs;
 use crate::error::{ApiError, ApiResult};
 use crate::wire;
 
@@ -94,7 +93,7 @@ pub(crate) async fn logout(
         .login_services()?
         .tokens
         .keys
-        .verify(token, now_secs())
+        .verify(token, cp.now().as_second())
         .map_err(|e| ApiError::unauthorized(e.to_string()))?;
     cp.revoke_jti(&who.name, &c.jti, c.exp, Kind::Logout).await?;
     Ok(Json(wire::Revoked { revoked: c.jti }))
@@ -120,7 +119,7 @@ pub(crate) async fn revoke(
             None,
         ));
     }
-    let exp = now_secs() + cp.login_services()?.tokens.lifetime;
+    let exp = cp.now().as_second() + cp.login_services()?.tokens.lifetime;
     cp.revoke_jti(&who.name, &b.token_id, exp, Kind::TokenRevoked).await?;
     Ok(Json(wire::Revoked { revoked: b.token_id }))
 }

@@ -82,6 +82,18 @@ pub(crate) fn body<T>(b: Result<Json<T>, JsonRejection>) -> ApiResult<T> {
         .map_err(|e| ApiError::bad_request(format!("invalid request body: {}", e.body_text()), None))
 }
 
+/// An optional `{"reason": ...}` body (approve, revoke): absent or unreadable means no reason.
+pub(crate) struct OptionalReason(pub Option<String>);
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for OptionalReason {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        let b = Json::<crate::wire::Reason>::from_request(req, state).await;
+        Ok(Self(b.map(|Json(r)| r.reason).unwrap_or_default()))
+    }
+}
+
 fn parse_duration(s: Option<&str>) -> ApiResult<Option<HumanDuration>> {
     s.map(|d| HumanDuration::parse(d).map_err(|e| ApiError::bad_request(e.to_string(), None)))
         .transpose()

@@ -8,7 +8,7 @@ use axum::response::IntoResponse;
 use jitgate_core::RequestState;
 use jitgate_core::engine::NewRequest;
 
-use super::{Caller, Cp, body, parse_duration};
+use super::{Caller, Cp, OptionalReason, body, parse_duration};
 use crate::error::{ApiError, ApiResult};
 use crate::wire;
 
@@ -46,15 +46,13 @@ pub(super) async fn get_one(State(cp): Cp, Caller(who): Caller, Path(id): Path<i
     Ok(Json(cp.get_request(&who, id).await?))
 }
 
-/// The reason is optional, and so is the body.
 pub(super) async fn approve(
     State(cp): Cp,
     Caller(who): Caller,
     Path(id): Path<i64>,
-    b: Result<Json<wire::Reason>, JsonRejection>,
+    OptionalReason(reason): OptionalReason,
 ) -> ApiResult<impl IntoResponse> {
-    let b = body(b).unwrap_or_default();
-    Ok(Json(cp.approve(&who, id, b.reason).await?))
+    Ok(Json(cp.approve(&who, id, reason).await?))
 }
 
 pub(super) async fn deny(
