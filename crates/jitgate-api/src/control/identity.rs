@@ -14,7 +14,6 @@ pub struct Login {
     pub accept_id_tokens: bool,
 }
 
-
 pub(crate) fn reason_label(e: &AuthError) -> &'static str {
     match e {
         AuthError::Provider(_) => "provider",
@@ -100,16 +99,15 @@ impl ControlPlane {
             .mint(&id.name, &id.groups, self.now().as_second())
             .map_err(ControlError::internal)?;
         let expires_at = jiff::Timestamp::from_second(c.exp).map_err(ControlError::internal)?;
-        let ev =
-            Event::new(Kind::Login, self.now())
-                .actor(&id.name)
-                .detail(jitgate_audit::details::Login {
-                    method,
-                    groups: &id.groups,
-                    subject: &id.subject,
-                    token_id: &c.jti,
-                    expires_at: expires_at.to_string(),
-                });
+        let ev = Event::new(Kind::Login, self.now())
+            .actor(&id.name)
+            .detail(jitgate_audit::details::Login {
+                method,
+                groups: &id.groups,
+                subject: &id.subject,
+                token_id: &c.jti,
+                expires_at: expires_at.to_string(),
+            });
         self.audit().record(ev).await?;
         tracing::info!(identity = %id.name, method, token_id = %c.jti, "login");
         Ok(LoginResult {
@@ -171,12 +169,12 @@ impl ControlPlane {
             signer(who, public_key, token.as_ref().map(|(j, e)| (j.as_str(), *e))).map_err(|e| {
                 ControlError::bad_request(e, Some("send an OpenSSH public key line (ssh-ed25519 AAAA...)".into()))
             })?;
-        let ev = Event::new(Kind::SshCertIssued, self.now())
-            .actor(&who.name)
-            .detail(jitgate_audit::details::SshCertIssued {
+        let ev = Event::new(Kind::SshCertIssued, self.now()).actor(&who.name).detail(
+            jitgate_audit::details::SshCertIssued {
                 valid_before,
                 key: public_key.split_whitespace().take(2).collect::<Vec<_>>().join(" "),
-            });
+            },
+        );
         self.record(ev).await?;
         Ok((cert, valid_before))
     }

@@ -24,6 +24,9 @@ const INDEX_BATCH: usize = 8192;
 const INDEX_DELAY: std::time::Duration = std::time::Duration::from_millis(200);
 /// Messages taken off the channel per batch at most.
 const MAX_BATCH: usize = 4096;
+/// Events kept for a failing index to retry; beyond this the writer stops indexing until the
+/// next start (which re-indexes from the log), so the index never gets a gap.
+const MAX_RETRY_BACKLOG: usize = 8 * INDEX_BATCH;
 
 type Out = std::io::BufWriter<std::fs::File>;
 
@@ -60,6 +63,10 @@ struct Writer {
     /// relies on it) and a `record`ed event is searchable when `record` returns.
     backlog: Vec<Indexed>,
     backlog_since: std::time::Instant,
+    /// The index refused a batch and the backlog waits for a retry.
+    index_failing: bool,
+    /// The index gave up (see [`MAX_RETRY_BACKLOG`]): nothing more is indexed until restart.
+    index_stopped: bool,
 }
 
 /// What writing one batch did.
@@ -84,6 +91,8 @@ pub(super) fn writer(file: std::fs::File, seq: u64, prev: String, mut rx: mpsc::
         rt: rt.ok(),
         backlog: Vec::new(),
         backlog_since: std::time::Instant::now(),
+        index_failing: false,
+        index_stopped: false,
     };
     let mut batch: Vec<Msg> = Vec::with_capacity(256);
     while let Some(first) = w.receive(&mut rx) {
@@ -292,19 +301,47 @@ impl Writer {
         }
     }
 
-    /// Index the backlog in one transaction. A failure (or a writer without a runtime) is
-    /// logged and the backlog dropped: the file stays complete, and the catch-up at the next
-    /// start re-indexes what the index missed.
+    /// Index the backlog in one transaction. The index must stay a prefix of the log (the
+    /// catch-up at the next start indexes from its highest `seq`), so a refused batch is kept
+    /// and retried with what follows it, never skipped; a backlog over [`MAX_RETRY_BACKLOG`]
+    /// stops indexing until restart. Without a runtime or an index there is nothing to do.
     fn flush_index(&mut self) {
         if self.backlog.is_empty() {
             return;
         }
-        if let (Some(rt), Some(ix)) = (&self.rt, self.setup.index.as_deref())
-            && let Err(e) = rt.block_on(ix.index(&self.backlog))
-        {
-            tracing::error!(error = %e, events = self.backlog.len(), "audit index write failed; the log file is complete, search may miss these events");
+        let (Some(rt), Some(ix)) = (&self.rt, self.setup.index.as_deref()) else {
+            self.backlog.clear();
+            return;
+        };
+        if self.index_stopped {
+            self.backlog.clear();
+            return;
         }
-        self.backlog.clear();
+        match rt.block_on(ix.index(&self.backlog)) {
+            Ok(()) => {
+                if self.index_failing {
+                    tracing::info!(
+                        events = self.backlog.len(),
+                        "the audit index took the held events; search is complete again"
+                    );
+                }
+                self.index_failing = false;
+                self.backlog.clear();
+            }
+            Err(e) if self.backlog.len() >= MAX_RETRY_BACKLOG => {
+                tracing::error!(error = %e, events = self.backlog.len(), "the audit index keeps failing; search misses events from here until the gateway restarts (the log file is complete and the next start re-indexes it)");
+                self.index_stopped = true;
+                self.backlog.clear();
+            }
+            Err(e) => {
+                if !self.index_failing {
+                    tracing::error!(error = %e, events = self.backlog.len(), "audit index write failed; the events are kept and retried (the log file is complete)");
+                }
+                self.index_failing = true;
+                // The next try waits INDEX_DELAY (or the next batch), not a busy loop.
+                self.backlog_since = std::time::Instant::now();
+            }
+        }
     }
 
     fn finish(mut self) {
@@ -349,4 +386,57 @@ fn rotate(
     }
     tracing::info!(rotated = %rotated.display(), "audit log rotated");
     Ok((buffered(file), e, u64::try_from(line.len()).unwrap_or(0)))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::{AuditSink, Event, Kind, Query};
+
+    /// An index that refuses its first `fail` batches, then keeps what it is given.
+    struct Flaky {
+        fail: AtomicUsize,
+        seqs: Mutex<Vec<u64>>,
+    }
+
+    #[async_trait::async_trait]
+    impl AuditIndex for Flaky {
+        async fn index(&self, events: &[Indexed]) -> Result<(), String> {
+            if self.fail.load(Ordering::SeqCst) > 0 {
+                self.fail.fetch_sub(1, Ordering::SeqCst);
+                return Err("disk I/O error".into());
+            }
+            self.seqs.lock().unwrap().extend(events.iter().map(|e| e.head.seq));
+            Ok(())
+        }
+        async fn max_seq(&self) -> Result<u64, String> {
+            Ok(self.seqs.lock().unwrap().last().copied().unwrap_or(0))
+        }
+        async fn search(&self, _q: &Query) -> Result<Vec<Event>, String> {
+            Ok(Vec::new())
+        }
+    }
+
+    /// A refused index batch is retried with what follows, so the index never has a gap
+    /// (the catch-up at start relies on it being a prefix of the log).
+    #[tokio::test]
+    async fn a_failed_index_write_is_retried_and_leaves_no_gap() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let ix = Arc::new(Flaky {
+            fail: AtomicUsize::new(2),
+            seqs: Mutex::new(Vec::new()),
+        });
+        let sink = AuditSink::open(&path, Some(ix.clone()), None).unwrap();
+        for i in 0..5 {
+            sink.record(Event::new(Kind::RequestCreated, jiff::Timestamp::now()).request(i))
+                .await
+                .unwrap();
+        }
+        assert_eq!(*ix.seqs.lock().unwrap(), vec![1, 2, 3, 4, 5]);
+        assert_eq!(crate::verify_file(&path).unwrap().lines, 5);
+    }
 }
