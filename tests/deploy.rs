@@ -210,3 +210,73 @@ fn serve_raises_its_open_file_limit_and_warns_when_max_connections_need_more() {
         "{text}"
     );
 }
+
+/// `jitgate serve | tee log`, and tee goes away: the gateway keeps serving, and SIGTERM still
+/// stops it cleanly (it used to panic the task that logged next, the SIGTERM handler included,
+/// and ignore SIGTERM from then on).
+#[test]
+fn a_gateway_whose_log_reader_is_gone_keeps_serving_and_stops_on_sigterm() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("gateway.toml");
+    std::fs::write(
+        &cfg,
+        "[gateway]\ndata_dir = \"data\"\n[listen]\nhttp = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let listen = dir.path().join("data/listen.json");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !listen.exists() {
+        assert!(child.try_wait().unwrap().is_none(), "serve exited");
+        assert!(std::time::Instant::now() < deadline, "serve did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // Read what it said so far, then close the pipes' read ends: the next log line breaks.
+    let mut first = [0u8; 256];
+    let _ = child.stderr.as_mut().unwrap().read(&mut first);
+    drop(child.stdout.take());
+    drop(child.stderr.take());
+    let info: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&listen).unwrap()).unwrap();
+    let http = info["http"].as_str().unwrap().to_string();
+    let get = |path: &str| {
+        let mut s = std::net::TcpStream::connect(&http).unwrap();
+        std::io::Write::write_all(&mut s, format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes()).unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    };
+    // Requests that log (an unauthenticated API call) still work after the pipe broke.
+    for _ in 0..3 {
+        assert!(get("/v1/whoami").contains("401"));
+    }
+    assert!(get("/healthz").contains("ok"));
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("jitgate serve ignored SIGTERM once its log reader was gone");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+    let audit = std::fs::read_to_string(dir.path().join("data/audit.jsonl")).unwrap();
+    assert!(
+        audit.lines().last().is_some_and(|l| l.contains("\"gateway.stopped\"")),
+        "the stop was clean: {audit}"
+    );
+}

@@ -21,12 +21,31 @@ mod store;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
+/// Standard error for log lines, never failing: when the reader of a log pipe has gone away
+/// (`jitgate serve | tee log` after tee exits), a line that cannot be written is dropped.
+/// Passing the error on would make tracing-subscriber report it with `eprintln!`, which panics
+/// on the same broken pipe, in whatever task was logging: the SIGTERM handler among them, so
+/// the gateway stopped obeying SIGTERM.
+struct LossyStderr;
+
+impl std::io::Write for LossyStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
+}
+
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| LossyStderr)
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let _ = match format {
@@ -133,11 +152,13 @@ pub async fn run(config_path: &Path) -> Result<()> {
     let shutdown_stop = stop.clone();
     let mut term = term;
     tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
-        }
+        let which = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = tokio::signal::ctrl_c() => "SIGINT",
+        };
+        // Stop first, then say so: nothing after the signal may keep the gateway running.
         shutdown_stop.cancel();
+        tracing::info!("{which}: shutting down");
     });
 
     let app = jitgate_api::router(cp.clone());
