@@ -258,6 +258,20 @@ fn a_gateway_whose_log_reader_is_gone_keeps_serving_and_stops_on_sigterm() {
         assert!(get("/v1/whoami").contains("401"));
     }
     assert!(get("/healthz").contains("ok"));
+    // A reload logs what it did: those lines are dropped and counted, not retried.
+    Command::new("kill").args(["-HUP", &child.id().to_string()]).status().unwrap();
+    let metric = |name: &str| {
+        get("/metrics")
+            .lines()
+            .find_map(|l| l.strip_prefix(name).map(|v| v.trim().parse::<f64>().unwrap_or(0.0)))
+            .unwrap_or(0.0)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while metric("jitgate_config_reloads_total{result=\"ok\"}") < 1.0 {
+        assert!(std::time::Instant::now() < deadline, "no reload");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(metric("jitgate_log_lines_dropped_total") >= 1.0);
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

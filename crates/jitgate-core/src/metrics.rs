@@ -42,6 +42,8 @@ pub struct Metrics {
     pub config_reloads_total: IntCounterVec,
     /// Audit events written.
     pub audit_events_total: IntCounter,
+    /// Log lines that could not be written (the reader of the log pipe went away).
+    pub log_lines_dropped_total: IntCounter,
     /// Webhook notifications by result (sent, failed, dropped).
     pub notifications_total: IntCounterVec,
     /// Audit events waiting for the writer (capacity 8192; emitters wait when it is full).
@@ -187,6 +189,10 @@ impl Metrics {
                 "Age of the oldest request waiting for approval (0 when none).",
             )?)?,
             audit_events_total: r.counter("jitgate_audit_events_total", "Audit events written.")?,
+            log_lines_dropped_total: r.counter(
+                "jitgate_log_lines_dropped_total",
+                "Log lines dropped because standard error could not be written (a log pipe whose reader went away).",
+            )?,
             notifications_total: r.counters(
                 "jitgate_notifications_total",
                 "Webhook notifications, by result.",

@@ -28,9 +28,17 @@ use tokio_util::sync::CancellationToken;
 /// the gateway stopped obeying SIGTERM.
 struct LossyStderr;
 
+/// Counts the lines [`LossyStderr`] dropped (`jitgate_log_lines_dropped_total`), once the
+/// metrics exist.
+static LOG_DROPS: std::sync::OnceLock<Metrics> = std::sync::OnceLock::new();
+
 impl std::io::Write for LossyStderr {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let _ = std::io::stderr().write_all(buf);
+        if std::io::stderr().write_all(buf).is_err()
+            && let Some(c) = LOG_DROPS.get()
+        {
+            c.log_lines_dropped_total.inc();
+        }
         Ok(buf.len())
     }
 
@@ -87,6 +95,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
     raise_fd_limit(&loaded.config);
 
     let metrics = Metrics::new();
+    let _ = LOG_DROPS.set(metrics.clone());
     let store = store::open_store(&loaded, &data_dir, &metrics).await?;
     let (audit, notifier) = open_audit(&loaded, &data_dir, &store, &metrics)?;
     // The SSH keys come first: the control plane signs user certificates with them.
