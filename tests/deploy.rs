@@ -259,7 +259,10 @@ fn a_gateway_whose_log_reader_is_gone_keeps_serving_and_stops_on_sigterm() {
     }
     assert!(get("/healthz").contains("ok"));
     // A reload logs what it did: those lines are dropped and counted, not retried.
-    Command::new("kill").args(["-HUP", &child.id().to_string()]).status().unwrap();
+    Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
     let metric = |name: &str| {
         get("/metrics")
             .lines()

@@ -1000,6 +1000,62 @@ async fn shutdown_tells_clients_why_and_leaves_no_backend() {
     );
 }
 
+/// SIGTERM with a drain: `/readyz` goes 503 at once while new sessions are still admitted
+/// (`drain_delay`), then new ones are refused with a clear message while a live psql session
+/// keeps working, and at `drain_timeout` the rest end with "shutting down" and the process exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_live_sessions_refuses_new_ones_and_ends_at_the_timeout() {
+    let (mut gw, pg, db) = setup(true, "");
+    let cfg = std::fs::read_to_string(gw.config_path()).unwrap();
+    gw.write_raw_config(&cfg.replacen(
+        "[gateway]\n",
+        "[gateway]\ndrain_delay = \"1s\"\ndrain_timeout = \"3s\"\n",
+        1,
+    ));
+    gw.restart();
+    grant(&gw, "read-only", "1h");
+    let live = connect(&gw, "alice").await.unwrap();
+    assert_eq!(gw.http_get("/readyz", None).0, 200);
+    let signalled = Instant::now();
+    gw.sigterm();
+    assert!(eventually(Duration::from_millis(500), || gw
+        .http_get("/readyz", None)
+        .0
+        == 503));
+    // During drain_delay a load balancer may still send one: it is admitted.
+    let during_delay = connect(&gw, "alice").await;
+    if signalled.elapsed() < Duration::from_millis(900) {
+        assert!(during_delay.is_ok(), "{:?}", during_delay.err());
+    }
+    drop(during_delay);
+    tokio::time::sleep(Duration::from_millis(1200).saturating_sub(signalled.elapsed())).await;
+    // After it: refused, saying why, while the live session goes on.
+    let e = connect(&gw, "alice").await.unwrap_err();
+    assert_eq!(code(&e), "57P03", "{e:?}");
+    assert!(db_message(&e).contains("shutting down"), "{e:?}");
+    let n: i64 = live
+        .query_one("SELECT count(*) FROM accounts", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 100);
+    // At drain_delay + drain_timeout the rest is ended, and the process exits cleanly.
+    let e = live.simple_query("SELECT pg_sleep(30)").await.unwrap_err();
+    let ended = signalled.elapsed();
+    assert_eq!(code(&e), "57P01", "{e:?}");
+    assert!(
+        ended >= Duration::from_millis(3800) && ended < Duration::from_secs(7),
+        "{ended:?}"
+    );
+    let st = gw
+        .wait_exit(Duration::from_secs(10))
+        .expect("serve exits after the drain");
+    assert!(st.success(), "{st}");
+    assert!(eventually(Duration::from_secs(2), || backends(&pg, &db) == 0));
+    let kinds = gw.audit_kinds();
+    assert_eq!(kinds.last().map(String::as_str), Some("gateway.stopped"), "{kinds:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admin_kills_one_session_and_the_grant_stays() {
     let (gw, _pg, _db) = setup(true, "");

@@ -91,6 +91,8 @@ pub enum SessionRefused {
     StoreUnavailable(String),
     /// The audit log cannot be written: no session without an audit trail.
     AuditUnavailable(String),
+    /// The gateway is draining before it stops: live sessions go on, new ones go elsewhere.
+    ShuttingDown,
 }
 
 impl SessionRefused {
@@ -99,6 +101,9 @@ impl SessionRefused {
         match self {
             Self::GrantEnded(resource) => format!("access grant for {resource} ended"),
             Self::StoreUnavailable(m) | Self::AuditUnavailable(m) => m.clone(),
+            Self::ShuttingDown => {
+                "jitgate is shutting down and admits no new sessions; connect again to reach another replica".into()
+            }
         }
     }
 }

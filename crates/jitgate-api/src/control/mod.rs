@@ -46,6 +46,28 @@ pub struct ControlPlane {
     grant_reads: std::sync::Mutex<std::collections::HashMap<(String, String), std::time::Instant>>,
     /// Store reads on cache misses running at once.
     grant_read_permits: tokio::sync::Semaphore,
+    /// Where a stop's drain stands.
+    draining: Drain,
+}
+
+/// The phases of a drain before a stop: `/readyz` goes 503 first (load balancers look
+/// elsewhere), new sessions are refused next, live ones go on until the drain ends.
+#[derive(Debug, Default)]
+pub struct Drain {
+    unready: std::sync::atomic::AtomicBool,
+    refusing: std::sync::atomic::AtomicBool,
+}
+
+impl Drain {
+    /// Whether `/readyz` should say 503.
+    pub fn unready(&self) -> bool {
+        self.unready.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Whether new sessions are refused.
+    pub fn refusing(&self) -> bool {
+        self.refusing.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 /// The control plane's parts, gathered before it starts.
@@ -88,6 +110,7 @@ impl Builder {
             login: self.login,
             grant_reads: std::sync::Mutex::default(),
             grant_read_permits: tokio::sync::Semaphore::new(2),
+            draining: Drain::default(),
         })
     }
 }
@@ -194,6 +217,22 @@ impl ControlPlane {
     /// The metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// Where a drain stands.
+    pub fn drain(&self) -> &Drain {
+        &self.draining
+    }
+
+    /// A stop begins: `/readyz` answers 503 from now on.
+    pub fn begin_drain(&self) {
+        self.draining.unready.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// New sessions are refused from now on ("shutting down"); live ones go on.
+    pub fn refuse_new_sessions(&self) {
+        self.draining.unready.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.draining.refusing.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// The store.

@@ -16,6 +16,9 @@ impl ControlPlane {
                 "jitgate cannot reach its store ({why}); new sessions are refused until it is back — live sessions are not affected"
             ))
         };
+        if self.draining.refusing() {
+            return Err(jitgate_core::SessionRefused::ShuttingDown);
+        }
         if !self.store.feed_connected() {
             tracing::warn!(session_id = %s.id, "refusing a session: the store's change feed is disconnected");
             return Err(store_down("change feed disconnected"));

@@ -11,6 +11,12 @@ use crate::error::ApiError;
 use crate::wire;
 
 pub(super) async fn readyz(State(cp): Cp) -> impl IntoResponse {
+    if cp.drain().unready() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining: this gateway is stopping\n".to_string(),
+        );
+    }
     let health = cp.store().health().await;
     cp.metrics().store_up.set(i64::from(health.is_ok()));
     match health {

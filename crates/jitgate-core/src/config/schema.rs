@@ -81,6 +81,16 @@ pub struct GatewaySection {
     /// `text` (default) or `json` log lines.
     #[serde(default)]
     pub log_format: LogFormat,
+    /// On SIGTERM, how long `/readyz` answers 503 while new sessions are still admitted, so a
+    /// load balancer stops sending them here first (Kubernetes: a few seconds).
+    #[serde(default)]
+    pub drain_delay: HumanDuration,
+    /// After that, how long live sessions may go on (new ones are refused) before the rest are
+    /// ended with "shutdown". `0s`: end them at once. Keep `drain_delay + drain_timeout` under
+    /// the supervisor's stop timeout (systemd `TimeoutStopSec`, Kubernetes
+    /// `terminationGracePeriodSeconds`).
+    #[serde(default)]
+    pub drain_timeout: HumanDuration,
 }
 
 impl Default for GatewaySection {
@@ -94,6 +104,8 @@ impl Default for GatewaySection {
             expiry_warning: default_warning(),
             pending_timeout: default_pending_timeout(),
             log_format: LogFormat::Text,
+            drain_delay: HumanDuration::default(),
+            drain_timeout: HumanDuration::default(),
         }
     }
 }

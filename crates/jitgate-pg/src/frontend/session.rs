@@ -33,6 +33,7 @@ impl<G: Gatekeeper> PgFrontend<G> {
                     SessionRefused::GrantEnded(_) => ("57P01", None),
                     SessionRefused::StoreUnavailable(_) => ("57P03", Some("operators: see the gateway log")),
                     SessionRefused::AuditUnavailable(_) => ("58030", Some("operators: see the gateway log")),
+                    SessionRefused::ShuttingDown => ("57P03", Some("live sessions continue until the drain ends")),
                 };
                 send_error(&mut client, code, &refused.message(), hint).await;
                 return;

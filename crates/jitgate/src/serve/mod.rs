@@ -158,17 +158,11 @@ pub async fn run(config_path: &Path) -> Result<()> {
         &loaded,
         &stop,
     );
-    let shutdown_stop = stop.clone();
-    let mut term = term;
-    tokio::spawn(async move {
-        let which = tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = tokio::signal::ctrl_c() => "SIGINT",
-        };
-        // Stop first, then say so: nothing after the signal may keep the gateway running.
-        shutdown_stop.cancel();
-        tracing::info!("{which}: shutting down");
-    });
+    let drain = Drain {
+        delay: std::time::Duration::from_secs(loaded.config.gateway.drain_delay.secs()),
+        timeout: std::time::Duration::from_secs(loaded.config.gateway.drain_timeout.secs()),
+    };
+    tokio::spawn(on_stop_signal(term, cp.clone(), drain, stop.clone()));
 
     let app = jitgate_api::router(cp.clone());
     if http_tls {
@@ -290,6 +284,45 @@ async fn announce(
         )
         .await;
     Ok(())
+}
+
+/// `[gateway] drain_delay` and `drain_timeout`.
+struct Drain {
+    delay: std::time::Duration,
+    timeout: std::time::Duration,
+}
+
+/// Wait for SIGTERM or SIGINT, drain, then cancel `stop` (the API and the listeners stop and
+/// [`shutdown`] ends what is left). A second signal during the drain stops at once. Nothing
+/// here waits on a log line (see [`LossyStderr`]).
+async fn on_stop_signal(
+    mut term: tokio::signal::unix::Signal,
+    cp: Arc<ControlPlane>,
+    d: Drain,
+    stop: CancellationToken,
+) {
+    let which = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+    };
+    cp.begin_drain();
+    let live = cp.enforcer().sessions.len();
+    tracing::info!(drain_delay = ?d.delay, drain_timeout = ?d.timeout, sessions = live, "{which}: draining before the stop");
+    let drained = async {
+        tokio::time::sleep(d.delay).await;
+        cp.refuse_new_sessions();
+        let deadline = tokio::time::Instant::now() + d.timeout;
+        while !cp.enforcer().sessions.is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    };
+    tokio::select! {
+        () = drained => {}
+        _ = term.recv() => tracing::info!("second SIGTERM: stopping now"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("second SIGINT: stopping now"),
+    }
+    stop.cancel();
+    tracing::info!(sessions = cp.enforcer().sessions.len(), "shutting down");
 }
 
 /// After the API has stopped: kill every session (they tell their clients why), give them a
