@@ -275,6 +275,13 @@ fn a_gateway_whose_log_reader_is_gone_keeps_serving_and_stops_on_sigterm() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     assert!(metric("jitgate_log_lines_dropped_total") >= 1.0);
+    let version = format!("version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
+    assert!(
+        get("/metrics")
+            .lines()
+            .any(|l| l.starts_with("jitgate_build_info{commit=") && l.ends_with(&version)),
+        "jitgate_build_info"
+    );
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

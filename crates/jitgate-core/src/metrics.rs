@@ -44,6 +44,8 @@ pub struct Metrics {
     pub audit_events_total: IntCounter,
     /// Log lines that could not be written (the reader of the log pipe went away).
     pub log_lines_dropped_total: IntCounter,
+    /// 1, labelled with the running build's version and commit (set by `serve`).
+    pub build_info: IntGaugeVec,
     /// Webhook notifications by result (sent, failed, dropped).
     pub notifications_total: IntCounterVec,
     /// Audit events waiting for the writer (capacity 8192; emitters wait when it is full).
@@ -189,6 +191,11 @@ impl Metrics {
                 "Age of the oldest request waiting for approval (0 when none).",
             )?)?,
             audit_events_total: r.counter("jitgate_audit_events_total", "Audit events written.")?,
+            build_info: r.gauges(
+                "jitgate_build_info",
+                "1, labelled with the running build's version and git commit.",
+                &["version", "commit"],
+            )?,
             log_lines_dropped_total: r.counter(
                 "jitgate_log_lines_dropped_total",
                 "Log lines dropped because standard error could not be written (a log pipe whose reader went away).",

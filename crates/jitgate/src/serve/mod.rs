@@ -96,6 +96,13 @@ pub async fn run(config_path: &Path) -> Result<()> {
 
     let metrics = Metrics::new();
     let _ = LOG_DROPS.set(metrics.clone());
+    metrics
+        .build_info
+        .with_label_values(&[
+            env!("CARGO_PKG_VERSION"),
+            option_env!("JITGATE_GIT_COMMIT").unwrap_or("unknown"),
+        ])
+        .set(1);
     let store = store::open_store(&loaded, &data_dir, &metrics).await?;
     let (audit, notifier) = open_audit(&loaded, &data_dir, &store, &metrics)?;
     // The SSH keys come first: the control plane signs user certificates with them.
