@@ -55,7 +55,11 @@ fn init_logging(format: LogFormat) {
         .with_env_filter(filter)
         .with_writer(|| LossyStderr)
         .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+        // Colour only on a terminal, and never when NO_COLOR is set (https://no-color.org).
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        );
     let _ = match format {
         LogFormat::Json => b.json().flatten_event(true).try_init(),
         LogFormat::Text => b.try_init(),
