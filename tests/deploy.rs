@@ -304,3 +304,47 @@ fn a_gateway_whose_log_reader_is_gone_keeps_serving_and_stops_on_sigterm() {
         "the stop was clean: {audit}"
     );
 }
+
+/// Under systemd (`Type=notify`): READY=1 once it serves, RELOADING=1 then READY=1 around a
+/// SIGHUP, STOPPING=1 when SIGTERM begins the stop; the datagrams go to `$NOTIFY_SOCKET`.
+#[test]
+fn systemd_hears_ready_reloading_and_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
+    let cfg = dir.path().join("gateway.toml");
+    std::fs::write(
+        &cfg,
+        "[gateway]\ndata_dir = \"data\"\n[listen]\nhttp = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.path().join("serve.log")).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .current_dir(dir.path())
+        .env("NOTIFY_SOCKET", &sock_path)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let next = || {
+        let mut b = [0u8; 512];
+        let n = sock.recv(&mut b).expect("a datagram from the gateway");
+        String::from_utf8_lossy(&b[..n]).into_owned()
+    };
+    let ready = next();
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready}");
+    // Ready means serving: listen.json is written and the API answers.
+    assert!(dir.path().join("data/listen.json").exists());
+    let pid = child.id().to_string();
+    Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+    assert_eq!(next(), "RELOADING=1");
+    assert!(next().lines().any(|l| l == "READY=1"));
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let stopping = next();
+    assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping}");
+    let st = child.wait().unwrap();
+    assert!(st.success(), "{st}");
+}

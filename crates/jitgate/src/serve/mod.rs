@@ -18,6 +18,7 @@ use jitgate_store::Store;
 mod frontends;
 mod reload;
 mod store;
+mod systemd;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
@@ -159,6 +160,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
         store::check_shared_keys(replication, &data_dir).await?;
     }
     announce(&cp, &loaded, &data_dir, &listen_info, restored).await?;
+    systemd::notify("READY=1\nSTATUS=serving");
 
     reload::on_sighup(
         hup,
@@ -317,6 +319,7 @@ async fn on_stop_signal(
         _ = tokio::signal::ctrl_c() => "SIGINT",
     };
     cp.begin_drain();
+    systemd::notify("STOPPING=1\nSTATUS=draining");
     let live = cp.enforcer().sessions.len();
     tracing::info!(drain_delay = ?d.delay, drain_timeout = ?d.timeout, sessions = live, "{which}: draining before the stop");
     let drained = async {

@@ -30,9 +30,11 @@ pub(super) fn on_sighup(
                 _ = hup.recv() => {}
                 () = stop.cancelled() => return,
             }
+            super::systemd::notify("RELOADING=1");
             if let Some(new_hooks) = reload(&cp, &audit, &path, &running).await {
                 notifier.set_hooks(new_hooks);
             }
+            super::systemd::notify("READY=1\nSTATUS=serving");
         }
     });
 }
