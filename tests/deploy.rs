@@ -348,3 +348,36 @@ fn systemd_hears_ready_reloading_and_stopping() {
     let st = child.wait().unwrap();
     assert!(st.success(), "{st}");
 }
+
+/// `[listen] ops`: probes and Prometheus over plain HTTP with no token, and nothing else.
+#[test]
+fn the_ops_listener_serves_probes_and_metrics_only() {
+    let gw = Gateway::start("#listen-extra ops = \"127.0.0.1:0\"\n");
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(gw.data_dir().join("listen.json")).unwrap()).unwrap();
+    let ops = info["ops"]
+        .as_str()
+        .expect("listen.json names the ops address")
+        .to_string();
+    let get = |path: &str| {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&ops).unwrap();
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+            .unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    };
+    assert!(get("/healthz").starts_with("HTTP/1.0 200"));
+    assert!(get("/readyz").starts_with("HTTP/1.0 200"));
+    let m = get("/metrics");
+    assert!(
+        m.starts_with("HTTP/1.0 200") && m.contains("jitgate_build_info{"),
+        "{m}"
+    );
+    let api = get("/v1/whoami");
+    assert!(
+        api.starts_with("HTTP/1.0 404") && api.contains("serves /healthz, /readyz and /metrics only"),
+        "{api}"
+    );
+}

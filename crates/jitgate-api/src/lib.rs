@@ -12,4 +12,4 @@ pub mod wire;
 
 pub use control::{ControlError, ControlPlane, ControlResult, Login};
 pub use error::{ApiError, ApiResult};
-pub use http::router;
+pub use http::{ops_router, router};

@@ -99,6 +99,20 @@ fn parse_duration(s: Option<&str>) -> ApiResult<Option<HumanDuration>> {
         .transpose()
 }
 
+/// The ops listener's router: probes and metrics only, nothing that needs a token.
+pub fn ops_router(cp: Arc<ControlPlane>) -> Router {
+    Router::new()
+        .route(paths::HEALTHZ, get(|| async { "ok\n" }))
+        .route(paths::READYZ, get(meta::readyz))
+        .route(paths::METRICS, get(meta::metrics))
+        .fallback(|| async {
+            ApiError::not_found(
+                "the ops listener serves /healthz, /readyz and /metrics only; the API is on [listen] http",
+            )
+        })
+        .with_state(cp)
+}
+
 /// Build the router.
 pub fn router(cp: Arc<ControlPlane>) -> Router {
     Router::new()

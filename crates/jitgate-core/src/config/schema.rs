@@ -150,6 +150,9 @@ pub struct ListenSection {
     pub postgres: Option<Spanned<String>>,
     /// SSH front end.
     pub ssh: Option<Spanned<String>>,
+    /// Plain-HTTP ops listener for probes and Prometheus: `/healthz`, `/readyz` and `/metrics`
+    /// only (no API, no token, no TLS), e.g. `0.0.0.0:9090`.
+    pub ops: Option<Spanned<String>>,
 }
 
 impl ListenSection {
@@ -173,6 +176,7 @@ impl Default for ListenSection {
             http_tls: None,
             postgres: None,
             ssh: None,
+            ops: None,
         }
     }
 }

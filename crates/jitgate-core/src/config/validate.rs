@@ -39,6 +39,7 @@ fn check_listeners(c: &Config, d: &mut Diags<'_>) {
     for (what, v) in [
         ("[listen] postgres", &c.listen.postgres),
         ("[listen] ssh", &c.listen.ssh),
+        ("[listen] ops", &c.listen.ops),
     ] {
         if let Some(v) = v {
             check_addr(d, what, v);

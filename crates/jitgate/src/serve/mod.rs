@@ -159,6 +159,18 @@ pub async fn run(config_path: &Path) -> Result<()> {
     if let Some(replication) = cp.store().replication() {
         store::check_shared_keys(replication, &data_dir).await?;
     }
+    if let Some(ops) = &loaded.config.listen.ops {
+        let addr: SocketAddr = ops.get_ref().parse().context("[listen] ops")?;
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} ([listen] ops)"))?;
+        listen_info["ops"] = serde_json::Value::String(l.local_addr()?.to_string());
+        tokio::spawn(crate::http_server::serve(
+            l,
+            jitgate_api::ops_router(cp.clone()),
+            stop.clone(),
+        ));
+    }
     announce(&cp, &loaded, &data_dir, &listen_info, restored).await?;
     systemd::notify("READY=1\nSTATUS=serving");
 
