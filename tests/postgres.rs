@@ -1056,6 +1056,164 @@ async fn sigterm_drains_live_sessions_refuses_new_ones_and_ends_at_the_timeout()
     assert_eq!(kinds.last().map(String::as_str), Some("gateway.stopped"), "{kinds:?}");
 }
 
+/// `openssl` in `dir`: a CA, then leaf certificates for 127.0.0.1 signed by it.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let o = Command::new("openssl").args(args).current_dir(dir).output().unwrap();
+    assert!(
+        o.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+fn leaf(dir: &std::path::Path, name: &str) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+            "-subj",
+            &format!("/CN={name}"),
+        ],
+    );
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+            "-out",
+            &format!("{name}.crt"),
+        ],
+    );
+}
+
+/// The subject of the certificate the Postgres front end presents to a new TLS client.
+fn presented_subject(gw: &Gateway) -> String {
+    let o = Command::new("openssl")
+        .args(["s_client", "-starttls", "postgres", "-connect", &gw.pg_addr])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    text.lines()
+        .find_map(|l| l.strip_prefix("subject=").map(str::to_string))
+        .unwrap_or_else(|| panic!("no certificate shown: {text}"))
+}
+
+/// A certificate replaced on disk is served to the next TLS client without a restart (SIGHUP,
+/// or within seconds by itself), while a TLS session opened before goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_certificate_is_served_without_a_restart_or_a_dropped_session() {
+    let certs = tempfile::tempdir().unwrap();
+    let d = certs.path();
+    openssl(
+        d,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=test-ca",
+        ],
+    );
+    leaf(d, "gw-one");
+    leaf(d, "gw-two");
+    std::fs::copy(d.join("gw-one.crt"), d.join("live.crt")).unwrap();
+    std::fs::copy(d.join("gw-one.key"), d.join("live.key")).unwrap();
+    let tls = format!(
+        "[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nca_file = \"{}\"\n",
+        d.join("live.crt").display(),
+        d.join("live.key").display(),
+        d.join("ca.crt").display()
+    );
+    let (gw, _pg, _db) = setup(true, &tls);
+    grant(&gw, "read-only", "1h");
+    assert!(presented_subject(&gw).contains("gw-one"));
+    // A TLS session that spans the rotation.
+    let (h, p) = gw.pg_host_port();
+    let conn = format!(
+        "host={h} port={p} user=alice@example.com dbname=prod-db sslmode=verify-full sslrootcert={}",
+        d.join("ca.crt").display()
+    );
+    let live = std::process::Command::new("psql")
+        .args([
+            "-X",
+            "-A",
+            "-t",
+            &conn,
+            "-c",
+            "SELECT pg_sleep(2)",
+            "-c",
+            "SELECT 'still here'",
+        ])
+        .env("PGPASSWORD", token("alice"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Replace both files, as cert-manager does, and tell the gateway.
+    std::fs::copy(d.join("gw-two.key"), d.join("live.key")).unwrap();
+    std::fs::copy(d.join("gw-two.crt"), d.join("live.crt")).unwrap();
+    gw.sighup();
+    assert!(
+        eventually(Duration::from_secs(3), || presented_subject(&gw).contains("gw-two")),
+        "the new certificate is not served"
+    );
+    let o = live.wait_with_output().unwrap();
+    assert!(
+        o.status.success() && String::from_utf8_lossy(&o.stdout).contains("still here"),
+        "the session opened before the rotation was dropped: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // Without a signal: the file watch picks up the next rotation by itself.
+    std::fs::copy(d.join("gw-one.key"), d.join("live.key")).unwrap();
+    std::fs::copy(d.join("gw-one.crt"), d.join("live.crt")).unwrap();
+    assert!(
+        eventually(Duration::from_secs(12), || presented_subject(&gw).contains("gw-one")),
+        "the file watch did not reload the certificate"
+    );
+    // A broken replacement keeps the certificate in use.
+    std::fs::write(d.join("live.crt"), "not a certificate\n").unwrap();
+    gw.sighup();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(presented_subject(&gw).contains("gw-one"));
+    assert!(
+        eventually(Duration::from_secs(3), || gw
+            .log()
+            .contains("TLS certificate not reloaded")),
+        "{}",
+        gw.log()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admin_kills_one_session_and_the_grant_stays() {
     let (gw, _pg, _db) = setup(true, "");

@@ -235,6 +235,92 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsEr
     server_config_alpn(cert, key, &[b"postgresql"])
 }
 
+/// The front ends' certificate, replaceable while they run: a handshake after
+/// [`LiveCert::reload`] gets the new certificate, connections already open keep theirs. A
+/// reload that cannot read or parse the files keeps the certificate in use.
+#[derive(Debug)]
+pub struct LiveCert {
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+    current: std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>,
+    /// The files' modification times when they were last loaded.
+    loaded: std::sync::Mutex<(Option<std::time::SystemTime>, Option<std::time::SystemTime>)>,
+}
+
+fn mtime(p: &Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(p).and_then(|m| m.modified()).ok()
+}
+
+fn certified_key(cert: &Path, key: &Path) -> Result<Arc<rustls::sign::CertifiedKey>, TlsError> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| file_err(cert, e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| file_err(cert, e))?;
+    if certs.is_empty() {
+        return Err(file_err(cert, "no certificate in the file (expected PEM)"));
+    }
+    let der = PrivateKeyDer::from_pem_file(key).map_err(|e| file_err(key, format!("no usable private key: {e}")))?;
+    let signer = provider()
+        .key_provider
+        .load_private_key(der)
+        .map_err(|e| file_err(key, format!("unusable private key: {e}")))?;
+    let ck = rustls::sign::CertifiedKey::new(certs, signer);
+    ck.keys_match()
+        .map_err(|e| file_err(key, format!("the key does not belong to {}: {e}", cert.display())))?;
+    Ok(Arc::new(ck))
+}
+
+impl LiveCert {
+    /// Load the certificate chain and key from PEM files.
+    pub fn load(cert: &Path, key: &Path) -> Result<Arc<Self>, TlsError> {
+        let stamps = (mtime(cert), mtime(key));
+        Ok(Arc::new(Self {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            current: std::sync::RwLock::new(certified_key(cert, key)?),
+            loaded: std::sync::Mutex::new(stamps),
+        }))
+    }
+
+    /// Whether the files changed on disk since they were loaded.
+    pub fn changed_on_disk(&self) -> bool {
+        let now = (mtime(&self.cert), mtime(&self.key));
+        *self.loaded.lock().unwrap_or_else(|e| e.into_inner()) != now
+    }
+
+    /// Read the files again and serve what they hold from the next handshake on. An error
+    /// leaves the certificate in use untouched.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let stamps = (mtime(&self.cert), mtime(&self.key));
+        let ck = certified_key(&self.cert, &self.key)?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = ck;
+        *self.loaded.lock().unwrap_or_else(|e| e.into_inner()) = stamps;
+        Ok(())
+    }
+
+    /// The certificate file.
+    pub fn cert_path(&self) -> &Path {
+        &self.cert
+    }
+}
+
+impl rustls::server::ResolvesServerCert for LiveCert {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.current.read().unwrap_or_else(|e| e.into_inner()).clone())
+    }
+}
+
+/// Server configuration over a [`LiveCert`], offering the given ALPN protocols.
+pub fn server_config_live(cert: &Arc<LiveCert>, alpn: &[&[u8]]) -> Result<Arc<ServerConfig>, TlsError> {
+    let mut cfg = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_no_client_auth()
+        .with_cert_resolver(cert.clone());
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(cfg))
+}
+
 /// Server configuration from PEM files, offering the given ALPN protocols.
 pub fn server_config_alpn(cert: &Path, key: &Path, alpn: &[&[u8]]) -> Result<Arc<ServerConfig>, TlsError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)

@@ -28,24 +28,25 @@ pub(super) fn gateway_tls(
     Ok(t)
 }
 
-/// The certificate and key files of the gateway's TLS certificate.
-pub(super) fn tls_files(tls: Option<&GatewayTls>) -> Result<(PathBuf, PathBuf)> {
-    tls.map(|t| (t.cert.clone(), t.key.clone()))
-        .ok_or_else(|| anyhow!("no TLS certificate was set up"))
+/// The gateway's TLS certificate as the front ends serve it: replaceable on SIGHUP or when its
+/// files change (see `reload::watch_certificate`).
+pub(super) fn live_cert(tls: Option<&GatewayTls>) -> Result<Arc<jitgate_pg::tls::LiveCert>> {
+    let t = tls.ok_or_else(|| anyhow!("no TLS certificate was set up"))?;
+    jitgate_pg::tls::LiveCert::load(&t.cert, &t.key).context("loading the TLS certificate ([tls])")
 }
 
 /// The Postgres front end on `addr` (`[listen] postgres`), TLS with the gateway's certificate.
 pub(super) async fn start_postgres(
     addr: &str,
-    tls: Option<&GatewayTls>,
+    cert: &Arc<jitgate_pg::tls::LiveCert>,
     loaded: &Loaded,
     cp: &Arc<ControlPlane>,
     stop: &CancellationToken,
     listen_info: &mut serde_json::Value,
 ) -> Result<()> {
     let addr: SocketAddr = addr.parse().context("[listen] postgres")?;
-    let (cert, key) = tls_files(tls)?;
-    let tls = jitgate_pg::tls::server_config(&cert, &key).context("loading the TLS certificate ([tls])")?;
+    // ALPN `postgresql` for direct TLS (PostgreSQL 17 clients).
+    let tls = jitgate_pg::tls::server_config_live(cert, &[b"postgresql"]).context("TLS for [listen] postgres")?;
     let pgc = &loaded.config.postgres;
     if pgc.allow_plaintext && !addr.ip().is_loopback() {
         bail!(
@@ -68,8 +69,8 @@ pub(super) async fn start_postgres(
         .with_context(|| format!("cannot listen on {addr} ([listen] postgres)"))?;
     let pg_bound = l.local_addr()?;
     listen_info["postgres"] = serde_json::Value::String(pg_bound.to_string());
-    listen_info["tls_cert"] = serde_json::Value::String(cert.display().to_string());
-    tracing::info!(postgres = %pg_bound, cert = %cert.display(), "postgres front end listening");
+    listen_info["tls_cert"] = serde_json::Value::String(cert.cert_path().display().to_string());
+    tracing::info!(postgres = %pg_bound, cert = %cert.cert_path().display(), "postgres front end listening");
     let fe = jitgate_pg::PgFrontend::new(cp.clone(), cfg);
     tokio::spawn(fe.serve(l, stop.clone()));
     Ok(())

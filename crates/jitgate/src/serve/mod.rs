@@ -142,16 +142,12 @@ pub async fn run(config_path: &Path) -> Result<()> {
     } else {
         None
     };
-    if let Some(pg) = &loaded.config.listen.postgres {
-        frontends::start_postgres(
-            pg.get_ref(),
-            gateway_tls.as_ref(),
-            &loaded,
-            &cp,
-            &stop,
-            &mut listen_info,
-        )
-        .await?;
+    let live_cert = match &gateway_tls {
+        Some(_) => Some(frontends::live_cert(gateway_tls.as_ref())?),
+        None => None,
+    };
+    if let (Some(pg), Some(cert)) = (&loaded.config.listen.postgres, &live_cert) {
+        frontends::start_postgres(pg.get_ref(), cert, &loaded, &cp, &stop, &mut listen_info).await?;
     }
     if let (Some(ssh), Some(keys)) = (&loaded.config.listen.ssh, ssh_keys) {
         frontends::start_ssh(ssh.get_ref(), keys, &loaded, &data_dir, &cp, &stop, &mut listen_info).await?;
@@ -174,15 +170,16 @@ pub async fn run(config_path: &Path) -> Result<()> {
     announce(&cp, &loaded, &data_dir, &listen_info, restored).await?;
     systemd::notify("READY=1\nSTATUS=serving");
 
-    reload::on_sighup(
-        hup,
-        cp.clone(),
-        audit.clone(),
-        config_path,
-        notifier.clone(),
-        &loaded,
-        &stop,
-    );
+    let reloadable = reload::Reloadable {
+        cp: cp.clone(),
+        audit: audit.clone(),
+        notifier: notifier.clone(),
+        cert: live_cert.clone(),
+    };
+    reload::on_sighup(hup, reloadable, config_path, &loaded, &stop);
+    if let Some(cert) = &live_cert {
+        tokio::spawn(reload::watch_certificate(cert.clone(), stop.clone()));
+    }
     let drain = Drain {
         delay: std::time::Duration::from_secs(loaded.config.gateway.drain_delay.secs()),
         timeout: std::time::Duration::from_secs(loaded.config.gateway.drain_timeout.secs()),
@@ -190,11 +187,9 @@ pub async fn run(config_path: &Path) -> Result<()> {
     tokio::spawn(on_stop_signal(term, cp.clone(), drain, stop.clone()));
 
     let app = jitgate_api::router(cp.clone());
-    if http_tls {
-        let (cert, key) = frontends::tls_files(gateway_tls.as_ref())?;
-        let cfg = jitgate_pg::tls::server_config_alpn(&cert, &key, &[b"http/1.1"])
-            .context("loading the TLS certificate ([tls])")?;
-        tracing::info!(cert = %cert.display(), "API served over TLS");
+    if let (true, Some(cert)) = (http_tls, &live_cert) {
+        let cfg = jitgate_pg::tls::server_config_live(cert, &[b"http/1.1"]).context("TLS for [listen] http")?;
+        tracing::info!(cert = %cert.cert_path().display(), "API served over TLS");
         let tls_listener = crate::tls_listener::TlsListener::new(listener, cfg).context("API TLS listener")?;
         crate::http_server::serve(tls_listener, app, stop.clone()).await;
     } else {

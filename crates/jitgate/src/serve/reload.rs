@@ -11,16 +11,24 @@ use jitgate_core::config::{self, Loaded};
 use tokio::signal::unix::Signal;
 use tokio_util::sync::CancellationToken;
 
-/// Reload on every SIGHUP until `stop`, the webhooks included.
-pub(super) fn on_sighup(
-    mut hup: Signal,
-    cp: Arc<ControlPlane>,
-    audit: AuditSink,
-    path: &Path,
-    notifier: Notifier,
-    loaded: &Loaded,
-    stop: &CancellationToken,
-) {
+/// What a SIGHUP reloads besides the catalog's owner.
+pub(super) struct Reloadable {
+    pub cp: Arc<ControlPlane>,
+    pub audit: AuditSink,
+    /// Takes the new webhooks.
+    pub notifier: Notifier,
+    /// The front ends' certificate, re-read from its files.
+    pub cert: Option<Arc<jitgate_pg::tls::LiveCert>>,
+}
+
+/// Reload on every SIGHUP until `stop`: the catalog, the webhooks and the TLS certificate.
+pub(super) fn on_sighup(mut hup: Signal, r: Reloadable, path: &Path, loaded: &Loaded, stop: &CancellationToken) {
+    let Reloadable {
+        cp,
+        audit,
+        notifier,
+        cert,
+    } = r;
     let path = path.to_path_buf();
     let stop = stop.clone();
     let running = loaded.config.clone();
@@ -34,9 +42,44 @@ pub(super) fn on_sighup(
             if let Some(new_hooks) = reload(&cp, &audit, &path, &running).await {
                 notifier.set_hooks(new_hooks);
             }
+            if let Some(c) = &cert {
+                reload_certificate(c, "SIGHUP");
+            }
             super::systemd::notify("READY=1\nSTATUS=serving");
         }
     });
+}
+
+/// Serve the certificate files' current content from the next handshake on; a file that
+/// cannot be used keeps the certificate in use (and says why).
+fn reload_certificate(c: &jitgate_pg::tls::LiveCert, why: &str) {
+    match c.reload() {
+        Ok(()) => {
+            tracing::info!(cert = %c.cert_path().display(), trigger = why, "TLS certificate reloaded; new connections get it, open ones keep theirs")
+        }
+        Err(e) => tracing::error!(error = %e, trigger = why, "TLS certificate not reloaded; the one in use stays"),
+    }
+}
+
+/// How often the certificate files are checked for a change (cert-manager, ACME clients).
+const CERT_POLL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Reload the certificate when its files change on disk, so a rotation by cert-manager or an
+/// ACME client needs no signal. Polls modification times (no inotify dependency; a rotation
+/// is seen within [`CERT_POLL`]).
+pub(super) async fn watch_certificate(c: Arc<jitgate_pg::tls::LiveCert>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(CERT_POLL);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        if c.changed_on_disk() {
+            // Writers replace the two files one after the other: give the second a moment.
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            reload_certificate(&c, "file change");
+        }
+    }
 }
 
 /// The webhooks `[notify]` configures.
