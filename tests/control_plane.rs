@@ -196,6 +196,82 @@ fn refusals_exit_1_with_a_message_that_says_what_to_do() {
     assert!(e.contains("is denied, not pending"), "{e}");
 }
 
+/// Scripts can tell the outcomes apart: 3 denied, 4 still pending at `--timeout`, 5 gateway
+/// unreachable, 1 refused, 2 usage; `--help` lists them.
+#[test]
+fn exit_codes_tell_denied_pending_unreachable_and_usage_apart() {
+    let gw = Gateway::start(&policy_config(""));
+    let pending = gw.cli(
+        Some("alice"),
+        &[
+            "request",
+            "prod-db",
+            "--for",
+            "1h",
+            "--reason",
+            "INC-1",
+            "--wait",
+            "--timeout",
+            "1s",
+        ],
+    );
+    assert_eq!(pending.code(), 4, "{}", pending.stderr());
+    assert!(
+        pending.stderr().contains("still pending after 1s"),
+        "{}",
+        pending.stderr()
+    );
+    let id = gw
+        .cli(Some("bob"), &["requests", "--state", "pending", "--json"])
+        .json()[0]["id"]
+        .as_i64()
+        .unwrap()
+        .to_string();
+    // Denied while someone waits on another request.
+    let waiter = {
+        let mut c = std::process::Command::new(BIN);
+        c.args(["request", "prod-db", "--for", "1h", "--reason", "INC-2", "--wait"])
+            .env("JITGATE_URL", &gw.url)
+            .env("JITGATE_TOKEN", token("alice"))
+            .env("HOME", gw.dir.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        c.spawn().unwrap()
+    };
+    assert!(eventually(Duration::from_secs(5), || gw
+        .cli(Some("bob"), &["requests", "--state", "pending", "--json"])
+        .json()
+        .as_array()
+        .unwrap()
+        .len()
+        == 2));
+    let second = gw
+        .cli(Some("bob"), &["requests", "--state", "pending", "--json"])
+        .json();
+    let other = second
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_i64().unwrap().to_string())
+        .find(|i| *i != id)
+        .unwrap();
+    gw.cli(Some("bob"), &["deny", &other, "--reason", "use staging"]).ok();
+    let out = waiter.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    // Unreachable: nothing listens there.
+    let down = gw.cli(Some("alice"), &["whoami", "--url", "http://127.0.0.1:9"]);
+    assert_eq!(down.code(), 5, "{}", down.stderr());
+    assert!(down.stderr().contains("cannot reach the gateway"), "{}", down.stderr());
+    // Refused by the gateway: 1; a flag that does not exist: 2.
+    gw.cli(Some("carol"), &["approve", &id]).refused();
+    assert_eq!(gw.cli(Some("alice"), &["whoami", "--no-such-flag"]).code(), 2);
+    let help = gw.cli(None, &["--help"]).ok();
+    assert!(
+        help.contains("Exit codes: 0 ok, 1 error or refused, 2 usage, 3 request denied"),
+        "{help}"
+    );
+}
+
 #[test]
 fn revoke_release_extend_and_wait() {
     let gw = Gateway::start(&policy_config(""));

@@ -49,7 +49,11 @@ pub(crate) async fn request(a: RequestArgs) -> Result<ExitCode> {
             return finish_request(&conn, &now);
         }
         if std::time::Instant::now() >= deadline {
-            bail!("request {} is still pending after {timeout}", r.id);
+            return Err(crate::exit::StillPending(format!(
+                "request {} is still pending after {timeout}; it stays open (`jitgate requests --mine`)",
+                r.id
+            ))
+            .into());
         }
     }
 }

@@ -6,7 +6,7 @@ use clap::{Args, Parser, Subcommand};
 
 /// jitgate: identity-aware Postgres and SSH gateway with just-in-time access.
 #[derive(Debug, Parser)]
-#[command(name = "jitgate", version, about, propagate_version = true)]
+#[command(name = "jitgate", version, about, propagate_version = true, after_help = crate::exit::HELP)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]

@@ -9,6 +9,7 @@ mod access_cmd;
 mod admin_cmd;
 mod cli;
 mod client;
+mod exit;
 mod files;
 mod http_server;
 mod login_cmd;
@@ -42,7 +43,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(1)
+            exit::of(&e)
         }
     }
 }
@@ -251,6 +252,7 @@ fn finish_request(conn: &Conn, r: &Request) -> Result<ExitCode> {
     }
     Ok(match r.state {
         RequestState::Pending | RequestState::Approved => ExitCode::SUCCESS,
+        RequestState::Denied => ExitCode::from(exit::DENIED),
         _ => ExitCode::from(1),
     })
 }

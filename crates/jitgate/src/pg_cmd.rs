@@ -118,7 +118,7 @@ pub async fn pin_by_fingerprint(conn: &Conn, pin: &str) -> Result<PathBuf> {
         .get(format!("{base}{}", jitgate_api::wire::paths::TLS_CA))
         .send()
         .await
-        .map_err(|e| anyhow!("cannot reach the gateway at {base}: {}", e.without_url()))?;
+        .map_err(|e| crate::exit::Unreachable(format!("cannot reach the gateway at {base}: {}", e.without_url())))?;
     if resp.status() == reqwest::StatusCode::NOT_FOUND {
         bail!(
             "the gateway at {base} has no CA to pin (its certificate is meant to be publicly trusted); log in without --ca-pin"

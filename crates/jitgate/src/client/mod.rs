@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -140,7 +140,11 @@ impl Client {
             } else {
                 "is `jitgate serve` running? set --url or JITGATE_URL"
             };
-            anyhow!("cannot reach the gateway at {}: {}\nhint: {hint}", self.base, e.without_url())
+            anyhow::Error::new(crate::exit::Unreachable(format!(
+                "cannot reach the gateway at {}: {}\nhint: {hint}",
+                self.base,
+                e.without_url()
+            )))
         })?;
         let status = resp.status();
         let bytes = resp.bytes().await.context("reading the gateway's answer")?;
