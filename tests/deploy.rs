@@ -381,3 +381,37 @@ fn the_ops_listener_serves_probes_and_metrics_only() {
         "{api}"
     );
 }
+
+/// Shell completions and man pages come from the CLI's own definition, so they cannot drift
+/// from it: every command is in them, and bash accepts the script.
+#[test]
+fn completions_and_man_pages_are_generated_from_the_cli() {
+    let bash = Command::new(BIN).args(["completions", "bash"]).output().unwrap();
+    assert!(bash.status.success());
+    let script = String::from_utf8_lossy(&bash.stdout).into_owned();
+    for cmd in ["request", "approve", "connect", "ssh-config", "audit"] {
+        assert!(script.contains(cmd), "bash completion lacks {cmd}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("jitgate.bash");
+    std::fs::write(&file, &script).unwrap();
+    run(
+        Command::new("bash").arg("-n").arg(&file),
+        "bash -n on the completion script",
+    );
+    for shell in ["zsh", "fish"] {
+        let o = Command::new(BIN).args(["completions", shell]).output().unwrap();
+        assert!(
+            o.status.success() && String::from_utf8_lossy(&o.stdout).contains("request"),
+            "{shell}"
+        );
+    }
+    let man = dir.path().join("man1");
+    run(Command::new(BIN).args(["man", "--dir"]).arg(&man), "jitgate man");
+    let main = std::fs::read_to_string(man.join("jitgate.1")).unwrap();
+    assert!(main.contains(".TH jitgate") && main.contains("Exit codes"), "{main}");
+    for cmd in ["request", "approve", "connect", "serve", "completions"] {
+        let page = man.join(format!("jitgate-{cmd}.1"));
+        assert!(page.exists(), "no man page for {cmd}");
+    }
+}

@@ -37,6 +37,18 @@ pub enum Cmd {
         #[arg(long, short, default_value = "gateway.toml")]
         config: PathBuf,
     },
+    /// Print a shell completion script: `source <(jitgate completions bash)`, or install it
+    /// where your shell looks (bash: /etc/bash_completion.d/jitgate).
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (jitgate.1 and one per command) into a folder.
+    Man {
+        /// Where to write them (e.g. /usr/local/share/man/man1).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
     /// Configuration tools.
     Config {
         /// What to do.

@@ -131,6 +131,18 @@ fn requests_table(rs: &[Request]) {
 async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
         Cmd::Serve { config } => serve::run(&config).await.map(|()| ExitCode::SUCCESS),
+        Cmd::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "jitgate", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Man { dir } => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            clap_mangen::generate_to(cmd, &dir).with_context(|| format!("writing man pages into {}", dir.display()))?;
+            println!("man pages written to {}", dir.display());
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Config {
             cmd: ConfigCmd::Check { file, config },
         } => config_check(&file.unwrap_or(config)),
