@@ -582,7 +582,10 @@ fn machine_tokens_are_minted_by_admins_only_and_work_at_once() {
 fn the_api_serves_tls_when_asked_and_the_cli_trusts_it_only_with_the_ca() {
     let gw = Gateway::start(&format!("#listen-extra http_tls = true\n{}", policy_config("")));
     assert!(gw.url.starts_with("https://"), "{}", gw.url);
-    let e = gw.cli(Some("alice"), &["whoami"]).refused();
+    // An untrusted certificate is "cannot reach" for scripts: exit 5.
+    let untrusted = gw.cli(Some("alice"), &["whoami"]);
+    assert_eq!(untrusted.code(), 5, "{}", untrusted.stderr());
+    let e = untrusted.stderr();
     assert!(e.contains("not trusted") && e.contains("--ca-file"), "{e}");
     let ca = gw.data_dir().join("tls/ca.crt");
     let who = gw
