@@ -1155,6 +1155,19 @@ async fn a_rotated_certificate_is_served_without_a_restart_or_a_dropped_session(
     let (gw, _pg, _db) = setup(true, &tls);
     grant(&gw, "read-only", "1h");
     assert!(presented_subject(&gw).contains("gw-one"));
+    // The certificate's remaining life is exported (the test CA signs for 2 days).
+    let expiry = || {
+        let (_, m) = gw.http_get("/metrics", None);
+        m.lines()
+            .find_map(|l| l.strip_prefix("jitgate_tls_cert_expiry_seconds{listener=\"postgres\"} "))
+            .and_then(|v| v.trim().parse::<i64>().ok())
+            .unwrap_or(0)
+    };
+    assert!(
+        eventually(Duration::from_secs(6), || (86_400..=2 * 86_400).contains(&expiry())),
+        "{}",
+        expiry()
+    );
     // A TLS session that spans the rotation.
     let (h, p) = gw.pg_host_port();
     let conn = format!(

@@ -46,6 +46,8 @@ pub struct Metrics {
     pub log_lines_dropped_total: IntCounter,
     /// 1, labelled with the running build's version and commit (set by `serve`).
     pub build_info: IntGaugeVec,
+    /// Seconds until the TLS certificate a listener serves expires.
+    pub tls_cert_expiry_seconds: IntGaugeVec,
     /// Webhook notifications by result (sent, failed, dropped).
     pub notifications_total: IntCounterVec,
     /// Audit events waiting for the writer (capacity 8192; emitters wait when it is full).
@@ -195,6 +197,11 @@ impl Metrics {
                 "jitgate_build_info",
                 "1, labelled with the running build's version and git commit.",
                 &["version", "commit"],
+            )?,
+            tls_cert_expiry_seconds: r.gauges(
+                "jitgate_tls_cert_expiry_seconds",
+                "Seconds until the TLS certificate a listener serves expires (negative: expired).",
+                &["listener"],
             )?,
             log_lines_dropped_total: r.counter(
                 "jitgate_log_lines_dropped_total",

@@ -243,6 +243,8 @@ pub struct LiveCert {
     cert: std::path::PathBuf,
     key: std::path::PathBuf,
     current: std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>,
+    /// The served certificate's `notAfter`, unix seconds (0: unreadable).
+    not_after: std::sync::atomic::AtomicI64,
     /// The files' modification times when they were last loaded.
     loaded: std::sync::Mutex<(Option<std::time::SystemTime>, Option<std::time::SystemTime>)>,
 }
@@ -274,10 +276,12 @@ impl LiveCert {
     /// Load the certificate chain and key from PEM files.
     pub fn load(cert: &Path, key: &Path) -> Result<Arc<Self>, TlsError> {
         let stamps = (mtime(cert), mtime(key));
+        let ck = certified_key(cert, key)?;
         Ok(Arc::new(Self {
             cert: cert.to_path_buf(),
             key: key.to_path_buf(),
-            current: std::sync::RwLock::new(certified_key(cert, key)?),
+            not_after: std::sync::atomic::AtomicI64::new(not_after(&ck)),
+            current: std::sync::RwLock::new(ck),
             loaded: std::sync::Mutex::new(stamps),
         }))
     }
@@ -293,15 +297,30 @@ impl LiveCert {
     pub fn reload(&self) -> Result<(), TlsError> {
         let stamps = (mtime(&self.cert), mtime(&self.key));
         let ck = certified_key(&self.cert, &self.key)?;
+        self.not_after
+            .store(not_after(&ck), std::sync::atomic::Ordering::SeqCst);
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = ck;
         *self.loaded.lock().unwrap_or_else(|e| e.into_inner()) = stamps;
         Ok(())
+    }
+
+    /// The served certificate's `notAfter` (unix seconds; 0 when it cannot be read).
+    pub fn not_after(&self) -> i64 {
+        self.not_after.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The certificate file.
     pub fn cert_path(&self) -> &Path {
         &self.cert
     }
+}
+
+/// The leaf certificate's `notAfter`, unix seconds (0 when it cannot be parsed).
+fn not_after(ck: &rustls::sign::CertifiedKey) -> i64 {
+    ck.cert
+        .first()
+        .and_then(|der| x509_parser::parse_x509_certificate(der).ok())
+        .map_or(0, |(_, c)| c.validity().not_after.timestamp())
 }
 
 impl rustls::server::ResolvesServerCert for LiveCert {

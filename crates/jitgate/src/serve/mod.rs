@@ -178,7 +178,19 @@ pub async fn run(config_path: &Path) -> Result<()> {
     };
     reload::on_sighup(hup, reloadable, config_path, &loaded, &stop);
     if let Some(cert) = &live_cert {
-        tokio::spawn(reload::watch_certificate(cert.clone(), stop.clone()));
+        let listeners: Vec<&'static str> = [
+            loaded.config.listen.postgres.is_some().then_some("postgres"),
+            http_tls.then_some("http"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        tokio::spawn(reload::watch_certificate(
+            cert.clone(),
+            cp.metrics().clone(),
+            listeners,
+            stop.clone(),
+        ));
     }
     let drain = Drain {
         delay: std::time::Duration::from_secs(loaded.config.gateway.drain_delay.secs()),

@@ -67,12 +67,24 @@ const CERT_POLL: std::time::Duration = std::time::Duration::from_secs(5);
 /// Reload the certificate when its files change on disk, so a rotation by cert-manager or an
 /// ACME client needs no signal. Polls modification times (no inotify dependency; a rotation
 /// is seen within [`CERT_POLL`]).
-pub(super) async fn watch_certificate(c: Arc<jitgate_pg::tls::LiveCert>, stop: CancellationToken) {
+/// Each poll also sets `jitgate_tls_cert_expiry_seconds` for the `listeners` that serve it.
+pub(super) async fn watch_certificate(
+    c: Arc<jitgate_pg::tls::LiveCert>,
+    metrics: jitgate_core::Metrics,
+    listeners: Vec<&'static str>,
+    stop: CancellationToken,
+) {
     let mut tick = tokio::time::interval(CERT_POLL);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             () = stop.cancelled() => return,
+        }
+        if c.not_after() > 0 {
+            let left = c.not_after() - jiff::Timestamp::now().as_second();
+            for l in &listeners {
+                metrics.tls_cert_expiry_seconds.with_label_values(&[l]).set(left);
+            }
         }
         if c.changed_on_disk() {
             // Writers replace the two files one after the other: give the second a moment.
