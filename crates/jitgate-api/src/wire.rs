@@ -44,6 +44,7 @@ pub mod paths {
     pub const LOGIN_DEVICE_POLL: &str = "/v1/login/device/poll";
     pub const LOGIN_ID_TOKEN: &str = "/v1/login/id_token";
     pub const LOGOUT: &str = "/v1/logout";
+    pub const DRAIN: &str = "/v1/drain";
 }
 
 /// `template` with `{id}` replaced by `id`, percent-encoded (session ids are the caller's text).
@@ -222,6 +223,20 @@ pub struct IdTokenLogin {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Pending {
     pub pending: bool,
+}
+
+/// `POST /v1/drain` (admins): drain this gateway, or undo it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Drain {
+    pub draining: bool,
+}
+
+/// The answer: the state now, and the live sessions (they go on).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Drained {
+    pub draining: bool,
+    pub sessions: usize,
 }
 
 /// What a successful login returns.

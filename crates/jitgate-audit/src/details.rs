@@ -243,6 +243,14 @@ pub struct Started<'a> {
     pub http: &'a str,
 }
 
+/// `gateway.drain`: `draining` true when it began, false when it was undone.
+#[derive(Debug, Serialize)]
+pub struct Drain {
+    pub draining: bool,
+    /// Live sessions at that moment (they go on).
+    pub sessions: usize,
+}
+
 /// `gateway.stopped`.
 #[derive(Debug, Serialize)]
 pub struct Stopped {

@@ -73,6 +73,7 @@ kinds! {
     ConfigReloadFailed => "config.reload_failed": "A reload was refused; the old configuration stays.",
     GatewayStarted => "gateway.started": "The gateway started.",
     GatewayStopped => "gateway.stopped": "The gateway stopped.",
+    GatewayDrain => "gateway.drain": "An admin drained this gateway (or undid it): /readyz 503, new sessions refused.",
     ChainContinued => "chain.continued": "The first line of a rotated audit file, linked to the previous file.",
 }
 

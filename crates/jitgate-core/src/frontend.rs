@@ -102,7 +102,7 @@ impl SessionRefused {
             Self::GrantEnded(resource) => format!("access grant for {resource} ended"),
             Self::StoreUnavailable(m) | Self::AuditUnavailable(m) => m.clone(),
             Self::ShuttingDown => {
-                "jitgate is shutting down and admits no new sessions; connect again to reach another replica".into()
+                "jitgate is draining (a stop or maintenance) and admits no new sessions; connect again to reach another replica".into()
             }
         }
     }

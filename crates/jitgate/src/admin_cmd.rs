@@ -52,6 +52,22 @@ pub(crate) async fn kill(conn: &Conn, session_id: &str) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `jitgate drain [--undo]`.
+pub(crate) async fn drain(conn: &Conn, draining: bool) -> Result<ExitCode> {
+    let d = Client::new(conn)?.drain(draining).await?;
+    if conn.json {
+        print_json(&d)?;
+    } else if d.draining {
+        println!(
+            "draining: /readyz answers 503 and new sessions are refused; {} live session(s) go on (`jitgate drain --undo` to resume)",
+            d.sessions
+        );
+    } else {
+        println!("ready again: new sessions are admitted");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `jitgate audit search`.
 pub(crate) async fn audit_search(a: SearchArgs) -> Result<ExitCode> {
     // The command's flags are the query's fields, one for one.

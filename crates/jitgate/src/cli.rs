@@ -138,6 +138,15 @@ pub enum Cmd {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Drain the gateway at --url (admins): /readyz answers 503 and new sessions are refused
+    /// while live ones go on, e.g. before maintenance or in a Kubernetes preStop hook.
+    Drain {
+        /// Undo: ready again, new sessions admitted.
+        #[arg(long)]
+        undo: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// Kill a live session.
     Kill {
         /// Session id.

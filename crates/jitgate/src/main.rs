@@ -162,6 +162,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         } => access_cmd::extend(&conn, grant_id, duration, reason).await,
         Cmd::Sessions { conn } => admin_cmd::sessions(&conn).await,
         Cmd::Kill { session_id, conn } => admin_cmd::kill(&conn, &session_id).await,
+        Cmd::Drain { undo, conn } => admin_cmd::drain(&conn, !undo).await,
         Cmd::Audit {
             cmd: AuditCmd::Search(a),
         } => admin_cmd::audit_search(a).await,

@@ -229,6 +229,30 @@ impl ControlPlane {
         self.draining.unready.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// `jitgate drain` (admins): `/readyz` 503 and new sessions refused now, live ones go on,
+    /// until undone (`draining = false`). Audited as `gateway.drain`; returns the live
+    /// sessions on this gateway.
+    pub async fn set_drain(&self, who: &Principal, draining: bool) -> ControlResult<usize> {
+        if !self.catalog().is_admin(&who.groups) {
+            return Err(ControlError::forbidden("only admins may drain a gateway", None));
+        }
+        let sessions = self.enforcer.sessions.len();
+        self.record(
+            Event::new(Kind::GatewayDrain, self.now())
+                .actor(&who.name)
+                .detail(jitgate_audit::details::Drain { draining, sessions }),
+        )
+        .await?;
+        self.draining
+            .unready
+            .store(draining, std::sync::atomic::Ordering::SeqCst);
+        self.draining
+            .refusing
+            .store(draining, std::sync::atomic::Ordering::SeqCst);
+        tracing::info!(by = %who.name, draining, sessions, "drain set by an admin");
+        Ok(sessions)
+    }
+
     /// New sessions are refused from now on ("shutting down"); live ones go on.
     pub fn refuse_new_sessions(&self) {
         self.draining.unready.store(true, std::sync::atomic::Ordering::SeqCst);

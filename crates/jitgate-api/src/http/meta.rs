@@ -33,6 +33,20 @@ pub(super) async fn metrics(State(cp): Cp) -> impl IntoResponse {
     )
 }
 
+/// `jitgate drain [--undo]`: this replica only (each replica is drained on its own).
+pub(super) async fn drain(
+    State(cp): Cp,
+    Caller(who): Caller,
+    b: Result<Json<wire::Drain>, axum::extract::rejection::JsonRejection>,
+) -> crate::error::ApiResult<Json<wire::Drained>> {
+    let b = super::body(b)?;
+    let sessions = cp.set_drain(&who, b.draining).await?;
+    Ok(Json(wire::Drained {
+        draining: b.draining,
+        sessions,
+    }))
+}
+
 pub(super) async fn whoami(State(cp): Cp, Caller(who): Caller) -> Json<wire::WhoAmI> {
     Json(cp.whoami(&who))
 }

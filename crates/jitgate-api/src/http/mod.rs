@@ -135,6 +135,7 @@ pub fn router(cp: Arc<ControlPlane>) -> Router {
         .route(paths::SESSIONS, get(sessions::list))
         .route(paths::SESSION_KILL, post(sessions::kill))
         .route(paths::AUDIT, get(audit::search))
+        .route(paths::DRAIN, post(meta::drain))
         .route(paths::TOKENS, post(tokens::create))
         .route(paths::TOKENS_REVOKE, post(login::revoke))
         .route(paths::SSH_CERT, post(tokens::ssh_cert))

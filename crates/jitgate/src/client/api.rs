@@ -131,6 +131,10 @@ impl Client {
         })
     }
 
+    pub async fn drain(&self, draining: bool) -> Result<wire::Drained> {
+        self.post(paths::DRAIN, &wire::Drain { draining }).await
+    }
+
     pub async fn logout(&self) -> Result<wire::Revoked> {
         self.post(paths::LOGOUT, &wire::Empty {}).await
     }
