@@ -242,3 +242,21 @@ fn webhook_event_kinds_are_checked_against_the_audit_vocabulary() {
     assert_eq!(code, 1);
     assert!(err.contains("is not delivered to webhooks"), "{err}");
 }
+
+/// The keys this change added get clear errors with their line: `[listen] ops` must be an
+/// address, the drain settings must be durations.
+#[test]
+fn ops_listener_and_drain_settings_are_checked() {
+    let (code, _, err) = check(&format!("[listen]\nops = \"localhost\"\n\n{BASE}"));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("[listen] ops: `localhost` is not an address") && err.contains(":2:"),
+        "{err}"
+    );
+    let (code, _, err) = check(&format!("[gateway]\ndrain_timeout = \"soon\"\n\n{BASE}"));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("gateway.toml:2:") && err.contains("invalid duration `soon`"),
+        "{err}"
+    );
+}

@@ -230,11 +230,6 @@ fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     f.write_all(data)
 }
 
-/// Server configuration from PEM files. ALPN `postgresql` is offered for direct TLS (PG 17).
-pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
-    server_config_alpn(cert, key, &[b"postgresql"])
-}
-
 /// The front ends' certificate, replaceable while they run: a handshake after
 /// [`LiveCert::reload`] gets the new certificate, connections already open keep theirs. A
 /// reload that cannot read or parse the files keeps the certificate in use.
@@ -336,26 +331,6 @@ pub fn server_config_live(cert: &Arc<LiveCert>, alpn: &[&[u8]]) -> Result<Arc<Se
         .map_err(|e| TlsError::Config(e.to_string()))?
         .with_no_client_auth()
         .with_cert_resolver(cert.clone());
-    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    Ok(Arc::new(cfg))
-}
-
-/// Server configuration from PEM files, offering the given ALPN protocols.
-pub fn server_config_alpn(cert: &Path, key: &Path, alpn: &[&[u8]]) -> Result<Arc<ServerConfig>, TlsError> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| file_err(cert, e))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| file_err(cert, e))?;
-    if certs.is_empty() {
-        return Err(file_err(cert, "no certificate in the file (expected PEM)"));
-    }
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| file_err(key, format!("no usable private key: {e}")))?;
-    let mut cfg = ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::Config(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| TlsError::Config(e.to_string()))?;
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(cfg))
 }
