@@ -497,6 +497,62 @@ fn id_tokens_are_refused_by_default_and_after_they_expire() {
 }
 
 #[test]
+fn sighup_applies_a_new_oidc_section_keeps_a_broken_one_and_names_keys_that_need_a_restart() {
+    let p = idp("default", None);
+    let gw = gateway(&p, "", false, "");
+    let tok = p.id_token("gateway", "gateway-secret", "alice", "alice-password");
+    let (st, v) = exchange(&gw, &tok);
+    assert_eq!(st, 403, "ID tokens are off by default: {v}");
+    let original = std::fs::read_to_string(gw.config_path()).unwrap();
+
+    // [oidc] now accepts ID tokens, and two keys change that only a restart applies.
+    let edited = original
+        .replace(
+            "client_id = \"gateway\"\n",
+            "client_id = \"gateway\"\naccept_id_tokens = true\n",
+        )
+        .replace(
+            "expiry_warning = \"1s\"\n",
+            "expiry_warning = \"1s\"\nlog_format = \"json\"\n",
+        )
+        .replace("http = \"127.0.0.1:0\"\n", "http = \"127.0.0.1:0\"\nhttp_tls = true\n");
+    assert_ne!(edited, original);
+    gw.write_raw_config(&edited);
+    gw.sighup();
+    let log = gw.wait_log("OpenID Connect settings reloaded", Duration::from_secs(10));
+    assert!(
+        log.contains("take effect only after a restart") && log.contains("gateway.log_format, listen.http_tls"),
+        "each key that needs a restart is named: {log}"
+    );
+    let (st, v) = exchange(&gw, &tok);
+    assert_eq!(st, 200, "the reloaded [oidc] accepts ID tokens: {v}");
+
+    // A secret file that is gone: refused, the settings in force stay (ID tokens still work).
+    let broken = edited.replace("client.secret", "missing.secret");
+    gw.write_raw_config(&broken);
+    gw.sighup();
+    let log = gw.wait_log("[oidc] not reloaded", Duration::from_secs(10));
+    assert!(log.contains("missing.secret"), "the error names the file: {log}");
+    let tok = p.id_token("gateway", "gateway-secret", "alice", "alice-password");
+    let (st, v) = exchange(&gw, &tok);
+    assert_eq!(st, 200, "{v}");
+    assert!(gw.audit_kinds().contains(&"config.reload_failed".to_string()));
+
+    // Without [oidc], login through the provider is off at once.
+    let start = broken.find("[oidc]").unwrap();
+    let end = start + broken[start..].find("\n\n").unwrap();
+    gw.write_raw_config(&format!("{}{}", &broken[..start], &broken[end..]));
+    gw.sighup();
+    gw.wait_log("[oidc] removed", Duration::from_secs(10));
+    let (st, v) = exchange(&gw, &tok);
+    assert_eq!(st, 400, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("no OpenID Connect provider"),
+        "{v}"
+    );
+}
+
+#[test]
 fn provider_key_rotation_keeps_logins_working_and_group_changes_apply_at_next_login() {
     let p = idp("rotating", None);
     let gw = gateway(&p, "", false, "");

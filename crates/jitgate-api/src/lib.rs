@@ -10,6 +10,6 @@ pub mod http;
 pub mod notify;
 pub mod wire;
 
-pub use control::{ControlError, ControlPlane, ControlResult, Login};
+pub use control::{ControlError, ControlPlane, ControlResult, Login, OidcProvider};
 pub use error::{ApiError, ApiResult};
 pub use http::{ops_router, router};

@@ -9,6 +9,7 @@ pub mod token;
 
 use std::collections::HashMap;
 use std::sync::RwLock;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 pub use oidc::{AuthError, DeviceStart, Identity, Oidc, OidcConfig};
 pub use token::{Claims, TokenError, TokenKeys, is_gateway_token};
@@ -18,8 +19,11 @@ pub use token::{Claims, TokenError, TokenKeys, is_gateway_token};
 pub struct Tokens {
     /// Signing keys.
     pub keys: TokenKeys,
-    /// Lifetime of minted tokens, seconds.
-    pub lifetime: i64,
+    /// Lifetime of minted tokens, seconds (`[oidc] token_lifetime`; a reload changes it).
+    lifetime: AtomicI64,
+    /// The longest lifetime this process has minted with: how long a revocation by id must
+    /// be kept so that no token it names outlives it.
+    longest: AtomicI64,
     /// Revoked token ids → their expiry (entries are dropped once expired).
     revoked: RwLock<HashMap<String, i64>>,
 }
@@ -40,14 +44,31 @@ impl Tokens {
     pub fn new(keys: TokenKeys, lifetime: i64) -> Self {
         Self {
             keys,
-            lifetime,
+            lifetime: AtomicI64::new(lifetime),
+            longest: AtomicI64::new(lifetime),
             revoked: RwLock::new(HashMap::new()),
         }
     }
 
+    /// Tokens minted from now on live `secs` seconds (those already minted keep their expiry).
+    pub fn set_lifetime(&self, secs: i64) {
+        self.lifetime.store(secs, Ordering::Relaxed);
+        self.longest.fetch_max(secs, Ordering::Relaxed);
+    }
+
+    /// The lifetime of the tokens minted now, seconds.
+    pub fn lifetime(&self) -> i64 {
+        self.lifetime.load(Ordering::Relaxed)
+    }
+
+    /// The longest lifetime any token minted by this process has (revocations by id last that long).
+    pub fn longest_lifetime(&self) -> i64 {
+        self.longest.load(Ordering::Relaxed)
+    }
+
     /// Mint a token for an identity.
     pub fn mint(&self, name: &str, groups: &[String], now: i64) -> Result<(String, Claims), TokenError> {
-        self.keys.mint(name, groups, now, self.lifetime)
+        self.keys.mint(name, groups, now, self.lifetime())
     }
 
     /// Verify signature, expiry and revocation.

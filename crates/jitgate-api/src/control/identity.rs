@@ -8,10 +8,40 @@ use jitgate_auth::{AuthError, Identity, Oidc, Refused, Tokens};
 pub struct Login {
     /// Gateway tokens and the revocation list.
     pub tokens: Tokens,
-    /// The relying party, when `[oidc]` is configured.
-    pub oidc: Option<Oidc>,
+    /// The relying party, when `[oidc]` is configured; a reload replaces it.
+    provider: std::sync::RwLock<Option<Provider>>,
+}
+
+/// The configured OpenID Connect relying party and what `[oidc]` says about its tokens.
+#[derive(Clone)]
+pub struct Provider {
+    /// The relying party.
+    pub oidc: Arc<Oidc>,
     /// `[oidc] accept_id_tokens`.
     pub accept_id_tokens: bool,
+}
+
+impl Login {
+    /// Gateway tokens and, when `[oidc]` is configured, its relying party.
+    pub fn new(tokens: Tokens, provider: Option<Provider>) -> Self {
+        Self {
+            tokens,
+            provider: std::sync::RwLock::new(provider),
+        }
+    }
+
+    /// Replace the relying party (a reload of `[oidc]`): logins started from now on use the
+    /// new one; a code or device login begun before it must be started again.
+    pub fn set_provider(&self, provider: Option<Provider>) {
+        if let Ok(mut p) = self.provider.write() {
+            *p = provider;
+        }
+    }
+
+    /// The relying party in force.
+    pub fn provider(&self) -> Option<Provider> {
+        self.provider.read().ok().and_then(|p| p.clone())
+    }
 }
 
 pub(crate) fn reason_label(e: &AuthError) -> &'static str {
@@ -26,14 +56,19 @@ pub(crate) fn reason_label(e: &AuthError) -> &'static str {
 }
 
 impl ControlPlane {
+    /// The login services attached at start (none: tests and tools), for a reload to update.
+    pub fn identity_services(&self) -> Option<&Login> {
+        self.login.as_ref()
+    }
+
     pub(crate) fn login_services(&self) -> ControlResult<&Login> {
         self.login
             .as_ref()
             .ok_or_else(|| ControlError::bad_request("login is not configured on this gateway", None))
     }
 
-    pub(crate) fn oidc(&self) -> ControlResult<&Oidc> {
-        self.login_services()?.oidc.as_ref().ok_or_else(|| {
+    pub(crate) fn oidc(&self) -> ControlResult<Provider> {
+        self.login_services()?.provider().ok_or_else(|| {
             ControlError::bad_request(
                 "this gateway has no OpenID Connect provider configured",
                 Some(

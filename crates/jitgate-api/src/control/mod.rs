@@ -136,7 +136,7 @@ mod tasks;
 mod views;
 
 pub use crate::wire::{LoginResult, MintedToken, ResourceView, WhoAmI};
-pub use identity::Login;
+pub use identity::{Login, Provider as OidcProvider};
 
 impl ControlPlane {
     /// The control plane with no login services and no SSH signer (tests, tools); the gateway

@@ -23,7 +23,7 @@ pub(crate) async fn start(
     b: Result<Json<wire::LoginStart>, JsonRejection>,
 ) -> ApiResult<impl IntoResponse> {
     let b = super::body(b)?;
-    let oidc = cp.oidc()?;
+    let oidc = cp.oidc()?.oidc;
     let (url, state) = cp.attempt("code", oidc.start_login(&b.redirect_uri).await).await?;
     Ok(Json(wire::LoginStarted { auth_url: url, state }))
 }
@@ -33,13 +33,13 @@ pub(crate) async fn finish(
     b: Result<Json<wire::LoginFinish>, JsonRejection>,
 ) -> ApiResult<impl IntoResponse> {
     let b = super::body(b)?;
-    let oidc = cp.oidc()?;
+    let oidc = cp.oidc()?.oidc;
     let id = cp.attempt("code", oidc.finish_login(&b.state, &b.code).await).await?;
     Ok(Json(cp.logged_in("code", &id).await?))
 }
 
 pub(crate) async fn device_start(State(cp): State<Arc<ControlPlane>>) -> ApiResult<Json<DeviceStart>> {
-    let oidc = cp.oidc()?;
+    let oidc = cp.oidc()?.oidc;
     Ok(Json(cp.attempt("device", oidc.start_device().await).await?))
 }
 
@@ -48,7 +48,7 @@ pub(crate) async fn device_poll(
     b: Result<Json<wire::DevicePoll>, JsonRejection>,
 ) -> ApiResult<axum::response::Response> {
     let b = super::body(b)?;
-    let oidc = cp.oidc()?;
+    let oidc = cp.oidc()?.oidc;
     let id = match oidc.poll_device(&b.id).await {
         Err(AuthError::Pending) => {
             return Ok((StatusCode::ACCEPTED, Json(wire::Pending { pending: true })).into_response());
@@ -63,8 +63,9 @@ pub(crate) async fn id_token(
     b: Result<Json<wire::IdTokenLogin>, JsonRejection>,
 ) -> ApiResult<impl IntoResponse> {
     let b = super::body(b)?;
-    let oidc = cp.oidc()?;
-    if !cp.login_services()?.accept_id_tokens {
+    let provider = cp.oidc()?;
+    let oidc = provider.oidc;
+    if !provider.accept_id_tokens {
         return Err(ApiError::forbidden(
             "this gateway does not accept ID tokens directly",
             Some("log in with `jitgate login`; operators may set [oidc] accept_id_tokens = true".into()),
@@ -119,7 +120,7 @@ pub(crate) async fn revoke(
             None,
         ));
     }
-    let exp = cp.now().as_second() + cp.login_services()?.tokens.lifetime;
+    let exp = cp.now().as_second() + cp.login_services()?.tokens.longest_lifetime();
     cp.revoke_jti(&who.name, &b.token_id, exp, Kind::TokenRevoked).await?;
     Ok(Json(wire::Revoked { revoked: b.token_id }))
 }

@@ -9,6 +9,7 @@
 mod catalog_schema;
 pub mod diag;
 mod policies;
+mod reload;
 pub mod schema;
 mod validate;
 
@@ -19,6 +20,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 pub use diag::{Diag, Diags, Severity};
+pub use reload::{RELOADABLE, restart_needed};
 use schema::{Config, ResourceKind};
 use sha2::{Digest, Sha256};
 use toml::Spanned;
@@ -37,6 +39,8 @@ pub struct Loaded {
     pub catalog: Catalog,
     /// Findings that did not refuse the file.
     pub warnings: Vec<Diag>,
+    /// The file's values as written (no paths resolved), for [`restart_needed`] to compare.
+    pub raw: toml::Table,
 }
 
 /// Read, parse, validate and compile `path`. On failure, every finding (errors first).
@@ -76,6 +80,7 @@ pub fn load_str(path: &Path, text: &str, base: &Path) -> Result<Loaded, Vec<Diag
         config,
         catalog,
         warnings: d.items,
+        raw: toml::from_str(text).unwrap_or_default(),
     })
 }
 

@@ -387,17 +387,22 @@ fn login_services(loaded: &Loaded, data_dir: &Path) -> Result<jitgate_api::Login
     restrict_dir(&dir);
     let keys =
         jitgate_auth::TokenKeys::load(&dir).with_context(|| format!("loading the token keys in {}", dir.display()))?;
-    let Some(o) = &loaded.config.oidc else {
-        return Ok(jitgate_api::Login {
-            tokens: jitgate_auth::Tokens::new(
-                keys,
-                i64::try_from(jitgate_core::HumanDuration::hours(12).secs()).unwrap_or(43_200),
-            ),
-            oidc: None,
-            accept_id_tokens: false,
-        });
+    let lifetime = loaded.config.oidc.as_ref().map_or(43_200, |o| o.token_lifetime.secs());
+    let tokens = jitgate_auth::Tokens::new(keys, i64::try_from(lifetime).unwrap_or(43_200).max(1));
+    let provider = match &loaded.config.oidc {
+        Some(o) => {
+            let p = oidc_provider(o, oidc_secret(o)?)?;
+            tracing::info!(issuer = %o.issuer, client_id = %o.client_id, "OpenID Connect login enabled");
+            Some(p)
+        }
+        None => None,
     };
-    let secret = if let Some(v) = &o.client_secret_env {
+    Ok(jitgate_api::Login::new(tokens, provider))
+}
+
+/// `[oidc]`'s client secret, read from its variable or file now.
+pub(super) fn oidc_secret(o: &config::schema::OidcSection) -> Result<Option<String>> {
+    Ok(if let Some(v) = &o.client_secret_env {
         Some(std::env::var(v).with_context(|| format!("[oidc] client_secret_env: ${v} is not set"))?)
     } else if let Some(f) = &o.client_secret_file {
         Some(
@@ -408,7 +413,14 @@ fn login_services(loaded: &Loaded, data_dir: &Path) -> Result<jitgate_api::Login
         )
     } else {
         o.client_secret.as_ref().map(|s| s.get_ref().clone())
-    };
+    })
+}
+
+/// The relying party `[oidc]` describes, with its client secret.
+pub(super) fn oidc_provider(
+    o: &config::schema::OidcSection,
+    secret: Option<String>,
+) -> Result<jitgate_api::OidcProvider> {
     let oidc = jitgate_auth::Oidc::new(jitgate_auth::OidcConfig {
         issuer: o.issuer.trim_end_matches('/').to_string(),
         client_id: o.client_id.clone(),
@@ -420,10 +432,8 @@ fn login_services(loaded: &Loaded, data_dir: &Path) -> Result<jitgate_api::Login
         clock_skew: std::time::Duration::from_secs(o.clock_skew.secs()),
     })
     .map_err(|e| anyhow!("{e}"))?;
-    tracing::info!(issuer = %o.issuer, client_id = %o.client_id, "OpenID Connect login enabled");
-    Ok(jitgate_api::Login {
-        tokens: jitgate_auth::Tokens::new(keys, i64::try_from(o.token_lifetime.secs()).unwrap_or(43_200).max(1)),
-        oidc: Some(oidc),
+    Ok(jitgate_api::OidcProvider {
+        oidc: Arc::new(oidc),
         accept_id_tokens: o.accept_id_tokens,
     })
 }

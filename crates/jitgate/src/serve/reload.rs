@@ -31,7 +31,8 @@ pub(super) fn on_sighup(mut hup: Signal, r: Reloadable, path: &Path, loaded: &Lo
     } = r;
     let path = path.to_path_buf();
     let stop = stop.clone();
-    let running = loaded.config.clone();
+    let running = loaded.raw.clone();
+    let mut oidc = OidcState::at_start(loaded);
     tokio::spawn(async move {
         loop {
             tokio::select! {
@@ -39,8 +40,9 @@ pub(super) fn on_sighup(mut hup: Signal, r: Reloadable, path: &Path, loaded: &Lo
                 () = stop.cancelled() => return,
             }
             super::systemd::notify("RELOADING=1");
-            if let Some(new_hooks) = reload(&cp, &audit, &path, &running).await {
-                notifier.set_hooks(new_hooks);
+            if let Some(l) = reload(&cp, &audit, &path, &running).await {
+                notifier.set_hooks(hooks(&l.config));
+                oidc.apply(&cp, &l).await;
             }
             if let Some(c) = &cert {
                 reload_certificate(c, "SIGHUP");
@@ -105,34 +107,92 @@ pub(super) fn redactor(c: &config::schema::Config) -> anyhow::Result<Option<jitg
     jitgate_audit::Redactor::new(&patterns).map_err(|e| anyhow!("[audit] redact: {e}"))
 }
 
-/// Re-read the config; on success returns the new webhooks.
-async fn reload(
-    cp: &Arc<ControlPlane>,
-    audit: &AuditSink,
-    path: &Path,
-    running: &config::schema::Config,
-) -> Option<Vec<jitgate_api::notify::Hook>> {
+/// The `[oidc]` in force, to rebuild the relying party only when it (or its secret) changed:
+/// a code or device login in progress survives a reload that does not touch it.
+struct OidcState {
+    section: Option<toml::Value>,
+    secret: Option<String>,
+}
+
+impl OidcState {
+    fn at_start(loaded: &Loaded) -> Self {
+        Self {
+            section: loaded.raw.get("oidc").cloned(),
+            secret: loaded
+                .config
+                .oidc
+                .as_ref()
+                .and_then(|o| super::oidc_secret(o).ok().flatten()),
+        }
+    }
+
+    /// Apply `[oidc]` from a reloaded file; a section that cannot be used keeps the one in
+    /// force (and says why, like a refused file).
+    async fn apply(&mut self, cp: &ControlPlane, l: &Loaded) {
+        let Some(login) = cp.identity_services() else { return };
+        let section = l.raw.get("oidc").cloned();
+        let Some(o) = &l.config.oidc else {
+            if self.section.take().is_some() {
+                login.set_provider(None);
+                tracing::warn!(
+                    "[oidc] removed: OpenID Connect login is off; gateway tokens already issued stay valid until they expire"
+                );
+            }
+            return;
+        };
+        let secret = match super::oidc_secret(o) {
+            Ok(s) => s,
+            Err(e) => return self.refused(cp, &e).await,
+        };
+        if section == self.section && secret == self.secret {
+            return;
+        }
+        match super::oidc_provider(o, secret.clone()) {
+            Ok(p) => {
+                login.set_provider(Some(p));
+                login
+                    .tokens
+                    .set_lifetime(i64::try_from(o.token_lifetime.secs()).unwrap_or(43_200).max(1));
+                tracing::info!(issuer = %o.issuer, client_id = %o.client_id, "OpenID Connect settings reloaded; logins started before must be started again");
+                self.section = section;
+                self.secret = secret;
+            }
+            Err(e) => self.refused(cp, &e).await,
+        }
+    }
+
+    async fn refused(&self, cp: &ControlPlane, e: &anyhow::Error) {
+        tracing::error!(error = %format!("{e:#}"), "[oidc] not reloaded; the OpenID Connect settings in force stay");
+        cp.reload_failed(&format!("[oidc]: {e:#}")).await;
+    }
+}
+
+/// Re-read the config and apply what can be applied; warn about each changed key that needs a
+/// restart. The loaded file on success (for the caller's parts: webhooks, OIDC).
+async fn reload(cp: &Arc<ControlPlane>, audit: &AuditSink, path: &Path, running: &toml::Table) -> Option<Loaded> {
     match config::load(path) {
-        Ok(l) => {
+        Ok(mut l) => {
             match redactor(&l.config) {
                 Ok(r) => audit.set_redactor(r),
                 Err(e) => tracing::error!(error = %e, "redaction patterns not reloaded"),
             }
-            let hooks = hooks(&l.config);
             for w in &l.warnings {
                 tracing::warn!("{w}");
             }
-            if l.config.listen.http.get_ref() != running.listen.http.get_ref()
-                || l.config.gateway.data_dir != running.gateway.data_dir
-            {
-                tracing::warn!("[listen] and data_dir changes take effect only after a restart");
+            let restart = config::restart_needed(running, &l.raw);
+            if !restart.is_empty() {
+                tracing::warn!(
+                    keys = %restart.join(", "),
+                    "changed keys that take effect only after a restart (`systemctl restart jitgate`, or a rolling restart of the replicas): {}; the running values stay until then",
+                    restart.join(", ")
+                );
             }
             let n = (l.catalog.resources.len(), l.catalog.policies.len());
-            match cp.reload(l.catalog).await {
+            match cp.reload(std::mem::take(&mut l.catalog)).await {
                 Ok(()) => tracing::info!(resources = n.0, policies = n.1, "configuration reloaded"),
                 Err(e) => tracing::error!(error = %e, "reload not audited"),
             }
-            Some(hooks)
+            Some(l)
         }
         Err(diags) => {
             let text: Vec<String> = diags.iter().map(ToString::to_string).collect();
