@@ -5,6 +5,7 @@
 
 mod support;
 
+use std::process::Command;
 use std::time::Duration;
 
 use support::*;
@@ -959,4 +960,92 @@ fn the_pending_gauges_count_pending_requests_and_age_the_oldest() {
     let (_, m) = gw.http_get("/metrics", None);
     assert!(m.contains("jitgate_requests_pending 0"), "{m}");
     assert!(m.contains("jitgate_requests_pending_oldest_seconds 0"), "{m}");
+}
+
+#[test]
+fn shared_keys_dir_installs_one_replicas_keys_into_another_and_a_missing_folder_refuses_the_start() {
+    let body = format!("#listen-extra ssh = \"127.0.0.1:0\"\n{}", policy_config(""));
+    let mut a = Gateway::start(&body);
+    a.stop();
+    // The folder an operator fills from the first replica (a Kubernetes Secret, mounted).
+    let shared = tempfile::tempdir().unwrap();
+    for f in [
+        "auth/token_keys.json",
+        "ssh/host_key",
+        "ssh/host_ca",
+        "ssh/user_ca",
+        "ssh/upstream_ca",
+    ] {
+        let dst = shared.path().join(f);
+        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+        std::fs::copy(a.data_dir().join(f), &dst).unwrap();
+    }
+    let host_key_line = |gw: &Gateway| -> String {
+        let log = gw.log();
+        let line = log
+            .lines()
+            .rev()
+            .find(|l| l.contains("ssh front end listening"))
+            .unwrap();
+        line.split_whitespace()
+            .find(|w| w.starts_with("host_key="))
+            .unwrap()
+            .to_string()
+    };
+
+    // A second replica made its own keys at its first start...
+    let mut b = Gateway::start(&body);
+    assert_ne!(host_key_line(&a), host_key_line(&b));
+    let mine = std::fs::read(b.data_dir().join("auth/token_keys.json")).unwrap();
+    assert_ne!(mine, std::fs::read(a.data_dir().join("auth/token_keys.json")).unwrap());
+    // ...and takes the first one's from shared_keys_dir at the next.
+    let config = std::fs::read_to_string(b.config_path()).unwrap();
+    let with_dir = |dir: &std::path::Path| {
+        config.replace(
+            "data_dir = \"data\"\n",
+            &format!("data_dir = \"data\"\nshared_keys_dir = \"{}\"\n", dir.display()),
+        )
+    };
+    b.write_raw_config(&with_dir(shared.path()));
+    b.restart();
+    assert!(b.log().contains("shared keys installed into data_dir"), "{}", b.log());
+    assert!(
+        b.log().contains("tls/ca.crt, tls/ca.key"),
+        "the absent files are named: {}",
+        b.log()
+    );
+    assert_eq!(host_key_line(&a), host_key_line(&b), "users pin one host key");
+    for f in [
+        "auth/token_keys.json",
+        "ssh/user_ca",
+        "ssh/upstream_ca",
+        "ssh/upstream_ca.pub",
+    ] {
+        assert_eq!(
+            std::fs::read(a.data_dir().join(f)).unwrap(),
+            std::fs::read(b.data_dir().join(f)).unwrap(),
+            "{f} differs"
+        );
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(b.data_dir().join("auth/token_keys.json"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    b.stop();
+
+    // A folder that is not there (the Secret not mounted) refuses the start, saying why.
+    b.write_raw_config(&with_dir(&shared.path().join("not-mounted")));
+    let out = Command::new(env!("CARGO_BIN_EXE_jitgate"))
+        .args(["serve", "--config"])
+        .arg(b.config_path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("shared_keys_dir") && err.contains("not-mounted") && err.contains("is not a folder"),
+        "{err}"
+    );
 }

@@ -53,7 +53,17 @@ pub fn load_or_generate(path: &Path, comment: &str) -> Result<PrivateKey, KeyErr
         msg: e.to_string(),
     };
     if path.exists() {
-        return PrivateKey::read_openssh_file(path).map_err(|e| file_err(&e));
+        let key = PrivateKey::read_openssh_file(path).map_err(|e| file_err(&e))?;
+        // A key installed from elsewhere (shared by replicas) gets a matching `.pub` beside it.
+        let public = format!("{}\n", key.public_key().to_openssh()?);
+        let pub_path = path.with_extension("pub");
+        if std::fs::read_to_string(&pub_path).ok().as_deref() != Some(public.as_str()) {
+            std::fs::write(&pub_path, public).map_err(|e| KeyError::File {
+                path: pub_path,
+                msg: e.to_string(),
+            })?;
+        }
+        return Ok(key);
     }
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| file_err(&e))?;

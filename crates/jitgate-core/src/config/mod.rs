@@ -113,6 +113,9 @@ fn resolve_paths(c: &mut Config, base: &Path) {
         }
     };
     fix(&mut c.gateway.data_dir);
+    if let Some(p) = c.gateway.shared_keys_dir.as_mut() {
+        fix(p);
+    }
     if let Some(t) = c.tls.as_mut() {
         for p in [&mut t.cert_file, &mut t.key_file, &mut t.ca_file]
             .into_iter()

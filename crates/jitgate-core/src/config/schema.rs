@@ -91,6 +91,11 @@ pub struct GatewaySection {
     /// `terminationGracePeriodSeconds`).
     #[serde(default)]
     pub drain_timeout: HumanDuration,
+    /// A folder laid out like data_dir holding the keys every replica must share
+    /// (`auth/token_keys.json`, `ssh/host_key`, `ssh/host_ca`, `ssh/user_ca`, `ssh/upstream_ca`,
+    /// `tls/ca.crt`, `tls/ca.key`), e.g. a Kubernetes Secret mounted read-only. At start each
+    /// file found there is installed into data_dir (0600); a missing folder refuses the start.
+    pub shared_keys_dir: Option<PathBuf>,
 }
 
 impl Default for GatewaySection {
@@ -106,6 +111,7 @@ impl Default for GatewaySection {
             log_format: LogFormat::Text,
             drain_delay: HumanDuration::default(),
             drain_timeout: HumanDuration::default(),
+            shared_keys_dir: None,
         }
     }
 }

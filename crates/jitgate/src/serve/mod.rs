@@ -97,6 +97,9 @@ pub async fn run(config_path: &Path) -> Result<()> {
     let data_dir = loaded.config.gateway.data_dir.clone();
     std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create data_dir {}", data_dir.display()))?;
     restrict_dir(&data_dir);
+    if let Some(from) = &loaded.config.gateway.shared_keys_dir {
+        store::install_shared_keys(from, &data_dir)?;
+    }
     raise_fd_limit(&loaded.config);
 
     let metrics = Metrics::new();

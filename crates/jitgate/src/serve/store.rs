@@ -90,6 +90,62 @@ const SHARED_KEY_FILES: &[&str] = &[
     "tls/ca.key",
 ];
 
+/// Install the keys replicas share from `[gateway] shared_keys_dir` (a folder laid out like
+/// data_dir, e.g. a mounted Kubernetes Secret) into data_dir, 0600, before anything loads them.
+/// A configured folder that is missing refuses the start: each replica would otherwise make its
+/// own keys, and tokens minted on one would not verify on the next.
+pub(super) fn install_shared_keys(from: &Path, data_dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    if !from.is_dir() {
+        return Err(anyhow!(
+            "[gateway] shared_keys_dir {} is not a folder (mount the shared keys there, or remove the key)",
+            from.display()
+        ));
+    }
+    let mut installed = Vec::new();
+    let mut absent = Vec::new();
+    for f in SHARED_KEY_FILES {
+        let src = from.join(f);
+        let bytes = match std::fs::read(&src) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                absent.push(*f);
+                continue;
+            }
+            Err(e) => return Err(anyhow!("[gateway] shared_keys_dir: reading {}: {e}", src.display())),
+        };
+        let dst = data_dir.join(f);
+        if std::fs::read(&dst).ok().as_deref() == Some(bytes.as_slice()) {
+            continue;
+        }
+        let dir = dst.parent().unwrap_or(data_dir);
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+        let tmp = dst.with_extension("installing");
+        let write = || -> std::io::Result<()> {
+            use std::io::Write;
+            let mut o = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            o.write_all(&bytes)?;
+            o.sync_all()?;
+            std::fs::rename(&tmp, &dst)
+        };
+        write().with_context(|| format!("installing {} as {}", src.display(), dst.display()))?;
+        installed.push(*f);
+    }
+    if !installed.is_empty() {
+        tracing::info!(from = %from.display(), files = %installed.join(", "), "shared keys installed into data_dir");
+    }
+    if !absent.is_empty() {
+        tracing::warn!(from = %from.display(), files = %absent.join(", "), "not in shared_keys_dir: this replica uses (or generates) its own");
+    }
+    Ok(())
+}
+
 /// Publish fingerprints of the keys replicas must share and compare them with the other
 /// replicas': a token minted on one replica must verify on all, and users pin one SSH host key.
 /// A difference is logged as an error with what to copy (not fatal: a rolling key copy passes
