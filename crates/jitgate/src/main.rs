@@ -284,10 +284,12 @@ fn config_check(path: &std::path::Path) -> Result<ExitCode> {
     }
     println!(
         "  store         {}",
-        c.store
-            .url
-            .as_ref()
-            .map_or_else(|| "sqlite (data_dir/jitgate.db)".to_string(), |u| u.get_ref().clone())
+        match (&c.store.url, &c.store.url_env, &c.store.url_file) {
+            (Some(u), _, _) => jitgate_store::redact_url(u.get_ref()),
+            (None, Some(v), _) => format!("the URL in ${v}"),
+            (None, None, Some(f)) => format!("the URL in {}", f.display()),
+            (None, None, None) => "sqlite (data_dir/jitgate.db)".to_string(),
+        }
     );
     println!(
         "  tls           {}",
