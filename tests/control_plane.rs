@@ -1049,3 +1049,100 @@ fn shared_keys_dir_installs_one_replicas_keys_into_another_and_a_missing_folder_
         "{err}"
     );
 }
+
+/// `GET /v1/requests/{id}?wait=&version=` holds until the request changes and answers at
+/// once when it does; `request --wait` rides on it and says whom it waits for at each step.
+#[test]
+fn request_wait_long_polls_and_reports_each_step_and_its_approvers() {
+    let gw = Gateway::start(&format!(
+        "{}\n[[resources]]\nname = \"prod-db\"\nkind = \"postgres\"\naddress = \"127.0.0.1:5432\"\ncredentials.read-only = {{ user = \"ro\" }}\n\n\
+         [[policies]]\nname = \"two-step\"\nresources = [\"prod-db\"]\nrequesters = [\"dev\"]\n\
+         steps = [{{ name = \"dba\", approvers = [\"dba\"] }}, {{ name = \"admins\", approvers = [\"jitgate-admins\"] }}]\n",
+        identities()
+    ));
+    let waiter = std::process::Command::new(BIN)
+        .args(["request", "prod-db", "--for", "1h", "--reason", "INC-7", "--wait"])
+        .env("JITGATE_URL", &gw.url)
+        .env("JITGATE_TOKEN", token("alice"))
+        .env("HOME", gw.dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut id = String::new();
+    assert!(eventually(Duration::from_secs(5), || {
+        let v = gw
+            .cli(Some("bob"), &["requests", "--state", "pending", "--json"])
+            .json();
+        v[0]["id"].as_i64().map(|i| id = i.to_string()).is_some()
+    }));
+    let version = gw.cli(Some("alice"), &["requests", "--mine", "--json"]).json()[0]["version"]
+        .as_i64()
+        .unwrap();
+
+    // A long poll at the current version holds while nothing happens...
+    let path = format!("/v1/requests/{id}?wait=1s&version={version}");
+    let t = std::time::Instant::now();
+    let (st, body) = gw.http_get(&path, Some(&token("alice")));
+    assert_eq!(st, 200, "{body}");
+    assert!(
+        t.elapsed() >= Duration::from_millis(900),
+        "answered after {:?}",
+        t.elapsed()
+    );
+    assert!(body.contains("\"waiting_for\":[\"dba\"]"), "{body}");
+    // ...at an older version it answers at once...
+    let t = std::time::Instant::now();
+    gw.http_get(
+        &format!("/v1/requests/{id}?wait=20s&version={}", version - 1),
+        Some(&token("alice")),
+    );
+    assert!(t.elapsed() < Duration::from_millis(500), "{:?}", t.elapsed());
+    // ...and a held one answers as soon as an approval lands.
+    let held = {
+        let url = gw.url.clone();
+        let path = format!("/v1/requests/{id}?wait=20s&version={version}");
+        std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            let addr = url.trim_start_matches("http://").to_string();
+            let mut s = std::net::TcpStream::connect(&addr).unwrap();
+            write!(
+                s,
+                "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer alice-token\r\nConnection: close\r\n\r\n"
+            )
+            .unwrap();
+            let mut buf = String::new();
+            s.read_to_string(&mut buf).unwrap();
+            (std::time::Instant::now(), buf)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    gw.cli(Some("bob"), &["approve", &id, "--reason", "dba ok"]).ok();
+    let approved_at = std::time::Instant::now();
+    let (answered_at, body) = held.join().unwrap();
+    assert!(
+        answered_at.saturating_duration_since(approved_at) < Duration::from_millis(300),
+        "the held poll answered {:?} after the approval",
+        answered_at.saturating_duration_since(approved_at)
+    );
+    assert!(
+        body.contains("\"waiting_for\":[\"jitgate-admins\"]") && body.contains("\"step\":1"),
+        "{body}"
+    );
+
+    gw.cli(Some("root"), &["approve", &id]).ok();
+    let out = waiter.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("approved by root@example.com"));
+    // Not a terminal: one plain line per change, with the elapsed time and the approvers.
+    assert!(
+        err.contains("] request ") && err.contains(" waits for dba (step 1)"),
+        "{err}"
+    );
+    assert!(
+        err.contains(" waits for jitgate-admins (step 2, approved by bob@example.com so far)"),
+        "{err}"
+    );
+    assert_eq!(err.matches("waits for dba").count(), 1, "no repeated lines: {err}");
+}

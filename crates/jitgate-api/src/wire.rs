@@ -86,6 +86,28 @@ pub struct ListRequests {
     pub mine: bool,
 }
 
+/// `GET /v1/requests/{id}?wait=20s&version=N`: with `wait`, a long poll answered as soon as the
+/// request is no longer at `version` (decided, or another approval), or when `wait` (at most
+/// 25 s) has passed. Without, at once.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestWait {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wait: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<i64>,
+}
+
+/// One request, and whom it waits for.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RequestStatus {
+    #[serde(flatten)]
+    pub request: jitgate_core::Request,
+    /// The groups that may approve it at its current step (empty once decided).
+    #[serde(default)]
+    pub waiting_for: Vec<String>,
+}
+
 /// The body of approve, deny and revoke.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -37,23 +37,126 @@ pub(crate) async fn request(a: RequestArgs) -> Result<ExitCode> {
         return finish_request(&conn, &r);
     }
     let limit = jitgate_core::HumanDuration::parse(&timeout).map_err(anyhow::Error::msg)?;
-    eprintln!(
-        "{}; waiting (Ctrl-C to stop waiting; the request stays open)...",
-        describe(&r)
-    );
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(limit.secs());
+    let mut progress = Progress::new(&r);
+    let started = std::time::Instant::now();
+    let deadline = started + std::time::Duration::from_secs(limit.secs());
+    let mut now = c.request(r.id).await?;
+    progress.changed(&now, started.elapsed());
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        let now = c.request(r.id).await?;
-        if now.state != RequestState::Pending {
-            return finish_request(&conn, &now);
+        if now.request.state != RequestState::Pending {
+            progress.done();
+            return finish_request(&conn, &now.request);
         }
-        if std::time::Instant::now() >= deadline {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            progress.done();
             return Err(crate::exit::StillPending(format!(
                 "request {} is still pending after {timeout}; it stays open (`jitgate requests --mine`)",
                 r.id
             ))
             .into());
+        }
+        // A long poll (answered at the decision or the next approval), the progress line
+        // redrawn each second meanwhile.
+        let wait = left.as_secs().clamp(1, LONG_POLL_SECS);
+        let poll = c.wait_request(r.id, now.request.version, wait);
+        tokio::pin!(poll);
+        now = loop {
+            tokio::select! {
+                got = &mut poll => break got?,
+                _ = tick.tick() => progress.tick(&now, started.elapsed()),
+            }
+        };
+        progress.changed(&now, started.elapsed());
+    }
+}
+
+/// How long one long poll of `request --wait` may be held by the gateway (it caps it at 25 s).
+const LONG_POLL_SECS: u64 = 20;
+
+/// What `request --wait` shows while it waits: on a terminal one status line redrawn in place
+/// each second (elapsed time, approvals, whom it waits for); otherwise a plain line per change.
+struct Progress {
+    tty: bool,
+    last: String,
+    drawn: bool,
+}
+
+impl Progress {
+    fn new(r: &jitgate_core::Request) -> Self {
+        eprintln!(
+            "{}; waiting (Ctrl-C stops waiting; the request stays open)",
+            describe(r)
+        );
+        Self {
+            tty: std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("TERM").is_some_and(|t| t != "dumb"),
+            last: String::new(),
+            drawn: false,
+        }
+    }
+
+    fn status(s: &wire::RequestStatus) -> String {
+        let r = &s.request;
+        let who = if s.waiting_for.is_empty() {
+            "an approver".to_string()
+        } else {
+            s.waiting_for.join(" or ")
+        };
+        let approvals = match r.approvals.len() {
+            0 => String::new(),
+            1 => format!(", approved by {} so far", r.approvals[0].approver),
+            n => format!(", {n} approvals so far"),
+        };
+        let escalated = if r.escalated { ", escalated" } else { "" };
+        format!(
+            "request {} waits for {who} (step {}{approvals}{escalated})",
+            r.id,
+            r.step + 1
+        )
+    }
+
+    fn elapsed(d: std::time::Duration) -> String {
+        let s = d.as_secs();
+        if s >= 3600 {
+            format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+        } else {
+            format!("{}:{:02}", s / 60, s % 60)
+        }
+    }
+
+    /// A new answer from the gateway: a plain line when what it says changed.
+    fn changed(&mut self, s: &wire::RequestStatus, elapsed: std::time::Duration) {
+        let status = Self::status(s);
+        if self.tty {
+            self.draw(&status, elapsed);
+        } else if status != self.last && s.request.state == RequestState::Pending {
+            eprintln!("[{}] {status}", Self::elapsed(elapsed));
+        }
+        self.last = status;
+    }
+
+    fn tick(&mut self, s: &wire::RequestStatus, elapsed: std::time::Duration) {
+        if self.tty {
+            let status = Self::status(s);
+            self.draw(&status, elapsed);
+        }
+    }
+
+    fn draw(&mut self, status: &str, elapsed: std::time::Duration) {
+        use std::io::Write;
+        let mut e = std::io::stderr();
+        let _ = write!(e, "\r\x1b[2K{} {status}", Self::elapsed(elapsed));
+        let _ = e.flush();
+        self.drawn = true;
+    }
+
+    /// Leave the status line before the outcome is printed.
+    fn done(&mut self) {
+        if self.drawn {
+            eprintln!();
+            self.drawn = false;
         }
     }
 }

@@ -354,7 +354,8 @@ pub struct RequestArgs {
     /// Ticket id.
     #[arg(long)]
     pub ticket: Option<String>,
-    /// Wait until the request is decided.
+    /// Wait until the request is decided, showing whom it waits for (a long poll: the
+    /// decision shows the moment it is made). Exit 3 if denied, 4 if still pending at --timeout.
     #[arg(long)]
     pub wait: bool,
     /// Give up waiting after this long.

@@ -92,7 +92,7 @@ impl ControlPlane {
                     l.tokens.revoke(&jti, expires_at, self.now().as_second());
                 }
             }
-            Change::Request { .. } => {}
+            Change::Request { .. } => self.changed(),
             Change::Resync { reason } => self.resync(&reason).await?,
         }
         Ok(())

@@ -48,6 +48,9 @@ pub struct ControlPlane {
     grant_read_permits: tokio::sync::Semaphore,
     /// Where a stop's drain stands.
     draining: Drain,
+    /// Bumped by every audited change (requests, grants) here and by the store's change feed
+    /// (other replicas): what a long-polling `GET /v1/requests/{id}?wait=` sleeps on.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 /// The phases of a drain before a stop: `/readyz` goes 503 first (load balancers look
@@ -56,6 +59,8 @@ pub struct ControlPlane {
 pub struct Drain {
     unready: std::sync::atomic::AtomicBool,
     refusing: std::sync::atomic::AtomicBool,
+    /// A stop (SIGTERM) began, not an admin's `jitgate drain`: long polls answer at once.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 impl Drain {
@@ -111,6 +116,7 @@ impl Builder {
             grant_reads: std::sync::Mutex::default(),
             grant_read_permits: tokio::sync::Semaphore::new(2),
             draining: Drain::default(),
+            changes: tokio::sync::watch::Sender::new(0),
         })
     }
 }
@@ -186,7 +192,14 @@ impl ControlPlane {
 
     /// Write `ev` durably (webhooks receive it from the audit sink once it is in the file).
     async fn record(&self, ev: Event) -> Result<u64, jitgate_audit::AuditError> {
-        self.audit.record(ev).await
+        let r = self.audit.record(ev).await;
+        self.changed();
+        r
+    }
+
+    /// Wake whoever waits for a change (long polls).
+    pub(crate) fn changed(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// Record where the protocol front ends listen (for `GET /v1/info` and `jitgate connect`).
@@ -227,6 +240,8 @@ impl ControlPlane {
     /// A stop begins: `/readyz` answers 503 from now on.
     pub fn begin_drain(&self) {
         self.draining.unready.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.draining.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.changed();
     }
 
     /// `jitgate drain` (admins): `/readyz` 503 and new sessions refused now, live ones go on,

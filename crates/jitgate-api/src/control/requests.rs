@@ -3,6 +3,10 @@
 
 use super::*;
 
+/// The longest a long poll (`GET /v1/requests/{id}?wait=`) is held: under clients' usual
+/// 30-second request timeouts.
+pub const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(25);
+
 impl ControlPlane {
     pub(super) fn request_event(&self, kind: Kind, r: &Request, actor: &str, now: Timestamp) -> Event {
         Event::new(kind, now)
@@ -256,6 +260,53 @@ impl ControlPlane {
         } else {
             Err(ControlError::not_found(format!("no request {id}")))
         }
+    }
+
+    /// [`Self::get_request`], answered when the request is no longer at `version` (decided, or
+    /// one more approval) or after `wait` (at most [`MAX_WAIT`]): a long poll, so waiting
+    /// clients learn of a decision at once without polling. Woken by changes on this replica
+    /// and through the store's feed; re-reads every 2 s besides (a feed that missed a notice).
+    pub async fn wait_request(
+        &self,
+        who: &Principal,
+        id: i64,
+        version: Option<i64>,
+        wait: std::time::Duration,
+    ) -> ControlResult<Request> {
+        let deadline = tokio::time::Instant::now() + wait.min(MAX_WAIT);
+        let mut rx = self.changes.subscribe();
+        loop {
+            rx.borrow_and_update();
+            let r = self.get_request(who, id).await?;
+            let stopping = self.draining.stopping.load(std::sync::atomic::Ordering::SeqCst);
+            if r.state != RequestState::Pending
+                || version.is_none_or(|v| v != r.version)
+                || stopping
+                || tokio::time::Instant::now() >= deadline
+            {
+                return Ok(r);
+            }
+            let next = deadline.min(tokio::time::Instant::now() + std::time::Duration::from_secs(2));
+            let _ = tokio::time::timeout_at(next, rx.changed()).await;
+        }
+    }
+
+    /// The groups that may approve `r` at its current step (with the escalation groups once
+    /// escalated): whom a waiting requester waits for.
+    pub fn waiting_for(&self, r: &Request) -> Vec<String> {
+        if r.state != RequestState::Pending {
+            return Vec::new();
+        }
+        let cat = self.catalog();
+        let Ok(p) = engine::policy_named(&cat, &r.policy) else {
+            return Vec::new();
+        };
+        let mut groups = p.steps.get(r.step).map(|s| s.approvers.clone()).unwrap_or_default();
+        if r.escalated {
+            groups.extend(p.escalate_to.iter().cloned());
+        }
+        groups.dedup();
+        groups
     }
 
     /// Requests the caller may see: their own, those they can approve, or all for admins.

@@ -42,8 +42,22 @@ pub(super) async fn list(
     Ok(Json(cp.list_requests(&who, state, q.mine).await?))
 }
 
-pub(super) async fn get_one(State(cp): Cp, Caller(who): Caller, Path(id): Path<i64>) -> ApiResult<impl IntoResponse> {
-    Ok(Json(cp.get_request(&who, id).await?))
+pub(super) async fn get_one(
+    State(cp): Cp,
+    Caller(who): Caller,
+    Path(id): Path<i64>,
+    q: Result<Query<wire::RequestWait>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<impl IntoResponse> {
+    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text(), Some("?wait=20s&version=N".into())))?;
+    let request = match parse_duration(q.wait.as_deref())? {
+        Some(w) => {
+            cp.wait_request(&who, id, q.version, std::time::Duration::from_secs(w.secs()))
+                .await?
+        }
+        None => cp.get_request(&who, id).await?,
+    };
+    let waiting_for = cp.waiting_for(&request);
+    Ok(Json(wire::RequestStatus { request, waiting_for }))
 }
 
 pub(super) async fn approve(

@@ -21,8 +21,20 @@ impl Client {
         self.post(paths::REQUESTS, body).await
     }
 
-    pub async fn request(&self, id: i64) -> Result<Request> {
+    pub async fn request(&self, id: i64) -> Result<wire::RequestStatus> {
         self.get(&wire::path(paths::REQUEST, id)).await
+    }
+
+    /// A long poll: the request once it is no longer at `version`, or after `wait_secs`.
+    pub async fn wait_request(&self, id: i64, version: i64, wait_secs: u64) -> Result<wire::RequestStatus> {
+        self.get_query(
+            &wire::path(paths::REQUEST, id),
+            &wire::RequestWait {
+                wait: Some(format!("{wait_secs}s")),
+                version: Some(version),
+            },
+        )
+        .await
     }
 
     pub async fn requests(&self, q: &wire::ListRequests) -> Result<Vec<Request>> {
