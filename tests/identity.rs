@@ -552,6 +552,41 @@ fn sighup_applies_a_new_oidc_section_keeps_a_broken_one_and_names_keys_that_need
     );
 }
 
+/// `jitgate login` opens the URL with `$BROWSER` (commands separated by `:`, `%s` for the URL;
+/// the first that starts wins); the page it opened is the one that logs in.
+#[test]
+fn login_opens_the_browser_named_by_browser_and_that_page_logs_in() {
+    let p = idp("default", None);
+    let gw = gateway(&p, "", false, "");
+    let user = User::new();
+    let opened = user.dir.join("opened-url");
+    let script = user.dir.join("browser.sh");
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\nprintf '%s' \"$2\" > {}\n", opened.display()),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut c = user.cmd(&gw, &["login"]);
+    c.env(
+        "BROWSER",
+        format!("/nonexistent/browser:{} --new-tab %s", script.display()),
+    );
+    let (child, lines) = spawn_lines(c);
+    assert!(
+        eventually(Duration::from_secs(10), || opened.exists()),
+        "$BROWSER was not run"
+    );
+    let url = std::fs::read_to_string(&opened).unwrap();
+    assert!(url.starts_with(&p.issuer), "{url}");
+    let callback = Browser::new(&p.issuer).login(&url, "alice", "alice-password").unwrap();
+    let st = block_on(async { reqwest::get(&callback).await.unwrap().status().as_u16() });
+    assert_eq!(st, 200);
+    let out = finish(child, &lines).unwrap();
+    assert!(out.contains("logged in as alice@example.com"), "{out}");
+}
+
 #[test]
 fn provider_key_rotation_keeps_logins_working_and_group_changes_apply_at_next_login() {
     let p = idp("rotating", None);

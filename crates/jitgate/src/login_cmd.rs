@@ -92,12 +92,8 @@ async fn code_flow(c: &Client, no_browser: bool) -> Result<wire::LoginResult> {
     let wire::LoginStarted { auth_url: url, state } = c.login_start(&redirect).await?;
     let url = url.as_str();
     println!("To log in, open this URL in a browser:\n\n  {url}\n");
-    if !no_browser {
-        let _ = std::process::Command::new("xdg-open")
-            .arg(url)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn();
+    if !no_browser && !open_browser(url) {
+        eprintln!("(no browser could be started here: open the URL on any machine; set $BROWSER to choose one)");
     }
     let (code, got_state) = tokio::time::timeout(Duration::from_secs(300), wait_for_redirect(&listener))
         .await
@@ -209,4 +205,50 @@ pub async fn logout(conn: &Conn) -> Result<ExitCode> {
             Ok(ExitCode::from(1))
         }
     }
+}
+
+/// Open `url` in the user's browser: `$BROWSER` first (a `:`-separated list of commands, `%s`
+/// standing for the URL, as Python's `webbrowser` and `xdg-open` read it), then the platform's
+/// opener (`open` on macOS; `rundll32 url.dll,FileProtocolHandler` on Windows, which, unlike
+/// `cmd /c start`, does not reinterpret `&` in the URL; `xdg-open`, `gio open` or WSL's
+/// `wslview` elsewhere). True when one started.
+pub(crate) fn open_browser(url: &str) -> bool {
+    let mut candidates: Vec<Vec<String>> = Vec::new();
+    if let Some(b) = std::env::var_os("BROWSER") {
+        for cmd in b.to_string_lossy().split(':').filter(|c| !c.trim().is_empty()) {
+            let mut words: Vec<String> = cmd.split_whitespace().map(str::to_string).collect();
+            if words.iter().any(|w| w.contains("%s")) {
+                for w in &mut words {
+                    *w = w.replace("%s", url);
+                }
+            } else {
+                words.push(url.to_string());
+            }
+            candidates.push(words);
+        }
+    }
+    let platform: &[&[&str]] = if cfg!(target_os = "macos") {
+        &[&["open"]]
+    } else if cfg!(windows) {
+        &[&["rundll32", "url.dll,FileProtocolHandler"]]
+    } else {
+        &[&["xdg-open"], &["gio", "open"], &["wslview"]]
+    };
+    for p in platform {
+        let mut words: Vec<String> = p.iter().map(|w| (*w).to_string()).collect();
+        words.push(url.to_string());
+        candidates.push(words);
+    }
+    candidates.iter().any(|words| {
+        let Some((prog, args)) = words.split_first() else {
+            return false;
+        };
+        std::process::Command::new(prog)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .is_ok()
+    })
 }
