@@ -60,6 +60,8 @@ pub(crate) async fn request(a: RequestArgs) -> Result<ExitCode> {
         // A long poll (answered at the decision or the next approval), the progress line
         // redrawn each second meanwhile.
         let wait = left.as_secs().clamp(1, LONG_POLL_SECS);
+        let asked = std::time::Instant::now();
+        let before = now.request.version;
         let poll = c.wait_request(r.id, now.request.version, wait);
         tokio::pin!(poll);
         now = loop {
@@ -69,6 +71,11 @@ pub(crate) async fn request(a: RequestArgs) -> Result<ExitCode> {
             }
         };
         progress.changed(&now, started.elapsed());
+        if now.request.version == before && asked.elapsed() < std::time::Duration::from_secs(1) {
+            // Answered at once without a change (a gateway holding too many polls, or an
+            // older one): do not spin.
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
     }
 }
 

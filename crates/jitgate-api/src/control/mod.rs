@@ -51,6 +51,8 @@ pub struct ControlPlane {
     /// Bumped by every audited change (requests, grants) here and by the store's change feed
     /// (other replicas): what a long-polling `GET /v1/requests/{id}?wait=` sleeps on.
     changes: tokio::sync::watch::Sender<u64>,
+    /// Long polls held at once; beyond [`requests::MAX_LONG_POLLS`] they answer at once.
+    long_polls: tokio::sync::Semaphore,
 }
 
 /// The phases of a drain before a stop: `/readyz` goes 503 first (load balancers look
@@ -117,6 +119,7 @@ impl Builder {
             grant_read_permits: tokio::sync::Semaphore::new(2),
             draining: Drain::default(),
             changes: tokio::sync::watch::Sender::new(0),
+            long_polls: tokio::sync::Semaphore::new(requests::MAX_LONG_POLLS),
         })
     }
 }

@@ -7,6 +7,11 @@ use super::*;
 /// 30-second request timeouts.
 pub const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(25);
 
+/// Long polls held at once. Each costs a connection and a store read per change; past this
+/// many a poll answers at once (the client waits a second and asks again), so a flood of them
+/// cannot turn every change into thousands of reads.
+pub const MAX_LONG_POLLS: usize = 1024;
+
 impl ControlPlane {
     pub(super) fn request_event(&self, kind: Kind, r: &Request, actor: &str, now: Timestamp) -> Event {
         Event::new(kind, now)
@@ -273,6 +278,9 @@ impl ControlPlane {
         version: Option<i64>,
         wait: std::time::Duration,
     ) -> ControlResult<Request> {
+        let Ok(_held) = self.long_polls.try_acquire() else {
+            return self.get_request(who, id).await;
+        };
         let deadline = tokio::time::Instant::now() + wait.min(MAX_WAIT);
         let mut rx = self.changes.subscribe();
         loop {
