@@ -1048,6 +1048,18 @@ fn shared_keys_dir_installs_one_replicas_keys_into_another_and_a_missing_folder_
         err.contains("shared_keys_dir") && err.contains("not-mounted") && err.contains("is not a folder"),
         "{err}"
     );
+
+    // An empty folder (an empty or wrong Secret) refuses too: no token keys to share.
+    let empty = tempfile::tempdir().unwrap();
+    b.write_raw_config(&with_dir(empty.path()));
+    let out = Command::new(env!("CARGO_BIN_EXE_jitgate"))
+        .args(["serve", "--config"])
+        .arg(b.config_path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("has no auth/token_keys.json"), "{err}");
 }
 
 /// `GET /v1/requests/{id}?wait=&version=` holds until the request changes and answers at

@@ -213,9 +213,17 @@ pub async fn logout(conn: &Conn) -> Result<ExitCode> {
 /// `cmd /c start`, does not reinterpret `&` in the URL; `xdg-open`, `gio open` or WSL's
 /// `wslview` elsewhere). True when one started.
 pub(crate) fn open_browser(url: &str) -> bool {
+    // The URL comes from the gateway: only a web page is handed to an opener (never a file,
+    // a program or something that reads as an option).
+    let web = url.starts_with("https://") || url.starts_with("http://");
+    if !web || url.chars().any(char::is_whitespace) {
+        eprintln!("(not opening {url:?}: not an http(s) URL)");
+        return false;
+    }
     let mut candidates: Vec<Vec<String>> = Vec::new();
     if let Some(b) = std::env::var_os("BROWSER") {
-        for cmd in b.to_string_lossy().split(':').filter(|c| !c.trim().is_empty()) {
+        let sep = if cfg!(windows) { ';' } else { ':' };
+        for cmd in b.to_string_lossy().split(sep).filter(|c| !c.trim().is_empty()) {
             let mut words: Vec<String> = cmd.split_whitespace().map(str::to_string).collect();
             if words.iter().any(|w| w.contains("%s")) {
                 for w in &mut words {
@@ -243,12 +251,26 @@ pub(crate) fn open_browser(url: &str) -> bool {
         let Some((prog, args)) = words.split_first() else {
             return false;
         };
-        std::process::Command::new(prog)
+        let Ok(mut child) = std::process::Command::new(prog)
             .args(args)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
-            .is_ok()
+        else {
+            return false;
+        };
+        // Openers like xdg-open exit at once, non-zero when they found no browser (a headless
+        // host): then the next one is tried. One still running after 2 s is a browser.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        loop {
+            match child.try_wait() {
+                Ok(Some(st)) => return st.success(),
+                Ok(None) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                _ => return true,
+            }
+        }
     })
 }

@@ -195,8 +195,11 @@ impl ControlPlane {
 
     /// Write `ev` durably (webhooks receive it from the audit sink once it is in the file).
     async fn record(&self, ev: Event) -> Result<u64, jitgate_audit::AuditError> {
+        let wakes = ev.kind.starts_with("request.") || ev.kind.starts_with("grant.");
         let r = self.audit.record(ev).await;
-        self.changed();
+        if wakes {
+            self.changed();
+        }
         r
     }
 

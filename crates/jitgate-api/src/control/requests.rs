@@ -309,10 +309,8 @@ impl ControlPlane {
         let Ok(p) = engine::policy_named(&cat, &r.policy) else {
             return Vec::new();
         };
-        let mut groups = p.steps.get(r.step).map(|s| s.approvers.clone()).unwrap_or_default();
-        if r.escalated {
-            groups.extend(p.escalate_to.iter().cloned());
-        }
+        let mut groups = engine::eligible_groups(r, p, self.now());
+        groups.sort();
         groups.dedup();
         groups
     }

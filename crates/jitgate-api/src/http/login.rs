@@ -100,6 +100,11 @@ pub(crate) async fn logout(
     Ok(Json(wire::Revoked { revoked: c.jti }))
 }
 
+/// A revocation by id cannot see the token's expiry: it is kept at least this long (30 days),
+/// or the longest lifetime this process minted with when that is longer, so a token minted
+/// by a replica with a longer `token_lifetime` (or before a reload shortened it) cannot outlive it.
+const REVOKE_AT_LEAST: i64 = 30 * 86_400;
+
 /// `POST /v1/tokens/revoke`: admins cut off a (stolen) login token by its id (from the `login`
 /// audit event). Kept on the list for the longest token lifetime.
 pub(crate) async fn revoke(
@@ -120,7 +125,7 @@ pub(crate) async fn revoke(
             None,
         ));
     }
-    let exp = cp.now().as_second() + cp.login_services()?.tokens.longest_lifetime();
+    let exp = cp.now().as_second() + cp.login_services()?.tokens.longest_lifetime().max(REVOKE_AT_LEAST);
     cp.revoke_jti(&who.name, &b.token_id, exp, Kind::TokenRevoked).await?;
     Ok(Json(wire::Revoked { revoked: b.token_id }))
 }

@@ -137,6 +137,12 @@ pub(super) fn install_shared_keys(from: &Path, data_dir: &Path) -> Result<()> {
         write().with_context(|| format!("installing {} as {}", src.display(), dst.display()))?;
         installed.push(*f);
     }
+    if absent.contains(&"auth/token_keys.json") {
+        return Err(anyhow!(
+            "[gateway] shared_keys_dir {} has no auth/token_keys.json: every replica needs the same token keys (an empty or wrong Secret?); copy it from a first replica (docs/operator-guide.md, \"Several replicas\")",
+            from.display()
+        ));
+    }
     if !installed.is_empty() {
         tracing::info!(from = %from.display(), files = %installed.join(", "), "shared keys installed into data_dir");
     }

@@ -3,6 +3,11 @@
 {{- .Release.Name | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
+{{/* The headless Service (63 characters at most, like every Service name). */}}
+{{- define "jitgate.headless" -}}
+{{- include "jitgate.name" . | trunc 54 | trimSuffix "-" -}}-headless
+{{- end -}}
+
 {{/* What selects the pods (never changes across upgrades). */}}
 {{- define "jitgate.selectorLabels" -}}
 app.kubernetes.io/name: jitgate
