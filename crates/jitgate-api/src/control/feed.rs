@@ -134,20 +134,29 @@ impl ControlPlane {
         if !self.store.shared() {
             return Ok(());
         }
-        {
-            let mut recent = self.grant_reads.lock().unwrap_or_else(|e| e.into_inner());
-            let now = std::time::Instant::now();
-            if recent.len() > 10_000 {
-                recent.retain(|_, at| now.duration_since(*at) < GRANT_READ_EVERY);
-            }
-            let key = (identity.to_string(), resource.to_string());
-            if recent
-                .get(&key)
-                .is_some_and(|at| now.duration_since(*at) < GRANT_READ_EVERY)
-            {
+        // Read at most once per window: a miss inside the window waits for its end and reads
+        // then (a grant approved elsewhere a moment after a read is found, not refused); a miss
+        // that finds another read done meanwhile takes that read's result.
+        let key = (identity.to_string(), resource.to_string());
+        for attempt in 0..2 {
+            let wait = {
+                let mut recent = self.grant_reads.lock().unwrap_or_else(|e| e.into_inner());
+                let now = std::time::Instant::now();
+                if recent.len() > 10_000 {
+                    recent.retain(|_, at| now.duration_since(*at) < GRANT_READ_EVERY);
+                }
+                match recent.get(&key).map(|at| now.duration_since(*at)) {
+                    Some(since) if since < GRANT_READ_EVERY => GRANT_READ_EVERY - since,
+                    _ => {
+                        recent.insert(key.clone(), now);
+                        break;
+                    }
+                }
+            };
+            if attempt == 1 {
                 return Ok(());
             }
-            recent.insert(key, now);
+            tokio::time::sleep(wait).await;
         }
         let unavailable = |why: &str| format!("jitgate cannot reach its store ({why}); try again shortly");
         let limit = std::time::Duration::from_secs(2);
