@@ -1035,15 +1035,19 @@ fn shared_keys_dir_installs_one_replicas_keys_into_another_and_a_missing_folder_
     assert_eq!(mode & 0o777, 0o600);
     b.stop();
 
+    // The start refused: its error output.
+    let refused_with = |dir: &std::path::Path| -> String {
+        b.write_raw_config(&with_dir(dir));
+        let out = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(b.config_path())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "started with shared_keys_dir {}", dir.display());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
     // A folder that is not there (the Secret not mounted) refuses the start, saying why.
-    b.write_raw_config(&with_dir(&shared.path().join("not-mounted")));
-    let out = Command::new(env!("CARGO_BIN_EXE_jitgate"))
-        .args(["serve", "--config"])
-        .arg(b.config_path())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused_with(&shared.path().join("not-mounted"));
     assert!(
         err.contains("shared_keys_dir") && err.contains("not-mounted") && err.contains("is not a folder"),
         "{err}"
@@ -1051,14 +1055,7 @@ fn shared_keys_dir_installs_one_replicas_keys_into_another_and_a_missing_folder_
 
     // An empty folder (an empty or wrong Secret) refuses too: no token keys to share.
     let empty = tempfile::tempdir().unwrap();
-    b.write_raw_config(&with_dir(empty.path()));
-    let out = Command::new(env!("CARGO_BIN_EXE_jitgate"))
-        .args(["serve", "--config"])
-        .arg(b.config_path())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused_with(empty.path());
     assert!(err.contains("has no auth/token_keys.json"), "{err}");
 }
 
@@ -1103,6 +1100,11 @@ fn request_wait_long_polls_and_reports_each_step_and_its_approvers() {
         t.elapsed()
     );
     assert!(body.contains("\"waiting_for\":[\"dba\"]"), "{body}");
+    // A wait that is not a duration, or an unknown parameter, is refused with what to write.
+    let (st, body) = gw.http_get(&format!("/v1/requests/{id}?wait=soon"), Some(&token("alice")));
+    assert_eq!(st, 400, "{body}");
+    let (st, body) = gw.http_get(&format!("/v1/requests/{id}?wiat=5s"), Some(&token("alice")));
+    assert!(st == 400 && body.contains("wait=20s&version=N"), "{body}");
     // ...at an older version it answers at once...
     let t = std::time::Instant::now();
     gw.http_get(
