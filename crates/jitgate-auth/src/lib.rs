@@ -71,6 +71,18 @@ impl Tokens {
         self.keys.mint(name, groups, now, self.lifetime())
     }
 
+    /// Mint a token that also says when the identity authenticated at the provider
+    /// (`auth_time`), for policies with `step_up`.
+    pub fn mint_authenticated(
+        &self,
+        name: &str,
+        groups: &[String],
+        now: i64,
+        auth_time: Option<i64>,
+    ) -> Result<(String, Claims), TokenError> {
+        self.keys.mint_with(name, groups, now, self.lifetime(), auth_time)
+    }
+
     /// Verify signature, expiry and revocation.
     pub fn verify(&self, token: &str, now: i64) -> Result<Claims, Refused> {
         let c = self.keys.verify(token, now)?;

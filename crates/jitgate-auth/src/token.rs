@@ -47,6 +47,10 @@ pub struct Claims {
     pub jti: String,
     /// Signing key id.
     pub kid: String,
+    /// When the holder last authenticated at the identity provider (the ID token's
+    /// `auth_time`, unix seconds); absent in tokens minted before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_time: Option<i64>,
 }
 
 /// Why a token is refused. `Display` is safe to show (it never contains the token).
@@ -181,6 +185,18 @@ impl TokenKeys {
         now: i64,
         lifetime_secs: i64,
     ) -> Result<(String, Claims), TokenError> {
+        self.mint_with(sub, groups, now, lifetime_secs, None)
+    }
+
+    /// Mint a token for `sub` that records when it authenticated at the provider.
+    pub fn mint_with(
+        &self,
+        sub: &str,
+        groups: &[String],
+        now: i64,
+        lifetime_secs: i64,
+        auth_time: Option<i64>,
+    ) -> Result<(String, Claims), TokenError> {
         let keys = self.keys.read().map_err(|_| TokenError::Malformed)?;
         let key = keys.last().ok_or(TokenError::Malformed)?;
         let jti: [u8; 12] = rand::random();
@@ -191,6 +207,7 @@ impl TokenKeys {
             exp: now + lifetime_secs,
             jti: hex::encode(jti),
             kid: key.kid.clone(),
+            auth_time,
         };
         let json = serde_json::to_vec(&claims).map_err(|_| TokenError::Malformed)?;
         let aad = format!("{PREFIX2}{}", key.kid);

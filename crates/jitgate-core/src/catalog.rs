@@ -162,6 +162,8 @@ pub struct Policy {
     pub pending_timeout: HumanDuration,
     /// SSH port forwarding.
     pub allow_port_forwarding: bool,
+    /// Approving needs a provider authentication no older than this.
+    pub step_up: Option<HumanDuration>,
     /// Auto-approval rules.
     pub auto_approve: Vec<AutoApprove>,
 }

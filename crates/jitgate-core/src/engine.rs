@@ -81,6 +81,14 @@ pub enum Refusal {
     /// Requesters never approve their own requests.
     #[error("you cannot approve your own request (four-eyes principle)")]
     SelfApproval,
+    /// The policy needs a recent provider authentication to approve.
+    #[error("policy `{policy}` needs a sign-in at the identity provider within the last {max_age} to approve")]
+    StepUpRequired {
+        /// Policy name.
+        policy: String,
+        /// How recent the authentication must be.
+        max_age: HumanDuration,
+    },
     /// The approver is not eligible for the current step.
     #[error("{who} may not approve request {id}: step `{step}` needs an approver from groups [{groups}]")]
     NotApprover {
@@ -156,6 +164,7 @@ impl Refusal {
             Self::NoPolicy(_)
             | Self::NotRequester { .. }
             | Self::SelfApproval
+            | Self::StepUpRequired { .. }
             | Self::NotApprover { .. }
             | Self::NotYours(_)
             | Self::NotRevoker(_) => RefusalClass::Forbidden,
@@ -182,6 +191,9 @@ impl Refusal {
             }
             Self::DurationZero => "use e.g. --for 30m".into(),
             Self::SelfApproval => "ask someone in an approver group to run `jitgate approve`".into(),
+            Self::StepUpRequired { .. } => {
+                "sign in again: approve from the web console (it sends you through the provider), or run `jitgate login` and approve within that time".into()
+            }
             Self::NotApprover { .. } => "ask a member of those groups".into(),
             Self::AlreadyApproved(_) | Self::NotRevoker(_) => return None,
             Self::NotPending { .. } => "see `jitgate requests`".into(),
@@ -381,6 +393,48 @@ fn ensure_pending(req: &Request) -> Result<(), Refusal> {
     }
 }
 
+/// Whether `who` may add an approval to `req` now (pending, not their own, in a group of the
+/// current step, not already approved by them); the step-up rule is [`step_up`]. The console's
+/// inbox lists what this admits, so it never decides anything itself.
+pub fn may_approve(req: &Request, policy: &Policy, who: &Principal, now: Timestamp) -> Result<(), Refusal> {
+    ensure_pending(req)?;
+    if who.name == req.requester {
+        return Err(Refusal::SelfApproval);
+    }
+    let groups = eligible_groups(req, policy, now);
+    if !who.in_any(&groups) {
+        return Err(Refusal::NotApprover {
+            who: who.name.clone(),
+            id: req.id,
+            step: policy.steps.get(req.step).map(|s| s.name.clone()).unwrap_or_default(),
+            groups: join(&groups),
+        });
+    }
+    if req.approvals.iter().any(|a| a.approver == who.name) {
+        return Err(Refusal::AlreadyApproved(who.name.clone()));
+    }
+    Ok(())
+}
+
+/// A policy's `step_up`: the approver authenticated at the provider no longer ago than it says
+/// (static and machine identities never did, so they cannot approve under it).
+pub fn step_up(policy: &Policy, who: &Principal, now: Timestamp) -> Result<(), Refusal> {
+    let Some(max_age) = policy.step_up else {
+        return Ok(());
+    };
+    let fresh = who
+        .auth_time
+        .is_some_and(|t| now.as_second().saturating_sub(t) <= i64::try_from(max_age.secs()).unwrap_or(i64::MAX));
+    if fresh {
+        Ok(())
+    } else {
+        Err(Refusal::StepUpRequired {
+            policy: policy.name.clone(),
+            max_age,
+        })
+    }
+}
+
 /// Record an approval. Returns true when it was the last one needed (the request is now
 /// approved and the caller must open or extend the grant).
 pub fn approve(
@@ -390,23 +444,8 @@ pub fn approve(
     reason: Option<String>,
     now: Timestamp,
 ) -> Result<bool, Refusal> {
-    ensure_pending(req)?;
-    if who.name == req.requester {
-        return Err(Refusal::SelfApproval);
-    }
-    let groups = eligible_groups(req, policy, now);
-    let step_name = policy.steps.get(req.step).map(|s| s.name.clone()).unwrap_or_default();
-    if !who.in_any(&groups) {
-        return Err(Refusal::NotApprover {
-            who: who.name.clone(),
-            id: req.id,
-            step: step_name,
-            groups: join(&groups),
-        });
-    }
-    if req.approvals.iter().any(|a| a.approver == who.name) {
-        return Err(Refusal::AlreadyApproved(who.name.clone()));
-    }
+    may_approve(req, policy, who, now)?;
+    step_up(policy, who, now)?;
     req.approvals.push(Approval {
         approver: who.name.clone(),
         at: now,

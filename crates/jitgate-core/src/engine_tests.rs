@@ -65,10 +65,7 @@ fn catalog() -> Catalog {
 }
 
 fn who(name: &str, groups: &[&str]) -> Principal {
-    Principal {
-        name: name.into(),
-        groups: groups.iter().map(|s| s.to_string()).collect(),
-    }
+    Principal::new(name, groups.iter().map(|s| s.to_string()).collect())
 }
 
 fn ask(resource: &str, access: Option<&str>, dur: Option<&str>, reason: Option<&str>) -> NewRequest {

@@ -14,9 +14,23 @@ pub struct Principal {
     pub name: String,
     /// Groups at the time of authentication.
     pub groups: Vec<String>,
+    /// When the identity last authenticated at the OpenID Connect provider (unix seconds), as
+    /// its ID token's `auth_time` said; `None` for static and machine tokens. What a policy's
+    /// `step_up` checks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_time: Option<i64>,
 }
 
 impl Principal {
+    /// A principal without a provider authentication time (static and machine identities).
+    pub fn new(name: impl Into<String>, groups: Vec<String>) -> Self {
+        Self {
+            name: name.into(),
+            groups,
+            auth_time: None,
+        }
+    }
+
     /// True when in any of `groups`.
     pub fn in_any(&self, groups: &[String]) -> bool {
         self.groups.iter().any(|g| groups.contains(g))

@@ -61,13 +61,15 @@ impl ControlPlane {
         self.login.as_ref()
     }
 
-    pub(crate) fn login_services(&self) -> ControlResult<&Login> {
+    /// The login services, or a refusal saying login is not configured here.
+    pub fn login_services(&self) -> ControlResult<&Login> {
         self.login
             .as_ref()
             .ok_or_else(|| ControlError::bad_request("login is not configured on this gateway", None))
     }
 
-    pub(crate) fn oidc(&self) -> ControlResult<Provider> {
+    /// The OpenID Connect relying party in force, or a refusal naming the missing `[oidc]`.
+    pub fn oidc(&self) -> ControlResult<Provider> {
         self.login_services()?.provider().ok_or_else(|| {
             ControlError::bad_request(
                 "this gateway has no OpenID Connect provider configured",
@@ -89,6 +91,7 @@ impl ControlPlane {
             Ok(c) => Ok(Principal {
                 name: c.sub,
                 groups: c.groups,
+                auth_time: c.auth_time,
             }),
             Err(e) => {
                 let label = match &e {
@@ -103,7 +106,7 @@ impl ControlPlane {
 
     /// The outcome of a provider step: failures are counted, logged and audited, then turned
     /// into the API error.
-    pub(crate) async fn attempt<T>(&self, method: &str, r: Result<T, AuthError>) -> ControlResult<T> {
+    pub async fn attempt<T>(&self, method: &str, r: Result<T, AuthError>) -> ControlResult<T> {
         match r {
             Ok(v) => Ok(v),
             Err(e) => {
@@ -113,7 +116,8 @@ impl ControlPlane {
         }
     }
 
-    pub(crate) async fn login_failed(&self, method: &str, e: &AuthError) {
+    /// Count, log and audit a failed login (never with a token, code or secret).
+    pub async fn login_failed(&self, method: &str, e: &AuthError) {
         self.metrics()
             .auth_failures_total
             .with_label_values(&["oidc", reason_label(e)])
@@ -126,12 +130,13 @@ impl ControlPlane {
         let _ = self.audit().emit(ev).await;
     }
 
-    /// Mint a gateway token for a verified identity and audit it (no audit, no token).
-    pub(crate) async fn logged_in(&self, method: &str, id: &Identity) -> ControlResult<LoginResult> {
+    /// Mint a gateway token for a verified identity and audit it (no audit, no token). The
+    /// token carries the provider's `auth_time`, which a policy's `step_up` checks.
+    pub async fn logged_in(&self, method: &str, id: &Identity) -> ControlResult<LoginResult> {
         let login = self.login_services()?;
         let (token, c) = login
             .tokens
-            .mint(&id.name, &id.groups, self.now().as_second())
+            .mint_authenticated(&id.name, &id.groups, self.now().as_second(), id.auth_time)
             .map_err(ControlError::internal)?;
         let expires_at = jiff::Timestamp::from_second(c.exp).map_err(ControlError::internal)?;
         let ev = Event::new(Kind::Login, self.now())
@@ -165,7 +170,8 @@ impl ControlPlane {
         Ok(list.len())
     }
 
-    pub(crate) async fn revoke_jti(&self, actor: &str, jti: &str, exp: i64, kind: Kind) -> ControlResult<()> {
+    /// Revoke a gateway token by id until `exp`: in the store, in memory, and audited as `kind`.
+    pub async fn revoke_jti(&self, actor: &str, jti: &str, exp: i64, kind: Kind) -> ControlResult<()> {
         let login = self.login_services()?;
         self.store().revoke_token(jti, exp).await?;
         login.tokens.revoke(jti, exp, self.now().as_second());
@@ -222,16 +228,10 @@ impl ControlPlane {
         }
         let h = jitgate_core::token_hash(token);
         if let Some(i) = self.catalog().identity_by_token_hash(&h) {
-            return Ok(Principal {
-                name: i.name.clone(),
-                groups: i.groups.clone(),
-            });
+            return Ok(Principal::new(i.name.clone(), i.groups.clone()));
         }
         match self.store.token_by_hash(&h).await {
-            Ok(Some(t)) => Ok(Principal {
-                name: t.name,
-                groups: t.groups,
-            }),
+            Ok(Some(t)) => Ok(Principal::new(t.name, t.groups)),
             Ok(None) => Err(AuthFailure::Refused {
                 reason: "invalid_token",
                 message: "invalid or expired token".into(),

@@ -56,10 +56,7 @@ fn t0() -> Timestamp {
 }
 
 fn who(name: &str, group: &str) -> Principal {
-    Principal {
-        name: name.into(),
-        groups: vec![group.into()],
-    }
+    Principal::new(name, vec![group.into()])
 }
 
 fn alice() -> Principal {

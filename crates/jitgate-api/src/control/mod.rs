@@ -136,6 +136,7 @@ impl std::fmt::Debug for ControlPlane {
     }
 }
 
+pub mod console;
 mod error;
 mod feed;
 pub(crate) mod identity;

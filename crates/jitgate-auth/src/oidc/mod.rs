@@ -121,6 +121,9 @@ pub struct Identity {
     pub groups: Vec<String>,
     /// The provider's subject.
     pub subject: String,
+    /// When the user authenticated at the provider (`auth_time`, unix seconds), when the ID
+    /// token says.
+    pub auth_time: Option<i64>,
 }
 
 /// Why a login failed. `Display` never contains a token, code or secret.
@@ -151,6 +154,9 @@ struct PendingLogin {
     verifier: String,
     redirect: String,
     created: Instant,
+    /// The `max_age` asked for (seconds): the ID token must then carry an `auth_time` no
+    /// older than that.
+    max_age: Option<u64>,
 }
 
 const ATTEMPT_TTL: Duration = Duration::from_secs(600);
@@ -268,13 +274,29 @@ impl Oidc {
         map.retain(|_, v| alive(v));
     }
 
-    /// Start a code + PKCE login; returns (authorization URL, state).
+    /// Start a code + PKCE login for the CLI; returns (authorization URL, state).
     pub async fn start_login(&self, redirect_uri: &str) -> Result<(String, String), AuthError> {
         if !loopback_redirect(redirect_uri) {
             return Err(AuthError::BadRequest(
                 "redirect_uri must be a loopback http URL (http://127.0.0.1:PORT/callback)".into(),
             ));
         }
+        self.start_code_flow(redirect_uri, None).await
+    }
+
+    /// Start a code + PKCE login for the gateway's own web console, whose callback URL the
+    /// gateway builds itself (never a caller's). With `max_age` (a step-up) the provider must
+    /// authenticate the user again unless it did so within that many seconds, and
+    /// [`Oidc::finish_login`] refuses an ID token whose `auth_time` is missing or older.
+    pub async fn start_console_login(
+        &self,
+        redirect_uri: &str,
+        max_age: Option<u64>,
+    ) -> Result<(String, String), AuthError> {
+        self.start_code_flow(redirect_uri, max_age).await
+    }
+
+    async fn start_code_flow(&self, redirect_uri: &str, max_age: Option<u64>) -> Result<(String, String), AuthError> {
         let meta = self.meta(false).await?;
         let redirect = RedirectUrl::new(redirect_uri.to_string()).map_err(|e| AuthError::BadRequest(e.to_string()))?;
         let client = RpClient::from_provider_metadata(
@@ -291,6 +313,9 @@ impl Oidc {
         );
         for s in &self.cfg.scopes {
             req = req.add_scope(Scope::new(s.clone()));
+        }
+        if let Some(m) = max_age {
+            req = req.set_max_age(Duration::from_secs(m));
         }
         let (url, state, nonce) = req.set_pkce_challenge(challenge).url();
         let mut p = self
@@ -310,6 +335,7 @@ impl Oidc {
                 verifier: verifier.secret().clone(),
                 redirect: redirect_uri.to_string(),
                 created: Instant::now(),
+                max_age,
             },
         );
         Ok((url.to_string(), state.secret().clone()))
@@ -345,7 +371,16 @@ impl Oidc {
         let id = tok
             .id_token()
             .ok_or_else(|| AuthError::InvalidToken("the provider sent no ID token".into()))?;
-        self.verify(id, Some(&pending.nonce)).await
+        let who = self.verify(id, Some(&pending.nonce)).await?;
+        if let Some(max_age) = pending.max_age {
+            fresh_enough(
+                who.auth_time,
+                max_age,
+                self.cfg.clock_skew,
+                chrono::Utc::now().timestamp(),
+            )?;
+        }
+        Ok(who)
     }
 
     /// Verify an ID token obtained elsewhere for this client (no nonce: there was no redirect).
@@ -387,6 +422,24 @@ impl Oidc {
     }
 }
 
+/// A login asked for with `max_age`: the ID token must say when the user authenticated
+/// (OpenID Connect Core 1.0 §3.1.2.1 makes `auth_time` required then), no longer ago than that.
+fn fresh_enough(auth_time: Option<i64>, max_age: u64, skew: Duration, now: i64) -> Result<(), AuthError> {
+    let Some(t) = auth_time else {
+        return Err(AuthError::InvalidToken(
+            "the provider did not say when the user authenticated (no auth_time despite max_age)".into(),
+        ));
+    };
+    let limit = i64::try_from(max_age.saturating_add(skew.as_secs())).unwrap_or(i64::MAX);
+    if now.saturating_sub(t) > limit {
+        return Err(AuthError::InvalidToken(format!(
+            "the provider reused an authentication {} s old; a fresh one (at most {max_age} s) was required",
+            now.saturating_sub(t)
+        )));
+    }
+    Ok(())
+}
+
 /// Who a verified ID token names: the configured identity claim (an `email` only when the provider
 /// verified it, unless allowed) and the groups claim (a list of strings or one string).
 pub fn identity(cfg: &OidcConfig, c: &IdTokenClaims<ExtraClaims, CoreGenderClaim>) -> Result<Identity, AuthError> {
@@ -423,6 +476,7 @@ pub fn identity(cfg: &OidcConfig, c: &IdTokenClaims<ExtraClaims, CoreGenderClaim
         name,
         groups,
         subject: c.subject().as_str().to_string(),
+        auth_time: c.auth_time().map(|t| t.timestamp()),
     })
 }
 
@@ -466,6 +520,17 @@ mod tests {
         let pending = serde_json::json!({"error": "slow_down"});
         assert_eq!(poll_answer(false, &pending), Err(AuthError::Pending));
         assert!(matches!(poll_answer(true, &pending), Err(AuthError::InvalidToken(_))));
+    }
+
+    #[test]
+    fn max_age_needs_a_recent_auth_time() {
+        let skew = Duration::from_secs(30);
+        assert!(fresh_enough(Some(1000), 300, skew, 1200).is_ok());
+        assert!(fresh_enough(Some(1000), 300, skew, 1330).is_ok());
+        assert!(
+            matches!(fresh_enough(Some(1000), 300, skew, 1331), Err(AuthError::InvalidToken(m)) if m.contains("331 s old"))
+        );
+        assert!(fresh_enough(None, 300, skew, 1000).is_err());
     }
 
     #[test]

@@ -149,6 +149,10 @@ pub struct PolicyConfig {
     /// SSH: allow `direct-tcpip` (`ssh -L`).
     #[serde(default)]
     pub allow_port_forwarding: bool,
+    /// Approving needs an identity-provider authentication no older than this (`"5m"`): the
+    /// console sends the approver through the provider again; the CLI asks for a fresh
+    /// `jitgate login`. Static and machine tokens cannot approve under it.
+    pub step_up: Option<Spanned<HumanDuration>>,
     /// Auto-approval rules.
     #[serde(default)]
     pub auto_approve: Vec<AutoApproveConfig>,

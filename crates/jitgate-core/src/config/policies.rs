@@ -177,6 +177,16 @@ pub(super) fn policies(c: &Config, d: &mut Diags<'_>, resources: &BTreeMap<Strin
                 d.error(span(a), format!("policy `{pname}`: no covered resource offers access `{}`", a.get_ref()), Some("postgres resources offer `read-only`/`read-write` (per credentials); ssh resources their `logins`".into()));
             }
         }
+        if let Some(su) = &p.step_up {
+            let v = *su.get_ref();
+            if v.secs() == 0 || v.secs() > 86_400 {
+                d.error(
+                    span(su),
+                    format!("policy `{pname}`: step_up {v} must be between 1s and 24h"),
+                    Some("a few minutes is usual: step_up = \"5m\"".into()),
+                );
+            }
+        }
         let auto = auto_approve(p, pname, d, md);
         policies.push(Policy {
             name: pname.clone(),
@@ -192,6 +202,7 @@ pub(super) fn policies(c: &Config, d: &mut Diags<'_>, resources: &BTreeMap<Strin
             reason_required: p.reason_required,
             pending_timeout: p.pending_timeout.unwrap_or(c.gateway.pending_timeout),
             allow_port_forwarding: p.allow_port_forwarding,
+            step_up: p.step_up.as_ref().map(|s| *s.get_ref()),
             auto_approve: auto,
         });
     }

@@ -52,6 +52,43 @@ pub struct Config {
     /// `[notify]`
     #[serde(default)]
     pub notify: NotifySection,
+    /// `[console]`: the web console on the API listener.
+    #[serde(default)]
+    pub console: ConsoleSection,
+}
+
+/// `[console]`: the web console served at `/` on `[listen] http`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleSection {
+    /// Serve the console (default true). Off: `/` answers 404 and only the JSON API is served.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// A console session ends after this long without a request.
+    #[serde(default = "default_console_idle")]
+    pub idle_timeout: HumanDuration,
+    /// A console session ends this long after sign-in, whatever its use (and never after the
+    /// gateway token it holds expires).
+    #[serde(default = "default_console_absolute")]
+    pub absolute_timeout: HumanDuration,
+}
+
+fn default_console_idle() -> HumanDuration {
+    HumanDuration(30 * 60)
+}
+
+fn default_console_absolute() -> HumanDuration {
+    HumanDuration(12 * 3600)
+}
+
+impl Default for ConsoleSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            idle_timeout: default_console_idle(),
+            absolute_timeout: default_console_absolute(),
+        }
+    }
 }
 
 /// `[gateway]`

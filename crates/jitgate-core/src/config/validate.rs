@@ -13,6 +13,7 @@ pub(super) fn validate(c: &Config, d: &mut Diags<'_>) -> Catalog {
     let policies = super::policies::policies(c, d, &resources);
     check_redact(c, d);
     check_webhooks(c, d, allow_inline);
+    check_console(c, d);
     Catalog {
         resources,
         policies,
@@ -20,6 +21,24 @@ pub(super) fn validate(c: &Config, d: &mut Diags<'_>) -> Catalog {
         admin_groups: c.gateway.admin_groups.clone(),
         auditor_groups: c.gateway.auditor_groups.clone(),
         expiry_warning: c.gateway.expiry_warning,
+    }
+}
+
+/// `[console]`: timeouts that can end a session.
+fn check_console(c: &Config, d: &mut Diags<'_>) {
+    let (idle, abs) = (c.console.idle_timeout, c.console.absolute_timeout);
+    if idle.secs() < 60 || abs.secs() < 60 {
+        d.error(
+            None,
+            format!("[console] idle_timeout {idle} and absolute_timeout {abs} must be at least 1m"),
+            Some("defaults: idle_timeout = \"30m\", absolute_timeout = \"12h\"".into()),
+        );
+    } else if idle > abs {
+        d.error(
+            None,
+            format!("[console] idle_timeout {idle} is longer than absolute_timeout {abs}"),
+            Some(format!("lower idle_timeout to {abs} or less")),
+        );
     }
 }
 

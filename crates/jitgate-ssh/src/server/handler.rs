@@ -331,7 +331,7 @@ impl<G: Gatekeeper> server::Handler for Conn<G> {
                     .get(crate::GROUPS_EXTENSION)
                     .map(|g| g.split(',').filter(|x| !x.is_empty()).map(str::to_string).collect())
                     .unwrap_or_default();
-                self.principal = Some(Principal { name: identity, groups });
+                self.principal = Some(Principal::new(identity, groups));
                 self.user = user.to_string();
                 Ok(Auth::Accept)
             }

@@ -216,10 +216,7 @@ impl<G: Gatekeeper> SshFrontend<G> {
                         cat.identities
                             .iter()
                             .flat_map(|i| {
-                                let p = Principal {
-                                    name: i.name.clone(),
-                                    groups: i.groups.clone(),
-                                };
+                                let p = Principal::new(i.name.clone(), i.groups.clone());
                                 i.ssh_keys
                                     .iter()
                                     .filter_map(|k| keys::parse_public(k).ok())

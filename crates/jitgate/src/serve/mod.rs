@@ -201,7 +201,29 @@ pub async fn run(config_path: &Path) -> Result<()> {
     };
     tokio::spawn(on_stop_signal(term, cp.clone(), drain, stop.clone()));
 
-    let app = jitgate_api::router(cp.clone());
+    let app = if loaded.config.console.enabled {
+        let scheme = if http_tls { "https" } else { "http" };
+        // Browsers reach the console at public_url when it is set; the listener otherwise
+        // (a wildcard address is shown as loopback: set public_url for other hosts).
+        let base_url = loaded.config.gateway.public_url.clone().map_or_else(
+            || match bound.ip() {
+                ip if ip.is_unspecified() => format!("{scheme}://127.0.0.1:{}", bound.port()),
+                _ => format!("{scheme}://{bound}"),
+            },
+            |u| u.trim_end_matches('/').to_string(),
+        );
+        let console = jitgate_console::Settings {
+            idle: i64::try_from(loaded.config.console.idle_timeout.secs()).unwrap_or(i64::MAX),
+            absolute: i64::try_from(loaded.config.console.absolute_timeout.secs()).unwrap_or(i64::MAX),
+            secure: http_tls,
+            base_url,
+            recordings: loaded.config.ssh.record.then(|| data_dir.join("recordings")),
+            audit_file: Some(data_dir.join(&loaded.config.audit.file)),
+        };
+        jitgate_console::router(cp.clone(), console).merge(jitgate_api::router(cp.clone()))
+    } else {
+        jitgate_api::router(cp.clone())
+    };
     if let (true, Some(cert)) = (http_tls, &live_cert) {
         let cfg = jitgate_pg::tls::server_config_live(cert, &[b"http/1.1"]).context("TLS for [listen] http")?;
         tracing::info!(cert = %cert.cert_path().display(), "API served over TLS");

@@ -1,0 +1,265 @@
+// End-to-end tests of the web console in real headless Chromium (Debian's /usr/bin/chromium)
+// driven by playwright-core (npm, installed by scripts/install-deps). Started by
+// tests/console.rs, which runs the real gateway, PostgreSQL and the test OpenID Connect
+// provider and passes their addresses in the environment; it checks the audit log afterwards.
+//
+//   node tests/browser/console.mjs main|ssh
+//
+// Environment: PLAYWRIGHT_DIR (where node_modules/playwright-core is), GW (the console's base
+// URL), ISSUER, SHOTS (screenshot folder), and for `main`: PG_PORT, CA, ALICE_TOKEN; for
+// `ssh`: SESSION (a recorded SSH session's id), MARKER (text the recording shows).
+import { createRequire } from 'node:module';
+import { spawn } from 'node:child_process';
+import { mkdirSync } from 'node:fs';
+import assert from 'node:assert/strict';
+
+const require = createRequire(`${process.env.PLAYWRIGHT_DIR}/`);
+const { chromium } = require('playwright-core');
+const GW = process.env.GW;
+const ISSUER = process.env.ISSUER;
+const SHOTS = process.env.SHOTS;
+mkdirSync(SHOTS, { recursive: true });
+
+const step = (m) => console.log(`-- ${m}`);
+const DESKTOP = { viewport: { width: 1280, height: 860 } };
+const PHONE = { viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true };
+
+async function shot(page, name) {
+  await page.screenshot({ path: `${SHOTS}/${name}.png`, fullPage: true });
+}
+
+// Both widths of the page `path` as `who`'s browser sees it.
+async function shots(browser, storage, path, name) {
+  for (const [suffix, opts] of [['desktop', DESKTOP], ['phone', PHONE]]) {
+    const ctx = await browser.newContext({ ...opts, storageState: storage });
+    const p = await ctx.newPage();
+    await p.goto(GW + path);
+    await p.waitForLoadState('networkidle').catch(() => {});
+    await shot(p, `${name}-${suffix}`);
+    await ctx.close();
+  }
+}
+
+async function oidcSignIn(page, user, password, next = '/ui/') {
+  await page.goto(`${GW}${next}`);
+  assert.match(page.url(), /\/ui\/login\?next=/, 'not signed in: sent to the sign-in page');
+  await page.click('#oidc-signin');
+  await page.waitForURL((u) => u.href.startsWith(ISSUER));
+  await page.fill('input[name=login]', user);
+  await page.fill('input[name=password]', password);
+  await page.click('button[type=submit]');
+  await page.waitForURL((u) => u.href.startsWith(GW + next.split('?')[0]));
+}
+
+async function tokenSignIn(page, token, next = '/ui/') {
+  await page.goto(`${GW}/ui/login?next=${encodeURIComponent(next)}`);
+  await page.fill('#token', token);
+  await page.click('#token-form button[type=submit]');
+  await page.waitForURL((u) => u.href.startsWith(GW + next.split('?')[0]));
+}
+
+async function flash(page) {
+  return (await page.locator('.flash').allTextContents()).join(' | ');
+}
+
+function psql(args, env) {
+  return new Promise((resolve) => {
+    const p = spawn('psql', args, { env: { ...process.env, ...env } });
+    let out = '', err = '';
+    p.stdout.on('data', (d) => { out += d; });
+    p.stderr.on('data', (d) => { err += d; });
+    p.on('close', (code) => resolve({ code, out, err }));
+    resolve.child = p;
+  });
+}
+
+async function main(browser) {
+  const PG = (db) => `host=127.0.0.1 port=${process.env.PG_PORT} user=alice@example.com dbname=${db} sslmode=verify-full sslrootcert=${process.env.CA}`;
+  const alice = await (await browser.newContext(DESKTOP)).newPage();
+  const bob = await (await browser.newContext(DESKTOP)).newPage();
+  const root = await (await browser.newContext(DESKTOP)).newPage();
+
+  step('the sign-in page, and no token in any URL');
+  await alice.goto(`${GW}/ui/`);
+  await shot(alice, 'signin-desktop');
+  const phone = await (await browser.newContext(PHONE)).newPage();
+  await phone.goto(`${GW}/ui/login`);
+  await shot(phone, 'signin-phone');
+
+  step('alice and bob sign in through the real provider (code + PKCE)');
+  await oidcSignIn(alice, 'alice', 'alice-password');
+  assert.match(await flash(alice), /Signed in as alice@example.com/);
+  const cookies = await alice.context().cookies();
+  const session = cookies.find((c) => c.name === 'jitgate');
+  assert.ok(session && session.httpOnly && session.sameSite === 'Lax', JSON.stringify(cookies));
+  await oidcSignIn(bob, 'bob', 'bob-password', '/ui/approvals');
+  const bobSignedInAt = Date.now();
+  assert.match(await bob.textContent('#inbox'), /Nothing to decide/);
+
+  step('alice requests; bob\'s open inbox shows it without a reload');
+  await alice.selectOption('#resource', 'prod-db');
+  await alice.selectOption('#access', 'read-only');
+  await alice.fill('#duration', '30m');
+  await alice.fill('#reason', 'INC-123 slow checkout <b>bold</b>');
+  await alice.fill('#ticket', 'INC-123');
+  await alice.click('#request-form button[type=submit]');
+  const created = await flash(alice);
+  const id = Number(/Request (\d+) is waiting for an approver from dba/.exec(created)?.[1]);
+  assert.ok(id > 0, created);
+  await bob.waitForSelector(`#inbox-${id}`, { timeout: 15000 });
+  const card = await bob.textContent(`#inbox-${id}`);
+  for (const want of ['alice@example.com', 'groups: dev', 'read-only', '30m', 'INC-123 slow checkout <b>bold</b>', 'production', '1 of 1: approval']) {
+    assert.ok(card.includes(want), `inbox card lacks ${want}: ${card}`);
+  }
+  assert.equal(await bob.locator(`#inbox-${id} b`).count(), 0, 'the reason is text, not markup');
+  await shots(browser, await bob.context().storageState(), '/ui/approvals', 'approvals');
+
+  step('alice cannot approve her own request (the engine says no, the console only relays it)');
+  await alice.goto(`${GW}/ui/requests/${id}`);
+  assert.equal(await alice.locator(`#approve-${id}`).count(), 0);
+  assert.match(await alice.textContent('main'), /someone else decides it/);
+  await alice.evaluate((id) => {
+    const f = document.createElement('form');
+    f.method = 'post'; f.action = `/ui/requests/${id}/approve`;
+    const c = document.querySelector('input[name=_csrf]').cloneNode();
+    f.appendChild(c); document.body.appendChild(f); f.submit();
+  }, id);
+  await alice.waitForLoadState();
+  assert.match(await flash(alice), /cannot approve your own request/);
+
+  step('CSRF-less and cross-site requests are refused');
+  const noCsrf = await bob.evaluate(async (id) => (await fetch(`/ui/requests/${id}/deny`, { method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: 'reason=no' })).status, id);
+  assert.equal(noCsrf, 403);
+  const bobCsrf = await bob.getAttribute('input[name=_csrf]', 'value');
+  const other = await bob.context().newPage();
+  await other.goto(`${ISSUER}/.well-known/openid-configuration`);
+  await other.setContent(`<form id=f method=post action="${GW}/ui/requests/${id}/deny"><input name=_csrf value="${bobCsrf}"><input name=reason value=forged></form>`);
+  const [cross] = await Promise.all([other.waitForNavigation(), other.evaluate(() => document.getElementById('f').submit())]);
+  assert.equal(cross.status(), 403, 'a form from another origin, even with the right token');
+  assert.match(await other.textContent('body'), /another (site|origin)/);
+  await other.close();
+
+  step('bob approves; alice\'s page shows the grant with a live countdown');
+  await alice.goto(`${GW}/ui/`);
+  await bob.fill(`#ar-${id}`, 'looks fine');
+  await bob.click(`#approve-${id}`);
+  assert.match(await flash(bob), new RegExp(`Request ${id} approved`));
+  await alice.waitForSelector('.grant', { timeout: 15000 });
+  const grantId = Number((await alice.getAttribute('.grant', 'id')).replace('grant-', ''));
+  const t1 = await alice.textContent(`#grant-${grantId} .countdown`);
+  await alice.waitForTimeout(2200);
+  const t2 = await alice.textContent(`#grant-${grantId} .countdown`);
+  assert.notEqual(t1, t2, 'the countdown ticks');
+  assert.match(t2, /^(29|30)m \d+s left$/);
+  assert.match(await alice.textContent(`#grant-${grantId} .connect`), /jitgate connect prod-db/);
+  await shots(browser, await alice.context().storageState(), '/ui/', 'my-access');
+
+  step('alice extends; bob approves the extension; the end moves');
+  const before = Number(await alice.getAttribute(`#grant-${grantId} .countdown`, 'data-expires'));
+  await alice.fill(`#ext-${grantId}`, '15m');
+  await alice.click(`#grant-${grantId} form[action$="/extend"] button`);
+  const ext = Number(/Extension request (\d+)/.exec(await flash(alice))?.[1]);
+  assert.ok(ext > id);
+  await bob.goto(`${GW}/ui/approvals`);
+  await bob.click(`#approve-${ext}`);
+  await alice.waitForFunction(([g, b]) => Number(document.querySelector(`#grant-${g} .countdown`)?.getAttribute('data-expires')) >= b + 900, [grantId, before], { timeout: 15000 });
+
+  step('a psql session\'s statements reach the audit session page');
+  const ok = await psql([PG('prod-db'), '-X', '-At', '-c', 'select 6*7 as answer', '-c', 'select count(*) from pg_class where false'], { PGPASSWORD: process.env.ALICE_TOKEN });
+  assert.equal(ok.code, 0, ok.err);
+  assert.match(ok.out, /^42$/m);
+
+  step('root kills a live psql session from "access now"; psql gets the FATAL');
+  const live = psql([PG('prod-db'), '-X', '-At', '-c', 'select pg_sleep(60)'], { PGPASSWORD: process.env.ALICE_TOKEN });
+  await tokenSignIn(root, 'root-token', '/ui/now');
+  let sid;
+  for (let i = 0; i < 50 && !sid; i++) {
+    await root.goto(`${GW}/ui/now?identity=alice`);
+    sid = await root.locator('#live-sessions tbody tr[id^=live-session-]').first().getAttribute('id').catch(() => null);
+    if (!sid) await root.waitForTimeout(200);
+  }
+  assert.ok(sid, 'the live session is listed');
+  sid = sid.replace('live-session-', '');
+  await shots(browser, await root.context().storageState(), '/ui/now', 'access-now');
+  await root.click(`button[aria-label="Kill session ${sid}"]`);
+  assert.match(await flash(root), new RegExp(`Session ${sid} of alice@example.com killed`));
+  const killed = await live;
+  assert.notEqual(killed.code, 0);
+  assert.match(killed.err, /FATAL/, killed.err);
+
+  step('root revokes the grant; alice\'s page loses it without a reload');
+  await alice.goto(`${GW}/ui/`);
+  await root.goto(`${GW}/ui/now`);
+  await root.fill(`#rv-${grantId}`, 'done with INC-123');
+  await root.click(`#revoke-${grantId}`);
+  assert.match(await flash(root), new RegExp(`Grant ${grantId} of alice@example.com revoked`));
+  await alice.waitForSelector(`#grant-${grantId}`, { state: 'detached', timeout: 15000 });
+
+  step('the audit session page lists the statements, in order, with outcome and rows');
+  await root.goto(`${GW}/ui/audit?user=alice@example.com&kind=session.started`);
+  const firstSession = await root.locator('table.events a[href^="/ui/audit/sessions/"]').last().getAttribute('href');
+  await root.goto(GW + firstSession);
+  const rows = await root.locator('#statements tbody tr').allTextContents();
+  assert.equal(rows.length, 2, rows.join('\n'));
+  assert.match(rows[0], /ok.*1.*select 6\*7 as answer/s);
+  assert.match(rows[1], /select count\(\*\) from pg_class where false/);
+  await shots(browser, await root.context().storageState(), firstSession, 'audit-session');
+  await root.goto(`${GW}/ui/audit/verify`);
+  assert.match(await root.textContent('#verify-result'), /Chain intact/);
+
+  step('step-up: an approval under `step_up = "5s"` sends bob through the provider again');
+  await alice.goto(`${GW}/ui/`);
+  await alice.selectOption('#resource', 'crit-db');
+  await alice.fill('#reason', 'INC-124');
+  await alice.click('#request-form button[type=submit]');
+  const crit = Number(/Request (\d+) is waiting/.exec(await flash(alice))?.[1]);
+  const wait = 6500 - (Date.now() - bobSignedInAt);
+  if (wait > 0) await bob.waitForTimeout(wait);
+  await bob.goto(`${GW}/ui/approvals`);
+  assert.match(await bob.textContent(`#inbox-${crit}`), /approving sends you through the provider first/);
+  await bob.fill(`#ar-${crit}`, 'checked the runbook');
+  await bob.click(`#approve-${crit}`);
+  assert.match(await bob.textContent('main'), /needs a sign-in at the identity provider within the last 5s/);
+  await bob.click('#step-up');
+  await bob.waitForURL((u) => u.href.startsWith(ISSUER));
+  assert.equal(await bob.locator('input[name=password]').count(), 1, 'the provider asks for the password again');
+  await bob.fill('input[name=login]', 'bob');
+  await bob.fill('input[name=password]', 'bob-password');
+  await bob.click('button[type=submit]');
+  await bob.waitForURL(`${GW}/ui/requests/${crit}`);
+  assert.equal(await bob.inputValue(`#ar-${crit}`), 'checked the runbook', 'the note typed before the step-up is kept');
+  await bob.click(`#approve-${crit}`);
+  assert.match(await flash(bob), new RegExp(`Request ${crit} approved`));
+
+  step('sign-out ends the session');
+  await bob.click('header form[action="/ui/logout"] button');
+  await bob.waitForURL(/signed_out=1/);
+  await bob.goto(`${GW}/ui/approvals`);
+  assert.match(bob.url(), /\/ui\/login\?next=/);
+
+  for (const p of [alice, bob, root]) {
+    for (const u of [p.url()]) assert.ok(!/jg2\.|root-token|code=/.test(u), `a secret in a URL: ${u}`);
+  }
+  console.log(JSON.stringify({ request: id, extension: ext, grant: grantId, killed: sid, step_up: crit }));
+}
+
+async function ssh(browser) {
+  const root = await (await browser.newContext(DESKTOP)).newPage();
+  await tokenSignIn(root, 'root-token', `/ui/audit/sessions/${process.env.SESSION}`);
+  await root.waitForSelector('#player .ap-player, #player .ap-wrapper', { timeout: 15000 });
+  await root.click('#player .ap-player, #player .ap-wrapper').catch(() => {});
+  await root.waitForFunction((m) => document.getElementById('player').textContent.includes(m), process.env.MARKER, { timeout: 20000 });
+  assert.match(await root.textContent('#commands'), /echo jitgate-marker/);
+  await shots(browser, await root.context().storageState(), `/ui/audit/sessions/${process.env.SESSION}`, 'ssh-recording');
+  console.log('recording played');
+}
+
+const browser = await chromium.launch({ executablePath: process.env.CHROMIUM || '/usr/bin/chromium', args: ['--no-sandbox'] });
+try {
+  const which = process.argv[2];
+  if (which === 'main') await main(browser);
+  else if (which === 'ssh') await ssh(browser);
+  else throw new Error(`unknown scenario ${which}`);
+} finally {
+  await browser.close();
+}

@@ -1,0 +1,266 @@
+//! The web console end to end: the real gateway, PostgreSQL, sshd and OpenID Connect provider,
+//! driven in real headless Chromium by tests/browser/console.mjs (playwright-core). The
+//! browser side asserts what a person sees; this side checks the audit log and the side
+//! effects. Screenshots go to docs/screenshots/ (linked from the user and approver guides).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use support::idp::idp;
+use support::pg::cluster;
+use support::ssh::{Upstream, sshd};
+use support::*;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn tools() -> PathBuf {
+    if let Some(d) = std::env::var_os("JITGATE_TOOLS_DIR") {
+        return d.into();
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache"));
+    cache.join("jitgate")
+}
+
+/// Node.js as scripts/test-idp finds it (the private one install-deps fetched, else PATH's).
+fn node() -> PathBuf {
+    let base = tools().join("node/node_modules");
+    if let Ok(rd) = std::fs::read_dir(&base) {
+        for e in rd.flatten() {
+            let n = e.path().join("bin/node");
+            if e.file_name().to_string_lossy().starts_with("node-linux-") && n.exists() {
+                return n;
+            }
+        }
+    }
+    PathBuf::from("node")
+}
+
+/// Run a scenario of tests/browser/console.mjs; its output on failure.
+fn browser(scenario: &str, env: &[(&str, String)]) -> String {
+    let pw = tools().join("playwright");
+    assert!(
+        pw.join("node_modules/playwright-core/package.json").exists() && std::path::Path::new("/usr/bin/chromium").exists(),
+        "playwright-core or chromium missing: run ./scripts/install-deps"
+    );
+    let mut c = Command::new(node());
+    c.arg(repo().join("tests/browser/console.mjs"))
+        .arg(scenario)
+        .env("PLAYWRIGHT_DIR", &pw)
+        .env("SHOTS", repo().join("docs/screenshots"));
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let out = c.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "browser scenario {scenario} failed\n--- stdout\n{stdout}\n--- stderr\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[test]
+fn console_sign_in_request_approve_extend_kill_revoke_step_up_and_audit_in_chromium() {
+    let p = idp("console", None);
+    let pg = cluster();
+    let db = pg.fresh_db();
+    let dir = tempfile::tempdir().unwrap().keep();
+    let oidc = p.oidc_section(&dir.join("client.secret"), "");
+    let body = format!(
+        r#"{oidc}
+{ids}
+[[resources]]
+name = "prod-db"
+kind = "postgres"
+address = "127.0.0.1:{port}"
+database = "{db}"
+labels = {{ env = "prod", team = "payments" }}
+credentials.read-only = {{ user = "app_ro", password_file = "ro.pw" }}
+credentials.read-write = {{ user = "app_rw", password_file = "rw.pw" }}
+
+[[resources]]
+name = "crit-db"
+kind = "postgres"
+address = "127.0.0.1:{port}"
+database = "{db}"
+credentials.read-only = {{ user = "app_ro", password_file = "ro.pw" }}
+
+[[policies]]
+name = "critical"
+resources = ["crit-db"]
+requesters = ["dev"]
+approvers = ["dba"]
+step_up = "5s"
+
+[[policies]]
+name = "production"
+resources = ["prod-db"]
+requesters = ["dev"]
+approvers = ["dba"]
+default_duration = "1h"
+max_duration = "4h"
+"#,
+        ids = identities(),
+        port = pg.port
+    );
+    let gw = Gateway::start_pg(&body);
+    std::fs::write(gw.dir.path().join("ro.pw"), "ro-secret\n").unwrap();
+    std::fs::write(gw.dir.path().join("rw.pw"), "rw-secret\n").unwrap();
+    let pg_port = gw.pg_addr.rsplit_once(':').unwrap().1.to_string();
+    let out = browser(
+        "main",
+        &[
+            ("GW", gw.url.clone()),
+            ("ISSUER", p.issuer.clone()),
+            ("PG_PORT", pg_port),
+            ("CA", gw.data_dir().join("tls/ca.crt").display().to_string()),
+            ("ALICE_TOKEN", token("alice")),
+        ],
+    );
+    let ids: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+
+    // The audit log says who did what, through the console.
+    let ev = gw.audit_events();
+    let find = |kind: &str, f: &dyn Fn(&serde_json::Value) -> bool| ev.iter().any(|e| e["kind"] == kind && f(e));
+    assert!(find("login", &|e| e["actor"] == "alice@example.com" && e["details"]["method"] == "console"));
+    assert!(find("login", &|e| e["actor"] == "root@example.com" && e["details"]["method"] == "console-token"));
+    assert!(find("request.approved", &|e| e["request_id"] == ids["request"] && e["actor"] == "bob@example.com"));
+    assert!(find("grant.extended", &|e| e["grant_id"] == ids["grant"]));
+    assert!(find("session.killed", &|e| e["session_id"] == ids["killed"] && e["actor"] == "root@example.com"));
+    assert!(find("grant.revoked", &|e| e["grant_id"] == ids["grant"] && e["reason"] == "done with INC-123"));
+    assert!(find("request.approved", &|e| e["request_id"] == ids["step_up"] && e["actor"] == "bob@example.com"));
+    assert!(find("logout", &|e| e["actor"] == "bob@example.com"));
+    // Two bob sign-ins at the provider: the first, and the step-up's fresh one.
+    let bob_logins = ev
+        .iter()
+        .filter(|e| e["kind"] == "login" && e["actor"] == "bob@example.com")
+        .count();
+    assert!(bob_logins >= 2, "{bob_logins}");
+    // No token, code or cookie in the audit log or the gateway's log.
+    let text = std::fs::read_to_string(gw.audit_path()).unwrap() + &gw.log();
+    for secret in ["alice-token", "root-token", "jg2.", "bob-password"] {
+        assert!(!text.contains(secret), "{secret} leaked");
+    }
+}
+
+#[test]
+fn console_pages_refuse_without_a_session_and_without_csrf_over_plain_http() {
+    let gw = Gateway::start(&format!(
+        "{}[[resources]]\nname = \"prod-db\"\nkind = \"postgres\"\naddress = \"127.0.0.1:1\"\ncredentials.read-only = {{ user = \"x\" }}\n\n[[policies]]\nname = \"p\"\nresources = [\"*\"]\nrequesters = [\"dev\"]\napprovers = [\"dba\"]\n",
+        identities()
+    ));
+    // Not signed in: every page sends the browser to the sign-in page, with where it was going.
+    let raw = |req: &str| {
+        use std::io::{Read, Write};
+        let addr = gw.url.trim_start_matches("http://");
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.write_all(req.replace("{addr}", addr).as_bytes()).unwrap();
+        let mut b = String::new();
+        s.read_to_string(&mut b).unwrap();
+        b
+    };
+    for path in ["/ui/", "/ui/approvals", "/ui/now", "/ui/audit", "/ui/requests/1"] {
+        let r = raw(&format!("GET {path} HTTP/1.1\r\nHost: {{addr}}\r\nConnection: close\r\n\r\n"));
+        assert!(r.starts_with("HTTP/1.1 303"), "{path}: {r}");
+        assert!(r.contains(&format!("location: /ui/login?next={}", path)), "{path}: {r}");
+        assert!(r.to_ascii_lowercase().contains("content-security-policy: default-src 'none'"), "{r}");
+    }
+    let r = raw("GET / HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    assert!(r.starts_with("HTTP/1.1 303") && r.contains("location: /ui/"), "{r}");
+    // A POST from another site is refused before anything else (no cookie needed to see it).
+    let r = raw("POST /ui/requests/1/deny HTTP/1.1\r\nHost: {addr}\r\nOrigin: https://evil.example\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 8\r\nConnection: close\r\n\r\nreason=x");
+    assert!(r.starts_with("HTTP/1.1 403"), "{r}");
+    let r = raw("POST /ui/requests/1/deny HTTP/1.1\r\nHost: {addr}\r\nSec-Fetch-Site: cross-site\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 8\r\nConnection: close\r\n\r\nreason=x");
+    assert!(r.starts_with("HTTP/1.1 403"), "{r}");
+    // The token form needs the cookie it set (login CSRF), and a wrong token is refused and audited.
+    let r = raw("POST /ui/login/token HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 17\r\nConnection: close\r\n\r\ntoken=alice-token");
+    assert!(r.starts_with("HTTP/1.1 303") && r.contains("error="), "{r}");
+    let page = raw("GET /ui/login HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let binding = page.split("jitgate-login=").nth(1).unwrap().split(';').next().unwrap().to_string();
+    assert!(page.contains(&format!("value=\"{binding}\"")));
+    let form = format!("token=wrong-token&_login={binding}");
+    let r = raw(&format!("POST /ui/login/token HTTP/1.1\r\nHost: {{addr}}\r\nCookie: jitgate-login={binding}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{form}", form.len()));
+    assert!(r.contains("error=That%20token%20was%20not%20accepted"), "{r}");
+    assert!(eventually(Duration::from_secs(5), || gw
+        .audit_events()
+        .iter()
+        .any(|e| e["kind"] == "login.failed" && e["details"]["method"] == "console-token")));
+    // The right token opens a session: an HttpOnly, SameSite cookie (not Secure over plain
+    // loopback HTTP; `__Host-` and Secure with TLS), never the token itself.
+    let form = format!("token=alice-token&_login={binding}&next=/ui/approvals");
+    let r = raw(&format!("POST /ui/login/token HTTP/1.1\r\nHost: {{addr}}\r\nCookie: jitgate-login={binding}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{form}", form.len()));
+    assert!(r.starts_with("HTTP/1.1 303") && r.contains("location: /ui/approvals"), "{r}");
+    let cookie_line = r.lines().find(|l| l.starts_with("set-cookie: jitgate=")).unwrap();
+    assert!(cookie_line.contains("HttpOnly") && cookie_line.contains("SameSite=Lax"), "{cookie_line}");
+    assert!(!r.contains("alice-token"));
+    let sid = cookie_line.trim_start_matches("set-cookie: jitgate=").split(';').next().unwrap().to_string();
+    let r = raw(&format!("GET /ui/approvals HTTP/1.1\r\nHost: {{addr}}\r\nCookie: jitgate={sid}\r\nConnection: close\r\n\r\n"));
+    assert!(r.starts_with("HTTP/1.1 200") && r.contains("alice@example.com"), "{r}");
+    // A state-changing request without the session's CSRF token is refused, with the cookie.
+    let r = raw(&format!("POST /ui/requests HTTP/1.1\r\nHost: {{addr}}\r\nCookie: jitgate={sid}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 16\r\nConnection: close\r\n\r\nresource=prod-db"));
+    assert!(r.starts_with("HTTP/1.1 403") && r.contains("CSRF"), "{r}");
+    assert_eq!(gw.cli(Some("root"), &["requests", "--json"]).json().as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn console_replays_an_ssh_recording_in_chromium() {
+    let s = sshd();
+    let body = format!(
+        "#listen-extra ssh = \"127.0.0.1:0\"\n{ids}{r}[[policies]]\nname = \"web\"\nresources = [\"web-1\"]\nrequesters = [\"dev\"]\napprovers = [\"dba\"]\nreason_required = false\n[[policies.auto_approve]]\ngroups = [\"dev\"]\n",
+        ids = support::ssh::identities(&s),
+        r = s.resource("web-1", Upstream::Ca),
+    );
+    let gw = Gateway::start(&body);
+    s.trust_ca(&gw);
+    let v = gw.cli(Some("alice"), &["request", "web-1", "--for", "1h", "--json"]).json();
+    assert_eq!(v["state"], "approved", "{v}");
+    // An interactive session in tmux (a real terminal): what it shows is recorded.
+    let ssh = gw.ssh(&s.client_key(), "web-1");
+    let cmdline: Vec<String> = std::iter::once(ssh.get_program().to_string_lossy().into_owned())
+        .chain(ssh.get_args().map(|a| format!("'{}'", a.to_string_lossy())))
+        .collect();
+    let sock = format!("jg-console-{}", std::process::id());
+    let tmux = |args: &[&str]| {
+        Command::new("tmux").arg("-L").arg(&sock).args(args).output().unwrap();
+    };
+    let pane = || {
+        String::from_utf8_lossy(&Command::new("tmux").args(["-L", &sock, "capture-pane", "-p", "-t", "s"]).output().unwrap().stdout).to_string()
+    };
+    tmux(&["new-session", "-d", "-s", "s", "-x", "100", "-y", "30", &format!("{}; sleep 30", cmdline.join(" "))]);
+    assert!(eventually(Duration::from_secs(10), || pane().contains("~$")), "{}", pane());
+    tmux(&["send-keys", "-t", "s", "echo jitgate-marker-$((6*7))", "Enter"]);
+    assert!(eventually(Duration::from_secs(10), || pane().contains("jitgate-marker-42")), "{}", pane());
+    tmux(&["send-keys", "-t", "s", "exit", "Enter"]);
+    assert!(eventually(Duration::from_secs(10), || gw
+        .audit_events()
+        .iter()
+        .any(|e| e["kind"] == "ssh.channel.closed")));
+    tmux(&["kill-server"]);
+    let sid = gw
+        .audit_events()
+        .iter()
+        .find(|e| e["kind"] == "ssh.shell")
+        .unwrap()["session_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    browser(
+        "ssh",
+        &[
+            ("GW", gw.url.clone()),
+            ("ISSUER", String::new()),
+            ("SESSION", sid),
+            ("MARKER", "jitgate-marker-42".into()),
+        ],
+    );
+}
