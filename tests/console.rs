@@ -48,7 +48,8 @@ fn node() -> PathBuf {
 fn browser(scenario: &str, env: &[(&str, String)]) -> String {
     let pw = tools().join("playwright");
     assert!(
-        pw.join("node_modules/playwright-core/package.json").exists() && std::path::Path::new("/usr/bin/chromium").exists(),
+        pw.join("node_modules/playwright-core/package.json").exists()
+            && std::path::Path::new("/usr/bin/chromium").exists(),
         "playwright-core or chromium missing: run ./scripts/install-deps"
     );
     let mut c = Command::new(node());
@@ -132,13 +133,19 @@ max_duration = "4h"
     // The audit log says who did what, through the console.
     let ev = gw.audit_events();
     let find = |kind: &str, f: &dyn Fn(&serde_json::Value) -> bool| ev.iter().any(|e| e["kind"] == kind && f(e));
-    assert!(find("login", &|e| e["actor"] == "alice@example.com" && e["details"]["method"] == "console"));
-    assert!(find("login", &|e| e["actor"] == "root@example.com" && e["details"]["method"] == "console-token"));
-    assert!(find("request.approved", &|e| e["request_id"] == ids["request"] && e["actor"] == "bob@example.com"));
+    assert!(find("login", &|e| e["actor"] == "alice@example.com"
+        && e["details"]["method"] == "console"));
+    assert!(find("login", &|e| e["actor"] == "root@example.com"
+        && e["details"]["method"] == "console-token"));
+    assert!(find("request.approved", &|e| e["request_id"] == ids["request"]
+        && e["actor"] == "bob@example.com"));
     assert!(find("grant.extended", &|e| e["grant_id"] == ids["grant"]));
-    assert!(find("session.killed", &|e| e["session_id"] == ids["killed"] && e["actor"] == "root@example.com"));
-    assert!(find("grant.revoked", &|e| e["grant_id"] == ids["grant"] && e["reason"] == "done with INC-123"));
-    assert!(find("request.approved", &|e| e["request_id"] == ids["step_up"] && e["actor"] == "bob@example.com"));
+    assert!(find("session.killed", &|e| e["session_id"] == ids["killed"]
+        && e["actor"] == "root@example.com"));
+    assert!(find("grant.revoked", &|e| e["grant_id"] == ids["grant"]
+        && e["reason"] == "done with INC-123"));
+    assert!(find("request.approved", &|e| e["request_id"] == ids["step_up"]
+        && e["actor"] == "bob@example.com"));
     assert!(find("logout", &|e| e["actor"] == "bob@example.com"));
     // Two bob sign-ins at the provider: the first, and the step-up's fresh one.
     let bob_logins = ev
@@ -170,46 +177,92 @@ fn console_pages_refuse_without_a_session_and_without_csrf_over_plain_http() {
         b
     };
     for path in ["/ui/", "/ui/approvals", "/ui/now", "/ui/audit", "/ui/requests/1"] {
-        let r = raw(&format!("GET {path} HTTP/1.1\r\nHost: {{addr}}\r\nConnection: close\r\n\r\n"));
+        let r = raw(&format!(
+            "GET {path} HTTP/1.1\r\nHost: {{addr}}\r\nConnection: close\r\n\r\n"
+        ));
         assert!(r.starts_with("HTTP/1.1 303"), "{path}: {r}");
         assert!(r.contains(&format!("location: /ui/login?next={}", path)), "{path}: {r}");
-        assert!(r.to_ascii_lowercase().contains("content-security-policy: default-src 'none'"), "{r}");
+        assert!(
+            r.to_ascii_lowercase()
+                .contains("content-security-policy: default-src 'none'"),
+            "{r}"
+        );
     }
     let r = raw("GET / HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     assert!(r.starts_with("HTTP/1.1 303") && r.contains("location: /ui/"), "{r}");
     // A POST from another site is refused before anything else (no cookie needed to see it).
-    let r = raw("POST /ui/requests/1/deny HTTP/1.1\r\nHost: {addr}\r\nOrigin: https://evil.example\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 8\r\nConnection: close\r\n\r\nreason=x");
+    let r = raw(
+        "POST /ui/requests/1/deny HTTP/1.1\r\nHost: {addr}\r\nOrigin: https://evil.example\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 8\r\nConnection: close\r\n\r\nreason=x",
+    );
     assert!(r.starts_with("HTTP/1.1 403"), "{r}");
-    let r = raw("POST /ui/requests/1/deny HTTP/1.1\r\nHost: {addr}\r\nSec-Fetch-Site: cross-site\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 8\r\nConnection: close\r\n\r\nreason=x");
+    let r = raw(
+        "POST /ui/requests/1/deny HTTP/1.1\r\nHost: {addr}\r\nSec-Fetch-Site: cross-site\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 8\r\nConnection: close\r\n\r\nreason=x",
+    );
     assert!(r.starts_with("HTTP/1.1 403"), "{r}");
     // The token form needs the cookie it set (login CSRF), and a wrong token is refused and audited.
-    let r = raw("POST /ui/login/token HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 17\r\nConnection: close\r\n\r\ntoken=alice-token");
+    let r = raw(
+        "POST /ui/login/token HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 17\r\nConnection: close\r\n\r\ntoken=alice-token",
+    );
     assert!(r.starts_with("HTTP/1.1 303") && r.contains("error="), "{r}");
     let page = raw("GET /ui/login HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    let binding = page.split("jitgate-login=").nth(1).unwrap().split(';').next().unwrap().to_string();
+    let binding = page
+        .split("jitgate-login=")
+        .nth(1)
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
     assert!(page.contains(&format!("value=\"{binding}\"")));
     let form = format!("token=wrong-token&_login={binding}");
-    let r = raw(&format!("POST /ui/login/token HTTP/1.1\r\nHost: {{addr}}\r\nCookie: jitgate-login={binding}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{form}", form.len()));
+    let r = raw(&format!(
+        "POST /ui/login/token HTTP/1.1\r\nHost: {{addr}}\r\nCookie: jitgate-login={binding}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{form}",
+        form.len()
+    ));
     assert!(r.contains("error=That%20token%20was%20not%20accepted"), "{r}");
-    assert!(eventually(Duration::from_secs(5), || gw
-        .audit_events()
-        .iter()
-        .any(|e| e["kind"] == "login.failed" && e["details"]["method"] == "console-token")));
+    assert!(eventually(Duration::from_secs(5), || gw.audit_events().iter().any(
+        |e| e["kind"] == "login.failed" && e["details"]["method"] == "console-token"
+    )));
     // The right token opens a session: an HttpOnly, SameSite cookie (not Secure over plain
     // loopback HTTP; `__Host-` and Secure with TLS), never the token itself.
     let form = format!("token=alice-token&_login={binding}&next=/ui/approvals");
-    let r = raw(&format!("POST /ui/login/token HTTP/1.1\r\nHost: {{addr}}\r\nCookie: jitgate-login={binding}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{form}", form.len()));
-    assert!(r.starts_with("HTTP/1.1 303") && r.contains("location: /ui/approvals"), "{r}");
+    let r = raw(&format!(
+        "POST /ui/login/token HTTP/1.1\r\nHost: {{addr}}\r\nCookie: jitgate-login={binding}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{form}",
+        form.len()
+    ));
+    assert!(
+        r.starts_with("HTTP/1.1 303") && r.contains("location: /ui/approvals"),
+        "{r}"
+    );
     let cookie_line = r.lines().find(|l| l.starts_with("set-cookie: jitgate=")).unwrap();
-    assert!(cookie_line.contains("HttpOnly") && cookie_line.contains("SameSite=Lax"), "{cookie_line}");
+    assert!(
+        cookie_line.contains("HttpOnly") && cookie_line.contains("SameSite=Lax"),
+        "{cookie_line}"
+    );
     assert!(!r.contains("alice-token"));
-    let sid = cookie_line.trim_start_matches("set-cookie: jitgate=").split(';').next().unwrap().to_string();
-    let r = raw(&format!("GET /ui/approvals HTTP/1.1\r\nHost: {{addr}}\r\nCookie: jitgate={sid}\r\nConnection: close\r\n\r\n"));
+    let sid = cookie_line
+        .trim_start_matches("set-cookie: jitgate=")
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let r = raw(&format!(
+        "GET /ui/approvals HTTP/1.1\r\nHost: {{addr}}\r\nCookie: jitgate={sid}\r\nConnection: close\r\n\r\n"
+    ));
     assert!(r.starts_with("HTTP/1.1 200") && r.contains("alice@example.com"), "{r}");
     // A state-changing request without the session's CSRF token is refused, with the cookie.
-    let r = raw(&format!("POST /ui/requests HTTP/1.1\r\nHost: {{addr}}\r\nCookie: jitgate={sid}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 16\r\nConnection: close\r\n\r\nresource=prod-db"));
+    let r = raw(&format!(
+        "POST /ui/requests HTTP/1.1\r\nHost: {{addr}}\r\nCookie: jitgate={sid}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 16\r\nConnection: close\r\n\r\nresource=prod-db"
+    ));
     assert!(r.starts_with("HTTP/1.1 403") && r.contains("CSRF"), "{r}");
-    assert_eq!(gw.cli(Some("root"), &["requests", "--json"]).json().as_array().unwrap().len(), 0);
+    assert_eq!(
+        gw.cli(Some("root"), &["requests", "--json"])
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
 }
 
 #[test]
@@ -222,7 +275,9 @@ fn console_replays_an_ssh_recording_in_chromium() {
     );
     let gw = Gateway::start(&body);
     s.trust_ca(&gw);
-    let v = gw.cli(Some("alice"), &["request", "web-1", "--for", "1h", "--json"]).json();
+    let v = gw
+        .cli(Some("alice"), &["request", "web-1", "--for", "1h", "--json"])
+        .json();
     assert_eq!(v["state"], "approved", "{v}");
     // An interactive session in tmux (a real terminal): what it shows is recorded.
     let ssh = gw.ssh(&s.client_key(), "web-1");
@@ -234,23 +289,44 @@ fn console_replays_an_ssh_recording_in_chromium() {
         Command::new("tmux").arg("-L").arg(&sock).args(args).output().unwrap();
     };
     let pane = || {
-        String::from_utf8_lossy(&Command::new("tmux").args(["-L", &sock, "capture-pane", "-p", "-t", "s"]).output().unwrap().stdout).to_string()
+        String::from_utf8_lossy(
+            &Command::new("tmux")
+                .args(["-L", &sock, "capture-pane", "-p", "-t", "s"])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .to_string()
     };
-    tmux(&["new-session", "-d", "-s", "s", "-x", "100", "-y", "30", &format!("{}; sleep 30", cmdline.join(" "))]);
-    assert!(eventually(Duration::from_secs(10), || pane().contains("~$")), "{}", pane());
+    tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        "s",
+        "-x",
+        "100",
+        "-y",
+        "30",
+        &format!("{}; sleep 30", cmdline.join(" ")),
+    ]);
+    assert!(
+        eventually(Duration::from_secs(10), || pane().contains("~$")),
+        "{}",
+        pane()
+    );
     tmux(&["send-keys", "-t", "s", "echo jitgate-marker-$((6*7))", "Enter"]);
-    assert!(eventually(Duration::from_secs(10), || pane().contains("jitgate-marker-42")), "{}", pane());
+    assert!(
+        eventually(Duration::from_secs(10), || pane().contains("jitgate-marker-42")),
+        "{}",
+        pane()
+    );
     tmux(&["send-keys", "-t", "s", "exit", "Enter"]);
     assert!(eventually(Duration::from_secs(10), || gw
         .audit_events()
         .iter()
         .any(|e| e["kind"] == "ssh.channel.closed")));
     tmux(&["kill-server"]);
-    let sid = gw
-        .audit_events()
-        .iter()
-        .find(|e| e["kind"] == "ssh.shell")
-        .unwrap()["session_id"]
+    let sid = gw.audit_events().iter().find(|e| e["kind"] == "ssh.shell").unwrap()["session_id"]
         .as_str()
         .unwrap()
         .to_string();

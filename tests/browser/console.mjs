@@ -34,7 +34,8 @@ async function shots(browser, storage, path, name) {
     const ctx = await browser.newContext({ ...opts, storageState: storage });
     const p = await ctx.newPage();
     await p.goto(GW + path);
-    await p.waitForLoadState('networkidle').catch(() => {});
+    await p.waitForLoadState('load');
+    await p.waitForTimeout(300);
     await shot(p, `${name}-${suffix}`);
     await ctx.close();
   }
@@ -54,8 +55,13 @@ async function oidcSignIn(page, user, password, next = '/ui/') {
 async function tokenSignIn(page, token, next = '/ui/') {
   await page.goto(`${GW}/ui/login?next=${encodeURIComponent(next)}`);
   await page.fill('#token', token);
-  await page.click('#token-form button[type=submit]');
-  await page.waitForURL((u) => u.href.startsWith(GW + next.split('?')[0]));
+  await Promise.all([page.waitForNavigation(), page.click('#token-form button[type=submit]')]);
+  assert.ok(page.url().startsWith(GW + next.split('?')[0]), `token sign-in ended at ${page.url()}: ${await page.textContent('body')}`);
+}
+
+// Click a button that submits a form, and wait for the page it leads to.
+async function submit(page, selector) {
+  await Promise.all([page.waitForNavigation(), page.click(selector)]);
 }
 
 async function flash(page) {
@@ -102,10 +108,10 @@ async function main(browser) {
   await alice.fill('#duration', '30m');
   await alice.fill('#reason', 'INC-123 slow checkout <b>bold</b>');
   await alice.fill('#ticket', 'INC-123');
-  await alice.click('#request-form button[type=submit]');
+  await submit(alice, '#request-form button[type=submit]');
   const created = await flash(alice);
   const id = Number(/Request (\d+) is waiting for an approver from dba/.exec(created)?.[1]);
-  assert.ok(id > 0, created);
+  assert.ok(id > 0, `${created} :: ${alice.url()} :: ${await alice.textContent("main")}`);
   await bob.waitForSelector(`#inbox-${id}`, { timeout: 15000 });
   const card = await bob.textContent(`#inbox-${id}`);
   for (const want of ['alice@example.com', 'groups: dev', 'read-only', '30m', 'INC-123 slow checkout <b>bold</b>', 'production', '1 of 1: approval']) {
@@ -118,13 +124,12 @@ async function main(browser) {
   await alice.goto(`${GW}/ui/requests/${id}`);
   assert.equal(await alice.locator(`#approve-${id}`).count(), 0);
   assert.match(await alice.textContent('main'), /someone else decides it/);
-  await alice.evaluate((id) => {
+  await Promise.all([alice.waitForNavigation(), alice.evaluate((id) => {
     const f = document.createElement('form');
     f.method = 'post'; f.action = `/ui/requests/${id}/approve`;
     const c = document.querySelector('input[name=_csrf]').cloneNode();
     f.appendChild(c); document.body.appendChild(f); f.submit();
-  }, id);
-  await alice.waitForLoadState();
+  }, id)]);
   assert.match(await flash(alice), /cannot approve your own request/);
 
   step('CSRF-less and cross-site requests are refused');
@@ -142,7 +147,7 @@ async function main(browser) {
   step('bob approves; alice\'s page shows the grant with a live countdown');
   await alice.goto(`${GW}/ui/`);
   await bob.fill(`#ar-${id}`, 'looks fine');
-  await bob.click(`#approve-${id}`);
+  await submit(bob, `#approve-${id}`);
   assert.match(await flash(bob), new RegExp(`Request ${id} approved`));
   await alice.waitForSelector('.grant', { timeout: 15000 });
   const grantId = Number((await alice.getAttribute('.grant', 'id')).replace('grant-', ''));
@@ -157,11 +162,13 @@ async function main(browser) {
   step('alice extends; bob approves the extension; the end moves');
   const before = Number(await alice.getAttribute(`#grant-${grantId} .countdown`, 'data-expires'));
   await alice.fill(`#ext-${grantId}`, '15m');
-  await alice.click(`#grant-${grantId} form[action$="/extend"] button`);
-  const ext = Number(/Extension request (\d+)/.exec(await flash(alice))?.[1]);
-  assert.ok(ext > id);
+  await alice.fill(`#extr-${grantId}`, 'INC-123 needs longer');
+  await submit(alice, `#grant-${grantId} form[action$="/extend"] button`);
+  const extMsg = await flash(alice);
+  const ext = Number(/Extension request (\d+)/.exec(extMsg)?.[1]);
+  assert.ok(ext > id, extMsg);
   await bob.goto(`${GW}/ui/approvals`);
-  await bob.click(`#approve-${ext}`);
+  await submit(bob, `#approve-${ext}`);
   await alice.waitForFunction(([g, b]) => Number(document.querySelector(`#grant-${g} .countdown`)?.getAttribute('data-expires')) >= b + 900, [grantId, before], { timeout: 15000 });
 
   step('a psql session\'s statements reach the audit session page');
@@ -181,7 +188,7 @@ async function main(browser) {
   assert.ok(sid, 'the live session is listed');
   sid = sid.replace('live-session-', '');
   await shots(browser, await root.context().storageState(), '/ui/now', 'access-now');
-  await root.click(`button[aria-label="Kill session ${sid}"]`);
+  await submit(root, `button[aria-label="Kill session ${sid}"]`);
   assert.match(await flash(root), new RegExp(`Session ${sid} of alice@example.com killed`));
   const killed = await live;
   assert.notEqual(killed.code, 0);
@@ -191,7 +198,7 @@ async function main(browser) {
   await alice.goto(`${GW}/ui/`);
   await root.goto(`${GW}/ui/now`);
   await root.fill(`#rv-${grantId}`, 'done with INC-123');
-  await root.click(`#revoke-${grantId}`);
+  await submit(root, `#revoke-${grantId}`);
   assert.match(await flash(root), new RegExp(`Grant ${grantId} of alice@example.com revoked`));
   await alice.waitForSelector(`#grant-${grantId}`, { state: 'detached', timeout: 15000 });
 
@@ -211,14 +218,14 @@ async function main(browser) {
   await alice.goto(`${GW}/ui/`);
   await alice.selectOption('#resource', 'crit-db');
   await alice.fill('#reason', 'INC-124');
-  await alice.click('#request-form button[type=submit]');
+  await submit(alice, '#request-form button[type=submit]');
   const crit = Number(/Request (\d+) is waiting/.exec(await flash(alice))?.[1]);
   const wait = 6500 - (Date.now() - bobSignedInAt);
   if (wait > 0) await bob.waitForTimeout(wait);
   await bob.goto(`${GW}/ui/approvals`);
   assert.match(await bob.textContent(`#inbox-${crit}`), /approving sends you through the provider first/);
   await bob.fill(`#ar-${crit}`, 'checked the runbook');
-  await bob.click(`#approve-${crit}`);
+  await submit(bob, `#approve-${crit}`);
   assert.match(await bob.textContent('main'), /needs a sign-in at the identity provider within the last 5s/);
   await bob.click('#step-up');
   await bob.waitForURL((u) => u.href.startsWith(ISSUER));
@@ -228,11 +235,11 @@ async function main(browser) {
   await bob.click('button[type=submit]');
   await bob.waitForURL(`${GW}/ui/requests/${crit}`);
   assert.equal(await bob.inputValue(`#ar-${crit}`), 'checked the runbook', 'the note typed before the step-up is kept');
-  await bob.click(`#approve-${crit}`);
+  await submit(bob, `#approve-${crit}`);
   assert.match(await flash(bob), new RegExp(`Request ${crit} approved`));
 
   step('sign-out ends the session');
-  await bob.click('header form[action="/ui/logout"] button');
+  await submit(bob, 'header form[action="/ui/logout"] button');
   await bob.waitForURL(/signed_out=1/);
   await bob.goto(`${GW}/ui/approvals`);
   assert.match(bob.url(), /\/ui\/login\?next=/);

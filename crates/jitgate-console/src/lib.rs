@@ -62,13 +62,15 @@ impl Console {
 }
 
 /// Headers every console response carries: no caching, no framing, no sniffing, no referrer
-/// (a callback URL's code never leaks), and a strict content security policy.
+/// to other sites (a callback URL's code never leaks; `same-origin`, not `no-referrer`, which
+/// would make browsers send `Origin: null` on the console's own forms), and a strict content
+/// security policy.
 pub(crate) fn headers() -> [(HeaderName, HeaderValue); 5] {
     [
         (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
         (header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")),
         (header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
-        (header::REFERRER_POLICY, HeaderValue::from_static("no-referrer")),
+        (header::REFERRER_POLICY, HeaderValue::from_static("same-origin")),
         (
             header::CONTENT_SECURITY_POLICY,
             HeaderValue::from_static(

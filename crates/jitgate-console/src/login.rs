@@ -105,18 +105,21 @@ fn open_session(
     next: &str,
 ) -> Response {
     let now = c.cp.now().as_second();
-    // A new session id at every sign-in (a step-up too): the old one is dropped.
-    if let Some(old) = cookie(headers, c.cookie_name()) {
-        c.sessions.remove(old);
-    }
+    // A new session id at every sign-in (a step-up too): the old one is dropped, and the
+    // decision a step-up interrupted carries over when the same person signed in again.
+    let draft = cookie(headers, c.cookie_name())
+        .and_then(|old| c.sessions.remove(old))
+        .filter(|old| old.name == name)
+        .and_then(|old| old.draft);
     let s = Session {
         token,
+        name: name.to_string(),
         last_seen: now,
         ends: ends.min(now + c.settings.absolute),
         csrf: random(),
         token_id,
         flash: vec![(true, format!("Signed in as {name}."))],
-        draft: None,
+        draft,
     };
     let value = c.sessions.insert(s, now);
     let mut r = Redirect::to(next).into_response();

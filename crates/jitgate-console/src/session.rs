@@ -28,6 +28,8 @@ pub struct Session {
     /// The credential the session acts with: a gateway token minted at an OIDC sign-in, or
     /// the static identity's token typed into the form. Never sent back to the browser.
     pub token: String,
+    /// The identity (a step-up's new session keeps the old one's draft only for the same one).
+    pub name: String,
     /// The last request, and the end (unix seconds): sign-in + `absolute_timeout`, never
     /// after the token expires.
     pub last_seen: i64,
@@ -212,11 +214,14 @@ impl FromRequestParts<Arc<Console>> for Signed {
             return Err(to_login());
         };
         let now = c.cp.now().as_second();
+        // A live page's background refresh (and its long poll) leaves the messages for the
+        // page a person loads.
+        let live = parts.headers.contains_key("x-jitgate-live") || parts.uri.path() == "/ui/poll";
         let found = c.sessions.with(&cookie, now, c.settings.idle, |s| {
             (
                 s.token.clone(),
                 s.csrf.clone(),
-                std::mem::take(&mut s.flash),
+                if live { Vec::new() } else { std::mem::take(&mut s.flash) },
                 s.draft.clone(),
             )
         });
@@ -251,6 +256,7 @@ mod tests {
     fn session(now: i64) -> Session {
         Session {
             token: "t".into(),
+            name: "alice".into(),
             last_seen: now,
             ends: now + 3600,
             csrf: random(),
