@@ -42,6 +42,7 @@ pub fn token(user: &str) -> String {
 
 pub mod idp;
 pub mod pg;
+pub mod slack;
 pub mod ssh;
 
 /// Run a fixture script (`scripts/test-pg up`, `scripts/test-sshd up`): it prints the path of an
@@ -157,9 +158,20 @@ impl Gateway {
             }
             None => (pg.to_string(), body.to_string()),
         };
-        let mut full = format!(
-            "[gateway]\ndata_dir = \"data\"\nexpiry_warning = \"1s\"\n\n[listen]\nhttp = \"127.0.0.1:0\"\n{pg}\n{body}"
-        );
+        // Then `#gateway-extra KEY = VALUE` lines add lines to [gateway].
+        let mut gw_extra = String::new();
+        let mut body = body;
+        while let Some(rest) = body.strip_prefix("#gateway-extra ") {
+            let (line, rest) = rest.split_once('\n').unwrap();
+            gw_extra.push_str(line);
+            gw_extra.push('\n');
+            body = rest.to_string();
+        }
+        if !gw_extra.contains("expiry_warning") {
+            gw_extra.push_str("expiry_warning = \"1s\"\n");
+        }
+        let mut full =
+            format!("[gateway]\ndata_dir = \"data\"\n{gw_extra}\n[listen]\nhttp = \"127.0.0.1:0\"\n{pg}\n{body}");
         if let Some(u) = &self.store_url
             && !body.contains("[store]")
         {

@@ -8,6 +8,7 @@ pub mod control;
 pub mod error;
 pub mod http;
 pub mod notify;
+pub mod slack;
 pub mod wire;
 
 pub use control::{ControlError, ControlPlane, ControlResult, Login, OidcProvider};

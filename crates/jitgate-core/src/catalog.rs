@@ -164,6 +164,8 @@ pub struct Policy {
     pub allow_port_forwarding: bool,
     /// Approving needs a provider authentication no older than this.
     pub step_up: Option<HumanDuration>,
+    /// Slack buttons decide in place (when there is no `step_up`).
+    pub chat_approve: bool,
     /// Auto-approval rules.
     pub auto_approve: Vec<AutoApprove>,
 }

@@ -149,6 +149,11 @@ impl ControlPlane {
                 expires_at: expires_at.to_string(),
             });
         self.audit().record(ev).await?;
+        if let Ok(mut k) = self.known_groups.lock() {
+            let now = self.now().as_second();
+            k.retain(|_, (_, exp)| *exp > now);
+            k.insert(id.name.clone(), (id.groups.clone(), c.exp));
+        }
         tracing::info!(identity = %id.name, method, token_id = %c.jti, "login");
         Ok(LoginResult {
             token,
@@ -157,6 +162,21 @@ impl ControlPlane {
             expires_at: expires_at.to_string(),
             token_id: c.jti,
         })
+    }
+
+    /// Who `name` is when they act without a token (a chat button): a static identity of
+    /// gateway.toml, or a provider identity with the groups of its latest login on this
+    /// gateway while that login's token lives. `None`: unknown here (they sign in once).
+    /// Never with an `auth_time`, so a policy's `step_up` always refuses it.
+    pub fn principal_for(&self, name: &str) -> Option<Principal> {
+        if let Some(i) = self.catalog().identities.iter().find(|i| i.name == name) {
+            return Some(Principal::new(i.name.clone(), i.groups.clone()));
+        }
+        let now = self.now().as_second();
+        let k = self.known_groups.lock().ok()?;
+        k.get(name)
+            .filter(|(_, exp)| *exp > now)
+            .map(|(g, _)| Principal::new(name, g.clone()))
     }
 
     /// Load the revocation list from the store (at start).

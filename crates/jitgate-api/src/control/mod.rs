@@ -53,6 +53,9 @@ pub struct ControlPlane {
     changes: tokio::sync::watch::Sender<u64>,
     /// Long polls held at once; beyond [`requests::MAX_LONG_POLLS`] they answer at once.
     long_polls: tokio::sync::Semaphore,
+    /// The groups each provider identity had at its latest login, until that token expires:
+    /// who a chat approver is when they act without a gateway token (Slack buttons).
+    known_groups: std::sync::Mutex<std::collections::HashMap<String, (Vec<String>, i64)>>,
 }
 
 /// The phases of a drain before a stop: `/readyz` goes 503 first (load balancers look
@@ -120,6 +123,7 @@ impl Builder {
             draining: Drain::default(),
             changes: tokio::sync::watch::Sender::new(0),
             long_polls: tokio::sync::Semaphore::new(requests::MAX_LONG_POLLS),
+            known_groups: std::sync::Mutex::default(),
         })
     }
 }

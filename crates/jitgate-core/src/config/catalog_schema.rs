@@ -153,6 +153,10 @@ pub struct PolicyConfig {
     /// console sends the approver through the provider again; the CLI asks for a fresh
     /// `jitgate login`. Static and machine tokens cannot approve under it.
     pub step_up: Option<Spanned<HumanDuration>>,
+    /// The Slack app's Approve / Deny buttons decide in place (without `step_up` only; else
+    /// and by default they open the console's approval page).
+    #[serde(default)]
+    pub chat_approve: bool,
     /// Auto-approval rules.
     #[serde(default)]
     pub auto_approve: Vec<AutoApproveConfig>,

@@ -203,6 +203,7 @@ pub(super) fn policies(c: &Config, d: &mut Diags<'_>, resources: &BTreeMap<Strin
             pending_timeout: p.pending_timeout.unwrap_or(c.gateway.pending_timeout),
             allow_port_forwarding: p.allow_port_forwarding,
             step_up: p.step_up.as_ref().map(|s| *s.get_ref()),
+            chat_approve: p.chat_approve,
             auto_approve: auto,
         });
     }

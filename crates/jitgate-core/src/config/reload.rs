@@ -17,7 +17,7 @@ pub const RELOADABLE: &[&str] = &[
     "resources",
     "policies",
     "identities",
-    "notify",
+    "notify.webhooks",
     "oidc",
     "audit.redact",
     "gateway.admin_groups",

@@ -526,6 +526,38 @@ pub struct NotifySection {
     /// `[[notify.webhooks]]`
     #[serde(default)]
     pub webhooks: Vec<WebhookConfig>,
+    /// `[notify.slack]`: the Slack app (buttons, messages updated in place, direct messages).
+    pub slack: Option<SlackConfig>,
+}
+
+/// `[notify.slack]`: a Slack app with a bot token and the interactivity endpoint
+/// `/v1/slack/interactions`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlackConfig {
+    /// The bot token (`xoxb-…`) from the environment.
+    pub bot_token_env: Option<String>,
+    /// The bot token from a file.
+    pub bot_token_file: Option<PathBuf>,
+    /// The app's signing secret (checks interaction requests) from the environment.
+    pub signing_secret_env: Option<String>,
+    /// The signing secret from a file.
+    pub signing_secret_file: Option<PathBuf>,
+    /// The channel requests are posted to (an id such as `C0123ABC`, or `#name`).
+    pub channel: Spanned<String>,
+    /// A channel per policy (policy name → channel), instead of `channel`.
+    #[serde(default)]
+    pub policy_channels: std::collections::BTreeMap<String, String>,
+    /// Slack user id → identity, for users whose Slack e-mail is not their identity.
+    #[serde(default)]
+    pub users: std::collections::BTreeMap<String, String>,
+    /// The Web API's base URL (a stand-in in tests).
+    #[serde(default = "default_slack_api")]
+    pub api_url: String,
+}
+
+fn default_slack_api() -> String {
+    "https://slack.com/api".into()
 }
 
 /// `[[notify.webhooks]]`

@@ -13,6 +13,7 @@ pub(super) fn validate(c: &Config, d: &mut Diags<'_>) -> Catalog {
     let policies = super::policies::policies(c, d, &resources);
     check_redact(c, d);
     check_webhooks(c, d, allow_inline);
+    check_slack(c, d);
     check_console(c, d);
     Catalog {
         resources,
@@ -408,6 +409,64 @@ fn check_redact(c: &Config, d: &mut Diags<'_>) {
 }
 
 /// `[[notify.webhooks]]`.
+fn check_slack(c: &Config, d: &mut Diags<'_>) {
+    let Some(s) = &c.notify.slack else { return };
+    for (what, env, file, example) in [
+        ("bot_token", &s.bot_token_env, &s.bot_token_file, "SLACK_BOT_TOKEN"),
+        (
+            "signing_secret",
+            &s.signing_secret_env,
+            &s.signing_secret_file,
+            "SLACK_SIGNING_SECRET",
+        ),
+    ] {
+        match (env, file) {
+            (None, None) => d.error(
+                span(&s.channel),
+                format!("[notify.slack] needs {what}_env or {what}_file"),
+                Some(format!(
+                    "add `{what}_env = \"{example}\"` (the Slack app's settings page shows it)"
+                )),
+            ),
+            (Some(_), Some(_)) => d.error(
+                span(&s.channel),
+                format!("[notify.slack] has both {what}_env and {what}_file"),
+                Some("keep one".into()),
+            ),
+            _ => {}
+        }
+    }
+    if s.channel.get_ref().trim().is_empty() {
+        d.error(
+            span(&s.channel),
+            "[notify.slack] channel is empty",
+            Some("e.g. channel = \"C0123ABCD\"".into()),
+        );
+    }
+    for p in s.policy_channels.keys() {
+        if !c.policies.iter().any(|x| x.name.get_ref() == p) {
+            d.error(
+                span(&s.channel),
+                format!("[notify.slack] policy_channels names policy `{p}`, which does not exist"),
+                None,
+            );
+        }
+    }
+    if !(s.api_url.starts_with("https://")
+        || s.api_url.starts_with("http://127.0.0.1")
+        || s.api_url.starts_with("http://localhost"))
+    {
+        d.error(
+            span(&s.channel),
+            format!(
+                "[notify.slack] api_url {} must be https (or loopback for a local stand-in)",
+                s.api_url
+            ),
+            None,
+        );
+    }
+}
+
 fn check_webhooks(c: &Config, d: &mut Diags<'_>, allow_inline: bool) {
     for w in &c.notify.webhooks {
         let src = secret(d, "url", &w.url_env, &w.url_file, &w.url, allow_inline);

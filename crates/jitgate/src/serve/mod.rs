@@ -201,17 +201,53 @@ pub async fn run(config_path: &Path) -> Result<()> {
     };
     tokio::spawn(on_stop_signal(term, cp.clone(), drain, stop.clone()));
 
-    let app = if loaded.config.console.enabled {
-        let scheme = if http_tls { "https" } else { "http" };
-        // Browsers reach the console at public_url when it is set; the listener otherwise
-        // (a wildcard address is shown as loopback: set public_url for other hosts).
-        let base_url = loaded.config.gateway.public_url.clone().map_or_else(
-            || match bound.ip() {
-                ip if ip.is_unspecified() => format!("{scheme}://127.0.0.1:{}", bound.port()),
-                _ => format!("{scheme}://{bound}"),
+    let scheme = if http_tls { "https" } else { "http" };
+    // Browsers reach the console at public_url when it is set; the listener otherwise (a
+    // wildcard address is shown as loopback: set public_url for other hosts).
+    let base_url = loaded.config.gateway.public_url.clone().map_or_else(
+        || match bound.ip() {
+            ip if ip.is_unspecified() => format!("{scheme}://127.0.0.1:{}", bound.port()),
+            _ => format!("{scheme}://{bound}"),
+        },
+        |u| u.trim_end_matches('/').to_string(),
+    );
+    let mut app = jitgate_api::router(cp.clone());
+    if let Some(sc) = &loaded.config.notify.slack {
+        let secret = |env: &Option<String>, file: &Option<std::path::PathBuf>| {
+            env.clone()
+                .map(jitgate_core::catalog::SecretRef::Env)
+                .or_else(|| file.clone().map(jitgate_core::catalog::SecretRef::File))
+        };
+        let (Some(bot_token), Some(signing_secret)) = (
+            secret(&sc.bot_token_env, &sc.bot_token_file),
+            secret(&sc.signing_secret_env, &sc.signing_secret_file),
+        ) else {
+            bail!("[notify.slack] needs a bot token and a signing secret");
+        };
+        for (what, s) in [("bot token", &bot_token), ("signing secret", &signing_secret)] {
+            s.resolve().map_err(|e| anyhow!("[notify.slack] {what}: {e}"))?;
+        }
+        let slack = jitgate_api::slack::SlackApp::start(
+            jitgate_api::slack::SlackSettings {
+                bot_token,
+                signing_secret,
+                channel: sc.channel.get_ref().clone(),
+                policy_channels: sc.policy_channels.clone(),
+                users: sc.users.clone(),
+                api_url: sc.api_url.clone(),
+                console_url: format!("{base_url}/ui"),
             },
-            |u| u.trim_end_matches('/').to_string(),
+            cp.clone(),
         );
+        let (n, sl) = (notifier.clone(), slack.clone());
+        cp.audit().subscribe(std::sync::Arc::new(move |ev| {
+            n.send(ev);
+            sl.send(ev);
+        }));
+        app = slack.router().merge(app);
+        tracing::info!(channel = %sc.channel.get_ref(), "Slack app: interactivity at {base_url}/v1/slack/interactions");
+    }
+    if loaded.config.console.enabled {
         let console = jitgate_console::Settings {
             idle: i64::try_from(loaded.config.console.idle_timeout.secs()).unwrap_or(i64::MAX),
             absolute: i64::try_from(loaded.config.console.absolute_timeout.secs()).unwrap_or(i64::MAX),
@@ -220,10 +256,8 @@ pub async fn run(config_path: &Path) -> Result<()> {
             recordings: loaded.config.ssh.record.then(|| data_dir.join("recordings")),
             audit_file: Some(data_dir.join(&loaded.config.audit.file)),
         };
-        jitgate_console::router(cp.clone(), console).merge(jitgate_api::router(cp.clone()))
-    } else {
-        jitgate_api::router(cp.clone())
-    };
+        app = jitgate_console::router(cp.clone(), console).merge(app);
+    }
     if let (true, Some(cert)) = (http_tls, &live_cert) {
         let cfg = jitgate_pg::tls::server_config_live(cert, &[b"http/1.1"]).context("TLS for [listen] http")?;
         tracing::info!(cert = %cert.cert_path().display(), "API served over TLS");
