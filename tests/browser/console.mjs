@@ -41,6 +41,26 @@ async function shots(browser, storage, path, name) {
   }
 }
 
+// Every form control has a label a screen reader reads, every button a name, and the first
+// Tab lands on the skip link.
+async function accessible(page) {
+  const bad = await page.evaluate(() => {
+    const out = [];
+    document.querySelectorAll('input:not([type=hidden]), select, textarea').forEach((el) => {
+      if (!el.labels?.length && !el.getAttribute('aria-label')) out.push(`unlabelled ${el.outerHTML.slice(0, 80)}`);
+    });
+    document.querySelectorAll('button, a').forEach((el) => {
+      if (!(el.textContent.trim() || el.getAttribute('aria-label'))) out.push(`nameless ${el.outerHTML.slice(0, 80)}`);
+    });
+    if (!document.documentElement.lang) out.push('no lang');
+    return out;
+  });
+  assert.deepEqual(bad, [], `${page.url()}: ${bad.join('; ')}`);
+  await page.reload();
+  await page.keyboard.press('Tab');
+  assert.equal(await page.evaluate(() => document.activeElement?.className), 'skip', 'the first Tab reaches "Skip to content"');
+}
+
 async function oidcSignIn(page, user, password, next = '/ui/') {
   await page.goto(`${GW}${next}`);
   assert.match(page.url(), /\/ui\/login\?next=/, 'not signed in: sent to the sign-in page');
@@ -119,6 +139,7 @@ async function main(browser) {
   }
   assert.equal(await bob.locator(`#inbox-${id} b`).count(), 0, 'the reason is text, not markup');
   await shots(browser, await bob.context().storageState(), '/ui/approvals', 'approvals');
+  await accessible(bob);
 
   step('alice cannot approve her own request (the engine says no, the console only relays it)');
   await alice.goto(`${GW}/ui/requests/${id}`);
@@ -158,6 +179,7 @@ async function main(browser) {
   assert.match(t2, /^(29|30)m \d+s left$/);
   assert.match(await alice.textContent(`#grant-${grantId} .connect`), /jitgate connect prod-db/);
   await shots(browser, await alice.context().storageState(), '/ui/', 'my-access');
+  await accessible(alice);
 
   step('alice extends; bob approves the extension; the end moves');
   const before = Number(await alice.getAttribute(`#grant-${grantId} .countdown`, 'data-expires'));
@@ -188,6 +210,7 @@ async function main(browser) {
   assert.ok(sid, 'the live session is listed');
   sid = sid.replace('live-session-', '');
   await shots(browser, await root.context().storageState(), '/ui/now', 'access-now');
+  await accessible(root);
   await submit(root, `button[aria-label="Kill session ${sid}"]`);
   assert.match(await flash(root), new RegExp(`Session ${sid} of alice@example.com killed`));
   const killed = await live;
@@ -211,6 +234,7 @@ async function main(browser) {
   assert.match(rows[0], /ok.*1.*select 6\*7 as answer/s);
   assert.match(rows[1], /select count\(\*\) from pg_class where false/);
   await shots(browser, await root.context().storageState(), firstSession, 'audit-session');
+  await accessible(root);
   await root.goto(`${GW}/ui/audit/verify`);
   assert.match(await root.textContent('#verify-result'), /Chain intact/);
 
@@ -257,7 +281,12 @@ async function ssh(browser) {
   await root.click('#player .ap-player, #player .ap-wrapper').catch(() => {});
   await root.waitForFunction((m) => document.getElementById('player').textContent.includes(m), process.env.MARKER, { timeout: 20000 });
   assert.match(await root.textContent('#commands'), /echo jitgate-marker/);
-  await shots(browser, await root.context().storageState(), `/ui/audit/sessions/${process.env.SESSION}`, 'ssh-recording');
+  // The recording as it plays (the marker on the terminal), and the page on a phone.
+  await shot(root, 'ssh-recording-desktop');
+  const phone = await (await browser.newContext({ ...PHONE, storageState: await root.context().storageState() })).newPage();
+  await phone.goto(`${GW}/ui/audit/sessions/${process.env.SESSION}`);
+  await phone.waitForSelector('#player .ap-player, #player .ap-wrapper', { timeout: 15000 });
+  await shot(phone, 'ssh-recording-phone');
   console.log('recording played');
 }
 

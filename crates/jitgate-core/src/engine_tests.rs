@@ -204,6 +204,34 @@ fn nobody_approves_their_own_request_even_as_an_approver() {
 }
 
 #[test]
+fn step_up_needs_a_recent_provider_authentication_and_never_a_static_one() {
+    let mut c = catalog();
+    c.policies[1].step_up = Some(HumanDuration(300));
+    let p = &c.policies[1];
+    let now = tuesday_morning();
+    let r = plan_request(&c, &who("dan", &["dev"]), &ask("stage-db", None, None, None), now)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut bob = who("bob", &["dba"]);
+    // A static or machine identity never authenticated at the provider.
+    assert!(matches!(
+        approve(&mut r.clone(), p, &bob, None, now),
+        Err(Refusal::StepUpRequired { max_age, .. }) if max_age == HumanDuration(300)
+    ));
+    bob.auth_time = Some(now.as_second() - 301);
+    assert!(matches!(
+        approve(&mut r.clone(), p, &bob, None, now),
+        Err(Refusal::StepUpRequired { .. })
+    ));
+    bob.auth_time = Some(now.as_second() - 300);
+    assert_eq!(approve(&mut r.clone(), p, &bob, None, now), Ok(false));
+    // The other rules come first: step-up never lets the requester approve.
+    let mut dan = who("dan", &["dev", "dba"]);
+    dan.auth_time = Some(now.as_second());
+    assert_eq!(may_approve(&r, p, &dan, now), Err(Refusal::SelfApproval));
+    assert_eq!(approve(&mut r.clone(), p, &dan, None, now), Err(Refusal::SelfApproval));
+}
+
+#[test]
 fn distinct_approvers_are_counted() {
     let c = catalog();
     let p = &c.policies[1];
