@@ -262,6 +262,32 @@ async function main(browser) {
   await submit(bob, `#approve-${crit}`);
   assert.match(await flash(bob), new RegExp(`Request ${crit} approved`));
 
+  step('without JavaScript: request, deny, approve and revoke are plain forms');
+  const carolNoJs = await (await browser.newContext({ ...DESKTOP, javaScriptEnabled: false })).newPage();
+  const bobNoJs = await (await browser.newContext({ ...DESKTOP, javaScriptEnabled: false })).newPage();
+  await tokenSignIn(carolNoJs, 'carol-token');
+  await tokenSignIn(bobNoJs, 'bob-token', '/ui/approvals');
+  const ask = async (reason) => {
+    await carolNoJs.selectOption('#resource', 'prod-db');
+    await carolNoJs.fill('#reason', reason);
+    await submit(carolNoJs, '#request-form button[type=submit]');
+    return Number(/Request (\d+) is waiting/.exec(await flash(carolNoJs))?.[1]);
+  };
+  const noJs1 = await ask('INC-125');
+  await bobNoJs.goto(`${GW}/ui/approvals`);
+  await bobNoJs.fill(`#dr-${noJs1}`, 'use the replica');
+  await submit(bobNoJs, `#deny-${noJs1}`);
+  assert.match(await flash(bobNoJs), new RegExp(`Request ${noJs1} denied`));
+  const noJs2 = await ask('INC-126');
+  await bobNoJs.goto(`${GW}/ui/approvals`);
+  await submit(bobNoJs, `#approve-${noJs2}`);
+  assert.match(await flash(bobNoJs), new RegExp(`Request ${noJs2} approved`));
+  await carolNoJs.goto(`${GW}/ui/`);
+  const carolGrant = Number((await carolNoJs.getAttribute('.grant', 'id')).replace('grant-', ''));
+  await bobNoJs.goto(`${GW}/ui/now?identity=carol`);
+  await submit(bobNoJs, `#revoke-${carolGrant}`);
+  assert.match(await flash(bobNoJs), new RegExp(`Grant ${carolGrant} of carol@example.com revoked`));
+
   step('sign-out ends the session');
   await submit(bob, 'header form[action="/ui/logout"] button');
   await bob.waitForURL(/signed_out=1/);
