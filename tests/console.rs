@@ -203,7 +203,7 @@ fn console_pages_refuse_without_a_session_and_without_csrf_over_plain_http() {
     let r = raw(
         "POST /ui/login/token HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 17\r\nConnection: close\r\n\r\ntoken=alice-token",
     );
-    assert!(r.starts_with("HTTP/1.1 303") && r.contains("error="), "{r}");
+    assert!(r.starts_with("HTTP/1.1 303") && r.contains("error=stale"), "{r}");
     let page = raw("GET /ui/login HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     let binding = page
         .split("jitgate-login=")
@@ -219,7 +219,7 @@ fn console_pages_refuse_without_a_session_and_without_csrf_over_plain_http() {
         "POST /ui/login/token HTTP/1.1\r\nHost: {{addr}}\r\nCookie: jitgate-login={binding}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{form}",
         form.len()
     ));
-    assert!(r.contains("error=That%20token%20was%20not%20accepted"), "{r}");
+    assert!(r.contains("error=token"), "{r}");
     assert!(eventually(Duration::from_secs(5), || gw.audit_events().iter().any(
         |e| e["kind"] == "login.failed" && e["details"]["method"] == "console-token"
     )));

@@ -71,7 +71,14 @@ impl User {
 
     /// `jitgate login` (code flow): the test plays the browser.
     fn login(&self, gw: &Gateway, p: &Idp, user: &str, password: &str) -> Result<String, String> {
-        let (mut child, lines) = spawn_lines(self.cmd(gw, &["login", "--no-browser"]));
+        self.login_with(gw, p, user, password, &[])
+    }
+
+    /// [`User::login`] with more arguments (`--fresh`).
+    fn login_with(&self, gw: &Gateway, p: &Idp, user: &str, password: &str, extra: &[&str]) -> Result<String, String> {
+        let mut args = vec!["login", "--no-browser"];
+        args.extend_from_slice(extra);
+        let (mut child, lines) = spawn_lines(self.cmd(gw, &args));
         let url = wait_line(&lines, |l| l.trim_start().starts_with("http"))
             .trim()
             .to_string();
@@ -665,4 +672,56 @@ fn a_logout_on_one_replica_is_enforced_on_the_others() {
         "B still accepts the token"
     );
     println!("logout on A refused on B after {:?}", t.elapsed());
+}
+
+#[test]
+fn step_up_policies_take_approvals_only_from_a_fresh_provider_login() {
+    let p = idp("main", None);
+    let dir = tempfile::tempdir().unwrap().keep();
+    let oidc = p.oidc_section(&dir.join("client.secret"), "");
+    let gw = Gateway::start(&format!(
+        "{oidc}\n{}[[resources]]\nname = \"step-db\"\nkind = \"postgres\"\naddress = \"127.0.0.1:1\"\ncredentials.read-only = {{ user = \"x\" }}\n\n\
+         [[policies]]\nname = \"stepped\"\nresources = [\"step-db\"]\nrequesters = [\"dev\"]\napprovers = [\"dba\"]\nstep_up = \"3s\"\n",
+        identities()
+    ));
+    let ask = || {
+        gw.cli(
+            Some("alice"),
+            &["request", "step-db", "--for", "1h", "--reason", "INC-1", "--json"],
+        )
+        .json()["id"]
+            .as_i64()
+            .unwrap()
+            .to_string()
+    };
+    let id = ask();
+    // A static token never authenticated at the provider: refused, with the way out.
+    let r = gw.cli(Some("bob"), &["approve", &id]);
+    assert_eq!(r.code(), 1);
+    assert!(
+        r.refused()
+            .contains("needs a sign-in at the identity provider within the last 3s"),
+        "{}",
+        r.refused()
+    );
+    assert!(r.refused().contains("jitgate login --fresh"), "{}", r.refused());
+    // A fresh provider login approves; the same login a few seconds later no longer does.
+    let bob = User::new();
+    bob.login_with(&gw, &p, "bob", "bob-password", &["--fresh"]).unwrap();
+    assert_eq!(bob.run(&gw, &["approve", &id]).code(), 0);
+    let id2 = ask();
+    std::thread::sleep(Duration::from_secs(4));
+    let r = bob.run(&gw, &["approve", &id2]);
+    assert_eq!(r.code(), 1, "a login 4 s old under step_up = 3s");
+    bob.login_with(&gw, &p, "bob", "bob-password", &["--fresh"]).unwrap();
+    assert_eq!(bob.run(&gw, &["approve", &id2]).code(), 0);
+    let approved: Vec<_> = gw
+        .audit_events()
+        .into_iter()
+        .filter(|e| e["kind"] == "request.approved" && e["actor"] == "bob@example.com")
+        .collect();
+    assert_eq!(approved.len(), 2);
+    // --fresh needs the browser flow.
+    let r = bob.run(&gw, &["login", "--fresh", "--device"]);
+    assert_ne!(r.code(), 0);
 }

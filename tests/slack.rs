@@ -30,6 +30,7 @@ fn press(gw: &Gateway, slack: &Slack, user: &str, action: &str, value: &str, rea
     let mut payload = serde_json::json!({
         "type": "block_actions",
         "user": {"id": user},
+        "team": {"id": if user == "U_FOREIGN" { "T_OTHER" } else { "T_TEST" }},
         "response_url": slack.response_url(),
         "actions": [{"action_id": action, "value": value, "type": "button"}],
         "state": {"values": {}},
@@ -113,7 +114,7 @@ fn gateway(slack: &Slack, extra_gateway: &str) -> Gateway {
          [[policies]]\nname = \"chatty\"\nresources = [\"chat-db\"]\nrequesters = [\"dev\"]\napprovers = [\"dba\"]\nchat_approve = true\n\n\
          [[policies]]\nname = \"production\"\nresources = [\"prod-db\"]\nrequesters = [\"dev\"]\napprovers = [\"dba\"]\n\n\
          [[policies]]\nname = \"stepped\"\nresources = [\"step-db\"]\nrequesters = [\"dev\"]\napprovers = [\"dba\"]\nchat_approve = true\nstep_up = \"5m\"\n\n\
-         [notify.slack]\nbot_token_file = \"{bot}\"\nsigning_secret_file = \"{signing}\"\nchannel = \"C_APPROVALS\"\napi_url = \"{api}\"\npolicy_channels = {{ production = \"C_PROD\" }}\nusers = {{ U_MAPPED = \"bob@example.com\" }}\n",
+         [notify.slack]\nteam_id = \"T_TEST\"\nbot_token_file = \"{bot}\"\nsigning_secret_file = \"{signing}\"\nchannel = \"C_APPROVALS\"\napi_url = \"{api}\"\npolicy_channels = {{ production = \"C_PROD\" }}\nusers = {{ U_MAPPED = \"bob@example.com\" }}\n",
         ids = identities(),
         r1 = res("chat-db"),
         r2 = res("prod-db"),
@@ -171,6 +172,12 @@ fn slack_buttons_decide_where_allowed_link_to_the_console_elsewhere_and_messages
     // A Slack user with no identity is refused; nothing changes.
     assert_eq!(press(&gw, &slack, "U_NOBODY", "approve", &id.to_string(), None).0, 200);
     assert!(ephemeral(&slack, 2).contains("not linked to a jitgate identity"));
+    // A guest of the workspace with a member's e-mail, and a user of another workspace (a
+    // Slack Connect channel), are refused too.
+    press(&gw, &slack, "U_GUEST", "approve", &id.to_string(), None);
+    assert!(ephemeral(&slack, 3).contains("no confirmed e-mail of a full member"));
+    press(&gw, &slack, "U_FOREIGN", "approve", &id.to_string(), None);
+    assert!(ephemeral(&slack, 4).contains("another Slack workspace"));
     assert_eq!(state(&gw, id), "pending");
 
     // Bad, old and replayed signatures are refused before anything is read.
@@ -193,10 +200,10 @@ fn slack_buttons_decide_where_allowed_link_to_the_console_elsewhere_and_messages
 
     // bob (mapped by the e-mail users.info reports) approves in place.
     let ts = now();
-    let payload = serde_json::json!({"type": "block_actions", "user": {"id": "U_BOB"}, "response_url": slack.response_url(), "actions": [{"action_id": "approve", "value": id.to_string(), "type": "button"}], "state": {"values": {}}});
+    let payload = serde_json::json!({"type": "block_actions", "user": {"id": "U_BOB"}, "team": {"id": "T_TEST"}, "response_url": slack.response_url(), "actions": [{"action_id": "approve", "value": id.to_string(), "type": "button"}], "state": {"values": {}}});
     let signed = format!("payload={}", enc(&payload.to_string()));
     assert_eq!(post_signed(&gw, &signed, ts, None).0, 200);
-    assert!(ephemeral(&slack, 3).contains(&format!("You approved request {id}")));
+    assert!(ephemeral(&slack, 5).contains(&format!("You approved request {id}")));
     assert_eq!(state(&gw, id), "approved");
     // The same signed request again is a replay.
     assert_eq!(post_signed(&gw, &signed, ts, None).0, 401, "replayed");
@@ -243,7 +250,7 @@ fn slack_buttons_decide_where_allowed_link_to_the_console_elsewhere_and_messages
         "{p}"
     );
     press(&gw, &slack, "U_MAPPED", "approve", &prod.to_string(), None);
-    assert!(ephemeral(&slack, 4).contains("decided in the console"));
+    assert!(ephemeral(&slack, 6).contains("decided in the console"));
     assert_eq!(state(&gw, prod), "pending");
     // Decided elsewhere (the CLI): the Slack message follows.
     gw.cli(Some("bob"), &["approve", &prod.to_string()]).ok();
@@ -261,15 +268,15 @@ fn slack_buttons_decide_where_allowed_link_to_the_console_elsewhere_and_messages
         .iter()
         .any(|c| c.body.to_string().contains(&format!("/ui/requests/{step}")))));
     press(&gw, &slack, "U_BOB", "approve", &step.to_string(), None);
-    assert!(ephemeral(&slack, 5).contains("decided in the console"));
+    assert!(ephemeral(&slack, 7).contains("decided in the console"));
     assert_eq!(state(&gw, step), "pending");
 
     // Deny in place needs the reason typed in the message.
     let deny = request(&gw, "carol", "chat-db", "INC-12");
     press(&gw, &slack, "U_BOB", "deny", &deny.to_string(), None);
-    assert!(ephemeral(&slack, 6).contains("Type a reason"));
+    assert!(ephemeral(&slack, 8).contains("Type a reason"));
     press(&gw, &slack, "U_BOB", "deny", &deny.to_string(), Some("use the replica"));
-    assert!(ephemeral(&slack, 7).contains(&format!("You denied request {deny}")));
+    assert!(ephemeral(&slack, 9).contains(&format!("You denied request {deny}")));
     assert_eq!(state(&gw, deny), "denied");
     assert!(
         gw.audit_events()

@@ -29,6 +29,7 @@ const USERS: &[(&str, Option<&str>)] = &[
     ("U_ALICE", Some("alice@example.com")),
     ("U_CAROL", Some("carol@example.com")),
     ("U_NOBODY", None),
+    ("U_GUEST", Some("carol@example.com")),
 ];
 
 fn query(path: &str, key: &str) -> Option<String> {
@@ -49,10 +50,14 @@ fn answer(method: &str, path: &str, body: &serde_json::Value, n: usize) -> serde
         "users.info" => {
             let u = query(path, "user").unwrap_or_default();
             match USERS.iter().find(|(id, _)| *id == u) {
-                Some((id, Some(email))) => {
-                    serde_json::json!({"ok": true, "user": {"id": id, "profile": {"email": email}}})
+                // A single-channel guest (is_restricted) with a real member's e-mail.
+                Some((id, Some(email))) if *id == "U_GUEST" => serde_json::json!({"ok": true, "user": {"id": id,
+                    "team_id": "T_TEST", "is_restricted": true, "is_email_confirmed": true, "profile": {"email": email}}}),
+                Some((id, Some(email))) => serde_json::json!({"ok": true, "user": {"id": id, "team_id": "T_TEST",
+                    "is_email_confirmed": true, "profile": {"email": email}}}),
+                Some((id, None)) => {
+                    serde_json::json!({"ok": true, "user": {"id": id, "team_id": "T_TEST", "profile": {}}})
                 }
-                Some((id, None)) => serde_json::json!({"ok": true, "user": {"id": id, "profile": {}}}),
                 None => serde_json::json!({"ok": false, "error": "user_not_found"}),
             }
         }

@@ -66,6 +66,11 @@ pub struct SlackSettings {
     pub policy_channels: BTreeMap<String, String>,
     /// Slack user id → identity.
     pub users: BTreeMap<String, String>,
+    /// The workspace whose users may act (`None`: any that can reach the channel).
+    pub team_id: Option<String>,
+    /// Identities are e-mails (`[oidc] identity_claim = "email"`, or no provider): a Slack
+    /// user's confirmed e-mail may name one.
+    pub email_identities: bool,
     /// The Web API (`https://slack.com/api`).
     pub api_url: String,
     /// The console (`{public_url}/ui`), for links.
@@ -139,6 +144,24 @@ fn percent_decode(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A user's text for one line of a message: line breaks and other control characters become
+/// spaces (no forged extra lines), at most `max` characters, escaped for mrkdwn.
+fn line(s: &str, max: usize) -> String {
+    let flat: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(max)
+        .collect();
+    let cut = if s.chars().count() > max { "…" } else { "" };
+    format!("{}{cut}", mrkdwn(&flat))
+}
+
+/// [`line`] in a code span: Slack applies no formatting there (`*`, `_`, `~` stay as typed);
+/// backticks inside become `ʼ` so the span cannot be closed early.
+fn verbatim(s: &str, max: usize) -> String {
+    format!("`{}`", line(&s.replace('`', "ʼ"), max))
 }
 
 fn plain(text: &str) -> Value {
@@ -255,16 +278,16 @@ impl SlackApp {
     /// The message of a request: what, who, why; then the buttons or the console link.
     fn request_blocks(&self, ev: &Event, id: i64, status: Option<&str>) -> (String, Vec<Value>) {
         let d = &ev.details;
-        let s = |k: &str| mrkdwn(d.get(k).and_then(Value::as_str).unwrap_or(""));
+        let s = |k: &str| line(d.get(k).and_then(Value::as_str).unwrap_or(""), 200);
         let who = s("identity");
-        let res = mrkdwn(ev.resource.as_deref().unwrap_or("?"));
+        let res = line(ev.resource.as_deref().unwrap_or("?"), 200);
         let policy = d.get("policy").and_then(Value::as_str).unwrap_or("").to_string();
         let labels: Vec<String> = self
             .cp
             .catalog()
             .resources
             .get(ev.resource.as_deref().unwrap_or(""))
-            .map(|r| r.labels.iter().map(|(k, v)| mrkdwn(&format!("{k}={v}"))).collect())
+            .map(|r| r.labels.iter().map(|(k, v)| line(&format!("{k}={v}"), 100)).collect())
             .unwrap_or_default();
         let what = if d.get("extends_grant").is_some_and(|g| !g.is_null()) {
             "an extension of"
@@ -277,13 +300,16 @@ impl SlackApp {
             s("duration")
         );
         let mut lines = vec![text.clone()];
-        lines.push(format!("Reason: {}", mrkdwn(ev.reason.as_deref().unwrap_or("-"))));
+        lines.push(format!(
+            "Reason: {}",
+            verbatim(ev.reason.as_deref().unwrap_or("-"), 500)
+        ));
         if let Some(t) = d.get("ticket").and_then(Value::as_str) {
-            lines.push(format!("Ticket: {}", mrkdwn(t)));
+            lines.push(format!("Ticket: {}", verbatim(t, 100)));
         }
         lines.push(format!(
             "Policy: {}{}",
-            mrkdwn(&policy),
+            line(&policy, 100),
             if labels.is_empty() {
                 String::new()
             } else {
@@ -332,8 +358,8 @@ impl SlackApp {
                 Ok(())
             }
             (kind, Some(id)) if kind.starts_with("request.") => {
-                let by = mrkdwn(ev.actor.as_deref().unwrap_or("?"));
-                let why = |r: Option<&str>| r.map_or(String::new(), |w| format!(": {}", mrkdwn(w)));
+                let by = line(ev.actor.as_deref().unwrap_or("?"), 200);
+                let why = |r: Option<&str>| r.map_or(String::new(), |w| format!(": {}", verbatim(w, 500)));
                 let status = match kind {
                     "request.approved" => format!(
                         ":white_check_mark: Approved by *{by}*{}",
@@ -347,11 +373,18 @@ impl SlackApp {
                     "request.expired" => ":hourglass: Expired undecided".to_string(),
                     "request.approval_added" => format!(
                         ":ballot_box_with_check: Approved by *{by}*; waiting for step *{}*",
-                        mrkdwn(d.get("next_step").and_then(Value::as_str).unwrap_or("?"))
+                        line(d.get("next_step").and_then(Value::as_str).unwrap_or("?"), 100)
                     ),
                     _ => mrkdwn(kind),
                 };
-                let known = self.messages.lock().ok().and_then(|m| m.get(&id).cloned());
+                let decided_now = !matches!(kind, "request.approval_added" | "request.escalated");
+                let known = self.messages.lock().ok().and_then(|mut m| {
+                    if decided_now {
+                        m.remove(&id)
+                    } else {
+                        m.get(&id).cloned()
+                    }
+                });
                 if let Some((channel, ts)) = known {
                     let keep_buttons = matches!(kind, "request.approval_added" | "request.escalated");
                     let (text, mut blocks) = self.request_blocks(ev, id, (!keep_buttons).then_some(status.as_str()));
@@ -375,8 +408,8 @@ impl SlackApp {
                 {
                     let text = format!(
                         "Your request {id} for *{}* ({}): {status}",
-                        mrkdwn(ev.resource.as_deref().unwrap_or("?")),
-                        mrkdwn(d.get("access").and_then(Value::as_str).unwrap_or(""))
+                        line(ev.resource.as_deref().unwrap_or("?"), 200),
+                        line(d.get("access").and_then(Value::as_str).unwrap_or(""), 100)
                     );
                     self.call("chat.postMessage", json!({"channel": u, "text": text}))
                         .await?;
@@ -392,8 +425,8 @@ impl SlackApp {
                 };
                 let text = format!(
                     ":hourglass: Your access to *{}* (grant {g}) ends at {}.",
-                    mrkdwn(ev.resource.as_deref().unwrap_or("?")),
-                    mrkdwn(d.get("expires_at").and_then(Value::as_str).unwrap_or("?"))
+                    line(ev.resource.as_deref().unwrap_or("?"), 200),
+                    line(d.get("expires_at").and_then(Value::as_str).unwrap_or("?"), 100)
                 );
                 let blocks = json!([
                     {"type": "section", "text": {"type": "mrkdwn", "text": text}},
@@ -446,18 +479,31 @@ impl SlackApp {
         u
     }
 
-    /// The identity of a Slack user: the explicit table, else the e-mail `users.info` reports.
-    async fn identity_of(&self, user: &str) -> Option<String> {
+    /// The identity of a Slack user and whether it came from the explicit table: the table,
+    /// else the confirmed e-mail `users.info` reports for a full member of the pinned
+    /// workspace (never a guest, a stranger from a Slack Connect organisation, a bot or a
+    /// deactivated account).
+    async fn identity_of(&self, user: &str, team: Option<&str>) -> Result<(String, bool), &'static str> {
         if let Some(i) = self.cfg.users.get(user) {
-            return Some(i.clone());
+            return Ok((i.clone(), true));
+        }
+        if !self.cfg.email_identities {
+            return Err("identities here are not e-mails; operators map Slack users in [notify.slack] users");
+        }
+        if let Some(t) = &self.cfg.team_id
+            && team != Some(t.as_str())
+        {
+            return Err("the button was pressed from another Slack workspace");
         }
         if let Some((e, at)) = self.emails.lock().ok().and_then(|m| m.get(user).cloned())
             && at.elapsed() < EMAIL_TTL
         {
-            return e;
+            return e
+                .map(|e| (e, false))
+                .ok_or("no confirmed e-mail of a full member of this workspace");
         }
         let url = format!("{}/users.info", self.cfg.api_url.trim_end_matches('/'));
-        let token = self.cfg.bot_token.resolve().ok()?;
+        let token = self.cfg.bot_token.resolve().map_err(|_| "no bot token")?;
         let v: Value = self
             .http
             .get(&url)
@@ -465,12 +511,22 @@ impl SlackApp {
             .query(&[("user", user)])
             .send()
             .await
-            .ok()?
+            .map_err(|_| "Slack did not answer users.info")?
             .json()
             .await
-            .ok()?;
-        let email = (v["ok"] == true)
-            .then(|| v["user"]["profile"]["email"].as_str().map(str::to_string))
+            .map_err(|_| "Slack answered users.info with nonsense")?;
+        let u = &v["user"];
+        let flag = |k: &str| u[k] == true;
+        let member = v["ok"] == true
+            && !flag("deleted")
+            && !flag("is_bot")
+            && !flag("is_stranger")
+            && !flag("is_restricted")
+            && !flag("is_ultra_restricted")
+            && u["is_email_confirmed"] != false
+            && self.cfg.team_id.as_deref().is_none_or(|t| u["team_id"] == t);
+        let email = member
+            .then(|| u["profile"]["email"].as_str().map(str::to_string))
             .flatten()
             .filter(|e| !e.is_empty());
         if let Ok(mut m) = self.emails.lock() {
@@ -480,6 +536,8 @@ impl SlackApp {
             m.insert(user.to_string(), (email.clone(), Instant::now()));
         }
         email
+            .map(|e| (e, false))
+            .ok_or("no confirmed e-mail of a full member of this workspace")
     }
 
     /// The request's signature and freshness, and that it was not seen before.
@@ -494,7 +552,7 @@ impl SlackApp {
             .ok_or("no X-Slack-Signature")?;
         let t: i64 = ts.parse().map_err(|_| "a bad timestamp")?;
         let now = self.cp.now().as_second();
-        if (now - t).abs() > WINDOW {
+        if now.abs_diff(t) > WINDOW.unsigned_abs() {
             return Err("a timestamp outside the 5-minute window");
         }
         let secret = self.cfg.signing_secret.resolve().map_err(|_| "no signing secret")?;
@@ -545,19 +603,31 @@ impl SlackApp {
                 .with_label_values(&["slack", why])
                 .inc();
         };
-        let Some(identity) = self.identity_of(user).await else {
-            refuse("unmapped_user");
-            tracing::info!(slack_user = %user, "a Slack user with no jitgate identity pressed a button");
-            return "Your Slack account is not linked to a jitgate identity (no e-mail that names one, and not in [notify.slack] users); nothing was done.".into();
+        let team = payload["team"]["id"].as_str();
+        let (identity, explicit) = match self.identity_of(user, team).await {
+            Ok(v) => v,
+            Err(why) => {
+                refuse("unmapped_user");
+                tracing::info!(slack_user = %user, why, "a Slack user with no jitgate identity pressed a button");
+                return format!("Your Slack account is not linked to a jitgate identity ({why}); nothing was done.");
+            }
         };
-        let Some(who) = self.cp.principal_for(&identity) else {
+        // A static identity of gateway.toml only through the operator's table, or an e-mail
+        // of the pinned workspace.
+        let allow_static = explicit || self.cfg.team_id.is_some();
+        let Some(who) = self.cp.principal_for(&identity, allow_static) else {
             refuse("unknown_identity");
             return format!(
                 "{identity} has not signed in to this gateway recently, so it does not know your groups; sign in to the console once ({}/) and press again.",
                 self.cfg.console_url
             );
         };
-        let describe = |e: &ControlError| e.to_string();
+        let describe = |e: &ControlError| match e {
+            ControlError::Internal(_) | ControlError::StoreUnavailable(_) | ControlError::AuditUnavailable(_) => {
+                "the gateway could not complete it (its log has the cause); try the console".to_string()
+            }
+            other => other.to_string(),
+        };
         match action_id {
             "approve" | "deny" => {
                 let Ok(r) = self.cp.get_request(&who, target).await else {
@@ -655,6 +725,16 @@ mod tests {
             signature("8f742231b10e8888abcd99yyyzzz85a5", "1531420618", body),
             "v0=a2114d57b48eac39b9ad189dd8316235a7b4a8d21a10bd27519666489c69b503"
         );
+    }
+
+    #[test]
+    fn user_text_cannot_add_lines_restyle_or_grow_the_message() {
+        assert_eq!(
+            line("a\nTicket: CAB-1 approved\r\tb", 100),
+            "a Ticket: CAB-1 approved  b"
+        );
+        assert_eq!(line(&"x".repeat(600), 500).chars().count(), 501);
+        assert_eq!(verbatim("*bold* `code` <!here>", 100), "`*bold* ʼcodeʼ &lt;!here&gt;`");
     }
 
     #[test]

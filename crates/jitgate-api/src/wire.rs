@@ -210,6 +210,10 @@ pub struct TlsCa {
 #[serde(deny_unknown_fields)]
 pub struct LoginStart {
     pub redirect_uri: String,
+    /// A fresh authentication (`jitgate login --fresh`, for policies with `step_up`): the
+    /// provider must authenticate the user again unless it did within this many seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<u64>,
 }
 
 /// Where to send the browser, and the state to hand back.

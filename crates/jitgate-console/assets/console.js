@@ -89,9 +89,10 @@
   }
 
   function player() {
-    var el = document.getElementById('player');
-    if (!el || !window.AsciinemaPlayer) return;
-    window.AsciinemaPlayer.create(el.getAttribute('data-cast'), el, { fit: 'width', idleTimeLimit: 2, controls: true });
+    if (!window.AsciinemaPlayer) return;
+    document.querySelectorAll('.player[data-cast]').forEach(function (el) {
+      window.AsciinemaPlayer.create(el.getAttribute('data-cast'), el, { fit: 'width', idleTimeLimit: 2, controls: true });
+    });
   }
 
   document.addEventListener('DOMContentLoaded', function () {

@@ -52,6 +52,8 @@ pub struct Console {
     settings: Settings,
     sessions: Sessions,
     logins: login::Pending,
+    /// Live-page polls held at once.
+    polls: tokio::sync::Semaphore,
 }
 
 impl Console {
@@ -150,16 +152,22 @@ async fn asset(axum::extract::Path(name): axum::extract::Path<String>) -> Respon
 
 /// The console's routes (merged with the API router, which keeps its fallback).
 pub fn router(cp: Arc<ControlPlane>, settings: Settings) -> Router {
-    if settings.secure || settings.base_url.starts_with("https://") {
+    let loopback = ["http://127.", "http://localhost", "http://[::1]"]
+        .iter()
+        .any(|p| settings.base_url.starts_with(p));
+    if settings.secure {
         tracing::info!(url = %format!("{}/ui/", settings.base_url), "web console");
+    } else if loopback {
+        tracing::warn!(url = %format!("{}/ui/", settings.base_url), "web console over plain HTTP on loopback: its cookie cannot be Secure (development only)");
     } else {
-        tracing::warn!(url = %format!("{}/ui/", settings.base_url), "web console over plain HTTP: its cookie is not Secure (loopback only)");
+        tracing::error!(url = %format!("{}/ui/", settings.base_url), "web console over plain HTTP beyond loopback: sessions can be stolen on the network; serve TLS or set [gateway] public_url to the https address of the proxy in front");
     }
     let c = Arc::new(Console {
         cp,
         settings,
         sessions: Sessions::default(),
         logins: login::Pending::default(),
+        polls: tokio::sync::Semaphore::new(1024),
     });
     Router::new()
         .route("/", get(|| async { Redirect::to("/ui/") }))

@@ -51,7 +51,10 @@ pub async fn page(State(c): State<Arc<Console>>, headers: HeaderMap, Query(q): Q
         body.push_str("<p class=\"flash ok\" role=\"status\">You are signed out.</p>");
     }
     if let Some(e) = &q.error {
-        body.push_str(&format!("<p class=\"flash err\" role=\"alert\">{}</p>", esc(e)));
+        body.push_str(&format!(
+            "<p class=\"flash err\" role=\"alert\">{}</p>",
+            esc(Why::message(e))
+        ));
     }
     if let Ok(p) = c.cp.oidc() {
         body.push_str(&format!(
@@ -84,18 +87,53 @@ pub struct TokenForm {
     login: String,
 }
 
-fn to_login(next: &str, error: &str) -> Response {
-    Redirect::to(&format!(
-        "/ui/login?next={}&error={}",
-        html::url(next),
-        html::url(error)
-    ))
-    .into_response()
+/// Why a sign-in did not happen. Only these fixed messages reach the sign-in page (its URL
+/// cannot make the real origin display someone's text); the details go to the log and the
+/// audit log.
+#[derive(Clone, Copy)]
+enum Why {
+    Stale,
+    Token,
+    Foreign,
+    Provider,
+    NoProvider,
+    Audit,
+}
+
+impl Why {
+    fn code(self) -> &'static str {
+        match self {
+            Self::Stale => "stale",
+            Self::Token => "token",
+            Self::Foreign => "foreign",
+            Self::Provider => "provider",
+            Self::NoProvider => "no-provider",
+            Self::Audit => "audit",
+        }
+    }
+
+    fn message(code: &str) -> &'static str {
+        match code {
+            "stale" => "The sign-in form expired or did not come from this page; try again.",
+            "token" => "That token was not accepted.",
+            "foreign" => "That sign-in was not started in this browser, or took too long; start again.",
+            "provider" => {
+                "The identity provider did not sign you in (refused, cancelled or unreachable); try again, or ask your operators (the gateway's log says why)."
+            }
+            "no-provider" => "This gateway has no identity provider configured: sign in with a token.",
+            "audit" => "The gateway could not write its audit log, so it signs nobody in; ask your operators.",
+            _ => "The sign-in did not complete; try again.",
+        }
+    }
+}
+
+fn to_login(next: &str, why: Why) -> Response {
+    Redirect::to(&format!("/ui/login?next={}&error={}", html::url(next), why.code())).into_response()
 }
 
 /// Start a session for `who` acting with `token`; sets the cookie and goes to `next`.
 #[allow(clippy::too_many_arguments)]
-fn open_session(
+async fn open_session(
     c: &Console,
     headers: &HeaderMap,
     name: &str,
@@ -107,10 +145,21 @@ fn open_session(
     let now = c.cp.now().as_second();
     // A new session id at every sign-in (a step-up too): the old one is dropped, and the
     // decision a step-up interrupted carries over when the same person signed in again.
-    let draft = cookie(headers, c.cookie_name())
-        .and_then(|old| c.sessions.remove(old))
-        .filter(|old| old.name == name)
-        .and_then(|old| old.draft);
+    let old = cookie(headers, c.cookie_name()).and_then(|old| c.sessions.remove(old));
+    // The old session's own gateway token ends with it (a step-up leaves no live token behind).
+    if let Some((jti, exp)) = old.as_ref().and_then(|o| o.token_id.clone())
+        && let Err(e) =
+            c.cp.revoke_jti(
+                &old.as_ref().map_or(String::new(), |o| o.name.clone()),
+                &jti,
+                exp,
+                jitgate_audit::Kind::Logout,
+            )
+            .await
+    {
+        tracing::warn!(error = %e, "revoking the replaced console session's token failed");
+    }
+    let draft = old.filter(|o| o.name == name).and_then(|o| o.draft);
     let s = Session {
         token,
         name: name.to_string(),
@@ -137,19 +186,17 @@ pub async fn with_token(State(c): State<Arc<Console>>, headers: HeaderMap, Form(
     let next = local_next(f.next.as_deref());
     let bound = cookie(&headers, c.login_cookie_name()).is_some_and(|v| session::same(v, &f.login));
     if !bound || f.login.is_empty() {
-        return to_login(
-            &next,
-            "The sign-in form expired or did not come from this page; try again.",
-        );
+        return to_login(&next, Why::Stale);
     }
     let token = f.token.trim().to_string();
     match c.cp.authenticate(&token).await {
         Ok(who) => {
             if let Err(e) = c.cp.console_signed_in(&who, "console-token").await {
-                return to_login(&next, &e.to_string());
+                tracing::error!(error = %e, "console sign-in refused: auditing it failed");
+                return to_login(&next, Why::Audit);
             }
             let ends = c.cp.now().as_second() + c.settings.absolute;
-            open_session(&c, &headers, &who.name, token, None, ends, &next)
+            open_session(&c, &headers, &who.name, token, None, ends, &next).await
         }
         Err(f) => {
             c.cp.metrics()
@@ -161,7 +208,7 @@ pub async fn with_token(State(c): State<Arc<Console>>, headers: HeaderMap, Form(
                 jitgate_core::AuthFailure::Unavailable(m) => m.clone(),
             };
             c.cp.login_failed("console-token", &AuthError::Denied(why)).await;
-            to_login(&next, "That token was not accepted.")
+            to_login(&next, Why::Token)
         }
     }
 }
@@ -178,7 +225,7 @@ pub async fn start(State(c): State<Arc<Console>>, headers: HeaderMap, Query(q): 
     let next = local_next(q.next.as_deref());
     let provider = match c.cp.oidc() {
         Ok(p) => p,
-        Err(e) => return to_login(&next, &e.to_string()),
+        Err(_) => return to_login(&next, Why::NoProvider),
     };
     let callback = format!("{}/ui/callback", c.settings.base_url);
     let max_age = Some(
@@ -191,7 +238,7 @@ pub async fn start(State(c): State<Arc<Console>>, headers: HeaderMap, Query(q): 
             .await;
     let (url, state) = match started {
         Ok(v) => v,
-        Err(e) => return to_login(&next, &e.to_string()),
+        Err(_) => return to_login(&next, Why::Provider),
     };
     let now = c.cp.now().as_second();
     let binding = cookie(&headers, c.login_cookie_name())
@@ -200,8 +247,13 @@ pub async fn start(State(c): State<Arc<Console>>, headers: HeaderMap, Query(q): 
     {
         let mut m = c.logins.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         m.retain(|_, a| now - a.started < LOGIN_TTL);
-        if m.len() >= MAX_PENDING {
-            return to_login(&next, "Too many sign-ins in progress; try again in a minute.");
+        // Full (a flood nobody finishes): the oldest attempt makes room rather than refusing
+        // everyone's sign-in.
+        while m.len() >= MAX_PENDING {
+            let Some(oldest) = m.iter().min_by_key(|(_, a)| a.started).map(|(k, _)| k.clone()) else {
+                break;
+            };
+            m.remove(&oldest);
         }
         m.insert(
             binding.clone(),
@@ -231,6 +283,15 @@ pub struct CallbackQuery {
 /// `GET /ui/callback`: the provider sends the browser back with a code.
 pub async fn callback(State(c): State<Arc<Console>>, headers: HeaderMap, Query(q): Query<CallbackQuery>) -> Response {
     let now = c.cp.now().as_second();
+    let provider = c.cp.oidc().ok();
+    // Every refusal below also drops the provider-side attempt, so the code in this URL (in a
+    // history, a log, a screen share) cannot be redeemed elsewhere afterwards.
+    let refuse = |next: &str, why: Why| {
+        if let (Some(p), Some(st)) = (&provider, &q.state) {
+            p.oidc.forget(st);
+        }
+        to_login(next, why)
+    };
     let attempt = cookie(&headers, c.login_cookie_name()).and_then(|b| {
         c.logins
             .0
@@ -239,38 +300,44 @@ pub async fn callback(State(c): State<Arc<Console>>, headers: HeaderMap, Query(q
             .remove(b)
     });
     let Some(a) = attempt.filter(|a| now - a.started < LOGIN_TTL) else {
-        return to_login(
-            "/ui/",
-            "That sign-in was not started in this browser, or took too long; start again.",
-        );
+        return refuse("/ui/", Why::Foreign);
     };
-    if let Some(e) = q.error {
-        let msg = format!("The identity provider refused: {}", q.error_description.unwrap_or(e));
-        c.cp.login_failed("console", &AuthError::Denied(msg.clone())).await;
-        return to_login(&a.next, &msg);
+    if let Some(e) = &q.error {
+        let msg = format!(
+            "the identity provider refused: {}",
+            q.error_description.clone().unwrap_or_else(|| e.clone())
+        );
+        c.cp.login_failed("console", &AuthError::Denied(msg)).await;
+        return refuse(&a.next, Why::Provider);
     }
-    let (Some(code), Some(state)) = (q.code, q.state) else {
-        return to_login(&a.next, "The identity provider sent no code.");
+    let (Some(code), Some(state)) = (q.code.clone(), q.state.clone()) else {
+        return refuse(&a.next, Why::Provider);
     };
     if !session::same(&state, &a.state) {
         c.cp.login_failed("console", &AuthError::UnknownAttempt).await;
-        return to_login(&a.next, "That sign-in does not belong to this browser; start again.");
+        // The state in the URL is not this browser's: leave that attempt alone, drop ours.
+        if let Some(p) = &provider {
+            p.oidc.forget(&a.state);
+        }
+        return to_login(&a.next, Why::Foreign);
     }
-    let provider = match c.cp.oidc() {
-        Ok(p) => p,
-        Err(e) => return to_login(&a.next, &e.to_string()),
+    let Some(provider) = provider.clone() else {
+        return to_login(&a.next, Why::NoProvider);
     };
     let id = match c
         .cp
-        .attempt("console", provider.oidc.finish_login(&state, &code).await)
+        .attempt("console", provider.oidc.finish_console_login(&state, &code).await)
         .await
     {
         Ok(id) => id,
-        Err(e) => return to_login(&a.next, &e.to_string()),
+        Err(_) => return to_login(&a.next, Why::Provider),
     };
     let minted = match c.cp.logged_in("console", &id).await {
         Ok(m) => m,
-        Err(e) => return to_login(&a.next, &e.to_string()),
+        Err(e) => {
+            tracing::error!(error = %e, "console sign-in refused: minting or auditing the login failed");
+            return to_login(&a.next, Why::Audit);
+        }
     };
     let exp = minted
         .expires_at
@@ -285,6 +352,7 @@ pub async fn callback(State(c): State<Arc<Console>>, headers: HeaderMap, Query(q
         exp,
         &a.next,
     )
+    .await
 }
 
 #[derive(Deserialize)]

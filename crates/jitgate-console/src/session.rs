@@ -22,6 +22,9 @@ use crate::Console;
 
 /// Sessions held at once; past this, the oldest idle ones are dropped first.
 const MAX_SESSIONS: usize = 10_000;
+/// Sessions one identity holds at once; past this, its own oldest is dropped (so one signed-in
+/// user cannot push everyone else out).
+const MAX_PER_IDENTITY: usize = 20;
 
 /// One signed-in browser.
 pub struct Session {
@@ -69,6 +72,16 @@ impl Sessions {
     pub fn insert(&self, s: Session, now: i64) -> String {
         let cookie = random();
         let mut m = self.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mine: Vec<(String, i64)> = m
+            .iter()
+            .filter(|(_, v)| v.name == s.name)
+            .map(|(k, v)| (k.clone(), v.last_seen))
+            .collect();
+        if mine.len() >= MAX_PER_IDENTITY
+            && let Some((oldest, _)) = mine.iter().min_by_key(|(_, t)| *t)
+        {
+            m.remove(oldest);
+        }
         if m.len() >= MAX_SESSIONS {
             m.retain(|_, v| v.ends > now);
             if m.len() >= MAX_SESSIONS
@@ -81,8 +94,16 @@ impl Sessions {
         cookie
     }
 
-    /// Run `f` on the live session of `cookie` (touching it), or `None`.
-    pub fn with<T>(&self, cookie: &str, now: i64, idle: i64, f: impl FnOnce(&mut Session) -> T) -> Option<T> {
+    /// Run `f` on the live session of `cookie`, or `None`; `touch`: a person's request (not a
+    /// live page's background refresh), which resets the idle clock.
+    pub fn with<T>(
+        &self,
+        cookie: &str,
+        now: i64,
+        idle: i64,
+        touch: bool,
+        f: impl FnOnce(&mut Session) -> T,
+    ) -> Option<T> {
         let k = key(cookie);
         let mut m = self.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let alive = m.get(&k).is_some_and(|s| now < s.ends && now - s.last_seen < idle);
@@ -91,7 +112,9 @@ impl Sessions {
             return None;
         }
         let s = m.get_mut(&k)?;
-        s.last_seen = now;
+        if touch {
+            s.last_seen = now;
+        }
         Some(f(s))
     }
 
@@ -217,7 +240,7 @@ impl FromRequestParts<Arc<Console>> for Signed {
         // A live page's background refresh (and its long poll) leaves the messages for the
         // page a person loads.
         let live = parts.headers.contains_key("x-jitgate-live") || parts.uri.path() == "/ui/poll";
-        let found = c.sessions.with(&cookie, now, c.settings.idle, |s| {
+        let found = c.sessions.with(&cookie, now, c.settings.idle, !live, |s| {
             (
                 s.token.clone(),
                 s.csrf.clone(),
@@ -275,16 +298,33 @@ mod tests {
             s.map.lock().unwrap().keys().all(|k| k != &c),
             "the cookie itself is not stored"
         );
-        assert!(s.with(&c, 1500, 600, |_| ()).is_some());
+        assert!(s.with(&c, 1500, 600, true, |_| ()).is_some());
         assert!(
-            s.with(&c, 2099, 600, |_| ()).is_some(),
+            s.with(&c, 2099, 600, false, |_| ()).is_some(),
             "touched at 1500, idle limit 600"
         );
-        assert!(s.with(&c, 2700, 600, |_| ()).is_none(), "idle for 601 s");
+        assert!(
+            s.with(&c, 2101, 600, true, |_| ()).is_none(),
+            "idle for 601 s: a live refresh at 2099 did not count"
+        );
         let c = s.insert(session(1000), 1000);
-        assert!(s.with(&c, 4599, 10_000, |_| ()).is_some());
-        assert!(s.with(&c, 4600, 10_000, |_| ()).is_none(), "absolute end");
-        assert!(s.with("forged", 1000, 600, |_| ()).is_none());
+        assert!(s.with(&c, 4599, 10_000, true, |_| ()).is_some());
+        assert!(s.with(&c, 4600, 10_000, true, |_| ()).is_none(), "absolute end");
+        assert!(s.with("forged", 1000, 600, true, |_| ()).is_none());
+    }
+
+    #[test]
+    fn one_identity_cannot_fill_the_table() {
+        let s = Sessions::default();
+        let other = s.insert(session(1000), 1000);
+        let _ = s.with(&other, 1000, 600, true, |x| x.name = "bob".into());
+        let first = s.insert(session(1001), 1001);
+        for i in 0..100 {
+            s.insert(session(1002 + i), 1002 + i);
+        }
+        assert_eq!(s.len(), MAX_PER_IDENTITY + 1);
+        assert!(s.with(&other, 1200, 600, true, |_| ()).is_some(), "bob's session stays");
+        assert!(s.with(&first, 1200, 600, true, |_| ()).is_none(), "alice's oldest went");
     }
 
     #[test]

@@ -192,7 +192,7 @@ impl Refusal {
             Self::DurationZero => "use e.g. --for 30m".into(),
             Self::SelfApproval => "ask someone in an approver group to run `jitgate approve`".into(),
             Self::StepUpRequired { .. } => {
-                "sign in again: approve from the web console (it sends you through the provider), or run `jitgate login` and approve within that time".into()
+                "sign in again: approve from the web console (it sends you through the provider), or run `jitgate login --fresh` and approve within that time".into()
             }
             Self::NotApprover { .. } => "ask a member of those groups".into(),
             Self::AlreadyApproved(_) | Self::NotRevoker(_) => return None,
@@ -422,9 +422,12 @@ pub fn step_up(policy: &Policy, who: &Principal, now: Timestamp) -> Result<(), R
     let Some(max_age) = policy.step_up else {
         return Ok(());
     };
-    let fresh = who
-        .auth_time
-        .is_some_and(|t| now.as_second().saturating_sub(t) <= i64::try_from(max_age.secs()).unwrap_or(i64::MAX));
+    // An authentication "in the future" (a provider clock far ahead) is not fresh; a minute of
+    // skew is tolerated.
+    let now_s = now.as_second();
+    let fresh = who.auth_time.is_some_and(|t| {
+        t <= now_s.saturating_add(60) && now_s.saturating_sub(t) <= i64::try_from(max_age.secs()).unwrap_or(i64::MAX)
+    });
     if fresh {
         Ok(())
     } else {

@@ -222,6 +222,14 @@ fn step_up_needs_a_recent_provider_authentication_and_never_a_static_one() {
         approve(&mut r.clone(), p, &bob, None, now),
         Err(Refusal::StepUpRequired { .. })
     ));
+    bob.auth_time = Some(now.as_second() + 3600);
+    assert!(
+        matches!(
+            approve(&mut r.clone(), p, &bob, None, now),
+            Err(Refusal::StepUpRequired { .. })
+        ),
+        "an hour in the future"
+    );
     bob.auth_time = Some(now.as_second() - 300);
     assert_eq!(approve(&mut r.clone(), p, &bob, None, now), Ok(false));
     // The other rules come first: step-up never lets the requester approve.

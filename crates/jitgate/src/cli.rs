@@ -168,6 +168,10 @@ pub enum Cmd {
         /// Print the URL instead of opening a browser.
         #[arg(long)]
         no_browser: bool,
+        /// Authenticate at the provider again even if it remembers you (`max_age=0`): for
+        /// approving under a policy with `step_up`, within its minutes.
+        #[arg(long)]
+        fresh: bool,
         /// First contact with a gateway whose certificate comes from its own CA: the CA's
         /// fingerprint (`sha256:...`, from the operator; `jitgate serve` logs it as ca_sha256).
         /// The CA is pinned only if it matches, and the login is verified against it.

@@ -24,7 +24,12 @@ const PAGE_OK: &str =
     "<!doctype html><title>jitgate</title><h1>Logged in</h1><p>You can close this tab and return to the terminal.</p>";
 
 /// `jitgate login`.
-pub async fn login(conn: &Conn, device: bool, no_browser: bool, ca_pin: Option<&str>) -> Result<ExitCode> {
+pub async fn login(conn: &Conn, device: bool, no_browser: bool, fresh: bool, ca_pin: Option<&str>) -> Result<ExitCode> {
+    if fresh && device {
+        anyhow::bail!(
+            "--fresh needs the browser login (the device flow cannot ask the provider for a new authentication); drop --device"
+        );
+    }
     // With a fingerprint: pin the gateway's CA first, so the login itself is verified.
     let mut conn = conn.clone();
     if let Some(pin) = ca_pin {
@@ -38,7 +43,7 @@ pub async fn login(conn: &Conn, device: bool, no_browser: bool, ca_pin: Option<&
     let result = if device {
         device_flow(&c).await?
     } else {
-        code_flow(&c, no_browser).await?
+        code_flow(&c, no_browser, fresh).await?
     };
     let wire::LoginResult {
         token,
@@ -83,13 +88,13 @@ pub async fn login(conn: &Conn, device: bool, no_browser: bool, ca_pin: Option<&
     Ok(ExitCode::SUCCESS)
 }
 
-async fn code_flow(c: &Client, no_browser: bool) -> Result<wire::LoginResult> {
+async fn code_flow(c: &Client, no_browser: bool, fresh: bool) -> Result<wire::LoginResult> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .context("cannot listen on a loopback port for the login redirect")?;
     let port = listener.local_addr()?.port();
     let redirect = format!("http://127.0.0.1:{port}/callback");
-    let wire::LoginStarted { auth_url: url, state } = c.login_start(&redirect).await?;
+    let wire::LoginStarted { auth_url: url, state } = c.login_start(&redirect, fresh.then_some(0)).await?;
     let url = url.as_str();
     println!("To log in, open this URL in a browser:\n\n  {url}\n");
     if !no_browser && !open_browser(url) {

@@ -185,9 +185,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Login {
             device,
             no_browser,
+            fresh,
             ca_pin,
             conn,
-        } => login_cmd::login(&conn, device, no_browser, ca_pin.as_deref()).await,
+        } => login_cmd::login(&conn, device, no_browser, fresh, ca_pin.as_deref()).await,
         Cmd::Logout { conn } => login_cmd::logout(&conn).await,
         Cmd::SshCert { key, conn } => ssh_cmd::ssh_cert(&conn, key).await,
         Cmd::SshConfig {

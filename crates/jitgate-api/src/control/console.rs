@@ -109,15 +109,21 @@ impl ControlPlane {
                 None,
             ));
         }
-        let grants = self
+        let elevated = cat.is_admin(&who.groups) || cat.is_auditor(&who.groups);
+        // An approver of one policy sees the requester's grants under that policy only.
+        let grants: Vec<Grant> = self
             .store
             .list_grants(&GrantFilter {
                 identity: Some(r.requester.clone()),
                 resource: Some(r.resource.clone()),
-                limit: Some(HISTORY_GRANTS),
+                limit: Some(if elevated { HISTORY_GRANTS } else { 100 }),
                 ..GrantFilter::default()
             })
-            .await?;
+            .await?
+            .into_iter()
+            .filter(|g| elevated || g.policy == r.policy)
+            .take(HISTORY_GRANTS)
+            .collect();
         let now = self.now();
         let mut out = Vec::with_capacity(grants.len());
         for g in grants {

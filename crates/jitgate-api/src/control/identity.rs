@@ -151,8 +151,15 @@ impl ControlPlane {
         self.audit().record(ev).await?;
         if let Ok(mut k) = self.known_groups.lock() {
             let now = self.now().as_second();
-            k.retain(|_, (_, exp)| *exp > now);
-            k.insert(id.name.clone(), (id.groups.clone(), c.exp));
+            k.retain(|_, l| l.exp > now);
+            k.insert(
+                id.name.clone(),
+                super::KnownLogin {
+                    groups: id.groups.clone(),
+                    jti: c.jti.clone(),
+                    exp: c.exp,
+                },
+            );
         }
         tracing::info!(identity = %id.name, method, token_id = %c.jti, "login");
         Ok(LoginResult {
@@ -164,19 +171,20 @@ impl ControlPlane {
         })
     }
 
-    /// Who `name` is when they act without a token (a chat button): a static identity of
-    /// gateway.toml, or a provider identity with the groups of its latest login on this
-    /// gateway while that login's token lives. `None`: unknown here (they sign in once).
-    /// Never with an `auth_time`, so a policy's `step_up` always refuses it.
-    pub fn principal_for(&self, name: &str) -> Option<Principal> {
+    /// Who `name` is when they act without a token (a chat button): with `allow_static`, a
+    /// static identity of gateway.toml (only an operator's explicit mapping may name one);
+    /// otherwise a provider identity with the groups of its latest login on this gateway
+    /// while that login's token lives and is not revoked (a logout or an admin's revocation
+    /// ends chat actions too). `None`: unknown here (they sign in once). Never with an
+    /// `auth_time`, so a policy's `step_up` always refuses it.
+    pub fn principal_for(&self, name: &str, allow_static: bool) -> Option<Principal> {
         if let Some(i) = self.catalog().identities.iter().find(|i| i.name == name) {
-            return Some(Principal::new(i.name.clone(), i.groups.clone()));
+            return allow_static.then(|| Principal::new(i.name.clone(), i.groups.clone()));
         }
         let now = self.now().as_second();
-        let k = self.known_groups.lock().ok()?;
-        k.get(name)
-            .filter(|(_, exp)| *exp > now)
-            .map(|(g, _)| Principal::new(name, g.clone()))
+        let login = self.known_groups.lock().ok()?.get(name).cloned()?;
+        let revoked = self.login.as_ref().is_some_and(|l| l.tokens.is_revoked(&login.jti));
+        (login.exp > now && !revoked).then(|| Principal::new(name, login.groups))
     }
 
     /// Load the revocation list from the store (at start).

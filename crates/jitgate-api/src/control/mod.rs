@@ -55,7 +55,15 @@ pub struct ControlPlane {
     long_polls: tokio::sync::Semaphore,
     /// The groups each provider identity had at its latest login, until that token expires:
     /// who a chat approver is when they act without a gateway token (Slack buttons).
-    known_groups: std::sync::Mutex<std::collections::HashMap<String, (Vec<String>, i64)>>,
+    known_groups: std::sync::Mutex<std::collections::HashMap<String, KnownLogin>>,
+}
+
+/// A provider identity's latest login: its groups, its token's id and expiry.
+#[derive(Debug, Clone)]
+pub(crate) struct KnownLogin {
+    groups: Vec<String>,
+    jti: String,
+    exp: i64,
 }
 
 /// The phases of a drain before a stop: `/readyz` goes 503 first (load balancers look

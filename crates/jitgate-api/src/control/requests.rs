@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// Pending requests one requester may hold at once.
+pub const MAX_PENDING_PER_REQUESTER: usize = 20;
+
 /// The longest a long poll (`GET /v1/requests/{id}?wait=`) is held: under clients' usual
 /// 30-second request timeouts.
 pub const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(25);
@@ -59,6 +62,21 @@ impl ControlPlane {
 
     pub(super) async fn submit(&self, who: &Principal, planned: Request, now: Timestamp) -> ControlResult<Request> {
         let _guard = self.request_lock.lock().await;
+        // One requester cannot bury everyone else's requests in the approvers' inboxes.
+        let mine = self
+            .store
+            .list_requests(&RequestFilter {
+                state: Some(RequestState::Pending),
+                requester: Some(who.name.clone()),
+                limit: Some(MAX_PENDING_PER_REQUESTER + 1),
+            })
+            .await?;
+        if mine.len() >= MAX_PENDING_PER_REQUESTER {
+            return Err(ControlError::bad_request(
+                format!("{} already has {MAX_PENDING_PER_REQUESTER} pending requests", who.name),
+                Some("cancel some (`jitgate requests --mine`, `jitgate cancel ID`) or wait for their decisions".into()),
+            ));
+        }
         let auto = planned.state == RequestState::Approved;
         let mut pending = planned.clone();
         pending.state = RequestState::Pending;

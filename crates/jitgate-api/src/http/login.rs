@@ -24,7 +24,9 @@ pub(crate) async fn start(
 ) -> ApiResult<impl IntoResponse> {
     let b = super::body(b)?;
     let oidc = cp.oidc()?.oidc;
-    let (url, state) = cp.attempt("code", oidc.start_login(&b.redirect_uri).await).await?;
+    let (url, state) = cp
+        .attempt("code", oidc.start_login(&b.redirect_uri, b.max_age).await)
+        .await?;
     Ok(Json(wire::LoginStarted { auth_url: url, state }))
 }
 

@@ -157,6 +157,9 @@ struct PendingLogin {
     /// The `max_age` asked for (seconds): the ID token must then carry an `auth_time` no
     /// older than that.
     max_age: Option<u64>,
+    /// Started by the web console: only its callback (bound to the browser) may finish it,
+    /// never `POST /v1/login/finish`.
+    console: bool,
 }
 
 const ATTEMPT_TTL: Duration = Duration::from_secs(600);
@@ -212,7 +215,11 @@ fn loopback_redirect(uri: &str) -> bool {
     let Some(rest) = uri.strip_prefix("http://") else {
         return false;
     };
-    let host = rest.split(['/', '?']).next().unwrap_or_default();
+    let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if host.contains('@') {
+        // userinfo (`http://127.0.0.1:80@evil.example/`): the host is what follows the `@`.
+        return false;
+    }
     let h = host.rsplit_once(':').map_or(host, |(h, _)| h);
     matches!(h, "127.0.0.1" | "[::1]" | "localhost")
 }
@@ -274,14 +281,15 @@ impl Oidc {
         map.retain(|_, v| alive(v));
     }
 
-    /// Start a code + PKCE login for the CLI; returns (authorization URL, state).
-    pub async fn start_login(&self, redirect_uri: &str) -> Result<(String, String), AuthError> {
+    /// Start a code + PKCE login for the CLI; returns (authorization URL, state). With
+    /// `max_age`, as for the console: the ID token's `auth_time` must be that recent.
+    pub async fn start_login(&self, redirect_uri: &str, max_age: Option<u64>) -> Result<(String, String), AuthError> {
         if !loopback_redirect(redirect_uri) {
             return Err(AuthError::BadRequest(
                 "redirect_uri must be a loopback http URL (http://127.0.0.1:PORT/callback)".into(),
             ));
         }
-        self.start_code_flow(redirect_uri, None).await
+        self.start_code_flow(redirect_uri, max_age, false).await
     }
 
     /// Start a code + PKCE login for the gateway's own web console, whose callback URL the
@@ -293,10 +301,22 @@ impl Oidc {
         redirect_uri: &str,
         max_age: Option<u64>,
     ) -> Result<(String, String), AuthError> {
-        self.start_code_flow(redirect_uri, max_age).await
+        self.start_code_flow(redirect_uri, max_age, true).await
     }
 
-    async fn start_code_flow(&self, redirect_uri: &str, max_age: Option<u64>) -> Result<(String, String), AuthError> {
+    /// Drop a login attempt (the console's callback refused it): its code cannot be redeemed.
+    pub fn forget(&self, state: &str) {
+        if let Ok(mut p) = self.pending.lock() {
+            p.remove(state);
+        }
+    }
+
+    async fn start_code_flow(
+        &self,
+        redirect_uri: &str,
+        max_age: Option<u64>,
+        console: bool,
+    ) -> Result<(String, String), AuthError> {
         let meta = self.meta(false).await?;
         let redirect = RedirectUrl::new(redirect_uri.to_string()).map_err(|e| AuthError::BadRequest(e.to_string()))?;
         let client = RpClient::from_provider_metadata(
@@ -323,10 +343,13 @@ impl Oidc {
             .lock()
             .map_err(|_| AuthError::Provider("state lock".into()))?;
         Self::prune(&mut p, |v| v.created.elapsed() < ATTEMPT_TTL);
-        if p.len() >= MAX_ATTEMPTS {
-            return Err(AuthError::BadRequest(
-                "too many logins in progress; try again in a minute".into(),
-            ));
+        // Full (a flood of started logins nobody finishes): the oldest attempt makes room, so
+        // a flood cannot refuse everyone else's login.
+        while p.len() >= MAX_ATTEMPTS {
+            let Some(oldest) = p.iter().min_by_key(|(_, v)| v.created).map(|(k, _)| k.clone()) else {
+                break;
+            };
+            p.remove(&oldest);
         }
         p.insert(
             state.secret().clone(),
@@ -336,20 +359,36 @@ impl Oidc {
                 redirect: redirect_uri.to_string(),
                 created: Instant::now(),
                 max_age,
+                console,
             },
         );
         Ok((url.to_string(), state.secret().clone()))
     }
 
-    /// Finish a code login: exchange the code, verify the ID token (with the nonce).
+    /// Finish a CLI code login: exchange the code, verify the ID token (with the nonce).
     pub async fn finish_login(&self, state: &str, code: &str) -> Result<Identity, AuthError> {
-        let pending = self
-            .pending
-            .lock()
-            .map_err(|_| AuthError::Provider("state lock".into()))?
-            .remove(state)
-            .filter(|p| p.created.elapsed() < ATTEMPT_TTL)
-            .ok_or(AuthError::UnknownAttempt)?;
+        self.finish(state, code, false).await
+    }
+
+    /// Finish a web console login (its callback checked the browser's binding first).
+    pub async fn finish_console_login(&self, state: &str, code: &str) -> Result<Identity, AuthError> {
+        self.finish(state, code, true).await
+    }
+
+    async fn finish(&self, state: &str, code: &str, console: bool) -> Result<Identity, AuthError> {
+        let pending = {
+            let mut p = self
+                .pending
+                .lock()
+                .map_err(|_| AuthError::Provider("state lock".into()))?;
+            // A console attempt is not the CLI's to finish (and the reverse): left alone.
+            if p.get(state).is_some_and(|x| x.console != console) {
+                return Err(AuthError::UnknownAttempt);
+            }
+            p.remove(state)
+        }
+        .filter(|p| p.created.elapsed() < ATTEMPT_TTL)
+        .ok_or(AuthError::UnknownAttempt)?;
         let meta = self.meta(false).await?;
         let client = RpClient::from_provider_metadata(
             (*meta).clone(),
@@ -430,6 +469,12 @@ fn fresh_enough(auth_time: Option<i64>, max_age: u64, skew: Duration, now: i64) 
             "the provider did not say when the user authenticated (no auth_time despite max_age)".into(),
         ));
     };
+    let skew_s = i64::try_from(skew.as_secs()).unwrap_or(i64::MAX);
+    if t > now.saturating_add(skew_s) {
+        return Err(AuthError::InvalidToken(
+            "the provider says the user authenticated in the future (auth_time ahead of this clock)".into(),
+        ));
+    }
     let limit = i64::try_from(max_age.saturating_add(skew.as_secs())).unwrap_or(i64::MAX);
     if now.saturating_sub(t) > limit {
         return Err(AuthError::InvalidToken(format!(
@@ -531,6 +576,11 @@ mod tests {
             matches!(fresh_enough(Some(1000), 300, skew, 1331), Err(AuthError::InvalidToken(m)) if m.contains("331 s old"))
         );
         assert!(fresh_enough(None, 300, skew, 1000).is_err());
+        assert!(
+            fresh_enough(Some(1031), 300, skew, 1000).is_err(),
+            "in the future beyond the skew"
+        );
+        assert!(fresh_enough(Some(1030), 300, skew, 1000).is_ok());
     }
 
     #[test]
@@ -542,5 +592,7 @@ mod tests {
         assert!(!loopback_redirect("http://evil.example/callback"));
         assert!(!loopback_redirect("http://127.0.0.1.evil.example:80/cb"));
         assert!(!loopback_redirect("http://user@evil.example/127.0.0.1"));
+        assert!(!loopback_redirect("http://127.0.0.1:80@evil.example/cb"));
+        assert!(!loopback_redirect("http://127.0.0.1@evil.example/cb"));
     }
 }

@@ -253,7 +253,7 @@ pub async fn request_page(State(c): State<Arc<Console>>, s: Signed, Path(id): Pa
 /// form's submission may not lead to another origin, and the approver sees why).
 fn step_up_page(c: &Console, s: &Signed, id: i64, policy: &str, max_age: HumanDuration, reason: &str) -> Response {
     let now = c.cp.now().as_second();
-    let _ = c.sessions.with(&s.cookie, now, c.settings.idle, |sess| {
+    let _ = c.sessions.with(&s.cookie, now, c.settings.idle, true, |sess| {
         sess.draft = Some((id, reason.to_string()));
     });
     let link = format!(

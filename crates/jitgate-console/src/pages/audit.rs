@@ -300,8 +300,8 @@ pub async fn session(State(c): State<Arc<Console>>, s: Signed, Path(id): Path<St
                 "<tr class=\"outcome-{o}\"><td>{}</td><td>{o}{}</td><td>{}</td><td>{}</td><td class=\"sql\"><code>{}</code></td></tr>",
                 html::time(e.time),
                 esc(&code),
-                d["rows"],
-                d["duration_ms"],
+                esc(&d["rows"].to_string()),
+                esc(&d["duration_ms"].to_string()),
                 esc(d["sql"].as_str().unwrap_or("")),
                 o = esc(outcome),
             );
@@ -337,21 +337,41 @@ pub async fn session(State(c): State<Arc<Console>>, s: Signed, Path(id): Path<St
         body.push_str("</tbody></table>");
     }
     let mut head = String::new();
-    let has_cast = session_id_ok(&id)
-        && c.settings
-            .recordings
-            .as_ref()
-            .is_some_and(|d| d.join(format!("{id}.cast")).is_file());
-    if has_cast {
+    let cat = c.cp.catalog();
+    let elevated = cat.is_auditor(&s.who.groups) || cat.is_admin(&s.who.groups);
+    // The terminal is the session's own or an auditor's to watch (an approver who killed it
+    // sees its events about them, not its screen).
+    let own = started.is_some_and(|e| e.actor.as_deref() == Some(s.who.name.as_str()));
+    let parts = if elevated || own { recordings(&c, &id) } else { 0 };
+    if parts > 0 {
+        body.push_str("<h2>Recording</h2>");
+        for n in 0..parts {
+            let player_id = if n == 0 {
+                "player".to_string()
+            } else {
+                format!("player-{n}")
+            };
+            let _ = write!(
+                body,
+                "{}<div id=\"{player_id}\" class=\"player\" data-cast=\"/ui/audit/sessions/{}/cast?part={n}\" aria-label=\"Terminal recording {} of the session\"></div><p><a href=\"/ui/audit/sessions/{}/cast?part={n}\" download>Download the asciicast file</a></p>",
+                if parts > 1 {
+                    format!("<h3>Terminal {}</h3>", n + 1)
+                } else {
+                    String::new()
+                },
+                html::url(&id),
+                n + 1,
+                html::url(&id),
+            );
+        }
         let _ = write!(
             body,
-            "<h2>Recording</h2><div id=\"player\" data-cast=\"/ui/audit/sessions/{}/cast\" aria-label=\"Terminal recording of the session\"></div><p><a href=\"/ui/audit/sessions/{}/cast\" download>Download the asciicast file</a> · or <code>jitgate play {}</code></p>",
-            html::url(&id),
-            html::url(&id),
+            "<p class=\"hint\">Or on the gateway host: <code>jitgate play {}</code></p>",
             esc(&id)
         );
         head.push_str("<link rel=\"stylesheet\" href=\"/ui/static/player.css\"><script src=\"/ui/static/player.js\" defer></script>");
     }
+    let has_cast = parts > 0;
     let mut resp = render_with(&c, &s, &title, Nav::Audit, false, &head, &body).await;
     if has_cast {
         resp.headers_mut().insert(
@@ -362,21 +382,55 @@ pub async fn session(State(c): State<Arc<Console>>, s: Signed, Path(id): Path<St
     resp
 }
 
-/// `GET /ui/audit/sessions/{id}/cast`: the recording, to whoever may see the session's events.
-pub async fn cast(State(c): State<Arc<Console>>, s: Signed, Path(id): Path<String>) -> Response {
+/// The recording file of part `n` of a session (`{id}.cast`, then `{id}.1.cast`, ... for the
+/// further terminals of one connection).
+fn cast_path(c: &Console, id: &str, n: usize) -> Option<std::path::PathBuf> {
+    let dir = c.settings.recordings.as_ref()?;
+    Some(if n == 0 {
+        dir.join(format!("{id}.cast"))
+    } else {
+        dir.join(format!("{id}.{n}.cast"))
+    })
+}
+
+/// How many recordings a session has.
+fn recordings(c: &Console, id: &str) -> usize {
+    if !session_id_ok(id) {
+        return 0;
+    }
+    (0..1000)
+        .take_while(|n| cast_path(c, id, *n).is_some_and(|p| p.is_file()))
+        .count()
+}
+
+#[derive(Deserialize, Default)]
+pub struct Part {
+    #[serde(default)]
+    part: usize,
+}
+
+/// `GET /ui/audit/sessions/{id}/cast?part=N`: a recording, to auditors, admins and the
+/// session's own identity.
+pub async fn cast(State(c): State<Arc<Console>>, s: Signed, Path(id): Path<String>, Query(p): Query<Part>) -> Response {
     if !session_id_ok(&id) {
         return (StatusCode::BAD_REQUEST, "not a session id").into_response();
     }
     let q = jitgate_audit::Query {
         session: Some(id.clone()),
+        kind: Some("session.started".into()),
         limit: Some(1),
         ..jitgate_audit::Query::default()
     };
-    let visible = c.cp.audit_search(&s.who, q).await.is_ok_and(|e| !e.is_empty());
-    let Some(dir) = c.settings.recordings.as_ref().filter(|_| visible) else {
+    let cat = c.cp.catalog();
+    let elevated = cat.is_auditor(&s.who.groups) || cat.is_admin(&s.who.groups);
+    let visible = c.cp.audit_search(&s.who, q).await.is_ok_and(|e| {
+        e.first()
+            .is_some_and(|e| elevated || e.actor.as_deref() == Some(s.who.name.as_str()))
+    });
+    let Some(path) = cast_path(&c, &id, p.part).filter(|_| visible) else {
         return (StatusCode::NOT_FOUND, "no recording you may see").into_response();
     };
-    match tokio::fs::read(dir.join(format!("{id}.cast"))).await {
+    match tokio::fs::read(path).await {
         Ok(b) => (
             [
                 (

@@ -65,7 +65,7 @@ pub async fn render_with(
 /// After a POST: remember the outcome for the next page and go back.
 pub fn back(c: &Console, s: &Signed, outcome: Result<String, String>, to: &str) -> Response {
     let now = c.cp.now().as_second();
-    let _ = c.sessions.with(&s.cookie, now, c.settings.idle, |sess| {
+    let _ = c.sessions.with(&s.cookie, now, c.settings.idle, true, |sess| {
         sess.flash.push(match outcome {
             Ok(m) => (true, m),
             Err(m) => (false, m),
@@ -110,7 +110,10 @@ pub struct PollQuery {
 pub async fn poll(State(c): State<Arc<Console>>, _s: Signed, Query(q): Query<PollQuery>) -> Response {
     let mut rx = c.cp.subscribe_changes();
     let now = *rx.borrow_and_update();
-    if q.v.is_some_and(|v| v == now) {
+    // Held polls are capped like the API's; past the cap they answer at once (the page asks
+    // again a few seconds later).
+    let held = c.polls.try_acquire();
+    if held.is_ok() && q.v.is_some_and(|v| v == now) {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(25), rx.changed()).await;
     }
     let v = *rx.borrow();

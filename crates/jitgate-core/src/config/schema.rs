@@ -548,9 +548,13 @@ pub struct SlackConfig {
     /// A channel per policy (policy name → channel), instead of `channel`.
     #[serde(default)]
     pub policy_channels: std::collections::BTreeMap<String, String>,
-    /// Slack user id → identity, for users whose Slack e-mail is not their identity.
+    /// Slack user id → identity, for users whose Slack e-mail is not their identity (and the
+    /// only way a Slack user acts as a static identity of this file).
     #[serde(default)]
     pub users: std::collections::BTreeMap<String, String>,
+    /// The workspace (team id, `T0123…`) whose users may press buttons; others (a Slack
+    /// Connect channel's guests from another organisation) are refused. Strongly advised.
+    pub team_id: Option<String>,
     /// The Web API's base URL (a stand-in in tests).
     #[serde(default = "default_slack_api")]
     pub api_url: String,

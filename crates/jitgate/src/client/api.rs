@@ -119,9 +119,10 @@ impl Client {
         self.post(paths::SSH_CERT, &body).await
     }
 
-    pub async fn login_start(&self, redirect_uri: &str) -> Result<wire::LoginStarted> {
+    pub async fn login_start(&self, redirect_uri: &str, max_age: Option<u64>) -> Result<wire::LoginStarted> {
         let body = wire::LoginStart {
             redirect_uri: redirect_uri.to_string(),
+            max_age,
         };
         self.post(paths::LOGIN_START, &body).await
     }

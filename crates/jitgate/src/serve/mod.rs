@@ -234,6 +234,8 @@ pub async fn run(config_path: &Path) -> Result<()> {
                 channel: sc.channel.get_ref().clone(),
                 policy_channels: sc.policy_channels.clone(),
                 users: sc.users.clone(),
+                team_id: sc.team_id.clone(),
+                email_identities: loaded.config.oidc.as_ref().is_none_or(|o| o.identity_claim == "email"),
                 api_url: sc.api_url.clone(),
                 console_url: format!("{base_url}/ui"),
             },
@@ -251,7 +253,9 @@ pub async fn run(config_path: &Path) -> Result<()> {
         let console = jitgate_console::Settings {
             idle: i64::try_from(loaded.config.console.idle_timeout.secs()).unwrap_or(i64::MAX),
             absolute: i64::try_from(loaded.config.console.absolute_timeout.secs()).unwrap_or(i64::MAX),
-            secure: http_tls,
+            // Browsers reach it over https when the listener speaks TLS or a TLS-terminating
+            // proxy fronts it (public_url says https): Secure, __Host- cookies either way.
+            secure: http_tls || base_url.starts_with("https://"),
             base_url,
             recordings: loaded.config.ssh.record.then(|| data_dir.join("recordings")),
             audit_file: Some(data_dir.join(&loaded.config.audit.file)),
