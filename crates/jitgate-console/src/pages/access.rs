@@ -12,7 +12,7 @@ use jitgate_core::engine::NewRequest;
 use jitgate_core::{HumanDuration, RequestState};
 use serde::Deserialize;
 
-use super::{CsrfOnly, back, describe, render};
+use super::{CsrfOnly, back, describe, one_call, render};
 use crate::Console;
 use crate::html::{self, Nav, button_form, copy_line, countdown, esc};
 use crate::session::Signed;
@@ -297,15 +297,10 @@ pub async fn cancel(
     Path(id): Path<i64>,
     Form(f): Form<CsrfOnly>,
 ) -> Response {
-    if let Some(r) = s.csrf_refusal(&f.csrf) {
-        return r;
-    }
-    let out =
-        c.cp.cancel(&s.who, id)
-            .await
-            .map(|r| format!("Request {} cancelled.", r.id))
-            .map_err(|e| describe(&e));
-    back(&c, &s, out, "/ui/")
+    one_call(&c, &s, &f.csrf, "/ui/", c.cp.cancel(&s.who, id), |r| {
+        format!("Request {} cancelled.", r.id)
+    })
+    .await
 }
 
 /// `POST /ui/grants/{id}/release`.
@@ -315,15 +310,10 @@ pub async fn release(
     Path(id): Path<i64>,
     Form(f): Form<CsrfOnly>,
 ) -> Response {
-    if let Some(r) = s.csrf_refusal(&f.csrf) {
-        return r;
-    }
-    let out =
-        c.cp.release(&s.who, id)
-            .await
-            .map(|g| format!("Grant {} released; its sessions were closed.", g.id))
-            .map_err(|e| describe(&e));
-    back(&c, &s, out, "/ui/")
+    one_call(&c, &s, &f.csrf, "/ui/", c.cp.release(&s.who, id), |g| {
+        format!("Grant {} released; its sessions were closed.", g.id)
+    })
+    .await
 }
 
 #[derive(Deserialize)]

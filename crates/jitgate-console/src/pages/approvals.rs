@@ -14,7 +14,7 @@ use jitgate_api::control::console::{InboxItem, PastGrant};
 use jitgate_core::engine::Refusal;
 use jitgate_core::{HumanDuration, Request, RequestState};
 
-use super::{ReasonForm, back, describe, render};
+use super::{ReasonForm, back, describe, one_call, render};
 use crate::Console;
 use crate::html::{self, Nav, esc};
 use crate::session::Signed;
@@ -336,13 +336,13 @@ pub async fn deny(
     Path(id): Path<i64>,
     Form(f): Form<ReasonForm>,
 ) -> Response {
-    if let Some(r) = s.csrf_refusal(&f.csrf) {
-        return r;
-    }
-    let out =
-        c.cp.deny(&s.who, id, f.reason().unwrap_or_default())
-            .await
-            .map(|r| format!("Request {id} denied; {} will see your reason.", r.requester))
-            .map_err(|e| describe(&e));
-    back(&c, &s, out, &after(&f, id))
+    one_call(
+        &c,
+        &s,
+        &f.csrf,
+        &after(&f, id),
+        c.cp.deny(&s.who, id, f.reason().unwrap_or_default()),
+        |r| format!("Request {id} denied; {} will see your reason.", r.requester),
+    )
+    .await
 }

@@ -74,6 +74,24 @@ pub fn back(c: &Console, s: &Signed, outcome: Result<String, String>, to: &str) 
     Redirect::to(to).into_response()
 }
 
+/// A POST that is one control-plane call: the CSRF check, then the call (a future does
+/// nothing until awaited, so a refused form never reaches the control plane), its outcome as
+/// the next page's message, and back to `to`.
+pub async fn one_call<T>(
+    c: &Console,
+    s: &Signed,
+    csrf: &str,
+    to: &str,
+    call: impl std::future::Future<Output = jitgate_api::ControlResult<T>>,
+    said: impl FnOnce(T) -> String,
+) -> Response {
+    if let Some(r) = s.csrf_refusal(csrf) {
+        return r;
+    }
+    let out = call.await.map(said).map_err(|e| describe(&e));
+    back(c, s, out, to)
+}
+
 /// The CSRF field of every state-changing form.
 #[derive(Deserialize)]
 pub struct CsrfOnly {

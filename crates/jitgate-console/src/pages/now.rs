@@ -10,7 +10,7 @@ use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use serde::Deserialize;
 
-use super::{ReasonForm, back, describe, render};
+use super::{ReasonForm, one_call, render};
 use crate::Console;
 use crate::html::{self, Nav, countdown, esc};
 use crate::session::Signed;
@@ -113,15 +113,15 @@ pub async fn revoke(
     Path(id): Path<i64>,
     Form(f): Form<ReasonForm>,
 ) -> Response {
-    if let Some(r) = s.csrf_refusal(&f.csrf) {
-        return r;
-    }
-    let out =
-        c.cp.revoke(&s.who, id, f.reason())
-            .await
-            .map(|g| format!("Grant {} of {} revoked; its sessions were closed.", g.id, g.identity))
-            .map_err(|e| describe(&e));
-    back(&c, &s, out, &back_path(&f))
+    one_call(
+        &c,
+        &s,
+        &f.csrf,
+        &back_path(&f),
+        c.cp.revoke(&s.who, id, f.reason()),
+        |g| format!("Grant {} of {} revoked; its sessions were closed.", g.id, g.identity),
+    )
+    .await
 }
 
 /// `POST /ui/sessions/{id}/kill`.
@@ -131,13 +131,8 @@ pub async fn kill(
     Path(id): Path<String>,
     Form(f): Form<ReasonForm>,
 ) -> Response {
-    if let Some(r) = s.csrf_refusal(&f.csrf) {
-        return r;
-    }
-    let out =
-        c.cp.kill_session(&s.who, &id)
-            .await
-            .map(|x| format!("Session {} of {} killed.", x.id, x.identity))
-            .map_err(|e| describe(&e));
-    back(&c, &s, out, &back_path(&f))
+    one_call(&c, &s, &f.csrf, &back_path(&f), c.cp.kill_session(&s.who, &id), |x| {
+        format!("Session {} of {} killed.", x.id, x.identity)
+    })
+    .await
 }
