@@ -208,6 +208,10 @@ pub struct Catalog {
     pub auditor_groups: Vec<String>,
     /// Warning lead before expiry.
     pub expiry_warning: HumanDuration,
+    /// Request on connect: how long a connection waits for the decision (`0s`: off).
+    pub wait_on_connect: HumanDuration,
+    /// The web console's address (`public_url`, when the console is served), for links.
+    pub console_url: Option<String>,
 }
 
 impl Catalog {

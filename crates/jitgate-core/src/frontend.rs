@@ -10,6 +10,7 @@ use crate::enforcer::Enforcer;
 use crate::grants::LiveGrant;
 use crate::metrics::Metrics;
 use crate::model::Principal;
+use crate::onconnect::{AskError, Asked};
 use crate::sessions::{SessionGuard, SessionInfo};
 use jiff::Timestamp;
 
@@ -32,6 +33,40 @@ pub trait Gatekeeper: Send + Sync + 'static {
     fn refresh_grants(&self, identity: &str, resource: &str) -> impl Future<Output = Result<(), String>> + Send {
         let _ = (identity, resource);
         async { Ok(()) }
+    }
+    /// Request on connect: make the request `new` for `who` (the same engine and policy as
+    /// `jitgate request`), or find the same one (resource, access) already pending. Returns
+    /// where it stands and whether this call created it.
+    fn ask(
+        &self,
+        who: &Principal,
+        new: crate::engine::NewRequest,
+    ) -> impl Future<Output = Result<(Asked, bool), AskError>> + Send {
+        let _ = (who, new);
+        async { Err(AskError::Refused("requests on connect are not available here".into())) }
+    }
+    /// Where request `id` stands, answered once it is no longer at `version` or after `wait`
+    /// (a long poll).
+    fn asked(
+        &self,
+        who: &Principal,
+        id: i64,
+        version: i64,
+        wait: std::time::Duration,
+    ) -> impl Future<Output = Result<Asked, AskError>> + Send {
+        let _ = (who, id, version, wait);
+        async { Err(AskError::Refused("requests on connect are not available here".into())) }
+    }
+    /// The client that made request `id` on connect went away while it waited: cancel it
+    /// (audited), if it is still pending.
+    fn withdraw(&self, who: &Principal, id: i64) -> impl Future<Output = ()> + Send {
+        let _ = (who, id);
+        async {}
+    }
+    /// Where an approver decides request `id` in the web console, when it is served.
+    fn request_link(&self, id: i64) -> Option<String> {
+        let _ = id;
+        None
     }
     /// The current configuration.
     fn catalog(&self) -> Arc<Catalog>;

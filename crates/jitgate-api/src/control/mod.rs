@@ -152,6 +152,7 @@ pub mod console;
 mod error;
 mod feed;
 pub(crate) mod identity;
+mod onconnect;
 mod requests;
 mod sessions;
 mod tasks;
@@ -320,6 +321,35 @@ impl jitgate_core::Gatekeeper for ControlPlane {
 
     async fn refresh_grants(&self, identity: &str, resource: &str) -> Result<(), String> {
         ControlPlane::refresh_grants(self, identity, resource).await
+    }
+
+    async fn ask(
+        &self,
+        who: &Principal,
+        new: NewRequest,
+    ) -> Result<(jitgate_core::onconnect::Asked, bool), jitgate_core::onconnect::AskError> {
+        Ok(self.ask_on_connect(who, new).await?)
+    }
+
+    async fn asked(
+        &self,
+        who: &Principal,
+        id: i64,
+        version: i64,
+        wait: std::time::Duration,
+    ) -> Result<jitgate_core::onconnect::Asked, jitgate_core::onconnect::AskError> {
+        Ok(self.asked_on_connect(who, id, version, wait).await?)
+    }
+
+    async fn withdraw(&self, who: &Principal, id: i64) {
+        self.withdraw_on_connect(who, id).await;
+    }
+
+    fn request_link(&self, id: i64) -> Option<String> {
+        self.catalog()
+            .console_url
+            .as_ref()
+            .map(|u| format!("{u}/ui/requests/{id}"))
     }
 
     fn catalog(&self) -> Arc<Catalog> {

@@ -24,6 +24,7 @@ pub const RELOADABLE: &[&str] = &[
     "gateway.auditor_groups",
     "gateway.expiry_warning",
     "gateway.pending_timeout",
+    "gateway.wait_on_connect",
 ];
 
 /// The dotted keys that differ between `running` and `new` and that only a restart applies,

@@ -115,6 +115,11 @@ pub struct GatewaySection {
     /// How long a request may stay pending before it expires (policies may override).
     #[serde(default = "default_pending_timeout")]
     pub pending_timeout: HumanDuration,
+    /// Request on connect: how long a psql or ssh connection that asked for access waits for
+    /// the decision before it is ended (the request stays pending). `0s` turns requests on
+    /// connect off.
+    #[serde(default = "default_wait_on_connect")]
+    pub wait_on_connect: HumanDuration,
     /// `text` (default) or `json` log lines.
     #[serde(default)]
     pub log_format: LogFormat,
@@ -145,6 +150,7 @@ impl Default for GatewaySection {
             allow_inline_secrets: false,
             expiry_warning: default_warning(),
             pending_timeout: default_pending_timeout(),
+            wait_on_connect: default_wait_on_connect(),
             log_format: LogFormat::Text,
             drain_delay: HumanDuration::default(),
             drain_timeout: HumanDuration::default(),
@@ -153,6 +159,9 @@ impl Default for GatewaySection {
     }
 }
 
+fn default_wait_on_connect() -> HumanDuration {
+    HumanDuration(600)
+}
 fn default_data_dir() -> PathBuf {
     PathBuf::from("./jitgate-data")
 }

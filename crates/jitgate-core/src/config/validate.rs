@@ -22,6 +22,17 @@ pub(super) fn validate(c: &Config, d: &mut Diags<'_>) -> Catalog {
         admin_groups: c.gateway.admin_groups.clone(),
         auditor_groups: c.gateway.auditor_groups.clone(),
         expiry_warning: c.gateway.expiry_warning,
+        wait_on_connect: c.gateway.wait_on_connect,
+        console_url: c
+            .console
+            .enabled
+            .then(|| {
+                c.gateway
+                    .public_url
+                    .as_deref()
+                    .map(|u| u.trim_end_matches('/').to_string())
+            })
+            .flatten(),
     }
 }
 

@@ -10,6 +10,7 @@ use bytes::BytesMut;
 use jitgate_audit::{Event, Kind};
 use jitgate_core::catalog::{Catalog, Credential, READ_ONLY, READ_WRITE, Resource};
 use jitgate_core::config::schema::{ResourceKind, UpstreamTlsMode};
+use jitgate_core::onconnect::{Ask, AskError, Waiter};
 use jitgate_core::sessions::new_session_id;
 use jitgate_core::{Admission, AuthFailure, Gatekeeper, LiveGrant, SessionInfo, Want};
 use tokio::io::AsyncWriteExt;
@@ -29,9 +30,29 @@ const ROLE_CHECK_SQL: &str = "SELECT r.rolsuper, pg_has_role(current_user, 'pg_e
      FROM pg_roles r WHERE r.rolname = current_user";
 
 /// What the startup phase produced.
-pub(super) enum Started {
+pub(super) enum Started<G: Gatekeeper> {
     Session(Box<Ready>, Stream),
+    /// Authenticated without a grant, and a request on connect waits for its decision.
+    Wait(Box<Authed>, Waiter<G>, Stream),
     Done,
+}
+
+/// What the login had established when it found no grant and made a request on connect.
+pub(super) struct Authed {
+    spoken: i32,
+    params: Vec<(String, String)>,
+    resource_name: String,
+    dbname: Option<String>,
+    principal: jitgate_core::model::Principal,
+    pub(super) client_leftover: BytesMut,
+    want_access: Option<String>,
+    peer: SocketAddr,
+}
+
+/// What the login produced: a session ready to start, or a wait for a decision.
+pub(super) enum Login<G: Gatekeeper> {
+    Ready(Ready),
+    Wait(Box<Authed>, Waiter<G>),
 }
 
 pub(super) struct Ready {
@@ -46,6 +67,10 @@ pub(super) struct Ready {
     pub(super) upstream_user: String,
     /// Names fast-path function OIDs for the audit.
     pub(super) functions: Arc<crate::fastpath::Resolver>,
+    /// AuthenticationOk was sent already (before a request on connect's wait).
+    pub(super) greeted: bool,
+    /// Lines for the client as NoticeResponses right after AuthenticationOk.
+    pub(super) notices: Vec<String>,
 }
 
 /// A refusal sent to the client as an ErrorResponse.
@@ -156,8 +181,14 @@ impl<G: Gatekeeper> PgFrontend<G> {
         params: Vec<(String, String)>,
         tls: bool,
         peer: SocketAddr,
-    ) -> std::io::Result<Option<Ready>> {
-        match self.login_inner(client, version, params, tls, peer).await {
+    ) -> std::io::Result<Option<Login<G>>> {
+        let r = self.login_inner(client, version, params, tls, peer).await;
+        self.told(client, r).await
+    }
+
+    /// A login step's result: a refusal is counted and sent to the client.
+    async fn told<T>(&self, client: &mut Stream, r: Result<T, LoginError>) -> std::io::Result<Option<T>> {
+        match r {
             Ok(r) => Ok(Some(r)),
             Err(LoginError::Refused(r)) => {
                 self.gk
@@ -170,6 +201,32 @@ impl<G: Gatekeeper> PgFrontend<G> {
             }
             Err(LoginError::Io(e)) => Err(e),
         }
+    }
+
+    /// The login after a request on connect was approved: the grant, then the upstream,
+    /// under the startup deadline again.
+    pub(super) async fn login_after_wait(&self, client: &mut Stream, a: Authed) -> std::io::Result<Option<Ready>> {
+        let r = async {
+            let grant = self
+                .grant_for(&a.principal.name, &a.resource_name, a.want_access.as_deref())
+                .await?
+                .ok_or_else(|| {
+                    refuse(
+                        "28000",
+                        format!(
+                            "the request was approved but no grant for {} on {} is live now",
+                            a.principal.name, a.resource_name
+                        ),
+                        None,
+                        "no_grant",
+                    )
+                })?;
+            let mut ready = self.open_upstream(a, grant).await?;
+            ready.greeted = true;
+            Ok(ready)
+        }
+        .await;
+        self.told(client, r).await
     }
 
     /// Step 1: the protocol version, `_pq_.` options (answered with NegotiateProtocolVersion in
@@ -275,14 +332,83 @@ impl<G: Gatekeeper> PgFrontend<G> {
         params: Vec<(String, String)>,
         tls: bool,
         peer: SocketAddr,
-    ) -> Result<Ready, LoginError> {
+    ) -> Result<Login<G>, LoginError> {
         let (spoken, params, out) = self.negotiate(version, params, tls)?;
         let (user, resource_name, dbname) = names(&params)?;
+        let ask = asked_in(&params)?;
         let (token, client_leftover) = read_password(client, out).await?;
         let principal = self.authenticated_as(&token, &user, &resource_name, peer).await?;
         let cat = self.gk.catalog();
         let res = postgres_resource(&cat, &resource_name)?;
-        let grant = self.grant_for(&principal.name, res).await?;
+        let a = Authed {
+            spoken,
+            params,
+            resource_name: res.name.clone(),
+            dbname,
+            principal,
+            client_leftover,
+            want_access: ask.access.clone(),
+            peer,
+        };
+        if let Some(grant) = self
+            .grant_for(&a.principal.name, &res.name, ask.access.as_deref())
+            .await?
+        {
+            return Ok(Login::Ready(self.open_upstream(a, grant).await?));
+        }
+        let wait = cat.wait_on_connect;
+        if ask.reason.is_none() || wait.secs() == 0 {
+            return Err(no_grant(&a.principal.name, &res.name, wait.secs() > 0));
+        }
+        self.ask_on_connect(a, &ask, std::time::Duration::from_secs(wait.secs()))
+            .await
+    }
+
+    /// No grant, and the startup options asked for one: make the request. Approved at once
+    /// (a rule): go on with the login; otherwise the connection waits.
+    async fn ask_on_connect(&self, a: Authed, ask: &Ask, limit: std::time::Duration) -> Result<Login<G>, LoginError> {
+        let started = Waiter::start(self.gk.clone(), a.principal.clone(), ask, &a.resource_name, limit).await;
+        match started {
+            Ok(Ok(w)) => Ok(Login::Wait(Box::new(a), w)),
+            Ok(Err(lines)) => {
+                let grant = self
+                    .grant_for(&a.principal.name, &a.resource_name, a.want_access.as_deref())
+                    .await?
+                    .ok_or_else(|| no_grant(&a.principal.name, &a.resource_name, true))?;
+                let mut ready = self.open_upstream(a, grant).await?;
+                ready.notices = lines;
+                Ok(Login::Ready(ready))
+            }
+            Err(AskError::Refused(m)) => Err(LoginError::Refused(refuse(
+                "28000",
+                format!("jitgate could not request access to {}: {m}", a.resource_name),
+                None,
+                "request_refused",
+            ))),
+            Err(AskError::Unavailable(m)) => Err(LoginError::Refused(refuse(
+                "57P03",
+                m,
+                Some("operators: see the gateway log".into()),
+                "unavailable",
+            ))),
+        }
+    }
+
+    /// Steps 5 to 7, on a live grant: the credential, the upstream login (and the read-only
+    /// credential's check), the session's description.
+    async fn open_upstream(&self, a: Authed, grant: LiveGrant) -> Result<Ready, LoginError> {
+        let Authed {
+            spoken,
+            params,
+            resource_name,
+            dbname,
+            principal,
+            client_leftover,
+            peer,
+            ..
+        } = a;
+        let cat = self.gk.catalog();
+        let res = postgres_resource(&cat, &resource_name)?;
         let (cred, password) = credentials(res, &grant.access)?;
         let target = self.target(res).map_err(|e| {
             tracing::error!(resource = %res.name, error = %e, "upstream TLS configuration");
@@ -346,32 +472,29 @@ impl<G: Gatekeeper> PgFrontend<G> {
             client_leftover,
             upstream_user: cred.user.clone(),
             functions,
+            greeted: false,
+            notices: Vec::new(),
         })
     }
 
-    /// Step 4: the live grant, read-write when the holder has it, else read-only.
-    async fn grant_for(&self, identity: &str, res: &Resource) -> Result<LiveGrant, LoginError> {
-        let grant = self
-            .gk
-            .find_grant(identity, &res.name, Want::FirstOf(&[READ_WRITE, READ_ONLY]))
-            .await
-            .map_err(|r| {
-                refuse(
-                    "57P03",
-                    r.message(),
-                    Some("operators: see the gateway log".into()),
-                    "unavailable",
-                )
-            })?;
-        grant.ok_or_else(|| {
+    /// Step 4: the live grant: of the access asked for (`jitgate.access`), else read-write
+    /// when the holder has it, else read-only.
+    async fn grant_for(
+        &self,
+        identity: &str,
+        resource: &str,
+        access: Option<&str>,
+    ) -> Result<Option<LiveGrant>, LoginError> {
+        let want = match access {
+            Some(a) => Want::Exactly(a),
+            None => Want::FirstOf(&[READ_WRITE, READ_ONLY]),
+        };
+        self.gk.find_grant(identity, resource, want).await.map_err(|r| {
             LoginError::Refused(refuse(
-                "28000",
-                format!("no active access grant for {identity} on {}", res.name),
-                Some(format!(
-                    "request one: jitgate request {} --for 1h --reason \"...\" (add --access read-write to write)",
-                    res.name
-                )),
-                "no_grant",
+                "57P03",
+                r.message(),
+                Some("operators: see the gateway log".into()),
+                "unavailable",
             ))
         })
     }
@@ -482,6 +605,32 @@ impl<G: Gatekeeper> PgFrontend<G> {
             timeout: Duration::from_secs(res.connect_timeout.secs().max(1)),
         })
     }
+}
+
+/// The refusal without a grant: how to request one, from the CLI or from here.
+fn no_grant(identity: &str, resource: &str, on_connect: bool) -> LoginError {
+    let here = if on_connect {
+        ", or ask from here: PGOPTIONS=\"-c jitgate.reason='INC-123 why' -c jitgate.for=1h\" (add -c jitgate.access=read-write to write) and connect again; the connection waits for the decision".to_string()
+    } else {
+        String::new()
+    };
+    LoginError::Refused(refuse(
+        "28000",
+        format!("no active access grant for {identity} on {resource}"),
+        Some(format!(
+            "request one: jitgate request {resource} --for 1h --reason \"...\" (add --access read-write to write){here}"
+        )),
+        "no_grant",
+    ))
+}
+
+/// Step 2b: what the startup `options` ask for (`-c jitgate.reason=...`), refused with the
+/// fix when a `jitgate.` setting is not understood.
+fn asked_in(params: &[(String, String)]) -> Result<Ask, LoginError> {
+    let Some((_, options)) = params.iter().find(|(k, _)| k == "options") else {
+        return Ok(Ask::default());
+    };
+    jitgate_core::onconnect::pg_ask(options).map_err(|m| LoginError::Refused(refuse("22023", m, None, "bad_options")))
 }
 
 /// Step 3b: the resource named as the database, if it is a Postgres resource.

@@ -24,6 +24,7 @@ use login::Started;
 
 mod login;
 mod session;
+mod wait;
 
 /// Front-end settings.
 #[derive(Clone)]
@@ -145,11 +146,15 @@ impl<G: Gatekeeper> PgFrontend<G> {
             }
             Ok(Ok(Started::Done)) => return,
             Ok(Ok(Started::Session(r, client))) => (*r, client),
+            Ok(Ok(Started::Wait(a, w, client))) => match self.wait_on_connect(*a, w, client).await {
+                Some(r) => r,
+                None => return,
+            },
         };
         self.run_session(ready.0, ready.1).await;
     }
 
-    async fn startup(&self, mut tcp: TcpStream, peer: SocketAddr) -> std::io::Result<Started> {
+    async fn startup(&self, mut tcp: TcpStream, peer: SocketAddr) -> std::io::Result<Started<G>> {
         // Direct TLS (PostgreSQL 17 `sslnegotiation=direct`): the first byte is a TLS record.
         let mut first = [0u8; 1];
         let direct = tcp.peek(&mut first).await? == 1 && first[0] == 0x16;
@@ -179,10 +184,8 @@ impl<G: Gatekeeper> PgFrontend<G> {
                     }
                     Ok(Startup::Start { version, params }) => {
                         let mut c: Stream = tcp.into();
-                        return self.login(&mut c, version, params, false, peer).await.map(|r| match r {
-                            Some(ready) => Started::Session(Box::new(ready), c),
-                            None => Started::Done,
-                        });
+                        let r = self.login(&mut c, version, params, false, peer).await?;
+                        return Ok(started(r, c));
                     }
                     Err(e) => {
                         send_error(&mut tcp, "08P01", &format!("invalid startup packet: {e}"), None).await;
@@ -196,10 +199,7 @@ impl<G: Gatekeeper> PgFrontend<G> {
         match protocol::parse_startup(&body) {
             Ok(Startup::Start { version, params }) => {
                 let r = self.login(&mut client, version, params, true, peer).await?;
-                Ok(match r {
-                    Some(ready) => Started::Session(Box::new(ready), client),
-                    None => Started::Done,
-                })
+                Ok(started(r, client))
             }
             Ok(Startup::Cancel { pid, key }) => {
                 self.cancel(pid, key).await;
@@ -228,6 +228,14 @@ impl<G: Gatekeeper> PgFrontend<G> {
         if let Err(e) = upstream::cancel(&t.target, t.pid, t.key).await {
             tracing::warn!(error = %e, "forwarding a cancel request failed");
         }
+    }
+}
+
+fn started<G: Gatekeeper>(r: Option<login::Login<G>>, client: Stream) -> Started<G> {
+    match r {
+        Some(login::Login::Ready(ready)) => Started::Session(Box::new(ready), client),
+        Some(login::Login::Wait(a, w)) => Started::Wait(a, w, client),
+        None => Started::Done,
     }
 }
 

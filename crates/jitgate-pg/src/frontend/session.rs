@@ -24,6 +24,8 @@ impl<G: Gatekeeper> PgFrontend<G> {
             client_leftover,
             upstream_user,
             functions,
+            greeted,
+            notices,
         } = r;
         // Admitted (registered, re-checked, recorded) before the client is told it is in.
         let guard = match self.gk.open_session(info.clone()).await {
@@ -40,7 +42,12 @@ impl<G: Gatekeeper> PgFrontend<G> {
             }
         };
         let mut hello = BytesMut::new();
-        protocol::auth_ok(&mut hello);
+        if !greeted {
+            protocol::auth_ok(&mut hello);
+        }
+        for n in &notices {
+            protocol::error_response(&mut hello, protocol::Severity::Notice, "00000", n, None);
+        }
         for (k, v) in &upstream.params {
             protocol::parameter_status(&mut hello, k, v);
         }

@@ -24,9 +24,18 @@ pub(super) async fn client_to_upstream(
     uwr: &ChannelWriteHalf<client::Msg>,
     replies: &Replies,
     rec: &Mutex<Rec>,
+    prelude: Vec<ChannelMsg>,
 ) {
     let bytes_in = ctx.metrics.bytes_total.with_label_values(&["ssh", "in"]);
-    while let Some(msg) = crd.wait().await {
+    let mut prelude = prelude.into_iter();
+    loop {
+        let msg = match prelude.next() {
+            Some(m) => m,
+            None => match crd.wait().await {
+                Some(m) => m,
+                None => break,
+            },
+        };
         let ok = match msg {
             ChannelMsg::Data { data } => {
                 bytes_in.inc_by(data.len() as u64);

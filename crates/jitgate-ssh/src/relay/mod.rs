@@ -203,11 +203,13 @@ impl Rec {
     }
 }
 
-/// Relay one session channel.
+/// Relay one session channel. `prelude`: the client's requests already read (and answered) by
+/// a request on connect, forwarded first as if they had just arrived.
 pub(crate) async fn session_channel(
     ctx: ChanCtx,
     client_ch: russh::Channel<server::Msg>,
     up_ch: russh::Channel<client::Msg>,
+    prelude: Vec<ChannelMsg>,
 ) {
     let id = client_ch.id();
     ctx.live.channels.set(id, false);
@@ -216,7 +218,7 @@ pub(crate) async fn session_channel(
     let mut h = Halves { crd, cwr, urd, uwr };
     let replies = Replies::default();
     let rec = Mutex::new(Rec::new(ctx.max_text));
-    let (killed, u_done) = pump(&ctx, id, &mut h, &replies, &rec).await;
+    let (killed, u_done) = pump(&ctx, id, &mut h, &replies, &rec, prelude).await;
     if killed {
         end_killed(&ctx, id, &mut h, u_done, &rec).await;
     } else {
@@ -237,12 +239,19 @@ struct Halves {
 
 /// Both directions until both are done (or one is and the other has had 5 s), or the kill.
 /// Returns (killed, the upstream direction finished).
-async fn pump(ctx: &ChanCtx, id: ChannelId, h: &mut Halves, replies: &Replies, rec: &Mutex<Rec>) -> (bool, bool) {
+async fn pump(
+    ctx: &ChanCtx,
+    id: ChannelId,
+    h: &mut Halves,
+    replies: &Replies,
+    rec: &Mutex<Rec>,
+    prelude: Vec<ChannelMsg>,
+) -> (bool, bool) {
     let Halves { crd, cwr, urd, uwr } = h;
     let (uwr, cwr) = (&*uwr, &*cwr);
     let kill = ctx.live.guard.kill.clone();
     let (mut c_done, mut u_done) = (false, false);
-    let mut c2u = pin!(inbound::client_to_upstream(ctx, id, crd, uwr, replies, rec));
+    let mut c2u = pin!(inbound::client_to_upstream(ctx, id, crd, uwr, replies, rec, prelude));
     let mut u2c = pin!(outbound::upstream_to_client(ctx, id, urd, cwr, replies, rec));
     let mut warnings = ctx.live.guard.warnings.clone();
     warnings.borrow_and_update();

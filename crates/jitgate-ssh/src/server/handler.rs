@@ -68,6 +68,47 @@ pub(super) struct Conn<G: Gatekeeper> {
 enum Ready {
     Live(Arc<Live>),
     Refused(String),
+    /// No grant: a request on connect may ask for one.
+    NoGrant(NoGrant),
+}
+
+/// Why a connection's target could not be reached.
+pub(super) enum NoGo {
+    Refused(String),
+    NoGrant(NoGrant),
+}
+
+/// A target the caller holds no grant for.
+pub(super) struct NoGrant {
+    pub(super) resource: String,
+    pub(super) login: String,
+    /// The refusal, when nothing is asked.
+    pub(super) message: String,
+    /// `LOGIN@RESOURCE+DURATION`'s duration.
+    pub(super) duration: Option<jitgate_core::HumanDuration>,
+}
+
+/// Resolves a connection's target, grant and upstream: the handler's first channel, and a
+/// request on connect's task once approved.
+pub(super) struct Connector<G: Gatekeeper> {
+    pub(super) fe: Arc<SshFrontend<G>>,
+    pub(super) peer: SocketAddr,
+    pub(super) shared: Arc<ConnShared>,
+}
+
+impl<G: Gatekeeper> Connector<G> {
+    /// The connection's live session, when a channel has opened it already.
+    pub(super) fn live(&self) -> Option<Arc<Live>> {
+        self.shared.live.lock().ok().and_then(|g| g.clone())
+    }
+
+    /// Keep `live` as the connection's session and watch its kill switch.
+    pub(super) fn install(&self, live: &Arc<Live>, server: server::Handle) {
+        if let Ok(mut g) = self.shared.live.lock() {
+            *g = Some(live.clone());
+        }
+        tokio::spawn(conn::watch(live.clone(), server));
+    }
 }
 
 impl<G: Gatekeeper> Conn<G> {
@@ -107,72 +148,94 @@ impl<G: Gatekeeper> Conn<G> {
         self.failures.push(reason);
     }
 
+    fn connector(&self) -> Connector<G> {
+        Connector {
+            fe: self.fe.clone(),
+            peer: self.peer,
+            shared: self.shared.clone(),
+        }
+    }
+
     /// Resolve target, grant and upstream once per connection.
     async fn ready(&mut self, user_target: &str, server: server::Handle) -> Ready {
-        if let Some(live) = self.shared.live.lock().ok().and_then(|g| g.clone()) {
+        let c = self.connector();
+        if let Some(live) = c.live() {
             return Ready::Live(live);
         }
         let Some(principal) = self.principal.clone() else {
             return Ready::Refused("not authenticated".into());
         };
-        match self.connect(&principal, user_target).await {
+        match c.connect(&principal, user_target).await {
             Ok(live) => {
-                if let Ok(mut g) = self.shared.live.lock() {
-                    *g = Some(live.clone());
-                }
-                tokio::spawn(conn::watch(live.clone(), server));
+                c.install(&live, server);
                 Ready::Live(live)
             }
-            Err(msg) => Ready::Refused(msg),
+            Err(NoGo::Refused(msg)) => Ready::Refused(msg),
+            Err(NoGo::NoGrant(n)) => Ready::NoGrant(n),
         }
     }
+}
 
-    async fn connect(&mut self, principal: &Principal, user_target: &str) -> Result<Arc<Live>, String> {
+impl<G: Gatekeeper> Connector<G> {
+    pub(super) async fn connect(&self, principal: &Principal, user_target: &str) -> Result<Arc<Live>, NoGo> {
         let fe = self.fe.clone();
-        let Some(TargetName { login, resource }) = target::parse(user_target) else {
-            return Err(format!(
+        let Some(TargetName {
+            login,
+            resource,
+            duration,
+        }) = target::parse(user_target)
+        else {
+            return Err(NoGo::Refused(format!(
                 "`{user_target}` is not a target: connect as LOGIN@RESOURCE or RESOURCE (ssh -p PORT ubuntu@web-1@GATEWAY)"
-            ));
+            )));
         };
         let cat = fe.gk.catalog();
         let Some(res) = cat.resources.get(&resource).filter(|r| r.kind == ResourceKind::Ssh) else {
-            return Err(format!(
+            return Err(NoGo::Refused(format!(
                 "resource {resource} does not exist or is not an SSH resource; `jitgate resources` lists them"
-            ));
+            )));
         };
         let login = match login {
             Some(l) => l,
             None => res.default_access().unwrap_or_default().to_string(),
         };
         if !res.access_levels.contains(&login) {
-            return Err(format!(
+            return Err(NoGo::Refused(format!(
                 "login {login} is not offered by {}; its logins: {}",
                 res.name,
                 res.access_levels.join(", ")
-            ));
+            )));
         }
         let grant = fe
             .gk
             .find_grant(&principal.name, &res.name, Want::Exactly(&login))
             .await
-            .map_err(|r| r.message())?;
+            .map_err(|r| NoGo::Refused(r.message()))?;
         let Some(grant) = grant else {
             fe.gk
                 .metrics()
                 .auth_failures_total
                 .with_label_values(&["ssh", "no_grant"])
                 .inc();
-            return Err(format!(
-                "no active access grant for {} as {login} on {}; request one: jitgate request {} --access {login} --for 1h --reason \"...\"",
-                principal.name, res.name, res.name
-            ));
+            return Err(NoGo::NoGrant(NoGrant {
+                message: format!(
+                    "no active access grant for {} as {login} on {}; request one: jitgate request {} --access {login} --for 1h --reason \"...\"",
+                    principal.name, res.name, res.name
+                ),
+                resource: res.name.clone(),
+                login,
+                duration,
+            }));
         };
         let allow_forwarding = cat
             .policies
             .iter()
             .find(|p| p.name == grant.policy)
             .is_some_and(|p| p.allow_port_forwarding);
-        let upstream = self.login_upstream(res, &login, &principal.name).await?;
+        let upstream = self
+            .login_upstream(res, &login, &principal.name)
+            .await
+            .map_err(NoGo::Refused)?;
         let info = SessionInfo {
             id: new_session_id(),
             protocol: "ssh".into(),
@@ -183,7 +246,11 @@ impl<G: Gatekeeper> Conn<G> {
             client_addr: self.peer.to_string(),
             started_at: jiff::Timestamp::now(),
         };
-        let guard = fe.gk.open_session(info.clone()).await.map_err(|r| r.message())?;
+        let guard = fe
+            .gk
+            .open_session(info.clone())
+            .await
+            .map_err(|r| NoGo::Refused(r.message()))?;
         tracing::info!(session_id = %info.id, identity = %info.identity, resource = %info.resource, login = %login, grant_id = info.grant_id, "ssh session started");
         let live = Arc::new(Live {
             guard,
@@ -271,11 +338,11 @@ impl<G: Gatekeeper> Conn<G> {
         }
     }
 
-    fn ctx(&self, live: &Arc<Live>, slot: ChannelSlot, session: &Session) -> ChanCtx {
+    pub(super) fn ctx(&self, live: &Arc<Live>, slot: ChannelSlot, server: server::Handle) -> ChanCtx {
         ChanCtx {
             live: live.clone(),
             _slot: slot,
-            server: session.handle(),
+            server,
             audit: self.fe.cfg.audit.clone(),
             metrics: self.fe.gk.metrics().clone(),
             env_allow: self.fe.cfg.env_allow.clone(),
@@ -366,6 +433,26 @@ impl<G: Gatekeeper> server::Handler for Conn<G> {
                 reply.accept().await;
                 tokio::spawn(relay::refuse(channel, session.handle(), msg));
             }
+            Ready::NoGrant(n) => {
+                reply.accept().await;
+                let wait = self.fe.gk.catalog().wait_on_connect;
+                match self.principal.clone() {
+                    Some(principal) if wait.secs() > 0 => {
+                        let asking = super::ask::Asking {
+                            c: self.connector(),
+                            principal,
+                            user,
+                            no_grant: n,
+                            server: session.handle(),
+                            limit: Duration::from_secs(wait.secs()),
+                        };
+                        tokio::spawn(asking.run(channel));
+                    }
+                    _ => {
+                        tokio::spawn(relay::refuse(channel, session.handle(), n.message));
+                    }
+                }
+            }
             Ready::Live(live) => {
                 let Some(slot) = live.slot(self.fe.cfg.max_channels) else {
                     reply.reject(ChannelOpenFailure::ResourceShortage).await;
@@ -374,8 +461,8 @@ impl<G: Gatekeeper> server::Handler for Conn<G> {
                 match live.upstream.channel_open_session().await {
                     Ok(up) => {
                         reply.accept().await;
-                        let ctx = self.ctx(&live, slot, session);
-                        tokio::spawn(relay::session_channel(ctx, channel, up));
+                        let ctx = self.connector().ctx(&live, slot, session.handle());
+                        tokio::spawn(relay::session_channel(ctx, channel, up, Vec::new()));
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "upstream refused a session channel");
@@ -430,7 +517,7 @@ impl<G: Gatekeeper> server::Handler for Conn<G> {
                     .emit(live.event(Kind::SshForward).detail(&details))
                     .await;
                 reply.accept().await;
-                let ctx = self.ctx(&live, slot, session);
+                let ctx = self.connector().ctx(&live, slot, session.handle());
                 tokio::spawn(relay::forward_channel(ctx, channel, up));
             }
             Err(e) => {

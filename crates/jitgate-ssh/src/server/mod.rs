@@ -25,6 +25,7 @@ use crate::keys::{self, GatewayKeys};
 use crate::upstream::UpstreamError;
 use handler::Conn;
 
+mod ask;
 mod handler;
 
 /// Front-end settings.

@@ -1,0 +1,372 @@
+//! Request on connect: a user without a grant asks from inside psql (PGOPTIONS), psycopg 3 and
+//! pgjdbc (their `options`), and waits there for the decision: the real `jitgate serve`, a
+//! real PostgreSQL, the real clients, approvals and denials through the real CLI.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::io::Read;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use support::pg::cluster;
+use support::*;
+
+const OPTS: &str = "-c jitgate.reason='INC-123 slow checkout' -c jitgate.for=30m";
+
+/// prod-db: bob (dba) approves. dev-db (same database): a rule approves dev at once.
+fn setup(extra_gateway: &str) -> (Gateway, support::pg::Pg) {
+    let pg = cluster();
+    let db = pg.fresh_db();
+    let body = format!(
+        r#"{extra_gateway}[postgres]
+startup_timeout = "2s"
+
+{ids}
+[[resources]]
+name = "prod-db"
+kind = "postgres"
+address = "127.0.0.1:{port}"
+database = "{db}"
+credentials.read-only = {{ user = "app_ro", password_file = "ro.pw" }}
+credentials.read-write = {{ user = "app_rw", password_file = "rw.pw" }}
+
+[[resources]]
+name = "dev-db"
+kind = "postgres"
+address = "127.0.0.1:{port}"
+database = "{db}"
+credentials.read-only = {{ user = "app_ro", password_file = "ro.pw" }}
+
+[[policies]]
+name = "production"
+resources = ["prod-*"]
+requesters = ["dev"]
+approvers = ["dba"]
+reason_required = true
+
+[[policies]]
+name = "development"
+resources = ["dev-*"]
+requesters = ["dev"]
+approvers = ["dba"]
+[[policies.auto_approve]]
+groups = ["dev"]
+"#,
+        ids = identities(),
+        port = pg.port
+    );
+    let gw = Gateway::start_pg(&body);
+    std::fs::write(gw.dir.path().join("ro.pw"), "ro-secret\n").unwrap();
+    std::fs::write(gw.dir.path().join("rw.pw"), "rw-secret\n").unwrap();
+    (gw, pg)
+}
+
+/// A client process whose stderr is collected as it arrives.
+struct Running {
+    child: Child,
+    err: Arc<Mutex<String>>,
+}
+
+impl Running {
+    fn spawn(mut c: Command) -> Self {
+        let mut child = c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let err = Arc::new(Mutex::new(String::new()));
+        let mut stderr = child.stderr.take().unwrap();
+        let e = err.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stderr.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                e.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Self { child, err }
+    }
+
+    fn stderr(&self) -> String {
+        self.err.lock().unwrap().clone()
+    }
+
+    fn wait_stderr(&self, needle: &str, within: Duration) {
+        assert!(
+            eventually(within, || self.stderr().contains(needle)),
+            "no {needle:?} on stderr:\n{}",
+            self.stderr()
+        );
+    }
+
+    /// Exit status and stdout, within `limit`.
+    fn finish(mut self, limit: Duration) -> (std::process::ExitStatus, String, String) {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                let mut out = String::new();
+                self.child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+                std::thread::sleep(Duration::from_millis(50));
+                return (st, out, self.stderr());
+            }
+            assert!(Instant::now() < deadline, "client still running:\n{}", self.stderr());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+fn psql(gw: &Gateway, user: &str, resource: &str, options: &str, sql: &str) -> Command {
+    let (h, p) = gw.pg_host_port();
+    let mut c = Command::new("psql");
+    c.arg("-X")
+        .arg(format!(
+            "host={h} port={p} user={user}@example.com dbname={resource} sslmode=require"
+        ))
+        .args(["-At", "-c", sql])
+        .env("PGPASSWORD", token(user))
+        .env("PGOPTIONS", options)
+        .env("PGCONNECT_TIMEOUT", "0");
+    c
+}
+
+/// The newest request of `user`, as an approver sees it.
+fn newest_request(gw: &Gateway, user: &str) -> serde_json::Value {
+    let all = gw.cli(Some("root"), &["requests", "--json"]).json();
+    all.as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["requester"] == format!("{user}@example.com"))
+        .max_by_key(|r| r["id"].as_i64().unwrap())
+        .cloned()
+        .unwrap_or_else(|| panic!("no request of {user}: {all}"))
+}
+
+#[test]
+fn psql_asks_waits_and_gets_in_on_approval_or_fatal_on_denial() {
+    let (gw, _pg) = setup("");
+
+    // Without a reason: refused as before, and told how to ask from here.
+    let o = psql(&gw, "alice", "prod-db", "", "SELECT 1").output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("no active access grant for alice@example.com on prod-db"),
+        "{err}"
+    );
+    assert!(err.contains("PGOPTIONS=\"-c jitgate.reason="), "{err}");
+
+    // A misspelt option is refused with the names that exist.
+    let o = psql(&gw, "alice", "prod-db", "-c jitgate.reasn=x", "SELECT 1")
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("unknown option jitgate.reasn"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    // Ask: psql shows the notice while it waits; bob approves; the same psql is in.
+    let run = Running::spawn(psql(&gw, "alice", "prod-db", OPTS, "SELECT current_user"));
+    run.wait_stderr("waiting for approval by dba", Duration::from_secs(10));
+    let r = newest_request(&gw, "alice");
+    let id = r["id"].as_i64().unwrap().to_string();
+    assert_eq!(r["state"], "pending");
+    assert_eq!(r["reason"], "INC-123 slow checkout");
+    assert_eq!(r["duration_secs"], 1800, "{r}");
+    assert!(
+        run.stderr().contains(&format!("jitgate approve {id}")),
+        "{}",
+        run.stderr()
+    );
+    let approved = Instant::now();
+    gw.cli(Some("bob"), &["approve", &id]).ok();
+    let (st, out, err) = run.finish(Duration::from_secs(5));
+    let took = approved.elapsed();
+    assert!(st.success(), "{err}");
+    assert_eq!(out.trim(), "app_ro");
+    assert!(
+        err.contains(&format!("request {id} approved by bob@example.com")),
+        "{err}"
+    );
+    assert!(took < Duration::from_millis(1500), "in {took:?} after the approval");
+
+    // Denied: FATAL with the approver's reason.
+    let run = Running::spawn(psql(&gw, "carol", "prod-db", OPTS, "SELECT 1"));
+    run.wait_stderr("waiting for approval", Duration::from_secs(10));
+    let id = newest_request(&gw, "carol")["id"].as_i64().unwrap().to_string();
+    gw.cli(Some("bob"), &["deny", &id, "--reason", "use staging"]).ok();
+    let (st, _, err) = run.finish(Duration::from_secs(5));
+    assert!(!st.success());
+    assert!(
+        err.contains(&format!(
+            "FATAL:  request {id} was denied by bob@example.com: use staging"
+        )),
+        "{err}"
+    );
+
+    // Ctrl-C while waiting cancels the request, audited as the requester's.
+    let run = Running::spawn(psql(
+        &gw,
+        "alice",
+        "prod-db",
+        &format!("{OPTS} -c jitgate.access=read-write"),
+        "SELECT 1",
+    ));
+    run.wait_stderr("waiting for approval", Duration::from_secs(10));
+    let r = newest_request(&gw, "alice");
+    assert_eq!(r["access"], "read-write");
+    let id = r["id"].as_i64().unwrap();
+    let pid = run.child.id().to_string();
+    Command::new("kill").args(["-INT", &pid]).status().unwrap();
+    let _ = run.finish(Duration::from_secs(5));
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            gw.audit_events()
+                .iter()
+                .any(|e| e["kind"] == "request.cancelled" && e["request_id"] == id && e["actor"] == "alice@example.com")
+        }),
+        "{:?}",
+        gw.audit_kinds()
+    );
+    assert_eq!(newest_request(&gw, "alice")["state"], "cancelled");
+
+    // An auto-approving policy: in at once, told by whom.
+    let t = Instant::now();
+    let o = psql(&gw, "alice", "dev-db", OPTS, "SELECT 40 + 2").output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "42");
+    assert!(t.elapsed() < Duration::from_secs(3));
+    assert_eq!(newest_request(&gw, "alice")["state"], "approved");
+
+    // The policy still rules: dave may not request prod-db.
+    let o = psql(&gw, "dave", "prod-db", OPTS, "SELECT 1").output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("jitgate could not request access to prod-db"), "{err}");
+}
+
+#[test]
+fn waiting_too_long_keeps_the_request_and_a_reconnect_waits_on_it() {
+    let (gw, _pg) = setup("#gateway-extra wait_on_connect = \"2s\"\n");
+    let t = Instant::now();
+    let o = psql(&gw, "alice", "prod-db", OPTS, "SELECT 1").output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(t.elapsed() >= Duration::from_secs(2) && t.elapsed() < Duration::from_secs(6));
+    assert!(
+        err.contains("is still waiting for approval by dba after 2s; it stays pending"),
+        "{err}"
+    );
+    let first = newest_request(&gw, "alice");
+    assert_eq!(first["state"], "pending");
+    // Connecting again waits on the same request, and an approval lets it in.
+    let run = Running::spawn(psql(&gw, "alice", "prod-db", OPTS, "SELECT 7"));
+    run.wait_stderr("was already pending", Duration::from_secs(10));
+    gw.cli(Some("bob"), &["approve", &first["id"].as_i64().unwrap().to_string()])
+        .ok();
+    let (st, out, err) = run.finish(Duration::from_secs(5));
+    assert!(st.success(), "{err}");
+    assert_eq!(out.trim(), "7");
+    assert_eq!(newest_request(&gw, "alice")["id"], first["id"], "no second request");
+}
+
+#[test]
+fn psycopg_and_pgjdbc_ask_through_their_options_parameter() {
+    let (gw, _pg) = setup("");
+    let (h, p) = gw.pg_host_port();
+
+    // psycopg 3: approved while it waits.
+    let py = format!(
+        "import psycopg, sys\n\
+         try:\n    c = psycopg.connect('host={h} port={p} dbname=prod-db sslmode=require', user=sys.argv[1], password=sys.argv[2], options=sys.argv[3])\n\
+         except psycopg.OperationalError as e:\n    print('refused', e.sqlstate, str(e).strip().splitlines()[-1]); sys.exit(3)\n\
+         print(c.execute('SELECT 40 + 2').fetchone()[0])\n"
+    );
+    let py_run = |user: &str| {
+        let mut c = Command::new("python3");
+        c.args(["-c", &py, &format!("{user}@example.com"), &token(user), OPTS]);
+        Running::spawn(c)
+    };
+    // psycopg drops the notices of the connection phase (its notice handler is attached once
+    // the connection object exists): wait for the request itself.
+    let created = |user: &str, n: usize, run: &Running| {
+        assert!(
+            eventually(Duration::from_secs(30), || {
+                gw.audit_events()
+                    .iter()
+                    .filter(|e| e["kind"] == "request.created" && e["actor"] == format!("{user}@example.com"))
+                    .count()
+                    == n
+            }),
+            "no request of {user}: {}\n{}",
+            run.stderr(),
+            gw.log()
+        );
+    };
+    let run = py_run("alice");
+    created("alice", 1, &run);
+    let id = newest_request(&gw, "alice")["id"].as_i64().unwrap().to_string();
+    gw.cli(Some("bob"), &["approve", &id]).ok();
+    let (st, out, err) = run.finish(Duration::from_secs(10));
+    assert!(st.success(), "{out}{err}");
+    assert_eq!(out.trim(), "42");
+    // psycopg 3: denied, with the reason (libpq gives no SQLSTATE for a failed connection;
+    // pgjdbc below does).
+    let run = py_run("carol");
+    created("carol", 1, &run);
+    let id = newest_request(&gw, "carol")["id"].as_i64().unwrap().to_string();
+    gw.cli(Some("bob"), &["deny", &id, "--reason", "not during the freeze"])
+        .ok();
+    let (st, out, _) = run.finish(Duration::from_secs(10));
+    assert_eq!(st.code(), Some(3), "{out}");
+    assert!(
+        out.contains("FATAL:  request") && out.contains("was denied by bob@example.com: not during the freeze"),
+        "{out}"
+    );
+
+    // pgjdbc: the `options` property; the notices arrive as connection warnings.
+    let java = gw.dir.path().join("J.java");
+    std::fs::write(
+        &java,
+        "public class J { public static void main(String[] a) throws Exception {\n\
+           var props = new java.util.Properties();\n\
+           props.setProperty(\"user\", a[1]); props.setProperty(\"password\", a[2]);\n\
+           props.setProperty(\"options\", a[3]); props.setProperty(\"sslmode\", \"require\");\n\
+           props.setProperty(\"sslfactory\", \"org.postgresql.ssl.NonValidatingFactory\");\n\
+           try (var c = java.sql.DriverManager.getConnection(a[0], props)) {\n\
+             var w = c.getWarnings(); while (w != null) { System.err.println(\"warning: \" + w.getMessage()); w = w.getNextWarning(); }\n\
+             var r = c.createStatement().executeQuery(\"SELECT 40 + 2\"); r.next();\n\
+             System.out.println(r.getInt(1));\n\
+           } catch (java.sql.SQLException e) { System.out.println(\"refused \" + e.getSQLState() + \" \" + e.getMessage()); System.exit(3); } } }\n",
+    )
+    .unwrap();
+    let java_run = |user: &str, opts: &str| {
+        let mut c = Command::new("java");
+        c.arg(format!("-Duser.home={}", gw.dir.path().display()))
+            .args(["-cp", "/usr/share/java/postgresql.jar"])
+            .arg(&java)
+            .arg(format!("jdbc:postgresql://{h}:{p}/prod-db"))
+            .arg(format!("{user}@example.com"))
+            .arg(token(user))
+            .arg(opts);
+        Running::spawn(c)
+    };
+    // alice holds a read-only grant now (psycopg's): pgjdbc asks for read-write.
+    let run = java_run("alice", &format!("{OPTS} -c jitgate.access=read-write"));
+    // pgjdbc keeps the notices as warnings until the connection is open: wait for the request.
+    created("alice", 2, &run);
+    let id = newest_request(&gw, "alice")["id"].as_i64().unwrap().to_string();
+    gw.cli(Some("bob"), &["approve", &id]).ok();
+    let (st, out, err) = run.finish(Duration::from_secs(20));
+    assert!(st.success(), "{out}{err}");
+    assert_eq!(out.trim(), "42");
+    assert!(err.contains("waiting for approval by dba"), "{err}");
+    let run = java_run("carol", OPTS);
+    created("carol", 2, &run);
+    let id = newest_request(&gw, "carol")["id"].as_i64().unwrap().to_string();
+    gw.cli(Some("bob"), &["deny", &id, "--reason", "no"]).ok();
+    let (st, out, _) = run.finish(Duration::from_secs(20));
+    assert_eq!(st.code(), Some(3), "{out}");
+    assert!(out.contains("refused 28000"), "{out}");
+}
