@@ -370,3 +370,186 @@ fn psycopg_and_pgjdbc_ask_through_their_options_parameter() {
     assert_eq!(st.code(), Some(3), "{out}");
     assert!(out.contains("refused 28000"), "{out}");
 }
+
+// ---- SSH ----
+
+use support::ssh::{Sshd, Upstream, sshd};
+
+/// ops-1: an SSH resource whose policy needs bob (dba), with a reason.
+fn ssh_setup() -> (Gateway, Sshd) {
+    let s = sshd();
+    let body = format!(
+        "#listen-extra ssh = \"127.0.0.1:0\"\n[ssh]\nlogin_timeout = \"2s\"\n\n{ids}{r}\
+         [[policies]]\nname = \"ops\"\nresources = [\"ops-*\"]\nrequesters = [\"dev\"]\napprovers = [\"dba\"]\nreason_required = true\ndefault_duration = \"45m\"\n",
+        ids = support::ssh::identities(&s),
+        r = s.resource("ops-1", Upstream::Ca),
+    );
+    let gw = Gateway::start(&body);
+    s.trust_ca(&gw);
+    (gw, s)
+}
+
+fn tmux(sock: &str, args: &[&str]) -> String {
+    let out = Command::new("tmux").arg("-L").arg(sock).args(args).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn wait_pane(sock: &str, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let p = tmux(sock, &["capture-pane", "-p", "-t", "s"]);
+        if p.contains(needle) {
+            return p;
+        }
+        assert!(Instant::now() < deadline, "pane never showed {needle:?}:\n{p}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `ssh` through the gateway in a tmux pane (a real terminal), kept open after it exits.
+fn ssh_in_tmux(gw: &Gateway, s: &Sshd, target: &str, sock: &str) {
+    let ssh = gw.ssh(&s.client_key(), target);
+    let cmdline: Vec<String> = std::iter::once(ssh.get_program().to_string_lossy().into_owned())
+        .chain(ssh.get_args().map(|a| format!("'{}'", a.to_string_lossy())))
+        .collect();
+    tmux(
+        sock,
+        &[
+            "new-session",
+            "-d",
+            "-s",
+            "s",
+            "-x",
+            "150",
+            "-y",
+            "30",
+            &format!("{}; echo ssh-exited-$?; sleep 30", cmdline.join(" ")),
+        ],
+    );
+}
+
+#[test]
+fn ssh_asks_for_a_reason_on_the_terminal_waits_and_opens_the_shell_on_approval() {
+    let (gw, s) = ssh_setup();
+
+    // Interactive, then Ctrl-C while waiting: the request is withdrawn.
+    let sock = format!("jgask-{}", std::process::id());
+    ssh_in_tmux(&gw, &s, "ops-1", &sock);
+    wait_pane(&sock, "holds no access grant as");
+    wait_pane(&sock, "Reason (ticket, incident, why):");
+    tmux(
+        &sock,
+        &[
+            "send-keys",
+            "-t",
+            "s",
+            "INC-7 typo",
+            "BSpace",
+            "BSpace",
+            "BSpace",
+            "BSpace",
+            "disk full",
+            "Enter",
+        ],
+    );
+    wait_pane(&sock, "For how long? [45m]:");
+    tmux(&sock, &["send-keys", "-t", "s", "Enter"]);
+    wait_pane(&sock, "waiting for approval by dba");
+    let r = newest_request(&gw, "alice");
+    assert_eq!(r["reason"], "INC-7 disk full", "{r}");
+    assert_eq!(r["duration_secs"], 2700, "{r}");
+    assert_eq!(r["access"], s.user, "{r}");
+    tmux(&sock, &["send-keys", "-t", "s", "C-c"]);
+    wait_pane(&sock, "cancelled");
+    wait_pane(&sock, "ssh-exited-1");
+    assert_eq!(newest_request(&gw, "alice")["state"], "cancelled");
+    tmux(&sock, &["kill-server"]);
+
+    // Interactive with the duration in the target name; approved while it waits: the shell.
+    let sock = format!("jgask2-{}", std::process::id());
+    ssh_in_tmux(&gw, &s, "ops-1+20m", &sock);
+    wait_pane(&sock, "Reason (ticket, incident, why):");
+    tmux(&sock, &["send-keys", "-t", "s", "INC-8 rotate logs", "Enter"]);
+    wait_pane(&sock, "waiting for approval by dba");
+    let r = newest_request(&gw, "alice");
+    assert_eq!(r["duration_secs"], 1200, "{r}");
+    gw.cli(Some("bob"), &["approve", &r["id"].as_i64().unwrap().to_string()])
+        .ok();
+    wait_pane(&sock, "approved by bob@example.com");
+    wait_pane(&sock, "~$");
+    tmux(&sock, &["send-keys", "-t", "s", "echo ask-marker-$((6*7))", "Enter"]);
+    wait_pane(&sock, "ask-marker-42");
+    tmux(&sock, &["send-keys", "-t", "s", "exit", "Enter"]);
+    wait_pane(&sock, "ssh-exited-0");
+    tmux(&sock, &["kill-server"]);
+    // The shell and the typed command are audited under the new grant.
+    let ev = gw.audit_events();
+    let grant = r["id"].as_i64().unwrap();
+    assert!(ev.iter().any(|e| e["kind"] == "ssh.shell"), "{:?}", gw.audit_kinds());
+    assert!(
+        ev.iter()
+            .any(|e| e["kind"] == "ssh.command" && e["details"]["line"] == "echo ask-marker-$((6*7))"),
+        "{:?}",
+        ev.iter().filter(|e| e["kind"] == "ssh.command").collect::<Vec<_>>()
+    );
+    assert!(
+        ev.iter()
+            .any(|e| e["kind"] == "request.approved" && e["request_id"] == grant)
+    );
+}
+
+#[test]
+fn ssh_without_a_terminal_asks_with_setenv_and_is_told_how_otherwise() {
+    let (gw, s) = ssh_setup();
+    // No reason, no terminal: refused, told how to ask.
+    let o = gw.ssh(&s.client_key(), "ops-1").arg("echo hi").output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("no active access grant"), "{err}");
+    assert!(err.contains("SetEnv=\"JITGATE_REASON="), "{err}");
+
+    // SetEnv: the request is made, the command waits, runs once approved.
+    let mut c = gw.ssh_with(
+        &s.client_key(),
+        "ops-1",
+        &["-o", "SetEnv=JITGATE_REASON=\"INC-10 rotate logs\" JITGATE_FOR=15m"],
+    );
+    c.arg("echo ran-$((6*7))");
+    let run = Running::spawn(c);
+    run.wait_stderr("waiting for approval by dba", Duration::from_secs(15));
+    let r = newest_request(&gw, "alice");
+    assert_eq!(r["reason"], "INC-10 rotate logs", "{r}");
+    assert_eq!(r["duration_secs"], 900, "{r}");
+    gw.cli(Some("bob"), &["approve", &r["id"].as_i64().unwrap().to_string()])
+        .ok();
+    let (st, out, err) = run.finish(Duration::from_secs(10));
+    assert!(st.success(), "{err}");
+    assert_eq!(out.trim(), "ran-42");
+    assert!(
+        gw.audit_events()
+            .iter()
+            .any(|e| e["kind"] == "ssh.exec" && e["details"]["command"] == "echo ran-$((6*7))"),
+        "{:?}",
+        gw.audit_kinds()
+    );
+    // Denied: exit 1 with the reason on stderr.
+    let mut c = gw.ssh_with(
+        &s.client_key(),
+        "nobody-else@ops-1+1h",
+        &["-o", "SetEnv=JITGATE_REASON=again"],
+    );
+    c.arg("true");
+    let run = Running::spawn(c);
+    run.wait_stderr("waiting for approval by dba", Duration::from_secs(15));
+    let r = newest_request(&gw, "alice");
+    assert_eq!(r["access"], "nobody-else");
+    assert_eq!(r["duration_secs"], 3600);
+    gw.cli(
+        Some("bob"),
+        &["deny", &r["id"].as_i64().unwrap().to_string(), "--reason", "not now"],
+    )
+    .ok();
+    let (st, _, err) = run.finish(Duration::from_secs(10));
+    assert_eq!(st.code(), Some(1), "{err}");
+    assert!(err.contains("was denied by bob@example.com: not now"), "{err}");
+}

@@ -23,6 +23,9 @@ use crate::relay;
 const PROMPT_LIMIT: Duration = Duration::from_secs(300);
 /// The longest reason typed at the prompt.
 const MAX_REASON: usize = 500;
+/// Input of a command without a terminal held while it waits (`tar c . | ssh ... tar x`), to
+/// be sent once the session opens.
+const MAX_HELD_INPUT: usize = 1 << 20;
 
 /// A channel waiting for a request on connect.
 pub(super) struct Asking<G: Gatekeeper> {
@@ -44,6 +47,8 @@ struct Held {
     shell: bool,
     reason: Option<String>,
     duration: Option<String>,
+    /// Bytes of input held.
+    input: usize,
 }
 
 /// A line from the gateway on the channel: on the terminal with a pty, else on stderr.
@@ -115,7 +120,7 @@ async fn read_line(ch: &mut Channel<Msg>, held: &mut Held, prompt: &str) -> Opti
                 }
             }
             m @ ChannelMsg::WindowChange { .. } => held.prelude.push(m),
-            ChannelMsg::Close | ChannelMsg::Eof => return None,
+            ChannelMsg::Close => return None,
             _ => {}
         }
     }
@@ -200,7 +205,11 @@ async fn hold(ch: &mut Channel<Msg>, server: &server::Handle) -> Option<Held> {
                 });
                 true
             }
-            ChannelMsg::Close | ChannelMsg::Eof => return None,
+            ChannelMsg::Close => return None,
+            m @ ChannelMsg::Eof => {
+                h.prelude.push(m);
+                false
+            }
             _ => false,
         };
         if done {
@@ -371,13 +380,28 @@ impl<G: Gatekeeper> Asking<G> {
                     fail(&ch, pty, &format!("request {id} cancelled")).await;
                     return false;
                 }
-                Woke::Msg(Some(m @ ChannelMsg::WindowChange { .. })) => held.prelude.push(m),
-                Woke::Msg(None | Some(ChannelMsg::Close | ChannelMsg::Eof)) => {
+                Woke::Msg(Some(m @ (ChannelMsg::WindowChange { .. } | ChannelMsg::Eof))) => held.prelude.push(m),
+                Woke::Msg(None | Some(ChannelMsg::Close)) => {
                     w.withdraw().await;
                     return false;
                 }
-                // Typed ahead while waiting: not sent to the target (the user did not see what
-                // it would run on).
+                // A command's input (no terminal): held for it, bounded.
+                Woke::Msg(Some(ChannelMsg::Data { data })) if !pty => {
+                    held.input += data.len();
+                    if held.input > MAX_HELD_INPUT {
+                        w.withdraw().await;
+                        fail(
+                            &ch,
+                            pty,
+                            "more than 1 MiB of input arrived before access was granted; request first, then send it",
+                        )
+                        .await;
+                        return false;
+                    }
+                    held.prelude.push(ChannelMsg::Data { data });
+                }
+                // Typed ahead on a terminal while waiting: not sent to the target (the user
+                // did not see what it would run on).
                 Woke::Msg(Some(_)) => {}
             }
         }
