@@ -33,7 +33,7 @@ const ROLE_CHECK_SQL: &str = "SELECT r.rolsuper, pg_has_role(current_user, 'pg_e
 pub(super) enum Started<G: Gatekeeper> {
     Session(Box<Ready>, Stream),
     /// Authenticated without a grant, and a request on connect waits for its decision.
-    Wait(Box<Authed>, Waiter<G>, Stream),
+    Wait(Box<(Authed, Waiter<G>)>, Stream),
     Done,
 }
 
@@ -51,8 +51,8 @@ pub(super) struct Authed {
 
 /// What the login produced: a session ready to start, or a wait for a decision.
 pub(super) enum Login<G: Gatekeeper> {
-    Ready(Ready),
-    Wait(Box<Authed>, Waiter<G>),
+    Ready(Box<Ready>),
+    Wait(Box<(Authed, Waiter<G>)>),
 }
 
 pub(super) struct Ready {
@@ -354,7 +354,7 @@ impl<G: Gatekeeper> PgFrontend<G> {
             .grant_for(&a.principal.name, &res.name, ask.access.as_deref())
             .await?
         {
-            return Ok(Login::Ready(self.open_upstream(a, grant).await?));
+            return Ok(Login::Ready(Box::new(self.open_upstream(a, grant).await?)));
         }
         let wait = cat.wait_on_connect;
         if ask.reason.is_none() || wait.secs() == 0 {
@@ -369,7 +369,7 @@ impl<G: Gatekeeper> PgFrontend<G> {
     async fn ask_on_connect(&self, a: Authed, ask: &Ask, limit: std::time::Duration) -> Result<Login<G>, LoginError> {
         let started = Waiter::start(self.gk.clone(), a.principal.clone(), ask, &a.resource_name, limit).await;
         match started {
-            Ok(Ok(w)) => Ok(Login::Wait(Box::new(a), w)),
+            Ok(Ok(w)) => Ok(Login::Wait(Box::new((a, w)))),
             Ok(Err(lines)) => {
                 let grant = self
                     .grant_for(&a.principal.name, &a.resource_name, a.want_access.as_deref())
@@ -377,7 +377,7 @@ impl<G: Gatekeeper> PgFrontend<G> {
                     .ok_or_else(|| no_grant(&a.principal.name, &a.resource_name, true))?;
                 let mut ready = self.open_upstream(a, grant).await?;
                 ready.notices = lines;
-                Ok(Login::Ready(ready))
+                Ok(Login::Ready(Box::new(ready)))
             }
             Err(AskError::Refused(m)) => Err(LoginError::Refused(refuse(
                 "28000",

@@ -146,7 +146,7 @@ impl<G: Gatekeeper> PgFrontend<G> {
             }
             Ok(Ok(Started::Done)) => return,
             Ok(Ok(Started::Session(r, client))) => (*r, client),
-            Ok(Ok(Started::Wait(a, w, client))) => match self.wait_on_connect(*a, w, client).await {
+            Ok(Ok(Started::Wait(aw, client))) => match self.wait_on_connect(aw.0, aw.1, client).await {
                 Some(r) => r,
                 None => return,
             },
@@ -233,8 +233,8 @@ impl<G: Gatekeeper> PgFrontend<G> {
 
 fn started<G: Gatekeeper>(r: Option<login::Login<G>>, client: Stream) -> Started<G> {
     match r {
-        Some(login::Login::Ready(ready)) => Started::Session(Box::new(ready), client),
-        Some(login::Login::Wait(a, w)) => Started::Wait(a, w, client),
+        Some(login::Login::Ready(ready)) => Started::Session(ready, client),
+        Some(login::Login::Wait(aw)) => Started::Wait(aw, client),
         None => Started::Done,
     }
 }

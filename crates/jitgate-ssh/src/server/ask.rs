@@ -289,7 +289,7 @@ impl<G: Gatekeeper> Asking<G> {
             .ok()
             .flatten();
             let Some(r) = r else {
-                fail(&ch, true, "nothing requested").await;
+                fail(ch, true, "nothing requested").await;
                 return None;
             };
             reason = Some(r);
@@ -302,7 +302,7 @@ impl<G: Gatekeeper> Asking<G> {
                             .ok()
                             .flatten();
                     let Some(typed) = typed else {
-                        fail(&ch, true, "nothing requested").await;
+                        fail(ch, true, "nothing requested").await;
                         return None;
                     };
                     if typed.is_empty() {
@@ -313,7 +313,7 @@ impl<G: Gatekeeper> Asking<G> {
                             duration = Some(d);
                             break;
                         }
-                        Err(e) => say(&ch, true, &format!("{e} (e.g. 30m, 2h)")).await,
+                        Err(e) => say(ch, true, &format!("{e} (e.g. 30m, 2h)")).await,
                     }
                 }
             }
@@ -340,13 +340,13 @@ impl<G: Gatekeeper> Asking<G> {
             Ok(Ok(w)) => w,
             Ok(Err(lines)) => {
                 for l in lines {
-                    say(&ch, pty, &l).await;
+                    say(ch, pty, &l).await;
                 }
                 return true;
             }
             Err(e) => {
                 fail(
-                    &ch,
+                    ch,
                     pty,
                     &format!(
                         "could not request access to {}: {}",
@@ -368,16 +368,16 @@ impl<G: Gatekeeper> Asking<G> {
                 m = ch.wait() => Woke::Msg(m),
             };
             match woke {
-                Woke::Step(Step::Say(line)) => say(&ch, pty, &line).await,
+                Woke::Step(Step::Say(line)) => say(ch, pty, &line).await,
                 Woke::Step(Step::Proceed) => return true,
                 Woke::Step(Step::Refuse(m)) => {
-                    fail(&ch, pty, &m).await;
+                    fail(ch, pty, &m).await;
                     return false;
                 }
                 Woke::Msg(Some(ChannelMsg::Data { data })) if pty && data.contains(&0x03) => {
                     let id = w.id();
                     w.withdraw().await;
-                    fail(&ch, pty, &format!("request {id} cancelled")).await;
+                    fail(ch, pty, &format!("request {id} cancelled")).await;
                     return false;
                 }
                 Woke::Msg(Some(m @ (ChannelMsg::WindowChange { .. } | ChannelMsg::Eof))) => held.prelude.push(m),
@@ -391,7 +391,7 @@ impl<G: Gatekeeper> Asking<G> {
                     if held.input > MAX_HELD_INPUT {
                         w.withdraw().await;
                         fail(
-                            &ch,
+                            ch,
                             pty,
                             "more than 1 MiB of input arrived before access was granted; request first, then send it",
                         )
