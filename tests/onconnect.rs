@@ -553,3 +553,73 @@ fn ssh_without_a_terminal_asks_with_setenv_and_is_told_how_otherwise() {
     assert_eq!(st.code(), Some(1), "{err}");
     assert!(err.contains("was denied by bob@example.com: not now"), "{err}");
 }
+
+// ---- Grants that end when the work ends (real clock, real psql) ----
+
+/// alice requests prod-db with `extra` flags, bob approves: the grant id.
+fn granted(gw: &Gateway, extra: &[&str]) -> i64 {
+    let mut args = vec!["request", "prod-db", "--reason", "INC-5", "--json"];
+    args.extend_from_slice(extra);
+    let r = gw.cli(Some("alice"), &args).json();
+    let id = r["id"].as_i64().unwrap().to_string();
+    let a = gw.cli(Some("bob"), &["approve", &id, "--json"]).json();
+    a["grant_id"].as_i64().unwrap()
+}
+
+fn grant_state(gw: &Gateway, id: i64) -> Option<serde_json::Value> {
+    gw.audit_events()
+        .into_iter()
+        .find(|e| e["kind"] == "grant.expired" && e["grant_id"] == id)
+}
+
+#[test]
+fn single_session_idle_end_and_first_use_grants_end_when_the_work_ends() {
+    let (gw, _pg) = setup("");
+
+    // single session: the grant ends with the first psql; the next one is refused.
+    let g = granted(&gw, &["--single-session"]);
+    let o = psql(&gw, "alice", "prod-db", "", "SELECT 1").output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(eventually(Duration::from_secs(5), || grant_state(&gw, g).is_some()));
+    assert_eq!(grant_state(&gw, g).unwrap()["details"]["ended"], "single_session");
+    let o = psql(&gw, "alice", "prod-db", "", "SELECT 1").output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("no active access grant"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    // idle end 2s: live while a session runs past it, ends 2 s after the last one.
+    let g = granted(&gw, &["--idle-end", "2s"]);
+    let o = psql(&gw, "alice", "prod-db", "", "SELECT pg_sleep(3)")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let left = Instant::now();
+    assert!(grant_state(&gw, g).is_none(), "ended while in use");
+    assert!(eventually(Duration::from_secs(6), || grant_state(&gw, g).is_some()));
+    let idle = left.elapsed();
+    assert!(
+        idle > Duration::from_millis(1500) && idle < Duration::from_millis(3500),
+        "ended {idle:?} after the last session"
+    );
+    assert_eq!(grant_state(&gw, g).unwrap()["details"]["ended"], "idle");
+
+    // First use, 3s: approved, unused for 2 s, then a session: killed 3 s after it started
+    // (a clock started at the approval would have ended it after 1 s).
+    granted(&gw, &["--start", "first-use", "--for", "3s"]);
+    std::thread::sleep(Duration::from_secs(2));
+    let t = Instant::now();
+    let o = psql(&gw, "alice", "prod-db", "", "SELECT pg_sleep(20)")
+        .output()
+        .unwrap();
+    let ran = t.elapsed();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("expired"), "{err}");
+    assert!(
+        ran > Duration::from_millis(2500) && ran < Duration::from_millis(5000),
+        "killed after {ran:?}"
+    );
+    assert!(gw.audit_kinds().contains(&"grant.started".to_string()));
+}

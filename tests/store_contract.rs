@@ -37,6 +37,7 @@ fn request(requester: &str, created_at: Timestamp) -> Request {
         extends_grant: None,
         grant_id: None,
         version: 0,
+        ends: Default::default(),
     }
 }
 

@@ -75,6 +75,15 @@ pub struct CreateRequest {
     pub duration: Option<String>,
     pub reason: Option<String>,
     pub ticket: Option<String>,
+    /// End the grant with its first session.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub single_session: bool,
+    /// End the grant after this long without a session (`15m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_end: Option<String>,
+    /// `approval` (default) or `first-use`: when the grant's clock starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<String>,
 }
 
 /// `GET /v1/requests?state=&mine=`.

@@ -71,6 +71,9 @@ pub struct GrantExpired<'a> {
     pub sessions_killed: Option<usize>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub while_down: bool,
+    /// Why it ended before its `expires_at`: `single_session`, `idle`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ended: Option<&'a str>,
 }
 
 /// `grant.expiring`: the warning before the end.
@@ -291,7 +294,8 @@ mod tests {
                 access: None,
                 expires_at: at,
                 sessions_killed: None,
-                while_down: true
+                while_down: true,
+                ended: None,
             }),
             r#"{"identity":"a","expires_at":"2026-12-03T12:00:00Z","while_down":true}"#
         );
@@ -301,7 +305,8 @@ mod tests {
                 access: Some("read-only"),
                 expires_at: at,
                 sessions_killed: Some(2),
-                while_down: false
+                while_down: false,
+                ended: None,
             }),
             r#"{"identity":"a","access":"read-only","expires_at":"2026-12-03T12:00:00Z","sessions_killed":2}"#
         );

@@ -44,6 +44,7 @@ kinds! {
     RequestExpired => "request.expired": "A pending request timed out undecided.",
     GrantActivated => "grant.activated": "A grant began.",
     GrantExtended => "grant.extended": "An approved extension moved a grant's end.",
+    GrantStarted => "grant.started": "A first-use grant's first session started its clock.",
     GrantExpiring => "grant.expiring": "A grant ends soon (the warning lead).",
     GrantExpired => "grant.expired": "A grant reached its end.",
     GrantRevoked => "grant.revoked": "An approver or admin revoked a grant.",

@@ -166,6 +166,14 @@ pub struct Policy {
     pub step_up: Option<HumanDuration>,
     /// Slack buttons decide in place (when there is no `step_up`).
     pub chat_approve: bool,
+    /// Grants end with their first session.
+    pub single_session: bool,
+    /// Grants end after this long without a session.
+    pub idle_end: Option<HumanDuration>,
+    /// Grants' clocks start at their first session.
+    pub first_use: bool,
+    /// How long a first-use grant waits for its first session.
+    pub first_use_within: HumanDuration,
     /// Auto-approval rules.
     pub auto_approve: Vec<AutoApprove>,
 }

@@ -37,6 +37,14 @@ pub enum LiveEvent {
         /// The grant.
         grant: LiveGrant,
     },
+    /// An `idle_end` grant has had no session here for its idle time since `since`. The
+    /// control plane ends it (after checking other replicas' sessions on a shared store).
+    Idle {
+        /// The grant.
+        grant: LiveGrant,
+        /// When its last session ended (or it was activated).
+        since: Timestamp,
+    },
 }
 
 /// A scheduled instant: (when, what, grant id, the grant's `expires_at` when scheduled).
@@ -46,6 +54,8 @@ type Slot = Reverse<(Timestamp, Due, i64, Timestamp)>;
 enum Due {
     Expire,
     Warn,
+    /// The 4th field is then the instant the grant became idle, not its `expires_at`.
+    Idle,
 }
 
 /// Grant cache, sessions and the expiry schedule.
@@ -65,6 +75,8 @@ pub struct Enforcer {
     /// final; expiry is not recorded (an extension approved just before it may arrive after).
     /// Held across the check and the insert in `activate`, and across the remove in `end`.
     final_ends: Mutex<HashMap<i64, Timestamp>>,
+    /// `idle_end` grants with no session here: since when.
+    idle_since: Mutex<HashMap<i64, Timestamp>>,
 }
 
 /// How long a final end is remembered: far longer than any snapshot can be old (store reads
@@ -83,6 +95,7 @@ impl Enforcer {
             wake: Notify::new(),
             warning_lead_secs: AtomicU64::new(warning_lead_secs),
             final_ends: Mutex::new(HashMap::new()),
+            idle_since: Mutex::new(HashMap::new()),
         })
     }
 
@@ -128,6 +141,16 @@ impl Enforcer {
             self.push(warn_at, Due::Warn, g.id, g.expires_at);
         }
         self.push(g.expires_at, Due::Expire, g.id, g.expires_at);
+        if g.ends.idle_secs.is_some() && self.sessions.on_grant(g.id, None) == 0 {
+            let fresh = !self
+                .idle_since
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains_key(&g.id);
+            if fresh {
+                self.idle_from(&g, now);
+            }
+        }
         self.grants.insert(g);
         drop(ended);
         self.metrics
@@ -137,8 +160,46 @@ impl Enforcer {
         true
     }
 
+    /// The grant's idle clock starts now (its last session ended, or it was activated
+    /// without one).
+    fn idle_from(&self, g: &LiveGrant, now: Timestamp) {
+        let Some(secs) = g.ends.idle_secs else { return };
+        self.idle_since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(g.id, now);
+        let at = now
+            .saturating_add(jiff::SignedDuration::from_secs(i64::try_from(secs).unwrap_or(i64::MAX)))
+            .unwrap_or(now);
+        self.push(at, Due::Idle, g.id, now);
+        self.wake.notify_one();
+    }
+
+    /// A session on `grant_id` was admitted: an idle clock stops.
+    pub fn session_joined(&self, grant_id: i64) {
+        self.idle_since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&grant_id);
+    }
+
+    /// Session `session_id` on `grant_id` is ending: the last one starts the grant's idle
+    /// clock (for `idle_end` grants).
+    pub fn session_leaving(&self, grant_id: i64, session_id: &str) {
+        let Some(g) = self.grants.get(grant_id).filter(|g| g.ends.idle_secs.is_some()) else {
+            return;
+        };
+        if self.sessions.on_grant(grant_id, Some(session_id)) == 0 {
+            self.idle_from(&g, self.clock.now());
+        }
+    }
+
     /// End a grant now (revoke, release): remove it and kill its sessions.
     pub fn end(&self, grant_id: i64, reason: &KillReason) -> (Option<LiveGrant>, usize) {
+        self.idle_since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&grant_id);
         let g = if matches!(reason, KillReason::Revoked { .. } | KillReason::Released) {
             let now = self.clock.now();
             let mut ended = self.final_ends.lock().unwrap_or_else(|e| e.into_inner());
@@ -182,6 +243,23 @@ impl Enforcer {
             let Some(Reverse((_, due, id, expires_at))) = item else {
                 break;
             };
+            if due == Due::Idle {
+                // `expires_at` holds the idle start: stale when a session came (or went) since.
+                let since = expires_at;
+                let current = self
+                    .idle_since
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&id)
+                    .copied();
+                if current == Some(since)
+                    && self.sessions.on_grant(id, None) == 0
+                    && let Some(grant) = self.grants.get(id)
+                {
+                    out.push(LiveEvent::Idle { grant, since });
+                }
+                continue;
+            }
             // Skip stale entries: the grant was ended or its end moved.
             let Some(live) = self.grants.get(id).filter(|g| g.expires_at == expires_at) else {
                 continue;
@@ -200,6 +278,7 @@ impl Enforcer {
                     self.sessions.warn_grant(id, &msg);
                     out.push(LiveEvent::Expiring { grant: live });
                 }
+                Due::Idle => {}
                 Due::Expire => {
                     let reason = KillReason::Expired { at: expires_at };
                     let (g, n) = self.end(id, &reason);
@@ -262,6 +341,7 @@ mod tests {
             access: "read-only".into(),
             expires_at: exp,
             policy: "p".into(),
+            ends: Default::default(),
         }
     }
 

@@ -9,7 +9,7 @@ use jiff::Timestamp;
 
 use crate::catalog::{Catalog, Policy, Resource};
 use crate::duration::HumanDuration;
-use crate::model::{Approval, Grant, GrantState, Principal, Request, RequestState};
+use crate::model::{Approval, Ends, Grant, GrantState, Principal, Request, RequestState};
 
 /// What a caller asks for.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -24,6 +24,22 @@ pub struct NewRequest {
     pub reason: Option<String>,
     /// Ticket id.
     pub ticket: Option<String>,
+    /// How the grant should end besides its expiry (tightens the policy's, never loosens).
+    pub lifetime: Lifetime,
+}
+
+/// What a request asks about its grant's end (`--single-session`, `--idle-end`, `--start`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Lifetime {
+    /// End the grant with its first session.
+    #[serde(default)]
+    pub single_session: bool,
+    /// End it after this long without a session.
+    #[serde(default)]
+    pub idle_end: Option<HumanDuration>,
+    /// Start its clock at the first session.
+    #[serde(default)]
+    pub first_use: bool,
 }
 
 /// Why the engine said no. Each message says what happened and what to do.
@@ -294,9 +310,26 @@ pub fn plan_request(catalog: &Catalog, who: &Principal, new: &NewRequest, now: T
         extends_grant: None,
         grant_id: None,
         version: 0,
+        ends: ends_for(policy, &new.lifetime, duration)?,
     };
     apply_auto_approval(&mut req, policy, res, now);
     Ok(req)
+}
+
+/// The grant's end rules: the policy's, tightened by the request's.
+fn ends_for(policy: &Policy, asked: &Lifetime, duration: HumanDuration) -> Result<Ends, Refusal> {
+    let idle = match (policy.idle_end, asked.idle_end) {
+        (_, Some(d)) if d.secs() == 0 => return Err(Refusal::DurationZero),
+        (Some(p), Some(a)) => Some(p.min(a)),
+        (p, a) => p.or(a),
+    };
+    let first_use = policy.first_use || asked.first_use;
+    Ok(Ends {
+        single_session: policy.single_session || asked.single_session,
+        idle_secs: idle.map(|d| d.secs()),
+        first_use_secs: first_use.then_some(duration.secs()),
+        first_use_within_secs: first_use.then_some(policy.first_use_within.secs()),
+    })
 }
 
 fn check_duration(policy: &Policy, asked: Option<HumanDuration>) -> Result<HumanDuration, Refusal> {
@@ -522,7 +555,11 @@ pub fn expire_pending(req: &mut Request, now: Timestamp) {
 
 /// The grant an approved (non-extension) request opens, starting now.
 pub fn grant_for(req: &Request, now: Timestamp) -> Grant {
-    let secs = i64::try_from(req.duration_secs).unwrap_or(i64::MAX);
+    // First use: until its first session, the grant lives only until the first-use deadline.
+    let secs = match req.ends.first_use_within_secs {
+        Some(within) if req.ends.first_use_secs.is_some() => i64::try_from(within).unwrap_or(i64::MAX),
+        _ => i64::try_from(req.duration_secs).unwrap_or(i64::MAX),
+    };
     Grant {
         id: 0,
         request_id: req.id,
@@ -536,6 +573,10 @@ pub fn grant_for(req: &Request, now: Timestamp) -> Grant {
         ended_at: None,
         ended_by: None,
         end_reason: None,
+        ends: Ends {
+            first_use_within_secs: None,
+            ..req.ends
+        },
     }
 }
 
@@ -563,6 +604,7 @@ pub fn plan_extension(
             duration: Some(duration),
             reason,
             ticket: None,
+            lifetime: Default::default(),
         },
         now,
     )?;

@@ -75,6 +75,7 @@ fn ask(resource: &str, access: Option<&str>, dur: Option<&str>, reason: Option<&
         duration: dur.map(|d| HumanDuration::parse(d).unwrap_or_default()),
         reason: reason.map(Into::into),
         ticket: None,
+        lifetime: Default::default(),
     }
 }
 

@@ -293,6 +293,7 @@ mod tests {
             access: access.into(),
             expires_at: t0() + jiff::SignedDuration::from_mins(mins),
             policy: "p".into(),
+            ends: Default::default(),
         }
     }
 

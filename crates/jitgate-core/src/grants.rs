@@ -23,6 +23,9 @@ pub struct LiveGrant {
     pub expires_at: Timestamp,
     /// The policy it was granted under (whose approvers may see and kill its sessions).
     pub policy: String,
+    /// How it ends besides its expiry.
+    #[serde(default)]
+    pub ends: crate::model::Ends,
 }
 
 impl From<&Grant> for LiveGrant {
@@ -34,6 +37,7 @@ impl From<&Grant> for LiveGrant {
             access: g.access.clone(),
             expires_at: g.expires_at,
             policy: g.policy.clone(),
+            ends: g.ends,
         }
     }
 }
@@ -130,6 +134,7 @@ mod tests {
             access: access.into(),
             expires_at: Timestamp::from_second(exp).unwrap_or(Timestamp::UNIX_EPOCH),
             policy: "p".into(),
+            ends: Default::default(),
         }
     }
 

@@ -147,6 +147,9 @@ pub struct Request {
     pub grant_id: Option<i64>,
     /// Optimistic-concurrency version, bumped by every store update.
     pub version: i64,
+    /// How the grant it opens ends besides its expiry (policy and request combined).
+    #[serde(default, skip_serializing_if = "Ends::is_plain")]
+    pub ends: Ends,
 }
 
 /// Where a grant is in its life.
@@ -215,6 +218,50 @@ pub struct Grant {
     pub ended_by: Option<String>,
     /// Why it ended early (the revoker's or releaser's reason).
     pub end_reason: Option<String>,
+    /// How it ends besides its expiry: with its first session, after idling, and whether
+    /// its clock waits for the first session.
+    #[serde(default, skip_serializing_if = "Ends::is_plain")]
+    pub ends: Ends,
+}
+
+/// How a grant ends besides its expiry: grants that end when the work ends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ends {
+    /// The grant ends when its first session ends.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub single_session: bool,
+    /// The grant ends after this many seconds without a session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_secs: Option<u64>,
+    /// First use: the grant's clock waits for its first session and then runs this many
+    /// seconds; until then its `expires_at` is the first-use deadline. `None` once started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_use_secs: Option<u64>,
+    /// On a request asking for first use: how long the grant waits for its first session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_use_within_secs: Option<u64>,
+}
+
+impl Ends {
+    /// Nothing beyond the expiry.
+    pub fn is_plain(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// For people: `single session, ends after 15m idle, clock starts at first use`.
+    pub fn describe(&self) -> String {
+        let mut v = Vec::new();
+        if self.single_session {
+            v.push("ends with its first session".to_string());
+        }
+        if let Some(s) = self.idle_secs {
+            v.push(format!("ends after {} without a session", crate::HumanDuration(s)));
+        }
+        if let Some(s) = self.first_use_secs {
+            v.push(format!("its {} start at the first session", crate::HumanDuration(s)));
+        }
+        v.join(", ")
+    }
 }
 
 impl Grant {

@@ -41,6 +41,7 @@ impl Ask {
             duration: self.duration,
             reason: self.reason.clone(),
             ticket: None,
+            lifetime: Default::default(),
         }
     }
 }

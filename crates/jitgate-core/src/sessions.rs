@@ -214,6 +214,13 @@ impl SessionRegistry {
         n
     }
 
+    /// How many sessions run on `grant_id`, leaving out `except` (a session that is ending).
+    pub fn on_grant(&self, grant_id: i64, except: Option<&str>) -> usize {
+        self.by_grant
+            .get(&grant_id)
+            .map_or(0, |v| v.iter().filter(|id| Some(id.as_str()) != except).count())
+    }
+
     /// Every session.
     pub fn list(&self) -> Vec<SessionInfo> {
         let mut v: Vec<SessionInfo> = self.sessions.iter().map(|e| e.info.clone()).collect();

@@ -260,6 +260,7 @@ mod tests {
             extends_grant: None,
             grant_id: None,
             version: 0,
+            ends: Default::default(),
         }
     }
 

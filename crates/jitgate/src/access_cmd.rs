@@ -19,6 +19,9 @@ pub(crate) async fn request(a: RequestArgs) -> Result<ExitCode> {
         duration,
         reason,
         ticket,
+        single_session,
+        idle_end,
+        start,
         wait,
         timeout,
         conn,
@@ -31,6 +34,9 @@ pub(crate) async fn request(a: RequestArgs) -> Result<ExitCode> {
             duration,
             reason,
             ticket,
+            single_session,
+            idle_end,
+            start,
         })
         .await?;
     if !wait || r.state != RequestState::Pending {

@@ -358,6 +358,16 @@ pub struct RequestArgs {
     /// Ticket id.
     #[arg(long)]
     pub ticket: Option<String>,
+    /// End the grant when its first session ends.
+    #[arg(long)]
+    pub single_session: bool,
+    /// End the grant after this long without a session (e.g. 15m).
+    #[arg(long, value_name = "DURATION")]
+    pub idle_end: Option<String>,
+    /// When the grant's clock starts: `approval` (default) or `first-use` (at your first
+    /// session, which must come within the policy's first_use_within).
+    #[arg(long, value_name = "WHEN", value_parser = ["approval", "first-use"])]
+    pub start: Option<String>,
     /// Wait until the request is decided, showing whom it waits for (a long poll: the
     /// decision shows the moment it is made). Exit 3 if denied, 4 if still pending at --timeout.
     #[arg(long)]

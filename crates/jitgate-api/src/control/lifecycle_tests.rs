@@ -102,6 +102,7 @@ impl World {
             duration: Some(duration.parse::<HumanDuration>().unwrap()),
             reason: Some("INC-1".into()),
             ticket: None,
+            lifetime: Default::default(),
         };
         self.cp.create_request(&alice(), new).await.unwrap().id
     }
@@ -251,4 +252,193 @@ impl World {
         use jitgate_core::clock::Clock;
         self.clock.now()
     }
+}
+
+// ---- Grants that end when the work ends ----
+
+impl World {
+    /// alice asks with `lifetime`, bob approves: the grant.
+    async fn granted_with(&self, duration: &str, lifetime: jitgate_core::engine::Lifetime) -> jitgate_core::Grant {
+        let new = NewRequest {
+            resource: "prod-db".into(),
+            access: None,
+            duration: Some(duration.parse::<HumanDuration>().unwrap()),
+            reason: Some("INC-1".into()),
+            ticket: None,
+            lifetime,
+        };
+        let id = self.cp.create_request(&alice(), new).await.unwrap().id;
+        let r = self.cp.approve(&bob(), id, None).await.unwrap();
+        self.cp.store().get_grant(r.grant_id.unwrap()).await.unwrap().unwrap()
+    }
+
+    /// A session on `grant` admitted the way the front ends admit one (registered, then
+    /// recorded).
+    async fn session(&self, id: &str, grant: i64) -> (jitgate_core::SessionGuard, SessionInfo) {
+        let info = SessionInfo {
+            id: id.into(),
+            protocol: "postgres".into(),
+            identity: "alice".into(),
+            resource: "prod-db".into(),
+            access: "read-only".into(),
+            grant_id: grant,
+            client_addr: "127.0.0.1:1".into(),
+            started_at: self.clock.now(),
+        };
+        let guard = self.cp.enforcer().sessions.register(info.clone());
+        self.cp.session_started(&info).await.unwrap();
+        (guard, info)
+    }
+
+    /// The session ends the way the front ends end one: recorded, then deregistered.
+    async fn end_session(&self, s: (jitgate_core::SessionGuard, SessionInfo)) {
+        self.cp.session_ended(&s.1, "ok", "client disconnected", None).await;
+        drop(s.0);
+    }
+
+    async fn grant(&self, id: i64) -> jitgate_core::Grant {
+        self.cp.store().get_grant(id).await.unwrap().unwrap()
+    }
+
+    fn events(&self, kind: &str) -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(self.dir.path().join("audit.jsonl")).unwrap();
+        text.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|e| e["kind"] == kind)
+            .collect()
+    }
+}
+
+use jitgate_core::Clock;
+use jitgate_core::engine::Lifetime;
+
+#[tokio::test]
+async fn a_single_session_grant_ends_with_its_first_session_and_kills_the_others() {
+    let w = World::new();
+    let g = w
+        .granted_with(
+            "1h",
+            Lifetime {
+                single_session: true,
+                ..Default::default()
+            },
+        )
+        .await;
+    assert!(g.ends.single_session);
+    let first = w.session("s-1", g.id).await;
+    let second = w.session("s-2", g.id).await;
+    w.advance(5).await;
+    assert!(w.grant(g.id).await.is_live(w.clock.now()));
+    let kill = second.0.kill.clone();
+    w.end_session(first).await;
+    let ended = w.grant(g.id).await;
+    assert_eq!(ended.state, GrantState::Expired);
+    assert_eq!(ended.ended_at, Some(w.clock.now()));
+    assert!(ended.end_reason.unwrap().contains("its single session s-1 ended"));
+    assert!(kill.is_cancelled(), "the other session is killed at once");
+    assert!(w.cp.enforcer().grants.get(g.id).is_none());
+    let ev = w.events("grant.expired");
+    assert_eq!(ev.len(), 1);
+    assert_eq!(ev[0]["details"]["ended"], "single_session");
+    assert_eq!(ev[0]["details"]["sessions_killed"], 1);
+    drop(second);
+}
+
+#[tokio::test]
+async fn an_idle_end_grant_ends_exactly_its_idle_time_after_its_last_session() {
+    let w = World::new();
+    let g = w
+        .granted_with(
+            "4h",
+            Lifetime {
+                idle_end: Some(HumanDuration(15 * 60)),
+                ..Default::default()
+            },
+        )
+        .await;
+    assert_eq!(g.ends.idle_secs, Some(900));
+    // Unused since the approval: still live at 14 min.
+    w.advance(14).await;
+    assert!(w.grant(g.id).await.is_live(w.clock.now()));
+    // A session from 14 min to 74 min: the idle clock stops meanwhile.
+    let s = w.session("s-1", g.id).await;
+    w.advance(30).await;
+    w.advance(30).await;
+    assert!(w.grant(g.id).await.is_live(w.clock.now()));
+    w.end_session(s).await;
+    // 14 min 59 s after the session's end: live; at 15 min: ended.
+    w.clock.advance(SignedDuration::from_secs(14 * 60 + 59));
+    w.cp.tick().await.unwrap();
+    assert!(w.grant(g.id).await.is_live(w.clock.now()));
+    w.clock.advance(SignedDuration::from_secs(1));
+    w.cp.tick().await.unwrap();
+    let ended = w.grant(g.id).await;
+    assert_eq!(ended.state, GrantState::Expired, "{ended:?}");
+    assert_eq!(ended.ended_at, Some(t0() + SignedDuration::from_mins(89)));
+    assert!(ended.end_reason.unwrap().starts_with("no session for 15m"));
+    assert_eq!(w.events("grant.expired")[0]["details"]["ended"], "idle");
+
+    // Never used at all: ends 15 min after the approval.
+    let g = w
+        .granted_with(
+            "4h",
+            Lifetime {
+                idle_end: Some(HumanDuration(15 * 60)),
+                ..Default::default()
+            },
+        )
+        .await;
+    w.advance(15).await;
+    assert_eq!(w.grant(g.id).await.state, GrantState::Expired);
+}
+
+#[tokio::test]
+async fn a_first_use_grant_starts_its_clock_at_its_first_session_within_its_deadline() {
+    let w = World::new();
+    let g = w
+        .granted_with(
+            "1h",
+            Lifetime {
+                first_use: true,
+                ..Default::default()
+            },
+        )
+        .await;
+    // Waits up to the policy's first_use_within (default 1h) for its first session.
+    assert_eq!(g.ends.first_use_secs, Some(3600));
+    assert_eq!(g.expires_at, t0() + SignedDuration::from_hours(1));
+    w.advance(50).await;
+    let s = w.session("s-1", g.id).await;
+    let started = w.grant(g.id).await;
+    assert_eq!(
+        started.expires_at,
+        t0() + SignedDuration::from_mins(110),
+        "1h from the first use"
+    );
+    assert_eq!(started.ends.first_use_secs, None);
+    assert_eq!(w.events("grant.started").len(), 1);
+    // A second session does not move it again.
+    let s2 = w.session("s-2", g.id).await;
+    assert_eq!(w.grant(g.id).await.expires_at, started.expires_at);
+    // It ends on time, killing its sessions.
+    let kill = s.0.kill.clone();
+    w.advance(59).await;
+    assert!(!kill.is_cancelled());
+    w.advance(1).await;
+    assert!(kill.is_cancelled());
+    assert_eq!(w.grant(g.id).await.state, GrantState::Expired);
+    drop((s, s2));
+
+    // Never used: it lapses at the first-use deadline.
+    let g = w
+        .granted_with(
+            "1h",
+            Lifetime {
+                first_use: true,
+                ..Default::default()
+            },
+        )
+        .await;
+    w.advance(60).await;
+    assert_eq!(w.grant(g.id).await.state, GrantState::Expired);
 }

@@ -152,6 +152,7 @@ pub mod console;
 mod error;
 mod feed;
 pub(crate) mod identity;
+mod lifetime;
 mod onconnect;
 mod requests;
 mod sessions;

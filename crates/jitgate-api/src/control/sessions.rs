@@ -49,11 +49,16 @@ impl ControlPlane {
                 "jitgate cannot write its audit log; no session without an audit trail".into(),
             ));
         }
+        if let Err(e) = self.grant_in_use(s).await {
+            tracing::error!(error = %e, session_id = %s.id, "could not start the first-use grant's clock; refusing the session");
+            return Err(store_down("write failed"));
+        }
         Ok(())
     }
 
     /// Record a session end.
     pub async fn session_ended(&self, s: &SessionInfo, outcome: &str, reason: &str, upstream_end: Option<&str>) {
+        self.grant_session_over(s).await;
         let now = self.now();
         self.metrics
             .sessions_active

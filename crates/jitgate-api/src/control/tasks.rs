@@ -32,6 +32,7 @@ impl ControlPlane {
                             expires_at: g.expires_at,
                             sessions_killed: None,
                             while_down: true,
+                            ended: None,
                         }),
                 )
                 .await?;
@@ -136,10 +137,12 @@ impl ControlPlane {
                             expires_at: grant.expires_at,
                             sessions_killed: Some(sessions),
                             while_down: false,
+                            ended: None,
                         }),
                 )
                 .await?;
             }
+            LiveEvent::Idle { grant, since } => self.grant_idle(&grant, since).await?,
             LiveEvent::Expiring { grant } => {
                 self.record(
                     Event::new(Kind::GrantExpiring, now)

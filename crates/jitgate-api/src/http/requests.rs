@@ -18,12 +18,27 @@ pub(super) async fn create(
     b: Result<Json<wire::CreateRequest>, JsonRejection>,
 ) -> ApiResult<impl IntoResponse> {
     let b = body(b)?;
+    let first_use = match b.start.as_deref() {
+        None | Some("approval") => false,
+        Some("first-use") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                format!("start `{other}` is not a start"),
+                Some("start is `approval` (the default) or `first-use`".into()),
+            ));
+        }
+    };
     let new = NewRequest {
         resource: b.resource,
         access: b.access,
         duration: parse_duration(b.duration.as_deref())?,
         reason: b.reason,
         ticket: b.ticket,
+        lifetime: jitgate_core::engine::Lifetime {
+            single_session: b.single_session,
+            idle_end: parse_duration(b.idle_end.as_deref())?,
+            first_use,
+        },
     };
     Ok((StatusCode::CREATED, Json(cp.create_request(&who, new).await?)))
 }

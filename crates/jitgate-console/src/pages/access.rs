@@ -274,6 +274,7 @@ pub async fn create(State(c): State<Arc<Console>>, s: Signed, Form(f): Form<Requ
         duration,
         reason: blank(&f.reason),
         ticket: blank(&f.ticket),
+        lifetime: Default::default(),
     };
     let out = match c.cp.create_request(&s.who, new).await {
         Ok(r) if r.state == RequestState::Approved => Ok(format!(

@@ -157,6 +157,20 @@ pub struct PolicyConfig {
     /// and by default they open the console's approval page).
     #[serde(default)]
     pub chat_approve: bool,
+    /// Grants end when their first session ends (SSH: the connection; Postgres: the client
+    /// connection). Requests may ask for it (`--single-session`) where the policy does not.
+    #[serde(default)]
+    pub single_session: bool,
+    /// Grants end after this long without a session (`"15m"`). Requests may ask for a
+    /// shorter one (`--idle-end`).
+    pub idle_end: Option<Spanned<HumanDuration>>,
+    /// When a grant's clock starts: `"approval"` (default) or `"first-use"` (at its first
+    /// session, which must come within `first_use_within`). Requests may ask for first use
+    /// (`--start first-use`) where the policy does not.
+    #[serde(default)]
+    pub start: Option<Spanned<String>>,
+    /// How long a first-use grant waits for its first session (default 1h).
+    pub first_use_within: Option<Spanned<HumanDuration>>,
     /// Auto-approval rules.
     #[serde(default)]
     pub auto_approve: Vec<AutoApproveConfig>,

@@ -187,6 +187,42 @@ pub(super) fn policies(c: &Config, d: &mut Diags<'_>, resources: &BTreeMap<Strin
                 );
             }
         }
+        if let Some(ie) = &p.idle_end {
+            let v = *ie.get_ref();
+            if v.secs() == 0 || v.secs() > 7 * 86_400 {
+                d.error(
+                    span(ie),
+                    format!("policy `{pname}`: idle_end {v} must be between 1s and 7d"),
+                    Some("e.g. idle_end = \"15m\": the grant ends 15 minutes after its last session".into()),
+                );
+            }
+        }
+        let first_use = match p.start.as_ref().map(|s| (s, s.get_ref().as_str())) {
+            None | Some((_, "approval")) => false,
+            Some((_, "first-use")) => true,
+            Some((sp, other)) => {
+                d.error(
+                    span(sp),
+                    format!("policy `{pname}`: start = \"{other}\" is not a start"),
+                    Some("start = \"approval\" (the default: the clock runs from the approval) or start = \"first-use\" (from the first session)".into()),
+                );
+                false
+            }
+        };
+        let first_use_within = p
+            .first_use_within
+            .as_ref()
+            .map_or(HumanDuration::hours(1), |w| *w.get_ref());
+        if let Some(w) = &p.first_use_within {
+            let v = *w.get_ref();
+            if v.secs() == 0 || v.secs() > 30 * 86_400 {
+                d.error(
+                    span(w),
+                    format!("policy `{pname}`: first_use_within {v} must be between 1s and 30d"),
+                    Some("e.g. first_use_within = \"24h\"".into()),
+                );
+            }
+        }
         let auto = auto_approve(p, pname, d, md);
         policies.push(Policy {
             name: pname.clone(),
@@ -204,6 +240,10 @@ pub(super) fn policies(c: &Config, d: &mut Diags<'_>, resources: &BTreeMap<Strin
             allow_port_forwarding: p.allow_port_forwarding,
             step_up: p.step_up.as_ref().map(|s| *s.get_ref()),
             chat_approve: p.chat_approve,
+            single_session: p.single_session,
+            idle_end: p.idle_end.as_ref().map(|s| *s.get_ref()),
+            first_use,
+            first_use_within,
             auto_approve: auto,
         });
     }
