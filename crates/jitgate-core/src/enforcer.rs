@@ -268,11 +268,12 @@ impl Enforcer {
                 Due::Warn => {
                     let left = expires_at.duration_since(now);
                     let msg = format!(
-                        "access grant for {} expires in {}s (at {}); run `jitgate extend {} --for 30m --reason ...` to ask for more time",
+                        "access grant for {} expires in {}s (at {}); run `jitgate extend {} --for 30m --reason ...` to ask for more time, or `jitgate done {}` if you are finished",
                         live.resource,
                         // Round up: 0.9 s left reads "1s", not "0s".
                         (left.as_secs_f64().ceil() as i64).max(0),
                         expires_at,
+                        live.id,
                         live.id
                     );
                     self.sessions.warn_grant(id, &msg);

@@ -113,7 +113,8 @@ pub enum Cmd {
         #[command(flatten)]
         conn: Conn,
     },
-    /// Give back your grant (by id, or all of yours on a resource).
+    /// Give back your grant (by id, or all of yours on a resource). Alias: `done`.
+    #[command(visible_alias = "done")]
     Release {
         /// Grant id or resource name.
         target: String,
