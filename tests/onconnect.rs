@@ -18,6 +18,11 @@ const OPTS: &str = "-c jitgate.reason='INC-123 slow checkout' -c jitgate.for=30m
 
 /// prod-db: bob (dba) approves. dev-db (same database): a rule approves dev at once.
 fn setup(extra_gateway: &str) -> (Gateway, support::pg::Pg) {
+    setup_with(extra_gateway, "", "")
+}
+
+/// `prod_extra`: more lines in the production policy; `tail`: more sections at the end.
+fn setup_with(extra_gateway: &str, prod_extra: &str, tail: &str) -> (Gateway, support::pg::Pg) {
     let pg = cluster();
     let db = pg.fresh_db();
     let body = format!(
@@ -46,6 +51,7 @@ resources = ["prod-*"]
 requesters = ["dev"]
 approvers = ["dba"]
 reason_required = true
+{prod_extra}
 
 [[policies]]
 name = "development"
@@ -54,6 +60,7 @@ requesters = ["dev"]
 approvers = ["dba"]
 [[policies.auto_approve]]
 groups = ["dev"]
+{tail}
 "#,
         ids = identities(),
         port = pg.port
@@ -622,4 +629,129 @@ fn single_session_idle_end_and_first_use_grants_end_when_the_work_ends() {
         "killed after {ran:?}"
     );
     assert!(gw.audit_kinds().contains(&"grant.started".to_string()));
+}
+
+// ---- Break-glass ----
+
+#[test]
+fn break_glass_opens_at_once_alerts_everyone_and_leaves_a_review_with_a_daily_limit() {
+    let hooks = Receiver::start(0);
+    let hook_dir = tempfile::tempdir().unwrap();
+    // The webhook lists only request.created: break-glass reaches it anyway.
+    let tail = hooks.webhook(hook_dir.path(), &["request.created"]);
+    let (gw, _pg) = setup_with(
+        "",
+        r#"break_glass = { groups = ["dev"], reviewers = ["dba"], max_duration = "30m", review_within = "3s", per_day = 1 }"#,
+        &tail,
+    );
+
+    // alice breaks the glass: the grant is live at once, no approver involved.
+    let r = gw
+        .cli(
+            Some("alice"),
+            &[
+                "break-glass",
+                "prod-db",
+                "--reason",
+                "INC-9 orders table locked",
+                "--json",
+            ],
+        )
+        .json();
+    assert_eq!(r["state"], "approved", "{r}");
+    assert_eq!(r["decided_by"], "break-glass:alice@example.com");
+    let id = r["id"].as_i64().unwrap();
+    let o = psql(&gw, "alice", "prod-db", "", "SELECT 'in'").output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(hooks.got_kind("break_glass.opened", Duration::from_secs(10)));
+    let ev = hooks
+        .events()
+        .into_iter()
+        .find(|(_, b)| b["event"] == "break_glass.opened")
+        .unwrap()
+        .1;
+    assert_eq!(ev["severity"], "high", "{ev}");
+    assert_eq!(ev["reason"], "INC-9 orders table locked");
+    assert_eq!(ev["identity"], "alice@example.com");
+
+    // The daily limit: the next one is refused, and says why.
+    let again = gw.cli(Some("alice"), &["break-glass", "prod-db", "--reason", "again"]);
+    let err = again.refused();
+    assert!(err.contains("broken the glass 1 time(s) in the last 24 hours"), "{err}");
+    assert!(err.contains("allows 1 a day"), "{err}");
+    // Not a break-glass group: refused.
+    let err = gw
+        .cli(Some("bob"), &["break-glass", "prod-db", "--reason", "x"])
+        .refused();
+    assert!(err.contains("may not break the glass"), "{err}");
+
+    // The review: listed for bob (dba) with what the grant did; alice cannot close her own.
+    let list = gw.cli(Some("bob"), &["reviews", "--json"]).json();
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list[0]["request"]["id"], id);
+    let show = gw.cli(Some("bob"), &["reviews", "show", &id.to_string()]).ok();
+    assert!(show.contains("INC-9 orders table locked"), "{show}");
+    assert!(show.contains("SELECT 'in'"), "{show}");
+    let err = gw
+        .cli(Some("alice"), &["reviews", "close", &id.to_string(), "--note", "fine"])
+        .refused();
+    assert!(err.contains("cannot review your own"), "{err}");
+
+    // Overdue (3 s): the metric rises and every webhook hears of it.
+    assert!(
+        hooks.got_kind("break_glass.overdue", Duration::from_secs(15)),
+        "no overdue alert"
+    );
+    let metric = |name: &str| -> String {
+        let (_, m) = gw.http_get("/metrics", None);
+        m.lines()
+            .find(|l| l.starts_with(name))
+            .map(|l| l.rsplit(' ').next().unwrap().to_string())
+            .unwrap_or_default()
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || metric(
+            "jitgate_break_glass_reviews_overdue "
+        ) == "1"),
+        "{}",
+        metric("jitgate_break_glass_reviews_overdue ")
+    );
+    gw.cli(
+        Some("bob"),
+        &[
+            "reviews",
+            "close",
+            &id.to_string(),
+            "--note",
+            "lock was a stuck migration; justified",
+        ],
+    )
+    .ok();
+    let all = gw.cli(Some("bob"), &["reviews", "--all", "--json"]).json();
+    let v = &all[0]["request"]["break_glass"];
+    assert_eq!(v["closed_by"], "bob@example.com", "{all}");
+    assert_eq!(v["note"], "lock was a stuck migration; justified");
+    assert!(
+        gw.cli(Some("bob"), &["reviews", "--json"])
+            .json()
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || metric(
+            "jitgate_break_glass_reviews_overdue "
+        ) == "0"),
+        "metric stays raised after the close"
+    );
+    let kinds = gw.audit_kinds();
+    for k in [
+        "break_glass.opened",
+        "request.approved",
+        "grant.activated",
+        "break_glass.overdue",
+        "break_glass.reviewed",
+    ] {
+        assert!(kinds.contains(&k.to_string()), "{k} missing: {kinds:?}");
+    }
 }

@@ -38,6 +38,7 @@ fn request(requester: &str, created_at: Timestamp) -> Request {
         grant_id: None,
         version: 0,
         ends: Default::default(),
+        break_glass: None,
     }
 }
 

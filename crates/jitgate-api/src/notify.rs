@@ -32,6 +32,9 @@ pub const DEFAULT_EVENTS: &[&str] = &[
     "session.killed",
 ];
 
+/// Event kinds every webhook gets (high severity).
+pub const ALWAYS: &[&str] = &["break_glass.opened", "break_glass.overdue"];
+
 /// Version of the JSON payload.
 pub const PAYLOAD_VERSION: u32 = 1;
 
@@ -70,7 +73,8 @@ impl Hook {
     }
 
     fn wants(&self, kind: &str) -> bool {
-        self.events.iter().any(|e| e == kind)
+        // A broken glass and an overdue review reach every webhook, whatever it lists.
+        ALWAYS.contains(&kind) || self.events.iter().any(|e| e == kind)
     }
 }
 
@@ -285,6 +289,7 @@ pub fn json_payload(ev: &Event) -> Value {
     json!({
         "version": PAYLOAD_VERSION,
         "event": ev.kind,
+        "severity": ev.details.get("severity").and_then(Value::as_str).unwrap_or("info"),
         "time": ev.time,
         "actor": ev.actor,
         "identity": ev.details.get("identity"),

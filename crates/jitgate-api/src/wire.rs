@@ -45,6 +45,10 @@ pub mod paths {
     pub const LOGIN_ID_TOKEN: &str = "/v1/login/id_token";
     pub const LOGOUT: &str = "/v1/logout";
     pub const DRAIN: &str = "/v1/drain";
+    pub const BREAK_GLASS: &str = "/v1/break-glass";
+    pub const REVIEWS: &str = "/v1/reviews";
+    pub const REVIEW: &str = "/v1/reviews/{id}";
+    pub const REVIEW_CLOSE: &str = "/v1/reviews/{id}/close";
 }
 
 /// `template` with `{id}` replaced by `id`, percent-encoded (session ids are the caller's text).
@@ -84,6 +88,40 @@ pub struct CreateRequest {
     /// `approval` (default) or `first-use`: when the grant's clock starts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start: Option<String>,
+}
+
+/// `POST /v1/break-glass`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakGlass {
+    pub resource: String,
+    pub access: Option<String>,
+    /// Default: the policy's break-glass `max_duration`.
+    pub duration: Option<String>,
+    pub reason: String,
+    pub ticket: Option<String>,
+}
+
+/// `GET /v1/reviews?all=`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ListReviews {
+    #[serde(default)]
+    pub all: bool,
+}
+
+/// `POST /v1/reviews/{id}/close`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloseReview {
+    pub note: String,
+}
+
+/// `GET /v1/reviews/{id}`: the review and everything its grant did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReviewDetail {
+    #[serde(flatten)]
+    pub item: crate::control::break_glass::ReviewItem,
+    pub events: Vec<jitgate_audit::Event>,
 }
 
 /// `GET /v1/requests?state=&mine=`.

@@ -133,6 +133,21 @@ pub struct AutoApprove {
     pub match_labels: BTreeMap<String, String>,
 }
 
+/// `[policies.break_glass]`: who may open a grant at once, how long, who reviews it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BreakGlass {
+    /// Groups that may break the glass.
+    pub groups: Vec<String>,
+    /// Longest break-glass grant (and its default).
+    pub max_duration: HumanDuration,
+    /// Groups that close the review.
+    pub reviewers: Vec<String>,
+    /// The review is overdue after this long.
+    pub review_within: HumanDuration,
+    /// Break-glass grants per identity per 24 hours.
+    pub per_day: u32,
+}
+
 /// A compiled policy.
 #[derive(Debug, Clone)]
 pub struct Policy {
@@ -174,6 +189,8 @@ pub struct Policy {
     pub first_use: bool,
     /// How long a first-use grant waits for its first session.
     pub first_use_within: HumanDuration,
+    /// Break-glass: access at once, without approvers, reviewed afterwards.
+    pub break_glass: Option<BreakGlass>,
     /// Auto-approval rules.
     pub auto_approve: Vec<AutoApprove>,
 }

@@ -258,6 +258,106 @@ pub fn policy_for<'a>(catalog: &'a Catalog, who: &Principal, resource: &'a Resou
         })
 }
 
+/// A break-glass request, approved at once by the break-glass rule of the first policy that
+/// covers the resource and lets the caller break the glass. The daily limit is the control
+/// plane's (it counts the caller's earlier uses). `Err`: why not, for the caller.
+pub fn plan_break_glass(
+    catalog: &Catalog,
+    who: &Principal,
+    new: &NewRequest,
+    now: Timestamp,
+) -> Result<Request, String> {
+    let res = resource(catalog, &new.resource).map_err(|r| r.to_string())?;
+    let Some((policy, bg)) = catalog
+        .policies_for(res)
+        .find_map(|p| p.break_glass.as_ref().filter(|b| who.in_any(&b.groups)).map(|b| (p, b)))
+    else {
+        let groups: Vec<String> = catalog
+            .policies_for(res)
+            .filter_map(|p| p.break_glass.as_ref())
+            .flat_map(|b| b.groups.iter().cloned())
+            .collect();
+        return Err(if groups.is_empty() {
+            format!(
+                "no policy covering `{}` allows break-glass access; use `jitgate request`",
+                res.name
+            )
+        } else {
+            format!(
+                "{} may not break the glass on `{}`: only members of [{}] may",
+                who.name,
+                res.name,
+                join(&groups)
+            )
+        });
+    };
+    let reason = new
+        .reason
+        .as_ref()
+        .map(|r| r.trim().to_string())
+        .filter(|r| !r.is_empty())
+        .ok_or_else(|| "break-glass needs a reason: --reason \"INC-123 what is on fire\"".to_string())?;
+    let allowed = allowed_access(policy, res);
+    let access = match &new.access {
+        Some(a) => a.clone(),
+        None => res
+            .default_access()
+            .filter(|a| allowed.iter().any(|x| x == a))
+            .or_else(|| allowed.first().map(String::as_str))
+            .unwrap_or_default()
+            .to_string(),
+    };
+    if !allowed.contains(&access) {
+        return Err(format!(
+            "access `{access}` is not allowed on `{}`; allowed: {}",
+            res.name,
+            join(&allowed)
+        ));
+    }
+    let duration = new.duration.unwrap_or(bg.max_duration);
+    if duration.secs() == 0 {
+        return Err("duration must be at least 1s".into());
+    }
+    if duration > bg.max_duration {
+        return Err(format!(
+            "break-glass lasts at most {} under policy `{}` (asked {duration})",
+            bg.max_duration, policy.name
+        ));
+    }
+    let secs = i64::try_from(bg.review_within.secs()).unwrap_or(i64::MAX);
+    Ok(Request {
+        id: 0,
+        requester: who.name.clone(),
+        requester_groups: who.groups.clone(),
+        resource: res.name.clone(),
+        access,
+        duration_secs: duration.secs(),
+        reason: Some(reason),
+        ticket: new.ticket.clone().filter(|t| !t.trim().is_empty()),
+        policy: policy.name.clone(),
+        state: RequestState::Approved,
+        created_at: now,
+        decided_at: Some(now),
+        decided_by: Some(format!("break-glass:{}", who.name)),
+        decision_reason: Some(format!("break-glass under policy `{}`", policy.name)),
+        approvals: Vec::new(),
+        step: 0,
+        escalated: false,
+        extends_grant: None,
+        grant_id: None,
+        version: 0,
+        ends: Ends::default(),
+        break_glass: Some(crate::model::Review {
+            due_at: now.saturating_add(jiff::SignedDuration::from_secs(secs)).unwrap_or(now),
+            reviewers: bg.reviewers.clone(),
+            closed_at: None,
+            closed_by: None,
+            note: None,
+            overdue_notified: false,
+        }),
+    })
+}
+
 /// Validate a new request and decide whether it is auto-approved. Returns the request (id 0,
 /// for the store to assign) in state `pending` or `approved`.
 pub fn plan_request(catalog: &Catalog, who: &Principal, new: &NewRequest, now: Timestamp) -> Result<Request, Refusal> {
@@ -311,6 +411,7 @@ pub fn plan_request(catalog: &Catalog, who: &Principal, new: &NewRequest, now: T
         grant_id: None,
         version: 0,
         ends: ends_for(policy, &new.lifetime, duration)?,
+        break_glass: None,
     };
     apply_auto_approval(&mut req, policy, res, now);
     Ok(req)

@@ -30,6 +30,12 @@ pub struct Metrics {
     pub auth_failures_total: IntCounterVec,
     /// Live grants.
     pub grants_active: IntGauge,
+    /// Break-glass grants opened.
+    pub break_glass_total: IntCounter,
+    /// Break-glass reviews past their due time and still open.
+    pub break_glass_reviews_overdue: IntGauge,
+    /// Break-glass reviews still open.
+    pub break_glass_reviews_open: IntGauge,
     /// Requests entering each state.
     pub requests_total: IntCounterVec,
     /// Time from request to final approval.
@@ -159,6 +165,12 @@ impl Metrics {
                 &["protocol", "reason"],
             )?,
             grants_active: r.gauge("jitgate_grants_active", "Live grants in the grant cache.")?,
+            break_glass_total: r.counter("jitgate_break_glass_total", "Break-glass grants opened.")?,
+            break_glass_reviews_overdue: r.gauge(
+                "jitgate_break_glass_reviews_overdue",
+                "Break-glass reviews past their due time and still open (alert on > 0).",
+            )?,
+            break_glass_reviews_open: r.gauge("jitgate_break_glass_reviews_open", "Break-glass reviews still open.")?,
             requests_total: r.counters(
                 "jitgate_requests_total",
                 "Access requests entering each state.",

@@ -150,6 +150,9 @@ pub struct Request {
     /// How the grant it opens ends besides its expiry (policy and request combined).
     #[serde(default, skip_serializing_if = "Ends::is_plain")]
     pub ends: Ends,
+    /// A break-glass request (opened without approvers): its review.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub break_glass: Option<Review>,
 }
 
 /// Where a grant is in its life.
@@ -222,6 +225,34 @@ pub struct Grant {
     /// its clock waits for the first session.
     #[serde(default, skip_serializing_if = "Ends::is_plain")]
     pub ends: Ends,
+}
+
+/// The review a break-glass grant owes: a reviewer group closes it within the policy's time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Review {
+    /// Closed by then, or overdue.
+    pub due_at: Timestamp,
+    /// Groups whose members may close it.
+    pub reviewers: Vec<String>,
+    /// When it was closed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closed_at: Option<Timestamp>,
+    /// Who closed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closed_by: Option<String>,
+    /// The reviewer's finding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// The overdue alert was raised (once).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub overdue_notified: bool,
+}
+
+impl Review {
+    /// Open and past its due time.
+    pub fn overdue(&self, now: Timestamp) -> bool {
+        self.closed_at.is_none() && self.due_at <= now
+    }
 }
 
 /// How a grant ends besides its expiry: grants that end when the work ends.

@@ -261,6 +261,7 @@ mod tests {
             grant_id: None,
             version: 0,
             ends: Default::default(),
+            break_glass: None,
         }
     }
 

@@ -113,6 +113,38 @@ pub enum Cmd {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Break the glass: open a grant at once, without approvers (policies with
+    /// `[policies.break_glass]`). Every webhook is alerted and a reviewer must review it.
+    #[command(name = "break-glass")]
+    BreakGlass {
+        /// Resource name.
+        resource: String,
+        /// Access level (default: the resource's default).
+        #[arg(long)]
+        access: Option<String>,
+        /// How long (default and maximum: the policy's break-glass max_duration).
+        #[arg(long = "for", value_name = "DURATION")]
+        duration: Option<String>,
+        /// What is on fire (required, reviewers read it).
+        #[arg(long)]
+        reason: String,
+        /// Incident or ticket id.
+        #[arg(long)]
+        ticket: Option<String>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Break-glass reviews: the open ones (and closed ones with --all); `show ID` lists what
+    /// the grant did, `close ID --note ...` records the review.
+    Reviews {
+        #[command(subcommand)]
+        cmd: Option<ReviewCmd>,
+        /// Closed reviews too.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// Give back your grant (by id, or all of yours on a resource). Alias: `done`.
     #[command(visible_alias = "done")]
     Release {
@@ -378,6 +410,28 @@ pub struct RequestArgs {
     pub timeout: String,
     #[command(flatten)]
     pub conn: Conn,
+}
+
+/// `jitgate reviews ...`.
+#[derive(Debug, Subcommand)]
+pub enum ReviewCmd {
+    /// One review with the grant's sessions, statements and commands.
+    Show {
+        /// Review id (the break-glass request's id).
+        id: i64,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Close a review (a reviewer of the policy or an admin, not the one who broke the glass).
+    Close {
+        /// Review id.
+        id: i64,
+        /// The finding: what was done and whether it was justified.
+        #[arg(long)]
+        note: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
 }
 
 /// `jitgate audit search`.

@@ -14,6 +14,7 @@ mod files;
 mod http_server;
 mod login_cmd;
 mod pg_cmd;
+mod review_cmd;
 mod serve;
 mod ssh_cmd;
 mod table;
@@ -153,6 +154,27 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Cancel { id, conn } => request_action(&conn, id, Decision::Cancel, None).await,
         Cmd::Grants { all, conn } => access_cmd::grants(&conn, all).await,
         Cmd::Revoke { grant_id, reason, conn } => access_cmd::revoke(&conn, grant_id, reason).await,
+        Cmd::BreakGlass {
+            resource,
+            access,
+            duration,
+            reason,
+            ticket,
+            conn,
+        } => {
+            review_cmd::break_glass(
+                &conn,
+                jitgate_api::wire::BreakGlass {
+                    resource,
+                    access,
+                    duration,
+                    reason,
+                    ticket,
+                },
+            )
+            .await
+        }
+        Cmd::Reviews { cmd, all, conn } => review_cmd::reviews(cmd, all, &conn).await,
         Cmd::Release { target, conn } => access_cmd::release(&conn, &target).await,
         Cmd::Extend {
             grant_id,

@@ -56,6 +56,8 @@ pub struct ControlPlane {
     /// The groups each provider identity had at its latest login, until that token expires:
     /// who a chat approver is when they act without a gateway token (Slack buttons).
     known_groups: std::sync::Mutex<std::collections::HashMap<String, KnownLogin>>,
+    /// When break-glass reviews were last counted (every 5 s, by the clock).
+    review_sweep: std::sync::Mutex<Option<Timestamp>>,
 }
 
 /// A provider identity's latest login: its groups, its token's id and expiry.
@@ -132,6 +134,7 @@ impl Builder {
             changes: tokio::sync::watch::Sender::new(0),
             long_polls: tokio::sync::Semaphore::new(requests::MAX_LONG_POLLS),
             known_groups: std::sync::Mutex::default(),
+            review_sweep: std::sync::Mutex::default(),
         })
     }
 }
@@ -148,6 +151,7 @@ impl std::fmt::Debug for ControlPlane {
     }
 }
 
+pub mod break_glass;
 pub mod console;
 mod error;
 mod feed;

@@ -99,6 +99,7 @@ impl ControlPlane {
                     _ = tick.tick() => {}
                     () = stop.cancelled() => return,
                 }
+                me.sweep_reviews().await;
                 if let Err(e) = me.sweep_pending().await {
                     tracing::warn!(error = %e, "pending-request sweep failed");
                 }
@@ -113,7 +114,24 @@ impl ControlPlane {
         for ev in self.enforcer.due(self.now()) {
             self.on_live_event(ev).await?;
         }
+        self.sweep_reviews().await;
         self.sweep_pending().await
+    }
+
+    /// Every 5 s (by the clock): count open and overdue break-glass reviews.
+    async fn sweep_reviews(&self) {
+        let now = self.now();
+        let due = {
+            let mut last = self.review_sweep.lock().unwrap_or_else(|e| e.into_inner());
+            let due = last.is_none_or(|t| now.duration_since(t) >= jiff::SignedDuration::from_secs(5));
+            if due {
+                *last = Some(now);
+            }
+            due
+        };
+        if due {
+            self.count_reviews().await;
+        }
     }
 
     pub(super) async fn on_live_event(&self, ev: LiveEvent) -> ControlResult<()> {

@@ -97,3 +97,43 @@ pub(super) async fn deny(
 pub(super) async fn cancel(State(cp): Cp, Caller(who): Caller, Path(id): Path<i64>) -> ApiResult<impl IntoResponse> {
     Ok(Json(cp.cancel(&who, id).await?))
 }
+
+pub(super) async fn break_glass(
+    State(cp): Cp,
+    Caller(who): Caller,
+    b: Result<Json<wire::BreakGlass>, JsonRejection>,
+) -> ApiResult<impl IntoResponse> {
+    let b = body(b)?;
+    let new = NewRequest {
+        resource: b.resource,
+        access: b.access,
+        duration: parse_duration(b.duration.as_deref())?,
+        reason: Some(b.reason),
+        ticket: b.ticket,
+        lifetime: Default::default(),
+    };
+    Ok((StatusCode::CREATED, Json(cp.break_glass(&who, new).await?)))
+}
+
+pub(super) async fn reviews(
+    State(cp): Cp,
+    Caller(who): Caller,
+    Query(q): Query<wire::ListReviews>,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(cp.reviews(&who, q.all).await?))
+}
+
+pub(super) async fn review(State(cp): Cp, Caller(who): Caller, Path(id): Path<i64>) -> ApiResult<impl IntoResponse> {
+    let (item, events) = cp.review(&who, id).await?;
+    Ok(Json(wire::ReviewDetail { item, events }))
+}
+
+pub(super) async fn close_review(
+    State(cp): Cp,
+    Caller(who): Caller,
+    Path(id): Path<i64>,
+    b: Result<Json<wire::CloseReview>, JsonRejection>,
+) -> ApiResult<impl IntoResponse> {
+    let b = body(b)?;
+    Ok(Json(cp.close_review(&who, id, b.note).await?))
+}

@@ -171,6 +171,9 @@ pub struct PolicyConfig {
     pub start: Option<Spanned<String>>,
     /// How long a first-use grant waits for its first session (default 1h).
     pub first_use_within: Option<Spanned<HumanDuration>>,
+    /// Break-glass: `jitgate break-glass` opens a grant at once for these groups, alerts
+    /// everyone, and leaves a review for `reviewers` to close.
+    pub break_glass: Option<Spanned<BreakGlassConfig>>,
     /// Auto-approval rules.
     #[serde(default)]
     pub auto_approve: Vec<AutoApproveConfig>,
@@ -200,6 +203,34 @@ pub struct StepConfig {
     /// Distinct approvals this step needs.
     #[serde(default = "one")]
     pub approvals: u32,
+}
+
+/// `[policies.break_glass]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakGlassConfig {
+    /// Groups that may break the glass (required).
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Longest break-glass grant, also its default (default 30m).
+    #[serde(default = "default_bg_duration")]
+    pub max_duration: HumanDuration,
+    /// Groups that review break-glass use (required).
+    #[serde(default)]
+    pub reviewers: Vec<String>,
+    /// The review is due this long after the break (default 24h).
+    #[serde(default = "default_review_within")]
+    pub review_within: HumanDuration,
+    /// Uses per identity per 24 hours (default 1).
+    #[serde(default = "one")]
+    pub per_day: u32,
+}
+
+fn default_bg_duration() -> HumanDuration {
+    HumanDuration(30 * 60)
+}
+fn default_review_within() -> HumanDuration {
+    HumanDuration::hours(24)
 }
 
 /// `[[policies.auto_approve]]`: every condition given must hold.

@@ -223,6 +223,53 @@ pub(super) fn policies(c: &Config, d: &mut Diags<'_>, resources: &BTreeMap<Strin
                 );
             }
         }
+        let break_glass = p.break_glass.as_ref().and_then(|b| {
+            let sp = span(b);
+            let b = b.get_ref();
+            let mut ok = true;
+            if b.groups.is_empty() || b.reviewers.is_empty() {
+                d.error(
+                    sp.clone(),
+                    format!("policy `{pname}`: break_glass needs `groups` (who may) and `reviewers` (who reviews)"),
+                    Some("e.g. [policies.break_glass] groups = [\"oncall\"], reviewers = [\"security\"]".into()),
+                );
+                ok = false;
+            }
+            if b.max_duration.secs() == 0 || b.max_duration.secs() > 86_400 {
+                d.error(
+                    sp.clone(),
+                    format!(
+                        "policy `{pname}`: break_glass max_duration {} must be between 1s and 24h",
+                        b.max_duration
+                    ),
+                    Some("break-glass access is for emergencies: max_duration = \"30m\" is usual".into()),
+                );
+                ok = false;
+            }
+            if b.per_day == 0 {
+                d.error(
+                    sp.clone(),
+                    format!("policy `{pname}`: break_glass per_day must be at least 1"),
+                    Some("remove [policies.break_glass] to forbid break-glass".into()),
+                );
+                ok = false;
+            }
+            if b.review_within.secs() == 0 {
+                d.error(
+                    sp,
+                    format!("policy `{pname}`: break_glass review_within must be at least 1s"),
+                    None,
+                );
+                ok = false;
+            }
+            ok.then(|| crate::catalog::BreakGlass {
+                groups: b.groups.clone(),
+                max_duration: b.max_duration,
+                reviewers: b.reviewers.clone(),
+                review_within: b.review_within,
+                per_day: b.per_day,
+            })
+        });
         let auto = auto_approve(p, pname, d, md);
         policies.push(Policy {
             name: pname.clone(),
@@ -244,6 +291,7 @@ pub(super) fn policies(c: &Config, d: &mut Diags<'_>, resources: &BTreeMap<Strin
             idle_end: p.idle_end.as_ref().map(|s| *s.get_ref()),
             first_use,
             first_use_within,
+            break_glass,
             auto_approve: auto,
         });
     }

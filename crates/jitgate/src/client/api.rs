@@ -51,6 +51,23 @@ impl Client {
         self.post(&wire::path(route, id), &wire::Reason { reason }).await
     }
 
+    pub async fn break_glass(&self, body: &wire::BreakGlass) -> Result<Request> {
+        self.post(paths::BREAK_GLASS, body).await
+    }
+
+    pub async fn reviews(&self, all: bool) -> Result<Vec<Value>> {
+        self.get_query(paths::REVIEWS, &wire::ListReviews { all }).await
+    }
+
+    pub async fn review(&self, id: i64) -> Result<Value> {
+        self.get(&wire::path(paths::REVIEW, id)).await
+    }
+
+    pub async fn close_review(&self, id: i64, note: String) -> Result<Request> {
+        self.post(&wire::path(paths::REVIEW_CLOSE, id), &wire::CloseReview { note })
+            .await
+    }
+
     pub async fn grants(&self, all: bool) -> Result<Vec<Grant>> {
         self.get_query(paths::GRANTS, &wire::ListGrants { all }).await
     }
