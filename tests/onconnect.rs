@@ -77,6 +77,13 @@ struct Running {
     err: Arc<Mutex<String>>,
 }
 
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Running {
     fn spawn(mut c: Command) -> Self {
         let mut child = c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
@@ -754,4 +761,136 @@ fn break_glass_opens_at_once_alerts_everyone_and_leaves_a_review_with_a_daily_li
     ] {
         assert!(kinds.contains(&k.to_string()), "{k} missing: {kinds:?}");
     }
+}
+
+// ---- Ticket checks ----
+
+/// A ticket system playing Jira's `GET /rest/api/2/issue/{key}`: INC-1 in progress, INC-2
+/// done, anything else 404; it records the Authorization header it got.
+fn ticket_system() -> (u16, Arc<Mutex<Vec<String>>>) {
+    use std::io::Write;
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let auth = Arc::new(Mutex::new(Vec::new()));
+    let a = auth.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let mut buf = [0u8; 4096];
+            let n = s.read(&mut buf).unwrap_or(0);
+            let req = String::from_utf8_lossy(&buf[..n]).to_string();
+            let path = req.split_whitespace().nth(1).unwrap_or("").to_string();
+            if let Some(h) = req
+                .lines()
+                .find(|l| l.to_ascii_lowercase().starts_with("authorization:"))
+            {
+                a.lock().unwrap().push(h.split_once(':').unwrap().1.trim().to_string());
+            }
+            let body = match path.as_str() {
+                "/rest/api/2/issue/INC-1" => {
+                    Some(r#"{"key":"INC-1","fields":{"summary":"Checkout is slow","status":{"name":"In Progress"}}}"#)
+                }
+                "/rest/api/2/issue/INC-2" => {
+                    Some(r#"{"key":"INC-2","fields":{"summary":"Old outage","status":{"name":"Done"}}}"#)
+                }
+                _ => None,
+            };
+            let resp = match body {
+                Some(b) => format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{b}",
+                    b.len()
+                ),
+                None => "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_string(),
+            };
+            let _ = s.write_all(resp.as_bytes());
+        }
+    });
+    (port, auth)
+}
+
+#[test]
+fn tickets_are_checked_with_the_ticket_system_and_their_title_shown_to_approvers() {
+    let (port, auth) = ticket_system();
+    let cred = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(cred.path(), "Bearer jira-secret\n").unwrap();
+    let ticket = format!(
+        "ticket = {{ pattern = \"^INC-[0-9]+$\", url = \"http://127.0.0.1:{port}/rest/api/2/issue/{{ticket}}\", credential_file = \"{}\", status_field = \"fields.status.name\", allowed = [\"In Progress\"], title_field = \"fields.summary\" }}",
+        cred.path().display()
+    );
+    let (gw, _pg) = setup_with("", &ticket, "");
+    let ask = |t: Option<&str>| {
+        let mut a = vec!["request", "prod-db", "--reason", "slow", "--json"];
+        if let Some(t) = t {
+            a.extend_from_slice(&["--ticket", t]);
+        }
+        gw.cli(Some("alice"), &a)
+    };
+    assert!(ask(None).refused().contains("policy `production` requires a ticket"));
+    assert!(
+        ask(Some("JIRA-1"))
+            .refused()
+            .contains("is not a ticket id policy `production` accepts")
+    );
+    assert!(
+        ask(Some("INC-404"))
+            .refused()
+            .contains("ticket INC-404 was not found by the ticket system (HTTP 404)")
+    );
+    assert!(
+        ask(Some("INC-2"))
+            .refused()
+            .contains("ticket INC-2 is `Done`; policy `production` accepts tickets that are `In Progress`")
+    );
+    let r = ask(Some("INC-1")).json();
+    assert_eq!(r["state"], "pending");
+    assert_eq!(r["ticket_title"], "Checkout is slow");
+    assert!(auth.lock().unwrap().iter().all(|h| h == "Bearer jira-secret"));
+    // Approvers see the title.
+    let list = gw.cli(Some("bob"), &["requests"]).ok();
+    assert!(list.contains("INC-1: Checkout is slow"), "{list}");
+    // From psql too (jitgate.ticket).
+    let run = Running::spawn(psql(
+        &gw,
+        "carol",
+        "prod-db",
+        &format!("{OPTS} -c jitgate.ticket=INC-1"),
+        "SELECT 1",
+    ));
+    run.wait_stderr("waiting for approval by dba", Duration::from_secs(10));
+    assert_eq!(newest_request(&gw, "carol")["ticket_title"], "Checkout is slow");
+    drop(run);
+    let o = psql(
+        &gw,
+        "carol",
+        "prod-db",
+        &format!("{OPTS} -c jitgate.access=read-write -c jitgate.ticket=INC-2"),
+        "SELECT 1",
+    )
+    .output()
+    .unwrap();
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("is `Done`"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // The ticket system down: refused (fail closed), and said so.
+    let (gw2, _pg2) = setup_with(
+        "",
+        "ticket = { url = \"http://127.0.0.1:9/rest/api/2/issue/{ticket}\", status_field = \"fields.status.name\", allowed = [\"In Progress\"] }",
+        "",
+    );
+    let err = gw2
+        .cli(
+            Some("alice"),
+            &["request", "prod-db", "--reason", "x", "--ticket", "INC-1"],
+        )
+        .refused();
+    assert!(
+        err.contains("ticket INC-1 could not be checked: the ticket system could not be reached"),
+        "{err}"
+    );
+    assert!(
+        err.contains("refuses requests while its ticket system cannot be reached"),
+        "{err}"
+    );
 }

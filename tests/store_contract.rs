@@ -39,6 +39,7 @@ fn request(requester: &str, created_at: Timestamp) -> Request {
         version: 0,
         ends: Default::default(),
         break_glass: None,
+        ticket_title: None,
     }
 }
 

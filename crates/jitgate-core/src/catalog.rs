@@ -148,6 +148,31 @@ pub struct BreakGlass {
     pub per_day: u32,
 }
 
+/// `[policies.ticket]`, compiled.
+#[derive(Debug, Clone)]
+pub struct TicketCheck {
+    /// Requests must carry a ticket.
+    pub required: bool,
+    /// The id's pattern.
+    pub pattern: Option<regex::Regex>,
+    /// URL template with `{ticket}`.
+    pub url: Option<String>,
+    /// Credential header name.
+    pub header: String,
+    /// Credential value.
+    pub credential: Option<SecretRef>,
+    /// Dotted path of the status.
+    pub status_field: Option<String>,
+    /// Allowed statuses.
+    pub allowed: Vec<String>,
+    /// Dotted path of the title.
+    pub title_field: Option<String>,
+    /// Check timeout.
+    pub timeout: HumanDuration,
+    /// An unreachable ticket system lets the request through.
+    pub fail_open: bool,
+}
+
 /// A compiled policy.
 #[derive(Debug, Clone)]
 pub struct Policy {
@@ -191,6 +216,8 @@ pub struct Policy {
     pub first_use_within: HumanDuration,
     /// Break-glass: access at once, without approvers, reviewed afterwards.
     pub break_glass: Option<BreakGlass>,
+    /// Ticket checks on requests.
+    pub ticket: Option<TicketCheck>,
     /// Auto-approval rules.
     pub auto_approve: Vec<AutoApprove>,
 }

@@ -355,6 +355,7 @@ pub fn plan_break_glass(
             note: None,
             overdue_notified: false,
         }),
+        ticket_title: None,
     })
 }
 
@@ -412,6 +413,7 @@ pub fn plan_request(catalog: &Catalog, who: &Principal, new: &NewRequest, now: T
         version: 0,
         ends: ends_for(policy, &new.lifetime, duration)?,
         break_glass: None,
+        ticket_title: None,
     };
     apply_auto_approval(&mut req, policy, res, now);
     Ok(req)

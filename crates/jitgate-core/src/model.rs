@@ -153,6 +153,9 @@ pub struct Request {
     /// A break-glass request (opened without approvers): its review.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub break_glass: Option<Review>,
+    /// The ticket's title, as the ticket system answered when it was checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ticket_title: Option<String>,
 }
 
 /// Where a grant is in its life.

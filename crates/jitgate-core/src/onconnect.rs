@@ -25,12 +25,14 @@ pub struct Ask {
     pub duration: Option<HumanDuration>,
     /// Which access level; default: the front end's (Postgres: the resource's default).
     pub access: Option<String>,
+    /// A ticket id (`jitgate.ticket`, `JITGATE_TICKET`), for policies that check tickets.
+    pub ticket: Option<String>,
 }
 
 impl Ask {
     /// True when nothing was asked.
     pub fn is_empty(&self) -> bool {
-        self.reason.is_none() && self.duration.is_none() && self.access.is_none()
+        self.reason.is_none() && self.duration.is_none() && self.access.is_none() && self.ticket.is_none()
     }
 
     /// The request it makes on `resource`.
@@ -40,7 +42,7 @@ impl Ask {
             access: self.access.clone(),
             duration: self.duration,
             reason: self.reason.clone(),
-            ticket: None,
+            ticket: self.ticket.clone(),
             lifetime: Default::default(),
         }
     }
@@ -384,9 +386,10 @@ pub fn pg_ask(options: &str) -> Result<Ask, String> {
                 );
             }
             "access" => ask.access = Some(v.trim().to_string()).filter(|a| !a.is_empty()),
+            "ticket" => ask.ticket = Some(v.trim().to_string()).filter(|a| !a.is_empty()),
             other => {
                 return Err(format!(
-                    "unknown option jitgate.{other}: jitgate takes jitgate.reason, jitgate.for and jitgate.access"
+                    "unknown option jitgate.{other}: jitgate takes jitgate.reason, jitgate.for, jitgate.access and jitgate.ticket"
                 ));
             }
         }

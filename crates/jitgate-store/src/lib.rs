@@ -262,6 +262,7 @@ mod tests {
             version: 0,
             ends: Default::default(),
             break_glass: None,
+            ticket_title: None,
         }
     }
 

@@ -110,6 +110,11 @@ fn requests_table(rs: &[Request]) {
                 r.access.clone(),
                 jitgate_core::HumanDuration(r.duration_secs).to_string(),
                 ts(&r.created_at),
+                match (&r.ticket, &r.ticket_title) {
+                    (Some(t), Some(title)) => format!("{t}: {title}"),
+                    (Some(t), None) => t.clone(),
+                    _ => String::new(),
+                },
                 r.reason.clone().unwrap_or_default(),
             ]
         })
@@ -123,6 +128,7 @@ fn requests_table(rs: &[Request]) {
             "ACCESS",
             "FOR",
             "CREATED",
+            "TICKET",
             "REASON",
         ],
         &rows,

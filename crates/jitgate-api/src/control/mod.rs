@@ -161,6 +161,7 @@ mod onconnect;
 mod requests;
 mod sessions;
 mod tasks;
+mod tickets;
 mod views;
 
 pub use crate::wire::{LoginResult, MintedToken, ResourceView, WhoAmI};

@@ -73,6 +73,8 @@ impl ControlPlane {
         {
             return Ok((self.asked_of(r, None), false));
         }
+        let mut planned = planned;
+        self.check_ticket(&mut planned).await?;
         let r = self.submit(who, planned, now).await?;
         let end = self.grant_end(&r).await;
         Ok((self.asked_of(&r, end), true))

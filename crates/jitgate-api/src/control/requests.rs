@@ -17,6 +17,14 @@ pub const MAX_LONG_POLLS: usize = 1024;
 
 impl ControlPlane {
     pub(super) fn request_event(&self, kind: Kind, r: &Request, actor: &str, now: Timestamp) -> Event {
+        let mut ev = self.request_event_base(kind, r, actor, now);
+        if let Some(t) = &r.ticket_title {
+            ev.details["ticket_title"] = t.clone().into();
+        }
+        ev
+    }
+
+    fn request_event_base(&self, kind: Kind, r: &Request, actor: &str, now: Timestamp) -> Event {
         Event::new(kind, now)
             .actor(actor)
             .resource(&r.resource)
@@ -38,7 +46,8 @@ impl ControlPlane {
     pub async fn create_request(&self, who: &Principal, new: NewRequest) -> ControlResult<Request> {
         let now = self.now();
         let cat = self.catalog();
-        let planned = engine::plan_request(&cat, who, &new, now)?;
+        let mut planned = engine::plan_request(&cat, who, &new, now)?;
+        self.check_ticket(&mut planned).await?;
         self.submit(who, planned, now).await
     }
 

@@ -78,7 +78,14 @@ fn facts(r: &Request, item: Option<&InboxItem>, labels: &std::collections::BTree
     };
     row("Duration", esc(&what));
     row("Reason", esc(r.reason.as_deref().unwrap_or("(none)")));
-    row("Ticket", esc(r.ticket.as_deref().unwrap_or("(none)")));
+    row(
+        "Ticket",
+        match (&r.ticket, &r.ticket_title) {
+            (Some(t), Some(title)) => format!("{} — {}", esc(t), esc(title)),
+            (Some(t), None) => esc(t),
+            _ => "(none)".into(),
+        },
+    );
     row("Policy", esc(&r.policy));
     if let Some(i) = item {
         row(

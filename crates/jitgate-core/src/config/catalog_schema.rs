@@ -174,6 +174,9 @@ pub struct PolicyConfig {
     /// Break-glass: `jitgate break-glass` opens a grant at once for these groups, alerts
     /// everyone, and leaves a review for `reviewers` to close.
     pub break_glass: Option<Spanned<BreakGlassConfig>>,
+    /// Ticket checks: requests must name a ticket matching `pattern`, checked with an HTTP
+    /// GET (Jira, ServiceNow, ...) before the request is made.
+    pub ticket: Option<Spanned<TicketConfig>>,
     /// Auto-approval rules.
     #[serde(default)]
     pub auto_approve: Vec<AutoApproveConfig>,
@@ -203,6 +206,47 @@ pub struct StepConfig {
     /// Distinct approvals this step needs.
     #[serde(default = "one")]
     pub approvals: u32,
+}
+
+/// `[policies.ticket]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TicketConfig {
+    /// Requests must carry a ticket (default true).
+    #[serde(default = "yes")]
+    pub required: bool,
+    /// A regular expression the ticket id must match (`^INC-[0-9]+$`).
+    pub pattern: Option<String>,
+    /// GET this URL, `{ticket}` replaced by the id (percent-encoded); it must answer 2xx.
+    pub url: Option<String>,
+    /// Header carrying the credential (default `Authorization`).
+    #[serde(default = "default_ticket_header")]
+    pub header: String,
+    /// The header's value (`Bearer ...`, `Basic ...`) from the environment or a file.
+    pub credential_env: Option<String>,
+    /// The header's value from a file.
+    pub credential_file: Option<std::path::PathBuf>,
+    /// A dotted path into the JSON answer (`fields.status.name`) whose value must be in
+    /// `allowed`.
+    pub status_field: Option<String>,
+    /// Allowed values of `status_field`.
+    #[serde(default)]
+    pub allowed: Vec<String>,
+    /// A dotted path to the ticket's title (`fields.summary`), stored with the request.
+    pub title_field: Option<String>,
+    /// How long the check may take (default 5s).
+    #[serde(default = "default_ticket_timeout")]
+    pub timeout: HumanDuration,
+    /// When the ticket system cannot be reached: `deny` (default, fail closed) or `allow`.
+    #[serde(default)]
+    pub on_error: Option<String>,
+}
+
+fn default_ticket_header() -> String {
+    "Authorization".into()
+}
+fn default_ticket_timeout() -> HumanDuration {
+    HumanDuration(5)
 }
 
 /// `[policies.break_glass]`.

@@ -270,6 +270,81 @@ pub(super) fn policies(c: &Config, d: &mut Diags<'_>, resources: &BTreeMap<Strin
                 per_day: b.per_day,
             })
         });
+        let ticket = p.ticket.as_ref().and_then(|t| {
+            let sp = span(t);
+            let t = t.get_ref();
+            let mut ok = true;
+            let pattern = match t.pattern.as_deref().map(regex::Regex::new) {
+                None => None,
+                Some(Ok(r)) => Some(r),
+                Some(Err(e)) => {
+                    d.error(
+                        sp.clone(),
+                        format!("policy `{pname}`: ticket pattern is not a regular expression: {e}"),
+                        Some("e.g. pattern = \"^(INC|CHG)-[0-9]+$\"".into()),
+                    );
+                    ok = false;
+                    None
+                }
+            };
+            if let Some(u) = &t.url
+                && (!u.contains("{ticket}") || !(u.starts_with("https://") || u.starts_with("http://")))
+            {
+                d.error(
+                    sp.clone(),
+                    format!("policy `{pname}`: ticket url `{u}` must be an http(s) URL containing {{ticket}}"),
+                    Some("e.g. url = \"https://jira.example.com/rest/api/2/issue/{ticket}\"".into()),
+                );
+                ok = false;
+            }
+            if t.status_field.is_some() != !t.allowed.is_empty() {
+                d.error(
+                    sp.clone(),
+                    format!("policy `{pname}`: ticket status_field and allowed go together"),
+                    Some("e.g. status_field = \"fields.status.name\", allowed = [\"In Progress\"]".into()),
+                );
+                ok = false;
+            }
+            if (t.status_field.is_some() || t.title_field.is_some() || t.credential_env.is_some()) && t.url.is_none() {
+                d.error(
+                    sp.clone(),
+                    format!("policy `{pname}`: ticket status_field, title_field and credentials need a url to check"),
+                    None,
+                );
+                ok = false;
+            }
+            let fail_open = match t.on_error.as_deref() {
+                None | Some("deny") => false,
+                Some("allow") => true,
+                Some(other) => {
+                    d.error(
+                        sp.clone(),
+                        format!("policy `{pname}`: ticket on_error = \"{other}\" is neither \"deny\" nor \"allow\""),
+                        Some(
+                            "on_error = \"deny\" (the default) refuses requests while the ticket system is down".into(),
+                        ),
+                    );
+                    ok = false;
+                    false
+                }
+            };
+            ok.then(|| crate::catalog::TicketCheck {
+                required: t.required,
+                pattern,
+                url: t.url.clone(),
+                header: t.header.clone(),
+                credential: t
+                    .credential_env
+                    .clone()
+                    .map(SecretRef::Env)
+                    .or_else(|| t.credential_file.clone().map(SecretRef::File)),
+                status_field: t.status_field.clone(),
+                allowed: t.allowed.clone(),
+                title_field: t.title_field.clone(),
+                timeout: t.timeout,
+                fail_open,
+            })
+        });
         let auto = auto_approve(p, pname, d, md);
         policies.push(Policy {
             name: pname.clone(),
@@ -292,6 +367,7 @@ pub(super) fn policies(c: &Config, d: &mut Diags<'_>, resources: &BTreeMap<Strin
             first_use,
             first_use_within,
             break_glass,
+            ticket,
             auto_approve: auto,
         });
     }

@@ -47,6 +47,7 @@ struct Held {
     shell: bool,
     reason: Option<String>,
     duration: Option<String>,
+    ticket: Option<String>,
     /// Bytes of input held.
     input: usize,
 }
@@ -171,6 +172,14 @@ async fn hold(ch: &mut Channel<Msg>, server: &server::Handle) -> Option<Held> {
                 ..
             } if variable_name == "JITGATE_FOR" => {
                 h.duration = Some(variable_value);
+                false
+            }
+            ChannelMsg::SetEnv {
+                variable_name,
+                variable_value,
+                ..
+            } if variable_name == "JITGATE_TICKET" => {
+                h.ticket = Some(variable_value);
                 false
             }
             m @ (ChannelMsg::SetEnv { .. } | ChannelMsg::WindowChange { .. }) => {
@@ -322,6 +331,7 @@ impl<G: Gatekeeper> Asking<G> {
             reason,
             duration,
             access: Some(login.clone()),
+            ticket: held.ticket.clone().filter(|t| !t.trim().is_empty()),
         })
     }
 
