@@ -260,3 +260,38 @@ fn ops_listener_and_drain_settings_are_checked() {
         "{err}"
     );
 }
+
+#[test]
+fn lifecycle_break_glass_and_ticket_settings_are_checked_with_their_lines() {
+    let (code, _, err) = check(&format!(
+        "{BASE}idle_end = \"0s\"\nstart = \"later\"\nfirst_use_within = \"90d\"\n\
+         break_glass = {{ groups = [], max_duration = \"2d\", per_day = 0 }}\n\
+         ticket = {{ pattern = \"INC-(\", url = \"jira.example.com/issue\", status_field = \"fields.status.name\" }}\n"
+    ));
+    assert_eq!(code, 1, "{err}");
+    for (line, text) in [
+        (12, "idle_end 0s must be between 1s and 7d"),
+        (13, "start = \"later\" is not a start"),
+        (14, "first_use_within 90d must be between 1s and 30d"),
+        (15, "break_glass needs `groups` (who may) and `reviewers` (who reviews)"),
+        (15, "break_glass max_duration 2d must be between 1s and 24h"),
+        (15, "break_glass per_day must be at least 1"),
+        (16, "ticket pattern is not a regular expression"),
+        (16, "must be an http(s) URL containing {ticket}"),
+        (16, "ticket status_field and allowed go together"),
+    ] {
+        assert!(
+            err.lines().any(|l| l.starts_with(&format!("gateway.toml:{line}:")) && l.contains(text)),
+            "line {line}: {text}\n{err}"
+        );
+    }
+    // A typo inside the tables is named too.
+    let (code, _, err) = check(&format!(
+        "{BASE}break_glass = {{ groups = [\"oncall\"], reviewers = [\"sec\"], per_dya = 2 }}\n"
+    ));
+    assert_eq!(code, 1);
+    assert!(err.contains("gateway.toml:12:") && err.contains("per_dya"), "{err}");
+    let (code, _, err) = check(&format!("[gateway]\nwait_on_connect = \"soon\"\n{BASE}"));
+    assert_eq!(code, 1);
+    assert!(err.contains("gateway.toml:2:") && err.contains("invalid duration `soon`"), "{err}");
+}
