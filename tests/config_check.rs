@@ -281,7 +281,8 @@ fn lifecycle_break_glass_and_ticket_settings_are_checked_with_their_lines() {
         (16, "ticket status_field and allowed go together"),
     ] {
         assert!(
-            err.lines().any(|l| l.starts_with(&format!("gateway.toml:{line}:")) && l.contains(text)),
+            err.lines()
+                .any(|l| l.starts_with(&format!("gateway.toml:{line}:")) && l.contains(text)),
             "line {line}: {text}\n{err}"
         );
     }
@@ -293,5 +294,8 @@ fn lifecycle_break_glass_and_ticket_settings_are_checked_with_their_lines() {
     assert!(err.contains("gateway.toml:12:") && err.contains("per_dya"), "{err}");
     let (code, _, err) = check(&format!("[gateway]\nwait_on_connect = \"soon\"\n{BASE}"));
     assert_eq!(code, 1);
-    assert!(err.contains("gateway.toml:2:") && err.contains("invalid duration `soon`"), "{err}");
+    assert!(
+        err.contains("gateway.toml:2:") && err.contains("invalid duration `soon`"),
+        "{err}"
+    );
 }
