@@ -85,11 +85,6 @@ impl ControlPlane {
         Ok(r)
     }
 
-    fn may_review(&self, who: &Principal, r: &Request) -> bool {
-        let Some(review) = &r.break_glass else { return false };
-        r.requester != who.name && (who.in_any(&review.reviewers) || self.catalog().is_admin(&who.groups))
-    }
-
     /// Break-glass reviews the caller may see (reviewers, auditors, admins; a requester their
     /// own): open ones, or (`all`) closed ones too, newest first.
     pub async fn reviews(&self, who: &Principal, all: bool) -> ControlResult<Vec<ReviewItem>> {

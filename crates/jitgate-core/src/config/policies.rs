@@ -297,7 +297,7 @@ pub(super) fn policies(c: &Config, d: &mut Diags<'_>, resources: &BTreeMap<Strin
                 );
                 ok = false;
             }
-            if t.status_field.is_some() != !t.allowed.is_empty() {
+            if t.status_field.is_some() == t.allowed.is_empty() {
                 d.error(
                     sp.clone(),
                     format!("policy `{pname}`: ticket status_field and allowed go together"),
