@@ -638,6 +638,47 @@ fn single_session_idle_end_and_first_use_grants_end_when_the_work_ends() {
     assert!(gw.audit_kinds().contains(&"grant.started".to_string()));
 }
 
+// ---- Scheduled access (real clock, real psql) ----
+
+#[test]
+fn a_scheduled_grant_approved_ahead_opens_at_its_start_and_kills_at_its_end() {
+    let (gw, _pg) = setup("");
+    // Asked the way a person writes it: a civil time in a named zone, 4 s ahead, for 3 s.
+    let start = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second() + 4).unwrap();
+    let paris = jiff::tz::TimeZone::get("Europe/Paris").unwrap();
+    let at = format!("{} Europe/Paris", start.to_zoned(paris).strftime("%Y-%m-%d %H:%M:%S"));
+    let g = granted(&gw, &["--at", &at, "--for", "3s"]);
+    let listed = gw.cli(Some("root"), &["requests"]).ok();
+    assert!(
+        listed.contains(&format!("3s from {}", start.strftime("%Y-%m-%d %H:%M:%S UTC"))),
+        "{listed}"
+    );
+    let grants = gw.cli(Some("alice"), &["grants"]).ok();
+    assert!(grants.contains("opens in"), "{grants}");
+    // Before its start: refused, told when to come back; nothing reached PostgreSQL.
+    let o = psql(&gw, "alice", "prod-db", "", "SELECT 1").output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains(&format!("access grant {g} (read-only)")), "{err}");
+    assert!(err.contains("opens at"), "{err}");
+    // From its start: in, and killed when the window ends.
+    let wait = start.duration_since(jiff::Timestamp::now()).as_millis().max(0) as u64 + 100;
+    std::thread::sleep(Duration::from_millis(wait));
+    let t = Instant::now();
+    let o = psql(&gw, "alice", "prod-db", "", "SELECT pg_sleep(20)")
+        .output()
+        .unwrap();
+    let ran = t.elapsed();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("expired"), "{err}");
+    assert!(
+        ran > Duration::from_millis(2000) && ran < Duration::from_millis(4500),
+        "killed after {ran:?}"
+    );
+    assert!(eventually(Duration::from_secs(5), || grant_state(&gw, g).is_some()));
+}
+
 // ---- Break-glass ----
 
 #[test]

@@ -40,6 +40,7 @@ fn request(requester: &str, created_at: Timestamp) -> Request {
         ends: Default::default(),
         break_glass: None,
         ticket_title: None,
+        starts_at: None,
     }
 }
 

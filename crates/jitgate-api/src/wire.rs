@@ -88,6 +88,11 @@ pub struct CreateRequest {
     /// `approval` (default) or `first-use`: when the grant's clock starts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start: Option<String>,
+    /// A scheduled request: when the window opens. RFC 3339 (`2026-12-02T21:00:00Z`), or
+    /// `2026-12-02 22:00 Europe/Paris`, or `+3h` (see `jitgate_core::when`); a time without
+    /// a zone is refused here (the CLI adds the user's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<String>,
 }
 
 /// `POST /v1/break-glass`.

@@ -148,7 +148,8 @@ impl Enforcer {
                 .unwrap_or_else(|e| e.into_inner())
                 .contains_key(&g.id);
             if fresh {
-                self.idle_from(&g, now);
+                // A scheduled grant idles from its start, not from its approval.
+                self.idle_from(&g, now.max(g.starts_at));
             }
         }
         self.grants.insert(g);
@@ -341,6 +342,7 @@ mod tests {
             resource: "prod-db".into(),
             access: "read-only".into(),
             expires_at: exp,
+            starts_at: Timestamp::UNIX_EPOCH,
             policy: "p".into(),
             ends: Default::default(),
         }

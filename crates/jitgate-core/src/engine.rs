@@ -40,6 +40,9 @@ pub struct Lifetime {
     /// Start its clock at the first session.
     #[serde(default)]
     pub first_use: bool,
+    /// A scheduled request (`--at`): the window opens here, not at approval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<Timestamp>,
 }
 
 /// Why the engine said no. Each message says what happened and what to do.
@@ -137,6 +140,20 @@ pub enum Refusal {
     /// The policy changed under the request.
     #[error("policy `{0}` no longer exists (the configuration was reloaded)")]
     PolicyGone(String),
+    /// A scheduled start in the past.
+    #[error("the start {at} is in the past")]
+    StartInPast {
+        /// The start asked for.
+        at: Timestamp,
+    },
+    /// A scheduled start too far ahead.
+    #[error("the start {at} is more than {max} ahead")]
+    StartTooFar {
+        /// The start asked for.
+        at: Timestamp,
+        /// How far ahead a start may be.
+        max: HumanDuration,
+    },
     /// The grant is not live.
     #[error("grant {id} is {state}")]
     GrantNotLive {
@@ -187,7 +204,9 @@ impl Refusal {
             Self::AccessNotAllowed { .. }
             | Self::ReasonRequired(_)
             | Self::DurationTooLong { .. }
-            | Self::DurationZero => RefusalClass::BadInput,
+            | Self::DurationZero
+            | Self::StartInPast { .. }
+            | Self::StartTooFar { .. } => RefusalClass::BadInput,
             Self::AlreadyApproved(_) | Self::NotPending { .. } | Self::PolicyGone(_) | Self::GrantNotLive { .. } => {
                 RefusalClass::Conflict
             }
@@ -206,6 +225,8 @@ impl Refusal {
                 format!("ask for --for {max} or less (extend later with `jitgate extend`)")
             }
             Self::DurationZero => "use e.g. --for 30m".into(),
+            Self::StartInPast { .. } => "leave out --at to start at approval, or give a later time".into(),
+            Self::StartTooFar { .. } => "ask nearer the time".into(),
             Self::SelfApproval => "ask someone in an approver group to run `jitgate approve`".into(),
             Self::StepUpRequired { .. } => {
                 "sign in again: approve from the web console (it sends you through the provider), or run `jitgate login --fresh` and approve within that time".into()
@@ -347,6 +368,7 @@ pub fn plan_break_glass(
         grant_id: None,
         version: 0,
         ends: Ends::default(),
+        starts_at: None,
         break_glass: Some(crate::model::Review {
             due_at: now.saturating_add(jiff::SignedDuration::from_secs(secs)).unwrap_or(now),
             reviewers: bg.reviewers.clone(),
@@ -414,9 +436,25 @@ pub fn plan_request(catalog: &Catalog, who: &Principal, new: &NewRequest, now: T
         ends: ends_for(policy, &new.lifetime, duration)?,
         break_glass: None,
         ticket_title: None,
+        starts_at: scheduled_start(new.lifetime.at, now)?,
     };
     apply_auto_approval(&mut req, policy, res, now);
     Ok(req)
+}
+
+/// A scheduled start: in the future (a minute's slack: a start typed as "now" is now) and at
+/// most [`MAX_AHEAD`](crate::when::MAX_AHEAD) away. A start within the slack is no schedule.
+fn scheduled_start(at: Option<Timestamp>, now: Timestamp) -> Result<Option<Timestamp>, Refusal> {
+    let Some(at) = at else { return Ok(None) };
+    let ahead = at.duration_since(now).as_secs();
+    if ahead < -60 {
+        return Err(Refusal::StartInPast { at });
+    }
+    let max = crate::when::MAX_AHEAD;
+    if ahead > i64::try_from(max.secs()).unwrap_or(i64::MAX) {
+        return Err(Refusal::StartTooFar { at, max });
+    }
+    Ok((ahead > 0).then_some(at))
 }
 
 /// The grant's end rules: the policy's, tightened by the request's.
@@ -456,7 +494,11 @@ pub fn auto_approval_rule(req: &Request, policy: &Policy, res: &Resource, now: T
         let groups_ok = rule.groups.is_empty() || req.requester_groups.iter().any(|g| rule.groups.contains(g));
         let access_ok = rule.access.is_empty() || rule.access.contains(&req.access);
         let dur_ok = rule.max_duration.is_none_or(|m| req.duration_secs <= m.secs());
-        let win_ok = rule.window.as_ref().is_none_or(|w| w.contains(now));
+        // A window is about when access is used: a scheduled request's start.
+        let win_ok = rule
+            .window
+            .as_ref()
+            .is_none_or(|w| w.contains(req.starts_at.map_or(now, |a| a.max(now))));
         let labels_ok = rule.match_labels.iter().all(|(k, v)| res.labels.get(k) == Some(v));
         (groups_ok && access_ok && dur_ok && win_ok && labels_ok).then(|| {
             let mut d = format!("policy `{}` auto_approve #{}", policy.name, i + 1);
@@ -495,14 +537,30 @@ pub fn escalation_due(req: &Request, policy: &Policy, now: Timestamp) -> bool {
             .is_some_and(|d| now >= req.created_at.saturating_add(d.as_signed()).unwrap_or(req.created_at))
 }
 
-/// True when a pending request has waited past its policy's `pending_timeout`.
+/// True when a pending request has waited past its policy's `pending_timeout`. A scheduled
+/// request waits at least until its window opens (approvers decide ahead of it), and never past
+/// its window's end.
 pub fn pending_timed_out(req: &Request, policy: &Policy, now: Timestamp) -> bool {
-    req.state == RequestState::Pending
-        && now
-            >= req
-                .created_at
-                .saturating_add(policy.pending_timeout.as_signed())
-                .unwrap_or(req.created_at)
+    req.state == RequestState::Pending && now >= pending_deadline(req, policy)
+}
+
+/// When a pending request times out (see [`pending_timed_out`]).
+pub fn pending_deadline(req: &Request, policy: &Policy) -> Timestamp {
+    let timeout = req
+        .created_at
+        .saturating_add(policy.pending_timeout.as_signed())
+        .unwrap_or(req.created_at);
+    match req.starts_at {
+        None => timeout,
+        Some(at) => {
+            let end = at
+                .saturating_add(jiff::SignedDuration::from_secs(
+                    i64::try_from(req.duration_secs).unwrap_or(i64::MAX),
+                ))
+                .unwrap_or(at);
+            timeout.max(at).min(end)
+        }
+    }
 }
 
 /// Groups that may approve the request's current step now.
@@ -663,6 +721,12 @@ pub fn grant_for(req: &Request, now: Timestamp) -> Grant {
         Some(within) if req.ends.first_use_secs.is_some() => i64::try_from(within).unwrap_or(i64::MAX),
         _ => i64::try_from(req.duration_secs).unwrap_or(i64::MAX),
     };
+    // Scheduled: the window is the window. Approved before it, the grant waits for its start;
+    // approved late, it opens now and still ends with the window.
+    let (starts_at, from) = match req.starts_at {
+        Some(at) => (at.max(now), at),
+        None => (now, now),
+    };
     Grant {
         id: 0,
         request_id: req.id,
@@ -671,8 +735,10 @@ pub fn grant_for(req: &Request, now: Timestamp) -> Grant {
         access: req.access.clone(),
         policy: req.policy.clone(),
         state: GrantState::Active,
-        starts_at: now,
-        expires_at: now.saturating_add(jiff::SignedDuration::from_secs(secs)).unwrap_or(now),
+        starts_at,
+        expires_at: from
+            .saturating_add(jiff::SignedDuration::from_secs(secs))
+            .unwrap_or(from),
         ended_at: None,
         ended_by: None,
         end_reason: None,

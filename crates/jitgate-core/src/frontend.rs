@@ -292,6 +292,7 @@ mod tests {
             resource: "db".into(),
             access: access.into(),
             expires_at: t0() + jiff::SignedDuration::from_mins(mins),
+            starts_at: Timestamp::UNIX_EPOCH,
             policy: "p".into(),
             ends: Default::default(),
         }

@@ -21,11 +21,37 @@ pub struct LiveGrant {
     pub access: String,
     /// When it ends: sessions on it are killed at this instant.
     pub expires_at: Timestamp,
+    /// When it opens: a scheduled grant is held here before its window and admits nobody.
+    #[serde(default)]
+    pub starts_at: Timestamp,
     /// The policy it was granted under (whose approvers may see and kill its sessions).
     pub policy: String,
     /// How it ends besides its expiry.
     #[serde(default)]
     pub ends: crate::model::Ends,
+}
+
+impl LiveGrant {
+    /// Open at `now`: its window has started and not ended.
+    pub fn is_open(&self, now: Timestamp) -> bool {
+        self.starts_at <= now && self.expires_at > now
+    }
+
+    /// The refusal for a session before a scheduled grant opens.
+    pub fn not_yet(&self, now: Timestamp) -> String {
+        let wait = crate::duration::HumanDuration(
+            u64::try_from(self.starts_at.duration_since(now).as_secs().max(1)).unwrap_or(1),
+        );
+        format!(
+            "access grant {} ({}) for {} on {} opens at {} (in {wait}) and ends at {}; connect then",
+            self.id,
+            self.access,
+            self.identity,
+            self.resource,
+            self.starts_at.strftime("%Y-%m-%d %H:%M:%S UTC"),
+            self.expires_at.strftime("%Y-%m-%d %H:%M:%S UTC"),
+        )
+    }
 }
 
 impl From<&Grant> for LiveGrant {
@@ -36,6 +62,7 @@ impl From<&Grant> for LiveGrant {
             resource: g.resource.clone(),
             access: g.access.clone(),
             expires_at: g.expires_at,
+            starts_at: g.starts_at,
             policy: g.policy.clone(),
             ends: g.ends,
         }
@@ -83,27 +110,39 @@ impl GrantCache {
     }
 
     /// The live grant for (identity, resource, access), latest expiry first. A grant past its
-    /// `expires_at` never matches, even if the scheduler has not removed it yet.
+    /// `expires_at` never matches, even if the scheduler has not removed it yet, and neither
+    /// does a scheduled one before its `starts_at`.
     pub fn check(&self, identity: &str, resource: &str, access: &str, now: Timestamp) -> Option<LiveGrant> {
         self.by_identity
             .get(identity)?
             .iter()
-            .filter(|g| g.resource == resource && g.access == access && g.expires_at > now)
+            .filter(|g| g.resource == resource && g.access == access && g.is_open(now))
             .max_by_key(|g| g.expires_at)
             .cloned()
     }
 
-    /// All live grants of an identity on a resource (any access level).
+    /// All open grants of an identity on a resource (any access level).
     pub fn for_resource(&self, identity: &str, resource: &str, now: Timestamp) -> Vec<LiveGrant> {
         self.by_identity
             .get(identity)
             .map(|v| {
                 v.iter()
-                    .filter(|g| g.resource == resource && g.expires_at > now)
+                    .filter(|g| g.resource == resource && g.is_open(now))
                     .cloned()
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// The soonest scheduled grant of an identity on a resource that has not opened yet (for
+    /// the refusal that says when to come back).
+    pub fn upcoming(&self, identity: &str, resource: &str, now: Timestamp) -> Option<LiveGrant> {
+        self.by_identity
+            .get(identity)?
+            .iter()
+            .filter(|g| g.resource == resource && g.starts_at > now && g.expires_at > now)
+            .min_by_key(|g| g.starts_at)
+            .cloned()
     }
 
     /// Number of grants held.
@@ -133,9 +172,33 @@ mod tests {
             resource: res.into(),
             access: access.into(),
             expires_at: Timestamp::from_second(exp).unwrap_or(Timestamp::UNIX_EPOCH),
+            starts_at: Timestamp::UNIX_EPOCH,
             policy: "p".into(),
             ends: Default::default(),
         }
+    }
+
+    #[test]
+    fn a_scheduled_grant_opens_at_its_start() {
+        let c = GrantCache::new();
+        let at = |s| Timestamp::from_second(s).unwrap_or(Timestamp::UNIX_EPOCH);
+        c.insert(LiveGrant {
+            starts_at: at(60),
+            ..g(1, "alice", "prod-db", "read-only", 100)
+        });
+        assert!(c.check("alice", "prod-db", "read-only", at(59)).is_none());
+        assert!(c.for_resource("alice", "prod-db", at(59)).is_empty());
+        assert_eq!(c.upcoming("alice", "prod-db", at(59)).map(|g| g.id), Some(1));
+        let msg = c.upcoming("alice", "prod-db", at(0)).map(|g| g.not_yet(at(0)));
+        assert_eq!(
+            msg.as_deref(),
+            Some(
+                "access grant 1 (read-only) for alice on prod-db opens at 1970-01-01 00:01:00 UTC (in 1m) and ends at 1970-01-01 00:01:40 UTC; connect then"
+            )
+        );
+        assert_eq!(c.check("alice", "prod-db", "read-only", at(60)).map(|g| g.id), Some(1));
+        assert!(c.upcoming("alice", "prod-db", at(60)).is_none());
+        assert!(c.check("alice", "prod-db", "read-only", at(100)).is_none());
     }
 
     #[test]

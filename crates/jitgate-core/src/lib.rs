@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod model;
 pub mod onconnect;
 pub mod sessions;
+pub mod when;
 pub mod window;
 
 pub use catalog::Catalog;

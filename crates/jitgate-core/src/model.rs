@@ -156,6 +156,10 @@ pub struct Request {
     /// The ticket's title, as the ticket system answered when it was checked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ticket_title: Option<String>,
+    /// A scheduled request (`--at`): when its window opens. The grant runs from here (or
+    /// from its approval, if that comes later) until this instant plus the duration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub starts_at: Option<Timestamp>,
 }
 
 /// Where a grant is in its life.

@@ -263,6 +263,7 @@ mod tests {
             ends: Default::default(),
             break_glass: None,
             ticket_title: None,
+            starts_at: None,
         }
     }
 

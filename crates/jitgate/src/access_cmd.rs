@@ -22,10 +22,20 @@ pub(crate) async fn request(a: RequestArgs) -> Result<ExitCode> {
         single_session,
         idle_end,
         start,
+        at,
         wait,
         timeout,
         conn,
     } = a;
+    // Read here, in the user's time zone; sent as an instant.
+    let at = at
+        .map(|s| {
+            let local = jiff::tz::TimeZone::system();
+            jitgate_core::when::parse_at(&s, jiff::Timestamp::now(), Some(&local))
+                .map(|t| t.to_string())
+                .map_err(|e| anyhow::anyhow!("--at {e}"))
+        })
+        .transpose()?;
     let c = Client::new(&conn)?;
     let r = c
         .create_request(&wire::CreateRequest {
@@ -37,6 +47,7 @@ pub(crate) async fn request(a: RequestArgs) -> Result<ExitCode> {
             single_session,
             idle_end,
             start,
+            at,
         })
         .await?;
     if !wait || r.state != RequestState::Pending {
@@ -201,7 +212,11 @@ pub(crate) async fn grants(conn: &Conn, all: bool) -> Result<ExitCode> {
                     g.resource.clone(),
                     g.access.clone(),
                     ts(&g.expires_at),
-                    left(&g.expires_at),
+                    if g.starts_at > jiff::Timestamp::now() {
+                        format!("opens in {}", left(&g.starts_at))
+                    } else {
+                        left(&g.expires_at)
+                    },
                     g.request_id.to_string(),
                 ]
             })

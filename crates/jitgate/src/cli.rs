@@ -401,6 +401,11 @@ pub struct RequestArgs {
     /// session, which must come within the policy's first_use_within).
     #[arg(long, value_name = "WHEN", value_parser = ["approval", "first-use"])]
     pub start: Option<String>,
+    /// Ask now for a window later: the grant opens at this time and ends --for after it
+    /// (approvers decide ahead). `2026-12-02 22:00 Europe/Paris`, `2026-12-02 22:00` (this
+    /// machine's time zone), `2026-12-02T21:00:00Z`, or `+3h`; at most 30 days ahead.
+    #[arg(long, value_name = "TIME")]
+    pub at: Option<String>,
     /// Wait until the request is decided, showing whom it waits for (a long poll: the
     /// decision shows the moment it is made). Exit 3 if denied, 4 if still pending at --timeout.
     #[arg(long)]

@@ -58,6 +58,16 @@ fn ts(t: &jiff::Timestamp) -> String {
     t.strftime("%Y-%m-%d %H:%M:%S UTC").to_string()
 }
 
+/// An instant in this machine's time zone, with UTC beside it when that differs.
+fn local_ts(t: &jiff::Timestamp) -> String {
+    let z = t.to_zoned(jiff::tz::TimeZone::system());
+    if z.offset().seconds() == 0 {
+        ts(t)
+    } else {
+        format!("{} ({})", z.strftime("%Y-%m-%d %H:%M:%S %Z"), ts(t))
+    }
+}
+
 fn left(t: &jiff::Timestamp) -> String {
     let s = t.duration_since(jiff::Timestamp::now()).as_secs().max(0);
     jitgate_core::HumanDuration(u64::try_from(s).unwrap_or(0)).to_string()
@@ -67,6 +77,8 @@ fn describe(r: &Request) -> String {
     let d = jitgate_core::HumanDuration(r.duration_secs);
     let what = if let Some(g) = r.extends_grant {
         format!("extension of grant {g} by {d}")
+    } else if let Some(at) = &r.starts_at {
+        format!("{} ({}, {d} from {})", r.resource, r.access, local_ts(at))
     } else {
         format!("{} ({}, {d})", r.resource, r.access)
     };
@@ -108,7 +120,10 @@ fn requests_table(rs: &[Request]) {
                 r.requester.clone(),
                 r.resource.clone(),
                 r.access.clone(),
-                jitgate_core::HumanDuration(r.duration_secs).to_string(),
+                match &r.starts_at {
+                    Some(at) => format!("{} from {}", jitgate_core::HumanDuration(r.duration_secs), ts(at)),
+                    None => jitgate_core::HumanDuration(r.duration_secs).to_string(),
+                },
                 ts(&r.created_at),
                 match (&r.ticket, &r.ticket_title) {
                     (Some(t), Some(title)) => format!("{t}: {title}"),

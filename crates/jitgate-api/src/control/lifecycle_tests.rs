@@ -442,3 +442,117 @@ async fn a_first_use_grant_starts_its_clock_at_its_first_session_within_its_dead
     w.advance(60).await;
     assert_eq!(w.grant(g.id).await.state, GrantState::Expired);
 }
+
+// ---- Scheduled access ----
+
+impl World {
+    /// alice asks for `duration` from `at_min` minutes after t0.
+    async fn scheduled(&self, at_min: i64, duration: &str) -> Result<jitgate_core::Request, super::ControlError> {
+        let new = NewRequest {
+            resource: "prod-db".into(),
+            access: None,
+            duration: Some(duration.parse::<HumanDuration>().unwrap()),
+            reason: Some("CHG-7 maintenance window".into()),
+            ticket: None,
+            lifetime: Lifetime {
+                at: Some(t0() + SignedDuration::from_mins(at_min)),
+                ..Default::default()
+            },
+        };
+        self.cp.create_request(&alice(), new).await
+    }
+
+    fn open(&self, now: Timestamp) -> bool {
+        self.cp
+            .enforcer()
+            .grants
+            .check("alice", "prod-db", "read-only", now)
+            .is_some()
+    }
+}
+
+#[tokio::test]
+async fn a_scheduled_request_approved_ahead_opens_at_its_start_and_ends_with_its_window() {
+    let mut w = World::new();
+    let r = w.scheduled(120, "1h").await.unwrap();
+    assert_eq!(r.starts_at, Some(t0() + SignedDuration::from_hours(2)));
+    // Approved now, two hours ahead: the grant exists and waits.
+    let r = w.cp.approve(&bob(), r.id, None).await.unwrap();
+    let g = w.grant(r.grant_id.unwrap()).await;
+    assert_eq!(g.starts_at, t0() + SignedDuration::from_hours(2));
+    assert_eq!(g.expires_at, t0() + SignedDuration::from_hours(3));
+    let activated = w.events("grant.activated");
+    assert_eq!(activated[0]["details"]["starts_at"], "2026-12-01T11:00:00Z");
+    assert!(!w.open(w.clock_now()), "closed before its start");
+    let up =
+        w.cp.enforcer()
+            .grants
+            .upcoming("alice", "prod-db", w.clock_now())
+            .unwrap();
+    assert!(
+        up.not_yet(w.clock_now())
+            .contains("opens at 2026-12-01 11:00:00 UTC (in 2h)")
+    );
+    // A restart keeps it waiting.
+    w.advance(60).await;
+    assert_eq!(w.restart().await, 1);
+    w.clock.advance(SignedDuration::from_secs(59 * 60 + 59));
+    w.cp.tick().await.unwrap();
+    assert!(!w.open(w.clock_now()), "closed one second before its start");
+    w.clock.advance(SignedDuration::from_secs(1));
+    w.cp.tick().await.unwrap();
+    assert!(w.open(w.clock_now()), "open at its start");
+    let s = w.session("s-1", g.id).await;
+    // The usual warning, then the kill at the window's end.
+    w.advance(56).await;
+    assert_eq!(w.events("grant.expiring").len(), 1);
+    assert!(!s.0.kill.is_cancelled());
+    w.advance(4).await;
+    assert!(s.0.kill.is_cancelled(), "killed at the window's end");
+    assert_eq!(w.grant(g.id).await.state, GrantState::Expired);
+    assert_eq!(w.grant(g.id).await.expires_at, t0() + SignedDuration::from_hours(3));
+}
+
+#[tokio::test]
+async fn a_scheduled_request_waits_for_approvers_until_its_start_and_a_late_approval_keeps_its_end() {
+    let w = World::new();
+    // pending_timeout is 10m: a request for a window two hours ahead waits past it.
+    let far = w.scheduled(120, "1h").await.unwrap();
+    let near = w.scheduled(5, "1h").await.unwrap();
+    // Approved 3 minutes into its window (within its pending_timeout): open now, still
+    // ending with the window.
+    w.advance(8).await;
+    let r = w.cp.approve(&bob(), near.id, None).await.unwrap();
+    let g = w.grant(r.grant_id.unwrap()).await;
+    assert_eq!(g.starts_at, t0() + SignedDuration::from_mins(8));
+    assert_eq!(g.expires_at, t0() + SignedDuration::from_mins(65));
+    assert!(w.open(w.clock_now()));
+    w.advance(32).await;
+    assert_eq!(
+        w.cp.store().get_request(far.id).await.unwrap().unwrap().state,
+        RequestState::Pending
+    );
+    // Undecided when its window opens: it expires then.
+    w.advance(79).await;
+    assert_eq!(
+        w.cp.store().get_request(far.id).await.unwrap().unwrap().state,
+        RequestState::Pending
+    );
+    w.advance(1).await;
+    assert_eq!(
+        w.cp.store().get_request(far.id).await.unwrap().unwrap().state,
+        RequestState::Expired
+    );
+}
+
+#[tokio::test]
+async fn a_start_in_the_past_or_too_far_ahead_is_refused() {
+    let w = World::new();
+    let e = w.scheduled(-5, "1h").await.unwrap_err();
+    assert!(e.to_string().contains("is in the past"), "{e}");
+    let e = w.scheduled(31 * 24 * 60, "1h").await.unwrap_err();
+    assert!(e.to_string().contains("more than 30d ahead"), "{e}");
+    // Within a minute of now is simply now.
+    let r = w.scheduled(0, "1h").await.unwrap();
+    assert_eq!(r.starts_at, None);
+}

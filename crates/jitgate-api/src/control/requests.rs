@@ -21,6 +21,9 @@ impl ControlPlane {
         if let Some(t) = &r.ticket_title {
             ev.details["ticket_title"] = t.clone().into();
         }
+        if let Some(at) = r.starts_at {
+            ev.details["starts_at"] = at.to_string().into();
+        }
         ev
     }
 

@@ -28,6 +28,16 @@ pub(super) async fn create(
             ));
         }
     };
+    let at =
+        b.at.as_deref()
+            .map(|s| jitgate_core::when::parse_at(s, cp.now(), None))
+            .transpose()
+            .map_err(|e| {
+                ApiError::bad_request(
+                    format!("at: {e}"),
+                    Some("e.g. \"2026-12-02 22:00 Europe/Paris\", \"2026-12-02T21:00:00Z\" or \"+3h\"".into()),
+                )
+            })?;
     let new = NewRequest {
         resource: b.resource,
         access: b.access,
@@ -38,6 +48,7 @@ pub(super) async fn create(
             single_session: b.single_session,
             idle_end: parse_duration(b.idle_end.as_deref())?,
             first_use,
+            at,
         },
     };
     Ok((StatusCode::CREATED, Json(cp.create_request(&who, new).await?)))

@@ -130,11 +130,19 @@ pub async fn page(State(c): State<Arc<Console>>, s: Signed) -> Response {
         let max = policy.map_or(String::new(), |p| p.max_duration.to_string());
         let _ = write!(
             body,
-            "<article class=\"card grant\" id=\"grant-{id}\"><h3>{res} <span class=\"tag\">{acc}</span></h3><p>Grant {id} · ends {ends} · {cd}</p><div class=\"actions\">{release}<form method=\"post\" action=\"/ui/grants/{id}/extend\" class=\"inline\">{csrf}<label for=\"ext-{id}\">Extend by</label><input id=\"ext-{id}\" name=\"duration\" value=\"30m\" size=\"5\" aria-describedby=\"ext-hint-{id}\"><span id=\"ext-hint-{id}\" class=\"hint\">up to {max} in all</span><label for=\"extr-{id}\" class=\"sr-only\">Reason</label><input id=\"extr-{id}\" name=\"reason\" placeholder=\"reason\"><button type=\"submit\">Extend</button></form></div>{connect}</article>",
+            "<article class=\"card grant\" id=\"grant-{id}\"><h3>{res} <span class=\"tag\">{acc}</span></h3><p>Grant {id} · {ends} · {cd}</p><div class=\"actions\">{release}<form method=\"post\" action=\"/ui/grants/{id}/extend\" class=\"inline\">{csrf}<label for=\"ext-{id}\">Extend by</label><input id=\"ext-{id}\" name=\"duration\" value=\"30m\" size=\"5\" aria-describedby=\"ext-hint-{id}\"><span id=\"ext-hint-{id}\" class=\"hint\">up to {max} in all</span><label for=\"extr-{id}\" class=\"sr-only\">Reason</label><input id=\"extr-{id}\" name=\"reason\" placeholder=\"reason\"><button type=\"submit\">Extend</button></form></div>{connect}</article>",
             id = g.id,
             res = esc(&g.resource),
             acc = esc(&g.access),
-            ends = html::time(g.expires_at),
+            ends = if g.starts_at > now {
+                format!(
+                    "scheduled: opens {} · ends {}",
+                    html::time(g.starts_at),
+                    html::time(g.expires_at)
+                )
+            } else {
+                format!("ends {}", html::time(g.expires_at))
+            },
             cd = countdown(g.expires_at, now),
             release = button_form(
                 &format!("/ui/grants/{}/release", g.id),

@@ -77,6 +77,17 @@ fn facts(r: &Request, item: Option<&InboxItem>, labels: &std::collections::BTree
         None => HumanDuration(r.duration_secs).to_string(),
     };
     row("Duration", esc(&what));
+    if let Some(at) = r.starts_at {
+        let end = at
+            .saturating_add(jiff::SignedDuration::from_secs(
+                i64::try_from(r.duration_secs).unwrap_or(0),
+            ))
+            .unwrap_or(at);
+        row(
+            "Window",
+            format!("scheduled: from {} to {}", html::time(at), html::time(end)),
+        );
+    }
     row("Reason", esc(r.reason.as_deref().unwrap_or("(none)")));
     row(
         "Ticket",

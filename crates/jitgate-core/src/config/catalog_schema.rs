@@ -144,7 +144,7 @@ pub struct PolicyConfig {
     /// Requests must carry a reason.
     #[serde(default = "yes")]
     pub reason_required: bool,
-    /// How long a request may wait (default: `[gateway] pending_timeout`).
+    /// How long a request may wait (default: `[gateway] pending_timeout`). A scheduled request (`--at`) waits at least until its window opens.
     pub pending_timeout: Option<HumanDuration>,
     /// SSH: allow `direct-tcpip` (`ssh -L`).
     #[serde(default)]

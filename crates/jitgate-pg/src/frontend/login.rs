@@ -356,6 +356,15 @@ impl<G: Gatekeeper> PgFrontend<G> {
         {
             return Ok(Login::Ready(Box::new(self.open_upstream(a, grant).await?)));
         }
+        let now = self.gk.enforcer().clock().now();
+        if let Some(g) = self.gk.enforcer().grants.upcoming(&a.principal.name, &res.name, now) {
+            return Err(LoginError::Refused(refuse(
+                "28000",
+                g.not_yet(now),
+                Some("a scheduled grant admits sessions from its start; `jitgate grants` shows it".into()),
+                "no_grant",
+            )));
+        }
         let wait = cat.wait_on_connect;
         if ask.reason.is_none() || wait.secs() == 0 {
             return Err(no_grant(&a.principal.name, &res.name, wait.secs() > 0));

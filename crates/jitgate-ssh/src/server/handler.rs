@@ -217,6 +217,10 @@ impl<G: Gatekeeper> Connector<G> {
                 .auth_failures_total
                 .with_label_values(&["ssh", "no_grant"])
                 .inc();
+            let now = fe.gk.enforcer().clock().now();
+            if let Some(g) = fe.gk.enforcer().grants.upcoming(&principal.name, &res.name, now) {
+                return Err(NoGo::Refused(g.not_yet(now)));
+            }
             return Err(NoGo::NoGrant(NoGrant {
                 message: format!(
                     "no active access grant for {} as {login} on {}; request one: jitgate request {} --access {login} --for 1h --reason \"...\"",
