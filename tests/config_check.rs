@@ -299,3 +299,42 @@ fn lifecycle_break_glass_and_ticket_settings_are_checked_with_their_lines() {
         "{err}"
     );
 }
+
+#[test]
+fn oncall_sources_and_conditions_are_checked_with_their_lines() {
+    let (code, _, err) = check(&format!(
+        "{BASE}auto_approve = [{{ oncall = {{ source = \"pd\", escalation_level_max = 0 }} }}, {{ oncall = {{ source = \"opsgenie\" }} }}]\n\n\
+         [[oncall]]\nname = \"pd\"\nurl = \"api.pagerduty.com/oncalls\"\nformat = \"pagerduty\"\n\n\
+         [[oncall]]\nname = \"file\"\nformat = \"xml\"\nfile = \"oncall.json\"\npoll_every = \"5m\"\nmax_age = \"1m\"\n\n\
+         [[oncall]]\nname = \"none\"\nformat = \"simple\"\n"
+    ));
+    assert_eq!(code, 1, "{err}");
+    for (line, text) in [
+        (12, "auto_approve #1: escalation_level_max must be at least 1"),
+        (
+            12,
+            "auto_approve #2: oncall source `opsgenie` is not an [[oncall]] source",
+        ),
+        (
+            15,
+            "[[oncall]] `pd`: url `api.pagerduty.com/oncalls` is not an http(s) URL",
+        ),
+        (
+            21,
+            "[[oncall]] `file`: format `xml` is neither `pagerduty` nor `simple`",
+        ),
+        (20, "[[oncall]] `file`: max_age 1m is shorter than poll_every 5m"),
+        (27, "[[oncall]] `none` needs exactly one of `url` and `file`"),
+    ] {
+        assert!(
+            err.lines()
+                .any(|l| l.starts_with(&format!("gateway.toml:{line}:")) && l.contains(text)),
+            "line {line}: {text}\n{err}"
+        );
+    }
+    let (code, _, err) = check(&format!(
+        "{BASE}auto_approve = [{{ oncall = {{ source = \"pd\", level = 1 }} }}]\n[[oncall]]\nname = \"pd\"\nformat = \"simple\"\nfile = \"x.json\"\n"
+    ));
+    assert_eq!(code, 1);
+    assert!(err.contains("gateway.toml:12:") && err.contains("level"), "{err}");
+}

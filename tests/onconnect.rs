@@ -935,3 +935,185 @@ fn tickets_are_checked_with_the_ticket_system_and_their_title_shown_to_approvers
         "{err}"
     );
 }
+
+// ---- On-call auto-approval ----
+
+/// A PagerDuty stand-in: `GET /oncalls` answers the status and body in `roster`; the
+/// Authorization headers it saw are collected.
+fn oncall_source(roster: Arc<Mutex<(u16, String)>>) -> (u16, Arc<Mutex<Vec<String>>>) {
+    use std::io::Write;
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let auth = Arc::new(Mutex::new(Vec::new()));
+    let a = auth.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let mut buf = [0u8; 4096];
+            let n = s.read(&mut buf).unwrap_or(0);
+            let req = String::from_utf8_lossy(&buf[..n]).to_string();
+            if let Some(h) = req
+                .lines()
+                .find(|l| l.to_ascii_lowercase().starts_with("authorization:"))
+            {
+                a.lock().unwrap().push(h.split_once(':').unwrap().1.trim().to_string());
+            }
+            let (status, body) = roster.lock().unwrap().clone();
+            let ok = req.starts_with("GET /oncalls?include[]=users ") && status == 200;
+            let resp = if ok {
+                format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+            } else {
+                format!("HTTP/1.1 {status} Oops\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+            };
+            let _ = s.write_all(resp.as_bytes());
+        }
+    });
+    (port, auth)
+}
+
+fn metric(gw: &Gateway, line: &str) -> bool {
+    let (_, m) = gw.http_get("/metrics", None);
+    m.lines().any(|l| l == line)
+}
+
+#[test]
+fn oncall_auto_approves_the_primary_only_and_a_stale_source_falls_back_to_manual() {
+    let roster = Arc::new(Mutex::new((
+        200,
+        r#"{"oncalls": [
+            {"user": {"id": "PA", "type": "user", "summary": "Alice", "email": "alice@example.com"}, "escalation_level": 1, "schedule": {"id": "S1"}, "start": "2026-01-01T00:00:00Z", "end": "2099-01-01T00:00:00Z"},
+            {"user": {"id": "PC", "type": "user", "summary": "Carol", "email": "carol@example.com"}, "escalation_level": 2, "schedule": {"id": "S1"}, "start": null, "end": null}
+        ], "limit": 25, "offset": 0, "more": false}"#
+            .to_string(),
+    )));
+    let (port, auth) = oncall_source(roster.clone());
+    let cred = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(cred.path(), "Token token=pd-secret\n").unwrap();
+    let tail = format!(
+        "[[oncall]]\nname = \"pd\"\nurl = \"http://127.0.0.1:{port}/oncalls?include[]=users\"\nformat = \"pagerduty\"\npoll_every = \"1s\"\nmax_age = \"3s\"\ncredential_file = \"{}\"\n",
+        cred.path().display()
+    );
+    // On call at level 1, for up to 2h: approved at once; everything else goes to the dba.
+    let (gw, _pg) = setup_with(
+        "",
+        "auto_approve = [{ oncall = { source = \"pd\", escalation_level_max = 1 }, max_duration = \"2h\" }]",
+        &tail,
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || metric(
+            &gw,
+            "jitgate_oncall_source_fresh{source=\"pd\"} 1"
+        )),
+        "the source never became fresh"
+    );
+    let ask = |who: &str, access: &str| {
+        gw.cli(
+            Some(who),
+            &[
+                "request",
+                "prod-db",
+                "--access",
+                access,
+                "--for",
+                "1h",
+                "--reason",
+                "INC-9 paged",
+                "--json",
+            ],
+        )
+        .json()
+    };
+    let r = ask("alice", "read-only");
+    assert_eq!(r["state"], "approved", "{r}");
+    assert!(
+        r["decision_reason"]
+            .as_str()
+            .unwrap()
+            .contains("(on call in `pd`, level 1)"),
+        "{r}"
+    );
+    // Level 2 is not the primary: manual.
+    assert_eq!(ask("carol", "read-only")["state"], "pending");
+    // On call, but longer than the rule allows: manual (the conditions combine).
+    let long = gw
+        .cli(
+            Some("alice"),
+            &["request", "dev-db", "--for", "3h", "--reason", "long", "--json"],
+        )
+        .json();
+    assert_eq!(long["policy"], "development");
+    let long = gw
+        .cli(
+            Some("alice"),
+            &[
+                "request",
+                "prod-db",
+                "--access",
+                "read-write",
+                "--for",
+                "3h",
+                "--reason",
+                "long",
+                "--json",
+            ],
+        )
+        .json();
+    assert_eq!(long["state"], "pending", "{long}");
+    gw.cli(Some("alice"), &["cancel", &long["id"].to_string()]).ok();
+    let status = gw.cli(Some("root"), &["oncall"]).ok();
+    assert!(
+        status.contains("fresh") && status.contains("alice@example.com (L1)"),
+        "{status}"
+    );
+    assert!(
+        gw.cli(Some("alice"), &["oncall"])
+            .refused()
+            .contains("only admins and auditors")
+    );
+    assert!(!auth.lock().unwrap().is_empty());
+    assert!(auth.lock().unwrap().iter().all(|h| h == "Token token=pd-secret"));
+    let approved = gw
+        .audit_events()
+        .into_iter()
+        .find(|e| e["kind"] == "request.approved" && e["request_id"] == r["id"])
+        .unwrap();
+    assert!(
+        approved["details"]["auto_approved_by"]
+            .as_str()
+            .unwrap()
+            .contains("on call in `pd`"),
+        "{approved}"
+    );
+
+    // The source fails: its data ages past max_age, and the on-call engineer asks in vain.
+    roster.lock().unwrap().0 = 500;
+    assert!(
+        eventually(Duration::from_secs(10), || metric(
+            &gw,
+            "jitgate_oncall_source_fresh{source=\"pd\"} 0"
+        )),
+        "the source never went stale"
+    );
+    let r = ask("alice", "read-write");
+    assert_eq!(r["state"], "pending", "{r}");
+    let status = gw.cli(Some("root"), &["oncall"]).ok();
+    assert!(
+        status.contains("STALE") && status.contains("it answered HTTP 500"),
+        "{status}"
+    );
+    let (_, m) = gw.http_get("/metrics", None);
+    assert!(
+        m.contains("jitgate_oncall_polls_total{result=\"error\",source=\"pd\"}"),
+        "{m}"
+    );
+    let age: i64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("jitgate_oncall_source_age_seconds{source=\"pd\"} "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(age > 3, "age {age}");
+}

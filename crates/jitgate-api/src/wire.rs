@@ -49,6 +49,7 @@ pub mod paths {
     pub const REVIEWS: &str = "/v1/reviews";
     pub const REVIEW: &str = "/v1/reviews/{id}";
     pub const REVIEW_CLOSE: &str = "/v1/reviews/{id}/close";
+    pub const ONCALL: &str = "/v1/oncall";
 }
 
 /// `template` with `{id}` replaced by `id`, percent-encoded (session ids are the caller's text).
@@ -93,6 +94,30 @@ pub struct CreateRequest {
     /// a zone is refused here (the CLI adds the user's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub at: Option<String>,
+}
+
+/// `GET /v1/oncall`: one `[[oncall]]` source.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OnCallStatus {
+    pub name: String,
+    pub format: String,
+    /// Within its max_age: its on-call conditions can auto-approve.
+    pub fresh: bool,
+    /// When its data was current (absent until a good read).
+    pub as_of: Option<jiff::Timestamp>,
+    pub age_secs: Option<i64>,
+    pub max_age: String,
+    /// The last read's error, if it failed.
+    pub last_error: Option<String>,
+    /// Who is on call, lowest level first.
+    pub on_call: Vec<OnCallEntry>,
+}
+
+/// An identity on call and its escalation level.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OnCallEntry {
+    pub identity: String,
+    pub level: u32,
 }
 
 /// `POST /v1/break-glass`.

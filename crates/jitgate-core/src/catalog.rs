@@ -131,6 +131,47 @@ pub struct AutoApprove {
     pub window: Option<Window>,
     /// Resource labels required.
     pub match_labels: BTreeMap<String, String>,
+    /// The requester must be on call in this source.
+    pub oncall: Option<OnCallRule>,
+}
+
+/// `auto_approve = [{ oncall = { source = "pd", escalation_level_max = 1 } }]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OnCallRule {
+    /// The `[[oncall]]` source.
+    pub source: String,
+    /// The highest escalation level that counts (1: the primary only).
+    pub escalation_level_max: u32,
+}
+
+/// Where an `[[oncall]]` source reads from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OnCallLocation {
+    /// Polled with an HTTP GET.
+    Url(String),
+    /// Read from a file (its modification time dates it).
+    File(PathBuf),
+}
+
+/// `[[oncall]]`, compiled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OnCallSource {
+    /// Name, referred to by auto-approval conditions.
+    pub name: String,
+    /// URL or file.
+    pub location: OnCallLocation,
+    /// The answer's format.
+    pub format: crate::oncall::OnCallFormat,
+    /// How often it is read.
+    pub poll_every: HumanDuration,
+    /// Older data than this is stale (no auto-approval on it).
+    pub max_age: HumanDuration,
+    /// Header carrying the credential.
+    pub header: String,
+    /// The header's value.
+    pub credential: Option<SecretRef>,
+    /// How long one read may take.
+    pub timeout: HumanDuration,
 }
 
 /// `[policies.break_glass]`: who may open a grant at once, how long, who reviews it.
@@ -264,6 +305,8 @@ pub struct Catalog {
     pub wait_on_connect: HumanDuration,
     /// The web console's address (`public_url`, when the console is served), for links.
     pub console_url: Option<String>,
+    /// `[[oncall]]` sources.
+    pub oncall: Vec<OnCallSource>,
 }
 
 impl Catalog {

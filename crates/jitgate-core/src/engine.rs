@@ -10,6 +10,7 @@ use jiff::Timestamp;
 use crate::catalog::{Catalog, Policy, Resource};
 use crate::duration::HumanDuration;
 use crate::model::{Approval, Ends, Grant, GrantState, Principal, Request, RequestState};
+use crate::oncall::{OnCallAnswer, OnCallView};
 
 /// What a caller asks for.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -381,9 +382,20 @@ pub fn plan_break_glass(
     })
 }
 
-/// Validate a new request and decide whether it is auto-approved. Returns the request (id 0,
-/// for the store to assign) in state `pending` or `approved`.
+/// Validate a new request and decide whether it is auto-approved, with no on-call source
+/// known. Returns the request (id 0, for the store to assign) in state `pending` or `approved`.
 pub fn plan_request(catalog: &Catalog, who: &Principal, new: &NewRequest, now: Timestamp) -> Result<Request, Refusal> {
+    plan_request_with(catalog, who, new, now, &OnCallView::none())
+}
+
+/// [`plan_request`], given who is on call (for rules with an `oncall` condition).
+pub fn plan_request_with(
+    catalog: &Catalog,
+    who: &Principal,
+    new: &NewRequest,
+    now: Timestamp,
+    oncall: &OnCallView,
+) -> Result<Request, Refusal> {
     let res = resource(catalog, &new.resource)?;
     let policy = policy_for(catalog, who, res)?;
     let allowed = allowed_access(policy, res);
@@ -438,7 +450,7 @@ pub fn plan_request(catalog: &Catalog, who: &Principal, new: &NewRequest, now: T
         ticket_title: None,
         starts_at: scheduled_start(new.lifetime.at, now)?,
     };
-    apply_auto_approval(&mut req, policy, res, now);
+    apply_auto_approval(&mut req, policy, res, now, oncall);
     Ok(req)
 }
 
@@ -488,8 +500,20 @@ fn check_duration(policy: &Policy, asked: Option<HumanDuration>) -> Result<Human
     Ok(d)
 }
 
-/// The first auto-approval rule that admits `req` now, as `(index, description)`.
+/// The first auto-approval rule that admits `req` now, as `(index, description)`, with no
+/// on-call source known (a rule with an `oncall` condition never admits).
 pub fn auto_approval_rule(req: &Request, policy: &Policy, res: &Resource, now: Timestamp) -> Option<(usize, String)> {
+    auto_approval_rule_with(req, policy, res, now, &OnCallView::none())
+}
+
+/// The first auto-approval rule that admits `req` now, given who is on call.
+pub fn auto_approval_rule_with(
+    req: &Request,
+    policy: &Policy,
+    res: &Resource,
+    now: Timestamp,
+    oncall: &OnCallView,
+) -> Option<(usize, String)> {
     policy.auto_approve.iter().enumerate().find_map(|(i, rule)| {
         let groups_ok = rule.groups.is_empty() || req.requester_groups.iter().any(|g| rule.groups.contains(g));
         let access_ok = rule.access.is_empty() || rule.access.contains(&req.access);
@@ -500,18 +524,34 @@ pub fn auto_approval_rule(req: &Request, policy: &Policy, res: &Resource, now: T
             .as_ref()
             .is_none_or(|w| w.contains(req.starts_at.map_or(now, |a| a.max(now))));
         let labels_ok = rule.match_labels.iter().all(|(k, v)| res.labels.get(k) == Some(v));
-        (groups_ok && access_ok && dur_ok && win_ok && labels_ok).then(|| {
-            let mut d = format!("policy `{}` auto_approve #{}", policy.name, i + 1);
-            if let Some(w) = &rule.window {
-                d.push_str(&format!(" (window {})", w.as_str()));
-            }
-            (i, d)
-        })
+        // On call now says nothing of later: a scheduled request goes to the approvers. A
+        // stale or unknown source admits nobody (fail closed to manual approval).
+        let oncall_level = match &rule.oncall {
+            None => Some(None),
+            Some(_) if req.starts_at.is_some() => None,
+            Some(o) => match oncall.level(&o.source, &req.requester) {
+                OnCallAnswer::Level(l) if l <= o.escalation_level_max => Some(Some((o.source.as_str(), l))),
+                _ => None,
+            },
+        };
+        (groups_ok && access_ok && dur_ok && win_ok && labels_ok)
+            .then_some(oncall_level)
+            .flatten()
+            .map(|on| {
+                let mut d = format!("policy `{}` auto_approve #{}", policy.name, i + 1);
+                if let Some(w) = &rule.window {
+                    d.push_str(&format!(" (window {})", w.as_str()));
+                }
+                if let Some((source, level)) = on {
+                    d.push_str(&format!(" (on call in `{source}`, level {level})"));
+                }
+                (i, d)
+            })
     })
 }
 
-fn apply_auto_approval(req: &mut Request, policy: &Policy, res: &Resource, now: Timestamp) {
-    if let Some((_, desc)) = auto_approval_rule(req, policy, res, now) {
+fn apply_auto_approval(req: &mut Request, policy: &Policy, res: &Resource, now: Timestamp, oncall: &OnCallView) {
+    if let Some((_, desc)) = auto_approval_rule_with(req, policy, res, now, oncall) {
         req.state = RequestState::Approved;
         req.decided_at = Some(now);
         req.decided_by = Some(format!("policy:{}", policy.name));

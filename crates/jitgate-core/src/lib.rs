@@ -17,6 +17,7 @@ pub mod glob;
 pub mod grants;
 pub mod metrics;
 pub mod model;
+pub mod oncall;
 pub mod onconnect;
 pub mod sessions;
 pub mod when;

@@ -36,6 +36,12 @@ pub struct Metrics {
     pub break_glass_reviews_overdue: IntGauge,
     /// Break-glass reviews still open.
     pub break_glass_reviews_open: IntGauge,
+    /// Age of each on-call source's data.
+    pub oncall_source_age_seconds: IntGaugeVec,
+    /// 1 while a source's data is within its max_age.
+    pub oncall_source_fresh: IntGaugeVec,
+    /// Reads of on-call sources by result.
+    pub oncall_polls_total: IntCounterVec,
     /// Requests entering each state.
     pub requests_total: IntCounterVec,
     /// Time from request to final approval.
@@ -171,6 +177,21 @@ impl Metrics {
                 "Break-glass reviews past their due time and still open (alert on > 0).",
             )?,
             break_glass_reviews_open: r.gauge("jitgate_break_glass_reviews_open", "Break-glass reviews still open.")?,
+            oncall_source_age_seconds: r.gauges(
+                "jitgate_oncall_source_age_seconds",
+                "Seconds since each [[oncall]] source's data was current (its last good read, file time or generated_at); absent until the first good read.",
+                &["source"],
+            )?,
+            oncall_source_fresh: r.gauges(
+                "jitgate_oncall_source_fresh",
+                "1 while an [[oncall]] source's data is within its max_age; 0: its on-call auto-approvals fall back to manual approval.",
+                &["source"],
+            )?,
+            oncall_polls_total: r.counters(
+                "jitgate_oncall_polls_total",
+                "Reads of [[oncall]] sources (result: ok, error).",
+                &["source", "result"],
+            )?,
             requests_total: r.counters(
                 "jitgate_requests_total",
                 "Access requests entering each state.",

@@ -134,6 +134,12 @@ pub enum Cmd {
         #[command(flatten)]
         conn: Conn,
     },
+    /// The `[[oncall]]` sources: fresh or stale, their age, last error and who is on call
+    /// (admins and auditors).
+    Oncall {
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// Break-glass reviews: the open ones (and closed ones with --all); `show ID` lists what
     /// the grant did, `close ID --note ...` records the review.
     Reviews {

@@ -196,6 +196,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             .await
         }
         Cmd::Reviews { cmd, all, conn } => review_cmd::reviews(cmd, all, &conn).await,
+        Cmd::Oncall { conn } => review_cmd::oncall(&conn).await,
         Cmd::Release { target, conn } => access_cmd::release(&conn, &target).await,
         Cmd::Extend {
             grant_id,

@@ -29,6 +29,39 @@ pub(crate) async fn break_glass(conn: &Conn, body: wire::BreakGlass) -> Result<E
     Ok(ExitCode::SUCCESS)
 }
 
+/// `jitgate oncall`.
+pub(crate) async fn oncall(conn: &Conn) -> Result<ExitCode> {
+    let sources = Client::new(conn)?.oncall().await?;
+    if conn.json {
+        print_json(&sources)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if sources.is_empty() {
+        println!("no [[oncall]] sources are configured");
+    }
+    let rows: Vec<Vec<String>> = sources
+        .iter()
+        .map(|o| {
+            vec![
+                o.name.clone(),
+                if o.fresh { "fresh" } else { "STALE" }.into(),
+                o.age_secs
+                    .map(|a| format!("{}", jitgate_core::HumanDuration(u64::try_from(a).unwrap_or(0))))
+                    .unwrap_or_else(|| "never read".into()),
+                o.max_age.clone(),
+                o.on_call
+                    .iter()
+                    .map(|e| format!("{} (L{})", e.identity, e.level))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                o.last_error.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    table::print(&["SOURCE", "STATE", "AGE", "MAX AGE", "ON CALL", "LAST ERROR"], &rows);
+    Ok(ExitCode::SUCCESS)
+}
+
 fn s(v: &Value) -> String {
     match v {
         Value::String(x) => x.clone(),

@@ -556,3 +556,105 @@ async fn a_start_in_the_past_or_too_far_ahead_is_refused() {
     let r = w.scheduled(0, "1h").await.unwrap();
     assert_eq!(r.starts_at, None);
 }
+
+// ---- On-call auto-approval (a file source, the manual clock) ----
+
+#[tokio::test]
+async fn an_oncall_file_source_auto_approves_while_fresh_and_never_once_stale() {
+    let dir = tempfile::tempdir().unwrap();
+    let roster = dir.path().join("oncall.json");
+    std::fs::write(
+        &roster,
+        r#"{"oncall": [{"identity": "alice", "level": 1}, {"identity": "carol", "level": 2}]}"#,
+    )
+    .unwrap();
+    let config = format!(
+        "{CONFIG}auto_approve = [{{ oncall = {{ source = \"rota\" }}, max_duration = \"1h\" }}]\n\n\
+         [[identities]]\nname = \"carol\"\ngroups = [\"dev\"]\n\n\
+         [[oncall]]\nname = \"rota\"\nformat = \"simple\"\nfile = \"oncall.json\"\npoll_every = \"1m\"\nmax_age = \"10m\"\n"
+    );
+    // The file was written now (real time); the manual clock starts later so the file's age
+    // is what the clock says.
+    let start = Timestamp::now() + SignedDuration::from_mins(1);
+    let clock = Arc::new(ManualClock::new(start));
+    let loaded = jitgate_core::config::load_str(&dir.path().join("gateway.toml"), &config, dir.path()).unwrap();
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("jitgate.db"), None).unwrap());
+    let audit = AuditSink::open(&dir.path().join("audit.jsonl"), None, None).unwrap();
+    let metrics = Metrics::new();
+    let enforcer = Enforcer::new(clock.clone(), metrics.clone(), 300);
+    let cp = ControlPlane::new(loaded.catalog, store, audit, enforcer, metrics);
+    let ask = |who: &'static str, dur: &'static str| {
+        let cp = cp.clone();
+        async move {
+            let new = NewRequest {
+                resource: "prod-db".into(),
+                access: None,
+                duration: Some(dur.parse::<HumanDuration>().unwrap()),
+                reason: Some("paged".into()),
+                ticket: None,
+                lifetime: Default::default(),
+            };
+            cp.create_request(&who_is(who), new).await.unwrap()
+        }
+    };
+    // Never read yet: stale, manual.
+    assert_eq!(ask("alice", "30m").await.state, RequestState::Pending);
+    cp.poll_oncall().await;
+    let r = ask("alice", "30m").await;
+    assert_eq!(r.state, RequestState::Approved);
+    assert!(r.decision_reason.unwrap().contains("(on call in `rota`, level 1)"));
+    assert_eq!(ask("carol", "30m").await.state, RequestState::Pending, "level 2");
+    assert_eq!(
+        ask("alice", "2h").await.state,
+        RequestState::Pending,
+        "past the rule's max_duration"
+    );
+    // Scheduled for later: on call now says nothing of then.
+    let later = NewRequest {
+        resource: "prod-db".into(),
+        access: None,
+        duration: Some(HumanDuration(1800)),
+        reason: Some("paged".into()),
+        ticket: None,
+        lifetime: Lifetime {
+            at: Some(start + SignedDuration::from_hours(5)),
+            ..Default::default()
+        },
+    };
+    assert_eq!(
+        cp.create_request(&who_is("alice"), later).await.unwrap().state,
+        RequestState::Pending
+    );
+    // Nobody refreshes the file: 9 minutes old it is still fresh, 12 minutes old stale.
+    clock.advance(SignedDuration::from_mins(8));
+    cp.poll_oncall().await;
+    assert_eq!(cp.metrics().oncall_source_fresh.with_label_values(&["rota"]).get(), 1);
+    assert_eq!(ask("alice", "30m").await.state, RequestState::Approved);
+    clock.advance(SignedDuration::from_mins(3));
+    cp.poll_oncall().await;
+    assert_eq!(cp.metrics().oncall_source_fresh.with_label_values(&["rota"]).get(), 0);
+    assert!(
+        cp.metrics()
+            .oncall_source_age_seconds
+            .with_label_values(&["rota"])
+            .get()
+            > 600
+    );
+    assert_eq!(ask("alice", "30m").await.state, RequestState::Pending, "stale: manual");
+    // A broken file is an error, and the old data ages on (still stale).
+    std::fs::write(&roster, "not json").unwrap();
+    clock.advance(SignedDuration::from_mins(1));
+    cp.poll_oncall().await;
+    assert_eq!(
+        cp.metrics()
+            .oncall_polls_total
+            .with_label_values(&["rota", "error"])
+            .get(),
+        1
+    );
+    assert_eq!(ask("alice", "30m").await.state, RequestState::Pending);
+}
+
+fn who_is(name: &str) -> Principal {
+    who(name, "dev")
+}

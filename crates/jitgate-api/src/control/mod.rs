@@ -58,6 +58,8 @@ pub struct ControlPlane {
     known_groups: std::sync::Mutex<std::collections::HashMap<String, KnownLogin>>,
     /// When break-glass reviews were last counted (every 5 s, by the clock).
     review_sweep: std::sync::Mutex<Option<Timestamp>>,
+    /// What the `[[oncall]]` sources said last.
+    oncall: std::sync::Mutex<oncall::OnCallState>,
 }
 
 /// A provider identity's latest login: its groups, its token's id and expiry.
@@ -135,6 +137,7 @@ impl Builder {
             long_polls: tokio::sync::Semaphore::new(requests::MAX_LONG_POLLS),
             known_groups: std::sync::Mutex::default(),
             review_sweep: std::sync::Mutex::default(),
+            oncall: std::sync::Mutex::default(),
         })
     }
 }
@@ -157,6 +160,7 @@ mod error;
 mod feed;
 pub(crate) mod identity;
 mod lifetime;
+mod oncall;
 mod onconnect;
 mod requests;
 mod sessions;

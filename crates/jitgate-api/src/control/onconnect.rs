@@ -58,7 +58,7 @@ impl ControlPlane {
     /// Make the request, or find the caller's same request (resource, access) already pending.
     pub async fn ask_on_connect(&self, who: &Principal, new: NewRequest) -> ControlResult<(Asked, bool)> {
         let now = self.now();
-        let planned = engine::plan_request(&self.catalog(), who, &new, now)?;
+        let planned = engine::plan_request_with(&self.catalog(), who, &new, now, &self.oncall_view())?;
         let pending = self
             .store
             .list_requests(&RequestFilter {

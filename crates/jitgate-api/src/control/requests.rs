@@ -49,7 +49,7 @@ impl ControlPlane {
     pub async fn create_request(&self, who: &Principal, new: NewRequest) -> ControlResult<Request> {
         let now = self.now();
         let cat = self.catalog();
-        let mut planned = engine::plan_request(&cat, who, &new, now)?;
+        let mut planned = engine::plan_request_with(&cat, who, &new, now, &self.oncall_view())?;
         self.check_ticket(&mut planned).await?;
         self.submit(who, planned, now).await
     }

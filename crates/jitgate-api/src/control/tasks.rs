@@ -91,6 +91,22 @@ impl ControlPlane {
         if self.store.shared() {
             tokio::spawn(self.clone().follow_changes(stop.clone()));
         }
+        // On-call sources: their own task, so a slow source never delays the sweeps.
+        let me = self.clone();
+        let halt = stop.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = halt.cancelled() => return,
+                }
+                tokio::select! {
+                    () = me.poll_oncall() => {}
+                    () = halt.cancelled() => return,
+                }
+            }
+        });
         let me = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));

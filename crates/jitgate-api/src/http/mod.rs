@@ -132,6 +132,12 @@ pub fn router(cp: Arc<ControlPlane>) -> Router {
         .route(paths::REVIEWS, get(requests::reviews))
         .route(paths::REVIEW, get(requests::review))
         .route(paths::REVIEW_CLOSE, post(requests::close_review))
+        .route(
+            paths::ONCALL,
+            get(|State(cp): Cp, Caller(who): Caller| async move {
+                cp.oncall_status(&who).map(Json).map_err(crate::error::ApiError::from)
+            }),
+        )
         .route(paths::GRANTS, get(grants::list))
         .route(paths::GRANT_REVOKE, post(grants::revoke))
         .route(paths::GRANT_RELEASE, post(grants::release))

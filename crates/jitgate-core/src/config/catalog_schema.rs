@@ -294,4 +294,60 @@ pub struct AutoApproveConfig {
     /// The resource carries all these labels.
     #[serde(default)]
     pub match_labels: BTreeMap<String, String>,
+    /// The requester is on call in an `[[oncall]]` source (`{ source = "pd",
+    /// escalation_level_max = 1 }`); a stale source never satisfies it.
+    pub oncall: Option<Spanned<OnCallConditionConfig>>,
+}
+
+/// `oncall = { source = "pd", escalation_level_max = 1 }` in an auto_approve rule.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnCallConditionConfig {
+    /// The `[[oncall]]` source's name.
+    pub source: String,
+    /// The highest escalation level that counts (default 1: the primary on-call only).
+    #[serde(default = "one_level")]
+    pub escalation_level_max: u32,
+}
+
+fn one_level() -> u32 {
+    1
+}
+
+/// `[[oncall]]`: who is on call, polled from an HTTP endpoint or read from a file, for
+/// auto-approval rules with an `oncall` condition.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnCallConfig {
+    /// Name, referred to by `auto_approve` conditions (required, unique).
+    pub name: Spanned<String>,
+    /// GET this URL (PagerDuty: `https://api.pagerduty.com/oncalls?include[]=users&schedule_ids[]=...`).
+    pub url: Option<String>,
+    /// Or read this file (its modification time dates the data).
+    pub file: Option<PathBuf>,
+    /// `pagerduty` (the `/oncalls` answer) or `simple` (`{"oncall": [{"identity", "level"}]}`).
+    pub format: Spanned<String>,
+    /// How often it is read (default 60s).
+    #[serde(default = "default_oncall_poll")]
+    pub poll_every: HumanDuration,
+    /// Data older than this is stale: requests fall back to manual approval (default 5m).
+    #[serde(default = "default_oncall_max_age")]
+    pub max_age: HumanDuration,
+    /// Header carrying the credential (default `Authorization`; PagerDuty's value is `Token token=...`).
+    #[serde(default = "default_ticket_header")]
+    pub header: String,
+    /// The header's value from the environment.
+    pub credential_env: Option<String>,
+    /// The header's value from a file.
+    pub credential_file: Option<PathBuf>,
+    /// How long one read may take (default 5s).
+    #[serde(default = "default_ticket_timeout")]
+    pub timeout: HumanDuration,
+}
+
+fn default_oncall_poll() -> HumanDuration {
+    HumanDuration(60)
+}
+fn default_oncall_max_age() -> HumanDuration {
+    HumanDuration(300)
 }

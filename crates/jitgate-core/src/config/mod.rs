@@ -137,6 +137,16 @@ fn resolve_paths(c: &mut Config, base: &Path) {
     if let Some(p) = c.ssh.host_ca_key_file.as_mut() {
         fix(p);
     }
+    for o in &mut c.oncall {
+        for p in [&mut o.file, &mut o.credential_file].into_iter().flatten() {
+            fix(p);
+        }
+    }
+    for p in &mut c.policies {
+        if let Some(f) = p.ticket.as_mut().and_then(|t| t.get_mut().credential_file.as_mut()) {
+            fix(f);
+        }
+    }
     for r in &mut c.resources {
         for cr in r.credentials.values_mut() {
             if let Some(p) = cr.password_file.as_mut() {

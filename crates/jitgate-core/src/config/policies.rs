@@ -82,7 +82,13 @@ fn steps(p: &schema::PolicyConfig, pname: &str, d: &mut Diags<'_>) -> Vec<Step> 
 
 /// A policy's auto_approve rules; one without a condition, or longer than the policy allows, is
 /// a warning.
-fn auto_approve(p: &schema::PolicyConfig, pname: &str, d: &mut Diags<'_>, md: HumanDuration) -> Vec<AutoApprove> {
+fn auto_approve(
+    p: &schema::PolicyConfig,
+    pname: &str,
+    d: &mut Diags<'_>,
+    md: HumanDuration,
+    sources: &[schema::OnCallConfig],
+) -> Vec<AutoApprove> {
     let mut auto = Vec::new();
     for (i, a) in p.auto_approve.iter().enumerate() {
         if let Some(m) = a.max_duration
@@ -90,11 +96,51 @@ fn auto_approve(p: &schema::PolicyConfig, pname: &str, d: &mut Diags<'_>, md: Hu
         {
             d.warning(span(&p.name), format!("policy `{pname}` auto_approve #{}: max_duration {m} exceeds the policy's max_duration {md}; the policy's limit applies", i + 1), None);
         }
+        let oncall = a.oncall.as_ref().and_then(|spanned| {
+            let o = spanned.get_ref();
+            if !sources.iter().any(|s| s.name.get_ref() == &o.source) {
+                let known: Vec<&str> = sources.iter().map(|s| s.name.get_ref().as_str()).collect();
+                d.error(
+                    span(spanned),
+                    format!(
+                        "policy `{pname}` auto_approve #{}: oncall source `{}` is not an [[oncall]] source",
+                        i + 1,
+                        o.source
+                    ),
+                    Some(if known.is_empty() {
+                        "add an [[oncall]] section with that name".into()
+                    } else {
+                        format!("sources: {}", known.join(", "))
+                    }),
+                );
+                return None;
+            }
+            if o.escalation_level_max == 0 {
+                d.error(
+                    span(spanned),
+                    format!(
+                        "policy `{pname}` auto_approve #{}: escalation_level_max must be at least 1",
+                        i + 1
+                    ),
+                    Some("1 is the primary on-call".into()),
+                );
+                return None;
+            }
+            Some(crate::catalog::OnCallRule {
+                source: o.source.clone(),
+                escalation_level_max: o.escalation_level_max,
+            })
+        });
+        if a.oncall.is_some() && oncall.is_none() {
+            // Refused above; do not compile the rule without its condition.
+            continue;
+        }
         if a.groups.is_empty()
             && a.access.is_empty()
             && a.window.is_none()
             && a.max_duration.is_none()
             && a.match_labels.is_empty()
+            && oncall.is_none()
         {
             d.warning(
                 span(&p.name),
@@ -111,6 +157,7 @@ fn auto_approve(p: &schema::PolicyConfig, pname: &str, d: &mut Diags<'_>, md: Hu
             max_duration: a.max_duration,
             window: a.window.clone(),
             match_labels: a.match_labels.clone(),
+            oncall,
         });
     }
     auto
@@ -345,7 +392,7 @@ pub(super) fn policies(c: &Config, d: &mut Diags<'_>, resources: &BTreeMap<Strin
                 fail_open,
             })
         });
-        let auto = auto_approve(p, pname, d, md);
+        let auto = auto_approve(p, pname, d, md, &c.oncall);
         policies.push(Policy {
             name: pname.clone(),
             resources: p.resources.iter().map(|g| g.get_ref().clone()).collect(),

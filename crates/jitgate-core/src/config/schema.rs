@@ -55,6 +55,9 @@ pub struct Config {
     /// `[console]`: the web console on the API listener.
     #[serde(default)]
     pub console: ConsoleSection,
+    /// `[[oncall]]`: who is on call, for auto-approval.
+    #[serde(default)]
+    pub oncall: Vec<OnCallConfig>,
 }
 
 /// `[console]`: the web console served at `/` on `[listen] http`.

@@ -15,7 +15,9 @@ pub(super) fn validate(c: &Config, d: &mut Diags<'_>) -> Catalog {
     check_webhooks(c, d, allow_inline);
     check_slack(c, d);
     check_console(c, d);
+    let oncall = oncall_sources(c, d);
     Catalog {
+        oncall,
         resources,
         policies,
         identities,
@@ -34,6 +36,115 @@ pub(super) fn validate(c: &Config, d: &mut Diags<'_>) -> Catalog {
             })
             .flatten(),
     }
+}
+
+/// `[[oncall]]`: a unique name, exactly one of url and file, a known format, sane timings.
+fn oncall_sources(c: &Config, d: &mut Diags<'_>) -> Vec<crate::catalog::OnCallSource> {
+    use crate::catalog::{OnCallLocation, OnCallSource};
+    use crate::oncall::OnCallFormat;
+    let mut out = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for o in &c.oncall {
+        let name = o.name.get_ref();
+        let at = span(&o.name);
+        let mut ok = true;
+        if name.trim().is_empty() || !seen.insert(name.clone()) {
+            d.error(
+                at.clone(),
+                format!("[[oncall]] name `{name}` is empty or used twice"),
+                Some("give each source a unique name (auto_approve conditions refer to it)".into()),
+            );
+            ok = false;
+        }
+        let location = match (&o.url, &o.file) {
+            (Some(u), None) if u.starts_with("https://") || u.starts_with("http://") => {
+                Some(OnCallLocation::Url(u.clone()))
+            }
+            (Some(u), None) => {
+                d.error(
+                    at.clone(),
+                    format!("[[oncall]] `{name}`: url `{u}` is not an http(s) URL"),
+                    Some(
+                        "e.g. url = \"https://api.pagerduty.com/oncalls?include[]=users&schedule_ids[]=PABC123\""
+                            .into(),
+                    ),
+                );
+                None
+            }
+            (None, Some(f)) => Some(OnCallLocation::File(f.clone())),
+            _ => {
+                d.error(
+                    at.clone(),
+                    format!("[[oncall]] `{name}` needs exactly one of `url` and `file`"),
+                    Some("url = \"https://...\" polls an endpoint; file = \"oncall.json\" reads a file a job keeps current".into()),
+                );
+                None
+            }
+        };
+        let format = match o.format.get_ref().as_str() {
+            "pagerduty" => Some(OnCallFormat::PagerDuty),
+            "simple" => Some(OnCallFormat::Simple),
+            other => {
+                d.error(
+                    span(&o.format),
+                    format!("[[oncall]] `{name}`: format `{other}` is neither `pagerduty` nor `simple`"),
+                    Some("pagerduty: PagerDuty's GET /oncalls answer; simple: {\"oncall\": [{\"identity\": \"...\", \"level\": 1}]}".into()),
+                );
+                None
+            }
+        };
+        if o.poll_every.secs() == 0 || o.timeout.secs() == 0 {
+            d.error(
+                at.clone(),
+                format!("[[oncall]] `{name}`: poll_every and timeout must be at least 1s"),
+                None,
+            );
+            ok = false;
+        }
+        if o.max_age < o.poll_every {
+            d.error(
+                at.clone(),
+                format!(
+                    "[[oncall]] `{name}`: max_age {} is shorter than poll_every {}: the source would be stale between reads",
+                    o.max_age, o.poll_every
+                ),
+                Some(format!("set max_age to at least {} (e.g. three polls)", o.poll_every)),
+            );
+            ok = false;
+        }
+        if o.credential_env.is_some() && o.credential_file.is_some() {
+            d.error(
+                at.clone(),
+                format!("[[oncall]] `{name}` has both credential_env and credential_file"),
+                Some("keep one".into()),
+            );
+            ok = false;
+        }
+        if o.file.is_some() && (o.credential_env.is_some() || o.credential_file.is_some()) {
+            d.warning(
+                at.clone(),
+                format!("[[oncall]] `{name}` reads a file: its credential is not used"),
+                None,
+            );
+        }
+        if let (true, Some(location), Some(format)) = (ok, location, format) {
+            out.push(OnCallSource {
+                name: name.clone(),
+                location,
+                format,
+                poll_every: o.poll_every,
+                max_age: o.max_age,
+                header: o.header.clone(),
+                credential: o
+                    .credential_env
+                    .clone()
+                    .map(SecretRef::Env)
+                    .or_else(|| o.credential_file.clone().map(SecretRef::File)),
+                timeout: o.timeout,
+            });
+        }
+    }
+    out
 }
 
 /// `[console]`: timeouts that can end a session.

@@ -55,6 +55,10 @@ impl Client {
         self.post(paths::BREAK_GLASS, body).await
     }
 
+    pub async fn oncall(&self) -> Result<Vec<wire::OnCallStatus>> {
+        self.get(paths::ONCALL).await
+    }
+
     pub async fn reviews(&self, all: bool) -> Result<Vec<Value>> {
         self.get_query(paths::REVIEWS, &wire::ListReviews { all }).await
     }
