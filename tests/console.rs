@@ -340,3 +340,59 @@ fn console_replays_an_ssh_recording_in_chromium() {
         ],
     );
 }
+
+#[test]
+fn console_break_glass_with_a_fresh_sign_in_and_its_review_closed_by_a_reviewer_in_chromium() {
+    let p = idp("console-bg", None);
+    let pg = cluster();
+    let db = pg.fresh_db();
+    let dir = tempfile::tempdir().unwrap().keep();
+    let oidc = p.oidc_section(&dir.join("client.secret"), "");
+    let body = format!(
+        r#"{oidc}
+{ids}
+[[resources]]
+name = "prod-db"
+kind = "postgres"
+address = "127.0.0.1:{port}"
+database = "{db}"
+credentials.read-only = {{ user = "app_ro", password_file = "ro.pw" }}
+
+[[policies]]
+name = "production"
+resources = ["prod-db"]
+requesters = ["dev"]
+approvers = ["dba"]
+step_up = "5s"
+break_glass = {{ groups = ["dev"], reviewers = ["dba"], max_duration = "30m" }}
+"#,
+        ids = identities(),
+        port = pg.port
+    );
+    let gw = Gateway::start_pg(&body);
+    std::fs::write(gw.dir.path().join("ro.pw"), "ro-secret\n").unwrap();
+    let pg_port = gw.pg_addr.rsplit_once(':').unwrap().1.to_string();
+    let out = browser(
+        "reviews",
+        &[
+            ("GW", gw.url.clone()),
+            ("ISSUER", p.issuer.clone()),
+            ("PG_PORT", pg_port),
+            ("CA", gw.data_dir().join("tls/ca.crt").display().to_string()),
+            ("ALICE_TOKEN", token("alice")),
+        ],
+    );
+    let ids: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    let ev = gw.audit_events();
+    let find = |kind: &str, f: &dyn Fn(&serde_json::Value) -> bool| ev.iter().any(|e| e["kind"] == kind && f(e));
+    assert!(find("break_glass.opened", &|e| e["actor"] == "alice@example.com"
+        && e["request_id"] == ids["review"]));
+    assert!(find("break_glass.reviewed", &|e| e["actor"] == "bob@example.com"
+        && e["request_id"] == ids["review"]));
+    // Two sign-ins of alice at the provider: the first, and the fresh one before the glass.
+    let logins = ev
+        .iter()
+        .filter(|e| e["kind"] == "login" && e["actor"] == "alice@example.com")
+        .count();
+    assert!(logins >= 2, "{logins}");
+}

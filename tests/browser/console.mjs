@@ -3,7 +3,7 @@
 // tests/console.rs, which runs the real gateway, PostgreSQL and the test OpenID Connect
 // provider and passes their addresses in the environment; it checks the audit log afterwards.
 //
-//   node tests/browser/console.mjs main|ssh
+//   node tests/browser/console.mjs main|ssh|reviews
 //
 // Environment: PLAYWRIGHT_DIR (where node_modules/playwright-core is), GW (the console's base
 // URL), ISSUER, SHOTS (screenshot folder), and for `main`: PG_PORT, CA, ALICE_TOKEN; for
@@ -316,11 +316,72 @@ async function ssh(browser) {
   console.log('recording played');
 }
 
+async function reviews(browser) {
+  const PG = (db) => `host=127.0.0.1 port=${process.env.PG_PORT} user=alice@example.com dbname=${db} sslmode=verify-full sslrootcert=${process.env.CA}`;
+  const alice = await (await browser.newContext(DESKTOP)).newPage();
+  const bob = await (await browser.newContext(DESKTOP)).newPage();
+  const breakGlass = async () => {
+    await alice.goto(`${GW}/ui/`);
+    await alice.click('#break-glass summary');
+    await alice.selectOption('#bg-resource', 'prod-db');
+    await alice.fill('#bg-reason', 'INC-500 checkout down');
+    await submit(alice, '#break-glass-submit');
+  };
+
+  step('break-glass from the console asks for a fresh sign-in first');
+  await oidcSignIn(alice, 'alice', 'alice-password');
+  const signedIn = Date.now();
+  await alice.waitForTimeout(Math.max(0, 6500 - (Date.now() - signedIn)));
+  await breakGlass();
+  assert.match(await alice.textContent('main'), /needs a sign-in at the identity provider within the last 5s/);
+  await alice.click('#step-up');
+  await alice.waitForURL((u) => u.href.startsWith(ISSUER));
+  await alice.fill('input[name=login]', 'alice');
+  await alice.fill('input[name=password]', 'alice-password');
+  await alice.click('button[type=submit]');
+  await alice.waitForURL((u) => u.href.startsWith(`${GW}/ui/`));
+  await breakGlass();
+  const said = await flash(alice);
+  const m = /Break-glass grant (\d+) on prod-db is open: everyone subscribed was alerted, and \[dba\] must review it by .* \(review (\d+)\)/.exec(said);
+  assert.ok(m, said);
+  const [grant, review] = [Number(m[1]), Number(m[2])];
+
+  step('the grant works at once');
+  const r = await psql(['-X', '-At', '-c', "SELECT 'bg-marker'", PG('prod-db')], { PGPASSWORD: process.env.ALICE_TOKEN });
+  assert.equal(r.code, 0, r.err);
+  assert.match(r.out, /bg-marker/);
+
+  step('the one who broke the glass sees the review but cannot close it');
+  await alice.goto(`${GW}/ui/reviews/${review}`);
+  assert.equal(await alice.locator('#close-form').count(), 0);
+  assert.match(await alice.textContent('#not-yours'), /another reviewer closes the review/);
+
+  step('a reviewer lists open reviews, reads what the grant did and closes it');
+  await tokenSignIn(bob, 'bob-token', '/ui/reviews');
+  assert.match(await bob.textContent(`#review-${review}`), /alice@example\.com.*prod-db.*open/s);
+  await shots(browser, await bob.context().storageState(), '/ui/reviews', 'reviews');
+  await submit(bob, `#review-${review} a`);
+  assert.match(await bob.textContent('#events'), /break_glass\.opened/);
+  assert.match(await bob.textContent('#events'), /bg-marker/);
+  await shot(bob, 'review-desktop');
+  await accessible(bob);
+  await bob.fill('#note', 'checked: primary restarted, use justified');
+  await submit(bob, '#close-review');
+  assert.match(await flash(bob), new RegExp(`Review ${review} closed`));
+  assert.match(await bob.textContent('main'), /closed by bob@example\.com/);
+  await bob.goto(`${GW}/ui/reviews`);
+  assert.equal(await bob.locator(`#review-${review}`).count(), 0, 'closed reviews leave the open list');
+  await bob.goto(`${GW}/ui/reviews?all=1`);
+  assert.match(await bob.textContent(`#review-${review}`), /closed by bob@example\.com/);
+  console.log(JSON.stringify({ grant, review }));
+}
+
 const browser = await chromium.launch({ executablePath: process.env.CHROMIUM || '/usr/bin/chromium', args: ['--no-sandbox'] });
 try {
   const which = process.argv[2];
   if (which === 'main') await main(browser);
   else if (which === 'ssh') await ssh(browser);
+  else if (which === 'reviews') await reviews(browser);
   else throw new Error(`unknown scenario ${which}`);
 } finally {
   await browser.close();

@@ -100,6 +100,7 @@ pub enum Nav {
     Access,
     Approvals,
     Now,
+    Reviews,
     Audit,
     None,
 }
@@ -134,6 +135,7 @@ pub fn page(title: &str, nav: Nav, shell: Option<&Shell<'_>>, body: &str) -> Str
             (Nav::Access, "/ui/", "My access"),
             (Nav::Approvals, "/ui/approvals", "Approvals"),
             (Nav::Now, "/ui/now", "Access now"),
+            (Nav::Reviews, "/ui/reviews", "Reviews"),
             (Nav::Audit, "/ui/audit", "Audit"),
         ] {
             let current = if n == nav { " aria-current=\"page\"" } else { "" };

@@ -121,18 +121,31 @@ impl ControlPlane {
             .into_iter()
             .find(|i| i.request.id == id)
             .ok_or_else(|| ControlError::not_found(format!("no break-glass review {id}")))?;
-        let events = match item.request.grant_id {
-            Some(g) => self
-                .store
-                .search(&Query {
-                    grant: Some(g),
-                    limit: Some(100_000),
-                    ..Default::default()
-                })
-                .await
-                .map_err(ControlError::internal)?,
-            None => Vec::new(),
-        };
+        // The request's own events (break_glass.opened, the review's close) and everything
+        // its grant did, in log order.
+        let mut events = self
+            .store
+            .search(&Query {
+                request: Some(id),
+                limit: Some(1_000),
+                ..Default::default()
+            })
+            .await
+            .map_err(ControlError::internal)?;
+        if let Some(g) = item.request.grant_id {
+            events.extend(
+                self.store
+                    .search(&Query {
+                        grant: Some(g),
+                        limit: Some(100_000),
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(ControlError::internal)?,
+            );
+        }
+        events.sort_by_key(|e| e.seq);
+        events.dedup_by_key(|e| e.seq);
         Ok((item, events))
     }
 

@@ -202,6 +202,7 @@ pub async fn page(State(c): State<Arc<Console>>, s: Signed) -> Response {
     body.push_str("<section aria-labelledby=\"h-request\"><h2 id=\"h-request\">Request access</h2>");
     if resources.is_empty() {
         body.push_str("<p class=\"empty\">No policy lets you request anything here.</p></section>");
+        body.push_str(&super::reviews::break_glass_form(&c, &s));
         return render(&c, &s, "My access", Nav::Access, true, &body).await;
     }
     body.push_str("<form method=\"post\" action=\"/ui/requests\" id=\"request-form\" class=\"stack\">");
@@ -223,7 +224,7 @@ pub async fn page(State(c): State<Arc<Console>>, s: Signed) -> Response {
     for l in levels {
         let _ = write!(body, "<option value=\"{0}\">{0}</option>", esc(l));
     }
-    body.push_str("</select><label for=\"duration\">Duration</label><input id=\"duration\" name=\"duration\" placeholder=\"the policy's default\" aria-describedby=\"duration-hint\"><span id=\"duration-hint\" class=\"hint\">e.g. 30m, 2h; each policy's default and longest are in the table below</span><label for=\"reason\">Reason</label><input id=\"reason\" name=\"reason\" placeholder=\"INC-123 slow checkout\"><label for=\"ticket\">Ticket</label><input id=\"ticket\" name=\"ticket\" placeholder=\"optional\"><button type=\"submit\" class=\"primary\">Request</button></form>");
+    body.push_str("</select><label for=\"duration\">Duration</label><input id=\"duration\" name=\"duration\" placeholder=\"the policy's default\" aria-describedby=\"duration-hint\"><span id=\"duration-hint\" class=\"hint\">e.g. 30m, 2h; each policy's default and longest are in the table below</span><label for=\"reason\">Reason</label><input id=\"reason\" name=\"reason\" placeholder=\"INC-123 slow checkout\"><label for=\"ticket\">Ticket</label><input id=\"ticket\" name=\"ticket\" placeholder=\"optional\"><label for=\"at\">Starts</label><input id=\"at\" name=\"at\" placeholder=\"at approval\" aria-describedby=\"at-hint\"><span id=\"at-hint\" class=\"hint\">optional, for a window later: 2026-12-02 22:00 Europe/Paris, 2026-12-02T21:00:00Z or +3h</span><button type=\"submit\" class=\"primary\">Request</button></form>");
     body.push_str("<table><caption>Resources you may request</caption><thead><tr><th scope=\"col\">Resource</th><th scope=\"col\">Kind</th><th scope=\"col\">Access</th><th scope=\"col\">Policy</th><th scope=\"col\">Default</th><th scope=\"col\">Longest</th><th scope=\"col\">Labels</th></tr></thead><tbody>");
     for r in &resources {
         let p = r
@@ -244,6 +245,7 @@ pub async fn page(State(c): State<Arc<Console>>, s: Signed) -> Response {
         );
     }
     body.push_str("</tbody></table></section>");
+    body.push_str(&super::reviews::break_glass_form(&c, &s));
     render(&c, &s, "My access", Nav::Access, true, &body).await
 }
 
@@ -260,6 +262,8 @@ pub struct RequestForm {
     reason: String,
     #[serde(default)]
     ticket: String,
+    #[serde(default)]
+    at: String,
 }
 
 fn blank(s: &str) -> Option<String> {
@@ -276,13 +280,23 @@ pub async fn create(State(c): State<Arc<Console>>, s: Signed, Form(f): Form<Requ
         Ok(d) => d,
         Err(e) => return back(&c, &s, Err(format!("duration: {e}")), "/ui/"),
     };
+    let at = match blank(&f.at)
+        .map(|a| jitgate_core::when::parse_at(&a, c.cp.now(), None))
+        .transpose()
+    {
+        Ok(a) => a,
+        Err(e) => return back(&c, &s, Err(format!("starts: {e}")), "/ui/"),
+    };
     let new = NewRequest {
         resource: f.resource.trim().to_string(),
         access: blank(&f.access),
         duration,
         reason: blank(&f.reason),
         ticket: blank(&f.ticket),
-        lifetime: Default::default(),
+        lifetime: jitgate_core::engine::Lifetime {
+            at,
+            ..Default::default()
+        },
     };
     let out = match c.cp.create_request(&s.who, new).await {
         Ok(r) if r.state == RequestState::Approved => Ok(format!(

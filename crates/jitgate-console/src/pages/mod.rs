@@ -17,6 +17,7 @@ pub mod access;
 pub mod approvals;
 pub mod audit;
 pub mod now;
+pub mod reviews;
 
 /// What a refusal says to a person: the message and, when there is one, what to do.
 pub fn describe(e: &ControlError) -> String {
