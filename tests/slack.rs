@@ -112,7 +112,7 @@ fn gateway(slack: &Slack, extra_gateway: &str) -> Gateway {
     Gateway::start(&format!(
         "#gateway-extra public_url = \"https://gw.example.com\"\n{extra_gateway}{ids}{r1}{r2}{r3}\
          [[policies]]\nname = \"chatty\"\nresources = [\"chat-db\"]\nrequesters = [\"dev\"]\napprovers = [\"dba\"]\nchat_approve = true\n\n\
-         [[policies]]\nname = \"production\"\nresources = [\"prod-db\"]\nrequesters = [\"dev\"]\napprovers = [\"dba\"]\n\n\
+         [[policies]]\nname = \"production\"\nresources = [\"prod-db\"]\nrequesters = [\"dev\"]\napprovers = [\"dba\"]\nbreak_glass = {{ groups = [\"dev\"], reviewers = [\"dba\"] }}\n\n\
          [[policies]]\nname = \"stepped\"\nresources = [\"step-db\"]\nrequesters = [\"dev\"]\napprovers = [\"dba\"]\nchat_approve = true\nstep_up = \"5m\"\n\n\
          [notify.slack]\nteam_id = \"T_TEST\"\nbot_token_file = \"{bot}\"\nsigning_secret_file = \"{signing}\"\nchannel = \"C_APPROVALS\"\napi_url = \"{api}\"\npolicy_channels = {{ production = \"C_PROD\" }}\nusers = {{ U_MAPPED = \"bob@example.com\" }}\n",
         ids = identities(),
@@ -325,4 +325,61 @@ fn the_expiry_warning_reaches_the_holder_with_an_extend_button() {
             .any(|r| r["extends_grant"] == grant.parse::<i64>().unwrap() && r["state"] == "pending"),
         "{reqs}"
     );
+}
+
+#[test]
+fn break_glass_is_announced_in_the_policys_channel_and_so_is_its_review() {
+    let slack = Slack::start();
+    let gw = gateway(&slack, "");
+    let r = gw
+        .cli(
+            Some("alice"),
+            &[
+                "break-glass",
+                "prod-db",
+                "--reason",
+                "INC-77 <!channel> *orders* locked",
+                "--json",
+            ],
+        )
+        .json();
+    let id = r["id"].as_i64().unwrap();
+    let posted = |needle: &str| {
+        slack
+            .calls("chat.postMessage")
+            .into_iter()
+            .find(|c| c.body["text"].as_str().is_some_and(|t| t.contains(needle)))
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || posted("broke the glass").is_some()),
+        "{:?}",
+        slack.calls("chat.postMessage")
+    );
+    let m = posted("broke the glass").unwrap();
+    assert_eq!(m.body["channel"], "C_PROD", "the policy's channel");
+    let text = m.body["text"].as_str().unwrap();
+    assert!(
+        text.contains(":rotating_light: *alice@example.com* broke the glass on *prod-db*"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("Review {id} is due by")) && text.contains("from dba"),
+        "{text}"
+    );
+    // The requester's text cannot ping the channel or restyle the message: it is a code span.
+    assert!(text.contains("`INC-77 &lt;!channel&gt; *orders* locked`"), "{text}");
+    assert!(!text.contains("<!channel>"), "{text}");
+    assert_eq!(
+        m.body["blocks"][1]["elements"][0]["url"],
+        format!("https://gw.example.com/ui/reviews/{id}")
+    );
+    gw.cli(
+        Some("bob"),
+        &["reviews", "close", &id.to_string(), "--note", "justified"],
+    )
+    .ok();
+    assert!(eventually(Duration::from_secs(5), || posted(
+        "closed by *bob@example.com*: `justified`"
+    )
+    .is_some()));
 }

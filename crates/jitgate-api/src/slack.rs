@@ -44,6 +44,9 @@ const KINDS: &[&str] = &[
     "request.expired",
     "request.escalated",
     "grant.expiring",
+    "break_glass.opened",
+    "break_glass.overdue",
+    "break_glass.reviewed",
 ];
 
 /// How far a request's timestamp may be from now (Slack's own recommendation).
@@ -414,6 +417,54 @@ impl SlackApp {
                     self.call("chat.postMessage", json!({"channel": u, "text": text}))
                         .await?;
                 }
+                Ok(())
+            }
+            (kind, Some(id)) if kind.starts_with("break_glass.") => {
+                let policy = d.get("policy").and_then(Value::as_str).unwrap_or("");
+                let who = line(d.get("identity").and_then(Value::as_str).unwrap_or("?"), 200);
+                let res = line(ev.resource.as_deref().unwrap_or("?"), 200);
+                let reviewers = d
+                    .get("reviewers")
+                    .and_then(Value::as_array)
+                    .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "))
+                    .unwrap_or_default();
+                let due = d
+                    .get("review_due")
+                    .and_then(Value::as_str)
+                    .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                    .map_or_else(|| "?".to_string(), |t| t.strftime("%Y-%m-%d %H:%M UTC").to_string());
+                let due = due.as_str();
+                let text = match kind {
+                    "break_glass.opened" => format!(
+                        ":rotating_light: *{who}* broke the glass on *{res}* ({}, {}) without approval: {}\nReview {id} is due by {} from {}.",
+                        line(d.get("access").and_then(Value::as_str).unwrap_or(""), 100),
+                        line(d.get("duration").and_then(Value::as_str).unwrap_or(""), 50),
+                        verbatim(ev.reason.as_deref().unwrap_or(""), 500),
+                        line(due, 100),
+                        line(&reviewers, 300)
+                    ),
+                    "break_glass.overdue" => format!(
+                        ":rotating_light: Break-glass review {id} (*{who}* on *{res}*) is *overdue*: it was due by {}. Reviewers: {}.",
+                        line(due, 100),
+                        line(&reviewers, 300)
+                    ),
+                    _ => format!(
+                        ":white_check_mark: Break-glass review {id} (*{who}* on *{res}*) closed by *{}*: {}",
+                        line(ev.actor.as_deref().unwrap_or("?"), 200),
+                        verbatim(d.get("note").and_then(Value::as_str).unwrap_or(""), 500)
+                    ),
+                };
+                let blocks = json!([
+                    {"type": "section", "text": {"type": "mrkdwn", "text": text}},
+                    {"type": "actions", "block_id": "review", "elements": [
+                        {"type": "button", "action_id": "open", "text": plain("Open the review"), "url": format!("{}/reviews/{id}", self.cfg.console_url)},
+                    ]}
+                ]);
+                self.call(
+                    "chat.postMessage",
+                    json!({"channel": self.channel_for(policy), "text": text, "blocks": blocks, "unfurl_links": false}),
+                )
+                .await?;
                 Ok(())
             }
             ("grant.expiring", _) => {
