@@ -5,6 +5,7 @@
 
 mod support;
 
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -875,6 +876,150 @@ fn the_audit_log_rotates_and_verify_and_export_walk_every_file() {
     std::fs::write(&victim, text.replacen("rotation 0", "rotation 9", 1)).unwrap();
     let e = gw.cli(None, &["audit", "verify", "--config", &cfg]).refused();
     assert!(e.contains("audit-") && e.contains("altered or damaged"), "{e}");
+}
+
+/// The auditor's path: the public key from `jitgate audit pubkey`, a copy of the files, and
+/// `jitgate audit verify --pubkey` run elsewhere without the gateway or its config. A webhook
+/// listing `chain.checkpoint` is the external witness of every signed head.
+#[test]
+fn signed_checkpoints_verify_offline_on_a_copy_and_expose_forgery_and_truncation() {
+    let witness = Receiver::start(0);
+    let dir = tempfile::tempdir().unwrap();
+    let hook = witness.webhook(dir.path(), &["chain.checkpoint"]);
+    let mut gw = Gateway::start(&format!("{}\n[audit]\ncheckpoint_every = 5\n{hook}", policy_config("")));
+    let cfg = path_str(&gw.config_path()).to_string();
+    let key = gw
+        .cli(None, &["audit", "pubkey", "--config", &cfg])
+        .ok()
+        .trim()
+        .to_string();
+    assert!(key.starts_with("ed25519:"), "{key}");
+    for i in 0..4 {
+        gw.granted(&["prod-db", "--reason", &format!("checkpoint {i}")]);
+    }
+    assert!(
+        witness.got_kind("chain.checkpoint", Duration::from_secs(5)),
+        "{:?}",
+        witness.events()
+    );
+    gw.stop();
+    let kinds = gw.audit_kinds();
+    assert_eq!(kinds.last().map(String::as_str), Some("chain.checkpoint"), "{kinds:?}");
+    assert!(
+        kinds.iter().filter(|k| *k == "chain.checkpoint").count() >= 3,
+        "{kinds:?}"
+    );
+    let stopped = kinds.iter().rposition(|k| k == "gateway.stopped").unwrap();
+    assert_eq!(
+        stopped + 2,
+        kinds.len(),
+        "the shutdown checkpoint signs gateway.stopped"
+    );
+
+    // The auditor's copy, verified in another directory with nothing but the key.
+    let copy = tempfile::tempdir().unwrap();
+    let file = copy.path().join("audit.jsonl");
+    std::fs::copy(gw.audit_path(), &file).unwrap();
+    let verify = |f: &Path| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_jitgate"))
+            .args(["audit", "verify", "--pubkey", &key])
+            .arg(f)
+            .current_dir(copy.path())
+            .env_remove("JITGATE_URL")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let (code, out) = verify(&file);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("chain intact") && out.contains("verified with ed25519:") && out.contains("last signed position"),
+        "{out}"
+    );
+    assert!(!out.contains("not signed"), "a cleanly stopped log ends signed: {out}");
+
+    // The witness holds the heads the log signed: its last equals the file's last checkpoint.
+    let last_line: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(&file).unwrap().lines().last().unwrap()).unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || witness
+            .events()
+            .iter()
+            .any(|(_, b)| b["details"]["head"] == last_line["details"]["head"])),
+        "the shutdown checkpoint never reached the witness: {:?}",
+        witness.events()
+    );
+
+    // Cut short after a checkpoint plus two lines: still verifies, and says what is unsigned.
+    let text = std::fs::read_to_string(&file).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let first_cp = lines.iter().position(|l| l.contains("\"chain.checkpoint\"")).unwrap();
+    let cut = copy.path().join("cut.jsonl");
+    std::fs::write(
+        &cut,
+        lines[..first_cp + 3]
+            .iter()
+            .map(|l| format!("{l}\n"))
+            .collect::<String>(),
+    )
+    .unwrap();
+    let (code, out) = verify(&cut);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("2 event(s) after the last checkpoint"), "{out}");
+
+    // An edit with the whole chain re-hashed after it: the chain is intact, the signature is not.
+    let forged = copy.path().join("forged.jsonl");
+    let mut prev: Option<String> = None;
+    let mut out_text = String::new();
+    for l in &lines {
+        let mut e: serde_json::Value = serde_json::from_str(l).unwrap();
+        if e["reason"] == "checkpoint 0" {
+            e["reason"] = "nothing to see".into();
+        }
+        if let Some(p) = &prev {
+            e["prev"] = p.clone().into();
+            if e["kind"] == "chain.checkpoint" {
+                e["details"]["head"] = p.clone().into();
+            }
+        }
+        let line = serde_json::to_string(&e).unwrap();
+        prev = Some(sha256_hex(&line));
+        out_text.push_str(&line);
+        out_text.push('\n');
+    }
+    std::fs::write(&forged, out_text).unwrap();
+    let (code, out) = verify(&forged);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("does not verify") && out.contains("altered or damaged"),
+        "{out}"
+    );
+
+    // A wrong key, and a file with no checkpoint at all, are refused.
+    let other = "ed25519:AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA=";
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_jitgate"))
+        .args(["audit", "verify", "--pubkey", other])
+        .arg(&file)
+        .current_dir(copy.path())
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0), "another key must not verify");
+    let head = copy.path().join("head.jsonl");
+    std::fs::write(
+        &head,
+        lines[..first_cp].iter().map(|l| format!("{l}\n")).collect::<String>(),
+    )
+    .unwrap();
+    let (code, out) = verify(&head);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("nothing in them is proven"), "{out}");
 }
 
 #[test]

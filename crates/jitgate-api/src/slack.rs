@@ -310,6 +310,20 @@ impl SlackApp {
         if let Some(t) = d.get("ticket").and_then(Value::as_str) {
             lines.push(format!("Ticket: {}", verbatim(t, 100)));
         }
+        // A scheduled request: the approver decides for a window later, shown in each reader's
+        // own time zone by Slack (the fallback is UTC).
+        if let Some(at) = d
+            .get("starts_at")
+            .and_then(Value::as_str)
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+        {
+            lines.push(format!(
+                "Window: from <!date^{}^{{date_short_pretty}} {{time}}|{} UTC> for {}",
+                at.as_second(),
+                at.strftime("%Y-%m-%d %H:%M"),
+                s("duration")
+            ));
+        }
         lines.push(format!(
             "Policy: {}{}",
             line(&policy, 100),

@@ -2,7 +2,7 @@
 //! inserting or deleting any line breaks the link of the line after it.
 
 use std::io::{BufRead, BufReader, Read};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
@@ -124,11 +124,58 @@ pub fn verify_reader(r: impl Read) -> Result<Verified, Broken> {
 /// Verify a reader whose first line must link to `expected_prev` (the previous file's head):
 /// with `Some`, the first line must be a `chain.continued` pointing at it.
 pub fn verify_reader_from(r: impl Read, expected_prev: Option<&str>) -> Result<Verified, Broken> {
+    let start = match expected_prev {
+        Some(p) => Start::Link(p),
+        None => Start::Genesis,
+    };
+    walk(r, start, &mut |_, _| Ok(())).map(|w| Verified {
+        lines: w.lines,
+        head: w.head,
+    })
+}
+
+/// Where a walked file's first line must link.
+#[derive(Debug, Clone, Copy)]
+pub enum Start<'a> {
+    /// At the genesis, or at a `chain.continued` line (a file after a rotation whose
+    /// predecessor is not given).
+    Genesis,
+    /// At a `chain.continued` line pointing at this head (the previous file's).
+    Link(&'a str),
+    /// Anywhere: a segment cut out of a log. Its first line's `prev` is taken as given (only
+    /// signatures then say the lines are the gateway's).
+    Any,
+}
+
+/// What a walk saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Walked {
+    /// Lines read.
+    pub lines: u64,
+    /// `seq` of the first and last line (0 when empty).
+    pub first_seq: u64,
+    /// See `first_seq`.
+    pub last_seq: u64,
+    /// `prev` of the first line.
+    pub first_prev: String,
+    /// Hash of the last line.
+    pub head: String,
+}
+
+/// Walk the chain of `r`, calling `each(line_number, event)` for every line after its links
+/// are checked; an `Err` from it breaks the walk at that line.
+pub fn walk(
+    r: impl Read,
+    start: Start<'_>,
+    each: &mut dyn FnMut(u64, &Event) -> Result<(), String>,
+) -> Result<Walked, Broken> {
     let mut reader = BufReader::new(r);
     let mut prev = GENESIS.to_string();
     let mut buf = Vec::new();
     let mut n: u64 = 0;
     let mut last_seq = 0u64;
+    let mut first_seq = 0u64;
+    let mut first_prev = String::new();
     loop {
         buf.clear();
         let read = reader.read_until(b'\n', &mut buf).map_err(|e| Broken {
@@ -151,8 +198,10 @@ pub fn verify_reader_from(r: impl Read, expected_prev: Option<&str>) -> Result<V
             why: format!("not a valid event: {err}"),
         })?;
         if n == 1 {
-            match (expected_prev, e.kind == "chain.continued") {
-                (Some(exp), true) if e.prev != exp => {
+            first_seq = e.seq;
+            first_prev.clone_from(&e.prev);
+            match (start, e.kind == "chain.continued") {
+                (Start::Link(exp), true) if e.prev != exp => {
                     return Err(Broken {
                         line: 1,
                         why: format!(
@@ -162,14 +211,15 @@ pub fn verify_reader_from(r: impl Read, expected_prev: Option<&str>) -> Result<V
                         ),
                     });
                 }
-                (Some(_), false) => {
+                (Start::Link(_), false) => {
                     return Err(Broken {
                         line: 1,
                         why: "a rotated file's successor must start with chain.continued".into(),
                     });
                 }
                 (_, true) => prev.clone_from(&e.prev),
-                (None, false) => {}
+                (Start::Any, false) if e.seq != 1 => prev.clone_from(&e.prev),
+                (_, false) => {}
             }
         }
         if e.prev != prev {
@@ -187,10 +237,154 @@ pub fn verify_reader_from(r: impl Read, expected_prev: Option<&str>) -> Result<V
                 why: format!("seq jumps from {last_seq} to {}", e.seq),
             });
         }
+        each(n, &e).map_err(|why| Broken { line: n, why })?;
         last_seq = e.seq;
         prev = line_hash(&buf);
     }
-    Ok(Verified { lines: n, head: prev })
+    Ok(Walked {
+        lines: n,
+        first_seq,
+        last_seq,
+        first_prev,
+        head: prev,
+    })
+}
+
+/// The last signed position of a verified log.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SignedAt {
+    /// The last line the checkpoint signs.
+    pub covers_seq: u64,
+    /// When it was signed.
+    pub time: jiff::Timestamp,
+    /// The file holding the checkpoint line and its line number there.
+    pub file: PathBuf,
+    /// See `file`.
+    pub line: u64,
+    /// Which key signed it.
+    pub key_id: String,
+}
+
+/// The result of [`verify_signed`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Report {
+    /// The files, in chain order.
+    pub files: Vec<PathBuf>,
+    /// Lines in all of them.
+    pub lines: u64,
+    /// `seq` of the first and last line.
+    pub first_seq: u64,
+    /// See `first_seq`.
+    pub last_seq: u64,
+    /// Whether the first line is the log's first (else: earlier lines are not in these files).
+    pub from_genesis: bool,
+    /// Hash of the last line.
+    pub head: String,
+    /// Whether signatures were checked (public keys were given).
+    pub signatures_checked: bool,
+    /// `chain.checkpoint` lines seen (verified when `signatures_checked`).
+    pub checkpoints: u64,
+    /// The last checkpoint.
+    pub last_signed: Option<SignedAt>,
+    /// Lines after the last checkpoint (all lines when there is none): not signed.
+    pub unsigned_tail: u64,
+}
+
+/// Verify `files` (in any order: they are put in chain order by their first `seq`) as one
+/// chain, and with `keys` every `chain.checkpoint` signature in it. Needs nothing but the
+/// files: no gateway, no configuration. The first file may start anywhere (a segment).
+pub fn verify_signed(files: &[PathBuf], keys: &[crate::checkpoint::PublicKey]) -> Result<Report, (PathBuf, Broken)> {
+    let mut ordered = Vec::with_capacity(files.len());
+    for f in files {
+        let first = first_seq(f).map_err(|why| (f.clone(), Broken { line: 1, why }))?;
+        ordered.push((first, f.clone()));
+    }
+    ordered.sort();
+    let mut report = Report {
+        files: ordered.iter().map(|(_, f)| f.clone()).collect(),
+        lines: 0,
+        first_seq: 0,
+        last_seq: 0,
+        from_genesis: false,
+        head: GENESIS.to_string(),
+        signatures_checked: !keys.is_empty(),
+        checkpoints: 0,
+        last_signed: None,
+        unsigned_tail: 0,
+    };
+    let mut head: Option<String> = None;
+    for (i, (_, f)) in ordered.iter().enumerate() {
+        let file = std::fs::File::open(f).map_err(|e| {
+            (
+                f.clone(),
+                Broken {
+                    line: 0,
+                    why: e.to_string(),
+                },
+            )
+        })?;
+        let start = match &head {
+            Some(h) => Start::Link(h),
+            None => Start::Any,
+        };
+        let mut each = |line: u64, e: &Event| {
+            if e.kind != "chain.checkpoint" {
+                report.unsigned_tail += 1;
+                return Ok(());
+            }
+            report.checkpoints += 1;
+            let key_id = if keys.is_empty() {
+                e.details
+                    .get("key_id")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or_default()
+                    .to_string()
+            } else {
+                crate::checkpoint::check(e, keys)?.key_id
+            };
+            report.unsigned_tail = 0;
+            report.last_signed = Some(SignedAt {
+                covers_seq: e.seq.saturating_sub(1),
+                time: e.time,
+                file: f.clone(),
+                line,
+                key_id,
+            });
+            Ok(())
+        };
+        let w = walk(file, start, &mut each).map_err(|b| (f.clone(), b))?;
+        if i == 0 {
+            report.first_seq = w.first_seq;
+            report.from_genesis = w.first_seq == 1 && w.first_prev == GENESIS;
+        }
+        report.lines += w.lines;
+        if w.lines > 0 {
+            report.last_seq = w.last_seq;
+        }
+        head = Some(w.head);
+    }
+    report.head = head.unwrap_or_else(|| GENESIS.to_string());
+    Ok(report)
+}
+
+/// The `seq` of a file's first line (0 for an empty file).
+fn first_seq(path: &Path) -> Result<u64, String> {
+    let f = std::fs::File::open(path).map_err(|e| format!("cannot open: {e}"))?;
+    let mut line = Vec::new();
+    BufReader::new(f)
+        .take(16 << 20)
+        .read_until(b'\n', &mut line)
+        .map_err(|e| e.to_string())?;
+    if line.is_empty() {
+        return Ok(0);
+    }
+    #[derive(serde::Deserialize)]
+    struct SeqOnly {
+        seq: u64,
+    }
+    serde_json::from_slice::<SeqOnly>(line.strip_suffix(b"\n").unwrap_or(&line))
+        .map(|s| s.seq)
+        .map_err(|e| format!("the first line is not an audit event: {e}"))
 }
 
 fn short(h: &str) -> &str {

@@ -79,6 +79,7 @@ kinds! {
     GatewayStopped => "gateway.stopped": "The gateway stopped.",
     GatewayDrain => "gateway.drain": "An admin drained this gateway (or undid it): /readyz 503, new sessions refused.",
     ChainContinued => "chain.continued": "The first line of a rotated audit file, linked to the previous file.",
+    ChainCheckpoint => "chain.checkpoint": "The gateway signed the chain's head with its checkpoint key (`jitgate audit verify --pubkey`).",
 }
 
 impl fmt::Display for Kind {

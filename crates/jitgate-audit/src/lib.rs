@@ -7,13 +7,17 @@
 //! searchable.
 
 pub mod chain;
+pub mod checkpoint;
 pub mod details;
 pub mod event;
 pub mod kind;
 pub mod redact;
 pub mod sink;
 
-pub use chain::{Broken, Verified, VerifiedChain, rotated_files, verify_chain, verify_file};
+pub use chain::{
+    Broken, Report, SignedAt, Verified, VerifiedChain, rotated_files, verify_chain, verify_file, verify_signed,
+};
+pub use checkpoint::{CheckpointKey, PublicKey};
 pub use event::{Event, GENESIS, Head, Query, STATEMENT_KIND, Statement};
 pub use kind::{Kind, UnknownKind};
 pub use redact::{BadPattern, Redactor};

@@ -155,6 +155,14 @@ pub enum Refusal {
         /// How far ahead a start may be.
         max: HumanDuration,
     },
+    /// A scheduled grant that has not opened yet.
+    #[error("grant {id} opens at {opens}: a scheduled grant can be extended once it is open")]
+    GrantNotOpen {
+        /// Grant id.
+        id: i64,
+        /// When it opens.
+        opens: Timestamp,
+    },
     /// The grant is not live.
     #[error("grant {id} is {state}")]
     GrantNotLive {
@@ -208,9 +216,11 @@ impl Refusal {
             | Self::DurationZero
             | Self::StartInPast { .. }
             | Self::StartTooFar { .. } => RefusalClass::BadInput,
-            Self::AlreadyApproved(_) | Self::NotPending { .. } | Self::PolicyGone(_) | Self::GrantNotLive { .. } => {
-                RefusalClass::Conflict
-            }
+            Self::AlreadyApproved(_)
+            | Self::NotPending { .. }
+            | Self::PolicyGone(_)
+            | Self::GrantNotLive { .. }
+            | Self::GrantNotOpen { .. } => RefusalClass::Conflict,
         }
     }
 
@@ -238,6 +248,9 @@ impl Refusal {
             Self::NotYours(_) => return None,
             Self::PolicyGone(_) => "create a new request".into(),
             Self::GrantNotLive { .. } => "request access again with `jitgate request`".into(),
+            Self::GrantNotOpen { .. } => {
+                "extend it after it opens, or ask for the longer window with `jitgate request --at`".into()
+            }
         })
     }
 }
@@ -529,7 +542,7 @@ pub fn auto_approval_rule_with(
         let oncall_level = match &rule.oncall {
             None => Some(None),
             Some(_) if req.starts_at.is_some() => None,
-            Some(o) => match oncall.level(&o.source, &req.requester) {
+            Some(o) => match oncall.level(&o.source, &req.requester, now) {
                 OnCallAnswer::Level(l) if l <= o.escalation_level_max => Some(Some((o.source.as_str(), l))),
                 _ => None,
             },
@@ -803,6 +816,14 @@ pub fn plan_extension(
     }
     if !grant.is_live(now) {
         return Err(Refusal::not_live(grant));
+    }
+    // Extending a window before it opens would add hours that no approver (and no rule's
+    // window, which is checked at the time of the extension) looked at.
+    if grant.starts_at > now {
+        return Err(Refusal::GrantNotOpen {
+            id: grant.id,
+            opens: grant.starts_at,
+        });
     }
     let mut req = plan_request(
         catalog,

@@ -342,6 +342,21 @@ fn extension_moves_the_end_of_a_live_grant_only() {
         )
         .is_err()
     );
+    // A scheduled grant that has not opened cannot be extended (the hours added would be
+    // decided by the clock of today, not by an approver of the window).
+    let mut later = g.clone();
+    later.starts_at = clock
+        .now()
+        .saturating_add(SignedDuration::from_hours(5))
+        .unwrap_or(later.starts_at);
+    later.expires_at = later
+        .starts_at
+        .saturating_add(SignedDuration::from_hours(1))
+        .unwrap_or(later.expires_at);
+    assert!(matches!(
+        plan_extension(&c, &dan, &later, HumanDuration::minutes(30), None, clock.now()),
+        Err(Refusal::GrantNotOpen { .. })
+    ));
     clock.advance(SignedDuration::from_hours(2));
     assert!(matches!(
         extend_grant(&mut g, &ext, clock.now()),

@@ -134,13 +134,18 @@ impl GrantCache {
             .unwrap_or_default()
     }
 
-    /// The soonest scheduled grant of an identity on a resource that has not opened yet (for
-    /// the refusal that says when to come back).
-    pub fn upcoming(&self, identity: &str, resource: &str, now: Timestamp) -> Option<LiveGrant> {
+    /// The soonest scheduled grant of an identity on a resource (at `access`, when given) that
+    /// has not opened yet (for the refusal that says when to come back).
+    pub fn upcoming(&self, identity: &str, resource: &str, access: Option<&str>, now: Timestamp) -> Option<LiveGrant> {
         self.by_identity
             .get(identity)?
             .iter()
-            .filter(|g| g.resource == resource && g.starts_at > now && g.expires_at > now)
+            .filter(|g| {
+                g.resource == resource
+                    && access.is_none_or(|a| g.access == a)
+                    && g.starts_at > now
+                    && g.expires_at > now
+            })
             .min_by_key(|g| g.starts_at)
             .cloned()
     }
@@ -188,8 +193,8 @@ mod tests {
         });
         assert!(c.check("alice", "prod-db", "read-only", at(59)).is_none());
         assert!(c.for_resource("alice", "prod-db", at(59)).is_empty());
-        assert_eq!(c.upcoming("alice", "prod-db", at(59)).map(|g| g.id), Some(1));
-        let msg = c.upcoming("alice", "prod-db", at(0)).map(|g| g.not_yet(at(0)));
+        assert_eq!(c.upcoming("alice", "prod-db", None, at(59)).map(|g| g.id), Some(1));
+        let msg = c.upcoming("alice", "prod-db", None, at(0)).map(|g| g.not_yet(at(0)));
         assert_eq!(
             msg.as_deref(),
             Some(
@@ -197,7 +202,7 @@ mod tests {
             )
         );
         assert_eq!(c.check("alice", "prod-db", "read-only", at(60)).map(|g| g.id), Some(1));
-        assert!(c.upcoming("alice", "prod-db", at(60)).is_none());
+        assert!(c.upcoming("alice", "prod-db", None, at(60)).is_none());
         assert!(c.check("alice", "prod-db", "read-only", at(100)).is_none());
     }
 

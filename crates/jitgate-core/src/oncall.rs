@@ -36,12 +36,41 @@ impl OnCallFormat {
     }
 }
 
-/// A parsed answer: who is on call (identity, lower-case → lowest escalation level) and as of
-/// when (`generated_at`, when the answer says).
+/// One entry of an answer: an escalation level held from `start` (if given) until `end`.
+/// Shifts are kept with their bounds, so a shift that ends between two reads (or while the
+/// source does not answer) ends on time, not at the next successful read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shift {
+    /// Escalation level (1: primary).
+    pub level: u32,
+    /// Held from (none: already).
+    pub start: Option<Timestamp>,
+    /// Held until (none: until the source says otherwise).
+    pub end: Option<Timestamp>,
+}
+
+impl Shift {
+    fn holds_at(&self, now: Timestamp) -> bool {
+        self.start.is_none_or(|s| s <= now) && self.end.is_none_or(|e| e > now)
+    }
+}
+
+/// Identity → shifts, keyed by the identity with ASCII letters lower-cased (e-mail addresses
+/// compare case-insensitively in practice; other characters compare exactly, so no Unicode
+/// folding makes two identities one).
+pub type Shifts = HashMap<String, Vec<Shift>>;
+
+/// The lowest level among `shifts` held at `now`.
+pub fn level_at(shifts: &[Shift], now: Timestamp) -> Option<u32> {
+    shifts.iter().filter(|s| s.holds_at(now)).map(|s| s.level).min()
+}
+
+/// A parsed answer: who is on call (identity → shifts) and as of when (`generated_at`, when the
+/// answer says).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Roster {
-    /// Identity (lower-case) → lowest level.
-    pub levels: HashMap<String, u32>,
+    /// Identity (ASCII lower-case) → shifts.
+    pub levels: Shifts,
     /// When the data was produced, if the answer says.
     pub as_of: Option<Timestamp>,
 }
@@ -86,12 +115,16 @@ fn one() -> u32 {
     1
 }
 
-fn add(levels: &mut HashMap<String, u32>, who: &str, level: u32) {
-    let who = who.trim().to_lowercase();
+fn key(who: &str) -> String {
+    who.trim().to_ascii_lowercase()
+}
+
+fn add(levels: &mut Shifts, who: &str, shift: Shift) {
+    let who = key(who);
     if who.is_empty() {
         return;
     }
-    levels.entry(who).and_modify(|l| *l = (*l).min(level)).or_insert(level);
+    levels.entry(who).or_default().push(shift);
 }
 
 /// Parse a source's answer at `now`.
@@ -103,11 +136,18 @@ pub fn parse(format: OnCallFormat, body: &[u8], now: Timestamp) -> Result<Roster
                 .map_err(|e| format!("not a PagerDuty /oncalls answer (`{{\"oncalls\": [...]}}`): {e}"))?;
             let mut without_email = 0;
             for o in &a.oncalls {
-                if o.start.is_some_and(|s| s > now) || o.end.is_some_and(|e| e <= now) {
+                if o.end.is_some_and(|e| e <= now) {
                     continue;
                 }
+                // An entry without its level is malformed: it counts as no one (never as primary).
+                let Some(level) = o.escalation_level else { continue };
+                let shift = Shift {
+                    level,
+                    start: o.start,
+                    end: o.end,
+                };
                 match o.user.as_ref().and_then(|u| u.email.as_deref()) {
-                    Some(email) => add(&mut levels, email, o.escalation_level.unwrap_or(1)),
+                    Some(email) => add(&mut levels, email, shift),
                     None => without_email += 1,
                 }
             }
@@ -128,7 +168,12 @@ pub fn parse(format: OnCallFormat, body: &[u8], now: Timestamp) -> Result<Roster
                 if e.until.is_some_and(|u| u <= now) {
                     continue;
                 }
-                add(&mut levels, &e.identity, e.level);
+                let shift = Shift {
+                    level: e.level,
+                    start: None,
+                    end: e.until,
+                };
+                add(&mut levels, &e.identity, shift);
             }
             Ok(Roster {
                 levels,
@@ -142,7 +187,7 @@ pub fn parse(format: OnCallFormat, body: &[u8], now: Timestamp) -> Result<Roster
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SourceView {
     /// Answered within its `max_age`.
-    Fresh(HashMap<String, u32>),
+    Fresh(Shifts),
     /// Not answered within its `max_age` (or never): no condition on it holds.
     Stale,
 }
@@ -160,11 +205,11 @@ impl OnCallView {
         Self::default()
     }
 
-    /// `identity`'s place in `source`.
-    pub fn level(&self, source: &str, identity: &str) -> OnCallAnswer {
+    /// `identity`'s place in `source` at `now`.
+    pub fn level(&self, source: &str, identity: &str, now: Timestamp) -> OnCallAnswer {
         match self.sources.get(source) {
-            Some(SourceView::Fresh(levels)) => match levels.get(&identity.to_lowercase()) {
-                Some(l) => OnCallAnswer::Level(*l),
+            Some(SourceView::Fresh(levels)) => match levels.get(&key(identity)).and_then(|s| level_at(s, now)) {
+                Some(l) => OnCallAnswer::Level(l),
                 None => OnCallAnswer::NotOnCall,
             },
             _ => OnCallAnswer::Unknown,
@@ -200,9 +245,27 @@ mod tests {
             {"user": {"id": "P3", "email": "dave@example.com"}, "escalation_level": 1, "start": "2026-12-04T20:00:00Z", "end": "2026-12-05T08:00:00Z"}
         ], "limit": 25, "offset": 0, "more": false}"#;
         let r = parse(OnCallFormat::PagerDuty, body, now()).expect("parse");
-        assert_eq!(r.levels.get("alice@example.com"), Some(&1), "lowest level wins");
-        assert_eq!(r.levels.get("carol@example.com"), Some(&2));
-        assert_eq!(r.levels.get("dave@example.com"), None, "not yet on call");
+        let at = |who: &str, t: Timestamp| r.levels.get(who).and_then(|s| level_at(s, t));
+        assert_eq!(at("alice@example.com", now()), Some(1), "lowest level wins");
+        assert_eq!(at("carol@example.com", now()), Some(2));
+        assert_eq!(at("dave@example.com", now()), None, "not yet on call");
+        // Shifts keep their bounds: at 20:00 Alice's primary shift has ended and Dave's begun,
+        // without another read of the source.
+        let eight: Timestamp = "2026-12-04T20:00:00Z".parse().expect("t");
+        assert_eq!(
+            at("alice@example.com", eight),
+            Some(3),
+            "her primary shift ended at 20:00"
+        );
+        assert_eq!(at("dave@example.com", eight), Some(1));
+        // An entry without a level is no one, never the primary.
+        let r2 = parse(
+            OnCallFormat::PagerDuty,
+            br#"{"oncalls": [{"user": {"email": "eve@example.com"}}]}"#,
+            now(),
+        )
+        .expect("parse");
+        assert!(r2.levels.is_empty(), "{:?}", r2.levels);
         let e = parse(
             OnCallFormat::PagerDuty,
             br#"{"oncalls": [{"user": {"id": "P1", "type": "user_reference"}, "escalation_level": 1}]}"#,
@@ -220,7 +283,10 @@ mod tests {
             {"identity": "bob@example.com", "level": 2, "until": "2026-12-04T11:00:00Z"}
         ]}"#;
         let r = parse(OnCallFormat::Simple, body, now()).expect("parse");
-        assert_eq!(r.levels.get("alice@example.com"), Some(&1));
+        assert_eq!(
+            r.levels.get("alice@example.com").and_then(|s| level_at(s, now())),
+            Some(1)
+        );
         assert_eq!(r.levels.get("bob@example.com"), None, "past its until");
         assert_eq!(r.as_of, Some("2026-12-04T11:59:00Z".parse().expect("t")));
         let e = parse(OnCallFormat::Simple, br#"{"oncall": [{"who": "x"}]}"#, now()).unwrap_err();
@@ -232,12 +298,38 @@ mod tests {
         let mut v = OnCallView::none();
         v.sources.insert(
             "pd".into(),
-            SourceView::Fresh(HashMap::from([("alice@example.com".into(), 1)])),
+            SourceView::Fresh(HashMap::from([
+                (
+                    "alice@example.com".into(),
+                    vec![Shift {
+                        level: 1,
+                        start: None,
+                        end: Some("2026-12-04T18:00:00Z".parse().expect("t")),
+                    }],
+                ),
+                (
+                    "karol@example.com".into(),
+                    vec![Shift {
+                        level: 1,
+                        start: None,
+                        end: None,
+                    }],
+                ),
+            ])),
         );
         v.sources.insert("old".into(), SourceView::Stale);
-        assert_eq!(v.level("pd", "ALICE@example.com"), OnCallAnswer::Level(1));
-        assert_eq!(v.level("pd", "carol@example.com"), OnCallAnswer::NotOnCall);
-        assert_eq!(v.level("old", "alice@example.com"), OnCallAnswer::Unknown);
-        assert_eq!(v.level("nope", "alice@example.com"), OnCallAnswer::Unknown);
+        let n = now();
+        assert_eq!(v.level("pd", "ALICE@example.com", n), OnCallAnswer::Level(1));
+        let after: Timestamp = "2026-12-04T18:00:00Z".parse().expect("t");
+        assert_eq!(
+            v.level("pd", "alice@example.com", after),
+            OnCallAnswer::NotOnCall,
+            "a shift ends on time even when the source has not been read since"
+        );
+        // Only ASCII letters fold: the Kelvin sign is not a K.
+        assert_eq!(v.level("pd", "\u{212A}arol@example.com", n), OnCallAnswer::NotOnCall);
+        assert_eq!(v.level("pd", "carol@example.com", n), OnCallAnswer::NotOnCall);
+        assert_eq!(v.level("old", "alice@example.com", n), OnCallAnswer::Unknown);
+        assert_eq!(v.level("nope", "alice@example.com", n), OnCallAnswer::Unknown);
     }
 }

@@ -347,12 +347,34 @@ pub enum AuditCmd {
         #[arg(long, short, default_value = "gateway.toml")]
         config: PathBuf,
     },
-    /// Walk the hash chain of the audit log (across rotated files); exit 1 at the first broken line.
+    /// Walk the hash chain of the audit log (across rotated files) and check its signed
+    /// checkpoints; exit 1 at the first broken line or bad signature. With FILES and --pubkey
+    /// it needs nothing else: an auditor verifies a copy offline, without the gateway or its
+    /// config, and sees the last signed position.
     Verify {
-        /// The audit file (default: the one gateway.toml names).
+        /// Audit files to verify as one chain (any order; a segment of a log is fine). Without
+        /// them: the log gateway.toml names, with its rotated files.
+        #[arg(value_name = "FILES")]
+        files: Vec<PathBuf>,
+        /// The gateway's checkpoint public key (`ed25519:...`, as `jitgate audit pubkey`
+        /// prints it) or a file holding it; repeat for logs signed by several keys. Without it
+        /// and without FILES: the key in data_dir/audit/.
+        #[arg(long, value_name = "KEY")]
+        pubkey: Vec<String>,
+        /// One audit file (same as giving it as FILES, kept for scripts).
         #[arg(long)]
         file: Option<PathBuf>,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
         /// Config file to find the audit file.
+        #[arg(long, short, default_value = "gateway.toml")]
+        config: PathBuf,
+    },
+    /// Print the public key the gateway signs audit checkpoints with (give it to auditors and
+    /// to `jitgate audit verify --pubkey`).
+    Pubkey {
+        /// Config file to find data_dir.
         #[arg(long, short, default_value = "gateway.toml")]
         config: PathBuf,
     },

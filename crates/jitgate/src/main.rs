@@ -7,6 +7,7 @@
 
 mod access_cmd;
 mod admin_cmd;
+mod audit_verify;
 mod cli;
 mod client;
 mod exit;
@@ -211,8 +212,18 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             cmd: AuditCmd::Search(a),
         } => admin_cmd::audit_search(a).await,
         Cmd::Audit {
-            cmd: AuditCmd::Verify { file, config },
-        } => audit_verify(file, &config),
+            cmd:
+                AuditCmd::Verify {
+                    files,
+                    pubkey,
+                    file,
+                    json,
+                    config,
+                },
+        } => audit_verify::run(files, file, &pubkey, json, &config),
+        Cmd::Audit {
+            cmd: AuditCmd::Pubkey { config },
+        } => audit_verify::pubkey(&config),
         Cmd::Audit {
             cmd: AuditCmd::Export { format: _, config },
         } => audit_export(&config),
@@ -408,47 +419,4 @@ fn audit_export(config: &std::path::Path) -> Result<ExitCode> {
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)
-}
-
-fn audit_verify(file: Option<PathBuf>, config: &std::path::Path) -> Result<ExitCode> {
-    let Some(path) = file else {
-        let path = audit_path(config)?;
-        return match jitgate_audit::verify_chain(&path) {
-            Ok(v) => {
-                println!(
-                    "{}: ok, {} events in {} file(s), chain intact (head {})",
-                    path.display(),
-                    v.lines,
-                    v.files,
-                    v.head.get(..16).unwrap_or(&v.head)
-                );
-                Ok(ExitCode::SUCCESS)
-            }
-            Err((f, b)) => {
-                eprintln!("{}:{}: {}", f.display(), b.line, b.why);
-                eprintln!(
-                    "error: the audit log has been altered or damaged at {} line {}",
-                    f.display(),
-                    b.line
-                );
-                Ok(ExitCode::from(1))
-            }
-        };
-    };
-    match jitgate_audit::verify_file(&path) {
-        Ok(v) => {
-            println!(
-                "{}: ok, {} events, chain intact (head {})",
-                path.display(),
-                v.lines,
-                v.head.get(..16).unwrap_or(&v.head)
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(b) => {
-            eprintln!("{}:{}: {}", path.display(), b.line, b.why);
-            eprintln!("error: the audit log has been altered or damaged at line {}", b.line);
-            Ok(ExitCode::from(1))
-        }
-    }
 }

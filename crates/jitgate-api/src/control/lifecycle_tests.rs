@@ -487,7 +487,7 @@ async fn a_scheduled_request_approved_ahead_opens_at_its_start_and_ends_with_its
     let up =
         w.cp.enforcer()
             .grants
-            .upcoming("alice", "prod-db", w.clock_now())
+            .upcoming("alice", "prod-db", None, w.clock_now())
             .unwrap();
     assert!(
         up.not_yet(w.clock_now())

@@ -23,7 +23,7 @@ pub(crate) struct OnCallState {
 struct Polled {
     /// When the data was current (the read, the file's mtime, or the answer's generated_at).
     as_of: Option<Timestamp>,
-    levels: HashMap<String, u32>,
+    levels: oncall::Shifts,
     last_try: Option<Timestamp>,
     error: Option<String>,
 }
@@ -64,7 +64,11 @@ impl ControlPlane {
             .iter()
             .map(|s| {
                 let p = state.sources.get(&s.name).cloned().unwrap_or_default();
-                let mut on_call: Vec<(String, u32)> = p.levels.iter().map(|(k, v)| (k.clone(), *v)).collect();
+                let mut on_call: Vec<(String, u32)> = p
+                    .levels
+                    .iter()
+                    .filter_map(|(k, v)| oncall::level_at(v, now).map(|l| (k.clone(), l)))
+                    .collect();
                 on_call.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
                 crate::wire::OnCallStatus {
                     name: s.name.clone(),
@@ -176,7 +180,10 @@ async fn read_source(s: &OnCallSource, now: Timestamp) -> Result<Roster, String>
                 .modified()
                 .ok()
                 .and_then(|m| Timestamp::try_from(m).ok())
-                .unwrap_or(now);
+                .unwrap_or(now)
+                // A file dated in the future (a clock ahead, a copied mtime) is as current as
+                // now, never fresher: it goes stale max_age after this read at the latest.
+                .min(now);
             roster.as_of = Some(roster.as_of.map_or(written, |g| g.min(written)));
             Ok(roster)
         }

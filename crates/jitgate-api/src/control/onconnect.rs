@@ -69,7 +69,13 @@ impl ControlPlane {
             .await?;
         if let Some(r) = pending
             .iter()
-            .find(|r| r.resource == planned.resource && r.access == planned.access && r.extends_grant.is_none())
+            // A scheduled request is for later: a client connecting now waits on its own ask.
+            .find(|r| {
+                r.resource == planned.resource
+                    && r.access == planned.access
+                    && r.extends_grant.is_none()
+                    && r.starts_at.is_none()
+            })
         {
             return Ok((self.asked_of(r, None), false));
         }

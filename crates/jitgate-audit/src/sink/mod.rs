@@ -76,6 +76,8 @@ struct Msg {
 enum Payload {
     Event(Box<Event>),
     Statement(Box<Statement>),
+    /// Sign the head now (when a key is set and something is unsigned); `why` goes in the line.
+    Checkpoint(&'static str),
 }
 
 /// Cheap-to-clone handle to the writer.
@@ -85,7 +87,21 @@ pub struct AuditSink {
     path: Arc<PathBuf>,
     redactor: SharedRedactor,
     subscriber: SharedSubscriber,
+    checkpoints: SharedCheckpoints,
 }
+
+/// When and with which key the writer signs the chain's head.
+#[derive(Debug, Clone)]
+pub struct CheckpointPolicy {
+    /// The signing key.
+    pub key: Arc<crate::checkpoint::CheckpointKey>,
+    /// Sign after this many unsigned lines (at least 1).
+    pub every: u64,
+    /// ... or this long after the first unsigned line.
+    pub interval: std::time::Duration,
+}
+
+type SharedCheckpoints = Arc<std::sync::RwLock<Option<Arc<CheckpointPolicy>>>>;
 
 /// The redaction patterns in force, read by the writer thread once per batch.
 type SharedRedactor = Arc<std::sync::RwLock<Option<Arc<Redactor>>>>;
@@ -146,19 +162,22 @@ impl AuditSink {
             .append(true)
             .open(path)
             .map_err(io)?;
-        let (mut seq, mut prev) = tail_state(&mut file, path)?;
+        let (mut seq, mut prev, signed) = tail_state(&mut file, path)?;
+        // A log that ends unsigned (a crash, or written before checkpoints) is signed soon.
+        let mut unsigned = u64::from(seq > 0 && !signed);
         if seq == 0 {
             // A fresh file after a rotation (or a crash right after one): continue the chain of
             // the newest rotated file.
             if let Some(last) = crate::chain::rotated_files(path).last() {
                 let mut old = std::fs::File::open(last).map_err(io)?;
-                let (s, p) = tail_state(&mut old, last)?;
+                let (s, p, _) = tail_state(&mut old, last)?;
                 if s > 0 {
                     let (line, e) = continued_line(s, &p, last);
                     use std::io::Write as _;
                     file.write_all(&line).and_then(|()| file.sync_data()).map_err(io)?;
                     seq = e.seq;
                     prev = line_hash(&line[..line.len() - 1]);
+                    unsigned = 1;
                 }
             }
         }
@@ -172,13 +191,14 @@ impl AuditSink {
         let writer_redactor = redactor.clone();
         let subscriber: SharedSubscriber = Arc::default();
         let writer_subscriber = subscriber.clone();
+        let checkpoints: SharedCheckpoints = Arc::default();
+        let writer_checkpoints = checkpoints.clone();
         std::thread::Builder::new()
             .name("jitgate-audit".into())
             .spawn(move || {
                 writer(
                     file,
-                    seq,
-                    prev,
+                    (seq, prev, unsigned),
                     rx,
                     WriterSetup {
                         path: path_buf,
@@ -187,6 +207,7 @@ impl AuditSink {
                         rotate_bytes,
                         redactor: writer_redactor,
                         subscriber: writer_subscriber,
+                        checkpoints: writer_checkpoints,
                     },
                 )
             })
@@ -196,7 +217,39 @@ impl AuditSink {
             path: Arc::new(path.to_path_buf()),
             redactor,
             subscriber,
+            checkpoints,
         })
+    }
+
+    /// Sign the chain's head with `policy`'s key from now on (`None`: stop signing). Lines
+    /// written before are signed by the first checkpoint after.
+    pub fn set_checkpoints(&self, policy: Option<CheckpointPolicy>) {
+        let mut g = match self.checkpoints.write() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *g = policy.map(Arc::new);
+    }
+
+    /// Sign the head now, durably (shutdown calls it last); returns the log's last `seq`.
+    /// Without a key, or with nothing unsigned, nothing is written.
+    pub async fn checkpoint(&self, why: &'static str) -> Result<u64, AuditError> {
+        let (ack, rx) = oneshot::channel();
+        self.tx
+            .send(Msg {
+                payload: Payload::Checkpoint(why),
+                ack: Some(ack),
+            })
+            .await
+            .map_err(|_| AuditError::Closed)?;
+        match rx.await {
+            Ok(Ok(seq)) => Ok(seq),
+            Ok(Err(e)) => Err(AuditError::Io {
+                path: self.path.to_path_buf(),
+                source: std::io::Error::other(e),
+            }),
+            Err(_) => Err(AuditError::Closed),
+        }
     }
 
     /// Hand every event written from now on, whoever wrote it, to `f` after it is in the file
@@ -345,16 +398,17 @@ fn continued_line(seq: u64, prev: &str, previous: &Path) -> (Vec<u8>, Event) {
     (line, e)
 }
 
-/// Read the last complete line to continue `seq` and the chain. A trailing partial line (a
-/// crash mid-write, never acknowledged) is cut off so the chain stays verifiable.
-fn tail_state(file: &mut std::fs::File, path: &Path) -> Result<(u64, String), AuditError> {
+/// Read the last complete line to continue `seq` and the chain, and whether that line is a
+/// checkpoint. A trailing partial line (a crash mid-write, never acknowledged) is cut off so the
+/// chain stays verifiable.
+fn tail_state(file: &mut std::fs::File, path: &Path) -> Result<(u64, String, bool), AuditError> {
     let io = |source| AuditError::Io {
         path: path.to_path_buf(),
         source,
     };
     let len = file.metadata().map_err(io)?.len();
     if len == 0 {
-        return Ok((0, GENESIS.to_string()));
+        return Ok((0, GENESIS.to_string(), false));
     }
     let start = len.saturating_sub(1 << 20);
     file.seek(SeekFrom::Start(start)).map_err(io)?;
@@ -365,7 +419,7 @@ fn tail_state(file: &mut std::fs::File, path: &Path) -> Result<(u64, String), Au
         None if start == 0 => {
             tracing::warn!(path = %path.display(), "audit log holds only a partial line; truncating it");
             file.set_len(0).map_err(io)?;
-            return Ok((0, GENESIS.to_string()));
+            return Ok((0, GENESIS.to_string(), false));
         }
         None => {
             return Err(AuditError::Corrupt(
@@ -383,5 +437,5 @@ fn tail_state(file: &mut std::fs::File, path: &Path) -> Result<(u64, String), Au
     let line_start = body.iter().rposition(|b| *b == b'\n').map_or(0, |p| p + 1);
     let line = &body[line_start..];
     let e: Event = serde_json::from_slice(line).map_err(|e| AuditError::Corrupt(path.to_path_buf(), e.to_string()))?;
-    Ok((e.seq, line_hash(line)))
+    Ok((e.seq, line_hash(line), e.kind == crate::Kind::ChainCheckpoint.as_str()))
 }

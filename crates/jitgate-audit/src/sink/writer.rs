@@ -14,7 +14,10 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use super::{AuditIndex, Indexed, LINGER, Msg, Payload, SharedRedactor, SharedSubscriber, continued_line};
+use super::{
+    AuditIndex, CheckpointPolicy, Indexed, LINGER, Msg, Payload, SharedCheckpoints, SharedRedactor, SharedSubscriber,
+    continued_line,
+};
 use crate::chain::line_hash;
 use crate::event::{Event, Head};
 
@@ -42,6 +45,7 @@ pub(super) struct WriterSetup {
     pub rotate_bytes: Option<u64>,
     pub redactor: SharedRedactor,
     pub subscriber: SharedSubscriber,
+    pub checkpoints: SharedCheckpoints,
 }
 
 /// The writer's state between batches.
@@ -67,17 +71,30 @@ struct Writer {
     index_failing: bool,
     /// The index gave up (see [`MAX_RETRY_BACKLOG`]): nothing more is indexed until restart.
     index_stopped: bool,
+    /// Lines written since the last checkpoint, and when the first of them was.
+    unsigned: u64,
+    unsigned_since: std::time::Instant,
 }
 
 /// What writing one batch did.
 struct Written {
     lines: Vec<Indexed>,
+    /// Per message of the batch: the `seq` of its line (a checkpoint that wrote nothing: the
+    /// last `seq`).
+    seq_of: Vec<u64>,
+    /// Checkpoint lines written in the batch, for the subscriber.
+    signed: Vec<Event>,
     bytes: u64,
     result: Result<(), String>,
 }
 
 /// Run the writer until every sender is gone.
-pub(super) fn writer(file: std::fs::File, seq: u64, prev: String, mut rx: mpsc::Receiver<Msg>, setup: WriterSetup) {
+pub(super) fn writer(
+    file: std::fs::File,
+    (seq, prev, unsigned): (u64, String, u64),
+    mut rx: mpsc::Receiver<Msg>,
+    setup: WriterSetup,
+) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_time().build();
     if let Err(e) = &rt {
         tracing::error!(error = %e, "the audit writer has no runtime for its index; search will miss new events");
@@ -93,6 +110,8 @@ pub(super) fn writer(file: std::fs::File, seq: u64, prev: String, mut rx: mpsc::
         backlog_since: std::time::Instant::now(),
         index_failing: false,
         index_stopped: false,
+        unsigned,
+        unsigned_since: std::time::Instant::now(),
     };
     let mut batch: Vec<Msg> = Vec::with_capacity(256);
     while let Some(first) = w.receive(&mut rx) {
@@ -123,21 +142,54 @@ impl Writer {
     /// sender is gone.
     fn receive(&mut self, rx: &mut mpsc::Receiver<Msg>) -> Option<Msg> {
         loop {
-            let Some(rt) = self.rt.as_ref().filter(|_| !self.backlog.is_empty()) else {
+            let index_left =
+                (!self.backlog.is_empty()).then(|| INDEX_DELAY.saturating_sub(self.backlog_since.elapsed()));
+            let sign_left = self
+                .policy()
+                .filter(|_| self.unsigned > 0)
+                .map(|p| p.interval.saturating_sub(self.unsigned_since.elapsed()));
+            let left = match (index_left, sign_left) {
+                (Some(a), Some(b)) => a.min(b),
+                (a, b) => match a.or(b) {
+                    Some(x) => x,
+                    None => return rx.blocking_recv(),
+                },
+            };
+            let Some(rt) = self.rt.as_ref() else {
                 return rx.blocking_recv();
             };
-            let left = INDEX_DELAY.saturating_sub(self.backlog_since.elapsed());
             // The timer must be created inside the runtime.
             match rt.block_on(async { tokio::time::timeout(left, rx.recv()).await }) {
                 Ok(m) => return m,
-                Err(_) => self.flush_index(),
+                Err(_) => {
+                    if sign_left.is_some_and(|l| l <= left) {
+                        self.commit(&mut vec![checkpoint_msg("interval")], true);
+                    }
+                    if index_left.is_some_and(|l| l <= left) {
+                        self.flush_index();
+                    }
+                }
             }
+        }
+    }
+
+    /// The checkpoint policy in force.
+    fn policy(&self) -> Option<Arc<CheckpointPolicy>> {
+        match self.setup.checkpoints.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
         }
     }
 
     /// Write, commit or roll back, index, acknowledge and maybe rotate one batch.
     fn turn(&mut self, batch: &mut Vec<Msg>, durable: bool) {
-        let (seq0, prev0) = (self.seq, self.prev.clone());
+        self.commit(batch, durable);
+        self.rotate_if_full();
+    }
+
+    /// Write, commit or roll back, index and acknowledge one batch.
+    fn commit(&mut self, batch: &mut Vec<Msg>, durable: bool) {
+        let (seq0, prev0, unsigned0) = (self.seq, self.prev.clone(), self.unsigned);
         let Some(mut written) = self.write(batch, durable) else {
             for m in batch.drain(..) {
                 if let Some(ack) = m.ack {
@@ -149,10 +201,11 @@ impl Writer {
         if let Err(e) = &written.result {
             tracing::error!(path = %self.setup.path.display(), error = %e, "audit write failed");
             self.roll_back(seq0, prev0);
+            self.unsigned = unsigned0;
             written.lines.clear();
         } else {
             self.good_len += written.bytes;
-            self.deliver(batch);
+            self.deliver(batch, &written.signed);
         }
         if let Some(f) = &self.setup.on_write {
             f(u64::try_from(written.lines.len()).unwrap_or(0));
@@ -161,7 +214,7 @@ impl Writer {
             .iter()
             .enumerate()
             .filter(|(_, m)| m.ack.is_some())
-            .map(|(i, _)| written.lines.get(i).map_or(0, |x| x.head.seq))
+            .map(|(i, _)| written.seq_of.get(i).copied().unwrap_or(0))
             .collect();
         if self.backlog.is_empty() {
             self.backlog_since = std::time::Instant::now();
@@ -178,60 +231,117 @@ impl Writer {
                 let _ = ack.send(written.result.clone().map(|()| seq));
             }
         }
-        self.rotate_if_full();
     }
 
-    /// Redact, chain and write every message of the batch, then flush (and sync when a caller
-    /// waits). `None` when the log is unusable. On an error the lines written so far are
-    /// returned with it; the caller rolls back.
+    /// Redact, chain and write every message of the batch (and a checkpoint after every
+    /// `every` lines), then flush (and sync when a caller waits). `None` when the log is
+    /// unusable. On an error the lines written so far are returned with it; the caller rolls
+    /// back.
     fn write(&mut self, batch: &mut [Msg], durable: bool) -> Option<Written> {
-        let w = self.out.as_mut()?;
+        let mut w = self.out.take()?;
+        let done = self.write_to(&mut w, batch, durable);
+        self.out = Some(w);
+        Some(done)
+    }
+
+    fn write_to(&mut self, w: &mut Out, batch: &mut [Msg], durable: bool) -> Written {
         let red = match self.setup.redactor.read() {
             Ok(g) => g.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         };
+        let policy = self.policy();
         let mut done = Written {
             lines: Vec::with_capacity(batch.len()),
+            seq_of: Vec::with_capacity(batch.len()),
+            signed: Vec::new(),
             bytes: 0,
             result: Ok(()),
         };
+        let mut synced = durable;
         for m in batch.iter_mut() {
-            self.seq += 1;
+            if let Payload::Checkpoint(why) = m.payload {
+                if let Some(p) = policy.as_deref().filter(|_| self.unsigned > 0) {
+                    if let Err(e) = self.sign(w, p, why, &mut done) {
+                        done.result = Err(e);
+                        return done;
+                    }
+                    synced = true;
+                }
+                done.seq_of.push(self.seq);
+                continue;
+            }
             if let Some(r) = &red {
                 match &mut m.payload {
                     Payload::Event(e) => r.event(e),
                     Payload::Statement(st) => r.statement(st),
+                    Payload::Checkpoint(_) => {}
                 }
             }
+            let seq = self.seq + 1;
             let line = match &mut m.payload {
                 Payload::Event(e) => {
-                    e.seq = self.seq;
-                    e.prev = std::mem::take(&mut self.prev);
+                    e.seq = seq;
+                    e.prev.clone_from(&self.prev);
                     serde_json::to_string(&**e).map(|l| (l, Head::from(&**e)))
                 }
-                Payload::Statement(st) => st.line(self.seq, &self.prev).map(|l| (l, st.head(self.seq))),
+                Payload::Statement(st) => st.line(seq, &self.prev).map(|l| (l, st.head(seq))),
+                Payload::Checkpoint(_) => continue,
             };
             let (line, head) = match line {
                 Ok(l) => l,
                 Err(err) => {
                     done.result = Err(err.to_string());
-                    return Some(done);
+                    return done;
                 }
             };
-            self.prev = line_hash(line.as_bytes());
-            if let Err(err) = w.write_all(line.as_bytes()).and_then(|()| w.write_all(b"\n")) {
-                done.result = Err(err.to_string());
-                return Some(done);
+            if let Err(e) = self.put(w, line, head, &mut done) {
+                done.result = Err(e);
+                return done;
             }
-            let offset = self.good_len + done.bytes;
-            done.bytes += u64::try_from(line.len() + 1).unwrap_or(0);
-            done.lines.push(Indexed { head, line, offset });
+            done.seq_of.push(seq);
+            if let Some(p) = policy.as_deref().filter(|p| self.unsigned >= p.every.max(1)) {
+                if let Err(e) = self.sign(w, p, "events", &mut done) {
+                    done.result = Err(e);
+                    return done;
+                }
+                synced = true;
+            }
         }
         done.result = w.flush().map_err(|e| e.to_string());
-        if done.result.is_ok() && durable {
+        // A checkpoint is worth its signature only once it is on disk.
+        if done.result.is_ok() && synced {
             done.result = w.get_ref().sync_data().map_err(|e| e.to_string());
         }
-        Some(done)
+        done
+    }
+
+    /// Append one line to the chain.
+    fn put(&mut self, w: &mut Out, line: String, head: Head, done: &mut Written) -> Result<(), String> {
+        w.write_all(line.as_bytes())
+            .and_then(|()| w.write_all(b"\n"))
+            .map_err(|e| e.to_string())?;
+        self.seq = head.seq;
+        self.prev = line_hash(line.as_bytes());
+        if self.unsigned == 0 {
+            self.unsigned_since = std::time::Instant::now();
+        }
+        self.unsigned += 1;
+        let offset = self.good_len + done.bytes;
+        done.bytes += u64::try_from(line.len() + 1).unwrap_or(0);
+        done.lines.push(Indexed { head, line, offset });
+        Ok(())
+    }
+
+    /// Append a `chain.checkpoint` signing the head.
+    fn sign(&mut self, w: &mut Out, p: &CheckpointPolicy, why: &str, done: &mut Written) -> Result<(), String> {
+        let mut e = p.key.checkpoint(self.seq, &self.prev, why, jiff::Timestamp::now());
+        e.seq = self.seq + 1;
+        e.prev.clone_from(&self.prev);
+        let line = serde_json::to_string(&e).map_err(|err| err.to_string())?;
+        self.put(w, line, Head::from(&e), done)?;
+        self.unsigned = 0;
+        done.signed.push(e);
+        Ok(())
     }
 
     /// Nothing of the failed batch is acknowledged: the chain state goes back to its start and
@@ -253,15 +363,23 @@ impl Writer {
         });
     }
 
-    /// Hand the batch's events (as written) to the subscriber; its panic does not stop the log.
-    fn deliver(&self, batch: &[Msg]) {
+    /// Hand the batch's events (as written) and its checkpoints to the subscriber; its panic
+    /// does not stop the log.
+    fn deliver(&self, batch: &[Msg], signed: &[Event]) {
         let sub = match self.setup.subscriber.read() {
             Ok(g) => g.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         };
         let Some(f) = sub else { return };
-        for m in batch {
-            if let Payload::Event(e) = &m.payload {
+        let events = batch
+            .iter()
+            .filter_map(|m| match &m.payload {
+                Payload::Event(e) => Some(&**e),
+                _ => None,
+            })
+            .chain(signed);
+        for e in events {
+            {
                 let delivered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(e)));
                 if delivered.is_err() {
                     tracing::error!(kind = %e.kind, seq = e.seq, "the audit subscriber panicked; the event is in the log");
@@ -275,6 +393,10 @@ impl Writer {
         let Some(limit) = self.setup.rotate_bytes.filter(|l| *l > 0 && self.good_len >= *l) else {
             return;
         };
+        // Each file ends signed, so a rotated file verifies alone.
+        if self.unsigned > 0 && self.policy().is_some() {
+            self.commit(&mut vec![checkpoint_msg("rotation")], true);
+        }
         let Some(w) = self.out.take() else { return };
         let path = self.setup.path.clone();
         match rotate(&path, w, self.seq, &self.prev) {
@@ -286,6 +408,8 @@ impl Writer {
                     .unwrap_or_default();
                 self.good_len = len;
                 self.out = Some(w);
+                self.unsigned = 1;
+                self.unsigned_since = std::time::Instant::now();
                 let line = serde_json::to_string(&e).unwrap_or_default();
                 self.backlog.push(Indexed {
                     head: Head::from(&e),
@@ -345,10 +469,20 @@ impl Writer {
     }
 
     fn finish(mut self) {
+        if self.unsigned > 0 && self.policy().is_some() {
+            self.commit(&mut vec![checkpoint_msg("shutdown")], true);
+        }
         if let Some(w) = self.out.as_mut() {
             let _ = w.flush();
         }
         self.flush_index();
+    }
+}
+
+fn checkpoint_msg(why: &'static str) -> Msg {
+    Msg {
+        payload: Payload::Checkpoint(why),
+        ack: None,
     }
 }
 

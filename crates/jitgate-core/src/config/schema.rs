@@ -507,6 +507,15 @@ pub struct AuditSection {
     /// `secret` limits the mask to that group.
     #[serde(default)]
     pub redact: Vec<Spanned<String>>,
+    /// Sign the chain's head (a `chain.checkpoint` line, ed25519, key in `data_dir/audit/`)
+    /// after this many unsigned lines...
+    #[serde(default = "default_checkpoint_every")]
+    pub checkpoint_every: Spanned<u64>,
+    /// ... or this long after the first unsigned line (and before a rotation and at shutdown).
+    /// What follows the last checkpoint is not signed: this bounds how much a copy can lose
+    /// unnoticed.
+    #[serde(default = "default_checkpoint_interval")]
+    pub checkpoint_interval: Spanned<HumanDuration>,
 }
 
 impl Default for AuditSection {
@@ -517,12 +526,20 @@ impl Default for AuditSection {
             rotate_bytes: default_rotate_bytes(),
             statements: true,
             redact: Vec::new(),
+            checkpoint_every: default_checkpoint_every(),
+            checkpoint_interval: default_checkpoint_interval(),
         }
     }
 }
 
 fn default_audit_file() -> PathBuf {
     PathBuf::from("audit.jsonl")
+}
+fn default_checkpoint_every() -> Spanned<u64> {
+    Spanned::new(0..0, 1000)
+}
+fn default_checkpoint_interval() -> Spanned<HumanDuration> {
+    Spanned::new(0..0, HumanDuration::minutes(1))
 }
 fn default_rotate_bytes() -> u64 {
     1 << 30

@@ -517,8 +517,27 @@ fn ssh_resource(r: &schema::ResourceConfig, name: &str, d: &mut Diags<'_>) -> Ve
     r.logins.clone()
 }
 
-/// `[audit] redact` patterns.
+/// `[audit] redact` patterns and the checkpoint cadence.
 fn check_redact(c: &Config, d: &mut Diags<'_>) {
+    let every = &c.audit.checkpoint_every;
+    if *every.get_ref() == 0 {
+        d.error(
+            span(every),
+            "[audit] checkpoint_every must be at least 1 (checkpoints cannot be turned off)",
+            Some("checkpoint_every = 1000 signs every thousand lines; a signature costs about 20 µs".into()),
+        );
+    }
+    let iv = &c.audit.checkpoint_interval;
+    if iv.get_ref().secs() == 0 || iv.get_ref().secs() > 86_400 {
+        d.error(
+            span(iv),
+            format!(
+                "[audit] checkpoint_interval {} must be between 1s and 24h",
+                iv.get_ref()
+            ),
+            Some("checkpoint_interval = \"1m\": at most a minute of lines is ever unsigned".into()),
+        );
+    }
     for p in &c.audit.redact {
         if let Err(e) = jitgate_audit::Redactor::new(&[p.get_ref()]) {
             d.error(

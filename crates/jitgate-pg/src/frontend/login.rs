@@ -357,7 +357,12 @@ impl<G: Gatekeeper> PgFrontend<G> {
             return Ok(Login::Ready(Box::new(self.open_upstream(a, grant).await?)));
         }
         let now = self.gk.enforcer().clock().now();
-        if let Some(g) = self.gk.enforcer().grants.upcoming(&a.principal.name, &res.name, now) {
+        if let Some(g) = self
+            .gk
+            .enforcer()
+            .grants
+            .upcoming(&a.principal.name, &res.name, ask.access.as_deref(), now)
+        {
             return Err(LoginError::Refused(refuse(
                 "28000",
                 g.not_yet(now),

@@ -218,7 +218,12 @@ impl<G: Gatekeeper> Connector<G> {
                 .with_label_values(&["ssh", "no_grant"])
                 .inc();
             let now = fe.gk.enforcer().clock().now();
-            if let Some(g) = fe.gk.enforcer().grants.upcoming(&principal.name, &res.name, now) {
+            if let Some(g) = fe
+                .gk
+                .enforcer()
+                .grants
+                .upcoming(&principal.name, &res.name, Some(&login), now)
+            {
                 return Err(NoGo::Refused(g.not_yet(now)));
             }
             return Err(NoGo::NoGrant(NoGrant {

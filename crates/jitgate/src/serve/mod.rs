@@ -292,6 +292,12 @@ fn open_audit(
     )
     .with_context(|| format!("opening the audit log {}", audit_path.display()))?;
     audit.set_redactor(reload::redactor(&loaded.config)?);
+    let key_dir = data_dir.join("audit");
+    let key = jitgate_audit::CheckpointKey::load_or_create(&key_dir)
+        .with_context(|| format!("loading the audit checkpoint key in {}", key_dir.display()))?;
+    tracing::info!(key = %key.public(), "audit checkpoints signed with this key (`jitgate audit pubkey`)");
+    let key = Arc::new(key);
+    audit.set_checkpoints(Some(reload::checkpoints(&loaded.config, &key)));
     let notifier =
         jitgate_api::notify::Notifier::start(reload::hooks(&loaded.config), metrics.notifications_total.clone());
     let subscriber = notifier.clone();
@@ -440,6 +446,10 @@ async fn shutdown(cp: &ControlPlane, notifier: &jitgate_api::notify::Notifier) {
                 }),
         )
         .await;
+    // The log ends signed: a copy cut short of this checkpoint shows it.
+    if let Err(e) = cp.audit().checkpoint("shutdown").await {
+        tracing::error!(error = %e, "the audit log could not be signed at shutdown");
+    }
     // Let webhooks take gateway.stopped (and whatever is still queued) before the process ends.
     notifier.drain(std::time::Duration::from_secs(5)).await;
 }

@@ -107,6 +107,18 @@ pub(super) fn redactor(c: &config::schema::Config) -> anyhow::Result<Option<jitg
     jitgate_audit::Redactor::new(&patterns).map_err(|e| anyhow!("[audit] redact: {e}"))
 }
 
+/// `[audit] checkpoint_every` and `checkpoint_interval` with the gateway's key.
+pub(super) fn checkpoints(
+    c: &config::schema::Config,
+    key: &std::sync::Arc<jitgate_audit::CheckpointKey>,
+) -> jitgate_audit::sink::CheckpointPolicy {
+    jitgate_audit::sink::CheckpointPolicy {
+        key: key.clone(),
+        every: (*c.audit.checkpoint_every.get_ref()).max(1),
+        interval: std::time::Duration::from_secs(c.audit.checkpoint_interval.get_ref().secs().max(1)),
+    }
+}
+
 /// The `[oidc]` in force, to rebuild the relying party only when it (or its secret) changed:
 /// a code or device login in progress survives a reload that does not touch it.
 struct OidcState {
