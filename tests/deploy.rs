@@ -312,7 +312,12 @@ fn a_gateway_whose_log_reader_is_gone_keeps_serving_and_stops_on_sigterm() {
     assert!(status.success(), "{status}");
     let audit = std::fs::read_to_string(dir.path().join("data/audit.jsonl")).unwrap();
     assert!(
-        audit.lines().last().is_some_and(|l| l.contains("\"gateway.stopped\"")),
+        // gateway.stopped, then the shutdown checkpoint that signs it.
+        audit
+            .lines()
+            .nth_back(1)
+            .is_some_and(|l| l.contains("\"gateway.stopped\""))
+            && audit.lines().last().is_some_and(|l| l.contains("\"chain.checkpoint\"")),
         "the stop was clean: {audit}"
     );
 }

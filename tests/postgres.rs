@@ -995,7 +995,9 @@ async fn shutdown_tells_clients_why_and_leaves_no_backend() {
     assert!(eventually(Duration::from_secs(2), || backends(&pg, &db) == 0));
     let kinds = gw.audit_kinds();
     assert!(
-        kinds.contains(&"session.ended".to_string()) && kinds.last().map(String::as_str) == Some("gateway.stopped"),
+        kinds.contains(&"session.ended".to_string())
+            && kinds.iter().rev().nth(1).map(String::as_str) == Some("gateway.stopped")
+            && kinds.last().map(String::as_str) == Some("chain.checkpoint"),
         "{kinds:?}"
     );
 }
@@ -1053,7 +1055,13 @@ async fn sigterm_drains_live_sessions_refuses_new_ones_and_ends_at_the_timeout()
     assert!(st.success(), "{st}");
     assert!(eventually(Duration::from_secs(2), || backends(&pg, &db) == 0));
     let kinds = gw.audit_kinds();
-    assert_eq!(kinds.last().map(String::as_str), Some("gateway.stopped"), "{kinds:?}");
+    // The shutdown checkpoint signs gateway.stopped.
+    assert_eq!(
+        kinds.iter().rev().nth(1).map(String::as_str),
+        Some("gateway.stopped"),
+        "{kinds:?}"
+    );
+    assert_eq!(kinds.last().map(String::as_str), Some("chain.checkpoint"), "{kinds:?}");
 }
 
 /// `jitgate drain` (admins): ready 503 and new sessions refused at once, live ones go on, until
