@@ -337,4 +337,29 @@ fn oncall_sources_and_conditions_are_checked_with_their_lines() {
     ));
     assert_eq!(code, 1);
     assert!(err.contains("gateway.toml:12:") && err.contains("level"), "{err}");
+    // Accepted, with warnings: every team's on-call, and a credential over plain http.
+    let (code, _, err) = check(&format!(
+        "{BASE}auto_approve = [{{ oncall = {{ source = \"pd\" }} }}]\n[[oncall]]\nname = \"pd\"\nformat = \"pagerduty\"\nurl = \"http://pd.example.com/oncalls?include[]=users\"\ncredential_env = \"PD_TOKEN\"\n"
+    ));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("credential travels in cleartext"), "{err}");
+    assert!(err.contains("names no schedule_ids[]"), "{err}");
+}
+
+#[test]
+fn audit_checkpoints_cannot_be_turned_off_and_say_where() {
+    let text = format!("{BASE}\n[audit]\ncheckpoint_every = 0\ncheckpoint_interval = \"2d\"\n");
+    let lines = text.lines().count();
+    let (code, _, err) = check(&text);
+    assert_eq!(code, 1, "{err}");
+    for (line, msg) in [
+        (lines - 1, "checkpoint_every must be at least 1"),
+        (lines, "checkpoint_interval 2d must be between 1s and 24h"),
+    ] {
+        assert!(
+            err.lines()
+                .any(|l| l.starts_with(&format!("gateway.toml:{line}:")) && l.contains(msg)),
+            "line {line}: {msg}\n{err}"
+        );
+    }
 }

@@ -1011,6 +1011,18 @@ fn signed_checkpoints_verify_offline_on_a_copy_and_expose_forgery_and_truncation
         .output()
         .unwrap();
     assert_ne!(out.status.code(), Some(0), "another key must not verify");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_jitgate"))
+        .args(["audit", "verify", "--pubkey", "ed25519:AAAA"])
+        .arg(&file)
+        .current_dir(copy.path())
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--pubkey ed25519:AAAA") && err.contains("32 bytes"),
+        "{err}"
+    );
     let head = copy.path().join("head.jsonl");
     std::fs::write(
         &head,

@@ -86,16 +86,7 @@ pub fn verify_chain(path: &Path) -> Result<VerifiedChain, (std::path::PathBuf, B
     let mut lines = 0;
     let mut head: Option<String> = None;
     for f in &files {
-        let file = std::fs::File::open(f).map_err(|e| {
-            (
-                f.clone(),
-                Broken {
-                    line: 0,
-                    why: e.to_string(),
-                },
-            )
-        })?;
-        let v = verify_reader_from(file, head.as_deref()).map_err(|b| (f.clone(), b))?;
+        let v = verify_reader_from(open(f)?, head.as_deref()).map_err(|b| (f.clone(), b))?;
         lines += v.lines;
         head = Some(v.head);
     }
@@ -103,6 +94,19 @@ pub fn verify_chain(path: &Path) -> Result<VerifiedChain, (std::path::PathBuf, B
         files: files.len(),
         lines,
         head: head.unwrap_or_else(|| GENESIS.to_string()),
+    })
+}
+
+/// Open one file of a chain walk; the error names it.
+fn open(f: &Path) -> Result<std::fs::File, (PathBuf, Broken)> {
+    std::fs::File::open(f).map_err(|e| {
+        (
+            f.to_path_buf(),
+            Broken {
+                line: 0,
+                why: e.to_string(),
+            },
+        )
     })
 }
 
@@ -314,15 +318,7 @@ pub fn verify_signed(files: &[PathBuf], keys: &[crate::checkpoint::PublicKey]) -
     };
     let mut head: Option<String> = None;
     for (i, (_, f)) in ordered.iter().enumerate() {
-        let file = std::fs::File::open(f).map_err(|e| {
-            (
-                f.clone(),
-                Broken {
-                    line: 0,
-                    why: e.to_string(),
-                },
-            )
-        })?;
+        let file = open(f)?;
         let start = match &head {
             Some(h) => Start::Link(h),
             None => Start::Any,

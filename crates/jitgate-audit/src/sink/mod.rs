@@ -234,22 +234,7 @@ impl AuditSink {
     /// Sign the head now, durably (shutdown calls it last); returns the log's last `seq`.
     /// Without a key, or with nothing unsigned, nothing is written.
     pub async fn checkpoint(&self, why: &'static str) -> Result<u64, AuditError> {
-        let (ack, rx) = oneshot::channel();
-        self.tx
-            .send(Msg {
-                payload: Payload::Checkpoint(why),
-                ack: Some(ack),
-            })
-            .await
-            .map_err(|_| AuditError::Closed)?;
-        match rx.await {
-            Ok(Ok(seq)) => Ok(seq),
-            Ok(Err(e)) => Err(AuditError::Io {
-                path: self.path.to_path_buf(),
-                source: std::io::Error::other(e),
-            }),
-            Err(_) => Err(AuditError::Closed),
-        }
+        self.durably(Payload::Checkpoint(why)).await
     }
 
     /// Hand every event written from now on, whoever wrote it, to `f` after it is in the file
@@ -292,10 +277,15 @@ impl AuditSink {
 
     /// Write `event` durably; returns its `seq` once it is on disk.
     pub async fn record(&self, event: Event) -> Result<u64, AuditError> {
+        self.durably(Payload::Event(Box::new(event))).await
+    }
+
+    /// Queue `payload` and wait until the writer has it on disk; its `seq`.
+    async fn durably(&self, payload: Payload) -> Result<u64, AuditError> {
         let (ack, rx) = oneshot::channel();
         self.tx
             .send(Msg {
-                payload: Payload::Event(Box::new(event)),
+                payload,
                 ack: Some(ack),
             })
             .await

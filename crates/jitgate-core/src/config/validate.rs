@@ -112,6 +112,28 @@ fn oncall_sources(c: &Config, d: &mut Diags<'_>) -> Vec<crate::catalog::OnCallSo
             );
             ok = false;
         }
+        if let Some(OnCallLocation::Url(u)) = &location {
+            let has_credential = o.credential_env.is_some() || o.credential_file.is_some();
+            if u.starts_with("http://") && has_credential {
+                d.warning(
+                    at.clone(),
+                    format!("[[oncall]] `{name}`: url is http://, so its credential travels in cleartext"),
+                    Some("use https:// (plain http is only sensible on loopback)".into()),
+                );
+            }
+            if format == Some(OnCallFormat::PagerDuty)
+                && !u.contains("schedule_ids")
+                && !u.contains("escalation_policy_ids")
+            {
+                d.warning(
+                    at.clone(),
+                    format!(
+                        "[[oncall]] `{name}`: the url names no schedule_ids[] or escalation_policy_ids[], so PagerDuty answers with everyone on call in the account: whoever is on call for any team is on call here"
+                    ),
+                    Some("add &schedule_ids[]=PXXXXXX (or escalation_policy_ids[]) for the team that owns these resources".into()),
+                );
+            }
+        }
         if o.credential_env.is_some() && o.credential_file.is_some() {
             d.error(
                 at.clone(),
