@@ -971,8 +971,31 @@ fn signed_checkpoints_verify_offline_on_a_copy_and_expose_forgery_and_truncation
     )
     .unwrap();
     let (code, out) = verify(&cut);
-    assert_eq!(code, Some(0), "{out}");
-    assert!(out.contains("2 event(s) after the last checkpoint"), "{out}");
+    assert_eq!(
+        code,
+        Some(3),
+        "an auditor's copy must not pass with an unsigned tail: {out}"
+    );
+    assert!(
+        out.contains("2 event(s) after the last checkpoint") && out.contains("--allow-unsigned-tail"),
+        "{out}"
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_jitgate"))
+        .args(["audit", "verify", "--allow-unsigned-tail", "--pubkey", &key])
+        .arg(&cut)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    // An excerpt from the middle passes only as a --segment.
+    let seg = copy.path().join("segment.jsonl");
+    std::fs::write(
+        &seg,
+        lines[2..=first_cp].iter().map(|l| format!("{l}\n")).collect::<String>(),
+    )
+    .unwrap();
+    let (code, out) = verify(&seg);
+    assert_eq!(code, Some(3), "{out}");
+    assert!(out.contains("--segment"), "{out}");
 
     // An edit with the whole chain re-hashed after it: the chain is intact, the signature is not.
     let forged = copy.path().join("forged.jsonl");

@@ -138,6 +138,10 @@ pub fn verify_reader_from(r: impl Read, expected_prev: Option<&str>) -> Result<V
     })
 }
 
+/// Longest line a walk reads (events are bounded by `[audit] max_text_len`; this only stops a
+/// hostile file from exhausting the verifier's memory).
+const MAX_LINE: u64 = 64 << 20;
+
 /// Where a walked file's first line must link.
 #[derive(Debug, Clone, Copy)]
 pub enum Start<'a> {
@@ -182,14 +186,23 @@ pub fn walk(
     let mut first_prev = String::new();
     loop {
         buf.clear();
-        let read = reader.read_until(b'\n', &mut buf).map_err(|e| Broken {
-            line: n + 1,
-            why: e.to_string(),
-        })?;
+        let read = (&mut reader)
+            .take(MAX_LINE + 1)
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| Broken {
+                line: n + 1,
+                why: e.to_string(),
+            })?;
         if read == 0 {
             break;
         }
         n += 1;
+        if u64::try_from(buf.len()).unwrap_or(u64::MAX) > MAX_LINE {
+            return Err(Broken {
+                line: n,
+                why: format!("the line is longer than {} MiB: not an audit event", MAX_LINE >> 20),
+            });
+        }
         if buf.last() != Some(&b'\n') {
             return Err(Broken {
                 line: n,
@@ -292,6 +305,17 @@ pub struct Report {
     pub last_signed: Option<SignedAt>,
     /// Lines after the last checkpoint (all lines when there is none): not signed.
     pub unsigned_tail: u64,
+    /// Ranges of lines (first, last seq) before a checkpoint that no checkpoint vouches for:
+    /// a tail an earlier run left unsigned (an unclean stop), which could have been edited
+    /// while the gateway was down.
+    pub gaps: Vec<[u64; 2]>,
+}
+
+impl Report {
+    /// Lines not covered by any signature: the gaps and the unsigned tail.
+    pub fn unsigned_lines(&self) -> u64 {
+        self.gaps.iter().map(|[a, b]| b - a + 1).sum::<u64>() + self.unsigned_tail
+    }
 }
 
 /// Verify `files` (in any order: they are put in chain order by their first `seq`) as one
@@ -315,29 +339,45 @@ pub fn verify_signed(files: &[PathBuf], keys: &[crate::checkpoint::PublicKey]) -
         checkpoints: 0,
         last_signed: None,
         unsigned_tail: 0,
+        gaps: Vec::new(),
     };
     let mut head: Option<String> = None;
+    // The first line the next checkpoint must vouch for to leave no gap.
+    let mut vouch_needed: Option<u64> = None;
     for (i, (_, f)) in ordered.iter().enumerate() {
         let file = open(f)?;
+        let prev_last = report.last_seq;
         let start = match &head {
             Some(h) => Start::Link(h),
             None => Start::Any,
         };
         let mut each = |line: u64, e: &Event| {
+            if i > 0 && line == 1 && e.seq != prev_last + 1 {
+                return Err(format!(
+                    "this file starts at seq {} but the previous file ends at seq {prev_last}",
+                    e.seq
+                ));
+            }
+            let needed = *vouch_needed.get_or_insert(e.seq);
             if e.kind != "chain.checkpoint" {
                 report.unsigned_tail += 1;
                 return Ok(());
             }
             report.checkpoints += 1;
-            let key_id = if keys.is_empty() {
-                e.details
-                    .get("key_id")
-                    .and_then(|v| v.as_str())
-                    .unwrap_or_default()
-                    .to_string()
+            let (key_id, from) = if keys.is_empty() {
+                let s = |k: &str| e.details.get(k);
+                (
+                    s("key_id").and_then(|v| v.as_str()).unwrap_or_default().to_string(),
+                    s("from_seq").and_then(serde_json::Value::as_u64).unwrap_or(needed),
+                )
             } else {
-                crate::checkpoint::check(e, keys)?.key_id
+                let c = crate::checkpoint::check(e, keys)?;
+                (c.key_id, c.from_seq)
             };
+            if from > needed {
+                report.gaps.push([needed, from - 1]);
+            }
+            vouch_needed = Some(e.seq + 1);
             report.unsigned_tail = 0;
             report.last_signed = Some(SignedAt {
                 covers_seq: e.seq.saturating_sub(1),

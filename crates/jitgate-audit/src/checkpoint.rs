@@ -10,7 +10,13 @@
 //! visible as such, and a witness that received the checkpoints (a webhook) shows whether later
 //! ones existed.
 //!
-//! The signed message is `jitgate-audit-checkpoint-v1\n{covers_seq}\n{head}\n{time}\n`, where
+//! A checkpoint vouches for the lines `from_seq..=covers_seq`: the lines the signing process
+//! wrote itself since its previous checkpoint. A tail an earlier run left unsigned (a crash, a
+//! kill) could have been edited while the gateway was down, so the next run never signs over it;
+//! `verify` reports such lines as a gap instead.
+//!
+//! The signed message is
+//! `jitgate-audit-checkpoint-v1\n{covers_seq}\n{head}\n{time}\n{from_seq}\n{why}\n`, where
 //! `head` is the hash of line `covers_seq` (the checkpoint line's own `prev`) and `time` the
 //! checkpoint's `time` in RFC 3339.
 
@@ -46,6 +52,16 @@ pub enum KeyError {
         path: PathBuf,
         /// The error.
         source: std::io::Error,
+    },
+    /// Others may read the key: whoever did can sign checkpoints.
+    #[error(
+        "{path} is readable by others (mode {mode:o}): anyone who read it can sign audit checkpoints; run `chmod 600 {path}` if no one did, else move it aside and give auditors the new public key"
+    )]
+    Exposed {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
     },
     /// The file is not a key.
     #[error("{path}: not a jitgate checkpoint key ({why}); move it aside to have a new key made")]
@@ -147,6 +163,17 @@ impl CheckpointKey {
         };
         match std::fs::read_to_string(&path) {
             Ok(text) => {
+                #[cfg(unix)]
+                {
+                    use std::os::unix::fs::PermissionsExt as _;
+                    let mode = std::fs::metadata(&path).map_err(|e| io(&path, e))?.permissions().mode();
+                    if mode & 0o077 != 0 {
+                        return Err(KeyError::Exposed {
+                            path: path.clone(),
+                            mode: mode & 0o777,
+                        });
+                    }
+                }
                 let key = Self::parse_file(&text).map_err(|why| KeyError::Invalid {
                     path: path.clone(),
                     why,
@@ -165,8 +192,21 @@ impl CheckpointKey {
                 let key = Self::from_secret(rand::random());
                 let text = format!("{KEY_HEADER}\n{}\n", B64.encode(key.signing.to_bytes()));
                 let tmp = dir.join(format!("{KEY_FILE}.tmp"));
+                // A stale (or planted) temporary file is removed, never written through.
+                match std::fs::remove_file(&tmp) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&tmp, e)),
+                    _ => {}
+                }
                 write_private(&tmp, text.as_bytes()).map_err(|e| io(&tmp, e))?;
-                std::fs::rename(&tmp, &path).map_err(|e| io(&path, e))?;
+                // Never replace a key another process made meanwhile: hard_link fails if it exists.
+                let linked = std::fs::hard_link(&tmp, &path);
+                let _ = std::fs::remove_file(&tmp);
+                match linked {
+                    Ok(()) => {}
+                    // Another process made one first: use it.
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Self::load_or_create(dir),
+                    Err(e) => return Err(io(&path, e)),
+                }
                 let pub_path = dir.join(PUB_FILE);
                 std::fs::write(&pub_path, format!("{}\n", key.public)).map_err(|e| io(&pub_path, e))?;
                 tracing::info!(key = %key.public, file = %path.display(), "made the audit checkpoint signing key");
@@ -197,14 +237,18 @@ impl CheckpointKey {
         &self.public
     }
 
-    /// The `chain.checkpoint` event signing line `covers_seq` whose hash is `head` (the caller
-    /// sets `seq` and `prev`, which must be `covers_seq + 1` and `head`).
-    pub fn checkpoint(&self, covers_seq: u64, head: &str, why: &str, time: Timestamp) -> Event {
-        let sig = self.signing.sign(message(covers_seq, head, &time).as_bytes());
+    /// The `chain.checkpoint` event vouching for lines `from_seq..=covers_seq`, the last of
+    /// which hashes to `head` (the caller sets `seq` and `prev`, which must be `covers_seq + 1`
+    /// and `head`).
+    pub fn checkpoint(&self, covers_seq: u64, head: &str, from_seq: u64, why: &str, time: Timestamp) -> Event {
+        let sig = self
+            .signing
+            .sign(message(covers_seq, head, &time, from_seq, why).as_bytes());
         Event::new(Kind::ChainCheckpoint, time)
             .actor("gateway")
             .detail(Checkpoint {
                 covers_seq,
+                from_seq,
                 head: head.to_string(),
                 key_id: self.public.id(),
                 signature: B64.encode(sig.to_bytes()),
@@ -217,7 +261,7 @@ impl CheckpointKey {
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
     let mut o = std::fs::OpenOptions::new();
-    o.write(true).create(true).truncate(true);
+    o.write(true).create_new(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt as _;
@@ -236,9 +280,9 @@ fn restrict(dir: &Path, mode: u32) {
     }
 }
 
-/// The bytes a checkpoint signs.
-pub fn message(covers_seq: u64, head: &str, time: &Timestamp) -> String {
-    format!("{MESSAGE_TAG}\n{covers_seq}\n{head}\n{time}\n")
+/// The bytes a checkpoint signs (`why` is a single word; it cannot hold a newline).
+pub fn message(covers_seq: u64, head: &str, time: &Timestamp, from_seq: u64, why: &str) -> String {
+    format!("{MESSAGE_TAG}\n{covers_seq}\n{head}\n{time}\n{from_seq}\n{why}\n")
 }
 
 /// A `chain.checkpoint` line's details.
@@ -246,6 +290,8 @@ pub fn message(covers_seq: u64, head: &str, time: &Timestamp) -> String {
 pub struct Checkpoint {
     /// The last line it signs (the line before the checkpoint).
     pub covers_seq: u64,
+    /// The first line it vouches for (written by the same run since its previous checkpoint).
+    pub from_seq: u64,
     /// That line's hash (the chain's head at the checkpoint).
     pub head: String,
     /// Which key signed ([`PublicKey::id`]).
@@ -268,6 +314,12 @@ pub fn check(e: &Event, keys: &[PublicKey]) -> Result<Checkpoint, String> {
             e.seq.saturating_sub(1)
         ));
     }
+    if c.from_seq == 0 || c.from_seq > c.covers_seq || c.why.contains('\n') {
+        return Err(format!(
+            "the checkpoint vouches for seq {}..{}, which is not a range of lines before it",
+            c.from_seq, c.covers_seq
+        ));
+    }
     if c.head != e.prev {
         return Err(format!(
             "the checkpoint signs head {} but the line before it hashes to {}: a line before it was changed",
@@ -282,10 +334,13 @@ pub fn check(e: &Event, keys: &[PublicKey]) -> Result<Checkpoint, String> {
             keys.iter().map(PublicKey::id).collect::<Vec<_>>().join(", ")
         ));
     };
-    key.verify(message(c.covers_seq, &c.head, &e.time).as_bytes(), &c.signature)
-        .map_err(|why| {
-            format!("{why} with key {key}: this checkpoint or a line before it was not written by the gateway")
-        })?;
+    key.verify(
+        message(c.covers_seq, &c.head, &e.time, c.from_seq, &c.why).as_bytes(),
+        &c.signature,
+    )
+    .map_err(|why| {
+        format!("{why} with key {key}: this checkpoint or a line before it was not written by the gateway")
+    })?;
     Ok(c)
 }
 
@@ -311,7 +366,7 @@ mod tests {
             assert_eq!(mode & 0o077, 0, "the private key is readable by others: {mode:o}");
         }
         let head = "ab".repeat(32);
-        let mut e = key.checkpoint(41, &head, "events", Timestamp::now());
+        let mut e = key.checkpoint(41, &head, 30, "events", Timestamp::now());
         e.seq = 42;
         e.prev = head.clone();
         let keys = vec![key.public().clone()];
@@ -331,6 +386,13 @@ mod tests {
                 .unwrap_err()
                 .contains("a line before it was changed")
         );
+        // `why` and `from_seq` are signed: a cut log cannot be dressed up as a clean stop.
+        let mut rewhy = e.clone();
+        rewhy.details["why"] = "shutdown".into();
+        assert!(check(&rewhy, &keys).unwrap_err().contains("does not verify"));
+        let mut widened = e.clone();
+        widened.details["from_seq"] = 1.into();
+        assert!(check(&widened, &keys).unwrap_err().contains("does not verify"));
         let mut moved_seq = e.clone();
         moved_seq.seq = 50;
         assert!(check(&moved_seq, &keys).unwrap_err().contains("claims to sign"));
@@ -346,11 +408,27 @@ mod tests {
     fn a_damaged_key_file_is_refused_with_the_fix() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(KEY_FILE), "hello\n").unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(dir.path().join(KEY_FILE), std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
         let e = CheckpointKey::load_or_create(dir.path()).unwrap_err().to_string();
         assert!(
             e.contains("not a jitgate checkpoint key") && e.contains("move it aside"),
             "{e}"
         );
+        // A key others can read is refused: whoever read it could sign.
+        let dir = tempfile::tempdir().unwrap();
+        CheckpointKey::load_or_create(dir.path()).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let key = dir.path().join(KEY_FILE);
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+            let e = CheckpointKey::load_or_create(dir.path()).unwrap_err().to_string();
+            assert!(e.contains("readable by others") && e.contains("chmod 600"), "{e}");
+        }
     }
 
     #[test]
@@ -487,6 +565,55 @@ mod sink_tests {
         let r = verify_signed(&[seg], &keys).unwrap();
         assert!(!r.from_genesis);
         assert_eq!((r.first_seq, r.last_signed.map(|s| s.covers_seq)), (5, Some(7)));
+    }
+
+    /// A run never signs over a tail an earlier run left unsigned: someone could have edited
+    /// it (and re-hashed the chain) while the gateway was down. `verify` shows it as a gap.
+    #[tokio::test]
+    async fn a_restart_does_not_sign_over_a_tail_left_unsigned_and_verify_shows_the_gap() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = Arc::new(CheckpointKey::load_or_create(&dir.path().join("keys")).unwrap());
+        let keys = vec![key.public().clone()];
+        let path = dir.path().join("audit.jsonl");
+        // Run 1 signs seq 1..3, then "crashes" with seq 5..6 unsigned (no checkpoint at exit).
+        let sink = AuditSink::open(&path, None, None).unwrap();
+        sink.set_checkpoints(Some(policy(&key, 3, 60_000)));
+        for i in 0..3 {
+            sink.record(
+                Event::new(Kind::RequestCreated, Timestamp::now())
+                    .actor("alice")
+                    .request(i),
+            )
+            .await
+            .unwrap();
+        }
+        sink.set_checkpoints(None);
+        for i in 3..5 {
+            sink.record(
+                Event::new(Kind::RequestApproved, Timestamp::now())
+                    .actor("mallory")
+                    .request(i),
+            )
+            .await
+            .unwrap();
+        }
+        closed(sink).await;
+        // While it is down, someone rewrites the unsigned tail and re-hashes it.
+        forge(&path, 6, |e| e.actor = Some("bob".into()));
+        assert!(crate::verify_file(&path).is_ok());
+        // Run 2 writes and signs its own lines only.
+        let sink = AuditSink::open(&path, None, None).unwrap();
+        sink.set_checkpoints(Some(policy(&key, 3, 60_000)));
+        for i in 5..8 {
+            sink.record(Event::new(Kind::GatewayStarted, Timestamp::now()).request(i))
+                .await
+                .unwrap();
+        }
+        closed(sink).await;
+        let r = verify_signed(std::slice::from_ref(&path), &keys).unwrap();
+        assert_eq!(r.gaps, vec![[5, 6]], "{r:?}");
+        assert_eq!(r.unsigned_tail, 0);
+        assert_eq!(r.unsigned_lines(), 2);
     }
 
     #[tokio::test]

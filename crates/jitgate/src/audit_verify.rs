@@ -49,14 +49,30 @@ pub fn pubkey(config: &Path) -> Result<ExitCode> {
     }
 }
 
+/// What an incomplete proof may still pass with (FILES mode), and the output form.
+pub struct Accept {
+    /// Print JSON.
+    pub json: bool,
+    /// Events after the last checkpoint.
+    pub unsigned_tail: bool,
+    /// Files that do not start at the log's first line.
+    pub segment: bool,
+}
+
+/// Exit status when the chain is intact but the signatures do not cover what an auditor needs.
+const INCOMPLETE: u8 = 3;
+
 /// `jitgate audit verify`.
 pub fn run(
     mut files: Vec<PathBuf>,
     file: Option<PathBuf>,
     pubkeys: &[String],
-    json: bool,
+    accept: &Accept,
     config: &Path,
 ) -> Result<ExitCode> {
+    let json = accept.json;
+    // The auditor's mode: files given, checked as a copy. Without them: the live log.
+    let copy = !files.is_empty() || file.is_some();
     files.extend(file);
     let mut keys = pubkeys.iter().map(|k| parse_key(k)).collect::<Result<Vec<_>>>()?;
     let mut key_note = None;
@@ -100,22 +116,60 @@ pub fn run(
     };
     // With a key, a log that holds no checkpoint proves nothing: refuse it.
     let unsigned_only = report.signatures_checked && report.checkpoints == 0 && report.lines > 0;
+    let incomplete = if report.signatures_checked {
+        incomplete(&report, copy, accept)
+    } else {
+        Vec::new()
+    };
     if json {
         let mut v = serde_json::to_value(&report)?;
-        v["ok"] = (!unsigned_only).into();
+        v["ok"] = (!unsigned_only && incomplete.is_empty()).into();
+        v["incomplete"] = incomplete.clone().into();
         println!("{v}");
     } else {
         print_report(&report, &keys, key_note.as_deref());
-    }
-    if unsigned_only {
-        if !json {
+        if unsigned_only {
             eprintln!(
                 "error: no checkpoint signed by the given key in these files: nothing in them is proven to be the gateway's"
             );
         }
+        for why in &incomplete {
+            eprintln!("error: {why}");
+        }
+    }
+    if unsigned_only {
         return Ok(ExitCode::from(1));
     }
+    if !incomplete.is_empty() {
+        return Ok(ExitCode::from(INCOMPLETE));
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Why an intact, signed chain still does not prove what an auditor needs (exit status 3).
+fn incomplete(r: &Report, copy: bool, accept: &Accept) -> Vec<String> {
+    let mut why = Vec::new();
+    if r.lines == 0 {
+        why.push("the files hold no events".to_string());
+    }
+    for [a, b] in &r.gaps {
+        why.push(format!(
+            "seq {a}..{b} is signed by no checkpoint: an earlier run stopped before signing it (a crash or a kill), and it could have been edited while the gateway was down"
+        ));
+    }
+    if copy && r.unsigned_tail > 0 && !accept.unsigned_tail {
+        why.push(format!(
+            "{} event(s) after the last checkpoint are not signed (pass --allow-unsigned-tail for a copy of a live log)",
+            r.unsigned_tail
+        ));
+    }
+    if copy && r.lines > 0 && !r.from_genesis && !accept.segment {
+        why.push(format!(
+            "the files start at seq {}, not at the log's first line (pass --segment for an excerpt)",
+            r.first_seq
+        ));
+    }
+    why
 }
 
 fn print_report(r: &Report, keys: &[PublicKey], key_note: Option<&str>) {
@@ -156,7 +210,7 @@ fn print_report(r: &Report, keys: &[PublicKey], key_note: Option<&str>) {
             );
         }
         (Some(s), false) => println!(
-            "signatures: {} checkpoint(s) NOT checked (give --pubkey); the last claims seq {} at {}",
+            "signatures: {} checkpoint(s) NOT checked: a chain check only, not proof of origin (give --pubkey); the last claims seq {} at {}",
             r.checkpoints, s.covers_seq, s.time
         ),
         (None, _) => println!("signatures: no checkpoint in these files"),
@@ -165,7 +219,7 @@ fn print_report(r: &Report, keys: &[PublicKey], key_note: Option<&str>) {
         println!(
             "warning: {} event(s) after the last checkpoint (seq {}..{}) are not signed: nothing shows whether lines after them were removed; compare with your checkpoint witness",
             r.unsigned_tail,
-            r.last_seq + 1 - r.unsigned_tail,
+            (r.last_seq + 1).saturating_sub(r.unsigned_tail),
             r.last_seq
         );
     }

@@ -367,6 +367,14 @@ pub enum AuditCmd {
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
+        /// With FILES: accept events after the last checkpoint (a copy of a live log). Without
+        /// it, an unsigned tail makes the exit status 3: nothing shows whether lines after the
+        /// last checkpoint were removed or replaced.
+        #[arg(long)]
+        allow_unsigned_tail: bool,
+        /// With FILES: accept files that do not start at the log's first line (an excerpt).
+        #[arg(long)]
+        segment: bool,
         /// Config file to find the audit file.
         #[arg(long, short, default_value = "gateway.toml")]
         config: PathBuf,

@@ -218,9 +218,21 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     pubkey,
                     file,
                     json,
+                    allow_unsigned_tail,
+                    segment,
                     config,
                 },
-        } => audit_verify::run(files, file, &pubkey, json, &config),
+        } => audit_verify::run(
+            files,
+            file,
+            &pubkey,
+            &audit_verify::Accept {
+                json,
+                unsigned_tail: allow_unsigned_tail,
+                segment,
+            },
+            &config,
+        ),
         Cmd::Audit {
             cmd: AuditCmd::Pubkey { config },
         } => audit_verify::pubkey(&config),

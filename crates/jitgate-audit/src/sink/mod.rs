@@ -76,7 +76,8 @@ struct Msg {
 enum Payload {
     Event(Box<Event>),
     Statement(Box<Statement>),
-    /// Sign the head now (when a key is set and something is unsigned); `why` goes in the line.
+    /// Sign the head now (when a key is set and this process wrote lines since its last
+    /// checkpoint); `why` goes in the line.
     Checkpoint(&'static str),
 }
 
@@ -95,9 +96,9 @@ pub struct AuditSink {
 pub struct CheckpointPolicy {
     /// The signing key.
     pub key: Arc<crate::checkpoint::CheckpointKey>,
-    /// Sign after this many unsigned lines (at least 1).
+    /// Sign after this many lines (at least 1).
     pub every: u64,
-    /// ... or this long after the first unsigned line.
+    /// ... or this long after the first line after the last checkpoint.
     pub interval: std::time::Duration,
 }
 
@@ -162,22 +163,22 @@ impl AuditSink {
             .append(true)
             .open(path)
             .map_err(io)?;
-        let (mut seq, mut prev, signed) = tail_state(&mut file, path)?;
-        // A log that ends unsigned (a crash, or written before checkpoints) is signed soon.
-        let mut unsigned = u64::from(seq > 0 && !signed);
+        let (mut seq, mut prev) = tail_state(&mut file, path)?;
+        // What this process writes, and only that, is what its checkpoints vouch for.
+        let mut vouch_from = None;
         if seq == 0 {
             // A fresh file after a rotation (or a crash right after one): continue the chain of
             // the newest rotated file.
             if let Some(last) = crate::chain::rotated_files(path).last() {
                 let mut old = std::fs::File::open(last).map_err(io)?;
-                let (s, p, _) = tail_state(&mut old, last)?;
+                let (s, p) = tail_state(&mut old, last)?;
                 if s > 0 {
                     let (line, e) = continued_line(s, &p, last);
                     use std::io::Write as _;
                     file.write_all(&line).and_then(|()| file.sync_data()).map_err(io)?;
                     seq = e.seq;
                     prev = line_hash(&line[..line.len() - 1]);
-                    unsigned = 1;
+                    vouch_from = Some(e.seq);
                 }
             }
         }
@@ -198,7 +199,7 @@ impl AuditSink {
             .spawn(move || {
                 writer(
                     file,
-                    (seq, prev, unsigned),
+                    (seq, prev, vouch_from),
                     rx,
                     WriterSetup {
                         path: path_buf,
@@ -388,17 +389,16 @@ fn continued_line(seq: u64, prev: &str, previous: &Path) -> (Vec<u8>, Event) {
     (line, e)
 }
 
-/// Read the last complete line to continue `seq` and the chain, and whether that line is a
-/// checkpoint. A trailing partial line (a crash mid-write, never acknowledged) is cut off so the
-/// chain stays verifiable.
-fn tail_state(file: &mut std::fs::File, path: &Path) -> Result<(u64, String, bool), AuditError> {
+/// Read the last complete line to continue `seq` and the chain. A trailing partial line (a
+/// crash mid-write, never acknowledged) is cut off so the chain stays verifiable.
+fn tail_state(file: &mut std::fs::File, path: &Path) -> Result<(u64, String), AuditError> {
     let io = |source| AuditError::Io {
         path: path.to_path_buf(),
         source,
     };
     let len = file.metadata().map_err(io)?.len();
     if len == 0 {
-        return Ok((0, GENESIS.to_string(), false));
+        return Ok((0, GENESIS.to_string()));
     }
     let start = len.saturating_sub(1 << 20);
     file.seek(SeekFrom::Start(start)).map_err(io)?;
@@ -409,7 +409,7 @@ fn tail_state(file: &mut std::fs::File, path: &Path) -> Result<(u64, String, boo
         None if start == 0 => {
             tracing::warn!(path = %path.display(), "audit log holds only a partial line; truncating it");
             file.set_len(0).map_err(io)?;
-            return Ok((0, GENESIS.to_string(), false));
+            return Ok((0, GENESIS.to_string()));
         }
         None => {
             return Err(AuditError::Corrupt(
@@ -427,5 +427,5 @@ fn tail_state(file: &mut std::fs::File, path: &Path) -> Result<(u64, String, boo
     let line_start = body.iter().rposition(|b| *b == b'\n').map_or(0, |p| p + 1);
     let line = &body[line_start..];
     let e: Event = serde_json::from_slice(line).map_err(|e| AuditError::Corrupt(path.to_path_buf(), e.to_string()))?;
-    Ok((e.seq, line_hash(line), e.kind == crate::Kind::ChainCheckpoint.as_str()))
+    Ok((e.seq, line_hash(line)))
 }

@@ -71,9 +71,12 @@ struct Writer {
     index_failing: bool,
     /// The index gave up (see [`MAX_RETRY_BACKLOG`]): nothing more is indexed until restart.
     index_stopped: bool,
-    /// Lines written since the last checkpoint, and when the first of them was.
-    unsigned: u64,
-    unsigned_since: std::time::Instant,
+    /// The first line this process wrote after its last checkpoint (`None`: none yet), and
+    /// when. A checkpoint vouches only for lines from here (`from_seq`): a tail left unsigned by
+    /// an earlier run, which anyone could have edited while the gateway was down, is never
+    /// signed over, and `verify` reports it as a gap.
+    vouch_from: Option<u64>,
+    vouch_since: std::time::Instant,
 }
 
 /// What writing one batch did.
@@ -91,7 +94,7 @@ struct Written {
 /// Run the writer until every sender is gone.
 pub(super) fn writer(
     file: std::fs::File,
-    (seq, prev, unsigned): (u64, String, u64),
+    (seq, prev, vouch_from): (u64, String, Option<u64>),
     mut rx: mpsc::Receiver<Msg>,
     setup: WriterSetup,
 ) {
@@ -110,8 +113,8 @@ pub(super) fn writer(
         backlog_since: std::time::Instant::now(),
         index_failing: false,
         index_stopped: false,
-        unsigned,
-        unsigned_since: std::time::Instant::now(),
+        vouch_from,
+        vouch_since: std::time::Instant::now(),
     };
     let mut batch: Vec<Msg> = Vec::with_capacity(256);
     while let Some(first) = w.receive(&mut rx) {
@@ -146,8 +149,8 @@ impl Writer {
                 (!self.backlog.is_empty()).then(|| INDEX_DELAY.saturating_sub(self.backlog_since.elapsed()));
             let sign_left = self
                 .policy()
-                .filter(|_| self.unsigned > 0)
-                .map(|p| p.interval.saturating_sub(self.unsigned_since.elapsed()));
+                .filter(|_| self.vouch_from.is_some())
+                .map(|p| p.interval.saturating_sub(self.vouch_since.elapsed()));
             let left = match (index_left, sign_left) {
                 (Some(a), Some(b)) => a.min(b),
                 (a, b) => match a.or(b) {
@@ -189,7 +192,7 @@ impl Writer {
 
     /// Write, commit or roll back, index and acknowledge one batch.
     fn commit(&mut self, batch: &mut Vec<Msg>, durable: bool) {
-        let (seq0, prev0, unsigned0) = (self.seq, self.prev.clone(), self.unsigned);
+        let (seq0, prev0, vouch0) = (self.seq, self.prev.clone(), self.vouch_from);
         let Some(mut written) = self.write(batch, durable) else {
             for m in batch.drain(..) {
                 if let Some(ack) = m.ack {
@@ -201,7 +204,7 @@ impl Writer {
         if let Err(e) = &written.result {
             tracing::error!(path = %self.setup.path.display(), error = %e, "audit write failed");
             self.roll_back(seq0, prev0);
-            self.unsigned = unsigned0;
+            self.vouch_from = vouch0;
             written.lines.clear();
         } else {
             self.good_len += written.bytes;
@@ -260,7 +263,7 @@ impl Writer {
         let mut synced = durable;
         for m in batch.iter_mut() {
             if let Payload::Checkpoint(why) = m.payload {
-                if let Some(p) = policy.as_deref().filter(|_| self.unsigned > 0) {
+                if let Some(p) = policy.as_deref().filter(|_| self.vouch_from.is_some()) {
                     if let Err(e) = self.sign(w, p, why, &mut done) {
                         done.result = Err(e);
                         return done;
@@ -299,7 +302,10 @@ impl Writer {
                 return done;
             }
             done.seq_of.push(seq);
-            if let Some(p) = policy.as_deref().filter(|p| self.unsigned >= p.every.max(1)) {
+            if let Some(p) = policy
+                .as_deref()
+                .filter(|p| self.vouch_from.is_some_and(|v| self.seq + 1 - v >= p.every.max(1)))
+            {
                 if let Err(e) = self.sign(w, p, "events", &mut done) {
                     done.result = Err(e);
                     return done;
@@ -322,10 +328,10 @@ impl Writer {
             .map_err(|e| e.to_string())?;
         self.seq = head.seq;
         self.prev = line_hash(line.as_bytes());
-        if self.unsigned == 0 {
-            self.unsigned_since = std::time::Instant::now();
+        if self.vouch_from.is_none() {
+            self.vouch_from = Some(head.seq);
+            self.vouch_since = std::time::Instant::now();
         }
-        self.unsigned += 1;
         let offset = self.good_len + done.bytes;
         done.bytes += u64::try_from(line.len() + 1).unwrap_or(0);
         done.lines.push(Indexed { head, line, offset });
@@ -334,12 +340,15 @@ impl Writer {
 
     /// Append a `chain.checkpoint` signing the head.
     fn sign(&mut self, w: &mut Out, p: &CheckpointPolicy, why: &str, done: &mut Written) -> Result<(), String> {
-        let mut e = p.key.checkpoint(self.seq, &self.prev, why, jiff::Timestamp::now());
+        let from = self.vouch_from.unwrap_or(self.seq);
+        let mut e = p
+            .key
+            .checkpoint(self.seq, &self.prev, from, why, jiff::Timestamp::now());
         e.seq = self.seq + 1;
         e.prev.clone_from(&self.prev);
         let line = serde_json::to_string(&e).map_err(|err| err.to_string())?;
         self.put(w, line, Head::from(&e), done)?;
-        self.unsigned = 0;
+        self.vouch_from = None;
         done.signed.push(e);
         Ok(())
     }
@@ -394,22 +403,21 @@ impl Writer {
             return;
         };
         // Each file ends signed, so a rotated file verifies alone.
-        if self.unsigned > 0 && self.policy().is_some() {
+        if self.vouch_from.is_some() && self.policy().is_some() {
             self.commit(&mut vec![checkpoint_msg("rotation")], true);
         }
         let Some(w) = self.out.take() else { return };
         let path = self.setup.path.clone();
         match rotate(&path, w, self.seq, &self.prev) {
-            Ok((w, e, len)) => {
+            Ok((w, e, line)) => {
                 self.seq = e.seq;
-                self.prev = std::fs::read(&path)
-                    .ok()
-                    .and_then(|b| b.strip_suffix(b"\n").map(line_hash))
-                    .unwrap_or_default();
+                // The head is the line just written, never re-read from disk.
+                self.prev = line_hash(line.strip_suffix(b"\n").unwrap_or(&line));
+                let len = u64::try_from(line.len()).unwrap_or(0);
                 self.good_len = len;
                 self.out = Some(w);
-                self.unsigned = 1;
-                self.unsigned_since = std::time::Instant::now();
+                self.vouch_from = Some(e.seq);
+                self.vouch_since = std::time::Instant::now();
                 let line = serde_json::to_string(&e).unwrap_or_default();
                 self.backlog.push(Indexed {
                     head: Head::from(&e),
@@ -469,7 +477,7 @@ impl Writer {
     }
 
     fn finish(mut self) {
-        if self.unsigned > 0 && self.policy().is_some() {
+        if self.vouch_from.is_some() && self.policy().is_some() {
             self.commit(&mut vec![checkpoint_msg("shutdown")], true);
         }
         if let Some(w) = self.out.as_mut() {
@@ -487,13 +495,13 @@ fn checkpoint_msg(why: &'static str) -> Msg {
 }
 
 /// Rename the full file away and start a new one continuing the chain. Returns the new writer,
-/// the continued event and its line length.
+/// the continued event and its line (with the newline).
 fn rotate(
     path: &Path,
     w: std::io::BufWriter<std::fs::File>,
     seq: u64,
     prev: &str,
-) -> std::io::Result<(std::io::BufWriter<std::fs::File>, Event, u64)> {
+) -> std::io::Result<(std::io::BufWriter<std::fs::File>, Event, Vec<u8>)> {
     let mut w = w;
     w.flush()?;
     let file = w.into_inner().map_err(|e| e.into_error())?;
@@ -519,7 +527,7 @@ fn rotate(
         let _ = d.sync_all();
     }
     tracing::info!(rotated = %rotated.display(), "audit log rotated");
-    Ok((buffered(file), e, u64::try_from(line.len()).unwrap_or(0)))
+    Ok((buffered(file), e, line))
 }
 
 #[cfg(test)]
