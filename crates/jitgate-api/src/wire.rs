@@ -233,6 +233,13 @@ pub struct AuditQuery {
     pub until: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limit: Option<usize>,
+    /// Only statements and commands whose text contains this (ASCII case ignored, from the
+    /// start of a word).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// Like `text`, in SSH commands only (exec, shell lines, SFTP paths).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
 }
 
 /// `POST /v1/tokens` (admins): a machine token.

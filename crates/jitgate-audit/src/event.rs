@@ -238,6 +238,12 @@ impl Statement {
             resource: Some(self.resource.clone()),
             grant_id: Some(self.grant_id),
             session_id: Some(self.session_id.clone()),
+            // What the line records (a cut statement is found by what was kept, as after a
+            // re-index from the file).
+            text: Some(match self.sql_text() {
+                (_, false) => self.sql.clone(),
+                (cut, true) => Arc::from(cut),
+            }),
         }
     }
 }
@@ -259,6 +265,9 @@ pub struct Head {
     pub grant_id: Option<i64>,
     /// The session concerned.
     pub session_id: Option<Arc<str>>,
+    /// What search by content finds it by (SQL, command), when it has any
+    /// ([`crate::text::event_text`]).
+    pub text: Option<Arc<str>>,
 }
 
 impl From<&Event> for Head {
@@ -271,6 +280,7 @@ impl From<&Event> for Head {
             resource: e.resource.as_deref().map(Arc::from),
             grant_id: e.grant_id,
             session_id: e.session_id.as_deref().map(Arc::from),
+            text: crate::text::event_text(e).map(|t| Arc::from(&*t)),
         }
     }
 }
@@ -296,6 +306,9 @@ pub struct Query {
     pub until: Option<Timestamp>,
     /// Most rows (newest kept), default 1000.
     pub limit: Option<usize>,
+    /// Only events whose text (SQL, command) contains this ([`crate::text::text_matches`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
 }
 
 impl Query {
@@ -320,6 +333,10 @@ impl Query {
             && self.session.as_ref().is_none_or(|s| e.session_id.as_ref() == Some(s))
             && self.since.is_none_or(|t| e.time >= t)
             && self.until.is_none_or(|t| e.time <= t)
+            && self
+                .text
+                .as_ref()
+                .is_none_or(|n| crate::text::event_text(e).is_some_and(|h| crate::text::text_matches(&h, n)))
     }
 }
 

@@ -13,6 +13,7 @@ pub mod event;
 pub mod kind;
 pub mod redact;
 pub mod sink;
+pub mod text;
 
 pub use chain::{
     Broken, Report, SignedAt, Verified, VerifiedChain, rotated_files, verify_chain, verify_file, verify_signed,

@@ -503,4 +503,60 @@ mod tests {
         let evs = store.search(&Query::default()).await.unwrap();
         assert_eq!(evs.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
     }
+
+    /// An emptied index (what the upgrade to search by content does) is rebuilt at the next
+    /// start from every audit file, rotated ones included, and answers content searches.
+    #[tokio::test]
+    async fn an_emptied_index_is_rebuilt_from_every_audit_file() {
+        use jitgate_audit::{AuditSink, Event, Query};
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(SqliteStore::open(&dir.path().join("t.db"), None).unwrap());
+        let log = dir.path().join("audit.jsonl");
+        let sink = AuditSink::open_with(&log, Some(store.clone()), None, Some(4000)).unwrap();
+        for i in 0..60 {
+            sink.emit(
+                Event::new(Kind::PgStatement, Timestamp::now())
+                    .session("s-1")
+                    .details(serde_json::json!({"sql": format!("DELETE FROM t{i}"), "rows": i})),
+            )
+            .await
+            .unwrap();
+            if i % 20 == 19 {
+                sink.record(Event::new(Kind::SessionStarted, Timestamp::now()).session("s-1"))
+                    .await
+                    .unwrap();
+            }
+        }
+        sink.record(Event::new(Kind::SessionEnded, Timestamp::now()).session("s-1"))
+            .await
+            .unwrap();
+        drop(sink);
+        assert!(jitgate_audit::rotated_files(&log).len() >= 2);
+        let q = Query {
+            text: Some("delete from".into()),
+            limit: Some(1000),
+            ..Default::default()
+        };
+        assert_eq!(store.search(&q).await.unwrap().len(), 60);
+        store
+            .with("t", |c| {
+                c.execute_batch("DELETE FROM audit_events; DELETE FROM audit_runs; INSERT INTO audit_text(audit_text) VALUES('delete-all');")
+                    .map_err(|e| StoreError::Backend(e.to_string()))
+            })
+            .await
+            .unwrap();
+        assert!(store.search(&q).await.unwrap().is_empty());
+        let _sink = AuditSink::open_with(&log, Some(store.clone()), None, Some(4000)).unwrap();
+        let found = store.search(&q).await.unwrap();
+        let sqls: Vec<&str> = found.iter().map(|e| e.details["sql"].as_str().unwrap()).collect();
+        assert_eq!(sqls, (0..60).map(|i| format!("DELETE FROM t{i}")).collect::<Vec<_>>());
+        let one = store
+            .search(&Query {
+                text: Some("DELETE FROM t4".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(one.len(), 11, "t4 and t40..t49");
+    }
 }

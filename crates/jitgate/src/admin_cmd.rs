@@ -81,6 +81,8 @@ pub(crate) async fn audit_search(a: SearchArgs) -> Result<ExitCode> {
         since: a.since,
         until: a.until,
         limit: a.limit,
+        text: a.text,
+        command: a.command,
     };
     let conn = a.conn;
     let evs = Client::new(&conn)?.audit(&q).await?;

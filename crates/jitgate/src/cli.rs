@@ -505,6 +505,13 @@ pub struct SearchArgs {
     /// Most events.
     #[arg(long)]
     pub limit: Option<usize>,
+    /// Only SQL statements and SSH commands containing this text (ASCII case ignored, from
+    /// the start of a word: `DROP TAB` finds `drop table`; indexed).
+    #[arg(long, conflicts_with = "command")]
+    pub text: Option<String>,
+    /// Like --text, in SSH commands only (exec, lines typed in a shell, SFTP paths).
+    #[arg(long)]
+    pub command: Option<String>,
     #[command(flatten)]
     pub conn: Conn,
 }

@@ -346,31 +346,58 @@ fn catch_up_blocking(ix: &dyn AuditIndex, path: &Path, log_seq: u64) {
     if have >= log_seq {
         return;
     }
-    let Ok(f) = std::fs::File::open(path) else { return };
-    let mut missing = Vec::new();
-    let mut offset = 0u64;
-    for line in std::io::BufRead::lines(std::io::BufReader::new(f)).map_while(Result::ok) {
-        let len = u64::try_from(line.len() + 1).unwrap_or(0);
-        if let Ok(e) = serde_json::from_str::<Event>(&line)
-            && e.seq > have
-        {
-            missing.push(Indexed {
-                head: Head::from(&e),
-                line,
-                offset,
-            });
+    // Rotated files (named for their last seq) the index lacks, then the live file; streamed in
+    // chunks so a whole-log re-index (an emptied or new index) holds one chunk in memory.
+    let mut files: Vec<std::path::PathBuf> = crate::chain::rotated_files(path)
+        .into_iter()
+        .filter(|p| {
+            p.file_stem()
+                .and_then(|s| s.to_str())
+                .and_then(|s| s.rsplit('-').next())
+                .and_then(|n| n.parse::<u64>().ok())
+                .is_none_or(|last| last > have)
+        })
+        .collect();
+    files.push(path.to_path_buf());
+    let started = std::time::Instant::now();
+    let mut total = 0usize;
+    for file in files {
+        let Ok(f) = std::fs::File::open(&file) else { continue };
+        let mut chunk = Vec::with_capacity(4096);
+        let mut offset = 0u64;
+        for line in std::io::BufRead::lines(std::io::BufReader::with_capacity(1 << 20, f)).map_while(Result::ok) {
+            let len = u64::try_from(line.len() + 1).unwrap_or(0);
+            if let Ok(e) = serde_json::from_str::<Event>(&line)
+                && e.seq > have
+            {
+                chunk.push(Indexed {
+                    head: Head::from(&e),
+                    line,
+                    offset,
+                });
+            }
+            offset += len;
+            if chunk.len() >= 4096 {
+                if rt.block_on(ix.index(&chunk)).is_err() {
+                    tracing::error!("re-indexing the audit log failed; search may miss events");
+                    return;
+                }
+                total += chunk.len();
+                chunk.clear();
+            }
         }
-        offset += len;
-    }
-    for chunk in missing.chunks(4096) {
-        if rt.block_on(ix.index(chunk)).is_err() {
-            tracing::error!("re-indexing the audit log failed; search may miss events");
-            return;
+        if !chunk.is_empty() {
+            if rt.block_on(ix.index(&chunk)).is_err() {
+                tracing::error!("re-indexing the audit log failed; search may miss events");
+                return;
+            }
+            total += chunk.len();
         }
     }
     tracing::warn!(
-        events = missing.len(),
-        "re-indexed audit events the index had missed (unclean stop)"
+        events = total,
+        seconds = started.elapsed().as_secs_f64(),
+        "re-indexed audit events the index did not have (an unclean stop, or a new index after an upgrade)"
     );
 }
 

@@ -39,6 +39,8 @@ pub struct Search {
     until: String,
     #[serde(default)]
     limit: String,
+    #[serde(default)]
+    text: String,
 }
 
 fn opt(s: &str) -> Option<String> {
@@ -63,7 +65,12 @@ impl Search {
                 .map(|x| x.parse::<i64>().map_err(|_| format!("{what} is a number")))
                 .transpose()
         };
+        let text = opt(&self.text);
+        if let Some(t) = &text {
+            jitgate_audit::text::check_needle(t)?;
+        }
         Ok(jitgate_audit::Query {
+            text,
             user: opt(&self.user),
             resource: opt(&self.resource),
             kind: opt(&self.kind),
@@ -117,6 +124,7 @@ fn field(id: &str, label: &str, value: &str, hint: &str) -> String {
 pub async fn page(State(c): State<Arc<Console>>, s: Signed, Query(q): Query<Search>) -> Response {
     let mut body = String::from("<form method=\"get\" action=\"/ui/audit\" class=\"filters\" role=\"search\">");
     for (id, label, v, hint) in [
+        ("text", "Text", &q.text, "DROP TABLE (SQL or command)"),
         ("user", "User", &q.user, "alice@example.com"),
         ("resource", "Resource", &q.resource, "prod-db"),
         ("kind", "Kind", &q.kind, "grant. or pg.statement"),

@@ -18,7 +18,11 @@ impl AuditIndex for PgStore {
             let mut grants = Vec::with_capacity(events.len());
             let mut sessions = Vec::with_capacity(events.len());
             let mut body = Vec::with_capacity(events.len());
+            // Words as one space-separated list per event ('' for none): `tsvector` input of
+            // plain ASCII words needs no quoting.
+            let mut words = Vec::with_capacity(events.len());
             for Indexed { head: e, line, .. } in events {
+                words.push(e.text.as_deref().map(|t| jitgate_audit::text::words(t).join(" ")));
                 seqs.push(i64::try_from(e.seq).unwrap_or(i64::MAX));
                 times.push(ms(e.time));
                 kinds.push(e.kind.into_owned());
@@ -30,11 +34,12 @@ impl AuditIndex for PgStore {
             }
             me.with("audit_index", async |c| {
                 c.execute(
-                    "INSERT INTO jitgate_audit_events (node, seq, time, kind, actor, resource, grant_id, session_id, body) \
-                     SELECT $1, * FROM unnest($2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::text[], $9::text[]) \
+                    "INSERT INTO jitgate_audit_events (node, seq, time, kind, actor, resource, grant_id, session_id, body, words) \
+                     SELECT $1, s, t, k, a, r, g, ss, b, w::tsvector FROM unnest($2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::text[], $9::text[], $10::text[]) AS u(s, t, k, a, r, g, ss, b, w) \
                      ON CONFLICT (node, seq) DO UPDATE SET time = EXCLUDED.time, kind = EXCLUDED.kind, actor = EXCLUDED.actor, \
-                     resource = EXCLUDED.resource, grant_id = EXCLUDED.grant_id, session_id = EXCLUDED.session_id, body = EXCLUDED.body",
-                    &[&node, &seqs, &times, &kinds, &actors, &resources, &grants, &sessions, &body],
+                     resource = EXCLUDED.resource, grant_id = EXCLUDED.grant_id, session_id = EXCLUDED.session_id, body = EXCLUDED.body, \
+                     words = EXCLUDED.words",
+                    &[&node, &seqs, &times, &kinds, &actors, &resources, &grants, &sessions, &body, &words],
                 )
                 .await
                 .map_err(backend)?;
@@ -75,13 +80,25 @@ impl AuditIndex for PgStore {
                         "SELECT body FROM jitgate_audit_events WHERE ($1::bigint IS NULL OR time >= $1) \
                          AND ($2::bigint IS NULL OR time <= $2) AND ($3::text IS NULL OR resource = $3) \
                          AND ($4::text IS NULL OR session_id = $4) AND ($5::bigint IS NULL OR grant_id = $5) \
+                         AND ($6::text IS NULL OR words @@ $6::text::tsquery) \
                          ORDER BY time DESC, node DESC, seq DESC",
                     )
                     .await
                     .map_err(backend)?;
                 let (since, until) = (q.since.map(ms), q.until.map(ms));
+                let tsq = match q.text.as_deref() {
+                    Some(n) => {
+                        jitgate_audit::text::check_needle(n).map_err(StoreError::Backend)?;
+                        let terms: Vec<String> = jitgate_audit::text::terms(n)
+                            .into_iter()
+                            .map(|t| format!("'{}'{}", t.word, if t.prefix { ":*" } else { "" }))
+                            .collect();
+                        Some(terms.join(" & "))
+                    }
+                    None => None,
+                };
                 let portal = tx
-                    .bind(&st, &[&since, &until, &q.resource, &q.session, &q.grant])
+                    .bind(&st, &[&since, &until, &q.resource, &q.session, &q.grant, &tsq])
                     .await
                     .map_err(backend)?;
                 let limit = q.limit.unwrap_or(1000);

@@ -63,4 +63,18 @@ CREATE TABLE jitgate_nodes (
     started_at BIGINT NOT NULL
 );
 "#,
+    // Search by content: the words of each statement's SQL and command (ASCII letters and
+    // digits, lower-cased, computed by the gateway: jitgate_audit::text), GIN-indexed. Rows
+    // indexed before this get theirs here, the same way.
+    r#"
+ALTER TABLE jitgate_audit_events ADD COLUMN words tsvector;
+UPDATE jitgate_audit_events SET words = array_to_tsvector(array_remove(regexp_split_to_array(lower(
+    CASE kind WHEN 'pg.statement' THEN body::jsonb->'details'->>'sql'
+              WHEN 'ssh.exec' THEN body::jsonb->'details'->>'command'
+              WHEN 'ssh.command' THEN body::jsonb->'details'->>'line'
+              ELSE concat_ws(' ', body::jsonb->'details'->>'path', body::jsonb->'details'->>'path2') END),
+    '[^a-z0-9]+'), ''))
+WHERE kind IN ('pg.statement', 'ssh.exec', 'ssh.command', 'ssh.sftp');
+CREATE INDEX jitgate_audit_words ON jitgate_audit_events USING gin (words) WHERE words IS NOT NULL;
+"#,
 ];

@@ -11,6 +11,9 @@ impl AuditIndex for SqliteStore {
 
     async fn index(&self, events: &[Indexed]) -> std::result::Result<(), String> {
         let slim_ok = self.log.get().is_some();
+        let batch_last = events
+            .last()
+            .map_or(0, |e| i64::try_from(e.head.seq).unwrap_or(i64::MAX));
         // Called from the audit writer thread: do the work right here.
         let mut c = self.index_conn.lock().unwrap_or_else(|e| e.into_inner());
         let tx = c.transaction().map_err(|e| e.to_string())?;
@@ -20,6 +23,9 @@ impl AuditIndex for SqliteStore {
                     "INSERT OR REPLACE INTO audit_events (seq, time, kind, actor, resource, grant_id, session_id, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 )
                 .map_err(|e| e.to_string())?;
+            let mut words = tx
+                .prepare("INSERT INTO audit_text (rowid, text) VALUES (?1, ?2)")
+                .map_err(|e| e.to_string())?;
             let mut runs: Vec<Run<'_>> = Vec::new();
             let mut by_session: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
             for Indexed { head: e, line, offset } in events {
@@ -28,16 +34,21 @@ impl AuditIndex for SqliteStore {
                     && let Some(session) = e.session_id.as_deref()
                 {
                     let t = ms(e.time);
-                    let i = *by_session.entry(session).or_insert_with(|| {
-                        runs.push(Run {
-                            head: e,
-                            last_seq: e.seq,
-                            min_time: t,
-                            max_time: t,
-                            at: Vec::new(),
-                        });
-                        runs.len() - 1
-                    });
+                    let i = match by_session.get(session) {
+                        Some(&i) if runs[i].texts.len() < RUN_MAX => i,
+                        _ => {
+                            runs.push(Run {
+                                head: e,
+                                last_seq: e.seq,
+                                min_time: t,
+                                max_time: t,
+                                at: Vec::new(),
+                                texts: Vec::new(),
+                            });
+                            by_session.insert(session, runs.len() - 1);
+                            runs.len() - 1
+                        }
+                    };
                     let r = &mut runs[i];
                     if r.head.kind == e.kind
                         && r.head.actor == e.actor
@@ -49,11 +60,13 @@ impl AuditIndex for SqliteStore {
                         r.max_time = r.max_time.max(t);
                         r.at.extend_from_slice(&e.seq.to_le_bytes());
                         r.at.extend_from_slice(&offset.to_le_bytes());
+                        r.texts.push(e.text.as_deref());
                         continue;
                     }
                 }
+                let seq = i64::try_from(e.seq).unwrap_or(i64::MAX);
                 st.execute(params![
-                    i64::try_from(e.seq).unwrap_or(i64::MAX),
+                    seq,
                     ms(e.time),
                     e.kind.as_ref(),
                     e.actor.as_deref(),
@@ -63,11 +76,14 @@ impl AuditIndex for SqliteStore {
                     line.as_str(),
                 ])
                 .map_err(|e| e.to_string())?;
+                if let Some(text) = e.text.as_deref() {
+                    words.execute(params![-seq, text]).map_err(|e| e.to_string())?;
+                }
             }
             let mut ins = tx
                 .prepare(
-                    "INSERT INTO audit_runs (first_seq, last_seq, min_time, max_time, kind, actor, resource, grant_id, session_id, at) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                    "INSERT INTO audit_runs (first_seq, last_seq, min_time, max_time, kind, actor, resource, grant_id, session_id, at, batch_last) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 )
                 .map_err(|e| e.to_string())?;
             for r in &runs {
@@ -83,8 +99,18 @@ impl AuditIndex for SqliteStore {
                     h.grant_id,
                     h.session_id.as_deref(),
                     r.at,
+                    batch_last,
                 ])
                 .map_err(|e| e.to_string())?;
+                let id = tx.last_insert_rowid();
+                for (i, text) in r.texts.iter().enumerate() {
+                    if let Some(text) = text {
+                        let i = i64::try_from(i).unwrap_or(0);
+                        words
+                            .execute(params![(id << RUN_BITS) | i, text])
+                            .map_err(|e| e.to_string())?;
+                    }
+                }
             }
         }
         tx.commit().map_err(|e| e.to_string())
@@ -106,6 +132,10 @@ impl AuditIndex for SqliteStore {
         let q = q.clone();
         let log = self.log.get().cloned();
         self.with("audit_search", move |c| {
+            if let Some(needle) = q.text.clone() {
+                let mut lines = LogReader::new(log);
+                return search_text(c, &q, &needle, &mut lines);
+            }
             // Coarse filters in SQL, exact ones in Rust (kind prefixes, identity in details).
             let mut st = c
                 .prepare(
@@ -158,6 +188,165 @@ impl AuditIndex for SqliteStore {
         .await
         .map_err(|e| e.to_string())
     }
+}
+
+/// The FTS5 query for `needle`: its words, the last as a prefix.
+fn match_expr(needle: &str) -> Result<String> {
+    jitgate_audit::text::check_needle(needle).map_err(StoreError::Backend)?;
+    let mut seen = std::collections::HashSet::new();
+    Ok(jitgate_audit::text::terms(needle)
+        .into_iter()
+        .filter(|t| seen.insert((t.word.clone(), t.prefix)))
+        .map(|t| format!("\"{}\"{}", t.word, if t.prefix { "*" } else { "" }))
+        .collect::<Vec<_>>()
+        .join(" "))
+}
+
+/// A run's filter columns and its (seq, offset) pairs, read once per run a search touches.
+struct RunRow {
+    id: i64,
+    batch_last: u64,
+    pass: bool,
+    at: Vec<u8>,
+}
+
+/// Search by content: candidates from the word index, newest first, each checked on its line.
+/// Rows of `audit_events` (SSH commands) and statements in runs are two newest-first streams,
+/// merged at the end.
+fn search_text(c: &Connection, q: &Query, needle: &str, lines: &mut LogReader) -> Result<Vec<Event>> {
+    let expr = match_expr(needle)?;
+    let limit = q.limit.unwrap_or(1000);
+    // Rows: `-rowid` is the seq, so ascending rowid is newest first.
+    let mut rows_out = Vec::new();
+    {
+        let mut st = c
+            .prepare(
+                "SELECT e.body, e.seq, e.line_at FROM audit_text t JOIN audit_events e ON e.seq = -t.rowid \
+                 WHERE audit_text MATCH ?1 AND t.rowid < 0 AND (?2 IS NULL OR e.time >= ?2) AND (?3 IS NULL OR e.time <= ?3) \
+                 AND (?4 IS NULL OR e.resource = ?4) AND (?5 IS NULL OR e.session_id = ?5) AND (?6 IS NULL OR e.grant_id = ?6) \
+                 ORDER BY t.rowid",
+            )
+            .map_err(backend)?;
+        let rows = st
+            .query_map(
+                params![expr, q.since.map(ms), q.until.map(ms), q.resource, q.session, q.grant],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, Option<i64>>(2)?)),
+            )
+            .map_err(backend)?;
+        for row in rows {
+            let (body, seq, at) = row.map_err(backend)?;
+            let e: Option<Event> = match at {
+                Some(at) if body.is_empty() => lines.read(seq, at),
+                _ => Some(serde_json::from_str(&body).map_err(backend)?),
+            };
+            if let Some(e) = e.filter(|e| q.matches(e)) {
+                rows_out.push(e);
+                if rows_out.len() >= limit {
+                    break;
+                }
+            }
+        }
+    }
+    // Runs: rowids group by run, newest run first; runs of one batch interleave by seq, so the
+    // newest `limit` are known once a run's whole batch is older than the limit-th kept.
+    let kind_ok = q.kind.as_ref().is_none_or(|k| {
+        let kind = jitgate_audit::STATEMENT_KIND;
+        if k.ends_with('.') {
+            kind.starts_with(k.as_str())
+        } else {
+            kind == k
+        }
+    });
+    let mut kept: std::collections::BTreeMap<u64, Event> = std::collections::BTreeMap::new();
+    if kind_ok && limit > 0 {
+        let mut st = c
+            .prepare("SELECT rowid FROM audit_text WHERE audit_text MATCH ?1 AND rowid > 0 ORDER BY rowid DESC")
+            .map_err(backend)?;
+        let mut run_st = c
+            .prepare(
+                "SELECT batch_last, at FROM audit_runs WHERE id = ?1 AND (?2 IS NULL OR max_time >= ?2) \
+                 AND (?3 IS NULL OR min_time <= ?3) AND (?4 IS NULL OR resource = ?4) AND (?5 IS NULL OR session_id = ?5) \
+                 AND (?6 IS NULL OR grant_id = ?6) AND (?7 IS NULL OR actor = ?7)",
+            )
+            .map_err(backend)?;
+        let mut batch_of = c
+            .prepare("SELECT batch_last FROM audit_runs WHERE id = ?1")
+            .map_err(backend)?;
+        let rowids = st.query_map(params![expr], |r| r.get::<_, i64>(0)).map_err(backend)?;
+        let mut run: Option<RunRow> = None;
+        for rowid in rowids {
+            let rowid = rowid.map_err(backend)?;
+            let (id, i) = (rowid >> RUN_BITS, rowid & ((1 << RUN_BITS) - 1));
+            if run.as_ref().is_none_or(|r| r.id != id) {
+                let found = run_st
+                    .query_row(
+                        params![
+                            id,
+                            q.since.map(ms),
+                            q.until.map(ms),
+                            q.resource,
+                            q.session,
+                            q.grant,
+                            q.user
+                        ],
+                        |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)),
+                    )
+                    .optional()
+                    .map_err(backend)?;
+                let r = match found {
+                    Some((b, at)) => RunRow {
+                        id,
+                        batch_last: u64::try_from(b).unwrap_or(0),
+                        pass: true,
+                        at,
+                    },
+                    None => RunRow {
+                        id,
+                        batch_last: batch_of
+                            .query_row(params![id], |r| r.get::<_, i64>(0))
+                            .optional()
+                            .map_err(backend)?
+                            .map_or(0, |b| u64::try_from(b).unwrap_or(0)),
+                        pass: false,
+                        at: Vec::new(),
+                    },
+                };
+                if kept.len() >= limit && kept.first_key_value().is_some_and(|(s, _)| r.batch_last < *s) {
+                    break;
+                }
+                run = Some(r);
+            }
+            let Some(r) = run.as_ref().filter(|r| r.pass) else {
+                continue;
+            };
+            let Some(entry) = usize::try_from(i).ok().and_then(|i| r.at.get(i * 16..i * 16 + 16)) else {
+                continue;
+            };
+            let (seq, offset) = entry.split_at(8);
+            let (Ok(seq), Ok(offset)) = (<[u8; 8]>::try_from(seq), <[u8; 8]>::try_from(offset)) else {
+                continue;
+            };
+            let (seq, offset) = (u64::from_le_bytes(seq), u64::from_le_bytes(offset));
+            if kept.len() >= limit && kept.first_key_value().is_some_and(|(s, _)| seq < *s) {
+                continue;
+            }
+            let (Ok(seq_i), Ok(offset)) = (i64::try_from(seq), i64::try_from(offset)) else {
+                continue;
+            };
+            if let Some(e) = lines.read(seq_i, offset).filter(|e| q.matches(e)) {
+                kept.insert(seq, e);
+                if kept.len() > limit {
+                    kept.pop_first();
+                }
+            }
+        }
+    }
+    // Newest `limit` of both, oldest first.
+    let mut all: Vec<Event> = rows_out.into_iter().chain(kept.into_values()).collect();
+    all.sort_by_key(|e| std::cmp::Reverse(e.seq));
+    all.truncate(limit);
+    all.reverse();
+    Ok(all)
 }
 
 /// Statement events from runs that pass `q`, newest first, at most `limit`. Runs come newest

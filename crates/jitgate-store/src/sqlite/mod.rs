@@ -33,7 +33,14 @@ struct Run<'a> {
     min_time: i64,
     max_time: i64,
     at: Vec<u8>,
+    /// Each statement's searchable text, in `at` order.
+    texts: Vec<Option<&'a str>>,
 }
+
+/// Bits of an `audit_text` rowid that number a statement within its run.
+const RUN_BITS: u32 = 20;
+/// Statements per run at most (a longer backlog starts a new run for the session).
+const RUN_MAX: usize = 1 << RUN_BITS;
 
 /// SQLite-backed [`Store`].
 #[derive(Clone)]

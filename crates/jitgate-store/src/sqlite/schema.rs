@@ -78,4 +78,17 @@ CREATE TABLE audit_runs (
 CREATE INDEX audit_runs_last ON audit_runs(last_seq);
 CREATE INDEX audit_runs_session ON audit_runs(session_id, last_seq);
 "#,
+    // Search by content. `audit_text` holds the words of every statement's SQL and every SSH
+    // command (contentless, no positions: the lines stay in the log files and a search checks
+    // the match on the line itself). Its rowid names the event: `-seq` for a row of
+    // `audit_events`, `run id << 20 | index` for the index-th statement of a run.
+    // `batch_last` (the highest seq of the run's index batch; runs of one batch interleave)
+    // lets a newest-first search stop early. The index is derived from the log, so it is emptied
+    // here and the next start re-indexes every audit file (rotated ones too).
+    r#"
+DELETE FROM audit_events;
+DELETE FROM audit_runs;
+ALTER TABLE audit_runs ADD COLUMN batch_last INTEGER NOT NULL DEFAULT 0;
+CREATE VIRTUAL TABLE audit_text USING fts5(text, content='', detail=none, tokenize='unicode61 remove_diacritics 2');
+"#,
 ];
