@@ -627,6 +627,44 @@ fn every_statement_is_audited_with_identity_grant_and_rows() {
         )
         .ok();
     assert_eq!(listed.lines().count(), 3, "{listed}");
+    // Search by content through the CLI and the API: from a word start, ASCII case ignored.
+    let found = |args: &[&str]| -> Vec<String> {
+        let mut a = vec!["audit", "search", "--json"];
+        a.extend_from_slice(args);
+        gw.cli(Some("root"), &a)
+            .ok()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["details"]["sql"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    };
+    assert_eq!(found(&["--text", "delete from acc"]), ["DELETE FROM accounts"]);
+    assert_eq!(found(&["--text", "FROM accounts"]).len(), 3);
+    assert_eq!(
+        found(&["--text", "count(*)", "--user", "alice@example.com"]),
+        ["SELECT count(*) FROM accounts"]
+    );
+    assert!(
+        found(&["--text", "ccounts"]).is_empty(),
+        "not from the middle of a word"
+    );
+    assert!(found(&["--command", "DELETE"]).is_empty(), "--command is SSH only");
+    let table = gw.cli(Some("root"), &["audit", "search", "--text", "DELETE"]).ok();
+    assert!(
+        table.contains("refused") && table.contains("DELETE FROM accounts"),
+        "{table}"
+    );
+    let bad = gw.cli(Some("root"), &["audit", "search", "--text", ";;"]);
+    assert_ne!(bad.code(), 0);
+    assert!(
+        bad.stderr().contains("no word of ASCII letters or digits"),
+        "{}",
+        bad.stderr()
+    );
     gw.cli(None, &["audit", "verify", "--file", path_str(&gw.audit_path())])
         .ok();
 }

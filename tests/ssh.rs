@@ -140,6 +140,17 @@ fn exec_keeps_streams_apart_and_relays_100mb_both_ways_intact() {
 
     // Audited: the exec commands, with session, grant and login.
     let ev = gw.audit_events();
+    // Found by content: `--command` searches what was run.
+    let hits = gw
+        .cli(Some("root"), &["audit", "search", "--command", "echo err", "--json"])
+        .ok();
+    assert!(
+        hits.lines().count() >= 1
+            && hits
+                .lines()
+                .all(|l| l.contains("\"ssh.exec\"") && l.contains("echo err")),
+        "{hits}"
+    );
     let exec: Vec<_> = ev.iter().filter(|e| e["kind"] == "ssh.exec").collect();
     assert!(
         exec.iter()

@@ -272,7 +272,7 @@ async fn text_search_contract(s: Arc<dyn Store>) {
             Event::new(kind, Timestamp::now())
                 .actor("carol")
                 .resource("web-1")
-                .session(&format!("ssh-{round}"))
+                .session(format!("ssh-{round}"))
                 .details(serde_json::json!({ key: cmd, "login": "deploy" })),
         )
         .await

@@ -68,7 +68,7 @@ pub fn text_matches(hay: &str, needle: &str) -> bool {
 
 /// One word of a search text for the index: lower-case ASCII; `prefix` when it ends the text
 /// (the event's word may go on).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Term {
     /// The word, lower-case.
     pub word: String,
@@ -104,6 +104,14 @@ pub fn terms(needle: &str) -> Vec<Term> {
         }
     }
     out
+}
+
+/// The distinct terms an index looks up for `needle` ([`terms`]).
+pub fn index_terms(needle: &str) -> Vec<Term> {
+    let mut all = terms(needle);
+    let mut seen = std::collections::HashSet::new();
+    all.retain(|t| seen.insert(t.clone()));
+    all
 }
 
 /// The distinct words of `text` as an index that lacks a tokenizer of its own keeps them: runs

@@ -338,11 +338,28 @@ pub enum ConfigCmd {
 pub enum AuditCmd {
     /// Search audit events.
     Search(SearchArgs),
-    /// Print the whole audit log (all rotated files, oldest first) as JSONL, for a SIEM.
+    /// Print the audit log (all rotated files, oldest first) as JSONL, the lines exactly as
+    /// written (so a copy still verifies), for a SIEM or log shipper. With --follow it keeps
+    /// printing new lines as they are written, across rotations, until stopped; resume with
+    /// --from-seq (the last seq received + 1) or --from-checkpoint.
     Export {
         /// Output format (only jsonl).
         #[arg(long, default_value = "jsonl", value_parser = ["jsonl"])]
         format: String,
+        /// Start at this seq (inclusive).
+        #[arg(long, conflicts_with = "from_checkpoint")]
+        from_seq: Option<u64>,
+        /// Start at the newest signed checkpoint line, so the receiver's first line is one an
+        /// auditor can verify against the public key.
+        #[arg(long)]
+        from_checkpoint: bool,
+        /// Keep going: print lines as the gateway writes them (polled every 100 ms), following
+        /// the live file across rotations.
+        #[arg(long)]
+        follow: bool,
+        /// The live audit file (instead of reading the config).
+        #[arg(long)]
+        file: Option<PathBuf>,
         /// Config file to find the audit file.
         #[arg(long, short, default_value = "gateway.toml")]
         config: PathBuf,

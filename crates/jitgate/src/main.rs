@@ -7,6 +7,7 @@
 
 mod access_cmd;
 mod admin_cmd;
+mod audit_export;
 mod audit_verify;
 mod cli;
 mod client;
@@ -237,8 +238,27 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             cmd: AuditCmd::Pubkey { config },
         } => audit_verify::pubkey(&config),
         Cmd::Audit {
-            cmd: AuditCmd::Export { format: _, config },
-        } => audit_export(&config),
+            cmd:
+                AuditCmd::Export {
+                    format: _,
+                    from_seq,
+                    from_checkpoint,
+                    follow,
+                    file,
+                    config,
+                },
+        } => {
+            let path = match file {
+                Some(f) => f,
+                None => audit_path(&config)?,
+            };
+            let from = if from_checkpoint {
+                audit_export::From::Checkpoint
+            } else {
+                audit_export::From::Seq(from_seq.unwrap_or(0))
+            };
+            audit_export::run(&path, from, follow)
+        }
         Cmd::Whoami { conn } => admin_cmd::whoami(&conn).await,
         Cmd::Connect {
             resource,
@@ -416,19 +436,4 @@ fn config_check(path: &std::path::Path) -> Result<ExitCode> {
 fn audit_path(config: &std::path::Path) -> Result<PathBuf> {
     let l = serve::report(jitgate_core::config::load(config)).context("finding the audit file (or pass --file)")?;
     Ok(l.config.gateway.data_dir.join(&l.config.audit.file))
-}
-
-fn audit_export(config: &std::path::Path) -> Result<ExitCode> {
-    use std::io::Write;
-    let path = audit_path(config)?;
-    let mut files = jitgate_audit::rotated_files(&path);
-    files.push(path);
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
-    for f in files {
-        let mut r = std::fs::File::open(&f).with_context(|| format!("opening {}", f.display()))?;
-        std::io::copy(&mut r, &mut out).with_context(|| format!("reading {}", f.display()))?;
-    }
-    out.flush()?;
-    Ok(ExitCode::SUCCESS)
 }

@@ -89,7 +89,7 @@ impl AuditIndex for PgStore {
                 let tsq = match q.text.as_deref() {
                     Some(n) => {
                         jitgate_audit::text::check_needle(n).map_err(StoreError::Backend)?;
-                        let terms: Vec<String> = jitgate_audit::text::terms(n)
+                        let terms: Vec<String> = jitgate_audit::text::index_terms(n)
                             .into_iter()
                             .map(|t| format!("'{}'{}", t.word, if t.prefix { ":*" } else { "" }))
                             .collect();

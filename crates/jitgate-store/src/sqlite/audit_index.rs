@@ -190,16 +190,53 @@ impl AuditIndex for SqliteStore {
     }
 }
 
-/// The FTS5 query for `needle`: its words, the last as a prefix.
-fn match_expr(needle: &str) -> Result<String> {
+/// Prefix terms beginning more index words than this are not expanded (below).
+const MAX_EXPANSION: usize = 1024;
+
+/// The FTS5 query for `needle`. Whole words are looked up as they are. A prefix (the last
+/// word, or one before a non-ASCII letter) becomes the OR of the index words it begins, from the
+/// vocabulary: an FTS5 prefix query merges every posting of those words before it returns the
+/// first, an OR of words is lazy. A prefix of more than [`MAX_EXPANSION`] words is left to the
+/// line check when the text has whole words, else it stays a prefix query. `None` when a prefix
+/// begins no word at all (nothing can match).
+fn match_expr(c: &Connection, needle: &str) -> Result<Option<String>> {
     jitgate_audit::text::check_needle(needle).map_err(StoreError::Backend)?;
-    let mut seen = std::collections::HashSet::new();
-    Ok(jitgate_audit::text::terms(needle)
-        .into_iter()
-        .filter(|t| seen.insert((t.word.clone(), t.prefix)))
-        .map(|t| format!("\"{}\"{}", t.word, if t.prefix { "*" } else { "" }))
-        .collect::<Vec<_>>()
-        .join(" "))
+    let quote = |w: &str| format!("\"{}\"", w.replace('"', "\"\""));
+    let terms = jitgate_audit::text::index_terms(needle);
+    let has_whole = terms.iter().any(|t| !t.prefix);
+    let mut groups: Vec<String> = terms.iter().filter(|t| !t.prefix).map(|t| quote(&t.word)).collect();
+    if terms.iter().any(|t| t.prefix) {
+        c.execute_batch(
+            "CREATE VIRTUAL TABLE IF NOT EXISTS temp.audit_words USING fts5vocab(main, 'audit_text', 'row')",
+        )
+        .map_err(backend)?;
+        let mut st = c
+            .prepare("SELECT term FROM temp.audit_words WHERE term >= ?1 AND term < ?2 LIMIT ?3")
+            .map_err(backend)?;
+        for t in terms.iter().filter(|t| t.prefix) {
+            let upper = format!("{}\u{10FFFF}", t.word);
+            let words: Vec<String> = st
+                .query_map(
+                    params![t.word, upper, i64::try_from(MAX_EXPANSION + 1).unwrap_or(i64::MAX)],
+                    |r| r.get(0),
+                )
+                .map_err(backend)?
+                .collect::<rusqlite::Result<_>>()
+                .map_err(backend)?;
+            if words.is_empty() {
+                return Ok(None);
+            }
+            if words.len() <= MAX_EXPANSION {
+                groups.push(format!(
+                    "({})",
+                    words.iter().map(|w| quote(w)).collect::<Vec<_>>().join(" OR ")
+                ));
+            } else if !has_whole {
+                groups.push(format!("{}*", quote(&t.word)));
+            }
+        }
+    }
+    Ok(Some(groups.join(" AND ")))
 }
 
 /// A run's filter columns and its (seq, offset) pairs, read once per run a search touches.
@@ -214,14 +251,17 @@ struct RunRow {
 /// Rows of `audit_events` (SSH commands) and statements in runs are two newest-first streams,
 /// merged at the end.
 fn search_text(c: &Connection, q: &Query, needle: &str, lines: &mut LogReader) -> Result<Vec<Event>> {
-    let expr = match_expr(needle)?;
+    let Some(expr) = match_expr(c, needle)? else {
+        return Ok(Vec::new());
+    };
     let limit = q.limit.unwrap_or(1000);
-    // Rows: `-rowid` is the seq, so ascending rowid is newest first.
+    // Rows: `-rowid` is the seq, so ascending rowid is newest first. CROSS JOIN keeps the word
+    // index the outer loop (SQLite would otherwise probe it once per event row).
     let mut rows_out = Vec::new();
     {
         let mut st = c
             .prepare(
-                "SELECT e.body, e.seq, e.line_at FROM audit_text t JOIN audit_events e ON e.seq = -t.rowid \
+                "SELECT e.body, e.seq, e.line_at FROM audit_text t CROSS JOIN audit_events e ON e.seq = -t.rowid \
                  WHERE audit_text MATCH ?1 AND t.rowid < 0 AND (?2 IS NULL OR e.time >= ?2) AND (?3 IS NULL OR e.time <= ?3) \
                  AND (?4 IS NULL OR e.resource = ?4) AND (?5 IS NULL OR e.session_id = ?5) AND (?6 IS NULL OR e.grant_id = ?6) \
                  ORDER BY t.rowid",
