@@ -7,7 +7,7 @@
 
 mod support;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -395,4 +395,271 @@ break_glass = {{ groups = ["dev"], reviewers = ["dba"], max_duration = "30m" }}
         .filter(|e| e["kind"] == "login" && e["actor"] == "alice@example.com")
         .count();
     assert!(logins >= 2, "{logins}");
+}
+
+/// An evidence pack an auditor can keep: alice's grant on prod-db took two approvals (bob for
+/// the DBAs, then root for the admins), she ran psql (one statement refused) and, on her web-1
+/// grant, an SSH command. The grant's pack verifies offline against the public key (and fails
+/// once edited); the user's pack holds both grants; the HTML renders offline in Chromium
+/// (screenshot: docs/screenshots/evidence-pack.png); the CSV has the statements.
+#[test]
+#[ignore = "evidence packs are unfinished (#21): the final approval's comment is not yet read from request.approved"]
+fn evidence_pack_for_two_approvals_a_refused_statement_and_ssh_verifies_offline_and_renders() {
+    let s = sshd();
+    let pg = cluster();
+    let db = pg.fresh_db();
+    let body = format!(
+        "#listen-extra ssh = \"127.0.0.1:0\"\n{ids}{r}\
+         [[resources]]\nname = \"prod-db\"\nkind = \"postgres\"\naddress = \"127.0.0.1:{port}\"\ndatabase = \"{db}\"\n\
+         credentials.read-only = {{ user = \"app_ro\", password_file = \"ro.pw\" }}\n\n\
+         [[policies]]\nname = \"prod\"\nresources = [\"prod-db\"]\nrequesters = [\"dev\"]\n\
+         steps = [{{ name = \"dba\", approvers = [\"dba\"] }}, {{ name = \"admins\", approvers = [\"jitgate-admins\"] }}]\n\n\
+         [[policies]]\nname = \"web\"\nresources = [\"web-1\"]\nrequesters = [\"dev\"]\napprovers = [\"dba\"]\nreason_required = false\n\
+         [[policies.auto_approve]]\ngroups = [\"dev\"]\n\n[audit]\ncheckpoint_every = 5\n",
+        ids = support::ssh::identities(&s),
+        r = s.resource("web-1", Upstream::Ca),
+        port = pg.port,
+    );
+    let mut gw = Gateway::start_pg(&body);
+    std::fs::write(gw.dir.path().join("ro.pw"), "ro-secret\n").unwrap();
+    s.trust_ca(&gw);
+    let req = gw
+        .cli(
+            Some("alice"),
+            &[
+                "request",
+                "prod-db",
+                "--for",
+                "1h",
+                "--reason",
+                "INC-4711 audit sample",
+                "--json",
+            ],
+        )
+        .json();
+    let id = req["id"].as_i64().unwrap().to_string();
+    gw.cli(Some("bob"), &["approve", &id, "--reason", "dba ok", "--json"])
+        .ok();
+    let v = gw
+        .cli(Some("root"), &["approve", &id, "--reason", "admins ok", "--json"])
+        .json();
+    let grant = v["grant_id"].as_i64().unwrap_or_else(|| panic!("{v}"));
+    let (h, p) = gw.pg_host_port();
+    let o = Command::new("psql")
+        .arg("-X")
+        .arg(format!(
+            "host={h} port={p} user=alice@example.com dbname=prod-db sslmode=require"
+        ))
+        .args([
+            "-c",
+            "SELECT count(*) FROM accounts",
+            "-c",
+            "DELETE FROM accounts WHERE id = 7",
+        ])
+        .env("PGPASSWORD", token("alice"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stderr));
+    let web = gw
+        .cli(Some("alice"), &["request", "web-1", "--for", "1h", "--json"])
+        .json();
+    assert_eq!(web["state"], "approved", "{web}");
+    let out = gw
+        .ssh(&s.client_key(), "web-1")
+        .arg("echo evidence-marker-$((6*7))")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("evidence-marker-42"));
+    assert!(eventually(Duration::from_secs(5), || gw
+        .audit_events()
+        .iter()
+        .filter(|e| e["kind"] == "session.ended")
+        .count()
+        >= 2));
+    let cfg = path_str(&gw.config_path()).to_string();
+    let key = gw
+        .cli(None, &["audit", "pubkey", "--config", &cfg])
+        .ok()
+        .trim()
+        .to_string();
+    // A clean stop signs everything (the shutdown checkpoint).
+    gw.stop();
+
+    let out_dir = tempfile::tempdir().unwrap();
+    let od = path_str(out_dir.path()).to_string();
+    let made = gw
+        .cli(
+            None,
+            &[
+                "audit",
+                "evidence",
+                "--grant",
+                &grant.to_string(),
+                "--config",
+                &cfg,
+                "--out",
+                &od,
+            ],
+        )
+        .ok();
+    assert!(made.contains("1 refused") && made.contains("signed segment"), "{made}");
+    let name = format!("grant-{grant}");
+    let json_path = out_dir.path().join(format!("{name}.json"));
+    let pack: serde_json::Value = serde_json::from_slice(&std::fs::read(&json_path).unwrap()).unwrap();
+    let approvals = pack["summary"]["approvals"].as_array().unwrap();
+    let who: Vec<&str> = approvals.iter().filter_map(|a| a["approver"].as_str()).collect();
+    assert!(
+        who.contains(&"bob@example.com") && who.contains(&"root@example.com"),
+        "{approvals:?}"
+    );
+    assert!(
+        approvals.iter().any(|a| a["reason"] == "dba ok") && approvals.iter().any(|a| a["reason"] == "admins ok"),
+        "{approvals:?}"
+    );
+    let life: Vec<&str> = pack["summary"]["grants"][0]["life"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l["event"].as_str())
+        .collect();
+    assert!(life.contains(&"grant.activated"), "{life:?}");
+    assert_eq!(
+        pack["summary"]["refused_statements"][0]["sql"],
+        "DELETE FROM accounts WHERE id = 7"
+    );
+    assert_eq!(
+        pack["summary"]["sessions"].as_array().unwrap().len(),
+        1,
+        "the grant's one psql session"
+    );
+    assert_eq!(pack["summary"]["requests"][0]["reason"], "INC-4711 audit sample");
+    assert!(
+        pack["summary"]["commands"].as_array().unwrap().is_empty(),
+        "the SSH grant is another grant"
+    );
+
+    // Verified alone, in another directory, with nothing but the key.
+    let verify = |f: &Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_jitgate"))
+            .args(["audit", "verify", "--pubkey", &key, "--evidence"])
+            .arg(f)
+            .env_remove("JITGATE_URL")
+            .current_dir(out_dir.path())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let (code, text) = verify(&json_path);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains(": ok (grant"), "{text}");
+    // An edited statement in the readable part, or in a segment line, is caught.
+    let raw = std::fs::read_to_string(&json_path).unwrap();
+    let forged = out_dir.path().join("forged.json");
+    let mut v: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    for e in v["events"].as_array_mut().unwrap() {
+        if e["details"]["sql"] == "DELETE FROM accounts WHERE id = 7" {
+            e["details"]["sql"] = "SELECT 1".into();
+        }
+    }
+    std::fs::write(&forged, serde_json::to_vec(&v).unwrap()).unwrap();
+    let (code, text) = verify(&forged);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("differs from the signed line"), "{text}");
+    let mut v: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    for seg in v["segments"].as_array_mut().unwrap() {
+        for l in seg["lines"].as_array_mut().unwrap() {
+            let t = l.as_str().unwrap().replace("WHERE id = 7", "WHERE id = 8");
+            *l = t.into();
+        }
+    }
+    std::fs::write(&forged, serde_json::to_vec(&v).unwrap()).unwrap();
+    let (code, text) = verify(&forged);
+    assert_eq!(code, Some(1), "{text}");
+    // Another key refuses it.
+    let other = "ed25519:11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=";
+    let out = Command::new(env!("CARGO_BIN_EXE_jitgate"))
+        .args(["audit", "verify", "--pubkey", other, "--evidence"])
+        .arg(&json_path)
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+
+    // The CSV of statements, one row per statement with the refusal marked.
+    let csv = std::fs::read_to_string(out_dir.path().join(format!("{name}-statements.csv"))).unwrap();
+    assert!(csv.starts_with("seq,time,session,identity,outcome"), "{csv}");
+    assert!(
+        csv.contains(",refused,") && csv.contains("DELETE FROM accounts WHERE id = 7"),
+        "{csv}"
+    );
+
+    // alice's whole history: both grants, the SSH command too.
+    let made = gw
+        .cli(
+            None,
+            &[
+                "audit",
+                "evidence",
+                "--user",
+                "alice@example.com",
+                "--since",
+                "1h",
+                "--config",
+                &cfg,
+                "--out",
+                &od,
+            ],
+        )
+        .ok();
+    assert!(made.contains("1 commands") || made.contains("commands"), "{made}");
+    let user_json = out_dir.path().join("user-alice_example.com.json");
+    let upack: serde_json::Value = serde_json::from_slice(&std::fs::read(&user_json).unwrap()).unwrap();
+    assert_eq!(
+        upack["summary"]["grants"].as_array().unwrap().len(),
+        2,
+        "{}",
+        upack["summary"]
+    );
+    assert!(
+        upack["summary"]["commands"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["command"].as_str().unwrap_or("").contains("evidence-marker")),
+        "{}",
+        upack["summary"]["commands"]
+    );
+    assert_eq!(verify(&user_json).0, Some(0));
+    // Nothing to show is an error, not an empty pack.
+    let none = gw.cli(
+        None,
+        &["audit", "evidence", "--grant", "999", "--config", &cfg, "--out", &od],
+    );
+    assert_ne!(none.code(), 0);
+    assert!(
+        none.stderr().contains("no audit events for grant 999"),
+        "{}",
+        none.stderr()
+    );
+
+    // The user's pack (both protocols) in Chromium, offline, screenshot for the auditor guide.
+    browser(
+        "evidence",
+        &[
+            ("GW", String::new()),
+            ("ISSUER", String::new()),
+            (
+                "EVIDENCE",
+                path_str(&out_dir.path().join("user-alice_example.com.html")).to_string(),
+            ),
+            ("REFUSED", "DELETE FROM accounts WHERE id = 7".into()),
+            ("COMMAND", "evidence-marker".into()),
+        ],
+    );
 }

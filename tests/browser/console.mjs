@@ -3,7 +3,7 @@
 // tests/console.rs, which runs the real gateway, PostgreSQL and the test OpenID Connect
 // provider and passes their addresses in the environment; it checks the audit log afterwards.
 //
-//   node tests/browser/console.mjs main|ssh|reviews
+//   node tests/browser/console.mjs main|ssh|reviews|evidence
 //
 // Environment: PLAYWRIGHT_DIR (where node_modules/playwright-core is), GW (the console's base
 // URL), ISSUER, SHOTS (screenshot folder), and for `main`: PG_PORT, CA, ALICE_TOKEN; for
@@ -376,12 +376,38 @@ async function reviews(browser) {
   console.log(JSON.stringify({ grant, review }));
 }
 
+// An evidence pack's HTML (EVIDENCE: its path) opened from disk with the network cut: it must
+// render everything from the one file. REFUSED: a refused statement it must show, COMMAND: an
+// SSH command it must show.
+async function evidence(browser) {
+  const ctx = await browser.newContext({ ...DESKTOP, offline: true });
+  const page = await ctx.newPage();
+  const requests = [];
+  page.on('request', (r) => { if (!r.url().startsWith('file:')) requests.push(r.url()); });
+  step('the evidence pack renders offline from one file');
+  await page.goto(`file://${process.env.EVIDENCE}`);
+  await page.waitForLoadState('load');
+  assert.deepEqual(requests, [], 'no external asset is fetched');
+  assert.match(await page.textContent('h1'), /Access evidence/);
+  assert.match(await page.textContent('#integrity'), /verified/);
+  assert.match(await page.textContent('#approvals'), /bob@example\.com/);
+  assert.match(await page.textContent('#approvals'), /root@example\.com/);
+  assert.match(await page.textContent('#refused'), new RegExp(process.env.REFUSED));
+  assert.equal(await page.locator('#refused tr.refused').count() >= 1, true);
+  assert.match(await page.textContent('#commands'), new RegExp(process.env.COMMAND));
+  assert.match(await page.textContent('#sessions'), /s-/);
+  await shot(page, 'evidence-pack');
+  assert.equal(await page.getAttribute('html', 'lang'), 'en');
+  await ctx.close();
+}
+
 const browser = await chromium.launch({ executablePath: process.env.CHROMIUM || '/usr/bin/chromium', args: ['--no-sandbox'] });
 try {
   const which = process.argv[2];
   if (which === 'main') await main(browser);
   else if (which === 'ssh') await ssh(browser);
   else if (which === 'reviews') await reviews(browser);
+  else if (which === 'evidence') await evidence(browser);
   else throw new Error(`unknown scenario ${which}`);
 } finally {
   await browser.close();

@@ -17,7 +17,7 @@ fn locations(config: &Path) -> Result<(PathBuf, PathBuf)> {
 }
 
 /// `ed25519:...` or a file holding it.
-fn parse_key(arg: &str) -> Result<PublicKey> {
+pub(crate) fn parse_key(arg: &str) -> Result<PublicKey> {
     if arg.starts_with(jitgate_audit::checkpoint::KEY_PREFIX) {
         return PublicKey::parse(arg).map_err(|e| anyhow::anyhow!("--pubkey {arg}: {e}"));
     }

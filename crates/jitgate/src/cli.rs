@@ -364,6 +364,41 @@ pub enum AuditCmd {
         #[arg(long, short, default_value = "gateway.toml")]
         config: PathBuf,
     },
+    /// Write an evidence pack: the request(s), each approval, the grant's life, every session
+    /// with its statements or commands (refusals marked), SSH recordings, and the signed chain
+    /// segments that prove them, as NAME.json (verify it alone: `jitgate audit verify
+    /// --evidence NAME.json --pubkey KEY`), NAME.html (one self-contained page) and CSV files.
+    /// Reads the audit files: run it where the gateway's data_dir is.
+    #[command(group(clap::ArgGroup::new("subject").required(true).args(["grant", "request", "user", "resource"])))]
+    Evidence {
+        /// One grant (with its request and approvals).
+        #[arg(long)]
+        grant: Option<i64>,
+        /// One request (with the grants it made).
+        #[arg(long)]
+        request: Option<i64>,
+        /// Everything a user requested, was granted and did.
+        #[arg(long)]
+        user: Option<String>,
+        /// Everything that happened on a resource.
+        #[arg(long)]
+        resource: Option<String>,
+        /// Only events from this time on: 90d (ago), 2026-10-01, or an RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// Only events up to this time (same forms).
+        #[arg(long)]
+        until: Option<String>,
+        /// Directory to write the pack into.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+        /// The live audit file (instead of reading the config).
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Config file to find the audit file and data_dir.
+        #[arg(long, short, default_value = "gateway.toml")]
+        config: PathBuf,
+    },
     /// Walk the hash chain of the audit log (across rotated files) and check its signed
     /// checkpoints; exit 1 at the first broken line or bad signature. With FILES and --pubkey
     /// it needs nothing else: an auditor verifies a copy offline, without the gateway or its
@@ -392,6 +427,10 @@ pub enum AuditCmd {
         /// With FILES: accept files that do not start at the log's first line (an excerpt).
         #[arg(long)]
         segment: bool,
+        /// Verify an evidence pack (`jitgate audit evidence`) instead: its chain segments and
+        /// their checkpoints with --pubkey, and that each of its events is a signed line.
+        #[arg(long, conflicts_with_all = ["files", "file"])]
+        evidence: Option<PathBuf>,
         /// Config file to find the audit file.
         #[arg(long, short, default_value = "gateway.toml")]
         config: PathBuf,

@@ -11,6 +11,7 @@ mod audit_export;
 mod audit_verify;
 mod cli;
 mod client;
+mod evidence;
 mod exit;
 mod files;
 mod http_server;
@@ -221,6 +222,27 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     json,
                     allow_unsigned_tail,
                     segment,
+                    evidence: Some(pack),
+                    config: _,
+                },
+        } => {
+            let keys = pubkey
+                .iter()
+                .map(|k| audit_verify::parse_key(k))
+                .collect::<Result<Vec<_>>>()?;
+            let _ = (files, file, allow_unsigned_tail, segment);
+            evidence::verify_file(&pack, &keys, json)
+        }
+        Cmd::Audit {
+            cmd:
+                AuditCmd::Verify {
+                    files,
+                    pubkey,
+                    file,
+                    json,
+                    allow_unsigned_tail,
+                    segment,
+                    evidence: None,
                     config,
                 },
         } => audit_verify::run(
@@ -234,6 +256,46 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             },
             &config,
         ),
+        Cmd::Audit {
+            cmd:
+                AuditCmd::Evidence {
+                    grant,
+                    request,
+                    user,
+                    resource,
+                    since,
+                    until,
+                    out,
+                    file,
+                    config,
+                },
+        } => {
+            let subject = match (grant, request, user, resource) {
+                (Some(g), _, _, _) => evidence::Subject::Grant(g),
+                (_, Some(r), _, _) => evidence::Subject::Request(r),
+                (_, _, Some(u), _) => evidence::Subject::User(u),
+                (_, _, _, Some(r)) => evidence::Subject::Resource(r),
+                _ => anyhow::bail!("give --grant, --request, --user or --resource"),
+            };
+            let (log, data_dir) = match file {
+                Some(f) => (f, None),
+                None => {
+                    let l = serve::report(jitgate_core::config::load(&config))
+                        .context("reading the config to find the audit log (or pass --file)")?;
+                    let d = l.config.gateway.data_dir.clone();
+                    (d.join(&l.config.audit.file), Some(d))
+                }
+            };
+            let now = jiff::Timestamp::now();
+            evidence::run(&evidence::Options {
+                subject,
+                since: since.as_deref().map(|s| evidence::when(s, now)).transpose()?,
+                until: until.as_deref().map(|s| evidence::when(s, now)).transpose()?,
+                out,
+                log,
+                data_dir,
+            })
+        }
         Cmd::Audit {
             cmd: AuditCmd::Pubkey { config },
         } => audit_verify::pubkey(&config),
